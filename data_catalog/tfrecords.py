@@ -1,0 +1,167 @@
+"""The TFRecord format of segflow: writer and reader together.
+
+Each record holds one case: ``key`` (bytes), ``image_png`` (PNG, 8- or 16-bit, 1 or 3 channels),
+``mask_png`` (8-bit PNG of class indices), ``height``, ``width``, ``channels``. A JSON sidecar
+(``tfrecords.json``) describes the set: files per split, counts, dtype, channels, label rule and
+the dataset hash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from data_catalog.atomic import write_json_atomic
+from data_catalog.images import encode_png, read_image, to_channels
+from data_catalog.labels import Foreground, mask_to_classes
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_NAME = "tfrecords.json"
+
+_FEATURES = {
+    "key": tf.io.FixedLenFeature([], tf.string),
+    "image_png": tf.io.FixedLenFeature([], tf.string),
+    "mask_png": tf.io.FixedLenFeature([], tf.string),
+    "height": tf.io.FixedLenFeature([], tf.int64),
+    "width": tf.io.FixedLenFeature([], tf.int64),
+    "channels": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def encode_example(key: str, image: np.ndarray, classes: np.ndarray) -> bytes:
+    """Serialise one case.
+
+    Args:
+        key: the case key.
+        image: ``(H, W, C)`` uint8 or uint16, C in (1, 3).
+        classes: ``(H, W)`` uint8 class indices.
+    """
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "key": _bytes_feature(key.encode()),
+                "image_png": _bytes_feature(encode_png(image)),
+                "mask_png": _bytes_feature(encode_png(classes)),
+                "height": _int_feature(image.shape[0]),
+                "width": _int_feature(image.shape[1]),
+                "channels": _int_feature(image.shape[2]),
+            }
+        )
+    )
+    return example.SerializeToString()
+
+
+def write_tfrecords(
+    manifest: pd.DataFrame,
+    splits: dict[str, list[str]],
+    out_dir: str | Path,
+    foreground: Foreground,
+    channels: int,
+    dataset_hash: str,
+    num_shards: int = 2,
+) -> dict[str, object]:
+    """Write every split's cases into shards under ``out_dir`` and the JSON sidecar.
+
+    Images keep their bit depth (a dataset with any 16-bit image is stored as 16-bit, 8-bit
+    images scaled by 257); masks are stored as class indices after the label rule.
+    Shards are written to temporary names and renamed when complete.
+
+    Args:
+        manifest: rows from :func:`data_catalog.manifest.index_folders`.
+        splits: split name -> list of keys.
+        out_dir: destination folder.
+        foreground: label rule.
+        channels: image channels to store (1 or 3).
+        dataset_hash: recorded in the sidecar.
+        num_shards: shards per split (fewer when a split has fewer cases).
+
+    Returns:
+        The sidecar document.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = "uint16" if (manifest["dtype"] == "uint16").any() else "uint8"
+    by_key = manifest.set_index("key")
+    sidecar: dict[str, object] = {
+        "dataset_hash": dataset_hash,
+        "dtype": dtype,
+        "channels": channels,
+        "foreground": foreground,
+        "num_classes": 2,
+        "splits": {},
+    }
+    for split, keys in splits.items():
+        shard_count = max(1, min(num_shards, len(keys)))
+        files = [
+            out_dir / f"{split}-{i:05d}-of-{shard_count:05d}.tfrecord" for i in range(shard_count)
+        ]
+        for shard, path in enumerate(files):
+            tmp = path.with_name(f".{path.name}.tmp")
+            with tf.io.TFRecordWriter(str(tmp)) as writer:
+                for key in keys[shard::shard_count]:
+                    row = by_key.loc[key]
+                    image = to_channels(read_image(row["image"]), channels, row["image"])
+                    if dtype == "uint16" and image.dtype == np.uint8:
+                        image = image.astype(np.uint16) * 257
+                    classes = mask_to_classes(read_image(row["mask"]), foreground)
+                    writer.write(encode_example(key, image, classes))
+            tmp.replace(path)
+        sidecar["splits"][split] = {"files": [p.name for p in files], "num_records": len(keys)}
+        logger.info("wrote %d %s records in %d shards", len(keys), split, shard_count)
+    write_json_atomic(out_dir / SIDECAR_NAME, sidecar)
+    return sidecar
+
+
+def load_sidecar(tfrecord_dir: str | Path) -> dict[str, object]:
+    """Read the sidecar of a TFRecord set; raises FileNotFoundError naming the folder."""
+    path = Path(tfrecord_dir) / SIDECAR_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no TFRecord sidecar; run the prepare step first")
+    return json.loads(path.read_text())
+
+
+def split_files(tfrecord_dir: str | Path, split: str) -> list[str]:
+    """Return the shard paths of ``split`` in a TFRecord set."""
+    sidecar = load_sidecar(tfrecord_dir)
+    if split not in sidecar["splits"]:
+        raise KeyError(f"split {split!r} not in {tfrecord_dir}; has {sorted(sidecar['splits'])}")
+    return [str(Path(tfrecord_dir) / name) for name in sidecar["splits"][split]["files"]]
+
+
+def read_tfrecords(files: list[str], channels: int, dtype: str = "uint8") -> tf.data.Dataset:
+    """Read shards into a dataset of dicts.
+
+    Args:
+        files: shard paths.
+        channels: channels stored in the images.
+        dtype: ``"uint8"`` or ``"uint16"``, the stored image dtype (from the sidecar).
+
+    Returns:
+        A ``tf.data.Dataset`` of ``{"key": string, "image": (H, W, C) uint8|uint16,
+        "mask": (H, W, 1) uint8}``.
+    """
+    tf_dtype = tf.uint16 if dtype == "uint16" else tf.uint8
+
+    def parse(record: tf.Tensor) -> dict[str, tf.Tensor]:
+        features = tf.io.parse_single_example(record, _FEATURES)
+        return {
+            "key": features["key"],
+            "image": tf.io.decode_png(features["image_png"], channels=channels, dtype=tf_dtype),
+            "mask": tf.io.decode_png(features["mask_png"], channels=1, dtype=tf.uint8),
+        }
+
+    return tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,4 @@
+"""The U-Net: model, losses, metrics, training, evaluation and inference.
+
+Plain TensorFlow/Keras: it never imports Prefect, ``tasks`` or ``flows``.
+"""

@@ -1,0 +1,103 @@
+"""Loading a trained model and segmenting images at their full resolution."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from data_catalog.images import dtype_max, to_channels
+from unet.training import MODEL_FILE, MODEL_INFO_FILE
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """Turn a run folder or a ``.keras`` file into the model file path.
+
+    Raises:
+        FileNotFoundError: nothing usable is there; the message says what was looked for.
+    """
+    path = Path(model)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no model file; pass a run folder holding {MODEL_FILE} or a .keras file"
+        )
+    if not (path.parent / MODEL_INFO_FILE).is_file():
+        raise FileNotFoundError(
+            f"{path.parent / MODEL_INFO_FILE}: missing; segflow needs the {MODEL_INFO_FILE} "
+            "written beside the model by training (channels, normalisation, depth)"
+        )
+    return path
+
+
+class Segmenter:
+    """A trained U-Net with its preprocessing, ready to segment images of any size.
+
+    Images are brought to the model's channels, divided by their dtype's largest value, mirrored
+    at the bottom/right up to a multiple of ``2**depth``, segmented, and cropped back, so every
+    output has exactly the input's height and width.
+
+    Args:
+        model: a run folder or a ``.keras`` file with ``model.json`` beside it.
+    """
+
+    def __init__(self, model: str | Path):
+        self.model_path = resolve_model_path(model)
+        self.info = json.loads((self.model_path.parent / MODEL_INFO_FILE).read_text())
+        self.channels = int(self.info["channels"])
+        self.multiple = 2 ** int(self.info["depth"])
+        self.num_classes = int(self.info["num_classes"])
+        self.version = str(self.info.get("model_version", self.model_path.parent.name))
+        self.model = keras.models.load_model(self.model_path, compile=False)
+        spec = tf.TensorSpec([None, None, None, self.channels], tf.float32)
+        self._forward = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
+        logger.info(
+            "loaded model %s (%d channels, %d classes)",
+            self.version,
+            self.channels,
+            self.num_classes,
+        )
+
+    def prepare(self, image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
+        """``(H, W[, C])`` uint8/uint16 -> ``(H, W, channels)`` float32 in [0, 1]."""
+        image = to_channels(image, self.channels, path)
+        return image.astype(np.float32) / dtype_max(image.dtype)
+
+    def predict_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities of prepared images that share one shape.
+
+        Args:
+            images: list of ``(H, W, channels)`` float32 arrays, all the same shape.
+
+        Returns:
+            ``(B, H, W, num_classes)`` float32.
+        """
+        shapes = {image.shape for image in images}
+        if len(shapes) != 1:
+            raise ValueError(f"a batch must hold images of one shape; got {sorted(shapes)}")
+        height, width = images[0].shape[:2]
+        pad_h = (-height) % self.multiple
+        pad_w = (-width) % self.multiple
+        batch = np.stack(images)
+        if pad_h or pad_w:
+            batch = np.pad(batch, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+        probabilities = self._forward(tf.constant(batch)).numpy()
+        return probabilities[:, :height, :width, :]
+
+    def segment(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Class index maps and per-pixel confidence for prepared images of one shape.
+
+        Returns:
+            ``(classes, confidence)``: lists of ``(H, W)`` uint8 and ``(H, W)`` float32.
+        """
+        probabilities = self.predict_probabilities(images)
+        classes = probabilities.argmax(axis=-1).astype(np.uint8)
+        confidence = probabilities.max(axis=-1)
+        return list(classes), list(confidence)

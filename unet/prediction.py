@@ -1,0 +1,196 @@
+"""Segmenting every image in a folder: one mask per input and a report row per input.
+
+Masks mirror the input's relative path under the output folder with a ``.png`` suffix (when two
+inputs in one folder share a stem, ``name.ext.png``), have exactly the input's height and width,
+and are written atomically. A file that cannot be read or segmented becomes an ``error`` row
+naming the reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from data_catalog.atomic import write_csv_atomic
+from data_catalog.images import ImageReadError, read_image, write_png_atomic
+from unet.config import PredictConfig
+from unet.inference import Segmenter
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "report.csv"
+REPORT_COLUMNS = [
+    "input",
+    "mask",
+    "status",
+    "error",
+    "height",
+    "width",
+    "foreground_fraction",
+    "mean_confidence",
+    "model_version",
+    "seconds",
+]
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def list_inputs(input_dir: Path, output_dir: Path) -> list[Path]:
+    """Every file under ``input_dir`` (recursive, sorted), except hidden files and the output."""
+    output = output_dir.resolve()
+    files = []
+    for path in sorted(input_dir.rglob("*")):
+        if not path.is_file() or any(
+            part.startswith(".") for part in path.relative_to(input_dir).parts
+        ):
+            continue
+        if output == path.resolve() or output in path.resolve().parents:
+            continue
+        files.append(path)
+    return files
+
+
+def mask_names(files: list[Path], input_dir: Path) -> dict[Path, Path]:
+    """Relative mask path of each input: ``a/b.tif`` -> ``a/b.png``, ``a/b.tif.png`` on clashes."""
+    stems = Counter(path.relative_to(input_dir).with_suffix("") for path in files)
+    names = {}
+    for path in files:
+        relative = path.relative_to(input_dir)
+        if stems[relative.with_suffix("")] > 1:
+            names[path] = relative.with_name(relative.name + ".png")
+        else:
+            names[path] = relative.with_suffix(".png")
+    return names
+
+
+@dataclass
+class _Pending:
+    path: Path
+    image: np.ndarray
+    started: float
+
+
+@dataclass
+class _Batch:
+    items: list[_Pending] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        return self.items[0].image.shape if self.items else None
+
+
+def predict_folder(
+    config: PredictConfig, on_progress: ProgressCallback | None = None
+) -> pd.DataFrame:
+    """Segment every file under ``config.input_dir`` into ``config.output_dir``.
+
+    Same-shape images are batched (up to ``config.batch_size``) in file order.
+
+    Args:
+        config: model, folders, batch size, mask format.
+        on_progress: called as ``(done, total)`` after each batch.
+
+    Returns:
+        The report (also written to ``output_dir/report.csv``), one row per input file, in
+        file order, columns ``REPORT_COLUMNS``.
+
+    Raises:
+        FileNotFoundError: the model or the input folder does not exist.
+    """
+    input_dir, output_dir = Path(config.input_dir), Path(config.output_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"{input_dir}: input folder does not exist")
+    segmenter = Segmenter(config.model)
+    files = list_inputs(input_dir, output_dir)
+    names = mask_names(files, input_dir)
+    rows: dict[Path, dict[str, object]] = {}
+    scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
+    logger.info("segmenting %d files from %s into %s", len(files), input_dir, output_dir)
+
+    def record(path: Path, started: float, **values: object) -> None:
+        rows[path] = {
+            "input": path.relative_to(input_dir).as_posix(),
+            "mask": None,
+            "status": "ok",
+            "error": None,
+            "height": None,
+            "width": None,
+            "foreground_fraction": None,
+            "mean_confidence": None,
+            "model_version": segmenter.version,
+            "seconds": round(time.perf_counter() - started, 4),
+            **values,
+        }
+
+    def flush(batch: _Batch) -> None:
+        if not batch.items:
+            return
+        try:
+            classes, confidence = segmenter.segment([item.image for item in batch.items])
+        except Exception as error:  # a failed forward pass fails its inputs, not the run
+            logger.exception("segmentation failed for a batch of shape %s", batch.shape)
+            for item in batch.items:
+                record(
+                    item.path, item.started, status="error", error=f"segmentation failed: {error}"
+                )
+            batch.items.clear()
+            return
+        for item, mask, conf in zip(batch.items, classes, confidence, strict=True):
+            target = output_dir / names[item.path]
+            try:
+                write_png_atomic(target, mask * np.uint8(scale))
+            except OSError as error:
+                record(item.path, item.started, status="error", error=f"cannot write mask: {error}")
+                continue
+            record(
+                item.path,
+                item.started,
+                mask=names[item.path].as_posix(),
+                height=mask.shape[0],
+                width=mask.shape[1],
+                foreground_fraction=round(float(np.mean(mask > 0)), 6),
+                mean_confidence=round(float(conf.mean()), 6),
+            )
+        batch.items.clear()
+        if on_progress is not None:
+            on_progress(len(rows), len(files))
+
+    batch = _Batch()
+    for path in tqdm(files, desc="segmenting", unit="image", disable=None):
+        started = time.perf_counter()
+        try:
+            image = segmenter.prepare(read_image(path), path)
+        except ImageReadError as error:
+            logger.warning("%s", error)
+            record(path, started, status="error", error=error.reason)
+            continue
+        except Exception as error:  # any other decode problem is this file's, not the run's
+            logger.warning("%s: %s", path, error)
+            record(path, started, status="error", error=f"{type(error).__name__}: {error}")
+            continue
+        if batch.shape is not None and batch.shape != image.shape:
+            flush(batch)
+        batch.items.append(_Pending(path, image, started))
+        if len(batch.items) >= config.batch_size:
+            flush(batch)
+    flush(batch)
+
+    report = pd.DataFrame([rows[path] for path in files], columns=REPORT_COLUMNS)
+    write_csv_atomic(output_dir / REPORT_FILE, report)
+    failed = int((report["status"] == "error").sum())
+    logger.info(
+        "segmented %d of %d files (%d errors); report %s",
+        len(report) - failed,
+        len(report),
+        failed,
+        output_dir / REPORT_FILE,
+    )
+    return report
