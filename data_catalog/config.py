@@ -25,7 +25,9 @@ class PrepareConfig(BaseModel):
     channels: Literal[1, 3] = Field(1, description="Image channels the model reads (1 or 3).")
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Share of cases for validation.")
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Share of cases for testing.")
-    seed: int = Field(0, description="Seed of the split.")
+    seed: int = Field(
+        0, description="Seed of the split (on the command line, --seed also seeds training)."
+    )
     num_shards: int = Field(2, ge=1, description="TFRecord shards per split.")
 
     @model_validator(mode="after")

@@ -57,3 +57,17 @@ class PredictConfig(BaseModel):
     binary_255: bool = Field(
         False, description="Write binary masks as 0/255 instead of class indices 0/1."
     )
+
+
+class EvaluateConfig(BaseModel):
+    """Scoring a trained model on a labelled pair of folders."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(description="A run folder (holding model.keras) or a .keras model file.")
+    images: str = Field(description="Folder of images (searched recursively).")
+    masks: str = Field(description="Folder of masks; a mask pairs with the image of the same stem.")
+    foreground: Literal["bright", "dark"] = Field(
+        "bright", description="Which mask value is foreground: 'bright' or 'dark'."
+    )
+    out_dir: str = Field(description="Folder for metrics.json, per_image.csv and overlays.")

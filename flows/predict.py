@@ -1,0 +1,27 @@
+"""predict-flow: segment every image in a folder; evaluate-flow: score a model on folders."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow
+
+from tasks.evaluation import evaluate_folders
+from tasks.prediction import segment_folder
+from unet.config import EvaluateConfig, PredictConfig
+
+
+@flow(name="predict-flow", flow_run_name=lambda: f"predict-{datetime.now():%Y-%m-%d-%H%M%S}")
+def predict_flow(config: PredictConfig) -> dict[str, object]:
+    """Write one mask per input under ``config.output_dir`` and ``report.csv``.
+
+    Returns:
+        ``report`` path and counts of inputs, successes and errors.
+    """
+    return segment_folder(config)
+
+
+@flow(name="evaluate-flow", flow_run_name=lambda: f"evaluate-{datetime.now():%Y-%m-%d-%H%M%S}")
+def evaluate_flow(config: EvaluateConfig) -> dict[str, object]:
+    """Score a model on a labelled folder pair; write metrics.json, per_image.csv, overlays."""
+    return evaluate_folders(config)

@@ -1,0 +1,78 @@
+"""Logging and artifacts that work inside a Prefect run and stay quiet outside one.
+
+Tasks are also called as plain functions (``task.fn(...)``, notebooks); there is no run to
+attach artifacts to then, so they are skipped and messages go to the standard logger.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+
+_fallback = logging.getLogger("segflow")
+
+
+def in_run() -> bool:
+    """True inside a Prefect flow or task run."""
+    try:
+        get_run_context()
+    except MissingContextError:
+        return False
+    return True
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a run, else the ``segflow`` logger."""
+    return get_run_logger() if in_run() else _fallback
+
+
+def publish_table(key: str, rows: Sequence[dict], description: str) -> None:
+    """A table artifact (list of row dicts) under ``key`` (lowercase letters, digits, dashes)."""
+    if in_run():
+        create_table_artifact(table=[dict(row) for row in rows], key=key, description=description)
+
+
+def publish_markdown(key: str, markdown: str, description: str) -> None:
+    """A markdown artifact under ``key``."""
+    if in_run():
+        create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+
+class Progress:
+    """A Prefect progress artifact (0-100) that is a no-op outside a run."""
+
+    def __init__(self, key: str, description: str):
+        self.artifact_id = (
+            create_progress_artifact(progress=0.0, key=key, description=description)
+            if in_run()
+            else None
+        )
+
+    def update(self, done: int, total: int) -> None:
+        if self.artifact_id is not None and total > 0:
+            update_progress_artifact(self.artifact_id, progress=100.0 * done / total)
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """Render row dicts as a markdown table (floats to 4 decimals)."""
+    if not rows:
+        return "_(none)_"
+    columns = list(rows[0])
+
+    def cell(value: object) -> str:
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
