@@ -1,0 +1,110 @@
+"""The flows end to end through the segflow command line, on one Prefect test server."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from flows.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo_dir(prefect_server, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    status = main(
+        ["demo", "--out", str(out), "--num-cases", "16", "--image-size", "32", "--epochs", "2"]
+    )
+    assert status == 0
+    return out
+
+
+def test_demo_writes_model_masks_report_and_scores(demo_dir, capsys):
+    run = demo_dir / "run"
+    for name in (
+        "model.keras",
+        "model.json",
+        "metrics.json",
+        "splits.json",
+        "config.json",
+        "lineage.json",
+        "manifest.csv",
+        "history.csv",
+    ):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["foreground_dice"] <= 1
+    test_keys = json.loads((run / "splits.json").read_text())["test"]
+    report = pd.read_csv(demo_dir / "predictions" / "report.csv")
+    assert sorted(report["input"]) == sorted(f"{key}.png" for key in test_keys)
+    assert (report["status"] == "ok").all()
+    mask = np.asarray(Image.open(demo_dir / "predictions" / report["mask"].iloc[0]))
+    assert mask.shape == (32, 32)
+
+
+def test_flow_runs_publish_artifacts(demo_dir):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        keys = {artifact.key for artifact in client.read_artifacts()}
+        runs = {run.name.split("-")[0]: run for run in client.read_flow_runs()}
+    assert {
+        "train-summary",
+        "train-report",
+        "evaluation-metrics",
+        "segmentation-summary",
+        "segmentation-report",
+        "dataset-splits",
+    } <= keys
+    assert runs["train"].state.is_completed() and runs["predict"].state.is_completed()
+
+
+def test_predict_reports_a_corrupt_file_and_exits_nonzero(demo_dir, tmp_path, capsys):
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    for source in sorted((demo_dir / "test-images").iterdir())[:2]:
+        (inputs / source.name).write_bytes(source.read_bytes())
+    (inputs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    status = main(
+        [
+            "predict",
+            "--model",
+            str(demo_dir / "run"),
+            str(inputs),
+            str(tmp_path / "out"),
+            "--batch-size",
+            "2",
+        ]
+    )
+    assert status == 1
+    report = pd.read_csv(tmp_path / "out" / "report.csv").set_index("input")
+    assert len(report) == 3 and report.loc["corrupt.png", "status"] == "error"
+    assert (report.drop(index="corrupt.png")["status"] == "ok").all()
+    assert "2 of 3 inputs segmented, 1 errors" in capsys.readouterr().out
+
+
+def test_evaluate_scores_a_folder_pair(demo_dir, tmp_path, capsys):
+    data = demo_dir / "data"
+    status = main(
+        [
+            "evaluate",
+            "--model",
+            str(demo_dir / "run" / "model.keras"),
+            "--images",
+            str(data / "images"),
+            "--masks",
+            str(data / "masks"),
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
+    assert status == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_images"] == 16
+    assert "foreground Dice" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_clear_errors(tmp_path, capsys):
+    status = main(["predict", "--model", str(tmp_path / "missing"), str(tmp_path), str(tmp_path)])
+    assert status == 2
+    assert "no model file" in capsys.readouterr().err

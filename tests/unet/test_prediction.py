@@ -1,0 +1,88 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from data_catalog.images import write_png_atomic
+from unet.config import PredictConfig
+from unet.prediction import REPORT_COLUMNS, predict_folder
+
+
+def test_every_input_gets_a_same_size_mask_or_an_error_row(trained_run, tmp_path):
+    rng = np.random.default_rng(0)
+    inputs = tmp_path / "in"
+    write_png_atomic(inputs / "a.png", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    write_png_atomic(inputs / "b.png", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    write_png_atomic(inputs / "nested/odd.png", rng.integers(0, 255, (37, 53), dtype=np.uint8))
+    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(inputs / "c.jpg")
+    write_png_atomic(inputs / "deep.png", rng.integers(0, 65535, (16, 16), dtype=np.uint16))
+    full = (inputs / "a.png").read_bytes()
+    (inputs / "truncated.png").write_bytes(full[: len(full) // 2])
+    (inputs / "zero.png").write_bytes(b"")
+    (inputs / "readme.txt").write_text("not an image")
+
+    report = predict_folder(
+        PredictConfig(
+            model=str(trained_run),
+            input_dir=str(inputs),
+            output_dir=str(tmp_path / "out"),
+            batch_size=2,
+        )
+    )
+    assert list(report.columns) == REPORT_COLUMNS
+    assert report.equals(
+        pd.read_csv(tmp_path / "out/report.csv").pipe(
+            lambda frame: frame.astype(report.dtypes.to_dict())
+        )
+    )
+    rows = report.set_index("input")
+    assert set(rows.index) == {
+        "a.png",
+        "b.png",
+        "nested/odd.png",
+        "c.jpg",
+        "deep.png",
+        "truncated.png",
+        "zero.png",
+        "readme.txt",
+    }
+    errors = rows[rows["status"] == "error"]["error"].to_dict()
+    assert set(errors) == {"truncated.png", "zero.png", "readme.txt"}
+    assert "truncated" in errors["truncated.png"] and "empty" in errors["zero.png"]
+    assert "not a recognised image" in errors["readme.txt"]
+    for name, (height, width) in {
+        "a.png": (32, 32),
+        "nested/odd.png": (37, 53),
+        "c.jpg": (20, 30),
+        "deep.png": (16, 16),
+    }.items():
+        mask = np.asarray(Image.open(tmp_path / "out" / rows.loc[name, "mask"]))
+        assert mask.shape == (height, width), name
+        assert set(np.unique(mask)) <= {0, 1}
+        assert rows.loc[name, "foreground_fraction"] == pytest.approx(np.mean(mask > 0), abs=1e-6)
+    assert not list((tmp_path / "out").rglob(".*.tmp"))
+
+
+def test_binary_255_and_name_clashes(trained_run, tmp_path):
+    inputs = tmp_path / "in"
+    image = np.random.default_rng(1).integers(0, 255, (32, 32), dtype=np.uint8)
+    write_png_atomic(inputs / "x.png", image)
+    Image.fromarray(image).save(inputs / "x.tif")
+    report = predict_folder(
+        PredictConfig(
+            model=str(trained_run),
+            input_dir=str(inputs),
+            output_dir=str(inputs / "masks"),
+            binary_255=True,
+        )
+    )
+    assert sorted(report["mask"]) == ["x.png.png", "x.tif.png"]
+    mask = np.asarray(Image.open(inputs / "masks" / "x.tif.png"))
+    assert set(np.unique(mask)) <= {0, 255}
+    # The output folder inside the input folder is not read back as input on a second run.
+    again = predict_folder(
+        PredictConfig(
+            model=str(trained_run), input_dir=str(inputs), output_dir=str(inputs / "masks")
+        )
+    )
+    assert len(again) == 2

@@ -1,0 +1,48 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from unet.inference import Segmenter
+from unet.training import train_model
+
+
+def test_run_folder_holds_best_model_history_and_lineage(trained_run, tfrecord_dir):
+    history = pd.read_csv(trained_run / "history.csv")
+    assert len(history) == 2 and "val_dice_fg" in history.columns
+    info = json.loads((trained_run / "model.json").read_text())
+    assert info["channels"] == 1 and info["normalization"] == "dtype-range"
+    assert info["model_version"].startswith(trained_run.name)
+    lineage = json.loads((trained_run / "lineage.json").read_text())
+    sidecar = json.loads((tfrecord_dir / "tfrecords.json").read_text())
+    assert lineage["dataset_hash"] == sidecar["dataset_hash"]
+    assert lineage["split_hash"] == "test" and lineage["seed"] == 0
+    assert lineage["versions"]["tensorflow"] and lineage["device"]["device"] in ("CPU", "GPU")
+    assert lineage["training"]["best_epoch"] == int(history["val_dice_fg"].idxmax()) + 1
+
+
+def test_saved_model_predicts_same_size_as_input(trained_run):
+    segmenter = Segmenter(trained_run)
+    image = np.random.default_rng(0).integers(0, 255, (37, 53), dtype=np.uint8)
+    (classes,), (confidence,) = segmenter.segment([segmenter.prepare(image)])
+    assert classes.shape == (37, 53) and classes.dtype == np.uint8
+    assert ((confidence >= 0.5) & (confidence <= 1.0)).all()
+
+
+def test_empty_validation_split_is_refused(tmp_path, synthetic_dir, tiny_train_config):
+    from data_catalog.manifest import index_folders
+    from data_catalog.tfrecords import write_tfrecords
+
+    index = index_folders(synthetic_dir / "images", synthetic_dir / "masks")
+    keys = index.manifest["key"].tolist()
+    write_tfrecords(
+        index.manifest,
+        {"train": keys, "val": [], "test": []},
+        tmp_path / "tfr",
+        "bright",
+        1,
+        index.dataset_hash,
+    )
+    with pytest.raises(ValueError, match="the val split .* is empty"):
+        train_model(tmp_path / "tfr", tmp_path / "run", tiny_train_config)
