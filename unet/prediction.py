@@ -184,6 +184,7 @@ def predict_folder(
     flush(batch)
 
     report = pd.DataFrame([rows[path] for path in files], columns=REPORT_COLUMNS)
+    report = report.astype({"height": "Int64", "width": "Int64"})  # empty on error rows
     write_csv_atomic(output_dir / REPORT_FILE, report)
     failed = int((report["status"] == "error").sum())
     logger.info(
