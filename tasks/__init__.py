@@ -9,8 +9,6 @@ import os
 _DEFAULTS = {
     # Prefect's ephemeral server takes 10-22 s to start on 2 cores; the default limit is 20 s.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    # Library loggers reach the Prefect run logs and the dashboard.
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "unet,data_catalog",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "TF_CPP_MIN_LOG_LEVEL": "3",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import prefect.logging.configuration  # noqa: F401  (Prefect sets up its handlers on import)
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -20,6 +21,26 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 _fallback = logging.getLogger("segflow")
+LIBRARY_LOGGERS = ("unet", "data_catalog")
+
+
+def attach_library_loggers() -> None:
+    """Send the ``unet`` and ``data_catalog`` loggers to Prefect's run logs and console.
+
+    Prefect does this for ``PREFECT_LOGGING_EXTRA_LOGGERS`` only when it sets up logging, which
+    a worker does before it imports the flow's module; this does it whenever tasks are imported.
+    """
+    extra = logging.getLogger("prefect.extra")
+    for name in LIBRARY_LOGGERS:
+        library_logger = logging.getLogger(name)
+        for handler in extra.handlers:
+            if handler not in library_logger.handlers:
+                library_logger.addHandler(handler)
+        if extra.handlers and library_logger.level == logging.NOTSET:
+            library_logger.setLevel(extra.getEffectiveLevel())
+
+
+attach_library_loggers()
 
 
 def in_run() -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from tasks.reporting import Progress, publish_table, run_logger
+from tasks.reporting import Progress, publish_table
 from unet.config import TrainConfig
 
 
@@ -19,21 +19,13 @@ def train_unet(
     """
     from unet.training import train_model
 
-    logger = run_logger()
     progress = Progress("training-progress", "Epochs completed")
-
-    def report(epoch: int, epochs: int, numbers: dict[str, float]) -> None:
-        logger.info(
-            "epoch %d/%d: loss %.4f, dice %.4f, val dice %.4f (%.1f s)",
-            epoch,
-            epochs,
-            numbers.get("loss", float("nan")),
-            numbers.get("dice_fg", float("nan")),
-            numbers.get("val_dice_fg", float("nan")),
-            numbers.get("seconds", float("nan")),
-        )
-        progress.update(epoch, epochs)
-
-    summary = train_model(tfrecord_dir, run_dir, config, lineage=lineage, on_epoch_end=report)
+    summary = train_model(
+        tfrecord_dir,
+        run_dir,
+        config,
+        lineage=lineage,
+        on_epoch_end=lambda epoch, epochs, _numbers: progress.update(epoch, epochs),
+    )
     publish_table("training-summary", [summary], "Best checkpoint of this training run")
     return summary

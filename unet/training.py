@@ -56,7 +56,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             tmp = self.path.with_name(f".{self.path.stem}.tmp.keras")
             self.model.save(tmp)
             tmp.replace(self.path)
-            logger.info(
+            logger.debug(
                 "epoch %d: %s improved to %.4f, saved %s", epoch + 1, self.monitor, score, self.path
             )
 
@@ -77,10 +77,14 @@ class EpochReport(keras.callbacks.Callback):
         numbers = {name: float(value) for name, value in (logs or {}).items()}
         numbers["seconds"] = time.perf_counter() - self.started
         logger.info(
-            "epoch %d/%d %s",
+            "epoch %d/%d: loss %.4f, dice %.4f, val loss %.4f, val dice %.4f (%.1f s)",
             epoch + 1,
             self.epochs,
-            " ".join(f"{k}={v:.4f}" for k, v in sorted(numbers.items())),
+            numbers.get("loss", math.nan),
+            numbers.get("dice_fg", math.nan),
+            numbers.get("val_loss", math.nan),
+            numbers.get("val_dice_fg", math.nan),
+            numbers["seconds"],
         )
         if self.on_epoch_end_callback is not None:
             self.on_epoch_end_callback(epoch + 1, self.epochs, numbers)
