@@ -1,4 +1,4 @@
-"""The configuration of the prepare stage: where the data is and how to read, split and store it."""
+"""The configuration of the prepare stage: where the data is and how to read, pair, split it."""
 
 from __future__ import annotations
 
@@ -10,31 +10,97 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class PrepareConfig(BaseModel):
     """Everything that decides which cases a model sees and how they are stored.
 
-    Saved as JSON beside every TFRecord set and model.
+    A dataset is given either by name (``dataset``, an entry of ``catalog.yaml``) or by its rules
+    here; fields set explicitly override the catalog entry. Saved as JSON beside every TFRecord
+    set and model.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    images: str = Field(description="Folder of images (searched recursively).")
-    masks: str = Field(description="Folder of masks; a mask pairs with the image of the same stem.")
+    dataset: str | None = Field(None, description="Name of a dataset in the catalog file.")
+    catalog: str | None = Field(
+        None, description="Catalog file (YAML); default: catalog.yaml in the working directory."
+    )
+    images: str | None = Field(None, description="Folder of images (searched recursively).")
+    masks: str | None = Field(
+        None, description="Folder of masks (default with --mask-suffix: beside the images)."
+    )
+    mask_suffix: str | None = Field(
+        None,
+        description="Masks lie beside their image with this suffix: case_1.tif + "
+        "case_1_mask.tif (+ case_1_mask_2.tif ... merged).",
+    )
+    key_pattern: str | None = Field(
+        None,
+        description="Regular expression with a named group 'key' applied to image and mask file "
+        "names, e.g. '(?P<key>\\d+)_' pairs 21_training.tif with 21_manual1.gif.",
+    )
+    mask_key_pattern: str | None = Field(
+        None, description="Key pattern for mask file names when it differs from key_pattern."
+    )
+    manifest: str | None = Field(
+        None,
+        description="CSV with columns image, mask (several separated by ';') and optional group; "
+        "paths relative to the CSV.",
+    )
+    group_by: str = Field(
+        "case",
+        description="What keeps cases together in a split: 'case', 'parent' (the image's folder), "
+        "or a regular expression on the image's relative path (named group 'group' or group 1).",
+    )
     foreground: Literal["bright", "dark"] = Field(
         "bright",
-        description="Which mask value is foreground: 'bright' (non-zero) or 'dark' "
-        "(the darkest value).",
+        description="Binary masks: 'bright' (0 is background, the other value foreground) or "
+        "'dark' (the darkest value is foreground).",
+    )
+    labels: dict[int, int] | None = Field(
+        None, description="Multi-class masks: stored value -> class index, e.g. {0: 0, 128: 1}."
     )
     channels: Literal[1, 3] = Field(1, description="Image channels the model reads (1 or 3).")
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Share of cases for validation.")
-    test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Share of cases for testing.")
+    policy: Literal["strict", "skip"] = Field(
+        "strict",
+        description="On bad cases: 'strict' stops listing every problem; 'skip' leaves them out.",
+    )
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Share of groups for validation.")
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Share of groups for testing.")
+    num_folds: int = Field(
+        0, ge=0, description="k-fold cross-validation: k > 1 splits non-test groups into k folds."
+    )
+    fold: int = Field(0, ge=0, description="With num_folds: the fold used for validation.")
     seed: int = Field(
         0, description="Seed of the split (on the command line, --seed also seeds training)."
     )
     num_shards: int = Field(2, ge=1, description="TFRecord shards per split.")
+    cache_dir: str | None = Field(
+        None,
+        description="Folder of content-addressed TFRecord sets, reused while data and settings "
+        "are unchanged; default: OUT/tfrecords.",
+    )
 
     @model_validator(mode="after")
-    def _check_fractions(self) -> PrepareConfig:
-        if self.val_fraction + self.test_fraction >= 1.0:
+    def _check(self) -> PrepareConfig:
+        if self.num_folds == 0 and self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError(
                 "val_fraction + test_fraction must leave cases for training. Received: "
                 f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}"
             )
+        if self.num_folds == 1 or (self.num_folds and self.fold >= self.num_folds):
+            raise ValueError(
+                "num_folds must be 0 (no folds) or at least 2, and fold below num_folds. "
+                f"Received: num_folds={self.num_folds}, fold={self.fold}"
+            )
+        rules = [name for name in ("mask_suffix", "key_pattern", "manifest") if getattr(self, name)]
+        if len(rules) > 1:
+            raise ValueError(f"choose one pairing rule; got {', '.join(rules)}")
         return self
+
+    @property
+    def pairing(self) -> str:
+        """The pairing rule in force: 'manifest', 'suffix', 'pattern' or 'stem'."""
+        if self.manifest:
+            return "manifest"
+        if self.mask_suffix:
+            return "suffix"
+        if self.key_pattern:
+            return "pattern"
+        return "stem"

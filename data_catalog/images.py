@@ -1,9 +1,15 @@
-"""Reading images and masks from disk into numpy arrays, with errors that name the file."""
+"""Reading images and masks from disk into numpy arrays, with errors that name the file.
+
+Formats: PNG, JPEG, BMP, GIF (Pillow), TIFF 8/16-bit with 1/3/4 channels (tifffile), DICOM
+(pydicom: rescale slope/intercept applied, MONOCHROME1 inverted). Only pixel data is read from
+DICOM files; no tag (patient name, ID, dates ...) is returned or stored anywhere.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -12,7 +18,13 @@ from data_catalog.atomic import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".dicom")
+TIFF_EXTENSIONS = (".tif", ".tiff")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+
+Kind = Literal["image", "mask"]
+# An RGB file whose channels differ by at most this much is grey that went through JPEG.
+NEAR_GREY_SPREAD = 3
 
 
 class ImageReadError(ValueError):
@@ -24,66 +36,156 @@ class ImageReadError(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
+class ChannelError(ImageReadError):
+    """An image's channels do not fit the dataset's channel rule."""
+
+
 def is_image_file(path: str | Path) -> bool:
     """Return True when the file name has an image extension segflow reads."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as stored, without changing its values.
+def read_image(path: str | Path, kind: Kind = "image") -> np.ndarray:
+    """Read an image or mask file with its stored values.
 
     Args:
-        path: an image file (PNG, JPEG, BMP, GIF, TIFF).
+        path: an image file (PNG, JPEG, BMP, GIF, TIFF, DICOM).
+        kind: ``"image"`` turns palette images into their colours; ``"mask"`` keeps palette
+            indices (they are the labels).
 
     Returns:
-        ``(H, W)`` or ``(H, W, C)`` array, uint8 or uint16 (other integer types as stored).
-        Palette images return their palette indices; 1-bit images return 0/1 uint8;
-        an alpha channel is kept (callers decide with :func:`to_channels`).
+        ``(H, W)`` or ``(H, W, C)`` array, uint8 or uint16 (bool and 1-bit become 0/1 uint8).
+        An alpha channel is kept (callers decide with :func:`to_channels`).
 
     Raises:
-        ImageReadError: the file is missing, empty, truncated or not an image.
+        ImageReadError: the file is missing, empty, truncated, not an image, a multi-frame
+            stack, or holds values segflow cannot store (floats, negative DICOM values).
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "file does not exist")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
+    suffix = path.suffix.lower()
+    if suffix in TIFF_EXTENSIONS:
+        array = _read_tiff(path)
+    elif suffix in DICOM_EXTENSIONS:
+        array = _read_dicom(path)
+    else:
+        array = _read_pillow(path, kind)
+    if array.size == 0 or array.ndim not in (2, 3):
+        raise ImageReadError(path, f"expected a 2-D image, got an array of shape {array.shape}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if array.dtype not in (np.uint8, np.uint16):
+        array = _to_unsigned(path, array)
+    return array
+
+
+def _read_pillow(path: Path, kind: Kind) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            array = _pil_to_array(image)
+            if getattr(image, "n_frames", 1) > 1 and path.suffix.lower() != ".gif":
+                raise ImageReadError(path, f"holds {image.n_frames} frames; expected one image")
+            return _pil_to_array(image, kind)
+    except ImageReadError:
+        raise
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a recognised image format") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(path, f"corrupt or truncated image ({error})") from None
-    if array.size == 0:
-        raise ImageReadError(path, f"image has no pixels (shape {array.shape})")
-    return array
 
 
-def _pil_to_array(image: Image.Image) -> np.ndarray:
+def _pil_to_array(image: Image.Image, kind: Kind) -> np.ndarray:
     mode = image.mode
     if mode == "1":
         return np.asarray(image, dtype=np.uint8)
     if mode in ("I;16", "I;16B", "I;16L"):
         return np.asarray(image).astype(np.uint16)
-    if mode == "I":
-        array = np.asarray(image)
-        if array.min() >= 0 and array.max() <= np.iinfo(np.uint16).max:
-            return array.astype(np.uint16)
-        return array
-    if mode == "F":
-        raise ValueError("floating-point images are not supported")
-    if mode in ("L", "P", "RGB", "RGBA", "LA"):
+    if mode in ("I", "F"):
+        return np.asarray(image)
+    if mode in ("P", "PA"):
+        if kind == "mask":
+            return np.asarray(image.convert("P") if mode == "PA" else image)
+        return np.asarray(image.convert("RGBA" if "transparency" in image.info else "RGB"))
+    if mode in ("L", "RGB", "RGBA", "LA"):
         return np.asarray(image)
     return np.asarray(image.convert("RGB"))
 
 
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            array = series.asarray()
+            axes = series.axes
+    except Exception as error:  # tifffile raises many types for damaged files
+        raise ImageReadError(path, f"corrupt or unreadable TIFF ({error})") from None
+    if array.ndim == 3 and axes.startswith(("S", "C")) and array.shape[0] in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar (C, H, W) -> (H, W, C)
+    elif array.ndim >= 3 and not axes.endswith("S"):
+        raise ImageReadError(
+            path, f"holds a stack of shape {array.shape} (axes {axes}); expected one 2-D image"
+        )
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return array
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(path)
+        pixels = dataset.pixel_array
+    except InvalidDicomError:
+        raise ImageReadError(path, "not a valid DICOM file") from None
+    except Exception as error:
+        raise ImageReadError(path, f"cannot decode DICOM pixel data ({error})") from None
+    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageReadError(path, f"DICOM holds {frames} frames; expected one image")
+    slope = float(getattr(dataset, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(dataset, "RescaleIntercept", 0) or 0)
+    if pixels.ndim == 2 and (slope != 1 or intercept != 0):
+        pixels = pixels.astype(np.float64) * slope + intercept
+    if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
+        bits = int(getattr(dataset, "BitsStored", 16))
+        top = pixels.max() if pixels.dtype.kind == "f" else (1 << bits) - 1
+        pixels = top - pixels  # MONOCHROME1: 0 is white; flip so higher is brighter
+    return pixels
+
+
+def _to_unsigned(path: Path, array: np.ndarray) -> np.ndarray:
+    """Integer-valued data within 0..65535 becomes uint8/uint16; anything else is an error."""
+    if array.dtype.kind not in "iuf":
+        raise ImageReadError(path, f"unsupported pixel type {array.dtype}")
+    low, high = float(array.min()), float(array.max())
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise ImageReadError(
+            path,
+            f"floating-point pixels ({array.dtype}, {low:g}..{high:g}); "
+            "segflow stores 8- or 16-bit integer images",
+        )
+    if low < 0 or high > 65535:
+        raise ImageReadError(
+            path,
+            f"values {low:g}..{high:g} do not fit 0..65535 "
+            "(e.g. CT Hounsfield units); window them to an unsigned range first",
+        )
+    return array.astype(np.uint8 if high <= 255 and array.dtype.itemsize == 1 else np.uint16)
+
+
 def to_channels(image: np.ndarray, num_channels: int, path: str | Path = "<array>") -> np.ndarray:
-    """Bring an image to ``num_channels`` channels.
+    """Bring an image to ``num_channels`` channels without inventing or hiding information.
 
     Alpha channels are dropped. An RGB image whose three channels are equal is greyscale and
-    reduces to one channel exactly; a truly coloured image reduces by luminance.
+    reduces to one channel exactly (within ``NEAR_GREY_SPREAD`` levels, as after JPEG, to their
+    mean); grey expands to three equal channels.
 
     Args:
         image: ``(H, W)`` or ``(H, W, C)`` array.
@@ -92,6 +194,10 @@ def to_channels(image: np.ndarray, num_channels: int, path: str | Path = "<array
 
     Returns:
         ``(H, W, num_channels)`` array of the input's dtype.
+
+    Raises:
+        ImageReadError: a truly coloured image was asked for as greyscale (reducing it would
+            silently change the data; use ``channels: 3``), or the channel count is unusable.
     """
     if num_channels not in (1, 3):
         raise ValueError(f"num_channels must be 1 or 3. Received: num_channels={num_channels}")
@@ -108,14 +214,18 @@ def to_channels(image: np.ndarray, num_channels: int, path: str | Path = "<array
     if num_channels == 3 and channels == 1:
         return np.repeat(image, 3, axis=2)
     if num_channels == 1 and channels == 3:
-        if np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(
-            image[:, :, 0], image[:, :, 2]
-        ):
+        spread = int(np.max(image.max(axis=2).astype(np.int64) - image.min(axis=2)))
+        if spread == 0:
             return image[:, :, :1]
-        weights = np.array([0.299, 0.587, 0.114])
-        grey = np.tensordot(image.astype(np.float64), weights, axes=([2], [0]))
-        return np.clip(np.rint(grey), 0, np.iinfo(image.dtype).max).astype(image.dtype)[:, :, None]
-    raise ImageReadError(
+        if spread <= NEAR_GREY_SPREAD:  # grey saved through a lossy colour codec (JPEG)
+            grey = image.astype(np.float64).mean(axis=2)
+            return np.rint(grey).astype(image.dtype)[:, :, None]
+        raise ChannelError(
+            path,
+            f"has 3 different channels (up to {spread} levels apart) but the dataset is "
+            "greyscale (channels: 1); use channels: 3 for colour or multi-sequence images",
+        )
+    raise ChannelError(
         path, f"cannot convert an image with {channels} channels to {num_channels} channels"
     )
 
@@ -135,7 +245,7 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
 
     Args:
         path: destination ``.png`` path; parent folders are created.
-        array: ``(H, W)`` uint8/uint16 or ``(H, W, 3)`` RGB uint8.
+        array: ``(H, W)`` uint8/uint16 or ``(H, W, 3)`` RGB uint8/uint16.
     """
     write_bytes_atomic(path, encode_png(array))
 

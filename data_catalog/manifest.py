@@ -1,21 +1,26 @@
-"""Indexing a pair of folders into a manifest: one row per image/mask pair, with content hashes.
+"""Indexing a dataset: pair its files, read and check every case, hash it, list every problem.
 
-Images and masks pair by key: the file's path relative to its folder, without the extension
-(``a/case_1.png`` pairs with ``a/case_1.tif``). Never by sort order.
+The manifest has one row per usable case; every file left out is a row of the problems table
+(``validation.csv``) with the reason. Reading a case (:func:`load_case`) is the one place where
+images get their channels and masks their class indices, for indexing and TFRecords alike.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from data_catalog.config import PrepareConfig
 from data_catalog.hashing import hash_file, hash_records
-from data_catalog.images import ImageReadError, is_image_file, read_image, to_channels
-from data_catalog.labels import Foreground, mask_to_classes
+from data_catalog.images import ChannelError, ImageReadError, read_image, to_channels
+from data_catalog.labels import Foreground, LabelRule
+from data_catalog.pairing import CaseFiles, Problem, pair_cases, problem
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +29,7 @@ MANIFEST_COLUMNS = [
     "group",
     "image",
     "mask",
+    "num_masks",
     "image_sha256",
     "mask_sha256",
     "height",
@@ -33,10 +39,23 @@ MANIFEST_COLUMNS = [
     "foreground_fraction",
 ]
 PROBLEM_COLUMNS = ["file", "problem", "detail"]
+MASK_SEPARATOR = ";"
 
 
 class EmptyDatasetError(ValueError):
     """No usable image/mask pair was found."""
+
+
+class DatasetValidationError(ValueError):
+    """The dataset has problems and the policy is ``strict``; the message lists every one."""
+
+    def __init__(self, problems: pd.DataFrame):
+        self.problems = problems
+        lines = [f"  {row.file}: {row.problem} ({row.detail})" for row in problems.itertuples()]
+        super().__init__(
+            f"{len(problems)} problem(s) in the dataset (policy 'strict'; use policy 'skip' to "
+            "leave these cases out):\n" + "\n".join(lines)
+        )
 
 
 @dataclass(frozen=True)
@@ -44,10 +63,9 @@ class IndexResult:
     """What indexing found.
 
     Attributes:
-        manifest: one row per usable pair, columns ``MANIFEST_COLUMNS``.
-        problems: one row per problem found (``file``, ``problem``, ``detail``); the files named
-            there are left out of the manifest.
-        dataset_hash: sha256 over every pair's key and file hashes (order-independent).
+        manifest: one row per usable case, columns ``MANIFEST_COLUMNS``.
+        problems: one row per problem (``file``, ``problem``, ``detail``); those cases are out.
+        dataset_hash: sha256 over every case's key and file hashes (order-independent).
     """
 
     manifest: pd.DataFrame
@@ -55,17 +73,128 @@ class IndexResult:
     dataset_hash: str
 
 
-def list_image_files(folder: Path) -> dict[str, list[Path]]:
-    """Map each key to the image files under ``folder`` (recursive) that have it.
+def load_case(
+    image_path: str | Path, mask_paths: list[str] | tuple, rule: LabelRule, channels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one case as the model will see it.
 
-    A key is the path relative to ``folder`` without its suffix; more than one file per key is a
-    duplicate. Hidden files are ignored.
+    Args:
+        image_path: the image file.
+        mask_paths: one or more mask files; several are merged (per pixel, the highest class).
+        rule: the label rule.
+        channels: channels the image is brought to (1 or 3).
+
+    Returns:
+        ``(image, classes)``: ``(H, W, channels)`` uint8/uint16 and ``(H, W)`` uint8.
+
+    Raises:
+        ImageReadError: a file cannot be read (ChannelError: channels do not fit).
+        ValueError: a mask's values are not covered by the rule, or sizes differ; the message
+            names the file.
     """
-    found: dict[str, list[Path]] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.name.startswith(".") and is_image_file(path):
-            found.setdefault(path.relative_to(folder).with_suffix("").as_posix(), []).append(path)
-    return found
+    image = to_channels(read_image(image_path), channels, image_path)
+    merged = None
+    for mask_path in mask_paths:
+        try:
+            classes = rule.to_classes(read_image(mask_path, kind="mask"))
+        except ImageReadError:
+            raise
+        except ValueError as error:
+            raise MaskValueError(mask_path, str(error)) from None
+        if classes.shape != image.shape[:2]:
+            raise SizeMismatchError(
+                mask_path,
+                f"mask is {classes.shape[1]}x{classes.shape[0]} (WxH), image "
+                f"{Path(image_path).name} is {image.shape[1]}x{image.shape[0]}",
+            )
+        merged = classes if merged is None else np.maximum(merged, classes)
+    return image, merged
+
+
+class MaskValueError(ValueError):
+    """A mask holds values the label rule does not cover."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+class SizeMismatchError(MaskValueError):
+    """A mask's size differs from its image's."""
+
+
+def _index_case(case: CaseFiles, rule: LabelRule, channels: int) -> dict | Problem:
+    try:
+        image, classes = load_case(case.image, case.masks, rule, channels)
+    except ChannelError as error:
+        return problem(error.path, "inconsistent channels", error.reason)
+    except ImageReadError as error:
+        kind = "unreadable mask" if error.path != str(case.image) else "unreadable image"
+        return problem(error.path, kind, error.reason)
+    except SizeMismatchError as error:
+        return problem(error.path, "size mismatch", error.reason)
+    except MaskValueError as error:
+        return problem(error.path, "unexpected mask values", error.reason)
+    mask_hashes = [hash_file(path) for path in case.masks]
+    return {
+        "key": case.key,
+        "group": case.group,
+        "image": str(case.image),
+        "mask": MASK_SEPARATOR.join(str(path) for path in case.masks),
+        "num_masks": len(case.masks),
+        "image_sha256": hash_file(case.image),
+        "mask_sha256": mask_hashes[0]
+        if len(mask_hashes) == 1
+        else hash_records([tuple(mask_hashes)]),
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "channels": image.shape[2],
+        "dtype": str(image.dtype),
+        "foreground_fraction": float(np.mean(classes > 0)),
+    }
+
+
+def index_dataset(config: PrepareConfig, num_workers: int | None = None) -> IndexResult:
+    """Pair, read and check every case of a dataset, and hash it.
+
+    Args:
+        config: the dataset's rules (pairing, labels, channels, grouping).
+        num_workers: reader threads; default: the CPU count.
+
+    Returns:
+        An :class:`IndexResult`. Problems are listed, never raised: the policy is the caller's.
+
+    Raises:
+        FileNotFoundError, ValueError: the rules point at nothing or are incomplete.
+        EmptyDatasetError: no usable case was found; the message lists the first problems.
+    """
+    cases, problems = pair_cases(config)
+    rule = LabelRule.build(config.foreground, config.labels)
+    with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda case: _index_case(case, rule, config.channels), cases))
+    rows = [row for row in results if "key" in row]
+    problems = problems + [row for row in results if "key" not in row]
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    problem_frame = pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
+    for row in problems:
+        logger.warning("problem: %s: %s (%s)", row["file"], row["problem"], row["detail"])
+    if manifest.empty:
+        listed = "; ".join(f"{p['file']}: {p['problem']}" for p in problems[:5]) or "no image files"
+        raise EmptyDatasetError(
+            f"no usable cases for images={config.images} masks={config.masks} "
+            f"manifest={config.manifest} ({listed}). Check the pairing rule ({config.pairing})."
+        )
+    dataset_hash = hash_records(
+        zip(manifest["key"], manifest["image_sha256"], manifest["mask_sha256"], strict=True)
+    )
+    logger.info(
+        "indexed %d cases in %d groups, %d problems, dataset %s",
+        len(manifest),
+        manifest["group"].nunique(),
+        len(problems),
+        dataset_hash[:12],
+    )
+    return IndexResult(manifest, problem_frame, dataset_hash)
 
 
 def index_folders(
@@ -74,119 +203,25 @@ def index_folders(
     foreground: Foreground = "bright",
     channels: int = 1,
 ) -> IndexResult:
-    """Pair images with masks by key, read and check every pair, and hash the dataset.
-
-    Every pair is read once: unreadable files, masks whose size differs from the image, masks
-    the label rule cannot map, unpaired files and duplicate keys become rows of ``problems`` and
-    are left out; the rest are indexed.
-
-    Args:
-        images_dir: folder of images (recursive).
-        masks_dir: folder of masks (recursive), same relative stems as the images.
-        foreground: label rule, ``"bright"`` or ``"dark"`` (see :func:`mask_to_classes`).
-        channels: channels the images are brought to (1 or 3).
-
-    Returns:
-        An :class:`IndexResult`.
-
-    Raises:
-        FileNotFoundError: a folder does not exist.
-        EmptyDatasetError: no usable pair was found; the message lists the first problems.
-    """
-    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
-    for folder in (images_dir, masks_dir):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: not a directory")
-    images = list_image_files(images_dir)
-    masks = list_image_files(masks_dir)
-    problems: list[dict[str, str]] = []
-    rows: list[dict[str, object]] = []
-
-    for key in sorted(images.keys() | masks.keys()):
-        image_paths, mask_paths = images.get(key, []), masks.get(key, [])
-        if len(image_paths) > 1 or len(mask_paths) > 1:
-            for path in image_paths + mask_paths:
-                problems.append(_problem(path, "duplicate key", f"several files have key {key!r}"))
-            continue
-        if not mask_paths:
-            problems.append(_problem(image_paths[0], "no mask", f"no mask with key {key!r}"))
-            continue
-        if not image_paths:
-            problems.append(_problem(mask_paths[0], "no image", f"no image with key {key!r}"))
-            continue
-        row = _index_pair(key, image_paths[0], mask_paths[0], foreground, channels, problems)
-        if row is not None:
-            rows.append(row)
-
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    problem_frame = pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
-    for problem in problems:
-        logger.warning(
-            "left out %s: %s (%s)", problem["file"], problem["problem"], problem["detail"]
+    """Index two folders paired by stem (a shortcut for :func:`index_dataset`)."""
+    return index_dataset(
+        PrepareConfig(
+            images=str(images_dir), masks=str(masks_dir), foreground=foreground, channels=channels
         )
-    if manifest.empty:
-        listed = "; ".join(f"{p['file']}: {p['problem']}" for p in problems[:5]) or "no image files"
-        raise EmptyDatasetError(
-            f"no usable image/mask pairs in images={images_dir} masks={masks_dir} ({listed}). "
-            "Images and masks pair by their path relative to each folder, without the extension."
-        )
-    dataset_hash = hash_records(
-        zip(manifest["key"], manifest["image_sha256"], manifest["mask_sha256"], strict=True)
     )
-    logger.info(
-        "indexed %d pairs, %d problems, dataset %s", len(manifest), len(problems), dataset_hash[:12]
-    )
-    return IndexResult(manifest, problem_frame, dataset_hash)
 
 
-def _problem(path: Path, problem: str, detail: str) -> dict[str, str]:
-    return {"file": str(path), "problem": problem, "detail": detail}
+def apply_policy(result: IndexResult, policy: str) -> None:
+    """Raise :class:`DatasetValidationError` under ``strict`` when there are problems."""
+    if policy == "strict" and len(result.problems):
+        raise DatasetValidationError(result.problems)
 
 
-def _index_pair(
-    key: str,
-    image_path: Path,
-    mask_path: Path,
-    foreground: Foreground,
-    channels: int,
-    problems: list[dict[str, str]],
-) -> dict[str, object] | None:
-    try:
-        image = to_channels(read_image(image_path), channels, image_path)
-    except ImageReadError as error:
-        problems.append(_problem(image_path, "unreadable image", error.reason))
-        return None
-    try:
-        classes = mask_to_classes(read_image(mask_path), foreground)
-    except ImageReadError as error:
-        problems.append(_problem(mask_path, "unreadable mask", error.reason))
-        return None
-    except ValueError as error:
-        problems.append(_problem(mask_path, "unexpected mask values", str(error)))
-        return None
-    if image.dtype not in (np.uint8, np.uint16):
-        problems.append(_problem(image_path, "unsupported dtype", f"{image.dtype}"))
-        return None
-    if classes.shape != image.shape[:2]:
-        problems.append(
-            _problem(
-                mask_path,
-                "size mismatch",
-                f"mask is {classes.shape[1]}x{classes.shape[0]} (WxH), image {image_path.name} is "
-                f"{image.shape[1]}x{image.shape[0]}",
-            )
-        )
-        return None
-    return {
-        "key": key,
-        "group": key,
-        "image": str(image_path),
-        "mask": str(mask_path),
-        "image_sha256": hash_file(image_path),
-        "mask_sha256": hash_file(mask_path),
-        "height": image.shape[0],
-        "width": image.shape[1],
-        "channels": image.shape[2],
-        "dtype": str(image.dtype),
-        "foreground_fraction": float(classes.mean()),
-    }
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a ``manifest.csv`` written by segflow (keys and groups stay strings)."""
+    return pd.read_csv(path, dtype={"key": str, "group": str, "mask": str})
+
+
+def mask_paths(row) -> list[str]:
+    """The mask files of a manifest row."""
+    return str(row["mask"]).split(MASK_SEPARATOR)

@@ -25,7 +25,12 @@ def _unit_interval(group: str, seed: int) -> float:
 
 
 def split_cases(
-    manifest: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+    manifest: pd.DataFrame,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    num_folds: int = 0,
+    fold: int = 0,
 ) -> dict[str, list[str]]:
     """Assign every case of ``manifest`` to train, val or test, keeping groups together.
 
@@ -34,11 +39,16 @@ def split_cases(
     requested split came out empty, the train group with the lowest ``u`` is moved there, so
     val and test are never empty while there are at least three groups.
 
+    With ``num_folds`` = k > 1, the non-test groups are cut into k folds by the same hash
+    position and fold ``fold`` is val (``val_fraction`` is then unused).
+
     Args:
         manifest: rows with ``key`` and ``group`` columns.
         val_fraction: expected share of groups in val.
         test_fraction: expected share of groups in test.
         seed: split seed.
+        num_folds: 0 for a plain split, k > 1 for k-fold cross-validation.
+        fold: the validation fold, 0 <= fold < num_folds.
 
     Returns:
         ``{"train": [keys], "val": [keys], "test": [keys]}``, keys sorted.
@@ -47,13 +57,18 @@ def split_cases(
     position = {group: _unit_interval(group, seed) for group in groups}
     side: dict[str, str] = {}
     for group in groups:
-        if position[group] < test_fraction:
+        u = position[group]
+        if u < test_fraction:
             side[group] = "test"
-        elif position[group] < test_fraction + val_fraction:
+        elif num_folds > 1:
+            group_fold = int((u - test_fraction) / (1 - test_fraction) * num_folds)
+            side[group] = "val" if min(group_fold, num_folds - 1) == fold else "train"
+        elif u < test_fraction + val_fraction:
             side[group] = "val"
         else:
             side[group] = "train"
-    for name, fraction in (("test", test_fraction), ("val", val_fraction)):
+    val_share = 1 / num_folds if num_folds > 1 else val_fraction
+    for name, fraction in (("test", test_fraction), ("val", val_share)):
         train_groups = sorted((g for g in groups if side[g] == "train"), key=position.get)
         if fraction > 0 and name not in side.values() and len(train_groups) > 1:
             side[train_groups[0]] = name
@@ -72,6 +87,9 @@ def save_splits(
     seed: int,
     val_fraction: float,
     test_fraction: float,
+    num_folds: int = 0,
+    fold: int = 0,
+    groups: dict[str, str] | None = None,
 ) -> dict[str, object]:
     """Write ``splits.json`` (atomically) with the dataset hash, seed, fractions and a split hash.
 
@@ -84,7 +102,12 @@ def save_splits(
         "seed": seed,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
+        "num_folds": num_folds,
+        "fold": fold,
         "counts": {name: len(splits[name]) for name in SPLIT_NAMES},
+        "group_counts": {name: len({groups[key] for key in splits[name]}) for name in SPLIT_NAMES}
+        if groups
+        else None,
         **{name: splits[name] for name in SPLIT_NAMES},
     }
     write_json_atomic(path, document)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,10 @@ import pandas as pd
 import tensorflow as tf
 
 from data_catalog.atomic import write_json_atomic
-from data_catalog.images import encode_png, read_image, to_channels
-from data_catalog.labels import Foreground, mask_to_classes
+from data_catalog.hashing import hash_json
+from data_catalog.images import encode_png
+from data_catalog.labels import LabelRule
+from data_catalog.manifest import load_case, mask_paths
 
 logger = logging.getLogger(__name__)
 
@@ -65,64 +69,115 @@ def encode_example(key: str, image: np.ndarray, classes: np.ndarray) -> bytes:
     return example.SerializeToString()
 
 
+FORMAT_VERSION = 1
+
+
+def tfrecord_address(
+    dataset_hash: str, split_hash: str, rule: LabelRule, channels: int, num_shards: int
+) -> str:
+    """Content address of a TFRecord set: same data, split and settings -> same address."""
+    return hash_json(
+        {
+            "format": FORMAT_VERSION,
+            "dataset": dataset_hash,
+            "split": split_hash,
+            "labels": rule.describe(),
+            "channels": channels,
+            "num_shards": num_shards,
+        }
+    )
+
+
+def is_complete(tfrecord_dir: str | Path, address: str | None = None) -> bool:
+    """True when a set's sidecar exists (it is written last), matches ``address`` when given,
+    and every shard it lists is present."""
+    path = Path(tfrecord_dir) / SIDECAR_NAME
+    if not path.is_file():
+        return False
+    sidecar = json.loads(path.read_text())
+    if address is not None and sidecar.get("address") != address:
+        return False
+    return all(
+        (Path(tfrecord_dir) / name).is_file()
+        for split in sidecar["splits"].values()
+        for name in split["files"]
+    )
+
+
+def _write_shard(path: Path, rows: list[dict], rule: LabelRule, channels: int, dtype: str) -> int:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tf.io.TFRecordWriter(str(tmp)) as writer:
+        for row in rows:
+            image, classes = load_case(row["image"], mask_paths(row), rule, channels)
+            if dtype == "uint16" and image.dtype == np.uint8:
+                image = image.astype(np.uint16) * 257  # same [0, 1] after normalisation
+            writer.write(encode_example(row["key"], image, classes))
+    tmp.replace(path)
+    return len(rows)
+
+
 def write_tfrecords(
     manifest: pd.DataFrame,
     splits: dict[str, list[str]],
     out_dir: str | Path,
-    foreground: Foreground,
+    labels: LabelRule | str,
     channels: int,
     dataset_hash: str,
     num_shards: int = 2,
+    address: str | None = None,
+    num_workers: int | None = None,
 ) -> dict[str, object]:
-    """Write every split's cases into shards under ``out_dir`` and the JSON sidecar.
+    """Write every split's cases into shards under ``out_dir``, then the JSON sidecar.
 
     Images keep their bit depth (a dataset with any 16-bit image is stored as 16-bit, 8-bit
-    images scaled by 257); masks are stored as class indices after the label rule.
-    Shards are written to temporary names and renamed when complete.
+    images scaled by 257 so normalisation is unchanged); masks are stored as class indices
+    after the label rule, several masks of a case merged. Shards are written in parallel, each
+    to a temporary name renamed when complete; the sidecar is written last, so a set with a
+    sidecar is complete.
 
     Args:
-        manifest: rows from :func:`data_catalog.manifest.index_folders`.
+        manifest: rows from :func:`data_catalog.manifest.index_dataset`.
         splits: split name -> list of keys.
         out_dir: destination folder.
-        foreground: label rule.
+        labels: the label rule (or ``"bright"``/``"dark"``).
         channels: image channels to store (1 or 3).
         dataset_hash: recorded in the sidecar.
         num_shards: shards per split (fewer when a split has fewer cases).
+        address: content address recorded in the sidecar (see :func:`tfrecord_address`).
+        num_workers: writer threads; default: the CPU count.
 
     Returns:
         The sidecar document.
     """
+    rule = LabelRule.build(labels) if isinstance(labels, str) else labels
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SIDECAR_NAME).unlink(missing_ok=True)  # incomplete until rewritten
     dtype = "uint16" if (manifest["dtype"] == "uint16").any() else "uint8"
-    by_key = manifest.set_index("key")
+    by_key = manifest.set_index("key", drop=False)
     sidecar: dict[str, object] = {
+        "address": address,
+        "format": FORMAT_VERSION,
         "dataset_hash": dataset_hash,
         "dtype": dtype,
         "channels": channels,
-        "foreground": foreground,
-        "num_classes": 2,
+        "labels": rule.describe(),
+        "foreground": rule.foreground,
+        "num_classes": rule.num_classes,
         "splits": {},
     }
+    jobs = []
     for split, keys in splits.items():
-        shard_count = max(1, min(num_shards, len(keys)))
-        files = [
-            out_dir / f"{split}-{i:05d}-of-{shard_count:05d}.tfrecord" for i in range(shard_count)
-        ]
+        count = max(1, min(num_shards, len(keys)))
+        files = [out_dir / f"{split}-{i:05d}-of-{count:05d}.tfrecord" for i in range(count)]
         for shard, path in enumerate(files):
-            tmp = path.with_name(f".{path.name}.tmp")
-            with tf.io.TFRecordWriter(str(tmp)) as writer:
-                for key in keys[shard::shard_count]:
-                    row = by_key.loc[key]
-                    image = to_channels(read_image(row["image"]), channels, row["image"])
-                    if dtype == "uint16" and image.dtype == np.uint8:
-                        image = image.astype(np.uint16) * 257
-                    classes = mask_to_classes(read_image(row["mask"]), foreground)
-                    writer.write(encode_example(key, image, classes))
-            tmp.replace(path)
+            rows = [by_key.loc[key].to_dict() for key in keys[shard::count]]
+            jobs.append((path, rows))
         sidecar["splits"][split] = {"files": [p.name for p in files], "num_records": len(keys)}
-        logger.info("wrote %d %s records in %d shards", len(keys), split, shard_count)
+    with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
+        written = sum(pool.map(lambda job: _write_shard(*job, rule, channels, dtype), jobs))
     write_json_atomic(out_dir / SIDECAR_NAME, sidecar)
+    logger.info("wrote %d records in %d shards to %s", written, len(jobs), out_dir)
     return sidecar
 
 

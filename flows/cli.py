@@ -22,6 +22,17 @@ from unet.config import EvaluateConfig, PredictConfig, TrainConfig
 DEMO_TRAIN = {"image_size": 128, "depth": 3, "base_filters": 16, "epochs": 15, "batch_size": 8}
 
 
+def parse_label_table(text: str) -> dict[int, int]:
+    """``"0:0,128:1,255:2"`` -> ``{0: 0, 128: 1, 255: 2}``."""
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item.strip()]
+        return {int(value): int(cls) for value, cls in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected stored-value:class pairs like 0:0,128:1,255:2. Received: {text!r}"
+        ) from None
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -43,6 +54,8 @@ def add_config_arguments(
         kwargs: dict[str, object] = {"dest": name, "default": None, "help": field.description}
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(annotation) is dict:
+            kwargs["type"] = parse_label_table
         elif typing.get_origin(annotation) is typing.Literal:
             choices = typing.get_args(annotation)
             kwargs.update(choices=choices, type=type(choices[0]))
@@ -87,16 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Image size. Default: {DEMO_TRAIN['image_size']}.",
     )
 
-    train = commands.add_parser("train", help="Train and evaluate a U-Net on a folder pair.")
+    prepare = commands.add_parser(
+        "prepare", help="Index, validate, split a dataset and write its TFRecords."
+    )
+    prepare.add_argument("--out", required=True, help="Folder for manifest, splits, TFRecords.")
+    add_config_arguments(prepare, PrepareConfig)
+
+    train = commands.add_parser("train", help="Prepare a dataset, train and evaluate a U-Net.")
     train.add_argument("--out", required=True, help="Run folder for the model and its records.")
-    add_config_arguments(train, PrepareConfig, required=("images", "masks"))
+    add_config_arguments(train, PrepareConfig)
     add_config_arguments(train, TrainConfig)
 
-    evaluate = commands.add_parser("evaluate", help="Score a model on a labelled folder pair.")
+    evaluate = commands.add_parser("evaluate", help="Score a model on a labelled dataset.")
     evaluate.add_argument("--out", dest="out_dir", required=True, help="Folder for the scores.")
-    add_config_arguments(
-        evaluate, EvaluateConfig, skip=("out_dir",), required=("model", "images", "masks")
-    )
+    add_config_arguments(evaluate, EvaluateConfig, skip=("out_dir",), required=("model",))
+    add_config_arguments(evaluate, PrepareConfig)
 
     predict = commands.add_parser("predict", help="Segment every image in a folder.")
     predict.add_argument("input_dir", help="Folder of images, searched recursively.")
@@ -147,6 +165,20 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if predicted["num_errors"] == 0 else 1
 
 
+def run_prepare_command(args: argparse.Namespace) -> int:
+    from flows.prepare import prepare_flow
+
+    result = prepare_flow(config=config_from_args(PrepareConfig, args), out_dir=args.out)
+    print(
+        f"{result['num_cases']} cases in {result['num_groups']} groups, "
+        f"{result['num_problems']} problems (validation.csv); split {result['split_counts']}; "
+        f"mean foreground fraction {result['foreground_fraction']:.4f}\n"
+        f"TFRecords {'reused from cache' if result['cached'] else 'written'}: "
+        f"{result['tfrecords']}\nsummary: {result['summary']}"
+    )
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     from flows.train import train_flow
 
@@ -166,7 +198,9 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from flows.predict import evaluate_flow
 
-    metrics = evaluate_flow(config_from_args(EvaluateConfig, args))
+    metrics = evaluate_flow(
+        config=config_from_args(EvaluateConfig, args), data=config_from_args(PrepareConfig, args)
+    )
     print(
         f"foreground Dice {metrics['foreground_dice']:.4f} on {metrics['num_images']} images "
         f"(Otsu baseline {metrics['otsu_baseline']['foreground_dice']:.4f}); "
@@ -190,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segflow`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     handlers = {
+        "prepare": run_prepare_command,
         "demo": run_demo,
         "train": run_train,
         "evaluate": run_evaluate,
@@ -197,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"segflow {args.command}: error: {error}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"segflow {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

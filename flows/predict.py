@@ -6,7 +6,8 @@ from datetime import datetime
 
 from prefect import flow
 
-from tasks.evaluation import evaluate_folders
+from data_catalog.config import PrepareConfig
+from tasks.evaluation import evaluate_dataset
 from tasks.prediction import segment_folder
 from unet.config import EvaluateConfig, PredictConfig
 
@@ -22,6 +23,6 @@ def predict_flow(config: PredictConfig) -> dict[str, object]:
 
 
 @flow(name="evaluate-flow", flow_run_name=lambda: f"evaluate-{datetime.now():%Y-%m-%d-%H%M%S}")
-def evaluate_flow(config: EvaluateConfig) -> dict[str, object]:
-    """Score a model on a labelled folder pair; write metrics.json, per_image.csv, overlays."""
-    return evaluate_folders(config)
+def evaluate_flow(config: EvaluateConfig, data: PrepareConfig) -> dict[str, object]:
+    """Score a model on a labelled dataset; write metrics.json, per_image.csv, overlays."""
+    return evaluate_dataset(config, data)

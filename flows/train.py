@@ -9,8 +9,8 @@ from prefect import flow
 
 from data_catalog.atomic import write_json_atomic
 from data_catalog.config import PrepareConfig
+from flows.prepare import run_prepare
 from tasks.evaluation import evaluate_split
-from tasks.prepare import index_dataset, split_dataset, write_tfrecord_set
 from tasks.reporting import markdown_table, publish_markdown, publish_table
 from unet.config import TrainConfig
 
@@ -28,27 +28,26 @@ def train_flow(
     """Train a U-Net on a folder pair and evaluate it on the held-out test split.
 
     Writes into ``run_dir``: ``config.json``, ``manifest.csv``, ``validation.csv``,
-    ``splits.json``, ``tfrecords/``, ``model.keras``, ``model.json``, ``history.csv``,
-    ``lineage.json`` and ``evaluation/`` (``metrics.json``, ``per_image.csv``, overlays).
+    ``splits.json``, ``summary.md``, ``tfrecords/`` (unless ``prepare.cache_dir`` points
+    elsewhere), ``model.keras``, ``model.json``, ``history.csv``, ``lineage.json``,
+    ``metrics.json`` and ``evaluation/`` (``metrics.json``, ``per_image.csv``, overlays).
 
     Returns:
         Key numbers: run folder, model, dataset hash, test foreground Dice, Otsu baseline Dice.
     """
-    from data_catalog.splits import load_splits
     from tasks.training import train_unet
 
     run_path = Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
+    prepared = run_prepare(prepare, run_dir)
+    prepare = prepared["config"]
     write_json_atomic(
         run_path / "config.json", {"prepare": prepare.model_dump(), "train": train.model_dump()}
     )
-    index = index_dataset(prepare, run_dir)
-    splits_path = split_dataset(index["manifest"], index["dataset_hash"], prepare, run_dir)
-    tfrecord_dir = write_tfrecord_set(index["manifest"], splits_path, prepare, run_dir)
-    splits = load_splits(splits_path)
+    tfrecord_dir = prepared["tfrecords"]
     lineage = {
-        "split_hash": splits["split_hash"],
-        "split_counts": splits["counts"],
+        "split_hash": prepared["split_hash"],
+        "split_counts": prepared["split_counts"],
         "prepare_config": prepare.model_dump(),
     }
     training = train_unet(tfrecord_dir, run_dir, train, lineage)
@@ -58,11 +57,11 @@ def train_flow(
         "run_dir": str(run_path),
         "model": training["model"],
         "model_version": training["model_version"],
-        "dataset_hash": index["dataset_hash"],
-        "num_cases": index["num_cases"],
-        "train_cases": splits["counts"]["train"],
-        "val_cases": splits["counts"]["val"],
-        "test_cases": splits["counts"]["test"],
+        "dataset_hash": prepared["dataset_hash"],
+        "num_cases": prepared["num_cases"],
+        "train_cases": prepared["split_counts"]["train"],
+        "val_cases": prepared["split_counts"]["val"],
+        "test_cases": prepared["split_counts"]["test"],
         "best_epoch": training["best_epoch"],
         "val_dice": training["best_val_dice"],
         "test_dice": metrics["foreground_dice"],

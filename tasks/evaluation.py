@@ -6,6 +6,8 @@ from pathlib import Path
 
 from prefect import task
 
+from data_catalog.atomic import write_csv_atomic
+from data_catalog.config import PrepareConfig
 from tasks.reporting import markdown_table, publish_markdown, publish_table, run_logger
 from unet.config import EvaluateConfig
 
@@ -66,30 +68,47 @@ def evaluate_split(model: str, tfrecord_dir: str, out_dir: str, split: str = "te
     return metrics
 
 
-@task(name="evaluate-folders")
-def evaluate_folders(config: EvaluateConfig) -> dict:
-    """Score a model on every pair of an image folder and a mask folder."""
-    from data_catalog.images import read_image
-    from data_catalog.labels import mask_to_classes
-    from data_catalog.manifest import index_folders
+@task(name="evaluate-dataset")
+def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> dict:
+    """Score a model on a labelled dataset: every valid case, or one split of it.
+
+    The dataset is indexed and validated with its own rules (problems listed in
+    ``validation.csv``; policy ``strict`` stops), with the model's channels.
+    """
+    from data_catalog.catalog import resolve_dataset
+    from data_catalog.labels import LabelRule
+    from data_catalog.manifest import apply_policy, index_dataset, load_case, mask_paths
+    from data_catalog.splits import split_cases
     from unet.evaluation import evaluate_cases
     from unet.inference import Segmenter
 
     segmenter = Segmenter(config.model)
-    index = index_folders(config.images, config.masks, config.foreground, segmenter.channels)
-    cases = (
-        (row.key, read_image(row.image), mask_to_classes(read_image(row.mask), config.foreground))
-        for row in index.manifest.itertuples()
-    )
-    metrics = evaluate_cases(segmenter, cases, config.out_dir)
+    data = resolve_dataset(data)
+    if data.channels != segmenter.channels:
+        run_logger().info("reading images with the model's %d channel(s)", segmenter.channels)
+        data = data.model_copy(update={"channels": segmenter.channels})
+    index = index_dataset(data)
+    write_csv_atomic(Path(config.out_dir) / "validation.csv", index.problems)
     if len(index.problems):
-        from data_catalog.atomic import write_csv_atomic
-
-        write_csv_atomic(Path(config.out_dir) / "validation.csv", index.problems)
         publish_table(
             "dataset-problems",
             index.problems.to_dict("records"),
             "Files left out of the evaluation, and why",
         )
+    apply_policy(index, data.policy)
+    manifest = index.manifest
+    if config.split != "all":
+        splits = split_cases(
+            manifest, data.val_fraction, data.test_fraction, data.seed, data.num_folds, data.fold
+        )
+        manifest = manifest[manifest["key"].isin(splits[config.split])]
+        if manifest.empty:
+            raise ValueError(f"the {config.split} split of this dataset is empty")
+    rule = LabelRule.build(data.foreground, data.labels)
+    cases = (
+        (row["key"], *load_case(row["image"], mask_paths(row), rule, segmenter.channels))
+        for row in manifest.to_dict("records")
+    )
+    metrics = evaluate_cases(segmenter, cases, config.out_dir, config.num_overlays)
     _publish(metrics, config.out_dir)
     return metrics

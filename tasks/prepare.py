@@ -1,98 +1,153 @@
-"""Tasks of the prepare stage: index a dataset, split it, write TFRecords."""
+"""Tasks of the prepare stage: index and validate, split, write TFRecords (cached), summarise."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 from prefect import task
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
-from data_catalog.atomic import write_csv_atomic
+from data_catalog.atomic import write_csv_atomic, write_text_atomic
 from data_catalog.config import PrepareConfig
-from data_catalog.manifest import index_folders
-from data_catalog.splits import save_splits, split_cases
-from tasks.reporting import publish_table, run_logger
+from data_catalog.manifest import apply_policy, index_dataset, read_manifest
+from data_catalog.splits import load_splits, save_splits, split_cases
+from data_catalog.summary import split_rows, summarize_dataset
+from tasks.reporting import publish_markdown, publish_table, run_logger
 
 
-@task(name="index-dataset", task_run_name="index-{config.images}")
-def index_dataset(config: PrepareConfig, run_dir: str) -> dict[str, object]:
-    """Pair, read and hash every case; write ``manifest.csv`` and ``validation.csv``.
+@task(name="index-dataset")
+def index_cases(config: PrepareConfig, out_dir: str) -> dict[str, object]:
+    """Pair, read, check and hash every case; write ``manifest.csv`` and ``validation.csv``.
+
+    Every problem is listed in ``validation.csv``, the log and a ``dataset-problems`` table
+    artifact; under policy ``strict`` the task then fails with all of them in its message.
 
     Returns:
         ``manifest`` path, ``validation`` path, ``dataset_hash``, ``num_cases``,
-        ``num_problems``, ``foreground_fraction`` (mean over cases).
+        ``num_groups``, ``num_problems``, ``foreground_fraction`` (mean over cases).
     """
-    result = index_folders(config.images, config.masks, config.foreground, config.channels)
-    manifest_path = write_csv_atomic(Path(run_dir) / "manifest.csv", result.manifest)
-    validation_path = write_csv_atomic(Path(run_dir) / "validation.csv", result.problems)
+    result = index_dataset(config)
+    manifest_path = write_csv_atomic(Path(out_dir) / "manifest.csv", result.manifest)
+    validation_path = write_csv_atomic(Path(out_dir) / "validation.csv", result.problems)
+    publish_table(
+        "dataset-problems",
+        result.problems.to_dict("records") or [{"file": "", "problem": "none", "detail": ""}],
+        f"Problems found in the dataset ({len(result.problems)}); policy {config.policy}",
+    )
+    logger = run_logger()
+    for row in result.problems.itertuples():
+        logger.warning("%s: %s (%s)", row.file, row.problem, row.detail)
+    apply_policy(result, config.policy)
     summary = {
         "manifest": str(manifest_path),
         "validation": str(validation_path),
         "dataset_hash": result.dataset_hash,
         "num_cases": len(result.manifest),
+        "num_groups": int(result.manifest["group"].nunique()),
         "num_problems": len(result.problems),
         "foreground_fraction": float(result.manifest["foreground_fraction"].mean()),
     }
-    logger = run_logger()
     logger.info(
-        "indexed %d cases (dataset %s), mean foreground fraction %.4f, %d problems",
+        "indexed %d cases in %d groups (dataset %s), mean foreground fraction %.4f, "
+        "%d problems (policy %s)",
         summary["num_cases"],
+        summary["num_groups"],
         result.dataset_hash[:12],
         summary["foreground_fraction"],
         summary["num_problems"],
+        config.policy,
     )
-    if len(result.problems):
-        publish_table(
-            "dataset-problems",
-            result.problems.to_dict("records"),
-            "Files left out of the dataset, and why",
-        )
-        for problem in result.problems.to_dict("records"):
-            logger.warning(
-                "left out %s: %s (%s)", problem["file"], problem["problem"], problem["detail"]
-            )
     return summary
 
 
 @task(name="split-dataset")
 def split_dataset(
-    manifest_path: str, dataset_hash: str, config: PrepareConfig, run_dir: str
+    manifest_path: str, dataset_hash: str, config: PrepareConfig, out_dir: str
 ) -> str:
-    """Assign cases to train/val/test (seeded, stable as data grows); write ``splits.json``."""
-    manifest = pd.read_csv(manifest_path, dtype={"key": str, "group": str})
-    splits = split_cases(manifest, config.val_fraction, config.test_fraction, config.seed)
-    path = Path(run_dir) / "splits.json"
-    document = save_splits(
-        splits, path, dataset_hash, config.seed, config.val_fraction, config.test_fraction
+    """Assign groups to train/val/test (seeded, stable as data grows); write ``splits.json``."""
+    manifest = read_manifest(manifest_path)
+    splits = split_cases(
+        manifest,
+        config.val_fraction,
+        config.test_fraction,
+        config.seed,
+        config.num_folds,
+        config.fold,
     )
-    run_logger().info("split %s (split hash %s)", document["counts"], document["split_hash"][:12])
+    path = Path(out_dir) / "splits.json"
+    document = save_splits(
+        splits,
+        path,
+        dataset_hash,
+        config.seed,
+        config.val_fraction,
+        config.test_fraction,
+        config.num_folds,
+        config.fold,
+        dict(zip(manifest["key"], manifest["group"], strict=True)),
+    )
+    run_logger().info(
+        "split %s cases, %s groups (split hash %s)",
+        document["counts"],
+        document["group_counts"],
+        document["split_hash"][:12],
+    )
     return str(path)
 
 
-@task(name="write-tfrecords")
+def _tfrecord_cache_key(context, parameters) -> str:
+    return f"tfrecords-{parameters['address']}"
+
+
+@task(
+    name="write-tfrecords",
+    cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_tfrecord_cache_key),
+)
 def write_tfrecord_set(
-    manifest_path: str, splits_path: str, config: PrepareConfig, run_dir: str
+    manifest_path: str, splits_path: str, config: PrepareConfig, tfrecord_dir: str, address: str
 ) -> str:
-    """Write the TFRecord shards of every split under ``run_dir/tfrecords``; return that folder."""
-    from data_catalog.splits import load_splits
+    """Write the TFRecord shards of every split into the content-addressed ``tfrecord_dir``.
+
+    Cached by ``address`` (dataset hash, split hash, label rule, channels, shards): a second
+    run over unchanged data is served from the cache. The caller re-runs it with
+    ``refresh_cache=True`` when the files are gone.
+    """
+    from data_catalog.labels import LabelRule
     from data_catalog.tfrecords import write_tfrecords
 
-    manifest = pd.read_csv(manifest_path, dtype={"key": str, "group": str})
+    manifest = read_manifest(manifest_path)
     document = load_splits(splits_path)
     splits = {name: document[name] for name in ("train", "val", "test")}
-    out_dir = Path(run_dir) / "tfrecords"
     sidecar = write_tfrecords(
         manifest,
         splits,
-        out_dir,
-        config.foreground,
+        tfrecord_dir,
+        LabelRule.build(config.foreground, config.labels),
         config.channels,
         str(document["dataset_hash"]),
         config.num_shards,
+        address=address,
     )
     rows = [
         {"split": name, "cases": split["num_records"], "shards": len(split["files"])}
         for name, split in sidecar["splits"].items()
     ]
-    publish_table("dataset-splits", rows, "Cases and TFRecord shards per split")
-    return str(out_dir)
+    publish_table("dataset-tfrecords", rows, f"TFRecord shards per split in {tfrecord_dir}")
+    return tfrecord_dir
+
+
+@task(name="summarize-dataset")
+def summarize(index: dict, splits_path: str, config: PrepareConfig, out_dir: str) -> str:
+    """Write ``summary.md`` and publish it with a per-split table."""
+    import pandas as pd
+
+    manifest = read_manifest(index["manifest"])
+    problems = pd.read_csv(index["validation"], dtype=str)
+    document = load_splits(splits_path)
+    splits = {name: document[name] for name in ("train", "val", "test")}
+    title = f"Dataset {config.dataset or config.images or config.manifest}"
+    markdown = summarize_dataset(manifest, splits, problems, index["dataset_hash"], title)
+    path = write_text_atomic(Path(out_dir) / "summary.md", markdown)
+    publish_markdown("dataset-summary", markdown, "Dataset summary")
+    publish_table("dataset-splits", split_rows(manifest, splits), "Cases and groups per split")
+    return str(path)

@@ -24,7 +24,9 @@ class TrainConfig(BaseModel):
     )
     batch_norm: bool = Field(True, description="Batch normalisation after every convolution.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate at the bottleneck.")
-    num_classes: int = Field(2, ge=2, description="Classes including background (class 0).")
+    num_classes: int | None = Field(
+        None, ge=2, description="Classes including background (class 0); default: from the data."
+    )
     epochs: int = Field(20, ge=1, description="Training epochs.")
     batch_size: int = Field(8, ge=1, description="Patches per training step.")
     steps_per_epoch: int | None = Field(
@@ -60,14 +62,13 @@ class PredictConfig(BaseModel):
 
 
 class EvaluateConfig(BaseModel):
-    """Scoring a trained model on a labelled pair of folders."""
+    """Scoring a trained model on a labelled dataset (given by a PrepareConfig)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field(description="A run folder (holding model.keras) or a .keras model file.")
-    images: str = Field(description="Folder of images (searched recursively).")
-    masks: str = Field(description="Folder of masks; a mask pairs with the image of the same stem.")
-    foreground: Literal["bright", "dark"] = Field(
-        "bright", description="Which mask value is foreground: 'bright' or 'dark'."
-    )
     out_dir: str = Field(description="Folder for metrics.json, per_image.csv and overlays.")
+    split: Literal["all", "train", "val", "test"] = Field(
+        "all", description="Cases to score: all, or one split of the dataset's seeded split."
+    )
+    num_overlays: int = Field(4, ge=0, description="Overlay PNGs to write (the first cases).")

@@ -70,6 +70,6 @@ def build_unet(config: TrainConfig, num_channels: int = 1) -> keras.Model:
         x = decoder_block(
             x, skips[level - 1], config.base_filters * 2 ** (level - 1), level, config.batch_norm
         )
-    outputs = layers.Conv2D(config.num_classes, 1, name="head_conv")(x)
+    outputs = layers.Conv2D(config.num_classes or 2, 1, name="head_conv")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="head_softmax")(outputs)
     return keras.Model(inputs, outputs, name=f"unet_d{config.depth}_f{config.base_filters}")

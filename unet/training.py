@@ -144,9 +144,13 @@ def train_model(
                 f"the {split} split of {tfrecord_dir} is empty (counts {counts}); add cases or "
                 "change val_fraction/test_fraction"
             )
-    if sidecar["num_classes"] > config.num_classes:
+    data_classes = int(sidecar["num_classes"])
+    if config.num_classes is None:
+        config = config.model_copy(update={"num_classes": data_classes})
+    elif data_classes > config.num_classes:
         raise ValueError(
-            f"data has {sidecar['num_classes']} classes but num_classes={config.num_classes}"
+            f"the data has {data_classes} classes (label rule {sidecar['labels']}) but "
+            f"num_classes={config.num_classes}; leave num_classes unset to take it from the data"
         )
     channels, dtype = int(sidecar["channels"]), str(sidecar["dtype"])
 

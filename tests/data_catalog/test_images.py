@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_catalog.images import ImageReadError, read_image, to_channels, write_png_atomic
+from data_catalog.images import (
+    ChannelError,
+    ImageReadError,
+    read_image,
+    to_channels,
+    write_png_atomic,
+)
 
 
 def test_reads_8_and_16_bit_png_values_unchanged(tmp_path):
@@ -51,10 +57,13 @@ def test_rgb_holding_grey_reduces_exactly():
     assert reduced.shape == (5, 6, 1) and np.array_equal(reduced[..., 0], grey)
 
 
-def test_colour_reduces_by_luminance_and_grey_expands():
+def test_colour_in_a_greyscale_dataset_is_an_error_not_a_silent_conversion():
     colour = np.zeros((1, 1, 3), np.uint8)
     colour[0, 0] = (255, 0, 0)
-    assert to_channels(colour, 1)[0, 0, 0] == 76  # 0.299 * 255
+    with pytest.raises(ChannelError, match="scan.png: has 3 different channels"):
+        to_channels(colour, 1, "scan.png")
+    near_grey = np.array([[[100, 102, 99]]], np.uint8)  # grey after JPEG
+    assert to_channels(near_grey, 1)[0, 0, 0] == 100
     assert to_channels(np.full((2, 2), 7, np.uint8), 3).shape == (2, 2, 3)
 
 

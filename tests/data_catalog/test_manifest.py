@@ -64,7 +64,7 @@ def test_dataset_hash_follows_content(tmp_path):
 def test_empty_dataset_is_a_clear_error(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    with pytest.raises(EmptyDatasetError, match="no usable image/mask pairs"):
+    with pytest.raises(EmptyDatasetError, match="no usable cases"):
         index_folders(tmp_path / "images", tmp_path / "masks")
 
 

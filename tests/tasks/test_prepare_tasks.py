@@ -3,20 +3,28 @@
 import json
 
 import pandas as pd
+import pytest
 
 from data_catalog.config import PrepareConfig
-from tasks.prepare import index_dataset, split_dataset, write_tfrecord_set
+from data_catalog.manifest import DatasetValidationError
+from tasks.prepare import index_cases, split_dataset, summarize, write_tfrecord_set
 
 
-def test_prepare_tasks_chain_through_paths(synthetic_dir, tmp_path):
+@pytest.fixture
+def dataset_with_orphan(synthetic_dir):
     (synthetic_dir / "images" / "broken.png").write_bytes(b"")
-    try:
-        config = PrepareConfig(
-            images=str(synthetic_dir / "images"), masks=str(synthetic_dir / "masks"), num_shards=1
-        )
-        index = index_dataset.fn(config, str(tmp_path))
-    finally:
-        (synthetic_dir / "images" / "broken.png").unlink()
+    yield synthetic_dir
+    (synthetic_dir / "images" / "broken.png").unlink()
+
+
+def test_prepare_tasks_chain_through_paths(dataset_with_orphan, tmp_path):
+    config = PrepareConfig(
+        images=str(dataset_with_orphan / "images"),
+        masks=str(dataset_with_orphan / "masks"),
+        num_shards=1,
+        policy="skip",
+    )
+    index = index_cases.fn(config, str(tmp_path))
     assert index["num_cases"] == 24 and index["num_problems"] == 1
     problems = pd.read_csv(index["validation"])
     assert (
@@ -27,6 +35,23 @@ def test_prepare_tasks_chain_through_paths(synthetic_dir, tmp_path):
     splits = json.loads(open(splits_path).read())
     assert splits["dataset_hash"] == index["dataset_hash"] and sum(splits["counts"].values()) == 24
 
-    tfrecord_dir = write_tfrecord_set.fn(index["manifest"], splits_path, config, str(tmp_path))
+    tfrecord_dir = write_tfrecord_set.fn(
+        index["manifest"], splits_path, config, str(tmp_path / "tfr"), "address-1"
+    )
     sidecar = json.loads(open(f"{tfrecord_dir}/tfrecords.json").read())
     assert {name: s["num_records"] for name, s in sidecar["splits"].items()} == splits["counts"]
+    assert sidecar["address"] == "address-1"
+
+    summary = open(summarize.fn(index, splits_path, config, str(tmp_path))).read()
+    assert "cases: 24" in summary and "| no mask | 1 |" in summary
+
+
+def test_strict_policy_stops_listing_every_problem_after_writing_them(
+    dataset_with_orphan, tmp_path
+):
+    config = PrepareConfig(
+        images=str(dataset_with_orphan / "images"), masks=str(dataset_with_orphan / "masks")
+    )
+    with pytest.raises(DatasetValidationError, match=r"broken\.png: no mask"):
+        index_cases.fn(config, str(tmp_path))
+    assert len(pd.read_csv(tmp_path / "validation.csv")) == 1

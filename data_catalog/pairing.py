@@ -1,0 +1,238 @@
+"""Pairing images with their masks by key, never by sort order.
+
+Rules (see :class:`data_catalog.config.PrepareConfig`):
+    stem:     ``images/a/12.png`` <-> ``masks/a/12.tif`` (relative path without the extension);
+    suffix:   ``x.tif`` <-> ``x_mask.tif`` beside it, plus ``x_mask_1.tif`` ... (merged);
+    pattern:  a regular expression with a named group ``key`` on the file names;
+    manifest: a CSV with ``image``, ``mask`` (``;``-separated for several) and optional ``group``.
+Every file that cannot be paired becomes a problem row; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from data_catalog.config import PrepareConfig
+from data_catalog.images import is_image_file
+
+Problem = dict[str, str]
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files of one case: one image, one or more masks (merged), and its split group."""
+
+    key: str
+    image: Path
+    masks: tuple[Path, ...]
+    group: str
+
+
+def problem(path: Path | str, kind: str, detail: str) -> Problem:
+    """One row of ``validation.csv``."""
+    return {"file": str(path), "problem": kind, "detail": detail}
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a directory")
+    return [
+        path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and is_image_file(path)
+    ]
+
+
+def _stem_key(path: Path, root: Path) -> str:
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+def _group_for(key: str, image: Path, root: Path | None, group_by: str) -> str | None:
+    if group_by == "case":
+        return key
+    relative = image.relative_to(root).as_posix() if root else image.as_posix()
+    if group_by == "parent":
+        parent = Path(relative).parent.as_posix()
+        return parent if parent != "." else key
+    match = re.search(group_by, relative)
+    if not match:
+        return None
+    return match.groupdict().get("group") or (match.group(1) if match.groups() else match.group(0))
+
+
+def pair_cases(config: PrepareConfig) -> tuple[list[CaseFiles], list[Problem]]:
+    """Find every case of a dataset by its pairing rule.
+
+    Returns:
+        ``(cases, problems)``: cases sorted by key; problems for files with no partner,
+        duplicate keys, names the key pattern does not match, groups that cannot be found.
+
+    Raises:
+        FileNotFoundError: a folder or the manifest does not exist.
+        ValueError: the rule is incomplete (e.g. no image folder) or a pattern is invalid.
+    """
+    rule = config.pairing
+    if rule == "manifest":
+        return _pair_manifest(config)
+    if not config.images:
+        raise ValueError(
+            "no images folder: give images (and masks, mask_suffix or key_pattern), "
+            "a manifest, or a dataset name from the catalog"
+        )
+    images_root = Path(config.images)
+    if rule == "suffix":
+        masks_root = Path(config.masks) if config.masks else images_root
+        return _pair_suffix(images_root, masks_root, config.mask_suffix, config.group_by)
+    if not config.masks:
+        raise ValueError(
+            f"pairing by {rule} needs a masks folder; give masks (or mask_suffix "
+            "for masks beside their images)"
+        )
+    masks_root = Path(config.masks)
+    if rule == "pattern":
+        image_keys, problems = _keys_by_pattern(images_root, config.key_pattern, "image")
+        mask_keys, mask_problems = _keys_by_pattern(
+            masks_root, config.mask_key_pattern or config.key_pattern, "mask"
+        )
+        problems += mask_problems
+    else:
+        image_keys = _group_paths(_image_files(images_root), images_root)
+        mask_keys = _group_paths(_image_files(masks_root), masks_root)
+        problems = []
+    return _join(image_keys, mask_keys, images_root, config.group_by, problems)
+
+
+def _group_paths(paths: list[Path], root: Path) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for path in paths:
+        found.setdefault(_stem_key(path, root), []).append(path)
+    return found
+
+
+def _keys_by_pattern(root: Path, pattern: str, kind: str) -> tuple[dict[str, list[Path]], list]:
+    try:
+        regex = re.compile(pattern)
+    except re.error as error:
+        raise ValueError(
+            f"key pattern {pattern!r} is not a valid regular expression: {error}"
+        ) from None
+    if "key" not in regex.groupindex:
+        raise ValueError(f"key pattern {pattern!r} needs a named group 'key', e.g. (?P<key>\\d+)")
+    found: dict[str, list[Path]] = {}
+    problems = []
+    for path in _image_files(root):
+        match = regex.search(path.name)
+        if not match:
+            problems.append(
+                problem(
+                    path, f"{kind} name does not match key pattern", f"{path.name!r} vs {pattern!r}"
+                )
+            )
+            continue
+        parent = path.relative_to(root).parent.as_posix()
+        key = match.group("key") if parent == "." else f"{parent}/{match.group('key')}"
+        found.setdefault(key, []).append(path)
+    return found, problems
+
+
+def _join(
+    image_keys: dict[str, list[Path]],
+    mask_keys: dict[str, list[Path]],
+    images_root: Path,
+    group_by: str,
+    problems: list[Problem],
+    several_masks: bool = False,
+) -> tuple[list[CaseFiles], list[Problem]]:
+    cases = []
+    for key in sorted(image_keys.keys() | mask_keys.keys()):
+        images, masks = image_keys.get(key, []), mask_keys.get(key, [])
+        if len(images) > 1 or (len(masks) > 1 and not several_masks):
+            for path in images + masks:
+                problems.append(
+                    problem(
+                        path,
+                        "duplicate key",
+                        f"several files have key {key!r}: "
+                        + ", ".join(p.name for p in images + masks),
+                    )
+                )
+            continue
+        if not masks:
+            problems.append(problem(images[0], "no mask", f"no mask with key {key!r}"))
+            continue
+        if not images:
+            for path in masks:
+                problems.append(problem(path, "no image", f"no image with key {key!r}"))
+            continue
+        group = _group_for(key, images[0], images_root, group_by)
+        if group is None:
+            problems.append(
+                problem(images[0], "no group", f"group_by {group_by!r} does not match this path")
+            )
+            continue
+        cases.append(CaseFiles(key, images[0], tuple(sorted(masks)), group))
+    return cases, problems
+
+
+def _pair_suffix(
+    images_root: Path, masks_root: Path, suffix: str, group_by: str
+) -> tuple[list[CaseFiles], list[Problem]]:
+    mask_name = re.compile(rf"^(?P<base>.+?){re.escape(suffix)}(?:_(?P<index>\d+))?$")
+    image_keys: dict[str, list[Path]] = {}
+    mask_keys: dict[str, list[Path]] = {}
+    for path in _image_files(masks_root):
+        match = mask_name.match(path.stem)
+        if match:
+            parent = path.relative_to(masks_root).parent
+            mask_keys.setdefault((parent / match["base"]).as_posix(), []).append(path)
+    mask_files = {path for paths in mask_keys.values() for path in paths}
+    for path in _image_files(images_root):
+        if path not in mask_files:
+            image_keys.setdefault(_stem_key(path, images_root), []).append(path)
+    return _join(image_keys, mask_keys, images_root, group_by, [], several_masks=True)
+
+
+def _pair_manifest(config: PrepareConfig) -> tuple[list[CaseFiles], list[Problem]]:
+    path = Path(config.manifest)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest CSV does not exist")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"image", "mask"} - set(table.columns)
+    if missing:
+        raise ValueError(
+            f"{path}: manifest needs columns image and mask; missing "
+            f"{sorted(missing)} (has {list(table.columns)})"
+        )
+    root = path.parent
+    cases, problems, seen = [], [], {}
+    for number, row in enumerate(table.itertuples(index=False), start=2):
+        image = root / row.image
+        masks = tuple(root / part.strip() for part in row.mask.split(";") if part.strip())
+        key = Path(row.image).with_suffix("").as_posix()
+        if not row.image or not masks:
+            problems.append(
+                problem(
+                    path,
+                    "incomplete manifest row",
+                    f"line {number}: image={row.image!r} mask={row.mask!r}",
+                )
+            )
+            continue
+        if key in seen:
+            problems.append(problem(image, "duplicate key", f"lines {seen[key]} and {number}"))
+            continue
+        seen[key] = number
+        group = getattr(row, "group", "") or _group_for(key, Path(row.image), None, config.group_by)
+        if group is None:
+            problems.append(
+                problem(image, "no group", f"group_by {config.group_by!r} does not match")
+            )
+            continue
+        cases.append(CaseFiles(key, image, masks, group))
+    return sorted(cases, key=lambda case: case.key), problems

@@ -1,0 +1,79 @@
+"""A dataset summary in markdown: cases and groups per split, sizes, types, problems."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from data_catalog.splits import SPLIT_NAMES
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "_(none)_"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+def split_rows(manifest: pd.DataFrame, splits: dict[str, list[str]]) -> list[dict]:
+    """Per split: cases, groups, mean foreground fraction (over cases)."""
+    side = {key: name for name, keys in splits.items() for key in keys}
+    split_of = manifest["key"].map(side)
+    rows = []
+    for name in SPLIT_NAMES:
+        part = manifest[split_of == name]
+        rows.append(
+            {
+                "split": name,
+                "cases": len(part),
+                "groups": int(part["group"].nunique()),
+                "foreground_fraction": float(part["foreground_fraction"].mean())
+                if len(part)
+                else 0.0,
+            }
+        )
+    return rows
+
+
+def summarize_dataset(
+    manifest: pd.DataFrame,
+    splits: dict[str, list[str]],
+    problems: pd.DataFrame,
+    dataset_hash: str,
+    title: str = "Dataset",
+) -> str:
+    """Render the dataset summary as markdown."""
+    sizes = (manifest["width"].astype(str) + "x" + manifest["height"].astype(str)).value_counts()
+    kinds = manifest["dtype"] + ", " + manifest["channels"].astype(str) + " channel(s)"
+    problem_counts = problems["problem"].value_counts() if len(problems) else pd.Series(dtype=int)
+    return "\n".join(
+        [
+            f"# {title}",
+            "",
+            f"- cases: {len(manifest)} in {manifest['group'].nunique()} groups",
+            f"- dataset hash: `{dataset_hash}`",
+            f"- mean foreground fraction: {manifest['foreground_fraction'].mean():.4f}",
+            f"- cases with several masks (merged): {int((manifest['num_masks'] > 1).sum())}",
+            f"- problems: {len(problems)}",
+            "",
+            "## Splits",
+            "",
+            _table(split_rows(manifest, splits)),
+            "",
+            "## Image sizes (width x height)",
+            "",
+            _table([{"size": size, "cases": int(n)} for size, n in sizes.items()]),
+            "",
+            "## Pixel types",
+            "",
+            _table([{"type": kind, "cases": int(n)} for kind, n in kinds.value_counts().items()]),
+            "",
+            "## Problems",
+            "",
+            _table([{"problem": kind, "files": int(n)} for kind, n in problem_counts.items()]),
+            "",
+        ]
+    )

@@ -1,0 +1,81 @@
+"""prepare-flow: resolve the dataset -> index and validate -> split -> TFRecords (cached)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from prefect import flow
+
+from data_catalog.atomic import write_json_atomic
+from data_catalog.catalog import resolve_dataset
+from data_catalog.config import PrepareConfig
+from tasks.prepare import index_cases, split_dataset, summarize, write_tfrecord_set
+from tasks.reporting import run_logger
+
+
+def run_prepare(config: PrepareConfig, out_dir: str) -> dict[str, object]:
+    """Run the prepare tasks inside the current flow.
+
+    Returns:
+        ``config`` (resolved), ``manifest``, ``validation``, ``splits``, ``summary`` and
+        ``tfrecords`` paths, ``dataset_hash``, ``split_hash``, ``cached`` (TFRecords reused).
+    """
+    from data_catalog.labels import LabelRule
+    from data_catalog.splits import load_splits
+    from data_catalog.tfrecords import is_complete, tfrecord_address
+
+    config = resolve_dataset(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "prepare_config.json", config.model_dump())
+    index = index_cases(config, out_dir)
+    splits_path = split_dataset(index["manifest"], index["dataset_hash"], config, out_dir)
+    splits = load_splits(splits_path)
+    address = tfrecord_address(
+        index["dataset_hash"],
+        str(splits["split_hash"]),
+        LabelRule.build(config.foreground, config.labels),
+        config.channels,
+        config.num_shards,
+    )
+    cache_root = Path(config.cache_dir) if config.cache_dir else out / "tfrecords"
+    tfrecord_dir = cache_root / address[:16]
+    cached = is_complete(tfrecord_dir, address)
+    # The guard: a cache entry whose files were deleted is re-created, not trusted.
+    writer = write_tfrecord_set.with_options(refresh_cache=not cached)
+    tfrecords = writer(index["manifest"], splits_path, config, str(tfrecord_dir), address)
+    run_logger().info("TFRecords %s %s", "reused from" if cached else "written to", tfrecords)
+    summary = summarize(index, splits_path, config, out_dir)
+    return {
+        "config": config,
+        **{
+            key: index[key]
+            for key in (
+                "manifest",
+                "validation",
+                "dataset_hash",
+                "num_cases",
+                "num_groups",
+                "num_problems",
+                "foreground_fraction",
+            )
+        },
+        "splits": splits_path,
+        "split_hash": splits["split_hash"],
+        "split_counts": splits["counts"],
+        "summary": summary,
+        "tfrecords": tfrecords,
+        "cached": cached,
+    }
+
+
+def _run_name() -> str:
+    return f"prepare-{datetime.now():%Y-%m-%d-%H%M%S}"
+
+
+@flow(name="prepare-flow", flow_run_name=_run_name)
+def prepare_flow(config: PrepareConfig, out_dir: str = "runs/prepared") -> dict[str, object]:
+    """Index, validate, split and convert a dataset; write everything under ``out_dir``."""
+    result = run_prepare(config, out_dir)
+    return {**result, "config": result["config"].model_dump()}
