@@ -10,6 +10,7 @@ Every file that cannot be paired becomes a problem row; nothing is dropped silen
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,15 +39,18 @@ def problem(path: Path | str, kind: str, detail: str) -> Problem:
 
 
 def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively (following symlinked folders), hidden ones out."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a directory")
-    return [
-        path
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-        and is_image_file(path)
-    ]
+    found = []
+    for directory, subdirectories, files in os.walk(folder, followlinks=True):
+        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        found += [
+            Path(directory) / name
+            for name in files
+            if not name.startswith(".") and is_image_file(name)
+        ]
+    return sorted(found)
 
 
 def _stem_key(path: Path, root: Path) -> str:
