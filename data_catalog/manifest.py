@@ -7,6 +7,7 @@ images get their channels and masks their class indices, for indexing and TFReco
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data_catalog.atomic import write_json_atomic
 from data_catalog.config import PrepareConfig
 from data_catalog.hashing import hash_file, hash_records
 from data_catalog.images import ChannelError, ImageReadError, read_image, to_channels
@@ -154,12 +156,34 @@ def _index_case(case: CaseFiles, rule: LabelRule, channels: int) -> dict | Probl
     }
 
 
-def index_dataset(config: PrepareConfig, num_workers: int | None = None) -> IndexResult:
+def _file_stats(paths: list[Path]) -> list[list[int]] | None:
+    try:
+        return [[stat.st_size, stat.st_mtime_ns] for stat in (os.stat(p) for p in paths)]
+    except OSError:
+        return None
+
+
+def _load_index_cache(path: Path | None) -> dict[str, dict]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        logger.warning("ignoring an unreadable index cache %s", path)
+        return {}
+
+
+def index_dataset(
+    config: PrepareConfig, num_workers: int | None = None, cache_path: str | Path | None = None
+) -> IndexResult:
     """Pair, read and check every case of a dataset, and hash it.
 
     Args:
         config: the dataset's rules (pairing, labels, channels, grouping).
         num_workers: reader threads; default: the CPU count.
+        cache_path: optional JSON file of earlier results. A case whose files have the same
+            paths, sizes and modification times, read with the same label rule and channels,
+            is taken from it instead of being read and hashed again (as make and git do).
 
     Returns:
         An :class:`IndexResult`. Problems are listed, never raised: the policy is the caller's.
@@ -170,8 +194,29 @@ def index_dataset(config: PrepareConfig, num_workers: int | None = None) -> Inde
     """
     cases, problems = pair_cases(config)
     rule = LabelRule.build(config.foreground, config.labels)
+    cache_path = Path(cache_path) if cache_path else None
+    cache = _load_index_cache(cache_path)
+    settings = json.dumps([rule.describe(), config.channels], sort_keys=True)
+    fresh_cache: dict[str, dict] = {}
+
+    def index_one(case: CaseFiles) -> dict:
+        key = "|".join([str(case.image), *map(str, case.masks), settings])
+        stats = _file_stats([case.image, *case.masks])
+        entry = cache.get(key)
+        if stats is not None and entry is not None and entry["stats"] == stats:
+            result = dict(entry["result"])
+        else:
+            result = _index_case(case, rule, config.channels)
+        if stats is not None:
+            fresh_cache[key] = {"stats": stats, "result": result}
+        if "key" in result:
+            result.update(key=case.key, group=case.group)
+        return result
+
     with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
-        results = list(pool.map(lambda case: _index_case(case, rule, config.channels), cases))
+        results = list(pool.map(index_one, cases))
+    if cache_path is not None:
+        write_json_atomic(cache_path, fresh_cache)
     rows = [row for row in results if "key" in row]
     problems = problems + [row for row in results if "key" not in row]
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)

@@ -26,7 +26,8 @@ def index_cases(config: PrepareConfig, out_dir: str) -> dict[str, object]:
         ``manifest`` path, ``validation`` path, ``dataset_hash``, ``num_cases``,
         ``num_groups``, ``num_problems``, ``foreground_fraction`` (mean over cases).
     """
-    result = index_dataset(config)
+    cache_root = Path(config.cache_dir or out_dir)
+    result = index_dataset(config, cache_path=cache_root / "index-cache.json")
     manifest_path = write_csv_atomic(Path(out_dir) / "manifest.csv", result.manifest)
     validation_path = write_csv_atomic(Path(out_dir) / "validation.csv", result.problems)
     publish_table(

@@ -108,3 +108,47 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     status = main(["predict", "--model", str(tmp_path / "missing"), str(tmp_path), str(tmp_path)])
     assert status == 2
     assert "no model file" in capsys.readouterr().err
+
+
+def test_second_prepare_is_served_from_cache_and_deleted_files_are_rebuilt(
+    demo_dir, tmp_path, capsys
+):
+    from prefect import get_client
+
+    data = demo_dir / "data"
+    args = [
+        "prepare",
+        "--out",
+        str(tmp_path / "prepared"),
+        "--images",
+        str(data / "images"),
+        "--masks",
+        str(data / "masks"),
+    ]
+    assert main(args) == 0
+    assert "TFRecords written" in capsys.readouterr().out
+    for name in ("manifest.csv", "validation.csv", "splits.json", "summary.md"):
+        assert (tmp_path / "prepared" / name).is_file(), name
+
+    assert main(args) == 0
+    assert "TFRecords reused from cache" in capsys.readouterr().out
+    with get_client(sync_client=True) as client:
+        runs = [run for run in client.read_task_runs() if run.name.startswith("write-tfrecords")]
+    latest = max(runs, key=lambda run: run.created)
+    assert latest.state.name == "Cached"
+
+    shards = sorted((tmp_path / "prepared" / "tfrecords").rglob("*.tfrecord"))
+    shards[0].unlink()
+    assert main(args) == 0
+    assert "TFRecords written" in capsys.readouterr().out
+    assert shards[0].is_file()
+
+
+def test_unknown_dataset_name_gets_a_suggestion(tmp_path, capsys):
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("isbi:\n  images: x\n  masks: y\n")
+    status = main(
+        ["prepare", "--out", str(tmp_path / "p"), "--dataset", "isbl", "--catalog", str(catalog)]
+    )
+    assert status == 2
+    assert "Did you mean 'isbi'" in capsys.readouterr().err
