@@ -8,43 +8,128 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainConfig(BaseModel):
-    """How a U-Net is built and trained. Saved as JSON beside every model."""
+    """How a U-Net is built and trained, on which devices. Saved as JSON beside every model."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # Model
+    architecture: Literal["unet", "vgg16-unet"] = Field(
+        "unet",
+        description="'unet' (classic U-Net) or 'vgg16-unet' (VGG16 encoder, 5 poolings, heavy: "
+        "use a GPU or small images on a CPU).",
+    )
+    encoder_weights: str | None = Field(
+        None,
+        description="vgg16-unet: a Keras VGG16 no-top weights file (.h5) to start the encoder "
+        "from; never downloaded.",
+    )
+    depth: int = Field(4, ge=1, le=6, description="unet: number of 2x2 poolings in the encoder.")
+    base_filters: int = Field(
+        16, ge=1, description="unet: filters of the first level, doubled per level."
+    )
+    batch_norm: bool = Field(True, description="unet: batch normalisation after every conv.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate at the bottleneck.")
+    num_classes: int | None = Field(
+        None, ge=2, description="Classes including background (class 0); default: from the data."
+    )
+    # Input pipeline
     image_size: int = Field(128, ge=16, description="Training patch height and width (pixels).")
     resize_mode: Literal["crop", "resize"] = Field(
         "crop",
         description="How training images reach image_size: random 'crop' (padded when smaller) "
         "or 'resize'. Evaluation and prediction always run at the full resolution.",
     )
-    depth: int = Field(4, ge=1, le=6, description="Number of 2x2 poolings in the encoder.")
-    base_filters: int = Field(
-        16, ge=1, description="Filters of the first level; doubled per level."
+    foreground_patch_fraction: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Share of training crops centred on a foreground pixel (small structures).",
     )
-    batch_norm: bool = Field(True, description="Batch normalisation after every convolution.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate at the bottleneck.")
-    num_classes: int | None = Field(
-        None, ge=2, description="Classes including background (class 0); default: from the data."
+    normalization: Literal["range", "zscore"] = Field(
+        "range",
+        description="Per image: 'range' divides by the dtype's maximum (255, 65535); 'zscore' "
+        "subtracts the mean and divides by the standard deviation per channel.",
     )
-    epochs: int = Field(20, ge=1, description="Training epochs.")
+    flips: bool = Field(True, description="Random horizontal and vertical flips.")
+    rotate90: bool = Field(True, description="Random 90-degree rotations.")
+    rotation_degrees: float = Field(10.0, ge=0, le=180, description="Random rotation, +- degrees.")
+    scale_range: float = Field(0.1, ge=0, lt=1, description="Random scale, 1 +- this.")
+    elastic_displacement: float = Field(
+        4.0, ge=0, description="Elastic deformation: std (pixels) on a 3x3 grid; 0 turns it off."
+    )
+    brightness: float = Field(0.05, ge=0, description="Random brightness shift, +- this.")
+    contrast: float = Field(0.1, ge=0, lt=1, description="Random contrast factor, 1 +- this.")
+    gamma: float = Field(0.1, ge=0, description="Random gamma, exp(+- this).")
+    noise_std: float = Field(0.01, ge=0, description="Gaussian noise standard deviation.")
+    # Optimisation
+    loss: Literal["dice_ce", "ce", "dice", "focal"] = Field(
+        "dice_ce", description="Loss: Dice + cross-entropy, cross-entropy, Dice, or focal."
+    )
+    class_weights: list[float] | None = Field(
+        None, description="Per-class weights of the cross-entropy/focal term, background first."
+    )
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="adamw: decoupled weight decay.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum (Nesterov).")
+    schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length in epochs.")
+    epochs: int = Field(40, ge=1, description="Training epochs.")
     batch_size: int = Field(8, ge=1, description="Patches per training step.")
     steps_per_epoch: int | None = Field(
-        None, ge=1, description="Steps per epoch; default: training cases / batch size, rounded up."
+        None,
+        ge=1,
+        description="Steps per epoch; default: training cases / batch size, rounded up, at "
+        "least 20.",
     )
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    early_stopping_patience: int = Field(
+        0, ge=0, description="Stop after this many epochs without a better val Dice; 0: never."
+    )
+    time_budget: float | None = Field(
+        None, gt=0, description="Minutes: stop cleanly when they run out, keeping the best model."
+    )
     seed: int = Field(0, description="Seed of weights, shuffling and augmentation.")
+    # Devices
+    visible_gpus: str | None = Field(
+        None, description="GPUs to use, e.g. '0,1'; default: all. '' hides every GPU."
+    )
+    gpu_memory_growth: bool = Field(True, description="Allocate GPU memory as needed.")
+    gpu_memory_limit_mb: int | None = Field(
+        None, ge=256, description="Cap each visible GPU at this many MiB (logical device)."
+    )
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="mixed_float16 on GPUs that support it ('auto': compute capability >= 7.0); "
+        "never on a CPU, where it is slower.",
+    )
+    jit_compile: bool = Field(False, description="Compile training steps with XLA.")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="CPU: intra-op threads (default: TensorFlow's choice)."
+    )
 
     @model_validator(mode="after")
     def _check_size(self) -> TrainConfig:
-        factor = 2**self.depth
+        factor = 2**self.num_poolings
         if self.image_size % factor:
             raise ValueError(
-                f"image_size must be a multiple of 2**depth = {factor} so every pooling halves it "
-                f"exactly. Received: image_size={self.image_size}, depth={self.depth}; "
-                f"try image_size={max(factor, round(self.image_size / factor) * factor)}"
+                f"image_size must be a multiple of {factor} (2**{self.num_poolings} poolings of "
+                f"{self.architecture}) so every pooling halves it exactly. Received: "
+                f"image_size={self.image_size}; try image_size="
+                f"{max(factor, round(self.image_size / factor) * factor)}"
+            )
+        if self.encoder_weights and self.architecture != "vgg16-unet":
+            raise ValueError(
+                "encoder_weights is for architecture 'vgg16-unet'. Received: "
+                f"architecture={self.architecture!r}"
             )
         return self
+
+    @property
+    def num_poolings(self) -> int:
+        """How many times the encoder halves the resolution."""
+        return 4 if self.architecture == "vgg16-unet" else self.depth
 
 
 class PredictConfig(BaseModel):

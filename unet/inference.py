@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import cv2
 import keras
 import numpy as np
 import tensorflow as tf
@@ -52,7 +53,11 @@ class Segmenter:
         self.model_path = resolve_model_path(model)
         self.info = json.loads((self.model_path.parent / MODEL_INFO_FILE).read_text())
         self.channels = int(self.info["channels"])
-        self.multiple = 2 ** int(self.info["depth"])
+        self.multiple = int(self.info["size_multiple"])
+        self.normalization = str(self.info.get("normalization", "range"))
+        post = self.info.get("postprocessing") or {}
+        self.threshold = post.get("threshold")
+        self.min_component_size = int(post.get("min_component_size") or 0)
         self.num_classes = int(self.info["num_classes"])
         self.version = str(self.info.get("model_version", self.model_path.parent.name))
         self.model = keras.models.load_model(self.model_path, compile=False)
@@ -66,9 +71,14 @@ class Segmenter:
         )
 
     def prepare(self, image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
-        """``(H, W[, C])`` uint8/uint16 -> ``(H, W, channels)`` float32 in [0, 1]."""
+        """``(H, W[, C])`` uint8/uint16 -> ``(H, W, channels)`` float32, normalised as in
+        training (``range``: [0, 1]; ``zscore``: per channel)."""
         image = to_channels(image, self.channels, path)
-        return image.astype(np.float32) / dtype_max(image.dtype)
+        scaled = image.astype(np.float32) / dtype_max(image.dtype)
+        if self.normalization == "zscore":
+            mean = scaled.mean(axis=(0, 1), keepdims=True)
+            scaled = (scaled - mean) / np.maximum(scaled.std(axis=(0, 1), keepdims=True), 1e-6)
+        return scaled
 
     def predict_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """Class probabilities of prepared images that share one shape.
@@ -94,10 +104,39 @@ class Segmenter:
     def segment(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Class index maps and per-pixel confidence for prepared images of one shape.
 
+        The model's post-processing (tuned on the validation split) is applied: for two
+        classes, foreground where its probability reaches ``threshold``; foreground components
+        smaller than ``min_component_size`` pixels are removed.
+
         Returns:
             ``(classes, confidence)``: lists of ``(H, W)`` uint8 and ``(H, W)`` float32.
         """
         probabilities = self.predict_probabilities(images)
-        classes = probabilities.argmax(axis=-1).astype(np.uint8)
         confidence = probabilities.max(axis=-1)
-        return list(classes), list(confidence)
+        return [
+            postprocess(p, self.threshold, self.min_component_size) for p in probabilities
+        ], list(confidence)
+
+
+def postprocess(
+    probabilities: np.ndarray, threshold: float | None = None, min_component_size: int = 0
+) -> np.ndarray:
+    """Class map from ``(H, W, K)`` probabilities: argmax, or for K = 2 foreground where
+    ``p >= threshold``; then foreground components below ``min_component_size`` pixels removed.
+
+    Returns:
+        ``(H, W)`` uint8 class indices.
+    """
+    if threshold is not None and probabilities.shape[-1] == 2:
+        classes = (probabilities[..., 1] >= threshold).astype(np.uint8)
+    else:
+        classes = probabilities.argmax(axis=-1).astype(np.uint8)
+    if min_component_size > 0:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(
+            (classes > 0).astype(np.uint8), connectivity=8
+        )
+        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_component_size)
+        small = small[small > 0]  # label 0 is the background
+        if small.size:
+            classes[np.isin(labels, small)] = 0
+    return classes

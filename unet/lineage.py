@@ -51,11 +51,3 @@ def code_revision() -> dict[str, object]:
         return {"git_commit": commit, "git_dirty": bool(status)}
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
-
-
-def device_summary() -> dict[str, object]:
-    """The devices TensorFlow sees: GPU names, or the CPU when there is none."""
-    import tensorflow as tf
-
-    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
-    return {"gpus": gpus, "device": "GPU" if gpus else "CPU", "machine": platform.machine()}

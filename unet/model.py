@@ -1,16 +1,27 @@
-"""The classic U-Net (Ronneberger et al. 2015) with 'same' padding, built from small blocks."""
+"""U-Net builders: the classic U-Net and the VGG16-encoder U-Net, from small blocks.
+
+Both are fully convolutional and accept any ``(H, W)`` that is a multiple of
+``2**config.num_poolings``. The softmax output stays float32 under mixed precision.
+"""
 
 from __future__ import annotations
 
+import logging
+
 import keras
+import numpy as np
 from keras import layers
 
 from unet.config import TrainConfig
 
+logger = logging.getLogger(__name__)
 
-def conv_block(x, filters: int, name: str, batch_norm: bool):
-    """Two 3x3 convolutions (+ batch norm) with ReLU. Resolution unchanged."""
-    for index in (1, 2):
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (filters, convolutions)
+
+
+def conv_block(x, filters: int, name: str, batch_norm: bool, convolutions: int = 2):
+    """3x3 convolutions (+ batch norm) with ReLU. Resolution unchanged."""
+    for index in range(1, convolutions + 1):
         x = layers.Conv2D(
             filters,
             3,
@@ -38,14 +49,103 @@ def decoder_block(x, skip, filters: int, level: int, batch_norm: bool):
     return conv_block(x, filters, f"dec{level}", batch_norm)
 
 
-def build_unet(config: TrainConfig, num_channels: int = 1) -> keras.Model:
-    """Build the classic U-Net.
+def segmentation_head(x, num_classes: int):
+    """1x1 convolution to class scores, softmax kept in float32."""
+    x = layers.Conv2D(num_classes, 1, name="head_conv")(x)
+    return layers.Activation("softmax", dtype="float32", name="head_softmax")(x)
 
-    The model is fully convolutional: it accepts any ``(H, W)`` that is a multiple of
-    ``2**config.depth`` (training uses ``config.image_size``).
+
+def build_classic_unet(config: TrainConfig, num_channels: int) -> keras.Model:
+    """The classic U-Net (Ronneberger et al. 2015) with 'same' padding."""
+    inputs = keras.Input(shape=(None, None, num_channels), name="image")
+    x, skips = inputs, []
+    for level in range(1, config.depth + 1):
+        # H/2**(level-1) -> H/2**level, filters base * 2**(level-1)
+        skip, x = encoder_block(x, config.base_filters * 2 ** (level - 1), level, config.batch_norm)
+        skips.append(skip)
+    x = conv_block(x, config.base_filters * 2**config.depth, "bottleneck", config.batch_norm)
+    if config.dropout:
+        x = layers.Dropout(config.dropout, name="bottleneck_dropout")(x)
+    for level in range(config.depth, 0, -1):
+        # H/2**level + skip H/2**(level-1) -> H/2**(level-1)
+        x = decoder_block(
+            x, skips[level - 1], config.base_filters * 2 ** (level - 1), level, config.batch_norm
+        )
+    outputs = segmentation_head(x, config.num_classes or 2)
+    return keras.Model(inputs, outputs, name=f"unet_d{config.depth}_f{config.base_filters}")
+
+
+def build_vgg16_unet(config: TrainConfig, num_channels: int) -> keras.Model:
+    """The seed project's U-Net with a VGG16 encoder.
+
+    Encoder layers carry Keras VGG16's names (``block1_conv1`` ... ``block5_conv3``) so its
+    weights load by name. Feature maps of blocks 1-4 are the skips, block 5 the bottom::
+
+        512, 512, C -> block1 512, 512, 64 -> pool -> block2 256, 256, 128 -> pool
+        -> block3 128, 128, 256 -> pool -> block4 64, 64, 512 -> pool -> block5 32, 32, 512
+        # 32, 32, 512 -> up 64, 64, 512 + 64, 64, 512 -> 64, 64, 512 ... -> 512, 512, 64
+    """
+    inputs = keras.Input(shape=(None, None, num_channels), name="image")
+    x, skips = inputs, []
+    for block, (filters, convolutions) in enumerate(VGG16_BLOCKS, start=1):
+        if block > 1:
+            skips.append(x)
+            x = layers.MaxPooling2D(2, name=f"block{block - 1}_pool")(x)
+        for index in range(1, convolutions + 1):
+            x = layers.Conv2D(
+                filters, 3, padding="same", activation="relu", name=f"block{block}_conv{index}"
+            )(x)
+    if config.dropout:
+        x = layers.Dropout(config.dropout, name="bottleneck_dropout")(x)
+    for level, filters in zip((4, 3, 2, 1), (512, 256, 128, 64), strict=True):
+        x = layers.UpSampling2D(2, name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level - 1]])
+        x = conv_block(x, filters, f"dec{level}", config.batch_norm)
+    model = keras.Model(inputs, segmentation_head(x, config.num_classes or 2), name="vgg16_unet")
+    if config.encoder_weights:
+        load_vgg16_weights(model, config.encoder_weights, num_channels)
+    return model
+
+
+def load_vgg16_weights(model: keras.Model, path: str, num_channels: int) -> None:
+    """Copy Keras VGG16 no-top weights from a file into the encoder, by layer name.
+
+    For inputs with other than 3 channels, the first convolution's kernel is averaged over its
+    RGB inputs and repeated, keeping the response to a grey image.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: the file is not VGG16 no-top weights.
+    """
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path}: encoder weights file does not exist (segflow never "
+            "downloads weights; give a Keras VGG16 no-top .h5 file)"
+        )
+    reference = keras.applications.VGG16(
+        include_top=False, weights=None, input_shape=(None, None, 3)
+    )
+    try:
+        reference.load_weights(path)
+    except Exception as error:
+        raise ValueError(f"{path}: not Keras VGG16 no-top weights ({error})") from None
+    for layer in reference.layers:
+        if not layer.name.startswith("block") or not layer.weights:
+            continue
+        kernel, bias = layer.get_weights()
+        if layer.name == "block1_conv1" and num_channels != 3:
+            kernel = np.repeat(kernel.mean(axis=2, keepdims=True), num_channels, axis=2)
+            kernel *= 3 / num_channels
+        model.get_layer(layer.name).set_weights([kernel, bias])
+    logger.info("loaded VGG16 encoder weights from %s", path)
+
+
+def build_unet(config: TrainConfig, num_channels: int = 1) -> keras.Model:
+    """Build the model ``config.architecture`` names.
 
     Args:
-        config: ``depth``, ``base_filters``, ``batch_norm``, ``dropout``, ``num_classes``.
+        config: architecture and its settings; ``num_classes`` (None: 2).
         num_channels: input channels.
 
     Returns:
@@ -54,22 +154,6 @@ def build_unet(config: TrainConfig, num_channels: int = 1) -> keras.Model:
     """
     if num_channels < 1:
         raise ValueError(f"num_channels must be positive. Received: num_channels={num_channels}")
-    inputs = keras.Input(shape=(None, None, num_channels), name="image")
-    x = inputs
-    skips = []
-    for level in range(1, config.depth + 1):
-        # H/2**(level-1) -> H/2**level, filters base * 2**(level-1)
-        skip, x = encoder_block(x, config.base_filters * 2 ** (level - 1), level, config.batch_norm)
-        skips.append(skip)
-    bottleneck_filters = config.base_filters * 2**config.depth
-    x = conv_block(x, bottleneck_filters, "bottleneck", config.batch_norm)  # H/2**depth
-    if config.dropout:
-        x = layers.Dropout(config.dropout, name="bottleneck_dropout")(x)
-    for level in range(config.depth, 0, -1):
-        # H/2**level + skip H/2**(level-1) -> H/2**(level-1)
-        x = decoder_block(
-            x, skips[level - 1], config.base_filters * 2 ** (level - 1), level, config.batch_norm
-        )
-    outputs = layers.Conv2D(config.num_classes or 2, 1, name="head_conv")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="head_softmax")(outputs)
-    return keras.Model(inputs, outputs, name=f"unet_d{config.depth}_f{config.base_filters}")
+    if config.architecture == "vgg16-unet":
+        return build_vgg16_unet(config, num_channels)
+    return build_classic_unet(config, num_channels)

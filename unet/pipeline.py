@@ -1,7 +1,10 @@
-"""tf.data input pipelines from segflow TFRecords: crops or resizes, flips, batches, prefetch.
+"""tf.data input pipelines from segflow TFRecords: patches, augmentation, batches, prefetch.
 
-Normalisation (recorded with every model as ``"dtype-range"``): the image is divided by the
-largest value of its stored dtype (255 or 65535), giving float32 in [0, 1].
+Normalisation (recorded with every model): ``range`` divides by the largest value of the stored
+dtype (255 or 65535), ``zscore`` standardises each image per channel. Training patches are random
+crops (a share centred on foreground pixels, for small structures) or resized images, then
+augmented (see :mod:`unet.augment`); every random choice is a stateless op seeded by
+``(config.seed, sample index)``, so a run is repeatable and a resumed run continues the stream.
 """
 
 from __future__ import annotations
@@ -9,14 +12,19 @@ from __future__ import annotations
 import tensorflow as tf
 
 from data_catalog.tfrecords import read_tfrecords
+from unet.augment import adjust_intensity, warp
 from unet.config import TrainConfig
 
-NORMALIZATION = "dtype-range"
 
-
-def normalize(image: tf.Tensor) -> tf.Tensor:
-    """uint8/uint16 ``(..., H, W, C)`` -> float32 in [0, 1]."""
-    return tf.cast(image, tf.float32) / float(image.dtype.max)
+def normalize(image: tf.Tensor, mode: str = "range") -> tf.Tensor:
+    """uint8/uint16 ``(H, W, C)`` -> float32: ``range`` [0, 1] or ``zscore`` per channel."""
+    scaled = tf.cast(image, tf.float32) / float(image.dtype.max)
+    if mode == "range":
+        return scaled
+    if mode == "zscore":
+        mean, variance = tf.nn.moments(scaled, axes=(0, 1), keepdims=True)
+        return (scaled - mean) / tf.maximum(tf.sqrt(variance), 1e-6)
+    raise ValueError(f"normalization must be 'range' or 'zscore'. Received: {mode!r}")
 
 
 def _pad_to_at_least(tensor: tf.Tensor, size: int) -> tf.Tensor:
@@ -25,43 +33,95 @@ def _pad_to_at_least(tensor: tf.Tensor, size: int) -> tf.Tensor:
     return tf.pad(tensor, [[0, pad_h], [0, pad_w], [0, 0]])
 
 
-def _augment(index: tf.Tensor, case: dict, config: TrainConfig) -> tuple[tf.Tensor, tf.Tensor]:
-    image = normalize(case["image"])
+def _crop(both: tf.Tensor, size: int, seed: tf.Tensor, foreground_fraction: float) -> tf.Tensor:
+    """A ``size`` crop of image+mask; with probability ``foreground_fraction`` it is centred
+    (as far as the borders allow) on a random foreground pixel."""
+    both = _pad_to_at_least(both, size)
+    height, width = tf.shape(both)[0], tf.shape(both)[1]
+    foreground = tf.where(both[..., -1] > 0)
+    random_row = tf.random.stateless_uniform((), seed, 0, height - size + 1, tf.int32)
+    random_col = tf.random.stateless_uniform((), seed + 1, 0, width - size + 1, tf.int32)
+    use_foreground = tf.logical_and(
+        tf.random.stateless_uniform((), seed + 2) < foreground_fraction,
+        tf.shape(foreground)[0] > 0,
+    )
+
+    def centred() -> tuple[tf.Tensor, tf.Tensor]:
+        count = tf.shape(foreground, out_type=tf.int64)[0]
+        pick = tf.random.stateless_uniform((), seed + 3, 0, count, tf.int64)
+        centre = tf.cast(foreground[pick], tf.int32)
+        row = tf.clip_by_value(centre[0] - size // 2, 0, height - size)
+        col = tf.clip_by_value(centre[1] - size // 2, 0, width - size)
+        return row, col
+
+    row, col = tf.cond(use_foreground, centred, lambda: (random_row, random_col))
+    return both[row : row + size, col : col + size, :]
+
+
+def augment_sample(
+    index: tf.Tensor, case: dict, config: TrainConfig
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One training patch: ``(S, S, C)`` float32 image and ``(S, S, 1)`` int32 mask."""
+    image = normalize(case["image"], config.normalization)
     mask = tf.cast(case["mask"], tf.float32)
-    channels = tf.shape(image)[-1]
-    seed = tf.stack([tf.cast(config.seed, tf.int64), index])
+    seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(index, tf.int64)])
     size = config.image_size
     if config.resize_mode == "resize":
         image = tf.image.resize(image, (size, size), method="bilinear")
-        mask = tf.image.resize(mask, (size, size), method="nearest")
-        both = tf.concat([image, mask], axis=-1)
+        both = tf.concat([image, tf.image.resize(mask, (size, size), method="nearest")], -1)
     else:
-        both = _pad_to_at_least(tf.concat([image, mask], axis=-1), size)
-        both = tf.image.stateless_random_crop(both, (size, size, channels + 1), seed=seed)
-    both = tf.image.stateless_random_flip_left_right(both, seed=seed + 1)
-    both = tf.image.stateless_random_flip_up_down(both, seed=seed + 2)
-    return both[..., :-1], tf.cast(both[..., -1:], tf.int32)
+        both = _crop(tf.concat([image, mask], -1), size, seed, config.foreground_patch_fraction)
+    if config.flips:
+        both = tf.image.stateless_random_flip_left_right(both, seed=seed + 4)
+        both = tf.image.stateless_random_flip_up_down(both, seed=seed + 5)
+    if config.rotate90:
+        turns = tf.random.stateless_uniform((), seed + 6, 0, 4, tf.int32)
+        both = tf.image.rot90(both, k=turns)
+    image, mask = both[..., :-1], tf.cast(both[..., -1:], tf.int32)
+    if config.rotation_degrees or config.scale_range or config.elastic_displacement:
+        image, mask = warp(
+            image,
+            mask,
+            seed + 7,
+            config.rotation_degrees,
+            config.scale_range,
+            config.elastic_displacement,
+        )
+    image = adjust_intensity(
+        image, seed + 8, config.brightness, config.contrast, config.gamma, config.noise_std
+    )
+    image = tf.ensure_shape(image, (size, size, None))
+    return image, tf.ensure_shape(mask, (size, size, 1))
 
 
 def training_dataset(
-    files: list[str], config: TrainConfig, channels: int, dtype: str, num_cases: int
+    files: list[str],
+    config: TrainConfig,
+    channels: int,
+    dtype: str,
+    num_cases: int,
+    first_sample: int = 0,
 ) -> tf.data.Dataset:
     """Endless, shuffled, augmented batches for ``model.fit``.
 
-    Decoded images are cached in memory after the first pass; crops and flips are drawn from
-    stateless ops seeded by ``(config.seed, sample index)``, so a run is repeatable.
+    Decoded images are cached in memory after the first pass.
+
+    Args:
+        first_sample: index of the first sample's random stream (a resumed run passes the
+            number of samples already drawn, so it does not replay the same augmentations).
 
     Returns:
         Batches ``(image (B, S, S, C) float32, mask (B, S, S, 1) int32)``, S = image_size.
     """
     cases = read_tfrecords(files, channels, dtype).cache()
     cases = cases.shuffle(max(1, num_cases), seed=config.seed, reshuffle_each_iteration=True)
-    cases = cases.repeat()
-    indexed = tf.data.Dataset.zip(tf.data.Dataset.counter(), cases)
-    batches = indexed.map(
-        lambda index, case: _augment(index, case, config), num_parallel_calls=tf.data.AUTOTUNE
+    indexed = tf.data.Dataset.zip(tf.data.Dataset.counter(start=first_sample), cases.repeat())
+    samples = indexed.map(
+        lambda index, case: augment_sample(index, case, config),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
-    return batches.batch(config.batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+    return samples.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def pad_to_multiple(tensor: tf.Tensor, multiple: int) -> tf.Tensor:
@@ -73,17 +133,21 @@ def pad_to_multiple(tensor: tf.Tensor, multiple: int) -> tf.Tensor:
 
 
 def validation_dataset(
-    files: list[str], depth: int, channels: int, dtype: str, num_cases: int
+    files: list[str],
+    multiple: int,
+    channels: int,
+    dtype: str,
+    num_cases: int,
+    normalization: str = "range",
 ) -> tf.data.Dataset:
-    """Whole validation images, one per batch, mirrored up to a multiple of ``2**depth``.
+    """Whole validation images, one per batch, mirrored up to a multiple of ``multiple``.
 
     Returns:
         Batches ``(image (1, H', W', C) float32, mask (1, H', W', 1) int32)``.
     """
-    multiple = 2**depth
 
     def prepare(case: dict) -> tuple[tf.Tensor, tf.Tensor]:
-        image = pad_to_multiple(normalize(case["image"]), multiple)
+        image = pad_to_multiple(normalize(case["image"], normalization), multiple)
         mask = pad_to_multiple(tf.cast(case["mask"], tf.int32), multiple)
         return image, mask
 

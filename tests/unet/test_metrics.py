@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from unet.losses import DiceCrossEntropyLoss
+from unet.losses import SegmentationLoss
 from unet.metrics import OverlapScore, overlap_scores
 
 
@@ -38,5 +38,10 @@ def test_loss_prefers_the_right_answer():
     truth = np.array([[[0, 1], [1, 0]]])
     right = np.stack([1 - truth, truth], -1).astype("float32") * 0.98 + 0.01
     wrong = right[..., ::-1].copy()
-    loss = DiceCrossEntropyLoss(2)
-    assert float(loss(truth, right)) < 0.2 < float(loss(truth, wrong))
+    for kind in ("dice_ce", "ce", "dice", "focal"):
+        loss = SegmentationLoss(2, kind)
+        assert float(loss(truth, right)) < 0.2 < float(loss(truth, wrong)), kind
+    weighted = SegmentationLoss(2, "ce", class_weights=[0.0, 1.0])
+    only_background_wrong = right.copy()
+    only_background_wrong[truth == 0] = [0.01, 0.99]
+    assert float(weighted(truth, only_background_wrong)) < 0.05  # background errors weigh 0

@@ -12,7 +12,16 @@ def test_run_folder_holds_best_model_history_and_lineage(trained_run, tfrecord_d
     history = pd.read_csv(trained_run / "history.csv")
     assert len(history) == 2 and "val_dice_fg" in history.columns
     info = json.loads((trained_run / "model.json").read_text())
-    assert info["channels"] == 1 and info["normalization"] == "dtype-range"
+    assert info["channels"] == 1 and info["normalization"] == "range"
+    assert info["size_multiple"] == 4 and info["num_classes"] == 2
+    for name in (
+        "training_curves.png",
+        "device.json",
+        "checkpoint/state.json",
+        "checkpoint/last.keras",
+    ):
+        assert (trained_run / name).is_file(), name
+    assert list((trained_run / "tensorboard").rglob("events.out.tfevents.*"))
     assert info["model_version"].startswith(trained_run.name)
     lineage = json.loads((trained_run / "lineage.json").read_text())
     sidecar = json.loads((tfrecord_dir / "tfrecords.json").read_text())
