@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from data_catalog.atomic import write_json_atomic
+from data_catalog.atomic import write_csv_atomic, write_json_atomic
 from data_catalog.hashing import hash_file
 from data_catalog.tfrecords import load_sidecar, split_files
 from unet.config import TrainConfig
@@ -208,6 +208,13 @@ def _load_state(run_dir: Path, config: TrainConfig) -> dict | None:
     return state
 
 
+def _truncate_history(path: Path, epochs_done: int) -> None:
+    """Keep the history rows of completed epochs only (a kill may leave one more)."""
+    if path.is_file():
+        history = pd.read_csv(path)
+        write_csv_atomic(path, history[history["epoch"] < epochs_done])
+
+
 def plot_history(history_csv: Path, out_png: Path) -> None:
     """Loss and foreground Dice per epoch, training and validation, as a PNG."""
     import matplotlib
@@ -312,9 +319,11 @@ def train_model(
     }
     write_json_atomic(run_dir / MODEL_INFO_FILE, model_info)
     control = TrainingControl(run_dir, state, config, steps, on_epoch_end)
+    if resumed_from:
+        _truncate_history(run_dir / "history.csv", resumed_from)
     callbacks = [
-        control,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resumed_from > 0),
+        control,  # after the history row: a kill between them redoes the epoch, cleanly
         keras.callbacks.TensorBoard(
             str(run_dir / "tensorboard"), write_graph=False, profile_batch=0
         ),

@@ -1,0 +1,74 @@
+"""A training run killed with SIGKILL mid-epoch resumes from its last epoch checkpoint."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+
+from unet.config import TrainConfig
+from unet.training import train_model
+
+CONFIG = dict(image_size=32, depth=2, base_filters=4, epochs=5, batch_size=4, steps_per_epoch=8,
+              seed=1)
+
+
+def test_killed_run_resumes_and_ends_with_the_planned_epochs(tfrecord_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import tasks
+        from unet.config import TrainConfig
+        from unet.training import train_model
+        train_model({str(tfrecord_dir)!r}, {str(run_dir)!r}, TrainConfig(**{CONFIG!r}))
+    """))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    state_path = run_dir / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if state_path.is_file() and json.loads(state_path.read_text())["epoch"] >= 2:
+                time.sleep(0.2)  # into the next epoch
+                break
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    killed_at = json.loads(state_path.read_text())["epoch"]
+    assert 2 <= killed_at < 5, "the run finished or never checkpointed before the kill"
+
+    summary = train_model(tfrecord_dir, run_dir, TrainConfig(**CONFIG))
+    assert summary["resumed_from"] == killed_at
+    assert summary["epochs_run"] == 5 and summary["stop_reason"] == "completed"
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3, 4]
+    assert json.loads(state_path.read_text())["epoch"] == 5
+
+
+def test_resume_refuses_other_settings_and_finished_runs_do_nothing(tfrecord_dir, tmp_path):
+    import pytest
+
+    config = TrainConfig(**{**CONFIG, "epochs": 1, "steps_per_epoch": 2})
+    train_model(tfrecord_dir, tmp_path, config)
+    again = train_model(tfrecord_dir, tmp_path, config)
+    assert again["resumed_from"] == 1 and again["epochs_run"] == 1
+    with pytest.raises(ValueError, match="base_filters differ"):
+        train_model(tfrecord_dir, tmp_path, config.model_copy(update={"base_filters": 8}))
+
+
+def test_time_budget_stops_cleanly_keeping_the_best_model(tfrecord_dir, tmp_path):
+    config = TrainConfig(**{**CONFIG, "epochs": 50, "time_budget": 0.05})  # 3 seconds
+    summary = train_model(tfrecord_dir, tmp_path, config)
+    assert summary["stop_reason"] == "time budget" and summary["epochs_run"] < 50
+    assert (tmp_path / "model.keras").is_file()
+
+
+def test_early_stopping(tfrecord_dir, tmp_path):
+    config = TrainConfig(**{**CONFIG, "epochs": 30, "steps_per_epoch": 1, "learning_rate": 1e-9,
+                            "early_stopping_patience": 2, "warmup_epochs": 0})
+    summary = train_model(tfrecord_dir, tmp_path, config)
+    assert summary["stop_reason"].startswith("no better val Dice for 2 epochs")
+    assert summary["epochs_run"] < 30

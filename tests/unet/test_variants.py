@@ -1,0 +1,95 @@
+"""Both model variants build, train a step, save and load; devices and augmentation behave."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from unet.config import TrainConfig
+from unet.model import build_unet
+
+
+def _train_step_save_load(model, config, tmp_path, channels):
+    from unet.training import compile_unet
+
+    compile_unet(model, config)
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 32, 32, channels)).astype("float32")
+    masks = rng.integers(0, config.num_classes, (2, 32, 32, 1))
+    before = [w.copy() for w in model.get_weights()[:2]]
+    model.train_on_batch(images, masks)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()[:2],
+                                                        strict=True))
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict_on_batch(images), model.predict_on_batch(images),
+                               atol=1e-5)
+
+
+def test_classic_unet_multichannel_multiclass(tmp_path):
+    config = TrainConfig(image_size=32, depth=2, base_filters=4, num_classes=3, dropout=0.2)
+    _train_step_save_load(build_unet(config, 3), config, tmp_path, 3)
+
+
+def test_vgg16_unet_with_encoder_weights_from_a_file(tmp_path):
+    reference = keras.applications.VGG16(include_top=False, weights=None,
+                                         input_shape=(None, None, 3))
+    weights = tmp_path / "vgg16_notop.weights.h5"
+    reference.save_weights(weights)
+    config = TrainConfig(architecture="vgg16-unet", image_size=32, num_classes=2,
+                         encoder_weights=str(weights))
+    model = build_unet(config, 1)
+    assert model.output_shape == (None, None, None, 2)
+    kernel = reference.get_layer("block1_conv1").get_weights()[0]
+    np.testing.assert_allclose(model.get_layer("block1_conv1").get_weights()[0],
+                               kernel.mean(axis=2, keepdims=True) * 3, rtol=1e-5)
+    np.testing.assert_array_equal(model.get_layer("block5_conv3").get_weights()[0],
+                                  reference.get_layer("block5_conv3").get_weights()[0])
+    _train_step_save_load(model, config.model_copy(update={"num_classes": 2}), tmp_path, 1)
+
+
+def test_vgg16_unet_needs_sizes_divisible_by_16_and_real_weight_files(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="multiple of 16"):
+        TrainConfig(architecture="vgg16-unet", image_size=40)
+    config = TrainConfig(architecture="vgg16-unet", image_size=32,
+                         encoder_weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(FileNotFoundError, match="never downloads weights"):
+        build_unet(config, 3)
+
+
+def test_device_report_on_this_machine(tmp_path):
+    from unet.devices import configure_devices
+
+    strategy, report = configure_devices(TrainConfig(image_size=32))
+    json.dumps(report)
+    gpus = tf.config.list_physical_devices("GPU")
+    assert report["device"] == ("GPU" if gpus else "CPU")
+    assert report["replicas"] == strategy.num_replicas_in_sync >= 1
+    if not gpus:
+        assert report["mixed_precision"] == "float32"
+        assert any("runs on the CPU" in note for note in report["notes"])
+
+
+def test_augmentation_is_seeded_and_keeps_image_and_mask_aligned():
+    from unet.pipeline import augment_sample
+
+    size = 32
+    mask = np.zeros((48, 48, 1), np.uint8)
+    mask[10:20, 25:40] = 1
+    image = (mask * 200 + 20).astype(np.uint8)  # the image is the mask, brightened
+    case = {"image": tf.constant(image), "mask": tf.constant(mask)}
+    config = TrainConfig(image_size=size, depth=2, noise_std=0, brightness=0, contrast=0,
+                         gamma=0, foreground_patch_fraction=1.0)
+    first = augment_sample(tf.constant(5, tf.int64), case, config)
+    again = augment_sample(tf.constant(5, tf.int64), case, config)
+    other = augment_sample(tf.constant(6, tf.int64), case, config)
+    np.testing.assert_array_equal(first[0], again[0])
+    assert not np.array_equal(first[0].numpy(), other[0].numpy())
+    out_image, out_mask = first[0].numpy()[..., 0], first[1].numpy()[..., 0]
+    assert out_mask.sum() > 0  # centred on foreground
+    agreement = np.mean((out_image > 0.45) == (out_mask > 0))
+    assert agreement > 0.97, agreement
