@@ -51,7 +51,9 @@ def train_flow(
         "prepare_config": prepare.model_dump(),
     }
     training = train_unet(tfrecord_dir, run_dir, train, lineage)
-    metrics = evaluate_split(training["model"], tfrecord_dir, str(run_path / "evaluation"))
+    metrics = evaluate_split(
+        training["model"], tfrecord_dir, str(run_path / "evaluation"), manifest=prepared["manifest"]
+    )
     write_json_atomic(run_path / "metrics.json", metrics)
     summary = {
         "run_dir": str(run_path),

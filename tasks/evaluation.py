@@ -8,7 +8,7 @@ from prefect import task
 
 from data_catalog.atomic import write_csv_atomic
 from data_catalog.config import PrepareConfig
-from tasks.reporting import markdown_table, publish_markdown, publish_table, run_logger
+from tasks.reporting import publish_image, publish_markdown, publish_table, run_logger
 from unet.config import EvaluateConfig
 
 
@@ -16,29 +16,29 @@ def _publish(metrics: dict[str, object], out_dir: str) -> None:
     rows = [
         {
             "class": int(class_id),
-            "dice_mean": scores["dice_mean"],
-            "dice_std": scores["dice_std"],
-            "iou_mean": scores["iou_mean"],
-            "iou_std": scores["iou_std"],
+            **{k: v for k, v in scores.items() if k.endswith("_mean")},
+            "hd95_undefined": scores["hd95_undefined"],
         }
         for class_id, scores in metrics["classes"].items()
     ]
     publish_table(
         "evaluation-metrics",
         rows,
-        f"Per-class scores over {metrics['num_images']} images (mean and std over images)",
+        f"Per-class scores over {metrics['num_images']} images (means over images)",
     )
+    if metrics.get("groups"):
+        publish_table(
+            "evaluation-groups",
+            [{"group": g, **v} for g, v in sorted(metrics["groups"].items())],
+            "Foreground Dice per group (patient)",
+        )
+    report = Path(out_dir) / "report.md"
     publish_markdown(
-        "evaluation-report",
-        f"# Evaluation of `{metrics['model_version']}`\n\n"
-        f"- images: {metrics['num_images']}\n"
-        f"- foreground Dice: **{metrics['foreground_dice']:.4f}**, "
-        f"IoU {metrics['foreground_iou']:.4f}\n"
-        f"- Otsu baseline Dice: {metrics['otsu_baseline']['foreground_dice']:.4f} "
-        f"({metrics['otsu_baseline']['note']})\n\n"
-        f"{markdown_table(rows)}\n\nFiles: `{out_dir}`\n",
-        "Evaluation summary",
+        "evaluation-report", report.read_text() if report.is_file() else "", "Evaluation report"
     )
+    overlays = sorted((Path(out_dir) / "overlays").glob("*.png"))
+    if overlays:
+        publish_image("evaluation-overlay", overlays[0], "Example: image | truth | prediction")
     run_logger().info(
         "foreground Dice %.4f (Otsu baseline %.4f) on %d images",
         metrics["foreground_dice"],
@@ -48,8 +48,15 @@ def _publish(metrics: dict[str, object], out_dir: str) -> None:
 
 
 @task(name="evaluate-test-split")
-def evaluate_split(model: str, tfrecord_dir: str, out_dir: str, split: str = "test") -> dict:
-    """Score ``model`` on one split of a TFRecord set; write metrics.json, per_image.csv."""
+def evaluate_split(
+    model: str,
+    tfrecord_dir: str,
+    out_dir: str,
+    split: str = "test",
+    manifest: str | None = None,
+) -> dict:
+    """Score ``model`` on one split of a TFRecord set; write metrics.json, per_image.csv,
+    report.md and overlays. With the run's ``manifest.csv``, scores per group too."""
     from data_catalog.tfrecords import load_sidecar, read_tfrecords, split_files
     from unet.evaluation import evaluate_cases
     from unet.inference import Segmenter
@@ -63,7 +70,13 @@ def evaluate_split(model: str, tfrecord_dir: str, out_dir: str, split: str = "te
     cases = (
         (r["key"].decode(), r["image"], r["mask"][:, :, 0]) for r in records.as_numpy_iterator()
     )
-    metrics = evaluate_cases(Segmenter(model), cases, out_dir)
+    groups = None
+    if manifest:
+        from data_catalog.manifest import read_manifest
+
+        table = read_manifest(manifest)
+        groups = dict(zip(table["key"], table["group"], strict=True))
+    metrics = evaluate_cases(Segmenter(model), cases, out_dir, groups=groups)
     _publish(metrics, out_dir)
     return metrics
 
@@ -109,6 +122,7 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> dict:
         (row["key"], *load_case(row["image"], mask_paths(row), rule, segmenter.channels))
         for row in manifest.to_dict("records")
     )
-    metrics = evaluate_cases(segmenter, cases, config.out_dir, config.num_overlays)
+    groups = dict(zip(manifest["key"], manifest["group"], strict=True))
+    metrics = evaluate_cases(segmenter, cases, config.out_dir, config.num_overlays, groups)
     _publish(metrics, config.out_dir)
     return metrics

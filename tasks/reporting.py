@@ -6,11 +6,14 @@ attach artifacts to then, so they are skipped and messages go to the standard lo
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import prefect.logging.configuration  # noqa: F401  (Prefect sets up its handlers on import)
 from prefect.artifacts import (
+    create_image_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -67,6 +70,15 @@ def publish_markdown(key: str, markdown: str, description: str) -> None:
     """A markdown artifact under ``key``."""
     if in_run():
         create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+
+def publish_image(key: str, path: str | Path, description: str) -> None:
+    """An image artifact from a PNG file, inlined as a data URL (the dashboard renders it)."""
+    if in_run():
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        create_image_artifact(
+            image_url=f"data:image/png;base64,{data}", key=key, description=description
+        )
 
 
 class Progress:

@@ -1,7 +1,8 @@
-"""Dice and IoU: a Keras metric for training, numpy functions for evaluation.
+"""Overlap and distance scores: a Keras metric for training, numpy functions for evaluation.
 
-Semantics for empty masks (per image, per class): truth and prediction both empty -> Dice 1 and
-IoU 1; exactly one of them empty -> 0.
+Semantics for empty masks (per image, per class): truth and prediction both empty -> Dice, IoU,
+precision and recall 1, HD95 0; exactly one of them empty -> Dice, IoU, precision and recall 0,
+HD95 NaN (undefined).
 """
 
 from __future__ import annotations
@@ -85,3 +86,41 @@ def overlap_scores(prediction: np.ndarray, truth: np.ndarray, class_id: int) -> 
     if total == 0:
         return 1.0, 1.0
     return 2 * intersection / total, intersection / (total - intersection)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def hausdorff95(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """95th percentile of the symmetric surface distances between two boolean masks (pixels).
+
+    Returns 0.0 when both are empty and NaN when exactly one is.
+    """
+    from scipy import ndimage
+
+    if not prediction.any() and not truth.any():
+        return 0.0
+    if not prediction.any() or not truth.any():
+        return float("nan")
+    predicted_surface, true_surface = _surface(prediction), _surface(truth)
+    to_truth = ndimage.distance_transform_edt(~true_surface)[predicted_surface]
+    to_prediction = ndimage.distance_transform_edt(~predicted_surface)[true_surface]
+    return float(np.percentile(np.concatenate([to_truth, to_prediction]), 95))
+
+
+def class_scores(prediction: np.ndarray, truth: np.ndarray, class_id: int) -> dict[str, float]:
+    """Dice, IoU, precision, recall and HD95 of one class in one image (see module semantics)."""
+    guess, actual = prediction == class_id, truth == class_id
+    true_positive = int(np.count_nonzero(guess & actual))
+    predicted, present = int(np.count_nonzero(guess)), int(np.count_nonzero(actual))
+    dice, iou = overlap_scores(prediction, truth, class_id)
+    return {
+        "dice": dice,
+        "iou": iou,
+        "precision": true_positive / predicted if predicted else (1.0 if not present else 0.0),
+        "recall": true_positive / present if present else (1.0 if not predicted else 0.0),
+        "hd95": hausdorff95(guess, actual),
+    }

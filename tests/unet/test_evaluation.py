@@ -13,6 +13,8 @@ class _Constant:
 
     num_classes = 2
     version = "constant"
+    threshold = None
+    min_component_size = 0
 
     def __init__(self, prediction):
         self.prediction = prediction
@@ -39,6 +41,10 @@ def test_scores_per_image_and_empty_semantics(tmp_path):
     assert per_image.loc["exact", "dice_1"] == 1.0
     assert per_image.loc["half", "dice_1"] == pytest.approx(2 * 4 / (4 + 8))
     assert per_image.loc["empty-truth", "dice_1"] == 0.0
+    assert per_image.loc["half", "precision_1"] == 1.0 and per_image.loc["half", "recall_1"] == 0.5
+    assert np.isnan(per_image.loc["empty-truth", "hd95_1"])
+    assert metrics["classes"]["1"]["hd95_undefined"] == 1
+    assert (tmp_path / "report.md").read_text().startswith("# Evaluation of `constant`")
     assert metrics["foreground_dice"] == pytest.approx((1 + 2 / 3 + 0) / 3)
     assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 3
     assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["exact.png"]
@@ -53,3 +59,38 @@ def test_trained_model_is_evaluated_with_otsu_for_context(trained_run, tfrecord_
     assert metrics["num_images"] == len(cases) > 0
     assert 0.0 <= metrics["otsu_baseline"]["foreground_dice"] <= 1.0
     assert metrics["otsu_baseline"]["polarity"] in ("above", "below")
+
+
+def test_per_group_scores(tmp_path):
+    prediction = np.ones((2, 2), np.uint8)
+    cases = [
+        (f"c{i}", np.zeros((2, 2), np.uint8), np.full((2, 2), i % 2, np.uint8)) for i in range(4)
+    ]
+    groups = {"c0": "p1", "c1": "p1", "c2": "p2", "c3": "p2"}
+    metrics = evaluate_cases(_Constant(prediction), cases, tmp_path, 0, groups)
+    assert metrics["groups"] == {
+        "p1": {"images": 2, "foreground_dice": 0.5},
+        "p2": {"images": 2, "foreground_dice": 0.5},
+    }
+
+
+def test_hausdorff95_known_distance():
+    from unet.metrics import hausdorff95
+
+    a = np.zeros((20, 20), bool)
+    a[5:10, 5:10] = True
+    b = np.roll(a, 3, axis=1)
+    assert hausdorff95(a, b) == pytest.approx(3.0)
+    assert hausdorff95(a, a) == 0.0
+
+
+def test_postprocessing_removes_small_components_and_thresholds():
+    from unet.inference import postprocess
+
+    probabilities = np.zeros((10, 10, 2), np.float32)
+    probabilities[..., 0] = 1
+    probabilities[0, 0] = [0.6, 0.4]  # one pixel at p=0.4
+    probabilities[5:9, 5:9] = [0.1, 0.9]  # a 16-pixel blob
+    assert postprocess(probabilities).sum() == 16
+    assert postprocess(probabilities, threshold=0.3).sum() == 17
+    assert postprocess(probabilities, threshold=0.3, min_component_size=2).sum() == 16

@@ -11,21 +11,25 @@ import pandas as pd
 from unet.config import TrainConfig
 from unet.training import train_model
 
-CONFIG = dict(image_size=32, depth=2, base_filters=4, epochs=5, batch_size=4, steps_per_epoch=8,
-              seed=1)
+CONFIG = dict(
+    image_size=32, depth=2, base_filters=4, epochs=5, batch_size=4, steps_per_epoch=8, seed=1
+)
 
 
 def test_killed_run_resumes_and_ends_with_the_planned_epochs(tfrecord_dir, tmp_path):
     run_dir = tmp_path / "run"
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import tasks
         from unet.config import TrainConfig
         from unet.training import train_model
         train_model({str(tfrecord_dir)!r}, {str(run_dir)!r}, TrainConfig(**{CONFIG!r}))
-    """))
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    """)
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state_path = run_dir / "checkpoint" / "state.json"
     deadline = time.monotonic() + 180
     try:
@@ -67,8 +71,16 @@ def test_time_budget_stops_cleanly_keeping_the_best_model(tfrecord_dir, tmp_path
 
 
 def test_early_stopping(tfrecord_dir, tmp_path):
-    config = TrainConfig(**{**CONFIG, "epochs": 30, "steps_per_epoch": 1, "learning_rate": 1e-9,
-                            "early_stopping_patience": 2, "warmup_epochs": 0})
+    config = TrainConfig(
+        **{
+            **CONFIG,
+            "epochs": 30,
+            "steps_per_epoch": 1,
+            "learning_rate": 1e-9,
+            "early_stopping_patience": 2,
+            "warmup_epochs": 0,
+        }
+    )
     summary = train_model(tfrecord_dir, tmp_path, config)
     assert summary["stop_reason"].startswith("no better val Dice for 2 epochs")
     assert summary["epochs_run"] < 30

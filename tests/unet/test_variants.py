@@ -20,12 +20,14 @@ def _train_step_save_load(model, config, tmp_path, channels):
     masks = rng.integers(0, config.num_classes, (2, 32, 32, 1))
     before = [w.copy() for w in model.get_weights()[:2]]
     model.train_on_batch(images, masks)
-    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()[:2],
-                                                        strict=True))
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(before, model.get_weights()[:2], strict=True)
+    )
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
-    np.testing.assert_allclose(loaded.predict_on_batch(images), model.predict_on_batch(images),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict_on_batch(images), model.predict_on_batch(images), atol=1e-5
+    )
 
 
 def test_classic_unet_multichannel_multiclass(tmp_path):
@@ -34,19 +36,26 @@ def test_classic_unet_multichannel_multiclass(tmp_path):
 
 
 def test_vgg16_unet_with_encoder_weights_from_a_file(tmp_path):
-    reference = keras.applications.VGG16(include_top=False, weights=None,
-                                         input_shape=(None, None, 3))
+    reference = keras.applications.VGG16(
+        include_top=False, weights=None, input_shape=(None, None, 3)
+    )
     weights = tmp_path / "vgg16_notop.weights.h5"
     reference.save_weights(weights)
-    config = TrainConfig(architecture="vgg16-unet", image_size=32, num_classes=2,
-                         encoder_weights=str(weights))
+    config = TrainConfig(
+        architecture="vgg16-unet", image_size=32, num_classes=2, encoder_weights=str(weights)
+    )
     model = build_unet(config, 1)
     assert model.output_shape == (None, None, None, 2)
     kernel = reference.get_layer("block1_conv1").get_weights()[0]
-    np.testing.assert_allclose(model.get_layer("block1_conv1").get_weights()[0],
-                               kernel.mean(axis=2, keepdims=True) * 3, rtol=1e-5)
-    np.testing.assert_array_equal(model.get_layer("block5_conv3").get_weights()[0],
-                                  reference.get_layer("block5_conv3").get_weights()[0])
+    np.testing.assert_allclose(
+        model.get_layer("block1_conv1").get_weights()[0],
+        kernel.mean(axis=2, keepdims=True) * 3,
+        rtol=1e-5,
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("block5_conv3").get_weights()[0],
+        reference.get_layer("block5_conv3").get_weights()[0],
+    )
     _train_step_save_load(model, config.model_copy(update={"num_classes": 2}), tmp_path, 1)
 
 
@@ -55,8 +64,9 @@ def test_vgg16_unet_needs_sizes_divisible_by_16_and_real_weight_files(tmp_path):
 
     with pytest.raises(ValidationError, match="multiple of 16"):
         TrainConfig(architecture="vgg16-unet", image_size=40)
-    config = TrainConfig(architecture="vgg16-unet", image_size=32,
-                         encoder_weights=str(tmp_path / "missing.h5"))
+    config = TrainConfig(
+        architecture="vgg16-unet", image_size=32, encoder_weights=str(tmp_path / "missing.h5")
+    )
     with pytest.raises(FileNotFoundError, match="never downloads weights"):
         build_unet(config, 3)
 
@@ -82,8 +92,15 @@ def test_augmentation_is_seeded_and_keeps_image_and_mask_aligned():
     mask[10:20, 25:40] = 1
     image = (mask * 200 + 20).astype(np.uint8)  # the image is the mask, brightened
     case = {"image": tf.constant(image), "mask": tf.constant(mask)}
-    config = TrainConfig(image_size=size, depth=2, noise_std=0, brightness=0, contrast=0,
-                         gamma=0, foreground_patch_fraction=1.0)
+    config = TrainConfig(
+        image_size=size,
+        depth=2,
+        noise_std=0,
+        brightness=0,
+        contrast=0,
+        gamma=0,
+        foreground_patch_fraction=1.0,
+    )
     first = augment_sample(tf.constant(5, tf.int64), case, config)
     again = augment_sample(tf.constant(5, tf.int64), case, config)
     other = augment_sample(tf.constant(6, tf.int64), case, config)
