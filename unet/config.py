@@ -76,7 +76,7 @@ class TrainConfig(BaseModel):
         "cosine", description="Learning-rate schedule after warm-up."
     )
     warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length in epochs.")
-    epochs: int = Field(40, ge=1, description="Training epochs.")
+    epochs: int = Field(60, ge=1, description="Training epochs.")
     batch_size: int = Field(8, ge=1, description="Patches per training step.")
     steps_per_epoch: int | None = Field(
         None,
