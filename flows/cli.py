@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="Prepare a dataset, train and evaluate a U-Net.")
     train.add_argument("--out", required=True, help="Run folder for the model and its records.")
+    train.add_argument(
+        "--registry",
+        default=None,
+        help="Model registry to register the model in. Default: $SEGFLOW_REGISTRY or ./models.",
+    )
+    train.add_argument("--no-register", action="store_true", help="Do not register the model.")
     add_config_arguments(train, PrepareConfig)
     add_config_arguments(train, TrainConfig)
 
@@ -115,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", dest="out_dir", required=True, help="Folder for the scores.")
     add_config_arguments(evaluate, EvaluateConfig, skip=("out_dir",), required=("model",))
     add_config_arguments(evaluate, PrepareConfig)
+
+    models = commands.add_parser("models", help="The model registry: list, show, promote.")
+    models.add_argument(
+        "--registry", default=None, help="Registry folder. Default: $SEGFLOW_REGISTRY or ./models."
+    )
+    actions = models.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="Registered versions; * marks the champion.")
+    show = actions.add_parser("show", help="Metrics and lineage of a version.")
+    show.add_argument("version", help="A version name or 'champion'.")
+    promote = actions.add_parser("promote", help="Make a version the champion (atomically).")
+    promote.add_argument("version")
+    promote.add_argument("--reason", default="manual promotion")
 
     predict = commands.add_parser("predict", help="Segment every image in a folder.")
     predict.add_argument("input_dir", help="Folder of images, searched recursively.")
@@ -134,7 +152,14 @@ def run_demo(args: argparse.Namespace) -> int:
     data = generate_synthetic_dataset(out / "data", args.num_cases, args.image_size, seed=0)
     prepare = PrepareConfig(images=str(data / "images"), masks=str(data / "masks"))
     train = TrainConfig(**{**DEMO_TRAIN, "epochs": args.epochs, "image_size": args.image_size})
-    summary = train_flow(prepare=prepare, train=train, run_dir=str(out / "run"))
+    from unet import registry
+
+    models = out / "models"
+    summary = train_flow(
+        prepare=prepare, train=train, run_dir=str(out / "run"), registry=str(models)
+    )
+    if registry.champion_version(models) is None:
+        registry.promote(summary["registered"], models, "first demo model")
 
     test_images = out / "test-images"
     shutil.rmtree(test_images, ignore_errors=True)
@@ -154,7 +179,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print(
         f"\nsegflow demo finished\n"
         f"  data:        {data}\n"
-        f"  model:       {summary['model']} ({summary['model_version']})\n"
+        f"  model:       {summary['model']} ({summary['model_version']}, registered in "
+        f"{out / 'models'})\n"
         f"  evaluation:  {out / 'run' / 'evaluation'} (metrics.json, per_image.csv, overlays/)\n"
         f"  masks:       {out / 'predictions'} ({predicted['num_ok']} of "
         f"{predicted['num_inputs']} test images)\n"
@@ -181,11 +207,13 @@ def run_prepare_command(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from flows.train import train_flow
+    from unet.registry import registry_root
 
     summary = train_flow(
         prepare=config_from_args(PrepareConfig, args),
         train=config_from_args(TrainConfig, args),
         run_dir=args.out,
+        registry=None if args.no_register else str(registry_root(args.registry)),
     )
     print(
         f"model: {summary['model']} ({summary['model_version']})\n"
@@ -209,6 +237,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_models(args: argparse.Namespace) -> int:
+    import json
+
+    from unet import registry
+
+    root = registry.registry_root(args.registry)
+    if args.action == "list":
+        rows = registry.summary_rows(root)
+        if not rows:
+            print(f"no models in {root}")
+        for row in rows:
+            dice = "n/a" if row["test_dice"] is None else f"{row['test_dice']:.4f}"
+            print(
+                f"{row['champion']:1} {row['version']}  test Dice {dice}  "
+                f"{row['architecture']}  data {row['dataset_hash']}  {row['registered_at']}"
+            )
+    elif args.action == "show":
+        print(json.dumps(registry.describe(args.version, root), indent=2, default=str))
+    else:
+        record = registry.promote(args.version, root, args.reason)
+        print(f"champion: {record['version']} (was {record['previous']})")
+    return 0
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from flows.predict import predict_flow
 
@@ -229,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": run_train,
         "evaluate": run_evaluate,
         "predict": run_predict,
+        "models": run_models,
     }
     try:
         return handlers[args.command](args)

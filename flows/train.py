@@ -24,6 +24,7 @@ def train_flow(
     prepare: PrepareConfig,
     train: TrainConfig = TrainConfig(),  # noqa: B008 (frozen, immutable)
     run_dir: str = "runs/latest",
+    registry: str | None = "models",
 ) -> dict[str, object]:
     """Train a U-Net on a folder pair and evaluate it on the held-out test split.
 
@@ -32,13 +33,17 @@ def train_flow(
     elsewhere), ``model.keras``, ``model.json``, ``history.csv``, ``lineage.json``,
     ``metrics.json`` and ``evaluation/`` (``metrics.json``, ``per_image.csv``, overlays).
 
+    The model is then registered in ``registry`` (``None``: not registered).
+
     Returns:
-        Key numbers: run folder, model, dataset hash, test foreground Dice, Otsu baseline Dice.
+        Key numbers: run folder, model, version, dataset hash, test Dice, Otsu baseline Dice.
     """
+    from tasks.models import configure_training_devices, register_run
     from tasks.training import train_unet
 
     run_path = Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
+    configure_training_devices(train, run_dir)  # before anything touches a device
     prepared = run_prepare(prepare, run_dir)
     prepare = prepared["config"]
     write_json_atomic(
@@ -55,6 +60,7 @@ def train_flow(
         training["model"], tfrecord_dir, str(run_path / "evaluation"), manifest=prepared["manifest"]
     )
     write_json_atomic(run_path / "metrics.json", metrics)
+    registered = register_run(run_dir, registry) if registry else None
     summary = {
         "run_dir": str(run_path),
         "model": training["model"],
@@ -70,6 +76,8 @@ def train_flow(
         "test_iou": metrics["foreground_iou"],
         "otsu_dice": metrics["otsu_baseline"]["foreground_dice"],
         "training_seconds": training["seconds"],
+        "stop_reason": training["stop_reason"],
+        "registered": registered,
     }
     publish_table("train-summary", [summary], "Key numbers of this training run")
     publish_markdown(

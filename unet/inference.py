@@ -18,12 +18,20 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_model_path(model: str | Path) -> Path:
-    """Turn a run folder or a ``.keras`` file into the model file path.
+    """Turn a run folder, a ``.keras`` file, a registered version or ``champion`` (looked up in
+    the registry, see :mod:`unet.registry`) into the model file path.
 
     Raises:
         FileNotFoundError: nothing usable is there; the message says what was looked for.
     """
-    path = Path(model)
+    from unet.registry import resolve_model_reference
+
+    try:
+        path = resolve_model_reference(model)
+    except KeyError as error:
+        raise FileNotFoundError(
+            f"{model}: not a model file, run folder or registered version ({error.args[0]})"
+        ) from None
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():

@@ -43,6 +43,24 @@ def test_demo_writes_model_masks_report_and_scores(demo_dir, capsys):
     assert mask.shape == (32, 32)
 
 
+def test_demo_registers_and_promotes_its_model(demo_dir, tmp_path, capsys, monkeypatch):
+    models = demo_dir / "models"
+    assert main(["models", "--registry", str(models), "list"]) == 0
+    assert capsys.readouterr().out.startswith("* run-")
+    monkeypatch.chdir(tmp_path)  # no ./models here: a clear error
+    status = main(
+        ["predict", "--model", "champion", str(demo_dir / "test-images"), str(tmp_path / "none")]
+    )
+    assert status == 2 and "no champion in models" in capsys.readouterr().err
+    monkeypatch.setenv("SEGFLOW_REGISTRY", str(models))
+    status = main(
+        ["predict", "--model", "champion", str(demo_dir / "test-images"), str(tmp_path / "out")]
+    )
+    assert status == 0
+    report = pd.read_csv(tmp_path / "out" / "report.csv")
+    assert (report["status"] == "ok").all() and report["model_version"].str.startswith("run-").all()
+
+
 def test_flow_runs_publish_artifacts(demo_dir):
     from prefect import get_client
 
@@ -107,7 +125,7 @@ def test_evaluate_scores_a_folder_pair(demo_dir, tmp_path, capsys):
 def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     status = main(["predict", "--model", str(tmp_path / "missing"), str(tmp_path), str(tmp_path)])
     assert status == 2
-    assert "no model file" in capsys.readouterr().err
+    assert "not a model file, run folder or registered version" in capsys.readouterr().err
 
 
 def test_second_prepare_is_served_from_cache_and_deleted_files_are_rebuilt(

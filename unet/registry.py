@@ -1,0 +1,189 @@
+"""A model registry in plain files.
+
+    models/
+      <version>/            model.keras, model.json (pre- and post-processing), metrics.json,
+                            lineage.json, device.json, config.json, history.csv, curves
+      champion.json         {"version", "promoted_at", "previous", "reason"}; replaced atomically
+      promotions.jsonl      every promotion, appended
+
+A version folder is copied under a temporary name and renamed, so it is complete or absent.
+The registry root is ``--registry``, else ``$SEGFLOW_REGISTRY``, else ``models`` in the working
+directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from data_catalog.atomic import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_ENV = "SEGFLOW_REGISTRY"
+CHAMPION = "champion"
+CHAMPION_FILE = "champion.json"
+COPIED_FILES = (
+    "model.keras",
+    "model.json",
+    "metrics.json",
+    "lineage.json",
+    "device.json",
+    "config.json",
+    "history.csv",
+    "training_curves.png",
+)
+
+
+def registry_root(root: str | Path | None = None) -> Path:
+    """The registry folder: ``root``, else ``$SEGFLOW_REGISTRY``, else ``./models``."""
+    return Path(root or os.environ.get(REGISTRY_ENV) or "models")
+
+
+def register_model(run_dir: str | Path, root: str | Path | None = None) -> str:
+    """Copy a trained run's model and records into ``root/<version>``; return the version.
+
+    Registering the same version again changes nothing.
+
+    Raises:
+        FileNotFoundError: the run has no ``model.keras`` or ``model.json``.
+    """
+    run_dir, root = Path(run_dir), registry_root(root)
+    info_path = run_dir / "model.json"
+    if not (run_dir / "model.keras").is_file() or not info_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no trained model (model.keras and model.json)")
+    version = json.loads(info_path.read_text())["model_version"]
+    target = root / version
+    if target.is_dir():
+        return version
+    tmp = root / f".{version}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in COPIED_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, tmp / name)
+    evaluation = run_dir / "evaluation" / "metrics.json"
+    if evaluation.is_file() and not (tmp / "metrics.json").is_file():
+        shutil.copy2(evaluation, tmp / "metrics.json")
+    write_json_atomic(
+        tmp / "registered.json",
+        {
+            "version": version,
+            "source": str(run_dir.resolve()),
+            "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    tmp.rename(target)
+    logger.info("registered %s in %s", version, root)
+    return version
+
+
+def champion_version(root: str | Path | None = None) -> str | None:
+    """The version the champion pointer names, or None when there is no champion."""
+    path = registry_root(root) / CHAMPION_FILE
+    return json.loads(path.read_text())["version"] if path.is_file() else None
+
+
+def promote(version: str, root: str | Path | None = None, reason: str = "manual") -> dict:
+    """Point ``champion`` at ``version`` (one atomic rename) and log the promotion.
+
+    Raises:
+        KeyError: no such version in the registry (the known ones are listed).
+    """
+    root = registry_root(root)
+    if not (root / version / "model.keras").is_file():
+        known = ", ".join(list_versions(root)) or "none"
+        raise KeyError(f"no model version {version!r} in {root} (known: {known})")
+    record = {
+        "version": version,
+        "previous": champion_version(root),
+        "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "reason": reason,
+    }
+    write_json_atomic(root / CHAMPION_FILE, record)
+    with open(root / "promotions.jsonl", "a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
+    logger.info("champion is now %s (was %s): %s", version, record["previous"], reason)
+    return record
+
+
+def list_versions(root: str | Path | None = None) -> list[str]:
+    """Registered versions, oldest first."""
+    root = registry_root(root)
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / "model.keras").is_file()
+    ]
+    return [p.name for p in sorted(found, key=lambda p: (p / "model.keras").stat().st_mtime)]
+
+
+def describe(version: str, root: str | Path | None = None) -> dict:
+    """Everything recorded about a version: metrics, lineage, registration, champion flag."""
+    root = registry_root(root)
+    folder = root / resolve_version(version, root)
+
+    def read(name: str) -> dict:
+        path = folder / name
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    return {
+        "version": folder.name,
+        "champion": folder.name == champion_version(root),
+        "registered": read("registered.json"),
+        "metrics": read("metrics.json"),
+        "lineage": read("lineage.json"),
+        "model": read("model.json"),
+    }
+
+
+def summary_rows(root: str | Path | None = None) -> list[dict]:
+    """One row per version for ``segflow models list``."""
+    rows = []
+    for version in list_versions(root):
+        info = describe(version, root)
+        rows.append(
+            {
+                "version": version,
+                "champion": "*" if info["champion"] else "",
+                "registered_at": info["registered"].get("registered_at", ""),
+                "test_dice": info["metrics"].get("foreground_dice"),
+                "dataset_hash": (info["lineage"].get("dataset_hash") or "")[:12],
+                "architecture": info["model"].get("architecture", ""),
+            }
+        )
+    return rows
+
+
+def resolve_version(reference: str, root: str | Path | None = None) -> str:
+    """``champion`` or a version name -> the version name.
+
+    Raises:
+        KeyError: no champion yet, or an unknown version.
+    """
+    root = registry_root(root)
+    if reference == CHAMPION:
+        version = champion_version(root)
+        if version is None:
+            raise KeyError(
+                f"no champion in {root}; promote one with `segflow models promote VERSION`"
+            )
+        return version
+    if not (root / reference).is_dir():
+        known = ", ".join(list_versions(root)) or "none"
+        raise KeyError(f"no model version {reference!r} in {root} (known: {known})")
+    return reference
+
+
+def resolve_model_reference(reference: str | Path, root: str | Path | None = None) -> Path:
+    """A model path, run folder, version name or ``champion`` -> a folder or file on disk."""
+    path = Path(reference)
+    if path.exists():
+        return path
+    return registry_root(root) / resolve_version(str(reference), root)
