@@ -56,6 +56,8 @@ def add_config_arguments(
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(annotation) is dict:
             kwargs["type"] = parse_label_table
+        elif typing.get_origin(annotation) is list:
+            kwargs.update(type=typing.get_args(annotation)[0], nargs="+")
         elif typing.get_origin(annotation) is typing.Literal:
             choices = typing.get_args(annotation)
             kwargs.update(choices=choices, type=type(choices[0]))
