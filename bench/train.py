@@ -13,6 +13,7 @@ Prints, each as a ratio measured in this run:
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -88,7 +89,7 @@ def samples_per_second(batches, count: int, batch_size: int) -> float:
     return count * batch_size / (time.perf_counter() - started)
 
 
-def fit_steps_per_second(config, dataset, channels: int, steps: int) -> float:
+def compiled_model(config, channels: int, steps: int, dataset):
     import keras
 
     from unet.model import build_unet
@@ -96,18 +97,59 @@ def fit_steps_per_second(config, dataset, channels: int, steps: int) -> float:
 
     keras.utils.set_random_seed(0)
     model = compile_unet(build_unet(config, channels), config, steps)
-    model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # warm-up: tracing
-    started = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-    return steps / (time.perf_counter() - started)
+    model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # warm-up
+    return model
+
+
+class StepTimes:
+    """Keras callback: the wall time between consecutive training steps (data wait included)."""
+
+    def __init__(self):
+        import keras
+
+        outer = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                now = time.perf_counter()
+                if outer.last is not None and batch > 0:
+                    outer.intervals.append(now - outer.last)
+                outer.last = now
+
+            def on_epoch_begin(self, epoch, logs=None):
+                outer.last = None
+
+        self.callback = _Callback()
+        self.intervals: list[float] = []
+        self.last: float | None = None
+
+
+def interleaved(variants: dict, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Per-step wall times of each (model, dataset) variant, fits taken in turn, round after
+    round. Medians of step intervals leave out the stall at the start and end of every fit()
+    call and this 2-core machine's slower phases (the same fit ran at 2.9 and 3.9 steps/s
+    minutes apart)."""
+    times = {name: StepTimes() for name in variants}
+    for _ in range(rounds):
+        for name, (model, dataset) in variants.items():
+            model.fit(
+                dataset,
+                steps_per_epoch=steps,
+                epochs=1,
+                verbose=0,
+                shuffle=False,
+                callbacks=[times[name].callback],
+            )
+    return {name: t.intervals for name, t in times.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared/datasets/isbi2012-membrane"))
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     data = Path(args.data)
     if not data.is_dir():
@@ -149,18 +191,26 @@ def main() -> int:
             .batch(args.batch_size)
             .prefetch(tf.data.AUTOTUNE)
         )
-        real = fit_steps_per_second(config, pipeline, 1, args.steps)
-        memory = fit_steps_per_second(config, in_memory, 1, args.steps)
-        print(
-            f"(b) training: real pipeline {real:.3f} steps/s, tensors in memory {memory:.3f} "
-            f"steps/s -> ratio {real / memory:.3f} (target >= 0.95)"
-        )
         xla_config = config.model_copy(update={"jit_compile": True})
-        xla = fit_steps_per_second(xla_config, in_memory, 1, args.steps)
+        variants = {
+            "real": (compiled_model(config, 1, args.steps, pipeline), pipeline),
+            "memory": (compiled_model(config, 1, args.steps, in_memory), in_memory),
+            "xla": (compiled_model(xla_config, 1, args.steps, in_memory), in_memory),
+        }
+        intervals = interleaved(variants, args.steps, args.rounds)
+        median = {name: 1 / statistics.median(values) for name, values in intervals.items()}
+        spread = {name: f"{1 / max(v):.2f}-{1 / min(v):.2f}" for name, v in intervals.items()}
         print(
-            f"(c) XLA: {xla:.3f} steps/s with, {memory:.3f} without -> ratio "
-            f"{xla / memory:.2f}x (U-Net depth {config.depth}, base {config.base_filters}, "
-            f"{args.image_size}px, batch {args.batch_size})"
+            f"(b) training: real pipeline {median['real']:.3f} steps/s, tensors in memory "
+            f"{median['memory']:.3f} steps/s -> ratio {median['real'] / median['memory']:.3f} "
+            f"(target >= 0.95; median step times over {args.rounds} interleaved {args.steps}-step fits; "
+            f"ranges {spread['real']} and {spread['memory']})"
+        )
+        print(
+            f"(c) XLA: {median['xla']:.3f} steps/s with, {median['memory']:.3f} without -> "
+            f"ratio {median['xla'] / median['memory']:.2f}x (range {spread['xla']}; U-Net "
+            f"depth {config.depth}, base {config.base_filters}, {args.image_size}px, "
+            f"batch {args.batch_size})"
         )
     return 0
 

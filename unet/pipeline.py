@@ -2,9 +2,10 @@
 
 Normalisation (recorded with every model): ``range`` divides by the largest value of the stored
 dtype (255 or 65535), ``zscore`` standardises each image per channel. Training patches are random
-crops (a share centred on foreground pixels, for small structures) or resized images, then
-augmented (see :mod:`unet.augment`); every random choice is a stateless op seeded by
-``(config.seed, sample index)``, so a run is repeatable and a resumed run continues the stream.
+crops (a share centred on foreground pixels, for small structures) or resized images, flipped
+and turned per sample, then warped and changed in intensity per batch (see :mod:`unet.augment`);
+every random choice is a stateless op seeded by ``(config.seed, sample index)``, so a run is
+repeatable and a resumed run continues the stream.
 """
 
 from __future__ import annotations
@@ -34,64 +35,96 @@ def _pad_to_at_least(tensor: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def _crop(both: tf.Tensor, size: int, seed: tf.Tensor, foreground_fraction: float) -> tf.Tensor:
-    """A ``size`` crop of image+mask; with probability ``foreground_fraction`` it is centred
-    (as far as the borders allow) on a random foreground pixel."""
+    """A ``size`` crop of image+mask (mask last); with probability ``foreground_fraction`` it is
+    centred (as far as the borders allow) on a random foreground pixel."""
     both = _pad_to_at_least(both, size)
     height, width = tf.shape(both)[0], tf.shape(both)[1]
-    foreground = tf.where(both[..., -1] > 0)
     random_row = tf.random.stateless_uniform((), seed, 0, height - size + 1, tf.int32)
     random_col = tf.random.stateless_uniform((), seed + 1, 0, width - size + 1, tf.int32)
-    use_foreground = tf.logical_and(
-        tf.random.stateless_uniform((), seed + 2) < foreground_fraction,
-        tf.shape(foreground)[0] > 0,
-    )
 
     def centred() -> tuple[tf.Tensor, tf.Tensor]:
+        foreground = tf.where(both[..., -1] > 0)  # only computed when it is used
         count = tf.shape(foreground, out_type=tf.int64)[0]
-        pick = tf.random.stateless_uniform((), seed + 3, 0, count, tf.int64)
-        centre = tf.cast(foreground[pick], tf.int32)
+        pick = tf.random.stateless_uniform((), seed + 3, 0, tf.maximum(count, 1), tf.int64)
+        centre = tf.cast(tf.gather(foreground, tf.minimum(pick, count - 1)), tf.int32)
         row = tf.clip_by_value(centre[0] - size // 2, 0, height - size)
         col = tf.clip_by_value(centre[1] - size // 2, 0, width - size)
-        return row, col
+        return tf.cond(count > 0, lambda: (row, col), lambda: (random_row, random_col))
 
+    use_foreground = tf.random.stateless_uniform((), seed + 2) < foreground_fraction
     row, col = tf.cond(use_foreground, centred, lambda: (random_row, random_col))
     return both[row : row + size, col : col + size, :]
 
 
-def augment_sample(
-    index: tf.Tensor, case: dict, config: TrainConfig
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """One training patch: ``(S, S, C)`` float32 image and ``(S, S, 1)`` int32 mask."""
-    image = normalize(case["image"], config.normalization)
-    mask = tf.cast(case["mask"], tf.float32)
+def crop_and_flip(index: tf.Tensor, case: dict, config: TrainConfig):
+    """Per sample: crop (or resize), normalise, flip, rotate by 90 degrees.
+
+    Cropping comes first, on the stored integers, so large images cost little per sample;
+    ``zscore`` statistics are still those of the whole image.
+
+    Returns:
+        ``(image (S, S, C) float32, mask (S, S, 1) int32, index)``.
+    """
+    image, mask = case["image"], case["mask"]
     seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(index, tf.int64)])
     size = config.image_size
     if config.resize_mode == "resize":
-        image = tf.image.resize(image, (size, size), method="bilinear")
-        both = tf.concat([image, tf.image.resize(mask, (size, size), method="nearest")], -1)
+        patch = tf.image.resize(normalize(image, config.normalization), (size, size))
+        both = tf.concat(
+            [patch, tf.image.resize(tf.cast(mask, tf.float32), (size, size), method="nearest")], -1
+        )
     else:
-        both = _crop(tf.concat([image, mask], -1), size, seed, config.foreground_patch_fraction)
+        crop = _crop(
+            tf.concat([image, tf.cast(mask, image.dtype)], -1),
+            size,
+            seed,
+            config.foreground_patch_fraction,
+        )
+        patch = tf.cast(crop[..., :-1], tf.float32) / float(image.dtype.max)
+        if config.normalization == "zscore":
+            mean, variance = tf.nn.moments(
+                tf.cast(image, tf.float32) / float(image.dtype.max), axes=(0, 1), keepdims=True
+            )
+            patch = (patch - mean) / tf.maximum(tf.sqrt(variance), 1e-6)
+        both = tf.concat([patch, tf.cast(crop[..., -1:], tf.float32)], -1)
     if config.flips:
         both = tf.image.stateless_random_flip_left_right(both, seed=seed + 4)
         both = tf.image.stateless_random_flip_up_down(both, seed=seed + 5)
     if config.rotate90:
         turns = tf.random.stateless_uniform((), seed + 6, 0, 4, tf.int32)
         both = tf.image.rot90(both, k=turns)
-    image, mask = both[..., :-1], tf.cast(both[..., -1:], tf.int32)
+    both = tf.ensure_shape(both, (size, size, None))
+    return both[..., :-1], tf.cast(both[..., -1:], tf.int32), index
+
+
+def augment_batch(images: tf.Tensor, masks: tf.Tensor, indices: tf.Tensor, config: TrainConfig):
+    """Per batch: rotation, scale, elastic deformation, intensity; seeded by the batch's first
+    sample index, so a resumed run draws the same stream.
+
+    Returns:
+        ``(images (B, S, S, C) float32, masks (B, S, S, 1) int32)``.
+    """
+    seed = tf.stack([tf.cast(config.seed, tf.int64) + 7919, tf.cast(indices[0], tf.int64)])
     if config.rotation_degrees or config.scale_range or config.elastic_displacement:
-        image, mask = warp(
-            image,
-            mask,
-            seed + 7,
+        images, masks = warp(
+            images,
+            masks,
+            seed,
             config.rotation_degrees,
             config.scale_range,
             config.elastic_displacement,
         )
-    image = adjust_intensity(
-        image, seed + 8, config.brightness, config.contrast, config.gamma, config.noise_std
+    images = adjust_intensity(
+        images, seed, config.brightness, config.contrast, config.gamma, config.noise_std
     )
-    image = tf.ensure_shape(image, (size, size, None))
-    return image, tf.ensure_shape(mask, (size, size, 1))
+    return images, masks
+
+
+def augment_sample(index: tf.Tensor, case: dict, config: TrainConfig):
+    """One augmented training patch (a batch of one): ``(S, S, C)`` image, ``(S, S, 1)`` mask."""
+    image, mask, index = crop_and_flip(index, case, config)
+    images, masks = augment_batch(image[None], mask[None], index[None], config)
+    return images[0], masks[0]
 
 
 def training_dataset(
@@ -117,11 +150,16 @@ def training_dataset(
     cases = cases.shuffle(max(1, num_cases), seed=config.seed, reshuffle_each_iteration=True)
     indexed = tf.data.Dataset.zip(tf.data.Dataset.counter(start=first_sample), cases.repeat())
     samples = indexed.map(
-        lambda index, case: augment_sample(index, case, config),
+        lambda index, case: crop_and_flip(index, case, config),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    return samples.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    batches = samples.batch(config.batch_size, drop_remainder=True).map(
+        lambda images, masks, indices: augment_batch(images, masks, indices, config),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def pad_to_multiple(tensor: tf.Tensor, multiple: int) -> tf.Tensor:
