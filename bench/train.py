@@ -203,7 +203,8 @@ def main() -> int:
         print(
             f"(b) training: real pipeline {median['real']:.3f} steps/s, tensors in memory "
             f"{median['memory']:.3f} steps/s -> ratio {median['real'] / median['memory']:.3f} "
-            f"(target >= 0.95; median step times over {args.rounds} interleaved {args.steps}-step fits; "
+            f"(target >= 0.95; median step times over {args.rounds} interleaved "
+            f"{args.steps}-step fits; "
             f"ranges {spread['real']} and {spread['memory']})"
         )
         print(

@@ -7,14 +7,18 @@ import pandas as pd
 from data_catalog.splits import SPLIT_NAMES
 
 
-def _table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict]) -> str:
+    """Render row dicts as a markdown table (floats to 4 decimals); ``_(none)_`` when empty."""
     if not rows:
         return "_(none)_"
     columns = list(rows[0])
+
+    def cell(value: object) -> str:
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|")
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -61,19 +65,23 @@ def summarize_dataset(
             "",
             "## Splits",
             "",
-            _table(split_rows(manifest, splits)),
+            markdown_table(split_rows(manifest, splits)),
             "",
             "## Image sizes (width x height)",
             "",
-            _table([{"size": size, "cases": int(n)} for size, n in sizes.items()]),
+            markdown_table([{"size": size, "cases": int(n)} for size, n in sizes.items()]),
             "",
             "## Pixel types",
             "",
-            _table([{"type": kind, "cases": int(n)} for kind, n in kinds.value_counts().items()]),
+            markdown_table(
+                [{"type": kind, "cases": int(n)} for kind, n in kinds.value_counts().items()]
+            ),
             "",
             "## Problems",
             "",
-            _table([{"problem": kind, "files": int(n)} for kind, n in problem_counts.items()]),
+            markdown_table(
+                [{"problem": kind, "files": int(n)} for kind, n in problem_counts.items()]
+            ),
             "",
         ]
     )

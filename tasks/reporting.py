@@ -23,6 +23,8 @@ from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
+from data_catalog.summary import markdown_table  # noqa: F401  (re-exported for tasks)
+
 _fallback = logging.getLogger("segflow")
 LIBRARY_LOGGERS = ("unet", "data_catalog")
 
@@ -94,18 +96,3 @@ class Progress:
     def update(self, done: int, total: int) -> None:
         if self.artifact_id is not None and total > 0:
             update_progress_artifact(self.artifact_id, progress=100.0 * done / total)
-
-
-def markdown_table(rows: Sequence[dict]) -> str:
-    """Render row dicts as a markdown table (floats to 4 decimals)."""
-    if not rows:
-        return "_(none)_"
-    columns = list(rows[0])
-
-    def cell(value: object) -> str:
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        return text.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
