@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
-from data_catalog.images import dtype_max, to_channels, write_png_atomic
+from data_catalog.images import dtype_max, write_png_atomic
 from unet.inference import Segmenter
 from unet.metrics import class_scores, overlap_scores
 
@@ -30,11 +30,16 @@ logger = logging.getLogger(__name__)
 Case = tuple[str, np.ndarray, np.ndarray]  # key, (H, W[, C]) image, (H, W) class indices
 
 
+def grey_view(image: np.ndarray) -> np.ndarray:
+    """``(H, W[, C])`` uint8/uint16 -> ``(H, W)`` uint8: the mean over channels, for display and
+    the baseline only (multi-sequence images such as LGG's are averaged, not refused)."""
+    grey = image.astype(np.float64).mean(axis=2) if image.ndim == 3 else image
+    return np.rint(np.asarray(grey, np.float64) * 255 / dtype_max(image.dtype)).astype(np.uint8)
+
+
 def otsu_foreground(image: np.ndarray) -> np.ndarray:
-    """Otsu threshold of an image: ``(H, W)`` bool, True above the threshold."""
-    grey = to_channels(image, 1)[:, :, 0]
-    if grey.dtype != np.uint8:
-        grey = np.rint(grey.astype(np.float64) * 255 / dtype_max(grey.dtype)).astype(np.uint8)
+    """Otsu threshold of an image (channels averaged): ``(H, W)`` bool, True above it."""
+    grey = grey_view(image)
     _, binary = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return binary.astype(bool)
 
@@ -49,7 +54,7 @@ def make_overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -
     Returns:
         ``(H, 3W, 3)`` uint8 RGB.
     """
-    grey = to_channels(image, 1)[:, :, 0].astype(np.float32)
+    grey = grey_view(image).astype(np.float32)
     low, high = np.percentile(grey, (1, 99))
     grey = np.clip((grey - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
     base = np.repeat(grey[:, :, None], 3, axis=2)

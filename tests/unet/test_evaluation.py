@@ -94,3 +94,13 @@ def test_postprocessing_removes_small_components_and_thresholds():
     assert postprocess(probabilities).sum() == 16
     assert postprocess(probabilities, threshold=0.3).sum() == 17
     assert postprocess(probabilities, threshold=0.3, min_component_size=2).sum() == 16
+
+
+def test_multi_sequence_images_get_a_baseline_and_overlays(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)  # three different MR sequences
+    truth = np.zeros((8, 8), np.uint8)
+    truth[2:5, 2:5] = 1
+    metrics = evaluate_cases(_Constant(truth), [("slice", image, truth)], tmp_path, 1)
+    assert metrics["foreground_dice"] == 1.0
+    assert (tmp_path / "overlays" / "slice.png").is_file()
