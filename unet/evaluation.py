@@ -111,6 +111,7 @@ def evaluate_cases(
         for class_id in range(segmenter.num_classes):
             for name, value in class_scores(prediction, truth, class_id).items():
                 row[f"{name}_{class_id}"] = value
+            row[f"present_{class_id}"] = bool(np.any(truth == class_id))
         row["truth_fraction"] = float(np.mean(truth > 0))
         row["predicted_fraction"] = float(np.mean(prediction > 0))
         otsu = otsu_foreground(image).astype(np.uint8)
@@ -155,21 +156,34 @@ def summarize(per_image: pd.DataFrame, num_classes: int) -> dict[str, object]:
             entry[f"{score}_mean"] = float(column.mean()) if column.notna().any() else None
             entry[f"{score}_std"] = float(column.std(ddof=0)) if column.notna().any() else None
         entry["hd95_undefined"] = int(per_image[f"hd95_{class_id}"].isna().sum())
+        present = per_image[per_image[f"present_{class_id}"]]
+        entry["images_present"] = len(present)
+        entry["dice_mean_present"] = (
+            float(present[f"dice_{class_id}"].mean()) if len(present) else None
+        )
         classes[str(class_id)] = entry
     foreground = [str(c) for c in range(1, num_classes)]
     dice_columns = [f"dice_{c}" for c in foreground]
-    per_group = {
-        str(group): {
+    present_any = per_image[[f"present_{c}" for c in foreground]].any(axis=1)
+
+    def group_entry(rows: pd.DataFrame) -> dict:
+        with_foreground = rows[present_any.loc[rows.index]]
+        return {
             "images": len(rows),
             "foreground_dice": float(rows[dice_columns].mean().mean()),
+            "images_with_foreground": len(with_foreground),
+            "foreground_dice_present": float(with_foreground[dice_columns].mean().mean())
+            if len(with_foreground)
+            else None,
         }
-        for group, rows in per_image.groupby("group")
-    }
+
+    per_group = {str(group): group_entry(rows) for group, rows in per_image.groupby("group")}
     above, below = per_image["otsu_dice_above"].mean(), per_image["otsu_dice_below"].mean()
     return {
         "num_images": len(per_image),
         "foreground_dice": float(np.mean([classes[c]["dice_mean"] for c in foreground])),
         "foreground_iou": float(np.mean([classes[c]["iou_mean"] for c in foreground])),
+        "foreground_dice_present": group_entry(per_image)["foreground_dice_present"],
         "classes": classes,
         "groups": per_group if per_image["group"].nunique() < len(per_image) else None,
         "otsu_baseline": {
@@ -191,24 +205,39 @@ def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
         "",
         f"- images: {metrics['num_images']}",
         f"- foreground Dice **{metrics['foreground_dice']:.4f}**, IoU "
-        f"{metrics['foreground_iou']:.4f}",
+        f"{metrics['foreground_iou']:.4f} (all images; an image with no foreground in truth and "
+        "prediction scores 1)",
+        f"- foreground Dice on the images whose truth has foreground: "
+        f"{fmt(metrics['foreground_dice_present'])}",
         f"- Otsu baseline Dice {metrics['otsu_baseline']['foreground_dice']:.4f} "
         f"({metrics['otsu_baseline']['note']})",
         f"- post-processing: {metrics.get('postprocessing')}",
         "",
-        "| class | Dice | IoU | precision | recall | HD95 (px) | HD95 undefined |",
-        "|---|---|---|---|---|---|---|",
+        "| class | Dice | Dice where present (images) | IoU | precision | recall | HD95 (px) "
+        "| HD95 undefined |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for class_id, s in metrics["classes"].items():
         lines.append(
             f"| {class_id} | {fmt(s['dice_mean'])} +- {fmt(s['dice_std'])} | "
-            f"{fmt(s['iou_mean'])} | {fmt(s['precision_mean'])} | {fmt(s['recall_mean'])} | "
+            f"{fmt(s['dice_mean_present'])} ({s['images_present']}) | {fmt(s['iou_mean'])} | "
+            f"{fmt(s['precision_mean'])} | {fmt(s['recall_mean'])} | "
             f"{fmt(s['hd95_mean'])} | {s['hd95_undefined']} |"
         )
     if metrics.get("groups"):
-        lines += ["", "## Per group", "", "| group | images | foreground Dice |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Per group",
+            "",
+            "| group | images | foreground Dice | with foreground | Dice there |",
+            "|---|---|---|---|---|",
+        ]
         for group, entry in sorted(metrics["groups"].items()):
-            lines.append(f"| {group} | {entry['images']} | {entry['foreground_dice']:.4f} |")
+            lines.append(
+                f"| {group} | {entry['images']} | {entry['foreground_dice']:.4f} | "
+                f"{entry['images_with_foreground']} | "
+                f"{fmt(entry['foreground_dice_present'])} |"
+            )
     overlays = sorted((out_dir / "overlays").glob("*.png"))
     if overlays:
         lines += ["", "## Examples (image | truth | prediction, truth outline in green)", ""]

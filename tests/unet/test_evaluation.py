@@ -46,6 +46,7 @@ def test_scores_per_image_and_empty_semantics(tmp_path):
     assert metrics["classes"]["1"]["hd95_undefined"] == 1
     assert (tmp_path / "report.md").read_text().startswith("# Evaluation of `constant`")
     assert metrics["foreground_dice"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert metrics["foreground_dice_present"] == pytest.approx((1 + 2 / 3) / 2)
     assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 3
     assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["exact.png"]
 
@@ -68,10 +69,14 @@ def test_per_group_scores(tmp_path):
     ]
     groups = {"c0": "p1", "c1": "p1", "c2": "p2", "c3": "p2"}
     metrics = evaluate_cases(_Constant(prediction), cases, tmp_path, 0, groups)
-    assert metrics["groups"] == {
-        "p1": {"images": 2, "foreground_dice": 0.5},
-        "p2": {"images": 2, "foreground_dice": 0.5},
+    expected = {
+        "images": 2,
+        "foreground_dice": 0.5,
+        "images_with_foreground": 1,
+        "foreground_dice_present": 1.0,
     }
+    assert metrics["groups"] == {"p1": expected, "p2": expected}
+    assert metrics["foreground_dice_present"] == 1.0
 
 
 def test_hausdorff95_known_distance():
