@@ -140,7 +140,16 @@ class PredictConfig(BaseModel):
     model: str = Field(description="A run folder (holding model.keras) or a .keras model file.")
     input_dir: str = Field(description="Folder of images, searched recursively.")
     output_dir: str = Field(description="Folder for the masks and report.csv.")
-    batch_size: int = Field(4, ge=1, description="Images per forward pass (same-size images).")
+    batch_size: int = Field(4, ge=1, description="Images (or tiles) per forward pass.")
+    tile_size: int = Field(
+        512,
+        ge=16,
+        description="Images larger than this are segmented with a sliding window of this size "
+        "(a multiple of the model's size multiple).",
+    )
+    tile_overlap: float = Field(
+        0.25, ge=0.0, lt=1.0, description="Sliding window: share of a tile its neighbour overlaps."
+    )
     binary_255: bool = Field(
         False, description="Write binary masks as 0/255 instead of class indices 0/1."
     )

@@ -125,6 +125,98 @@ class Segmenter:
             postprocess(p, self.threshold, self.min_component_size) for p in probabilities
         ], list(confidence)
 
+    def segment_tiled(
+        self, image: np.ndarray, tile: int, overlap: float = 0.25, batch_size: int = 4
+    ) -> tuple[np.ndarray, float]:
+        """Segment one prepared image of any size with a sliding window.
+
+        Tiles of ``tile x tile`` (traced once) overlap by ``overlap``; their probabilities are
+        blended with Gaussian weights (centre counts most). Rows of the output are finished
+        band by band as soon as no later tile reaches them, so memory grows with the image's
+        width, not its area.
+
+        Args:
+            image: ``(H, W, channels)`` float32 from :meth:`prepare`.
+            tile: tile size, a multiple of the model's size multiple.
+            overlap: share of a tile shared with its neighbour, 0 <= overlap < 1.
+            batch_size: tiles per forward pass.
+
+        Returns:
+            ``(classes (H, W) uint8, mean confidence)``.
+        """
+        if tile % self.multiple or tile < self.multiple:
+            raise ValueError(
+                f"tile must be a positive multiple of {self.multiple}. Received: tile={tile}"
+            )
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1). Received: overlap={overlap}")
+        height, width = image.shape[:2]
+        if height <= tile and width <= tile:
+            (classes,), (confidence,) = self.segment([image])
+            return classes, float(confidence.mean())
+        pad_h, pad_w = max(tile - height, 0), max(tile - width, 0)
+        if pad_h or pad_w:
+            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+        full_h, full_w = image.shape[:2]
+        stride = max(self.multiple, int(tile * (1 - overlap)) // self.multiple * self.multiple)
+
+        def starts(size: int) -> list[int]:
+            return sorted(set(list(range(0, size - tile, stride)) + [size - tile]))
+
+        weights = gaussian_weights(tile)
+        classes_out = np.zeros((full_h, full_w), np.uint8)
+        band = np.zeros((tile, full_w, self.num_classes), np.float32)
+        band_weight = np.zeros((tile, full_w, 1), np.float32)
+        confidence_sum, band_top = 0.0, 0
+
+        def finish(rows: int) -> float:
+            probabilities = band[:rows] / np.maximum(band_weight[:rows], 1e-8)
+            classes_out[band_top : band_top + rows] = postprocess(probabilities, self.threshold)
+            valid = max(0, min(rows, height - band_top))  # padding rows do not count
+            return float(probabilities[:valid, :width].max(axis=-1).sum())
+
+        for row in starts(full_h):
+            if row > band_top:  # rows above `row` get no more tiles: finish and shift the band
+                done = row - band_top
+                confidence_sum += finish(done)
+                band[:-done], band[-done:] = band[done:].copy(), 0
+                band_weight[:-done], band_weight[-done:] = band_weight[done:].copy(), 0
+                band_top = row
+            columns = starts(full_w)
+            for first in range(0, len(columns), batch_size):
+                chunk = columns[first : first + batch_size]
+                tiles = [image[row : row + tile, col : col + tile] for col in chunk]
+                probabilities = self.predict_probabilities(tiles)
+                for col, tile_probabilities in zip(chunk, probabilities, strict=True):
+                    band[:, col : col + tile] += tile_probabilities * weights[..., None]
+                    band_weight[:, col : col + tile] += weights[..., None]
+        confidence_sum += finish(full_h - band_top)
+        classes = classes_out[:height, :width]
+        if self.min_component_size:
+            classes = remove_small_components(classes, self.min_component_size)
+        return classes, confidence_sum / (height * width)
+
+
+def gaussian_weights(size: int, sigma_scale: float = 0.125) -> np.ndarray:
+    """``(size, size)`` Gaussian blending weights, sigma = size / 8, never below 1e-3."""
+    axis = np.arange(size, dtype=np.float32) - (size - 1) / 2
+    one_d = np.exp(-(axis**2) / (2 * (size * sigma_scale) ** 2))
+    weights = np.outer(one_d, one_d)
+    return np.maximum(weights / weights.max(), 1e-3).astype(np.float32)
+
+
+def remove_small_components(classes: np.ndarray, min_size: int) -> np.ndarray:
+    """Set foreground components smaller than ``min_size`` pixels (8-connected) to 0."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (classes > 0).astype(np.uint8), connectivity=8
+    )
+    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_size)
+    small = small[small > 0]  # label 0 is the background
+    if small.size:
+        classes = classes.copy()
+        classes[np.isin(labels, small)] = 0
+    return classes
+
 
 def postprocess(
     probabilities: np.ndarray, threshold: float | None = None, min_component_size: int = 0
@@ -140,11 +232,5 @@ def postprocess(
     else:
         classes = probabilities.argmax(axis=-1).astype(np.uint8)
     if min_component_size > 0:
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(
-            (classes > 0).astype(np.uint8), connectivity=8
-        )
-        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_component_size)
-        small = small[small > 0]  # label 0 is the background
-        if small.size:
-            classes[np.isin(labels, small)] = 0
+        classes = remove_small_components(classes, min_component_size)
     return classes

@@ -15,11 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from data_catalog.atomic import write_csv_atomic
+from data_catalog.hashing import hash_file
 from data_catalog.images import ImageReadError, read_image, write_png_atomic
 from unet.config import PredictConfig
 from unet.inference import Segmenter
@@ -35,8 +37,10 @@ REPORT_COLUMNS = [
     "height",
     "width",
     "foreground_fraction",
+    "components",
     "mean_confidence",
     "model_version",
+    "input_sha256",
     "seconds",
 ]
 
@@ -76,6 +80,7 @@ class _Pending:
     path: Path
     image: np.ndarray
     started: float
+    sha256: str
 
 
 @dataclass
@@ -92,7 +97,9 @@ def predict_folder(
 ) -> pd.DataFrame:
     """Segment every file under ``config.input_dir`` into ``config.output_dir``.
 
-    Same-shape images are batched (up to ``config.batch_size``) in file order.
+    Same-shape images are batched (up to ``config.batch_size``) in file order; images larger
+    than ``config.tile_size`` are segmented with a Gaussian-blended sliding window
+    (:meth:`Segmenter.segment_tiled`), so every mask has its input's exact size.
 
     Args:
         config: model, folders, batch size, mask format.
@@ -117,18 +124,52 @@ def predict_folder(
 
     def record(path: Path, started: float, **values: object) -> None:
         rows[path] = {
+            **dict.fromkeys(REPORT_COLUMNS),
             "input": path.relative_to(input_dir).as_posix(),
-            "mask": None,
             "status": "ok",
-            "error": None,
-            "height": None,
-            "width": None,
-            "foreground_fraction": None,
-            "mean_confidence": None,
             "model_version": segmenter.version,
             "seconds": round(time.perf_counter() - started, 4),
             **values,
         }
+
+    def save(item: _Pending, mask: np.ndarray, mean_confidence: float) -> None:
+        target = output_dir / names[item.path]
+        try:
+            if not target.resolve().is_relative_to(output_dir.resolve()):
+                raise OSError(f"{target} would lie outside the output folder")
+            write_png_atomic(target, mask * np.uint8(scale))
+        except OSError as error:
+            record(
+                item.path,
+                item.started,
+                status="error",
+                error=f"cannot write mask: {error}",
+                input_sha256=item.sha256,
+            )
+            return
+        foreground = (mask > 0).astype(np.uint8)
+        record(
+            item.path,
+            item.started,
+            mask=names[item.path].as_posix(),
+            height=mask.shape[0],
+            width=mask.shape[1],
+            foreground_fraction=round(float(foreground.mean()), 6),
+            components=cv2.connectedComponents(foreground, connectivity=8)[0] - 1,
+            mean_confidence=round(mean_confidence, 6),
+            input_sha256=item.sha256,
+        )
+
+    def fail(items: list[_Pending], error: Exception) -> None:
+        logger.exception("segmentation failed for %s", [str(item.path) for item in items])
+        for item in items:
+            record(
+                item.path,
+                item.started,
+                status="error",
+                error=f"segmentation failed: {error}",
+                input_sha256=item.sha256,
+            )
 
     def flush(batch: _Batch) -> None:
         if not batch.items:
@@ -136,30 +177,23 @@ def predict_folder(
         try:
             classes, confidence = segmenter.segment([item.image for item in batch.items])
         except Exception as error:  # a failed forward pass fails its inputs, not the run
-            logger.exception("segmentation failed for a batch of shape %s", batch.shape)
-            for item in batch.items:
-                record(
-                    item.path, item.started, status="error", error=f"segmentation failed: {error}"
-                )
-            batch.items.clear()
-            return
-        for item, mask, conf in zip(batch.items, classes, confidence, strict=True):
-            target = output_dir / names[item.path]
-            try:
-                write_png_atomic(target, mask * np.uint8(scale))
-            except OSError as error:
-                record(item.path, item.started, status="error", error=f"cannot write mask: {error}")
-                continue
-            record(
-                item.path,
-                item.started,
-                mask=names[item.path].as_posix(),
-                height=mask.shape[0],
-                width=mask.shape[1],
-                foreground_fraction=round(float(np.mean(mask > 0)), 6),
-                mean_confidence=round(float(conf.mean()), 6),
-            )
+            fail(batch.items, error)
+        else:
+            for item, mask, conf in zip(batch.items, classes, confidence, strict=True):
+                save(item, mask, float(conf.mean()))
         batch.items.clear()
+        if on_progress is not None:
+            on_progress(len(rows), len(files))
+
+    def segment_large(item: _Pending) -> None:
+        try:
+            mask, mean_confidence = segmenter.segment_tiled(
+                item.image, config.tile_size, config.tile_overlap, config.batch_size
+            )
+        except Exception as error:
+            fail([item], error)
+        else:
+            save(item, mask, mean_confidence)
         if on_progress is not None:
             on_progress(len(rows), len(files))
 
@@ -167,6 +201,7 @@ def predict_folder(
     for path in tqdm(files, desc="segmenting", unit="image", disable=None):
         started = time.perf_counter()
         try:
+            sha256 = hash_file(path)
             image = segmenter.prepare(read_image(path), path)
         except ImageReadError as error:
             logger.warning("%s", error)
@@ -176,15 +211,20 @@ def predict_folder(
             logger.warning("%s: %s", path, error)
             record(path, started, status="error", error=f"{type(error).__name__}: {error}")
             continue
+        item = _Pending(path, image, started, sha256)
+        if max(image.shape[:2]) > config.tile_size:
+            flush(batch)
+            segment_large(item)
+            continue
         if batch.shape is not None and batch.shape != image.shape:
             flush(batch)
-        batch.items.append(_Pending(path, image, started))
+        batch.items.append(item)
         if len(batch.items) >= config.batch_size:
             flush(batch)
     flush(batch)
 
     report = pd.DataFrame([rows[path] for path in files], columns=REPORT_COLUMNS)
-    report = report.astype({"height": "Int64", "width": "Int64"})  # empty on error rows
+    report = report.astype({"height": "Int64", "width": "Int64", "components": "Int64"})
     write_csv_atomic(output_dir / REPORT_FILE, report)
     failed = int((report["status"] == "error").sum())
     logger.info(

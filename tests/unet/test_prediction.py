@@ -89,3 +89,55 @@ def test_binary_255_and_name_clashes(trained_run, tmp_path):
         )
     )
     assert len(again) == 2
+
+
+def test_large_images_use_a_blended_sliding_window(trained_run, tmp_path):
+    from data_catalog.hashing import hash_file
+    from unet.inference import Segmenter
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (150, 250), dtype=np.uint8)
+    write_png_atomic(tmp_path / "in" / "big.png", image)
+    report = predict_folder(
+        PredictConfig(
+            model=str(trained_run),
+            input_dir=str(tmp_path / "in"),
+            output_dir=str(tmp_path / "out"),
+            tile_size=64,
+            tile_overlap=0.5,
+        )
+    )
+    row = report.iloc[0]
+    mask = np.asarray(Image.open(tmp_path / "out" / "big.png"))
+    assert mask.shape == (150, 250) and row["status"] == "ok"
+    assert row["input_sha256"] == hash_file(tmp_path / "in" / "big.png")
+    assert row["components"] >= 0
+
+    segmenter = Segmenter(trained_run)
+    prepared = segmenter.prepare(image)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        segmenter.segment_tiled(prepared, 30)
+
+    # With a pixel-wise stand-in model, tiles and blending must reproduce the whole image
+    # exactly: every pixel's blended probability is its own, whatever the weights.
+    def pixelwise(tiles):
+        batch = np.stack(tiles)[..., :1]
+        return np.concatenate([1 - batch, batch], axis=-1)
+
+    segmenter.predict_probabilities = pixelwise
+    segmenter.min_component_size, segmenter.threshold = 0, None
+    for size, overlap in ((64, 0.5), (32, 0.25), (128, 0.0)):
+        classes, confidence = segmenter.segment_tiled(prepared, size, overlap, batch_size=3)
+        expected = (prepared[..., 0] > 0.5).astype(np.uint8)
+        assert classes.shape == (150, 250)
+        assert np.array_equal(classes, expected), (size, overlap)
+        full = np.maximum(prepared[..., 0], 1 - prepared[..., 0]).mean()
+        assert confidence == pytest.approx(full, rel=1e-5)
+
+
+def test_gaussian_weights_favour_the_tile_centre():
+    from unet.inference import gaussian_weights
+
+    weights = gaussian_weights(64)
+    assert weights.shape == (64, 64) and weights.min() >= 1e-3
+    assert weights[31, 31] > weights[31, 5] > weights[0, 0]
