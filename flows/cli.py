@@ -269,7 +269,8 @@ def run_predict(args: argparse.Namespace) -> int:
     summary = predict_flow(config_from_args(PredictConfig, args))
     print(
         f"{summary['num_ok']} of {summary['num_inputs']} inputs segmented, "
-        f"{summary['num_errors']} errors; report: {summary['report']}"
+        f"{summary['num_errors']} errors ({summary['num_skipped']} done by an earlier run); "
+        f"report: {summary['report']}"
     )
     return 0 if summary["num_errors"] == 0 else 1
 

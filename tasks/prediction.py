@@ -23,7 +23,8 @@ def segment_folder(config: PredictConfig) -> dict[str, object]:
     summary = {
         "report": f"{config.output_dir}/{REPORT_FILE}",
         "num_inputs": len(report),
-        "num_ok": int((report["status"] == "ok").sum()),
+        "num_ok": int(report["status"].isin(["ok", "skipped"]).sum()),
+        "num_skipped": int((report["status"] == "skipped").sum()),
         "num_errors": len(errors),
         "model_version": str(report["model_version"].iloc[0]) if len(report) else None,
     }
@@ -31,9 +32,10 @@ def segment_folder(config: PredictConfig) -> dict[str, object]:
     for row in errors.itertuples():
         logger.warning("%s: %s", row.input, row.error)
     logger.info(
-        "segmented %d of %d inputs, %d errors",
+        "segmented %d of %d inputs (%d done by an earlier run), %d errors",
         summary["num_ok"],
         summary["num_inputs"],
+        summary["num_skipped"],
         summary["num_errors"],
     )
     publish_table("segmentation-summary", [summary], "Bulk segmentation totals")
@@ -42,7 +44,8 @@ def segment_folder(config: PredictConfig) -> dict[str, object]:
         "segmentation-report",
         f"# Bulk segmentation\n\n- input: `{config.input_dir}`\n- output: `{config.output_dir}`\n"
         f"- model: `{summary['model_version']}`\n- inputs: {summary['num_inputs']}, "
-        f"ok: {summary['num_ok']}, errors: {summary['num_errors']}\n\n"
+        f"ok: {summary['num_ok']} ({summary['num_skipped']} done by an earlier run), "
+        f"errors: {summary['num_errors']}\n\n"
         f"## Errors\n\n{markdown_table(error_rows)}\n",
         "Bulk segmentation summary",
     )

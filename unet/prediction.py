@@ -1,5 +1,10 @@
 """Segmenting every image in a folder: one mask per input and a report row per input.
 
+Resumable: every finished input is appended to ``.segflow-journal.jsonl`` in the output folder
+after its mask is in place. Run again (after a crash or ``kill -9``), inputs whose mask exists
+for the same model version and input hash are ``skipped`` and keep their row; the report always
+ends with exactly one row per input.
+
 Masks mirror the input's relative path under the output folder with a ``.png`` suffix (when two
 inputs in one folder share a stem, ``name.ext.png``), have exactly the input's height and width,
 and are written atomically. A file that cannot be read or segmented becomes an ``error`` row
@@ -8,6 +13,7 @@ naming the reason; the run goes on.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -29,6 +35,7 @@ from unet.inference import Segmenter
 logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.csv"
+JOURNAL_FILE = ".segflow-journal.jsonl"
 REPORT_COLUMNS = [
     "input",
     "mask",
@@ -120,10 +127,15 @@ def predict_folder(
     names = mask_names(files, input_dir)
     rows: dict[Path, dict[str, object]] = {}
     scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.rglob(".*.tmp"):  # left by a run killed mid-write
+        stale.unlink(missing_ok=True)
+    done = load_journal(output_dir / JOURNAL_FILE)
+    journal = open(output_dir / JOURNAL_FILE, "a", encoding="utf-8")  # noqa: SIM115
     logger.info("segmenting %d files from %s into %s", len(files), input_dir, output_dir)
 
     def record(path: Path, started: float, **values: object) -> None:
-        rows[path] = {
+        row = {
             **dict.fromkeys(REPORT_COLUMNS),
             "input": path.relative_to(input_dir).as_posix(),
             "status": "ok",
@@ -131,6 +143,10 @@ def predict_folder(
             "seconds": round(time.perf_counter() - started, 4),
             **values,
         }
+        rows[path] = row
+        if row["status"] == "ok":  # after its mask was renamed into place
+            journal.write(json.dumps({**row, "mask_scale": scale}) + "\n")
+            journal.flush()
 
     def save(item: _Pending, mask: np.ndarray, mean_confidence: float) -> None:
         target = output_dir / names[item.path]
@@ -211,6 +227,20 @@ def predict_folder(
             logger.warning("%s: %s", path, error)
             record(path, started, status="error", error=f"{type(error).__name__}: {error}")
             continue
+        previous = done.get(path.relative_to(input_dir).as_posix())
+        if (
+            previous is not None
+            and previous["model_version"] == segmenter.version
+            and previous["input_sha256"] == sha256
+            and previous.get("mask_scale") == scale
+            and (output_dir / str(previous["mask"])).is_file()
+        ):
+            rows[path] = {
+                **previous,
+                "status": "skipped",
+                "seconds": round(time.perf_counter() - started, 4),
+            }
+            continue
         item = _Pending(path, image, started, sha256)
         if max(image.shape[:2]) > config.tile_size:
             flush(batch)
@@ -222,16 +252,32 @@ def predict_folder(
         if len(batch.items) >= config.batch_size:
             flush(batch)
     flush(batch)
+    journal.close()
 
     report = pd.DataFrame([rows[path] for path in files], columns=REPORT_COLUMNS)
     report = report.astype({"height": "Int64", "width": "Int64", "components": "Int64"})
     write_csv_atomic(output_dir / REPORT_FILE, report)
-    failed = int((report["status"] == "error").sum())
+    counts = report["status"].value_counts().to_dict()
     logger.info(
-        "segmented %d of %d files (%d errors); report %s",
-        len(report) - failed,
+        "%d files: %d segmented, %d skipped (done before), %d errors; report %s",
         len(report),
-        failed,
+        counts.get("ok", 0),
+        counts.get("skipped", 0),
+        counts.get("error", 0),
         output_dir / REPORT_FILE,
     )
     return report
+
+
+def load_journal(path: Path) -> dict[str, dict]:
+    """Rows of inputs finished by earlier runs, by input path; a torn last line is ignored."""
+    done: dict[str, dict] = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # the line a kill cut short
+        done[row["input"]] = row
+    return done

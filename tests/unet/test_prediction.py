@@ -141,3 +141,104 @@ def test_gaussian_weights_favour_the_tile_centre():
     weights = gaussian_weights(64)
     assert weights.shape == (64, 64) and weights.min() >= 1e-3
     assert weights[31, 31] > weights[31, 5] > weights[0, 0]
+
+
+def test_killed_run_resumes_without_duplicates_or_broken_masks(trained_run, tmp_path):
+    import json
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    rng = np.random.default_rng(3)
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    for index in range(60):
+        write_png_atomic(
+            inputs / f"scan_{index:03d}.png", rng.integers(0, 255, (48, 48), dtype=np.uint8)
+        )
+    script = tmp_path / "predict.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import tasks
+        from unet.config import PredictConfig
+        from unet.prediction import predict_folder
+        predict_folder(PredictConfig(model={str(trained_run)!r}, input_dir={str(inputs)!r},
+                                     output_dir={str(out)!r}, batch_size=1))
+    """)
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    journal = out / ".segflow-journal.jsonl"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if journal.is_file() and len(journal.read_text().splitlines()) >= 10:
+                break
+            time.sleep(0.02)
+    finally:
+        process.kill()
+        process.wait()
+    finished_before = len(journal.read_text().splitlines())
+    assert 10 <= finished_before < 60, "the run ended before it could be killed"
+
+    report = predict_folder(
+        PredictConfig(
+            model=str(trained_run), input_dir=str(inputs), output_dir=str(out), batch_size=4
+        )
+    )
+    assert len(report) == 60 and report["input"].is_unique
+    assert set(report["status"]) == {"ok", "skipped"}
+    assert (report["status"] == "skipped").sum() >= finished_before - 1
+    assert len(pd.read_csv(out / "report.csv")) == 60
+    for name in report["mask"]:
+        assert np.asarray(Image.open(out / name)).shape == (48, 48)
+    assert not list(out.rglob(".*.tmp"))
+    rows = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    assert {row["input"] for row in rows} == set(report["input"])
+    again = predict_folder(
+        PredictConfig(model=str(trained_run), input_dir=str(inputs), output_dir=str(out))
+    )
+    assert (again["status"] == "skipped").all()
+
+
+def test_mixed_folder_of_formats_and_sizes(trained_run, tmp_path):
+    """The bulk-segmentation acceptance folder: every image gets a mask of its own size."""
+    import tifffile
+
+    from tests.data_catalog.test_readers import _write_dicom
+
+    rng = np.random.default_rng(4)
+    inputs = tmp_path / "in"
+    write_png_atomic(inputs / "plain.png", rng.integers(0, 255, (40, 60), dtype=np.uint8))
+    tifffile.imwrite(inputs / "deep.tif", rng.integers(0, 65535, (33, 47), dtype=np.uint16))
+    Image.fromarray(rng.integers(0, 255, (50, 30), dtype=np.uint8)).save(inputs / "photo.jpg")
+    _write_dicom(inputs / "scan.dcm", rng.integers(0, 4000, (64, 64)).astype(np.uint16))
+    write_png_atomic(inputs / "huge.png", rng.integers(0, 255, (2000, 3000), dtype=np.uint8))
+    write_png_atomic(inputs / "odd.png", rng.integers(0, 255, (37, 53), dtype=np.uint8))
+    (inputs / "zero.png").write_bytes(b"")
+    (inputs / "notes.txt").write_text("hello")
+    full = (inputs / "plain.png").read_bytes()
+    (inputs / "cut.png").write_bytes(full[: len(full) // 2])
+
+    report = predict_folder(
+        PredictConfig(
+            model=str(trained_run),
+            input_dir=str(inputs),
+            output_dir=str(tmp_path / "out"),
+            tile_size=512,
+        )
+    )
+    rows = report.set_index("input")
+    assert set(rows[rows["status"] == "error"].index) == {"zero.png", "notes.txt", "cut.png"}
+    sizes = {
+        "plain.png": (40, 60),
+        "deep.tif": (33, 47),
+        "photo.jpg": (50, 30),
+        "scan.dcm": (64, 64),
+        "huge.png": (2000, 3000),
+        "odd.png": (37, 53),
+    }
+    for name, size in sizes.items():
+        assert rows.loc[name, "status"] == "ok", name
+        assert np.asarray(Image.open(tmp_path / "out" / rows.loc[name, "mask"])).shape == size
