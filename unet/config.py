@@ -153,6 +153,9 @@ class PredictConfig(BaseModel):
     binary_255: bool = Field(
         False, description="Write binary masks as 0/255 instead of class indices 0/1."
     )
+    tta: bool = Field(
+        False, description="Test-time augmentation: average over flips (4x the compute)."
+    )
 
 
 class EvaluateConfig(BaseModel):

@@ -55,9 +55,12 @@ class Segmenter:
 
     Args:
         model: a run folder or a ``.keras`` file with ``model.json`` beside it.
+        tta: test-time augmentation: average the probabilities of the image and its
+            horizontal, vertical and double flips (4x the compute).
     """
 
-    def __init__(self, model: str | Path):
+    def __init__(self, model: str | Path, tta: bool = False):
+        self.tta = tta
         self.model_path = resolve_model_path(model)
         self.info = json.loads((self.model_path.parent / MODEL_INFO_FILE).read_text())
         self.channels = int(self.info["channels"])
@@ -107,6 +110,11 @@ class Segmenter:
         if pad_h or pad_w:
             batch = np.pad(batch, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
         probabilities = self._forward(tf.constant(batch)).numpy()
+        if self.tta:  # average with the horizontally, vertically and doubly flipped passes
+            for axes in ((2,), (1,), (1, 2)):
+                flipped = np.ascontiguousarray(np.flip(batch, axis=axes))
+                probabilities += np.flip(self._forward(tf.constant(flipped)).numpy(), axis=axes)
+            probabilities /= 4
         return probabilities[:, :height, :width, :]
 
     def segment(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:

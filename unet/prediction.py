@@ -122,7 +122,7 @@ def predict_folder(
     input_dir, output_dir = Path(config.input_dir), Path(config.output_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
-    segmenter = Segmenter(config.model)
+    segmenter = Segmenter(config.model, tta=config.tta)
     files = list_inputs(input_dir, output_dir)
     names = mask_names(files, input_dir)
     rows: dict[Path, dict[str, object]] = {}
@@ -145,7 +145,7 @@ def predict_folder(
         }
         rows[path] = row
         if row["status"] == "ok":  # after its mask was renamed into place
-            journal.write(json.dumps({**row, "mask_scale": scale}) + "\n")
+            journal.write(json.dumps({**row, "mask_scale": scale, "tta": config.tta}) + "\n")
             journal.flush()
 
     def save(item: _Pending, mask: np.ndarray, mean_confidence: float) -> None:
@@ -233,6 +233,7 @@ def predict_folder(
             and previous["model_version"] == segmenter.version
             and previous["input_sha256"] == sha256
             and previous.get("mask_scale") == scale
+            and previous.get("tta") == config.tta
             and (output_dir / str(previous["mask"])).is_file()
         ):
             rows[path] = {

@@ -242,3 +242,16 @@ def test_mixed_folder_of_formats_and_sizes(trained_run, tmp_path):
     for name, size in sizes.items():
         assert rows.loc[name, "status"] == "ok", name
         assert np.asarray(Image.open(tmp_path / "out" / rows.loc[name, "mask"])).shape == size
+
+
+def test_flip_tta_is_flip_equivariant(trained_run):
+    from unet.inference import Segmenter
+
+    image = Segmenter(trained_run).prepare(
+        np.random.default_rng(5).integers(0, 255, (36, 52), dtype=np.uint8)
+    )
+    plain, tta = Segmenter(trained_run), Segmenter(trained_run, tta=True)
+    with_tta = tta.predict_probabilities([image])[0]
+    flipped = tta.predict_probabilities([np.ascontiguousarray(image[:, ::-1])])[0]
+    np.testing.assert_allclose(flipped[:, ::-1], with_tta, atol=1e-5)
+    assert not np.allclose(plain.predict_probabilities([image])[0], with_tta, atol=1e-5)
