@@ -155,13 +155,7 @@ def predict_folder(
                 raise OSError(f"{target} would lie outside the output folder")
             write_png_atomic(target, mask * np.uint8(scale))
         except OSError as error:
-            record(
-                item.path,
-                item.started,
-                status="error",
-                error=f"cannot write mask: {error}",
-                input_sha256=item.sha256,
-            )
+            fail([item], f"cannot write mask: {error}")
             return
         foreground = (mask > 0).astype(np.uint8)
         record(
@@ -176,16 +170,10 @@ def predict_folder(
             input_sha256=item.sha256,
         )
 
-    def fail(items: list[_Pending], error: Exception) -> None:
-        logger.exception("segmentation failed for %s", [str(item.path) for item in items])
+    def fail(items: list[_Pending], reason: str) -> None:
         for item in items:
-            record(
-                item.path,
-                item.started,
-                status="error",
-                error=f"segmentation failed: {error}",
-                input_sha256=item.sha256,
-            )
+            logger.warning("%s: %s", item.path, reason)
+            record(item.path, item.started, status="error", error=reason, input_sha256=item.sha256)
 
     def flush(batch: _Batch) -> None:
         if not batch.items:
@@ -193,7 +181,8 @@ def predict_folder(
         try:
             classes, confidence = segmenter.segment([item.image for item in batch.items])
         except Exception as error:  # a failed forward pass fails its inputs, not the run
-            fail(batch.items, error)
+            logger.exception("forward pass failed for a batch of shape %s", batch.shape)
+            fail(batch.items, f"segmentation failed: {error}")
         else:
             for item, mask, conf in zip(batch.items, classes, confidence, strict=True):
                 save(item, mask, float(conf.mean()))
@@ -207,7 +196,8 @@ def predict_folder(
                 item.image, config.tile_size, config.tile_overlap, config.batch_size
             )
         except Exception as error:
-            fail([item], error)
+            logger.exception("sliding-window segmentation failed for %s", item.path)
+            fail([item], f"segmentation failed: {error}")
         else:
             save(item, mask, mean_confidence)
         if on_progress is not None:
