@@ -1,0 +1,221 @@
+"""Benchmark of bulk prediction on the ISBI images copied to many files.
+
+Prints, each as a ratio measured in this run:
+  (a) images/s of segflow's folder prediction against a per-image loop written the way the seed
+      project's predict does it (PIL open, letterbox resize, model.predict of one image, resize
+      back, save) — target >= 3x;
+  (b) end-to-end images/s against the model's own forward pass on tensors already in memory —
+      target >= 0.85;
+  (c) peak memory (max RSS of a child process) segmenting 30 against --many images — target <= 1.2;
+  (d) the model's effective GFLOP/s during the run (forward FLOPs per image x images/s) against
+      a numpy float32 matrix product's GFLOP/s measured in the same run — target >= 0.75.
+The model is a default U-Net (depth 4, base 16) with random weights: speed does not depend on
+the weights.
+
+    .venv/bin/python bench/predict.py [--count 60] [--many 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tasks  # noqa: E402,F401  (quiet TensorFlow)
+
+
+def make_model(run_dir: Path) -> None:
+    """A default U-Net with random weights, saved as a run folder (model.keras + model.json)."""
+    from data_catalog.atomic import write_json_atomic
+    from unet.config import TrainConfig
+    from unet.model import build_unet
+
+    config = TrainConfig(num_classes=2)
+    run_dir.mkdir(parents=True)
+    build_unet(config, 1).save(run_dir / "model.keras")
+    write_json_atomic(
+        run_dir / "model.json",
+        {
+            "architecture": "unet",
+            "channels": 1,
+            "input_dtype": "uint8",
+            "normalization": "range",
+            "size_multiple": 16,
+            "num_classes": 2,
+            "model_version": "bench-random",
+            "postprocessing": {"threshold": None, "min_component_size": 0},
+        },
+    )
+
+
+def copy_images(source: Path, target: Path, count: int) -> list[Path]:
+    target.mkdir(parents=True)
+    originals = sorted(source.glob("*.png"))
+    paths = []
+    for index in range(count):
+        path = target / f"scan_{index:04d}.png"
+        shutil.copy(originals[index % len(originals)], path)
+        paths.append(path)
+    return paths
+
+
+def seed_style_loop(model_path: Path, paths: list[Path], out: Path, size: int = 512) -> float:
+    """The seed project's way: one image at a time through model.predict."""
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    model = keras.models.load_model(model_path, compile=False)
+    out.mkdir()
+    started = time.perf_counter()
+    for path in paths:
+        image = Image.open(path).convert("L")
+        width, height = image.size
+        scale = min(size / width, size / height)
+        resized = image.resize((int(width * scale), int(height * scale)), Image.BICUBIC)
+        canvas = Image.new("L", (size, size), 128)
+        canvas.paste(resized, ((size - resized.size[0]) // 2, (size - resized.size[1]) // 2))
+        batch = np.asarray(canvas, np.float32)[None, ..., None] / 255
+        probabilities = model.predict(batch, verbose=0)[0]
+        mask = Image.fromarray((probabilities.argmax(-1) * 255).astype(np.uint8))
+        mask.resize((width, height), Image.NEAREST).save(out / path.name)
+    return len(paths) / (time.perf_counter() - started)
+
+
+def segflow_predict(model: Path, inputs: Path, out: Path, batch_size: int) -> float:
+    from unet.config import PredictConfig
+    from unet.prediction import predict_folder
+
+    started = time.perf_counter()
+    report = predict_folder(
+        PredictConfig(
+            model=str(model), input_dir=str(inputs), output_dir=str(out), batch_size=batch_size
+        )
+    )
+    assert (report["status"] == "ok").all()
+    return len(report) / (time.perf_counter() - started)
+
+
+def forward_only(model: Path, count: int, batch_size: int) -> float:
+    import numpy as np
+
+    from unet.inference import Segmenter
+
+    segmenter = Segmenter(model)
+    batch = [np.random.default_rng(0).random((512, 512, 1), dtype=np.float32)] * batch_size
+    segmenter.predict_probabilities(batch)  # trace
+    started = time.perf_counter()
+    for _ in range(count // batch_size):
+        segmenter.predict_probabilities(batch)
+    return (count // batch_size) * batch_size / (time.perf_counter() - started)
+
+
+def forward_gflop(model_path: Path) -> float:
+    """Forward FLOPs of one 512x512 image, counted from the convolutions' shapes."""
+    import keras
+
+    model = keras.models.load_model(model_path, compile=False)
+    flops = 0.0
+    size = 512
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.MaxPooling2D):
+            size //= 2
+        elif isinstance(layer, keras.layers.Conv2DTranspose):
+            size *= 2
+            kernel = layer.kernel.shape
+            flops += 2 * size * size * kernel[0] * kernel[1] * kernel[2] * kernel[3] / 4
+        elif isinstance(layer, keras.layers.Conv2D):
+            kernel = layer.kernel.shape
+            flops += 2 * size * size * kernel[0] * kernel[1] * kernel[2] * kernel[3]
+    return flops / 1e9
+
+
+def numpy_gflops(n: int = 2048, repeats: int = 5) -> float:
+    import numpy as np
+
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def peak_memory_mb(model: Path, inputs: Path, out: Path) -> float:
+    """Max RSS of a child process that segments ``inputs`` (MiB)."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); import tasks\n"
+        "from unet.config import PredictConfig\nfrom unet.prediction import predict_folder\n"
+        f"predict_folder(PredictConfig(model={str(model)!r}, input_dir={str(inputs)!r}, "
+        f"output_dir={str(out)!r}))\n"
+        "import resource, json\n"
+        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/datasets/isbi2012-membrane"))
+    parser.add_argument("--count", type=int, default=60, help="images for (a), (b), (d)")
+    parser.add_argument("--many", type=int, default=300, help="images for the memory ratio")
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args()
+    data = Path(args.data) / "images"
+    if not data.is_dir():
+        print(f"skipped: ISBI images not found at {data}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_model(tmp / "model")
+        paths = copy_images(data, tmp / "scans", args.count)
+        ours = segflow_predict(tmp / "model", tmp / "scans", tmp / "out", args.batch_size)
+        seed = seed_style_loop(
+            tmp / "model" / "model.keras", paths[: max(10, args.count // 3)], tmp / "seed-out"
+        )
+        print(
+            f"(a) segflow predict {ours:.2f} images/s, seed-style loop {seed:.2f} images/s "
+            f"-> ratio {ours / seed:.2f}x (target >= 3x; 512x512 PNGs, batch {args.batch_size})"
+        )
+        forward = forward_only(tmp / "model", args.count, args.batch_size)
+        print(
+            f"(b) end to end {ours:.2f} images/s, forward pass on tensors in memory "
+            f"{forward:.2f} images/s -> ratio {ours / forward:.2f} (target >= 0.85)"
+        )
+        copy_images(data, tmp / "few", 30)
+        copy_images(data, tmp / "many", args.many)
+        few = peak_memory_mb(tmp / "model", tmp / "few", tmp / "few-out")
+        many = peak_memory_mb(tmp / "model", tmp / "many", tmp / "many-out")
+        print(
+            f"(c) peak memory: 30 images {few:.0f} MiB, {args.many} images {many:.0f} MiB -> "
+            f"ratio {many / few:.2f} (target <= 1.2)"
+        )
+        gflop = forward_gflop(tmp / "model" / "model.keras")
+        effective = gflop * ours
+        matmul = numpy_gflops()
+        print(
+            f"(d) {gflop:.1f} GFLOP per 512x512 image x {ours:.2f} images/s = {effective:.0f} "
+            f"GFLOP/s; numpy float32 matmul {matmul:.0f} GFLOP/s -> ratio "
+            f"{effective / matmul:.2f} (target >= 0.75)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
