@@ -66,16 +66,26 @@ def test_flow_runs_publish_artifacts(demo_dir):
 
     with get_client(sync_client=True) as client:
         keys = {artifact.key for artifact in client.read_artifacts()}
-        runs = {run.name.split("-")[0]: run for run in client.read_flow_runs()}
+        completed = {
+            run.name.split("-")[0] for run in client.read_flow_runs() if run.state.is_completed()
+        }
     assert {
         "train-summary",
         "train-report",
         "evaluation-metrics",
+        "evaluation-report",
+        "evaluation-overlay",
         "segmentation-summary",
         "segmentation-report",
         "dataset-splits",
+        "dataset-summary",
+        "dataset-problems",
+        "device-report",
+        "model-registry",
+        "training-progress",
+        "segmentation-progress",
     } <= keys
-    assert runs["train"].state.is_completed() and runs["predict"].state.is_completed()
+    assert {"train", "predict"} <= completed  # the demo's runs (other tests fail some on purpose)
 
 
 def test_predict_reports_a_corrupt_file_and_exits_nonzero(demo_dir, tmp_path, capsys):
