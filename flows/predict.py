@@ -1,14 +1,15 @@
-"""predict-flow: segment every image in a folder; evaluate-flow: score a model on folders."""
+"""predict-flow: segment every image in a folder (locally or on Dask); evaluate-flow."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
-from prefect import flow
+from prefect import flow, unmapped
 
 from data_catalog.config import PrepareConfig
 from tasks.evaluation import evaluate_dataset
-from tasks.prediction import segment_folder
+from tasks.prediction import merge_shard_reports, segment_folder, segment_shard
 from unet.config import EvaluateConfig, PredictConfig
 
 
@@ -16,10 +17,42 @@ from unet.config import EvaluateConfig, PredictConfig
 def predict_flow(config: PredictConfig) -> dict[str, object]:
     """Write one mask per input under ``config.output_dir`` and ``report.csv``.
 
+    With ``config.task_runner == "dask"`` the input list is cut into shards segmented by Dask
+    workers (a local cluster, or the one at ``config.dask_address``); the masks and the report
+    are the same as a local run's.
+
     Returns:
-        ``report`` path and counts of inputs, successes and errors.
+        ``report`` path and counts of inputs, successes, skipped and errors.
     """
+    if config.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.dask_address:
+            runner = DaskTaskRunner(address=config.dask_address)
+        else:
+            runner = DaskTaskRunner(
+                cluster_kwargs={
+                    "n_workers": config.dask_workers,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "dashboard_address": None,
+                }
+            )
+        return predict_on_dask.with_options(task_runner=runner)(config)
     return segment_folder(config)
+
+
+@flow(name="predict-dask-flow")
+def predict_on_dask(config: PredictConfig) -> dict[str, object]:
+    """Shards of the input list on the flow's Dask task runner, then one merged report."""
+    from unet.prediction import remove_stale_files
+
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_files(output_dir)  # before any shard writes
+    count = config.num_shards or 2 * config.dask_workers
+    futures = segment_shard.map(unmapped(config), list(range(count)), unmapped(count))
+    return merge_shard_reports([future.result() for future in futures], config)
 
 
 @flow(name="evaluate-flow", flow_run_name=lambda: f"evaluate-{datetime.now():%Y-%m-%d-%H%M%S}")

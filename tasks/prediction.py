@@ -1,24 +1,57 @@
-"""The bulk prediction task."""
+"""Bulk prediction tasks: one folder in one process, or shards of it on Dask workers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.reporting import Progress, markdown_table, publish_markdown, publish_table, run_logger
 from unet.config import PredictConfig
 
 
-@task(name="segment-folder")
+@task(name="segment-folder", cache_policy=NO_CACHE)
 def segment_folder(config: PredictConfig) -> dict[str, object]:
     """Segment every file under ``config.input_dir``; write masks and ``report.csv``.
 
     Returns:
-        ``report`` path, ``num_inputs``, ``num_ok``, ``num_errors``, ``model_version``.
+        ``report`` path, ``num_inputs``, ``num_ok``, ``num_skipped``, ``num_errors``,
+        ``model_version``.
     """
-    from unet.prediction import REPORT_FILE, predict_folder
+    from unet.prediction import predict_folder
 
     progress = Progress("segmentation-progress", "Inputs processed")
-    report = predict_folder(config, on_progress=progress.update)
+    return summarize_report(predict_folder(config, on_progress=progress.update), config)
+
+
+@task(name="segment-shard", cache_policy=NO_CACHE, task_run_name="segment-shard-{index}")
+def segment_shard(config: PredictConfig, index: int, count: int) -> list[dict]:
+    """Segment every ``count``-th input from ``index`` (runs on a Dask worker); return rows."""
+    from unet.prediction import segment_files
+
+    return segment_files(config, shard=(index, count))
+
+
+@task(name="write-segmentation-report", cache_policy=NO_CACHE)
+def merge_shard_reports(shards: list[list[dict]], config: PredictConfig) -> dict[str, object]:
+    """Merge the shards' rows into one ``report.csv`` in file order."""
+    from unet.prediction import list_inputs, write_report
+
+    input_dir, output_dir = Path(config.input_dir), Path(config.output_dir)
+    order = {
+        path.relative_to(input_dir).as_posix(): i
+        for i, path in enumerate(list_inputs(input_dir, output_dir))
+    }
+    rows = sorted((row for shard in shards for row in shard), key=lambda r: order[r["input"]])
+    return summarize_report(write_report(rows, output_dir), config)
+
+
+def summarize_report(report: pd.DataFrame, config: PredictConfig) -> dict[str, object]:
+    """Totals of a report, logged and published as table and markdown artifacts."""
+    from unet.prediction import REPORT_FILE
+
     errors = report[report["status"] == "error"]
     summary = {
         "report": f"{config.output_dir}/{REPORT_FILE}",
@@ -45,8 +78,7 @@ def segment_folder(config: PredictConfig) -> dict[str, object]:
         f"# Bulk segmentation\n\n- input: `{config.input_dir}`\n- output: `{config.output_dir}`\n"
         f"- model: `{summary['model_version']}`\n- inputs: {summary['num_inputs']}, "
         f"ok: {summary['num_ok']} ({summary['num_skipped']} done by an earlier run), "
-        f"errors: {summary['num_errors']}\n\n"
-        f"## Errors\n\n{markdown_table(error_rows)}\n",
+        f"errors: {summary['num_errors']}\n\n## Errors\n\n{markdown_table(error_rows)}\n",
         "Bulk segmentation summary",
     )
     return summary

@@ -156,6 +156,19 @@ class PredictConfig(BaseModel):
     tta: bool = Field(
         False, description="Test-time augmentation: average over flips (4x the compute)."
     )
+    task_runner: Literal["local", "dask"] = Field(
+        "local",
+        description="'local': one process; 'dask': shards of the input list on Dask workers.",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Scheduler of an existing Dask cluster, e.g. tcp://host:8786; "
+        "default: start a local cluster.",
+    )
+    dask_workers: int = Field(2, ge=1, description="Workers of the local Dask cluster.")
+    num_shards: int | None = Field(
+        None, ge=1, description="Dask: shards of the input list; default: 2 per worker."
+    )
 
 
 class EvaluateConfig(BaseModel):

@@ -102,7 +102,34 @@ class _Batch:
 def predict_folder(
     config: PredictConfig, on_progress: ProgressCallback | None = None
 ) -> pd.DataFrame:
-    """Segment every file under ``config.input_dir`` into ``config.output_dir``.
+    """Segment every file under ``config.input_dir`` into ``config.output_dir``, then write
+    ``report.csv`` (see :func:`segment_files`)."""
+    return write_report(segment_files(config, on_progress), Path(config.output_dir))
+
+
+def write_report(rows: list[dict], output_dir: Path) -> pd.DataFrame:
+    """Write the rows as ``report.csv`` atomically, columns ``REPORT_COLUMNS``; return them."""
+    report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    report = report.astype({"height": "Int64", "width": "Int64", "components": "Int64"})
+    write_csv_atomic(output_dir / REPORT_FILE, report)
+    counts = report["status"].value_counts().to_dict()
+    logger.info(
+        "%d files: %d segmented, %d skipped (done before), %d errors; report %s",
+        len(report),
+        counts.get("ok", 0),
+        counts.get("skipped", 0),
+        counts.get("error", 0),
+        output_dir / REPORT_FILE,
+    )
+    return report
+
+
+def segment_files(
+    config: PredictConfig,
+    on_progress: ProgressCallback | None = None,
+    shard: tuple[int, int] | None = None,
+) -> list[dict]:
+    """Segment the files under ``config.input_dir`` (or one shard of them) into masks.
 
     Same-shape images are batched (up to ``config.batch_size``) in file order; images larger
     than ``config.tile_size`` are segmented with a Gaussian-blended sliding window
@@ -111,10 +138,11 @@ def predict_folder(
     Args:
         config: model, folders, batch size, mask format.
         on_progress: called as ``(done, total)`` after each batch.
+        shard: ``(index, count)``: only every count-th file from ``index``, with its own
+            journal, so shards can run in parallel processes (Dask workers).
 
     Returns:
-        The report (also written to ``output_dir/report.csv``), one row per input file, in
-        file order, columns ``REPORT_COLUMNS``.
+        One row per input file of the shard, in file order (keys ``REPORT_COLUMNS``).
 
     Raises:
         FileNotFoundError: the model or the input folder does not exist.
@@ -124,14 +152,18 @@ def predict_folder(
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
     segmenter = Segmenter(config.model, tta=config.tta)
     files = list_inputs(input_dir, output_dir)
-    names = mask_names(files, input_dir)
+    names = mask_names(files, input_dir)  # over all files, so every shard names alike
     rows: dict[Path, dict[str, object]] = {}
     scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.rglob(".*.tmp"):  # left by a run killed mid-write
-        stale.unlink(missing_ok=True)
-    done = load_journal(output_dir / JOURNAL_FILE)
-    journal = open(output_dir / JOURNAL_FILE, "a", encoding="utf-8")  # noqa: SIM115
+    if shard is None:
+        remove_stale_files(output_dir)
+        journal_path = output_dir / JOURNAL_FILE
+    else:
+        files = files[shard[0] :: shard[1]]
+        journal_path = output_dir / JOURNAL_FILE.replace(".jsonl", f"-{shard[0]}.jsonl")
+    done = load_journal(output_dir)
+    journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115
     logger.info("segmenting %d files from %s into %s", len(files), input_dir, output_dir)
 
     def record(path: Path, started: float, **values: object) -> None:
@@ -244,31 +276,24 @@ def predict_folder(
             flush(batch)
     flush(batch)
     journal.close()
-
-    report = pd.DataFrame([rows[path] for path in files], columns=REPORT_COLUMNS)
-    report = report.astype({"height": "Int64", "width": "Int64", "components": "Int64"})
-    write_csv_atomic(output_dir / REPORT_FILE, report)
-    counts = report["status"].value_counts().to_dict()
-    logger.info(
-        "%d files: %d segmented, %d skipped (done before), %d errors; report %s",
-        len(report),
-        counts.get("ok", 0),
-        counts.get("skipped", 0),
-        counts.get("error", 0),
-        output_dir / REPORT_FILE,
-    )
-    return report
+    return [rows[path] for path in files]
 
 
-def load_journal(path: Path) -> dict[str, dict]:
-    """Rows of inputs finished by earlier runs, by input path; a torn last line is ignored."""
+def remove_stale_files(output_dir: Path) -> None:
+    """Delete temporary files a killed run left behind (never while shards are writing)."""
+    for stale in output_dir.rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def load_journal(output_dir: Path) -> dict[str, dict]:
+    """Rows of inputs finished by earlier runs (all journals, shards' included), by input path;
+    a torn last line is ignored."""
     done: dict[str, dict] = {}
-    if not path.is_file():
-        return done
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # the line a kill cut short
-        done[row["input"]] = row
+    for path in sorted(output_dir.glob(".segflow-journal*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # the line a kill cut short
+            done[row["input"]] = row
     return done
