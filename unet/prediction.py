@@ -13,11 +13,13 @@ naming the reason; the run goes on.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +219,7 @@ def segment_files(
             fail(batch.items, f"segmentation failed: {error}")
         else:
             for item, mask, conf in zip(batch.items, classes, confidence, strict=True):
-                save(item, mask, float(conf.mean()))
+                write_later(item, mask, float(conf.mean()))
         batch.items.clear()
         if on_progress is not None:
             on_progress(len(rows), len(files))
@@ -231,52 +233,89 @@ def segment_files(
             logger.exception("sliding-window segmentation failed for %s", item.path)
             fail([item], f"segmentation failed: {error}")
         else:
-            save(item, mask, mean_confidence)
+            write_later(item, mask, mean_confidence)
         if on_progress is not None:
             on_progress(len(rows), len(files))
 
-    batch = _Batch()
-    for path in tqdm(files, desc="segmenting", unit="image", disable=None):
+    def load(path: Path) -> tuple:
+        """Hash, check the journal, decode (in a reader thread, ahead of the model)."""
         started = time.perf_counter()
         try:
             sha256 = hash_file(path)
-            image = segmenter.prepare(read_image(path), path)
+            previous = done.get(path.relative_to(input_dir).as_posix())
+            if (
+                previous is not None
+                and previous["model_version"] == segmenter.version
+                and previous["input_sha256"] == sha256
+                and previous.get("mask_scale") == scale
+                and previous.get("tta") == config.tta
+                and (output_dir / str(previous["mask"])).is_file()
+            ):
+                return path, started, sha256, None, previous, None
+            return path, started, sha256, segmenter.prepare(read_image(path), path), None, None
         except ImageReadError as error:
             logger.warning("%s", error)
-            record(path, started, status="error", error=error.reason)
-            continue
+            return path, started, None, None, None, error.reason
         except Exception as error:  # any other decode problem is this file's, not the run's
             logger.warning("%s: %s", path, error)
-            record(path, started, status="error", error=f"{type(error).__name__}: {error}")
-            continue
-        previous = done.get(path.relative_to(input_dir).as_posix())
-        if (
-            previous is not None
-            and previous["model_version"] == segmenter.version
-            and previous["input_sha256"] == sha256
-            and previous.get("mask_scale") == scale
-            and previous.get("tta") == config.tta
-            and (output_dir / str(previous["mask"])).is_file()
+            return path, started, None, None, None, f"{type(error).__name__}: {error}"
+
+    batch = _Batch()
+    window = 2 * config.batch_size
+    with ThreadPoolExecutor(2) as readers, ThreadPoolExecutor(1) as writer:
+        writes = deque()
+
+        def write_later(item: _Pending, mask: np.ndarray, mean_confidence: float) -> None:
+            writes.append(writer.submit(save, item, mask, mean_confidence))
+            while len(writes) > window:  # bounded: memory does not grow with the folder
+                writes.popleft().result()
+
+        loaded = prefetch(readers, load, files, window)
+        for path, started, sha256, image, previous, error in tqdm(
+            loaded, total=len(files), desc="segmenting", unit="image", disable=None
         ):
-            rows[path] = {
-                **previous,
-                "status": "skipped",
-                "seconds": round(time.perf_counter() - started, 4),
-            }
-            continue
-        item = _Pending(path, image, started, sha256)
-        if max(image.shape[:2]) > config.tile_size:
-            flush(batch)
-            segment_large(item)
-            continue
-        if batch.shape is not None and batch.shape != image.shape:
-            flush(batch)
-        batch.items.append(item)
-        if len(batch.items) >= config.batch_size:
-            flush(batch)
-    flush(batch)
+            if error is not None:
+                record(path, started, status="error", error=error)
+                continue
+            if previous is not None:
+                rows[path] = {
+                    **previous,
+                    "status": "skipped",
+                    "seconds": round(time.perf_counter() - started, 4),
+                }
+                continue
+            item = _Pending(path, image, started, sha256)
+            if max(image.shape[:2]) > config.tile_size:
+                flush(batch)
+                segment_large(item)
+                continue
+            if batch.shape is not None and batch.shape != image.shape:
+                flush(batch)
+            batch.items.append(item)
+            if len(batch.items) >= config.batch_size:
+                flush(batch)
+        flush(batch)
+        while writes:
+            writes.popleft().result()
     journal.close()
     return [rows[path] for path in files]
+
+
+def prefetch(pool: ThreadPoolExecutor, function: Callable, items: list, window: int):
+    """``map(function, items)`` in order, at most ``window`` items ahead (bounded memory)."""
+    pending: deque = deque()
+    iterator = iter(items)
+    for item in itertools.islice(iterator, window):
+        pending.append(pool.submit(function, item))
+    while pending:
+        result = pending.popleft().result()
+        following = next(iterator, _END)
+        if following is not _END:
+            pending.append(pool.submit(function, following))
+        yield result
+
+
+_END = object()
 
 
 def remove_stale_files(output_dir: Path) -> None:
