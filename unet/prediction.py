@@ -237,6 +237,28 @@ def segment_files(
         if on_progress is not None:
             on_progress(len(rows), len(files))
 
+    def segment_video(item: _Pending) -> None:
+        """Every frame through the model; a lossless mask video and a per-frame CSV."""
+        relative = names[item.path].with_suffix(".mask.avi")
+        target = output_dir / relative
+        try:
+            frames = segment_frames(segmenter, item.path, target, scale, config)
+        except (OSError, ValueError) as error:
+            fail([item], str(error))
+            return
+        write_csv_atomic(target.with_suffix(".frames.csv"), frames)
+        record(
+            item.path,
+            item.started,
+            mask=relative.as_posix(),
+            height=int(frames.attrs["height"]),
+            width=int(frames.attrs["width"]),
+            foreground_fraction=round(float(frames["foreground_fraction"].mean()), 6),
+            components=int(frames["components"].max()),
+            mean_confidence=round(float(frames["mean_confidence"].mean()), 6),
+            input_sha256=item.sha256,
+        )
+
     def load(path: Path) -> tuple:
         """Hash, check the journal, decode (in a reader thread, ahead of the model)."""
         started = time.perf_counter()
@@ -252,6 +274,8 @@ def segment_files(
                 and (output_dir / str(previous["mask"])).is_file()
             ):
                 return path, started, sha256, None, previous, None
+            if is_video(path):
+                return path, started, sha256, VIDEO, None, None
             return path, started, sha256, segmenter.prepare(read_image(path), path), None, None
         except ImageReadError as error:
             logger.warning("%s", error)
@@ -285,6 +309,10 @@ def segment_files(
                 }
                 continue
             item = _Pending(path, image, started, sha256)
+            if image is VIDEO:
+                flush(batch)
+                segment_video(item)
+                continue
             if max(image.shape[:2]) > config.tile_size:
                 flush(batch)
                 segment_large(item)
@@ -299,6 +327,85 @@ def segment_files(
             writes.popleft().result()
     journal.close()
     return [rows[path] for path in files]
+
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
+VIDEO = "video"  # marks a loaded input that is a video, decoded frame by frame later
+
+
+def is_video(path: Path) -> bool:
+    """True for the video file types ``segflow predict`` reads frame by frame."""
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def segment_frames(
+    segmenter: Segmenter, path: Path, target: Path, scale: int, config: PredictConfig
+) -> pd.DataFrame:
+    """Segment a video frame by frame (batches of ``config.batch_size``) into a lossless FFV1
+    mask video at ``target`` (written under a temporary name, then renamed).
+
+    Returns:
+        One row per frame: ``frame``, ``foreground_fraction``, ``components``,
+        ``mean_confidence``; ``attrs`` holds ``height`` and ``width``.
+
+    Raises:
+        ValueError: the file cannot be opened or has no frames.
+    """
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError("cannot open the video (unknown codec or damaged file)")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.tmp.avi")
+    writer, rows, frames, first_shape = None, [], [], []
+
+    def run(batch: list[np.ndarray]) -> None:
+        nonlocal writer
+        classes, confidence = segmenter.segment(batch)
+        for mask, conf in zip(classes, confidence, strict=True):
+            if writer is None:
+                first_shape.append(mask.shape)
+                writer = cv2.VideoWriter(
+                    str(tmp),
+                    cv2.VideoWriter_fourcc(*"FFV1"),
+                    fps,
+                    (mask.shape[1], mask.shape[0]),
+                    isColor=False,
+                )
+            writer.write(mask * np.uint8(scale))
+            foreground = (mask > 0).astype(np.uint8)
+            rows.append(
+                {
+                    "frame": len(rows),
+                    "foreground_fraction": float(foreground.mean()),
+                    "components": cv2.connectedComponents(foreground)[0] - 1,
+                    "mean_confidence": float(conf.mean()),
+                }
+            )
+
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(segmenter.prepare(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), path))
+            if len(frames) >= config.batch_size:
+                run(frames)
+                frames = []
+        if frames:
+            run(frames)
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if not rows:
+        tmp.unlink(missing_ok=True)
+        raise ValueError("the video has no readable frames")
+    tmp.replace(target)
+    table = pd.DataFrame(rows)
+    height, width = first_shape[0]
+    table.attrs.update(height=height, width=width)
+    return table
 
 
 def prefetch(pool: ThreadPoolExecutor, function: Callable, items: list, window: int):

@@ -255,3 +255,46 @@ def test_flip_tta_is_flip_equivariant(trained_run):
     flipped = tta.predict_probabilities([np.ascontiguousarray(image[:, ::-1])])[0]
     np.testing.assert_allclose(flipped[:, ::-1], with_tta, atol=1e-5)
     assert not np.allclose(plain.predict_probabilities([image])[0], with_tta, atol=1e-5)
+
+
+def test_video_gives_a_mask_video_and_per_frame_rows(trained_run, tmp_path):
+    import cv2
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    writer = cv2.VideoWriter(
+        str(inputs / "cine.avi"), cv2.VideoWriter_fourcc(*"FFV1"), 10, (40, 24), isColor=True
+    )
+    rng = np.random.default_rng(8)
+    for _ in range(7):
+        grey = rng.integers(0, 255, (24, 40), dtype=np.uint8)
+        writer.write(np.repeat(grey[..., None], 3, axis=2))
+    writer.release()
+    (inputs / "broken.mp4").write_bytes(b"not a video")
+
+    report = predict_folder(
+        PredictConfig(
+            model=str(trained_run),
+            input_dir=str(inputs),
+            output_dir=str(tmp_path / "out"),
+            batch_size=3,
+            binary_255=True,
+        )
+    )
+    rows = report.set_index("input")
+    assert rows.loc["broken.mp4", "status"] == "error"
+    assert rows.loc["cine.avi", "status"] == "ok"
+    assert (rows.loc["cine.avi", "height"], rows.loc["cine.avi", "width"]) == (24, 40)
+    frames = pd.read_csv(tmp_path / "out" / "cine.mask.frames.csv")
+    assert frames["frame"].tolist() == list(range(7))
+    capture = cv2.VideoCapture(str(tmp_path / "out" / rows.loc["cine.avi", "mask"]))
+    masks = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        masks.append(frame[..., 0])
+    assert len(masks) == 7 and masks[0].shape == (24, 40)
+    assert set(np.unique(np.stack(masks))) <= {0, 255}
+    fractions = [float(np.mean(mask > 0)) for mask in masks]
+    np.testing.assert_allclose(fractions, frames["foreground_fraction"], atol=1e-9)
