@@ -220,3 +220,17 @@ def read_tfrecords(files: list[str], channels: int, dtype: str = "uint8") -> tf.
         }
 
     return tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def iterate_cases(tfrecord_dir: str | Path, split: str):
+    """The cases of one split as numpy, read with the set's own channels and dtype.
+
+    Yields:
+        ``(key, image (H, W, C) uint8|uint16, mask (H, W) uint8 class indices)``.
+    """
+    sidecar = load_sidecar(tfrecord_dir)
+    records = read_tfrecords(
+        split_files(tfrecord_dir, split), int(sidecar["channels"]), str(sidecar["dtype"])
+    )
+    for record in records.as_numpy_iterator():
+        yield record["key"].decode(), record["image"], record["mask"][..., 0]

@@ -57,19 +57,14 @@ def evaluate_split(
 ) -> dict:
     """Score ``model`` on one split of a TFRecord set; write metrics.json, per_image.csv,
     report.md and overlays. With the run's ``manifest.csv``, scores per group too."""
-    from data_catalog.tfrecords import load_sidecar, read_tfrecords, split_files
+    from data_catalog.tfrecords import iterate_cases, load_sidecar
     from unet.evaluation import evaluate_cases
     from unet.inference import Segmenter
 
     sidecar = load_sidecar(tfrecord_dir)
     if sidecar["splits"].get(split, {}).get("num_records", 0) == 0:
         raise ValueError(f"the {split} split of {tfrecord_dir} is empty; nothing to evaluate")
-    records = read_tfrecords(
-        split_files(tfrecord_dir, split), int(sidecar["channels"]), str(sidecar["dtype"])
-    )
-    cases = (
-        (r["key"].decode(), r["image"], r["mask"][:, :, 0]) for r in records.as_numpy_iterator()
-    )
+    cases = iterate_cases(tfrecord_dir, split)
     groups = None
     if manifest:
         from data_catalog.manifest import read_manifest

@@ -208,17 +208,13 @@ def _load_state(run_dir: Path, config: TrainConfig) -> dict | None:
     return state
 
 
-def _tune_on_validation(run_dir: Path, tfrecord_dir, channels: int, dtype: str) -> dict:
+def _tune_on_validation(run_dir: Path, tfrecord_dir) -> dict:
     """Pick the threshold and smallest kept component on the val split (stored with the model)."""
-    from data_catalog.tfrecords import read_tfrecords
+    from data_catalog.tfrecords import iterate_cases
     from unet.evaluation import tune_postprocessing
     from unet.inference import Segmenter
 
-    records = read_tfrecords(split_files(tfrecord_dir, "val"), channels, dtype)
-    cases = (
-        (r["key"].decode(), r["image"], r["mask"][..., 0]) for r in records.as_numpy_iterator()
-    )
-    tuning = tune_postprocessing(Segmenter(run_dir), cases)
+    tuning = tune_postprocessing(Segmenter(run_dir), iterate_cases(tfrecord_dir, "val"))
     logger.info("post-processing tuned on val: %s", tuning)
     return tuning
 
@@ -386,7 +382,7 @@ def train_model(
 
     model_version = f"{run_dir.name}-{hash_file(run_dir / MODEL_FILE)[:12]}"
     write_json_atomic(run_dir / MODEL_INFO_FILE, {**model_info, "model_version": model_version})
-    tuning = _tune_on_validation(run_dir, tfrecord_dir, channels, dtype)
+    tuning = _tune_on_validation(run_dir, tfrecord_dir)
     model_info["postprocessing"] = {key: tuning[key] for key in ("threshold", "min_component_size")}
     write_json_atomic(run_dir / MODEL_INFO_FILE, {**model_info, "model_version": model_version})
     seconds = time.perf_counter() - started
