@@ -17,27 +17,41 @@ def _temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically, creating parent folders."""
+def write_bytes_atomic(path: str | Path, data: bytes, durable: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically, creating parent folders.
+
+    With ``durable``, the data and the rename are also flushed to disk (``fsync``), so the new
+    file survives a power cut, not only a killed process.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(path)
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         tmp.replace(path)
+        if durable:
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
+def write_text_atomic(path: str | Path, text: str, durable: bool = False) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
+    return write_bytes_atomic(path, text.encode("utf-8"), durable)
 
 
-def write_json_atomic(path: str | Path, value: object) -> Path:
+def write_json_atomic(path: str | Path, value: object, durable: bool = False) -> Path:
     """Write ``value`` as indented JSON atomically."""
-    return write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
+    return write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n", durable)
 
 
 def write_csv_atomic(path: str | Path, frame: pd.DataFrame) -> Path:

@@ -182,3 +182,22 @@ class EvaluateConfig(BaseModel):
         "all", description="Cases to score: all, or one split of the dataset's seeded split."
     )
     num_overlays: int = Field(4, ge=0, description="Overlay PNGs to write (the first cases).")
+
+
+class PromotionConfig(BaseModel):
+    """When a nightly challenger replaces the champion."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tolerance: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Promote when the challenger's mean test foreground Dice is no lower than "
+        "the champion's minus this.",
+    )
+    skip_unchanged: bool = Field(
+        True,
+        description="Skip training when the dataset and the training config are those the "
+        "champion was trained with (nothing new to learn from).",
+    )

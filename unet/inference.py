@@ -128,7 +128,7 @@ class Segmenter:
             ``(classes, confidence)``: lists of ``(H, W)`` uint8 and ``(H, W)`` float32.
         """
         probabilities = self.predict_probabilities(images)
-        confidence = probabilities.max(axis=-1)
+        confidence = class_max(probabilities)
         return [
             postprocess(p, self.threshold, self.min_component_size) for p in probabilities
         ], list(confidence)
@@ -181,7 +181,7 @@ class Segmenter:
             probabilities = band[:rows] / np.maximum(band_weight[:rows], 1e-8)
             classes_out[band_top : band_top + rows] = postprocess(probabilities, self.threshold)
             valid = max(0, min(rows, height - band_top))  # padding rows do not count
-            return float(probabilities[:valid, :width].max(axis=-1).sum())
+            return float(class_max(probabilities[:valid, :width]).sum())
 
         for row in starts(full_h):
             if row > band_top:  # rows above `row` get no more tiles: finish and shift the band
@@ -213,6 +213,24 @@ def gaussian_weights(size: int, sigma_scale: float = 0.125) -> np.ndarray:
     return np.maximum(weights / weights.max(), 1e-3).astype(np.float32)
 
 
+def class_max(probabilities: np.ndarray) -> np.ndarray:
+    """``probabilities.max(axis=-1)``, class by class: numpy's reduction over a short last
+    axis is ~30x slower, and on two cores that time is taken from the model."""
+    return np.maximum.reduce([probabilities[..., k] for k in range(probabilities.shape[-1])])
+
+
+def class_argmax(probabilities: np.ndarray) -> np.ndarray:
+    """``probabilities.argmax(axis=-1)`` as uint8 (ties go to the lower class), class by class
+    for the same reason as :func:`class_max`."""
+    best = probabilities[..., 0].copy()
+    classes = np.zeros(best.shape, np.uint8)
+    for k in range(1, probabilities.shape[-1]):
+        better = probabilities[..., k] > best
+        classes[better] = k
+        np.copyto(best, probabilities[..., k], where=better)
+    return classes
+
+
 def remove_small_components(classes: np.ndarray, min_size: int) -> np.ndarray:
     """Set foreground components smaller than ``min_size`` pixels (8-connected) to 0."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
@@ -238,7 +256,7 @@ def postprocess(
     if threshold is not None and probabilities.shape[-1] == 2:
         classes = (probabilities[..., 1] >= threshold).astype(np.uint8)
     else:
-        classes = probabilities.argmax(axis=-1).astype(np.uint8)
+        classes = class_argmax(probabilities)
     if min_component_size > 0:
         classes = remove_small_components(classes, min_component_size)
     return classes

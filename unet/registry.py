@@ -13,10 +13,12 @@ directory.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -88,27 +90,66 @@ def champion_version(root: str | Path | None = None) -> str | None:
     return json.loads(path.read_text())["version"] if path.is_file() else None
 
 
-def promote(version: str, root: str | Path | None = None, reason: str = "manual") -> dict:
-    """Point ``champion`` at ``version`` (one atomic rename) and log the promotion.
+def promote(
+    version: str,
+    root: str | Path | None = None,
+    reason: str = "manual",
+    expected: str | None | object = ...,
+) -> dict:
+    """Point ``champion`` at ``version`` (one atomic, fsynced rename) and log the promotion.
+
+    A process killed at any moment leaves ``champion.json`` naming the old champion or the new
+    one, never a broken file. Promotions are serialised with a lock file.
+
+    Args:
+        expected: when given, the champion this decision was made against (None: no champion);
+            if another run moved the pointer meanwhile, nothing changes and RuntimeError says so.
 
     Raises:
         KeyError: no such version in the registry (the known ones are listed).
+        RuntimeError: the champion is no longer ``expected``.
     """
     root = registry_root(root)
     if not (root / version / "model.keras").is_file():
         known = ", ".join(list_versions(root)) or "none"
         raise KeyError(f"no model version {version!r} in {root} (known: {known})")
-    record = {
-        "version": version,
-        "previous": champion_version(root),
-        "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "reason": reason,
-    }
-    write_json_atomic(root / CHAMPION_FILE, record)
-    with open(root / "promotions.jsonl", "a", encoding="utf-8") as log:
-        log.write(json.dumps(record) + "\n")
+    with _locked(root):
+        current = champion_version(root)
+        if expected is not ... and current != expected:
+            raise RuntimeError(
+                f"the champion changed while this decision was made (expected {expected}, "
+                f"found {current}); not promoting {version}"
+            )
+        record = {
+            "version": version,
+            "previous": current,
+            "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "reason": reason,
+        }
+        write_json_atomic(root / CHAMPION_FILE, record, durable=True)
+        with open(root / "promotions.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
     logger.info("champion is now %s (was %s): %s", version, record["previous"], reason)
     return record
+
+
+@contextmanager
+def _locked(root: Path):
+    """An exclusive lock on the registry's champion pointer (released when the process dies)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".champion.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def champion_lineage(root: str | Path | None = None) -> dict:
+    """``lineage.json`` of the current champion ({} when there is none or it has none)."""
+    version = champion_version(root)
+    path = registry_root(root) / str(version) / "lineage.json"
+    return json.loads(path.read_text()) if version and path.is_file() else {}
 
 
 def list_versions(root: str | Path | None = None) -> list[str]:

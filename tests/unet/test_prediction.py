@@ -143,6 +143,18 @@ def test_gaussian_weights_favour_the_tile_centre():
     assert weights[31, 31] > weights[31, 5] > weights[0, 0]
 
 
+def test_class_reductions_equal_numpys_including_ties():
+    from unet.inference import class_argmax, class_max
+
+    rng = np.random.default_rng(0)
+    for classes in (2, 3, 5):
+        probabilities = rng.integers(0, 4, (3, 17, 23, classes)).astype(np.float32)  # many ties
+        assert np.array_equal(class_max(probabilities), probabilities.max(axis=-1))
+        argmax = class_argmax(probabilities)
+        assert argmax.dtype == np.uint8
+        assert np.array_equal(argmax, probabilities.argmax(axis=-1))
+
+
 def test_killed_run_resumes_without_duplicates_or_broken_masks(trained_run, tmp_path):
     import json
     import subprocess

@@ -1,0 +1,187 @@
+"""Champion/challenger: compare two models on the same test images and decide.
+
+Plain functions: the nightly flow evaluates both models on one fixed test split (the seeded,
+hash-based split keeps every old case on its side as data is added), then calls
+:func:`compare_per_image` and :func:`decide`, and moves the registry's champion pointer only
+when the decision says so (:func:`unet.registry.promote`, one atomic rename).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# Per-image foreground Dice differences below this count as ties in the paired comparison.
+TIE = 1e-6
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the night decided, and why."""
+
+    promote: bool
+    reason: str
+    challenger: str
+    champion: str | None
+    challenger_dice: float
+    champion_dice: float | None
+    tolerance: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def foreground_dice_per_image(per_image: pd.DataFrame) -> pd.Series:
+    """Mean foreground-class Dice of each image (``dice_1``, ``dice_2``, ... columns), by key."""
+    columns = [c for c in per_image.columns if c.startswith("dice_") and c != "dice_0"]
+    if not columns:
+        raise ValueError(f"no foreground Dice columns in per-image scores: {list(per_image)}")
+    return per_image.set_index("key")[columns].mean(axis=1)
+
+
+def compare_per_image(challenger_csv: str | Path, champion_csv: str | Path) -> dict[str, object]:
+    """Paired comparison of two models' per-image foreground Dice on the same images.
+
+    Returns:
+        ``images``, ``mean_difference`` (challenger - champion), ``challenger_better``,
+        ``champion_better``, ``ties``, ``worst_difference`` and its ``worst_image``, and the
+        two-sided Wilcoxon signed-rank ``p_value`` (None when every pair ties).
+
+    Raises:
+        ValueError: the two evaluations did not score the same images.
+    """
+    challenger = foreground_dice_per_image(pd.read_csv(challenger_csv))
+    champion = foreground_dice_per_image(pd.read_csv(champion_csv))
+    if set(challenger.index) != set(champion.index):
+        only = sorted(set(challenger.index) ^ set(champion.index))
+        raise ValueError(
+            f"the two models were scored on different images ({len(only)} differ, e.g. "
+            f"{only[:3]}): {challenger_csv} vs {champion_csv}"
+        )
+    difference = challenger - champion.loc[challenger.index]
+    ties = int((difference.abs() <= TIE).sum())
+    p_value = None
+    if ties < len(difference):
+        from scipy.stats import wilcoxon
+
+        p_value = float(wilcoxon(difference.to_numpy(), zero_method="zsplit").pvalue)
+    worst = difference.idxmin()
+    return {
+        "images": len(difference),
+        "mean_difference": float(difference.mean()),
+        "challenger_better": int((difference > TIE).sum()),
+        "champion_better": int((difference < -TIE).sum()),
+        "ties": ties,
+        "worst_difference": float(difference.min()),
+        "worst_image": str(worst),
+        "p_value": p_value,
+    }
+
+
+def decide(
+    challenger: str,
+    challenger_dice: float,
+    champion: str | None,
+    champion_dice: float | None,
+    tolerance: float,
+) -> Decision:
+    """Promote the challenger unless its mean test foreground Dice is below the champion's
+    minus ``tolerance``. With no champion, the challenger is promoted (the first night).
+
+    A NaN score never wins: a challenger with no score is not promoted.
+    """
+    values = dict(
+        challenger=challenger,
+        champion=champion,
+        challenger_dice=challenger_dice,
+        champion_dice=champion_dice,
+        tolerance=tolerance,
+    )
+    if not np.isfinite(challenger_dice):
+        return Decision(False, f"challenger's test Dice is {challenger_dice}", **values)
+    if champion is None or champion_dice is None:
+        return Decision(True, "no champion yet: the first model is promoted", **values)
+    if challenger == champion:
+        return Decision(False, "the challenger is the champion already", **values)
+    bar = champion_dice - tolerance
+    if challenger_dice >= bar:
+        return Decision(
+            True,
+            f"challenger Dice {challenger_dice:.4f} >= champion {champion_dice:.4f} - tolerance "
+            f"{tolerance:g} = {bar:.4f}",
+            **values,
+        )
+    return Decision(
+        False,
+        f"challenger Dice {challenger_dice:.4f} < champion {champion_dice:.4f} - tolerance "
+        f"{tolerance:g} = {bar:.4f}: the champion stays",
+        **values,
+    )
+
+
+def unchanged_reason(
+    champion_lineage: dict, dataset_hash: str, train_config: dict[str, object]
+) -> str | None:
+    """Why training can be skipped: the champion was trained on exactly this dataset with this
+    training config. None when anything differs (or the champion's lineage is missing)."""
+    if not champion_lineage or champion_lineage.get("dataset_hash") != dataset_hash:
+        return None
+    if champion_lineage.get("train_config") != train_config:
+        return None
+    return (
+        f"no new data since champion {champion_lineage.get('model_version')} was trained "
+        f"(dataset hash {dataset_hash[:12]}, same training config)"
+    )
+
+
+def decision_markdown(
+    decision: Decision,
+    challenger_metrics: dict | None,
+    champion_metrics: dict | None,
+    paired: dict | None,
+) -> str:
+    """The promotion decision, with both models' numbers, for the dashboard."""
+    verdict = "**promoted**" if decision.promote else "**not promoted**"
+    lines = [
+        f"# Promotion decision: {decision.challenger} {verdict}",
+        "",
+        f"{decision.reason}.",
+        "",
+        "| | model | test foreground Dice | Dice (images with foreground) | IoU | images |",
+        "|---|---|---|---|---|---|",
+    ]
+    for role, name, metrics in (
+        ("challenger", decision.challenger, challenger_metrics),
+        ("champion", decision.champion, champion_metrics),
+    ):
+        if metrics is None:
+            lines.append(f"| {role} | {name or '(none)'} | | | | |")
+            continue
+        lines.append(
+            f"| {role} | {name} | {metrics['foreground_dice']:.4f} | "
+            f"{_fmt(metrics.get('foreground_dice_present'))} | "
+            f"{_fmt(metrics.get('foreground_iou'))} | {metrics['num_images']} |"
+        )
+    lines.append("")
+    if paired:
+        p_value = "n/a (all pairs tie)" if paired["p_value"] is None else f"{paired['p_value']:.3g}"
+        lines += [
+            "## Paired per-image comparison (same test images)",
+            "",
+            f"- images: {paired['images']}",
+            f"- mean Dice difference (challenger - champion): {paired['mean_difference']:+.4f}",
+            f"- challenger better on {paired['challenger_better']}, champion better on "
+            f"{paired['champion_better']}, ties {paired['ties']}",
+            f"- largest drop: {paired['worst_difference']:+.4f} on `{paired['worst_image']}`",
+            f"- Wilcoxon signed-rank p = {p_value}",
+            "",
+        ]
+    lines.append(f"Tolerance: {decision.tolerance:g} (mean foreground Dice).")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: object) -> str:
+    return "" if value is None else f"{float(value):.4f}"
