@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -11,12 +12,33 @@ from data_catalog.atomic import write_json_atomic
 from data_catalog.config import PrepareConfig
 from flows.prepare import run_prepare
 from tasks.evaluation import evaluate_split
+from tasks.models import configure_training_devices, register_run
 from tasks.reporting import markdown_table, publish_markdown, publish_table
+from tasks.training import train_unet
 from unet.config import TrainConfig
 
 
+GENERIC_FOLDERS = ("images", "image", "imgs", "scans", "data")
+
+
+def dataset_label(prepare: PrepareConfig | dict | None) -> str:
+    """A short name of the dataset for run names: the catalog name or the images folder's."""
+    if isinstance(prepare, PrepareConfig):
+        prepare = prepare.model_dump()
+    prepare = prepare or {}
+    folder = Path(str(prepare.get("images") or "data"))
+    if folder.name.lower() in GENERIC_FOLDERS:
+        folder = folder.parent
+    name = prepare.get("dataset") or folder.name
+    return re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-") or "data"
+
+
 def _run_name() -> str:
-    return f"train-{datetime.now():%Y-%m-%d-%H%M%S}"
+    """``train-{dataset}-{date}``, e.g. ``train-isbi-2026-11-25-0200``."""
+    from prefect.runtime import flow_run
+
+    label = dataset_label(flow_run.parameters.get("prepare"))
+    return f"train-{label}-{datetime.now():%Y-%m-%d-%H%M%S}"
 
 
 @flow(name="train-flow", flow_run_name=_run_name, log_prints=True)
@@ -38,13 +60,39 @@ def train_flow(
     Returns:
         Key numbers: run folder, model, version, dataset hash, test Dice, Otsu baseline Dice.
     """
-    from tasks.models import configure_training_devices, register_run
-    from tasks.training import train_unet
-
     run_path = Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
     configure_training_devices(train, run_dir)  # before anything touches a device
     prepared = run_prepare(prepare, run_dir)
+    summary = train_evaluate_register(prepared, train, run_dir, registry)
+    publish_table("train-summary", [summary], "Key numbers of this training run")
+    publish_markdown(
+        "train-report",
+        f"# Training run `{summary['model_version']}`\n\n{markdown_table([summary])}\n\n"
+        f"Test foreground Dice **{summary['test_dice']:.4f}** against an Otsu threshold's "
+        f"{summary['otsu_dice']:.4f} on the same {summary['test_cases']} images.\n",
+        "Training run summary",
+    )
+    return summary
+
+
+def train_evaluate_register(
+    prepared: dict[str, object],
+    train: TrainConfig,
+    run_dir: str,
+    registry: str | None,
+    role: str = "model",
+) -> dict[str, object]:
+    """Train on a prepared dataset, score the model on its test split, register it.
+
+    Args:
+        prepared: what :func:`flows.prepare.run_prepare` returned.
+        role: names the evaluation task run and prefixes its artifact keys.
+
+    Returns:
+        Key numbers (run folder, model, version, dataset hash, split counts, test Dice ...).
+    """
+    run_path = Path(run_dir)
     prepare = prepared["config"]
     write_json_atomic(
         run_path / "config.json", {"prepare": prepare.model_dump(), "train": train.model_dump()}
@@ -57,11 +105,15 @@ def train_flow(
     }
     training = train_unet(tfrecord_dir, run_dir, train, lineage)
     metrics = evaluate_split(
-        training["model"], tfrecord_dir, str(run_path / "evaluation"), manifest=prepared["manifest"]
+        training["model"],
+        tfrecord_dir,
+        str(run_path / "evaluation"),
+        manifest=prepared["manifest"],
+        role=role,
     )
     write_json_atomic(run_path / "metrics.json", metrics)
     registered = register_run(run_dir, registry) if registry else None
-    summary = {
+    return {
         "run_dir": str(run_path),
         "model": training["model"],
         "model_version": training["model_version"],
@@ -78,13 +130,5 @@ def train_flow(
         "training_seconds": training["seconds"],
         "stop_reason": training["stop_reason"],
         "registered": registered,
+        "evaluation_dir": str(run_path / "evaluation"),
     }
-    publish_table("train-summary", [summary], "Key numbers of this training run")
-    publish_markdown(
-        "train-report",
-        f"# Training run `{training['model_version']}`\n\n{markdown_table([summary])}\n\n"
-        f"Test foreground Dice **{summary['test_dice']:.4f}** against an Otsu threshold's "
-        f"{summary['otsu_dice']:.4f} on the same {summary['test_cases']} images.\n",
-        "Training run summary",
-    )
-    return summary

@@ -12,7 +12,8 @@ from tasks.reporting import publish_image, publish_markdown, publish_table, run_
 from unet.config import EvaluateConfig
 
 
-def _publish(metrics: dict[str, object], out_dir: str) -> None:
+def _publish(metrics: dict[str, object], out_dir: str, prefix: str = "") -> None:
+    """Artifacts ``{prefix}evaluation-metrics``, ``-groups``, ``-report``, ``-overlay``."""
     rows = [
         {
             "class": int(class_id),
@@ -22,41 +23,46 @@ def _publish(metrics: dict[str, object], out_dir: str) -> None:
         for class_id, scores in metrics["classes"].items()
     ]
     publish_table(
-        "evaluation-metrics",
+        f"{prefix}evaluation-metrics",
         rows,
         f"Per-class scores over {metrics['num_images']} images (means over images)",
     )
     if metrics.get("groups"):
         publish_table(
-            "evaluation-groups",
+            f"{prefix}evaluation-groups",
             [{"group": g, **v} for g, v in sorted(metrics["groups"].items())],
             "Foreground Dice per group (patient)",
         )
     report = Path(out_dir) / "report.md"
     publish_markdown(
-        "evaluation-report", report.read_text() if report.is_file() else "", "Evaluation report"
+        f"{prefix}evaluation-report", report.read_text() if report.is_file() else "", "Evaluation report"
     )
     overlays = sorted((Path(out_dir) / "overlays").glob("*.png"))
     if overlays:
-        publish_image("evaluation-overlay", overlays[0], "Example: image | truth | prediction")
+        publish_image(f"{prefix}evaluation-overlay", overlays[0], "Example: image | truth | prediction")
     run_logger().info(
-        "foreground Dice %.4f (Otsu baseline %.4f) on %d images",
+        "%s: foreground Dice %.4f (Otsu baseline %.4f) on %d images",
+        metrics.get("model_version"),
         metrics["foreground_dice"],
         metrics["otsu_baseline"]["foreground_dice"],
         metrics["num_images"],
     )
 
 
-@task(name="evaluate-test-split")
+@task(name="evaluate-split", task_run_name="evaluate-{role}-on-{split}")
 def evaluate_split(
     model: str,
     tfrecord_dir: str,
     out_dir: str,
     split: str = "test",
     manifest: str | None = None,
+    role: str = "model",
 ) -> dict:
     """Score ``model`` on one split of a TFRecord set; write metrics.json, per_image.csv,
-    report.md and overlays. With the run's ``manifest.csv``, scores per group too."""
+    report.md and overlays. With the run's ``manifest.csv``, scores per group too.
+
+    ``role`` names the task run and, unless it is ``model``, prefixes the artifact keys
+    (``champion-evaluation-metrics``), so two models scored in one run keep apart."""
     from data_catalog.tfrecords import iterate_cases, load_sidecar
     from unet.evaluation import evaluate_cases
     from unet.inference import Segmenter
@@ -72,7 +78,7 @@ def evaluate_split(
         table = read_manifest(manifest)
         groups = dict(zip(table["key"], table["group"], strict=True))
     metrics = evaluate_cases(Segmenter(model), cases, out_dir, groups=groups)
-    _publish(metrics, out_dir)
+    _publish(metrics, out_dir, "" if role == "model" else f"{role}-")
     return metrics
 
 

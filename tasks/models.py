@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from data_catalog.atomic import write_json_atomic
-from tasks.reporting import markdown_table, publish_markdown, publish_table, run_logger
+from tasks.reporting import in_run, markdown_table, publish_markdown, publish_table, run_logger
 from unet.config import TrainConfig
 
 
@@ -48,3 +48,21 @@ def register_run(run_dir: str, registry: str) -> str:
     publish_table("model-registry", summary_rows(registry), f"Models in {registry}")
     run_logger().info("registered %s in %s", version, registry)
     return version
+
+
+def ensure_training_limit(tag: str, limit: int = 1) -> int | None:
+    """Create the tag concurrency limit that keeps training tasks one at a time, unless one
+    exists (an operator's own setting, e.g. 2 for two GPUs, is kept). Returns the limit in
+    force, or None outside a Prefect run (nothing to limit against)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    if not in_run():
+        return None
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_concurrency_limit_by_tag(tag).concurrency_limit
+        except ObjectNotFound:
+            client.create_concurrency_limit(tag=tag, concurrency_limit=limit)
+            run_logger().info("created concurrency limit %s = %d (one training at a time)", tag, limit)
+            return limit

@@ -8,7 +8,12 @@ from tasks.reporting import Progress, publish_table
 from unet.config import TrainConfig
 
 
-@task(name="train-unet")
+# Training tasks carry this tag; a concurrency limit of 1 on it (created by the nightly flow
+# when missing, or `prefect concurrency-limit create segflow-training 1`) runs one at a time.
+TRAINING_TAG = "segflow-training"
+
+
+@task(name="train-unet", tags=[TRAINING_TAG], task_run_name="train-unet-{config.architecture}")
 def train_unet(
     tfrecord_dir: str, run_dir: str, config: TrainConfig, lineage: dict[str, object]
 ) -> dict[str, object]:

@@ -126,10 +126,16 @@ def unchanged_reason(
     champion_lineage: dict, dataset_hash: str, train_config: dict[str, object]
 ) -> str | None:
     """Why training can be skipped: the champion was trained on exactly this dataset with this
-    training config. None when anything differs (or the champion's lineage is missing)."""
+    training config. None when anything differs (or the champion's lineage is missing).
+
+    Settings left as None (``num_classes``: from the data) match what training resolved."""
     if not champion_lineage or champion_lineage.get("dataset_hash") != dataset_hash:
         return None
-    if champion_lineage.get("train_config") != train_config:
+    trained = champion_lineage.get("train_config") or {}
+    if any(
+        value is not None and trained.get(key, value) != value
+        for key, value in train_config.items()
+    ) or any(key not in train_config for key in trained):
         return None
     return (
         f"no new data since champion {champion_lineage.get('model_version')} was trained "

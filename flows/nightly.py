@@ -1,0 +1,142 @@
+"""nightly-retrain: prepare -> train a challenger -> score it and the champion on the same test
+split -> promote only when the challenger is not worse.
+
+The registry changes in two atomic steps: the challenger's version folder appears complete
+(copied under a temporary name, then renamed), then, only if the decision says so, the
+``champion.json`` pointer is replaced in one fsynced rename. A night that fails or is killed at
+any point leaves the old champion in place.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from prefect import flow
+
+from data_catalog.atomic import write_json_atomic, write_text_atomic
+from data_catalog.config import PrepareConfig
+from flows.prepare import run_prepare
+from flows.train import dataset_label, train_evaluate_register
+from tasks.evaluation import evaluate_split
+from tasks.models import configure_training_devices, ensure_training_limit
+from tasks.reporting import publish_markdown, publish_table, run_logger
+from tasks.training import TRAINING_TAG
+from unet.config import PromotionConfig, TrainConfig
+
+
+def _run_name() -> str:
+    """``train-{dataset}-{date}``, e.g. ``train-demo-2026-11-26-020000``."""
+    from prefect.runtime import flow_run
+
+    label = dataset_label(flow_run.parameters.get("prepare"))
+    return f"train-{label}-{datetime.now():%Y-%m-%d-%H%M%S}"
+
+
+@flow(name="nightly-retrain", flow_run_name=_run_name, log_prints=True)
+def nightly_retrain_flow(
+    prepare: PrepareConfig,
+    train: TrainConfig = TrainConfig(),  # noqa: B008 (frozen, immutable)
+    promotion: PromotionConfig = PromotionConfig(),  # noqa: B008
+    registry: str = "models",
+    runs_dir: str = "runs/nightly",
+) -> dict[str, object]:
+    """Retrain on the dataset as it is tonight and promote the result only if it is not worse.
+
+    Each night writes a run folder ``runs_dir/<date-time>/`` (the training run, its
+    ``evaluation/``, the champion's ``champion-evaluation/`` on the same test split and
+    ``decision.json`` / ``decision.md``) and registers the challenger in ``registry``.
+
+    Returns:
+        ``status`` (``promoted``, ``kept``, ``skipped``), the decision, both models' test Dice.
+    """
+    from unet import registry as models
+    from unet.promotion import compare_per_image, decide, decision_markdown, unchanged_reason
+
+    logger = run_logger()
+    run_dir = Path(runs_dir) / f"{datetime.now():%Y-%m-%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_training_limit(TRAINING_TAG)
+    champion = models.champion_version(registry)
+    logger.info("champion before tonight: %s (registry %s)", champion or "none", registry)
+
+    prepared = run_prepare(prepare, str(run_dir))
+    skip = promotion.skip_unchanged and unchanged_reason(
+        models.champion_lineage(registry), prepared["dataset_hash"], train.model_dump()
+    )
+    if skip:
+        logger.info("skipping training: %s", skip)
+        text = f"# Nightly retraining skipped\n\n{skip}.\n\nThe champion stays `{champion}`.\n"
+        write_text_atomic(run_dir / "decision.md", text)
+        publish_markdown("promotion-decision", text, "Why tonight's retraining was skipped")
+        return {"status": "skipped", "reason": skip, "champion": champion, "run_dir": str(run_dir)}
+
+    configure_training_devices(train, str(run_dir))
+    challenger = train_evaluate_register(prepared, train, str(run_dir), registry, "challenger")
+    version = challenger["registered"]
+    challenger_metrics = _read_json(run_dir / "metrics.json")
+
+    champion_metrics = paired = None
+    if champion is not None and champion != version:
+        champion_metrics = evaluate_split(
+            str(models.registry_root(registry) / champion),
+            prepared["tfrecords"],
+            str(run_dir / "champion-evaluation"),
+            manifest=prepared["manifest"],
+            role="champion",
+        )
+        paired = compare_per_image(
+            run_dir / "evaluation" / "per_image.csv",
+            run_dir / "champion-evaluation" / "per_image.csv",
+        )
+    decision = decide(
+        version,
+        float(challenger_metrics["foreground_dice"]),
+        champion,
+        None if champion_metrics is None else float(champion_metrics["foreground_dice"]),
+        promotion.tolerance,
+    )
+    text = decision_markdown(decision, challenger_metrics, champion_metrics, paired)
+    write_json_atomic(run_dir / "decision.json", {**decision.as_dict(), "paired": paired})
+    write_text_atomic(run_dir / "decision.md", text)
+    if decision.promote:
+        models.promote(version, registry, f"nightly: {decision.reason}", expected=champion)
+    logger.info(
+        "%s %s: %s", version, "promoted" if decision.promote else "not promoted", decision.reason
+    )
+    publish_markdown("promotion-decision", text, "Champion/challenger decision of this night")
+    publish_table(
+        "promotion-comparison",
+        [
+            {
+                "role": role,
+                "version": name,
+                "test_dice": None if metrics is None else metrics["foreground_dice"],
+                "test_iou": None if metrics is None else metrics["foreground_iou"],
+                "images": None if metrics is None else metrics["num_images"],
+            }
+            for role, name, metrics in (
+                ("challenger", version, challenger_metrics),
+                ("champion", champion, champion_metrics),
+            )
+        ],
+        "Challenger and champion on the same test split",
+    )
+    publish_table("model-registry", models.summary_rows(registry), f"Models in {registry}")
+    return {
+        "status": "promoted" if decision.promote else "kept",
+        "reason": decision.reason,
+        "challenger": version,
+        "challenger_dice": decision.challenger_dice,
+        "champion_before": champion,
+        "champion_dice": decision.champion_dice,
+        "champion": models.champion_version(registry),
+        "paired": paired,
+        "run_dir": str(run_dir),
+    }
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())

@@ -1,0 +1,76 @@
+"""The nightly flow in this process against the session's Prefect test server."""
+
+import json
+
+import pytest
+
+from data_catalog.config import PrepareConfig
+from unet import registry
+from unet.config import PromotionConfig
+
+
+# Small enough for seconds per night, large enough that a trained model clearly beats an
+# untrained one (test Dice ~0.7 against ~0.3 here).
+GOOD = {"image_size": 64, "depth": 2, "base_filters": 8, "epochs": 6, "batch_size": 4}
+WORSE = {**GOOD, "epochs": 1, "learning_rate": 1e-7, "steps_per_epoch": 1}
+
+
+@pytest.fixture(scope="module")
+def nights(prefect_server, tmp_path_factory):
+    from data_catalog.synthetic import generate_synthetic_dataset
+    from flows.nightly import nightly_retrain_flow
+    from unet.config import TrainConfig
+
+    work = tmp_path_factory.mktemp("nightly")
+    data = generate_synthetic_dataset(work / "synthetic", 32, 64, seed=3)
+    prepare = PrepareConfig(
+        images=str(data / "images"), masks=str(data / "masks"), cache_dir=str(work / "cache")
+    )
+    good, worse = TrainConfig(**GOOD), TrainConfig(**WORSE)
+    common = {"prepare": prepare, "registry": str(work / "models"), "runs_dir": str(work / "runs")}
+    return work, [
+        nightly_retrain_flow(train=good, **common),
+        nightly_retrain_flow(train=good, **common),  # nothing new: skipped
+        nightly_retrain_flow(train=worse, promotion=PromotionConfig(tolerance=0.0), **common),
+    ]
+
+
+def test_first_night_promotes_then_unchanged_data_skips(nights):
+    work, (first, second, _) = nights
+    assert first["status"] == "promoted" and first["champion_before"] is None
+    assert registry.champion_version(work / "models") == first["challenger"]
+    assert second["status"] == "skipped" and "no new data" in second["reason"]
+    assert second["champion"] == first["challenger"]
+
+
+def test_a_worse_challenger_is_registered_but_not_promoted(nights):
+    work, (first, _, third) = nights
+    assert third["status"] == "kept", third
+    assert third["challenger_dice"] < first["challenger_dice"] - 0.1
+    assert registry.champion_version(work / "models") == first["challenger"]
+    assert set(registry.list_versions(work / "models")) == {first["challenger"], third["challenger"]}
+    decision = json.loads((work / "runs" / third["run_dir"].split("/")[-1] / "decision.json").read_text())
+    assert decision["promote"] is False and decision["champion"] == first["challenger"]
+    assert decision["paired"]["images"] > 0
+    # both models were scored on the same test images, the champion again tonight
+    text = (work / "runs" / third["run_dir"].split("/")[-1] / "decision.md").read_text()
+    assert "not promoted" in text and "Paired per-image comparison" in text
+
+
+def test_runs_are_named_and_leave_artifacts(nights):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        names = [run.name for run in client.read_flow_runs() if run.name.startswith("train-")]
+        keys = {artifact.key for artifact in client.read_artifacts()}
+    assert sum(name.startswith("train-synthetic") for name in names) >= 3, names
+    expected = {
+        "promotion-decision",
+        "promotion-comparison",
+        "challenger-evaluation-metrics",
+        "champion-evaluation-metrics",
+        "challenger-evaluation-overlay",
+        "dataset-summary",
+        "model-registry",
+    }
+    assert expected <= keys, expected - keys
