@@ -17,7 +17,7 @@ from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults first)
 from data_catalog.config import PrepareConfig
-from unet.config import EvaluateConfig, PredictConfig, TrainConfig
+from unet.config import EvaluateConfig, PredictConfig, PromotionConfig, TrainConfig
 
 DEMO_TRAIN = {"image_size": 128, "depth": 3, "base_filters": 16, "epochs": 15, "batch_size": 8}
 
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="Score a model on a labelled dataset.")
     evaluate.add_argument("--out", dest="out_dir", required=True, help="Folder for the scores.")
-    add_config_arguments(evaluate, EvaluateConfig, skip=("out_dir",), required=("model",))
+    add_config_arguments(evaluate, EvaluateConfig, skip=("out_dir",))
     add_config_arguments(evaluate, PrepareConfig)
 
     models = commands.add_parser("models", help="The model registry: list, show, promote.")
@@ -139,9 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="Segment every image in a folder.")
     predict.add_argument("input_dir", help="Folder of images, searched recursively.")
     predict.add_argument("output_dir", help="Folder for the masks and report.csv.")
-    add_config_arguments(
-        predict, PredictConfig, skip=("input_dir", "output_dir"), required=("model",)
+    add_config_arguments(predict, PredictConfig, skip=("input_dir", "output_dir"))
+
+    retrain = commands.add_parser(
+        "retrain",
+        help="The nightly retraining, now: prepare, train a challenger, compare it with the "
+        "champion on the same test split, promote it only if it is not worse.",
     )
+    retrain.add_argument(
+        "--registry",
+        default=None,
+        help="Model registry. Default: $SEGFLOW_REGISTRY or ./models.",
+    )
+    retrain.add_argument(
+        "--runs-dir", default="runs/nightly", help="Folder of nightly run folders."
+    )
+    add_config_arguments(retrain, PrepareConfig)
+    add_config_arguments(retrain, TrainConfig)
+    add_config_arguments(retrain, PromotionConfig)
     return parser
 
 
@@ -275,6 +290,24 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0 if summary["num_errors"] == 0 else 1
 
 
+def run_retrain(args: argparse.Namespace) -> int:
+    from flows.nightly import nightly_retrain_flow
+    from unet.registry import registry_root
+
+    result = nightly_retrain_flow(
+        prepare=config_from_args(PrepareConfig, args),
+        train=config_from_args(TrainConfig, args),
+        promotion=config_from_args(PromotionConfig, args),
+        registry=str(registry_root(args.registry)),
+        runs_dir=args.runs_dir,
+    )
+    print(
+        f"{result['status']}: {result['reason']}\nchampion: {result['champion']}\n"
+        f"decision: {result['run_dir']}/decision.md"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segflow`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -285,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": run_evaluate,
         "predict": run_predict,
         "models": run_models,
+        "retrain": run_retrain,
     }
     try:
         return handlers[args.command](args)

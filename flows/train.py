@@ -17,7 +17,6 @@ from tasks.reporting import markdown_table, publish_markdown, publish_table
 from tasks.training import train_unet
 from unet.config import TrainConfig
 
-
 GENERIC_FOLDERS = ("images", "image", "imgs", "scans", "data")
 
 

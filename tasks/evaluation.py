@@ -35,11 +35,15 @@ def _publish(metrics: dict[str, object], out_dir: str, prefix: str = "") -> None
         )
     report = Path(out_dir) / "report.md"
     publish_markdown(
-        f"{prefix}evaluation-report", report.read_text() if report.is_file() else "", "Evaluation report"
+        f"{prefix}evaluation-report",
+        report.read_text() if report.is_file() else "",
+        "Evaluation report",
     )
     overlays = sorted((Path(out_dir) / "overlays").glob("*.png"))
     if overlays:
-        publish_image(f"{prefix}evaluation-overlay", overlays[0], "Example: image | truth | prediction")
+        publish_image(
+            f"{prefix}evaluation-overlay", overlays[0], "Example: image | truth | prediction"
+        )
     run_logger().info(
         "%s: foreground Dice %.4f (Otsu baseline %.4f) on %d images",
         metrics.get("model_version"),

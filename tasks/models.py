@@ -64,5 +64,7 @@ def ensure_training_limit(tag: str, limit: int = 1) -> int | None:
             return client.read_concurrency_limit_by_tag(tag).concurrency_limit
         except ObjectNotFound:
             client.create_concurrency_limit(tag=tag, concurrency_limit=limit)
-            run_logger().info("created concurrency limit %s = %d (one training at a time)", tag, limit)
+            run_logger().info(
+                "created concurrency limit %s = %d (one training at a time)", tag, limit
+            )
             return limit

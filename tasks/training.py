@@ -7,7 +7,6 @@ from prefect import task
 from tasks.reporting import Progress, publish_table
 from unet.config import TrainConfig
 
-
 # Training tasks carry this tag; a concurrency limit of 1 on it (created by the nightly flow
 # when missing, or `prefect concurrency-limit create segflow-training 1`) runs one at a time.
 TRAINING_TAG = "segflow-training"

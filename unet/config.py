@@ -137,7 +137,11 @@ class PredictConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = Field(description="A run folder (holding model.keras) or a .keras model file.")
+    model: str = Field(
+        "champion",
+        description="A run folder (holding model.keras), a .keras file, a registered version, "
+        "or 'champion' (the registry's: --registry's, $SEGFLOW_REGISTRY's or ./models').",
+    )
     input_dir: str = Field(description="Folder of images, searched recursively.")
     output_dir: str = Field(description="Folder for the masks and report.csv.")
     batch_size: int = Field(4, ge=1, description="Images (or tiles) per forward pass.")
@@ -176,7 +180,11 @@ class EvaluateConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = Field(description="A run folder (holding model.keras) or a .keras model file.")
+    model: str = Field(
+        "champion",
+        description="A run folder (holding model.keras), a .keras file, a registered version, "
+        "or 'champion' (the registry's: --registry's, $SEGFLOW_REGISTRY's or ./models').",
+    )
     out_dir: str = Field(description="Folder for metrics.json, per_image.csv and overlays.")
     split: Literal["all", "train", "val", "test"] = Field(
         "all", description="Cases to score: all, or one split of the dataset's seeded split."

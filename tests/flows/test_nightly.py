@@ -8,7 +8,6 @@ from data_catalog.config import PrepareConfig
 from unet import registry
 from unet.config import PromotionConfig
 
-
 # Small enough for seconds per night, large enough that a trained model clearly beats an
 # untrained one (test Dice ~0.7 against ~0.3 here).
 GOOD = {"image_size": 64, "depth": 2, "base_filters": 8, "epochs": 6, "batch_size": 4}
@@ -48,8 +47,13 @@ def test_a_worse_challenger_is_registered_but_not_promoted(nights):
     assert third["status"] == "kept", third
     assert third["challenger_dice"] < first["challenger_dice"] - 0.1
     assert registry.champion_version(work / "models") == first["challenger"]
-    assert set(registry.list_versions(work / "models")) == {first["challenger"], third["challenger"]}
-    decision = json.loads((work / "runs" / third["run_dir"].split("/")[-1] / "decision.json").read_text())
+    assert set(registry.list_versions(work / "models")) == {
+        first["challenger"],
+        third["challenger"],
+    }
+    decision = json.loads(
+        (work / "runs" / third["run_dir"].split("/")[-1] / "decision.json").read_text()
+    )
     assert decision["promote"] is False and decision["champion"] == first["challenger"]
     assert decision["paired"]["images"] > 0
     # both models were scored on the same test images, the champion again tonight
