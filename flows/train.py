@@ -26,8 +26,8 @@ def dataset_label(prepare: PrepareConfig | dict | None) -> str:
         prepare = prepare.model_dump()
     prepare = prepare or {}
     folder = Path(str(prepare.get("images") or "data"))
-    if folder.name.lower() in GENERIC_FOLDERS:
-        folder = folder.parent
+    while folder.name.lower() in GENERIC_FOLDERS and folder.parent != folder:
+        folder = folder.parent  # segflow-demo/data/images -> segflow-demo
     name = prepare.get("dataset") or folder.name
     return re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-") or "data"
 

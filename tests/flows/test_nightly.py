@@ -78,3 +78,11 @@ def test_runs_are_named_and_leave_artifacts(nights):
         "model-registry",
     }
     assert expected <= keys, expected - keys
+
+
+def test_run_names_use_the_dataset_name():
+    from flows.train import dataset_label
+
+    assert dataset_label({"dataset": "isbi", "images": None}) == "isbi"
+    assert dataset_label({"images": "segflow-demo/data/images"}) == "segflow-demo"
+    assert dataset_label(PrepareConfig(images="/scans/Brain MRI/images")) == "brain-mri"
