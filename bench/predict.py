@@ -12,7 +12,7 @@ Prints, each as a ratio measured in this run:
 The model is a default U-Net (depth 4, base 16) with random weights: speed does not depend on
 the weights.
 
-    .venv/bin/python bench/predict.py [--count 60] [--many 300]
+    .venv/bin/python bench/predict.py [--count 60] [--many 300] [--large 8000]
 """
 
 from __future__ import annotations
@@ -176,6 +176,13 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=60, help="images for (a), (b), (d)")
     parser.add_argument("--many", type=int, default=300, help="images for the memory ratio")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--large",
+        type=int,
+        default=0,
+        help="also measure peak memory for one LARGE x LARGE image against one 2000x2000 image "
+        "(e.g. 8000: about 70 s more)",
+    )
     args = parser.parse_args()
     data = Path(args.data) / "images"
     if not data.is_dir():
@@ -214,7 +221,34 @@ def main() -> int:
             f"GFLOP/s; numpy float32 matmul {matmul:.0f} GFLOP/s -> ratio "
             f"{effective / matmul:.2f} (target >= 0.75)"
         )
+        if args.large:
+            sizes = (2000, args.large)
+            peaks = [
+                peak_memory_mb(
+                    tmp / "model", large_image(tmp / f"large-{side}", side), tmp / f"o{side}"
+                )
+                for side in sizes
+            ]
+            print(
+                f"(e) peak memory: one {sizes[0]}x{sizes[0]} image {peaks[0]:.0f} MiB, one "
+                f"{sizes[1]}x{sizes[1]} image {peaks[1]:.0f} MiB -> {peaks[1] / peaks[0]:.2f}x "
+                f"for {(sizes[1] / sizes[0]) ** 2:.0f}x the pixels (sliding window, band by band)"
+            )
     return 0
+
+
+def large_image(folder: Path, side: int) -> Path:
+    """A folder holding one smooth ``side`` x ``side`` 8-bit PNG."""
+    import cv2
+    import numpy as np
+
+    folder.mkdir()
+    y = np.arange(side, dtype=np.float32)[:, None]
+    x = np.arange(side, dtype=np.float32)[None, :]
+    cv2.imwrite(
+        str(folder / "large.png"), ((np.sin(x / 37) * np.cos(y / 23) + 1) * 120).astype(np.uint8)
+    )
+    return folder
 
 
 if __name__ == "__main__":

@@ -51,7 +51,13 @@ def nightly_retrain_flow(
         ``status`` (``promoted``, ``kept``, ``skipped``), the decision, both models' test Dice.
     """
     from unet import registry as models
-    from unet.promotion import compare_per_image, decide, decision_markdown, unchanged_reason
+    from unet.promotion import (
+        compare_per_image,
+        decide,
+        decision_markdown,
+        split_warning,
+        unchanged_reason,
+    )
 
     logger = run_logger()
     run_dir = Path(runs_dir) / f"{datetime.now():%Y-%m-%d-%H%M%S}"
@@ -77,7 +83,12 @@ def nightly_retrain_flow(
     challenger_metrics = _read_json(run_dir / "metrics.json")
 
     champion_metrics = paired = None
+    notes = []
     if champion is not None and champion != version:
+        warning = split_warning(models.champion_lineage(registry), prepared["config"].model_dump())
+        if warning:
+            logger.warning("%s", warning)
+            notes.append(warning)
         champion_metrics = evaluate_split(
             str(models.registry_root(registry) / champion),
             prepared["tfrecords"],
@@ -96,8 +107,10 @@ def nightly_retrain_flow(
         None if champion_metrics is None else float(champion_metrics["foreground_dice"]),
         promotion.tolerance,
     )
-    text = decision_markdown(decision, challenger_metrics, champion_metrics, paired)
-    write_json_atomic(run_dir / "decision.json", {**decision.as_dict(), "paired": paired})
+    text = decision_markdown(decision, challenger_metrics, champion_metrics, paired, notes)
+    write_json_atomic(
+        run_dir / "decision.json", {**decision.as_dict(), "paired": paired, "notes": notes}
+    )
     write_text_atomic(run_dir / "decision.md", text)
     if decision.promote:
         models.promote(version, registry, f"nightly: {decision.reason}", expected=champion)

@@ -143,11 +143,33 @@ def unchanged_reason(
     )
 
 
+SPLIT_SETTINGS = ("seed", "val_fraction", "test_fraction", "group_by", "num_folds", "fold")
+
+
+def split_warning(champion_lineage: dict, prepare_config: dict[str, object]) -> str | None:
+    """A warning when the champion was trained with other split settings: some of tonight's
+    test images may then have been its training images, which favours the champion (a
+    challenger is then kept out more often, never let in wrongly)."""
+    trained = champion_lineage.get("prepare_config") or {}
+    changed = [
+        f"{key} {trained[key]!r} -> {prepare_config.get(key)!r}"
+        for key in SPLIT_SETTINGS
+        if key in trained and trained[key] != prepare_config.get(key)
+    ]
+    if not changed:
+        return None
+    return (
+        "the champion was trained with other split settings (" + ", ".join(changed) + "); "
+        "tonight's test images may include some it was trained on, which favours the champion"
+    )
+
+
 def decision_markdown(
     decision: Decision,
     challenger_metrics: dict | None,
     champion_metrics: dict | None,
     paired: dict | None,
+    notes: list[str] | None = None,
 ) -> str:
     """The promotion decision, with both models' numbers, for the dashboard."""
     verdict = "**promoted**" if decision.promote else "**not promoted**"
@@ -185,6 +207,7 @@ def decision_markdown(
             f"- Wilcoxon signed-rank p = {p_value}",
             "",
         ]
+    lines += [f"**Note:** {note}." for note in notes or []]
     lines.append(f"Tolerance: {decision.tolerance:g} (mean foreground Dice).")
     return "\n".join(lines) + "\n"
 

@@ -67,6 +67,16 @@ def test_unchanged_data_and_config_is_recognised():
     assert unchanged_reason(resolved, "abc" * 10, {"epochs": 3, "num_classes": 3}) is None
 
 
+def test_other_split_settings_are_flagged():
+    from unet.promotion import split_warning
+
+    lineage = {"prepare_config": {"seed": 0, "test_fraction": 0.15, "images": "a"}}
+    assert split_warning(lineage, {"seed": 0, "test_fraction": 0.15, "images": "b"}) is None
+    warning = split_warning(lineage, {"seed": 1, "test_fraction": 0.15})
+    assert "seed 0 -> 1" in warning and "favours the champion" in warning
+    assert split_warning({}, {"seed": 1}) is None
+
+
 def _second_version(trained_run: Path, tmp_path: Path, name: str) -> Path:
     run = tmp_path / name
     shutil.copytree(trained_run, run)
