@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from data_catalog.images import dtype_max, to_channels
+from unet.model import inference_model
 from unet.training import MODEL_FILE, MODEL_INFO_FILE
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,11 @@ class Segmenter:
         self.min_component_size = int(post.get("min_component_size") or 0)
         self.num_classes = int(self.info["num_classes"])
         self.version = str(self.info.get("model_version", self.model_path.parent.name))
-        self.model = keras.models.load_model(self.model_path, compile=False)
+        # batch norms folded into their convolutions; float32 unless a GPU runs it
+        self.model = inference_model(
+            keras.models.load_model(self.model_path, compile=False),
+            float32=not tf.config.list_physical_devices("GPU"),
+        )
         spec = tf.TensorSpec([None, None, None, self.channels], tf.float32)
         self._forward = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
         logger.info(

@@ -157,3 +157,69 @@ def build_unet(config: TrainConfig, num_channels: int = 1) -> keras.Model:
     if config.architecture == "vgg16-unet":
         return build_vgg16_unet(config, num_channels)
     return build_classic_unet(config, num_channels)
+
+
+class _Folded(layers.Layer):
+    """Stands where a folded BatchNormalization was: passes its input through."""
+
+    def call(self, inputs, mask=None, training=None):
+        return inputs
+
+
+def inference_model(model: keras.Model, float32: bool = True) -> keras.Model:
+    """A copy of a trained model for inference: every BatchNormalization that directly follows
+    a Conv2D (whose only consumer it is) is folded into that convolution's kernel and bias, and
+    with ``float32`` every layer computes in float32 (a model trained under mixed precision on a
+    GPU would otherwise run float16 convolutions on a CPU).
+
+    Folding removes a full pass over every activation map: the default U-Net's forward pass on a
+    CPU is ~15% faster; outputs equal the original's to float rounding (a test holds 1e-4).
+    """
+    folded: dict[str, layers.BatchNormalization] = {}  # conv name -> the BN that follows it
+    batch_norms = set()
+    for layer in model.layers:
+        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        parents = layer._inbound_nodes[0].parent_nodes
+        if len(parents) != 1:
+            continue
+        conv = parents[0].operation
+        axis = layer.axis if isinstance(layer.axis, int) else None
+        if type(conv) is layers.Conv2D and len(conv._outbound_nodes) == 1 and axis in (-1, 3):
+            folded[conv.name] = layer
+            batch_norms.add(layer.name)
+    if not folded and not float32:
+        return model
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        if float32 and "dtype" in config:
+            config["dtype"] = "float32"
+        if layer.name in batch_norms:
+            return _Folded(name=layer.name)
+        if layer.name in folded:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.name in batch_norms or not layer.weights:
+            continue
+        target = copy.get_layer(layer.name)
+        if layer.name not in folded:
+            target.set_weights([np.asarray(w, np.float32) for w in layer.get_weights()])
+            continue
+        bn = folded[layer.name]
+        kernel = np.asarray(layer.kernel, np.float64)
+        bias = np.asarray(layer.bias, np.float64) if layer.use_bias else 0.0
+        mean = np.asarray(bn.moving_mean, np.float64)
+        scale = np.asarray(bn.gamma, np.float64) if bn.scale else 1.0
+        scale = scale / np.sqrt(np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
+        shift = np.asarray(bn.beta, np.float64) if bn.center else 0.0
+        target.set_weights(
+            [
+                (kernel * scale).astype(np.float32),  # scales each output channel
+                ((bias - mean) * scale + shift).astype(np.float32),
+            ]
+        )
+    return copy

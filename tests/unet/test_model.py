@@ -31,3 +31,49 @@ def test_no_batch_norm_means_no_bn_layers_and_biases():
     model = build_unet(TrainConfig(image_size=16, depth=1, base_filters=2, batch_norm=False))
     assert not [layer for layer in model.layers if "bn" in layer.name]
     assert model.get_layer("enc1_conv1").use_bias
+
+
+@pytest.mark.parametrize("architecture", ["unet", "vgg16-unet"])
+def test_inference_model_folds_batch_norms_without_changing_outputs(architecture):
+    from keras import layers
+
+    from unet.model import inference_model
+
+    config = TrainConfig(architecture=architecture, depth=2, base_filters=4, num_classes=3)
+    model = build_unet(config, 1)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # trained-looking statistics, far from the identity
+        if isinstance(layer, layers.BatchNormalization):
+            shape = layer.moving_mean.shape
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 2, shape),
+                    rng.normal(0, 0.5, shape),
+                    rng.normal(0, 0.5, shape),
+                    rng.uniform(0.2, 3, shape),
+                ]
+            )
+    folded = inference_model(model)
+    assert not any(isinstance(layer, layers.BatchNormalization) for layer in folded.layers)
+    assert any(isinstance(layer, layers.BatchNormalization) for layer in model.layers)
+    images = rng.random((2, 32, 48, 1), dtype=np.float32)
+    expected = model(images, training=False).numpy()
+    np.testing.assert_allclose(folded(images, training=False).numpy(), expected, atol=1e-4)
+
+
+def test_inference_model_computes_in_float32_after_mixed_precision_training():
+    import keras
+
+    from unet.model import inference_model
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_unet(TrainConfig(depth=2, base_filters=4, num_classes=2), 1)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("enc1_conv1").compute_dtype == "float16"
+    folded = inference_model(model)
+    assert {layer.compute_dtype for layer in folded.layers if layer.weights} == {"float32"}
+    images = np.random.default_rng(1).random((1, 16, 16, 1), dtype=np.float32)
+    expected = model(images, training=False).numpy()
+    np.testing.assert_allclose(folded(images, training=False).numpy(), expected, atol=2e-2)
