@@ -89,13 +89,20 @@ def nightly_retrain_flow(
         if warning:
             logger.warning("%s", warning)
             notes.append(warning)
-        champion_metrics = evaluate_split(
-            str(models.registry_root(registry) / champion),
-            prepared["tfrecords"],
-            str(run_dir / "champion-evaluation"),
-            manifest=prepared["manifest"],
-            role="champion",
-        )
+        try:
+            champion_metrics = evaluate_split(
+                str(models.registry_root(registry) / champion),
+                prepared["tfrecords"],
+                str(run_dir / "champion-evaluation"),
+                manifest=prepared["manifest"],
+                role="champion",
+            )
+        except Exception as error:
+            raise RuntimeError(
+                f"cannot score champion {champion} on tonight's test split ({error}); the "
+                f"champion stays and {version} is registered but not promoted: compare them "
+                f"yourself and `segflow models promote` one if needed"
+            ) from error
         paired = compare_per_image(
             run_dir / "evaluation" / "per_image.csv",
             run_dir / "champion-evaluation" / "per_image.csv",

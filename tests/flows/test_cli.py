@@ -180,3 +180,42 @@ def test_unknown_dataset_name_gets_a_suggestion(tmp_path, capsys):
     )
     assert status == 2
     assert "Did you mean 'isbi'" in capsys.readouterr().err
+
+
+def test_retrain_promotes_the_first_model_then_skips_unchanged_data(
+    demo_dir, tmp_path, capsys, monkeypatch
+):
+    models = tmp_path / "models"
+    args = [
+        "retrain",
+        "--images",
+        str(demo_dir / "data" / "images"),
+        "--masks",
+        str(demo_dir / "data" / "masks"),
+        "--image-size",
+        "32",
+        "--depth",
+        "2",
+        "--base-filters",
+        "4",
+        "--epochs",
+        "1",
+        "--registry",
+        str(models),
+        "--runs-dir",
+        str(tmp_path / "nightly"),
+        "--tolerance",
+        "0.05",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("promoted: no champion yet")
+    champion = json.loads((models / "champion.json").read_text())["version"]
+    assert f"champion: {champion}" in out
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith("skipped: no new data since champion")
+    # `predict` without --model segments with the registry's champion
+    monkeypatch.setenv("SEGFLOW_REGISTRY", str(models))
+    assert main(["predict", str(demo_dir / "test-images"), str(tmp_path / "out")]) == 0
+    report = pd.read_csv(tmp_path / "out" / "report.csv")
+    assert set(report["model_version"]) == {champion}

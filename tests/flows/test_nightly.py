@@ -86,3 +86,30 @@ def test_run_names_use_the_dataset_name():
     assert dataset_label({"dataset": "isbi", "images": None}) == "isbi"
     assert dataset_label({"images": "segflow-demo/data/images"}) == "segflow-demo"
     assert dataset_label(PrepareConfig(images="/scans/Brain MRI/images")) == "brain-mri"
+
+
+def test_a_night_that_cannot_score_the_champion_fails_and_keeps_it(nights, tmp_path):
+    import shutil
+
+    from flows.nightly import nightly_retrain_flow
+    from unet.config import TrainConfig
+
+    work, (first, *_) = nights
+    models = tmp_path / "models"
+    shutil.copytree(work / "models", models)
+    pointer = (models / "champion.json").read_text()
+    (models / first["challenger"] / "model.keras").write_bytes(b"not a model any more")
+    prepare = PrepareConfig(
+        images=str(work / "synthetic" / "images"),
+        masks=str(work / "synthetic" / "masks"),
+        cache_dir=str(work / "cache"),
+    )
+    with pytest.raises(RuntimeError, match=f"cannot score champion {first['challenger']}"):
+        nightly_retrain_flow(
+            prepare=prepare,
+            train=TrainConfig(**{**GOOD, "epochs": 1}),
+            registry=str(models),
+            runs_dir=str(tmp_path / "runs"),
+        )
+    assert (models / "champion.json").read_text() == pointer
+    assert len(registry.list_versions(models)) == 3  # the challenger is registered, no more
