@@ -17,7 +17,7 @@ from prefect import flow
 from data_catalog.atomic import write_json_atomic, write_text_atomic
 from data_catalog.config import PrepareConfig
 from flows.prepare import run_prepare
-from flows.train import dataset_label, train_evaluate_register
+from flows.train import train_evaluate_register, training_run_name
 from tasks.evaluation import evaluate_split
 from tasks.models import configure_training_devices, ensure_training_limit
 from tasks.reporting import publish_markdown, publish_table, run_logger
@@ -25,15 +25,7 @@ from tasks.training import TRAINING_TAG
 from unet.config import PromotionConfig, TrainConfig
 
 
-def _run_name() -> str:
-    """``train-{dataset}-{date}``, e.g. ``train-demo-2026-11-26-020000``."""
-    from prefect.runtime import flow_run
-
-    label = dataset_label(flow_run.parameters.get("prepare"))
-    return f"train-{label}-{datetime.now():%Y-%m-%d-%H%M%S}"
-
-
-@flow(name="nightly-retrain", flow_run_name=_run_name, log_prints=True)
+@flow(name="nightly-retrain", flow_run_name=training_run_name, log_prints=True)
 def nightly_retrain_flow(
     prepare: PrepareConfig,
     train: TrainConfig = TrainConfig(),  # noqa: B008 (frozen, immutable)

@@ -32,15 +32,16 @@ def dataset_label(prepare: PrepareConfig | dict | None) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-") or "data"
 
 
-def _run_name() -> str:
-    """``train-{dataset}-{date}``, e.g. ``train-isbi-2026-11-25-0200``."""
+def training_run_name() -> str:
+    """``train-{dataset}-{date-time}``, e.g. ``train-isbi-2026-11-25-020000`` (train-flow and
+    nightly-retrain)."""
     from prefect.runtime import flow_run
 
     label = dataset_label(flow_run.parameters.get("prepare"))
     return f"train-{label}-{datetime.now():%Y-%m-%d-%H%M%S}"
 
 
-@flow(name="train-flow", flow_run_name=_run_name, log_prints=True)
+@flow(name="train-flow", flow_run_name=training_run_name, log_prints=True)
 def train_flow(
     prepare: PrepareConfig,
     train: TrainConfig = TrainConfig(),  # noqa: B008 (frozen, immutable)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -132,16 +132,21 @@ class TrainConfig(BaseModel):
         return 4 if self.architecture == "vgg16-unet" else self.depth
 
 
+ModelReference = Annotated[
+    str,
+    Field(
+        description="A run folder (holding model.keras), a .keras file, a registered version, "
+        "or 'champion' (of the registry in $SEGFLOW_REGISTRY, else ./models)."
+    ),
+]
+
+
 class PredictConfig(BaseModel):
     """Bulk prediction of a folder of images."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = Field(
-        "champion",
-        description="A run folder (holding model.keras), a .keras file, a registered version, "
-        "or 'champion' (the registry's: --registry's, $SEGFLOW_REGISTRY's or ./models').",
-    )
+    model: ModelReference = "champion"
     input_dir: str = Field(description="Folder of images, searched recursively.")
     output_dir: str = Field(description="Folder for the masks and report.csv.")
     batch_size: int = Field(4, ge=1, description="Images (or tiles) per forward pass.")
@@ -180,11 +185,7 @@ class EvaluateConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = Field(
-        "champion",
-        description="A run folder (holding model.keras), a .keras file, a registered version, "
-        "or 'champion' (the registry's: --registry's, $SEGFLOW_REGISTRY's or ./models').",
-    )
+    model: ModelReference = "champion"
     out_dir: str = Field(description="Folder for metrics.json, per_image.csv and overlays.")
     split: Literal["all", "train", "val", "test"] = Field(
         "all", description="Cases to score: all, or one split of the dataset's seeded split."
