@@ -13,7 +13,6 @@ naming the reason; the run goes on.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
@@ -294,7 +293,9 @@ def segment_files(
             while len(writes) > window:  # bounded: memory does not grow with the folder
                 writes.popleft().result()
 
-        loaded = prefetch(readers, load, files, window)
+        loaded = prefetch(
+            readers, load, files, window, LOOKAHEAD_BYTES, lambda loaded: _nbytes(loaded[3])
+        )
         for path, started, sha256, image, previous, error in tqdm(
             loaded, total=len(files), desc="segmenting", unit="image", disable=None
         ):
@@ -331,6 +332,13 @@ def segment_files(
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 VIDEO = "video"  # marks a loaded input that is a video, decoded frame by frame later
+# Decoded images read ahead of the model hold at most about this much (besides the count limit
+# of 2 x batch size): a folder of 8000x8000 scans (256 MB each as float32) stays near 1 GB.
+LOOKAHEAD_BYTES = 1 << 30
+
+
+def _nbytes(image: object) -> int:
+    return image.nbytes if isinstance(image, np.ndarray) else 0
 
 
 def is_video(path: Path) -> bool:
@@ -408,17 +416,48 @@ def segment_frames(
     return table
 
 
-def prefetch(pool: ThreadPoolExecutor, function: Callable, items: list, window: int):
-    """``map(function, items)`` in order, at most ``window`` items ahead (bounded memory)."""
+def prefetch(
+    pool: ThreadPoolExecutor,
+    function: Callable,
+    items: list,
+    window: int,
+    budget: int | None = None,
+    size: Callable[[object], int] = lambda result: 0,
+):
+    """``map(function, items)`` in order, at most ``window`` items ahead (bounded memory).
+
+    With ``budget``, no further item is started while the finished-but-unconsumed results
+    (``size`` bytes each) plus the running ones (counted at the largest size seen so far)
+    would hold ``budget`` bytes or more; one item is always allowed, so a single result larger
+    than the budget still passes.
+    """
     pending: deque = deque()
     iterator = iter(items)
-    for item in itertools.islice(iterator, window):
-        pending.append(pool.submit(function, item))
+    largest = 0
+
+    def held() -> int:
+        nonlocal largest
+        total = 0
+        for future in pending:
+            if future.done() and future.exception() is None:
+                nbytes = size(future.result())
+                largest = max(largest, nbytes)
+                total += nbytes
+            else:
+                total += largest
+        return total
+
+    def top_up() -> None:
+        while len(pending) < window and (not pending or budget is None or held() < budget):
+            following = next(iterator, _END)
+            if following is _END:
+                return
+            pending.append(pool.submit(function, following))
+
+    top_up()
     while pending:
         result = pending.popleft().result()
-        following = next(iterator, _END)
-        if following is not _END:
-            pending.append(pool.submit(function, following))
+        top_up()
         yield result
 
 

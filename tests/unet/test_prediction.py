@@ -135,6 +135,34 @@ def test_large_images_use_a_blended_sliding_window(trained_run, tmp_path):
         assert confidence == pytest.approx(full, rel=1e-5)
 
 
+def test_read_ahead_is_bounded_in_bytes_as_well_as_in_files():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from unet.prediction import prefetch
+
+    alive, peak, lock = [0], [0], threading.Lock()
+
+    def load(size: int) -> np.ndarray:
+        with lock:
+            alive[0] += size
+            peak[0] = max(peak[0], alive[0])
+        return np.zeros(size, np.uint8)
+
+    sizes = [100] * 5 + [1000] * 12 + [10] * 20
+    out = []
+    with ThreadPoolExecutor(2) as pool:
+        for array in prefetch(pool, load, sizes, 8, budget=2500, size=lambda a: a.nbytes):
+            time.sleep(0.002)  # a slow consumer: the readers run ahead as far as allowed
+            out.append(array.nbytes)
+            with lock:
+                alive[0] -= array.nbytes
+    assert out == sizes  # every item, in order
+    # 8 files ahead would hold 8000 bytes of the large ones; the budget keeps it near 2500
+    assert peak[0] <= 2500 + 2 * 1000, peak[0]
+
+
 def test_gaussian_weights_favour_the_tile_centre():
     from unet.inference import gaussian_weights
 
