@@ -43,6 +43,7 @@ def nightly_retrain_flow(
         ``status`` (``promoted``, ``kept``, ``skipped``), the decision, both models' test Dice.
     """
     from unet import registry as models
+    from unet.lineage import code_revision
     from unet.promotion import (
         compare_per_image,
         decide,
@@ -60,7 +61,11 @@ def nightly_retrain_flow(
 
     prepared = run_prepare(prepare, str(run_dir))
     skip = promotion.skip_unchanged and unchanged_reason(
-        models.champion_lineage(registry), prepared["dataset_hash"], train.model_dump()
+        models.champion_lineage(registry),
+        prepared["dataset_hash"],
+        train.model_dump(),
+        prepared["split_hash"],
+        code_revision()["git_commit"],
     )
     if skip:
         logger.info("skipping training: %s", skip)

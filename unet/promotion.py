@@ -123,13 +123,23 @@ def decide(
 
 
 def unchanged_reason(
-    champion_lineage: dict, dataset_hash: str, train_config: dict[str, object]
+    champion_lineage: dict,
+    dataset_hash: str,
+    train_config: dict[str, object],
+    split_hash: str | None = None,
+    code_commit: str | None = None,
 ) -> str | None:
-    """Why training can be skipped: the champion was trained on exactly this dataset with this
-    training config. None when anything differs (or the champion's lineage is missing).
+    """Why training can be skipped: the champion was trained on exactly this dataset, split
+    and training config, by this code. None when anything differs (or the champion's lineage
+    is missing). ``split_hash`` / ``code_commit`` are compared when given and known.
 
     Settings left as None (``num_classes``: from the data) match what training resolved."""
     if not champion_lineage or champion_lineage.get("dataset_hash") != dataset_hash:
+        return None
+    if split_hash and champion_lineage.get("split_hash") not in (None, split_hash):
+        return None
+    trained_commit = (champion_lineage.get("code") or {}).get("git_commit")
+    if code_commit and trained_commit and trained_commit != code_commit:
         return None
     trained = champion_lineage.get("train_config") or {}
     if any(
@@ -139,7 +149,7 @@ def unchanged_reason(
         return None
     return (
         f"no new data since champion {champion_lineage.get('model_version')} was trained "
-        f"(dataset hash {dataset_hash[:12]}, same training config)"
+        f"(dataset hash {dataset_hash[:12]}; same split, training config and code)"
     )
 
 

@@ -65,6 +65,11 @@ def test_unchanged_data_and_config_is_recognised():
     resolved = {**lineage, "train_config": {"epochs": 3, "num_classes": 2}}
     assert unchanged_reason(resolved, "abc" * 10, {"epochs": 3, "num_classes": None})
     assert unchanged_reason(resolved, "abc" * 10, {"epochs": 3, "num_classes": 3}) is None
+    known = {**lineage, "split_hash": "s1", "code": {"git_commit": "c1"}}
+    assert unchanged_reason(known, "abc" * 10, {"epochs": 3}, "s1", "c1")
+    assert unchanged_reason(known, "abc" * 10, {"epochs": 3}, "s2", "c1") is None  # new split
+    assert unchanged_reason(known, "abc" * 10, {"epochs": 3}, "s1", "c2") is None  # new code
+    assert unchanged_reason(known, "abc" * 10, {"epochs": 3}, "s1", None)  # code unknown
 
 
 def test_other_split_settings_are_flagged():
