@@ -59,9 +59,10 @@ def nightly_retrain_flow(
     champion = models.champion_version(registry)
     logger.info("champion before tonight: %s (registry %s)", champion or "none", registry)
 
+    champion_lineage = models.champion_lineage(registry)
     prepared = run_prepare(prepare, str(run_dir))
     skip = promotion.skip_unchanged and unchanged_reason(
-        models.champion_lineage(registry),
+        champion_lineage,
         prepared["dataset_hash"],
         train.model_dump(),
         prepared["split_hash"],
@@ -75,14 +76,15 @@ def nightly_retrain_flow(
         return {"status": "skipped", "reason": skip, "champion": champion, "run_dir": str(run_dir)}
 
     configure_training_devices(train, str(run_dir))
-    challenger = train_evaluate_register(prepared, train, str(run_dir), registry, "challenger")
+    challenger, challenger_metrics = train_evaluate_register(
+        prepared, train, str(run_dir), registry, "challenger"
+    )
     version = challenger["registered"]
-    challenger_metrics = _read_json(run_dir / "metrics.json")
 
     champion_metrics = paired = None
     notes = []
     if champion is not None and champion != version:
-        warning = split_warning(models.champion_lineage(registry), prepared["config"].model_dump())
+        warning = split_warning(champion_lineage, prepared["config"].model_dump())
         if warning:
             logger.warning("%s", warning)
             notes.append(warning)
@@ -151,9 +153,3 @@ def nightly_retrain_flow(
         "paired": paired,
         "run_dir": str(run_dir),
     }
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())

@@ -64,7 +64,7 @@ def train_flow(
     run_path.mkdir(parents=True, exist_ok=True)
     configure_training_devices(train, run_dir)  # before anything touches a device
     prepared = run_prepare(prepare, run_dir)
-    summary = train_evaluate_register(prepared, train, run_dir, registry)
+    summary, _ = train_evaluate_register(prepared, train, run_dir, registry)
     publish_table("train-summary", [summary], "Key numbers of this training run")
     publish_markdown(
         "train-report",
@@ -82,7 +82,7 @@ def train_evaluate_register(
     run_dir: str,
     registry: str | None,
     role: str = "model",
-) -> dict[str, object]:
+) -> tuple[dict[str, object], dict[str, object]]:
     """Train on a prepared dataset, score the model on its test split, register it.
 
     Args:
@@ -90,7 +90,8 @@ def train_evaluate_register(
         role: names the evaluation task run and prefixes its artifact keys.
 
     Returns:
-        Key numbers (run folder, model, version, dataset hash, split counts, test Dice ...).
+        ``(summary, metrics)``: key numbers (run folder, model, version, dataset hash, split
+        counts, test Dice ...) and the full test-split metrics.
     """
     run_path = Path(run_dir)
     prepare = prepared["config"]
@@ -113,7 +114,7 @@ def train_evaluate_register(
     )
     write_json_atomic(run_path / "metrics.json", metrics)
     registered = register_run(run_dir, registry) if registry else None
-    return {
+    summary = {
         "run_dir": str(run_path),
         "model": training["model"],
         "model_version": training["model_version"],
@@ -130,5 +131,5 @@ def train_evaluate_register(
         "training_seconds": training["seconds"],
         "stop_reason": training["stop_reason"],
         "registered": registered,
-        "evaluation_dir": str(run_path / "evaluation"),
     }
+    return summary, metrics

@@ -176,7 +176,6 @@ def inference_model(model: keras.Model, float32: bool = True) -> keras.Model:
     CPU is ~15% faster; outputs equal the original's to float rounding (a test holds 1e-4).
     """
     folded: dict[str, layers.BatchNormalization] = {}  # conv name -> the BN that follows it
-    batch_norms = set()
     for layer in model.layers:
         if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
             continue
@@ -187,7 +186,7 @@ def inference_model(model: keras.Model, float32: bool = True) -> keras.Model:
         axis = layer.axis if isinstance(layer.axis, int) else None
         if type(conv) is layers.Conv2D and len(conv._outbound_nodes) == 1 and axis in (-1, 3):
             folded[conv.name] = layer
-            batch_norms.add(layer.name)
+    batch_norms = {bn.name for bn in folded.values()}
     if not folded and not float32:
         return model
 

@@ -190,15 +190,15 @@ def segment_files(
         except OSError as error:
             fail([item], f"cannot write mask: {error}")
             return
-        foreground = (mask > 0).astype(np.uint8)
+        fraction, components = mask_statistics(mask)
         record(
             item.path,
             item.started,
             mask=names[item.path].as_posix(),
             height=mask.shape[0],
             width=mask.shape[1],
-            foreground_fraction=round(float(foreground.mean()), 6),
-            components=cv2.connectedComponents(foreground, connectivity=8)[0] - 1,
+            foreground_fraction=round(fraction, 6),
+            components=components,
             mean_confidence=round(mean_confidence, 6),
             input_sha256=item.sha256,
         )
@@ -341,6 +341,12 @@ def _nbytes(image: object) -> int:
     return image.nbytes if isinstance(image, np.ndarray) else 0
 
 
+def mask_statistics(mask: np.ndarray) -> tuple[float, int]:
+    """Foreground pixel fraction and number of 8-connected foreground components of a mask."""
+    foreground = (mask > 0).astype(np.uint8)
+    return float(foreground.mean()), cv2.connectedComponents(foreground, connectivity=8)[0] - 1
+
+
 def is_video(path: Path) -> bool:
     """True for the video file types ``segflow predict`` reads frame by frame."""
     return path.suffix.lower() in VIDEO_EXTENSIONS
@@ -381,12 +387,12 @@ def segment_frames(
                     isColor=False,
                 )
             writer.write(mask * np.uint8(scale))
-            foreground = (mask > 0).astype(np.uint8)
+            fraction, components = mask_statistics(mask)
             rows.append(
                 {
                     "frame": len(rows),
-                    "foreground_fraction": float(foreground.mean()),
-                    "components": cv2.connectedComponents(foreground)[0] - 1,
+                    "foreground_fraction": fraction,
+                    "components": components,
                     "mean_confidence": float(conf.mean()),
                 }
             )

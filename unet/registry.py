@@ -147,9 +147,7 @@ def _locked(root: Path):
 
 def champion_lineage(root: str | Path | None = None) -> dict:
     """``lineage.json`` of the current champion ({} when there is none or it has none)."""
-    version = champion_version(root)
-    path = registry_root(root) / str(version) / "lineage.json"
-    return json.loads(path.read_text()) if version and path.is_file() else {}
+    return describe(CHAMPION, root)["lineage"] if champion_version(root) else {}
 
 
 def list_versions(root: str | Path | None = None) -> list[str]:

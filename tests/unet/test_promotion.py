@@ -90,10 +90,27 @@ def _second_version(trained_run: Path, tmp_path: Path, name: str) -> Path:
     return run
 
 
-def _killed_during(code: str, tmp_path: Path) -> None:
-    """Run ``code`` in a child process that SIGKILLs itself at the patched step."""
+def _killed_at(target: str, marker: str, call: str, tmp_path: Path) -> None:
+    """Run ``call`` in a child process that SIGKILLs itself when ``target`` (``module.function``)
+    is called with an argument ending in ``marker``."""
+    module = target.rsplit(".", 1)[0]
     script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(code))
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, {module}
+            from unet import registry
+            real = {target}
+            def patched(*args, **kwargs):
+                if any(str(arg).endswith({marker!r}) for arg in args):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(*args, **kwargs)
+            {target} = patched
+            """
+        )
+        + call
+        + "\n"
+    )
     result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True)
     assert result.returncode == -9, result.stderr.decode()[-2000:]
 
@@ -105,18 +122,10 @@ def test_killing_during_promotion_keeps_the_old_champion(trained_run, tmp_path):
     new = registry.register_model(_second_version(trained_run, tmp_path, "challenger-v2"), root)
 
     # killed at the rename that would move the pointer: the written temporary file is complete
-    _killed_during(
-        f"""
-        import os, signal
-        from unet import registry
-        real = os.replace
-        def replace(src, dst, *a, **k):
-            if str(dst).endswith("champion.json"):
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(src, dst, *a, **k)
-        os.replace = replace
-        registry.promote({new!r}, {str(root)!r}, "nightly", expected={old!r})
-        """,
+    _killed_at(
+        "os.replace",
+        "champion.json",
+        f"registry.promote({new!r}, {str(root)!r}, 'nightly', expected={old!r})",
         tmp_path,
     )
     assert registry.champion_version(root) == old
@@ -125,18 +134,10 @@ def test_killing_during_promotion_keeps_the_old_champion(trained_run, tmp_path):
 
     # killed while the next challenger is being copied in: no half version appears
     third = _second_version(trained_run, tmp_path, "challenger-v3")
-    _killed_during(
-        f"""
-        import os, signal, shutil
-        from unet import registry
-        real = shutil.copy2
-        def copy2(src, dst, *a, **k):
-            if str(src).endswith("model.json"):
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(src, dst, *a, **k)
-        shutil.copy2 = copy2
-        registry.register_model({str(third)!r}, {str(root)!r})
-        """,
+    _killed_at(
+        "shutil.copy2",
+        "model.json",
+        f"registry.register_model({str(third)!r}, {str(root)!r})",
         tmp_path,
     )
     assert sorted(registry.list_versions(root)) == sorted([old, new])
