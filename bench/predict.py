@@ -34,26 +34,20 @@ import tasks  # noqa: E402,F401  (quiet TensorFlow)
 
 def make_model(run_dir: Path) -> None:
     """A default U-Net with random weights, saved as a run folder (model.keras + model.json)."""
-    from data_catalog.atomic import write_json_atomic
     from unet.config import TrainConfig
     from unet.model import build_unet
+    from unet.model_files import ModelInfo, model_file
 
     config = TrainConfig(num_classes=2)
     run_dir.mkdir(parents=True)
-    build_unet(config, 1).save(run_dir / "model.keras")
-    write_json_atomic(
-        run_dir / "model.json",
-        {
-            "architecture": "unet",
-            "channels": 1,
-            "input_dtype": "uint8",
-            "normalization": "range",
-            "size_multiple": 16,
-            "num_classes": 2,
-            "model_version": "bench-random",
-            "postprocessing": {"threshold": None, "min_component_size": 0},
-        },
-    )
+    build_unet(config, 1).save(model_file(run_dir))
+    ModelInfo(
+        architecture="unet",
+        channels=1,
+        size_multiple=16,
+        num_classes=2,
+        model_version="bench-random",
+    ).write(run_dir)
 
 
 def copy_images(source: Path, target: Path, count: int) -> list[Path]:

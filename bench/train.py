@@ -89,14 +89,14 @@ def samples_per_second(batches, count: int, batch_size: int) -> float:
     return count * batch_size / (time.perf_counter() - started)
 
 
-def compiled_model(config, channels: int, steps: int, dataset):
+def compiled_model(config, channels: int, steps: int, dataset, jit_compile: bool = False):
     import keras
 
     from unet.model import build_unet
     from unet.training import compile_unet
 
     keras.utils.set_random_seed(0)
-    model = compile_unet(build_unet(config, channels), config, steps)
+    model = compile_unet(build_unet(config, channels), config, steps, jit_compile)
     model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # warm-up
     return model
 
@@ -191,11 +191,10 @@ def main() -> int:
             .batch(args.batch_size)
             .prefetch(tf.data.AUTOTUNE)
         )
-        xla_config = config.model_copy(update={"jit_compile": True})
         variants = {
             "real": (compiled_model(config, 1, args.steps, pipeline), pipeline),
             "memory": (compiled_model(config, 1, args.steps, in_memory), in_memory),
-            "xla": (compiled_model(xla_config, 1, args.steps, in_memory), in_memory),
+            "xla": (compiled_model(config, 1, args.steps, in_memory, True), in_memory),
         }
         intervals = interleaved(variants, args.steps, args.rounds)
         median = {name: 1 / statistics.median(values) for name, values in intervals.items()}

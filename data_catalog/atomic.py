@@ -57,3 +57,19 @@ def write_json_atomic(path: str | Path, value: object, durable: bool = False) ->
 def write_csv_atomic(path: str | Path, frame: pd.DataFrame) -> Path:
     """Write a DataFrame as CSV (no index) atomically."""
     return write_text_atomic(path, frame.to_csv(index=False))
+
+
+def make_unique_dir(parent: str | Path, name: str) -> Path:
+    """Create and return ``parent/name``, or ``parent/name-2``, ``-3`` ... when taken: the
+    creation itself is the claim, so two processes starting in the same second never share
+    a folder."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 10_000):
+        path = parent / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{parent}: no free folder name for {name!r} after 9999 tries")

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from data_catalog.config import PrepareConfig
+from data_catalog.errors import NameNotFound
 
 DEFAULT_CATALOG = "catalog.yaml"
 PATH_FIELDS = ("images", "masks", "manifest", "cache_dir")
@@ -55,7 +56,7 @@ def resolve_dataset(config: PrepareConfig) -> PrepareConfig:
     A config without ``dataset`` is returned unchanged.
 
     Raises:
-        KeyError: the name is not in the catalog (close names are suggested).
+        NameNotFound: the name is not in the catalog (close names are suggested).
     """
     if config.dataset is None:
         return config
@@ -64,7 +65,7 @@ def resolve_dataset(config: PrepareConfig) -> PrepareConfig:
     if config.dataset not in catalog:
         close = difflib.get_close_matches(config.dataset, list(catalog), n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(
+        raise NameNotFound(
             f"dataset {config.dataset!r} is not in {path} (has {', '.join(sorted(catalog))}).{hint}"
         )
     entry = dict(catalog[config.dataset])

@@ -19,6 +19,7 @@ import pandas as pd
 import tensorflow as tf
 
 from data_catalog.atomic import write_json_atomic
+from data_catalog.errors import NameNotFound
 from data_catalog.hashing import hash_json
 from data_catalog.images import encode_png
 from data_catalog.labels import LabelRule
@@ -193,7 +194,9 @@ def split_files(tfrecord_dir: str | Path, split: str) -> list[str]:
     """Return the shard paths of ``split`` in a TFRecord set."""
     sidecar = load_sidecar(tfrecord_dir)
     if split not in sidecar["splits"]:
-        raise KeyError(f"split {split!r} not in {tfrecord_dir}; has {sorted(sidecar['splits'])}")
+        raise NameNotFound(
+            f"split {split!r} not in {tfrecord_dir}; has {sorted(sidecar['splits'])}"
+        )
     return [str(Path(tfrecord_dir) / name) for name in sidecar["splits"][split]["files"]]
 
 

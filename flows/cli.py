@@ -17,7 +17,12 @@ from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults first)
 from data_catalog.config import PrepareConfig
-from unet.config import EvaluateConfig, PredictConfig, PromotionConfig, TrainConfig
+from data_catalog.errors import NameNotFound
+from unet.config import DeviceConfig, EvaluateConfig, PredictConfig, PromotionConfig, TrainConfig
+
+# Errors that mean the user's input is wrong (a path, a value, a model name): reported in one
+# line. A KeyError or any other exception is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, ValueError, NameNotFound)
 
 DEMO_TRAIN = {"image_size": 128, "depth": 3, "base_filters": 16, "epochs": 15, "batch_size": 8}
 
@@ -118,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-register", action="store_true", help="Do not register the model.")
     add_config_arguments(train, PrepareConfig)
     add_config_arguments(train, TrainConfig)
+    add_config_arguments(train, DeviceConfig)
 
     evaluate = commands.add_parser("evaluate", help="Score a model on a labelled dataset.")
     evaluate.add_argument("--out", dest="out_dir", required=True, help="Folder for the scores.")
@@ -156,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(retrain, PrepareConfig)
     add_config_arguments(retrain, TrainConfig)
+    add_config_arguments(retrain, DeviceConfig)
     add_config_arguments(retrain, PromotionConfig)
     return parser
 
@@ -176,7 +183,7 @@ def run_demo(args: argparse.Namespace) -> int:
         prepare=prepare, train=train, run_dir=str(out / "run"), registry=str(models)
     )
     if registry.champion_version(models) is None:
-        registry.promote(summary["registered"], models, "first demo model")
+        registry.promote(summary.registered, models, "first demo model")
 
     test_images = out / "test-images"
     shutil.rmtree(test_images, ignore_errors=True)
@@ -187,7 +194,7 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.copy2(data / "images" / f"{key}.png", test_images / f"{key}.png")
     predicted = predict_flow(
         PredictConfig(
-            model=summary["run_dir"],
+            model=summary.run_dir,
             input_dir=str(test_images),
             output_dir=str(out / "predictions"),
             binary_255=True,
@@ -196,28 +203,29 @@ def run_demo(args: argparse.Namespace) -> int:
     print(
         f"\nsegflow demo finished\n"
         f"  data:        {data}\n"
-        f"  model:       {summary['model']} ({summary['model_version']}, registered in "
+        f"  model:       {summary.model} ({summary.model_version}, registered in "
         f"{out / 'models'})\n"
         f"  evaluation:  {out / 'run' / 'evaluation'} (metrics.json, per_image.csv, overlays/)\n"
-        f"  masks:       {out / 'predictions'} ({predicted['num_ok']} of "
-        f"{predicted['num_inputs']} test images)\n"
-        f"  report:      {predicted['report']}\n"
-        f"  test Dice (U-Net, foreground):  {summary['test_dice']:.4f}\n"
-        f"  test Dice (Otsu threshold):     {summary['otsu_dice']:.4f}\n"
+        f"  masks:       {out / 'predictions'} ({predicted.num_ok} of "
+        f"{predicted.num_inputs} test images)\n"
+        f"  report:      {predicted.report}\n"
+        f"  test Dice (U-Net, foreground):  {summary.test_dice:.4f}\n"
+        f"  test Dice (Otsu threshold):     {summary.otsu_dice:.4f}\n"
     )
-    return 0 if predicted["num_errors"] == 0 else 1
+    return 0 if predicted.num_errors == 0 else 1
 
 
 def run_prepare_command(args: argparse.Namespace) -> int:
     from flows.prepare import prepare_flow
 
     result = prepare_flow(config=config_from_args(PrepareConfig, args), out_dir=args.out)
+    index = result.index
     print(
-        f"{result['num_cases']} cases in {result['num_groups']} groups, "
-        f"{result['num_problems']} problems (validation.csv); split {result['split_counts']}; "
-        f"mean foreground fraction {result['foreground_fraction']:.4f}\n"
-        f"TFRecords {'reused from cache' if result['cached'] else 'written'}: "
-        f"{result['tfrecords']}\nsummary: {result['summary']}"
+        f"{index.num_cases} cases in {index.num_groups} groups, "
+        f"{index.num_problems} problems (validation.csv); split {result.split_counts}; "
+        f"mean foreground fraction {index.foreground_fraction:.4f}\n"
+        f"TFRecords {'reused from cache' if result.cached else 'written'}: "
+        f"{result.tfrecords}\nsummary: {result.summary}"
     )
     return 0
 
@@ -231,11 +239,12 @@ def run_train(args: argparse.Namespace) -> int:
         train=config_from_args(TrainConfig, args),
         run_dir=args.out,
         registry=None if args.no_register else str(registry_root(args.registry)),
+        devices=config_from_args(DeviceConfig, args),
     )
     print(
-        f"model: {summary['model']} ({summary['model_version']})\n"
-        f"test foreground Dice {summary['test_dice']:.4f} on {summary['test_cases']} images "
-        f"(Otsu baseline {summary['otsu_dice']:.4f}); metrics: {args.out}/metrics.json"
+        f"model: {summary.model} ({summary.model_version})\n"
+        f"test foreground Dice {summary.test_dice:.4f} on {summary.test_cases} images "
+        f"(Otsu baseline {summary.otsu_dice:.4f}); metrics: {args.out}/metrics.json"
     )
     return 0
 
@@ -283,11 +292,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
     summary = predict_flow(config_from_args(PredictConfig, args))
     print(
-        f"{summary['num_ok']} of {summary['num_inputs']} inputs segmented, "
-        f"{summary['num_errors']} errors ({summary['num_skipped']} done by an earlier run); "
-        f"report: {summary['report']}"
+        f"{summary.num_ok} of {summary.num_inputs} inputs segmented, "
+        f"{summary.num_errors} errors ({summary.num_skipped} done by an earlier run); "
+        f"report: {summary.report}"
     )
-    return 0 if summary["num_errors"] == 0 else 1
+    return 0 if summary.num_errors == 0 else 1
 
 
 def run_retrain(args: argparse.Namespace) -> int:
@@ -300,6 +309,7 @@ def run_retrain(args: argparse.Namespace) -> int:
         promotion=config_from_args(PromotionConfig, args),
         registry=str(registry_root(args.registry)),
         runs_dir=args.runs_dir,
+        devices=config_from_args(DeviceConfig, args),
     )
     print(
         f"{result['status']}: {result['reason']}\nchampion: {result['champion']}\n"
@@ -322,9 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"segflow {args.command}: error: {message}", file=sys.stderr)
+    except USER_ERRORS as error:  # one line, exit 2; anything else is a bug: traceback, exit 1
+        print(f"segflow {args.command}: error: {error}", file=sys.stderr)
         return 2
 
 

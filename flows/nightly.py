@@ -10,11 +10,10 @@ any point leaves the old champion in place.
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 from prefect import flow
 
-from data_catalog.atomic import write_json_atomic, write_text_atomic
+from data_catalog.atomic import make_unique_dir, write_json_atomic, write_text_atomic
 from data_catalog.config import PrepareConfig
 from flows.prepare import run_prepare
 from flows.train import train_evaluate_register, training_run_name
@@ -22,7 +21,7 @@ from tasks.evaluation import evaluate_split
 from tasks.models import configure_training_devices, ensure_training_limit
 from tasks.reporting import publish_markdown, publish_table, run_logger
 from tasks.training import TRAINING_TAG
-from unet.config import PromotionConfig, TrainConfig
+from unet.config import DeviceConfig, PromotionConfig, TrainConfig
 
 
 @flow(name="nightly-retrain", flow_run_name=training_run_name, log_prints=True)
@@ -32,6 +31,7 @@ def nightly_retrain_flow(
     promotion: PromotionConfig = PromotionConfig(),  # noqa: B008
     registry: str = "models",
     runs_dir: str = "runs/nightly",
+    devices: DeviceConfig = DeviceConfig(),  # noqa: B008
 ) -> dict[str, object]:
     """Retrain on the dataset as it is tonight and promote the result only if it is not worse.
 
@@ -53,8 +53,7 @@ def nightly_retrain_flow(
     )
 
     logger = run_logger()
-    run_dir = Path(runs_dir) / f"{datetime.now():%Y-%m-%d-%H%M%S}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_unique_dir(runs_dir, f"{datetime.now():%Y-%m-%d-%H%M%S}")
     ensure_training_limit(TRAINING_TAG)
     champion = models.champion_version(registry)
     logger.info("champion before tonight: %s (registry %s)", champion or "none", registry)
@@ -63,9 +62,9 @@ def nightly_retrain_flow(
     prepared = run_prepare(prepare, str(run_dir))
     skip = promotion.skip_unchanged and unchanged_reason(
         champion_lineage,
-        prepared["dataset_hash"],
+        prepared.dataset_hash,
         train.model_dump(),
-        prepared["split_hash"],
+        prepared.split_hash,
         code_revision()["git_commit"],
     )
     if skip:
@@ -75,25 +74,25 @@ def nightly_retrain_flow(
         publish_markdown("promotion-decision", text, "Why tonight's retraining was skipped")
         return {"status": "skipped", "reason": skip, "champion": champion, "run_dir": str(run_dir)}
 
-    configure_training_devices(train, str(run_dir))
+    configure_training_devices(devices, str(run_dir))
     challenger, challenger_metrics = train_evaluate_register(
-        prepared, train, str(run_dir), registry, "challenger"
+        prepared, train, str(run_dir), registry, "challenger", devices
     )
-    version = challenger["registered"]
+    version = challenger.registered
 
     champion_metrics = paired = None
     notes = []
     if champion is not None and champion != version:
-        warning = split_warning(champion_lineage, prepared["config"].model_dump())
+        warning = split_warning(champion_lineage, prepared.config.model_dump())
         if warning:
             logger.warning("%s", warning)
             notes.append(warning)
         try:
             champion_metrics = evaluate_split(
                 str(models.registry_root(registry) / champion),
-                prepared["tfrecords"],
+                prepared.tfrecords,
                 str(run_dir / "champion-evaluation"),
-                manifest=prepared["manifest"],
+                manifest=prepared.manifest,
                 role="champion",
             )
         except Exception as error:

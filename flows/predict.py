@@ -9,12 +9,17 @@ from prefect import flow, unmapped
 
 from data_catalog.config import PrepareConfig
 from tasks.evaluation import evaluate_dataset
-from tasks.prediction import merge_shard_reports, segment_folder, segment_shard
+from tasks.prediction import (
+    SegmentationSummary,
+    merge_shard_reports,
+    segment_folder,
+    segment_shard,
+)
 from unet.config import EvaluateConfig, PredictConfig
 
 
 @flow(name="predict-flow", flow_run_name=lambda: f"predict-{datetime.now():%Y-%m-%d-%H%M%S}")
-def predict_flow(config: PredictConfig) -> dict[str, object]:
+def predict_flow(config: PredictConfig) -> SegmentationSummary:
     """Write one mask per input under ``config.output_dir`` and ``report.csv``.
 
     With ``config.task_runner == "dask"`` the input list is cut into shards segmented by Dask
@@ -22,7 +27,7 @@ def predict_flow(config: PredictConfig) -> dict[str, object]:
     are the same as a local run's.
 
     Returns:
-        ``report`` path and counts of inputs, successes, skipped and errors.
+        The ``report`` path and counts of inputs, successes, skipped and errors.
     """
     if config.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
@@ -43,7 +48,7 @@ def predict_flow(config: PredictConfig) -> dict[str, object]:
 
 
 @flow(name="predict-dask-flow")
-def predict_on_dask(config: PredictConfig) -> dict[str, object]:
+def predict_on_dask(config: PredictConfig) -> SegmentationSummary:
     """Shards of the input list on the flow's Dask task runner, then one merged report."""
     from unet.prediction import remove_stale_files
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -10,16 +11,39 @@ from prefect import flow
 from data_catalog.atomic import write_json_atomic
 from data_catalog.catalog import resolve_dataset
 from data_catalog.config import PrepareConfig
-from tasks.prepare import index_cases, split_dataset, summarize, write_tfrecord_set
+from tasks.prepare import IndexSummary, index_cases, split_dataset, summarize, write_tfrecord_set
 from tasks.reporting import run_logger
 
 
-def run_prepare(config: PrepareConfig, out_dir: str) -> dict[str, object]:
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A dataset ready to train on: its resolved config, what indexing found, the split and
+    the TFRecord set (paths, never data)."""
+
+    config: PrepareConfig
+    index: IndexSummary
+    splits: str
+    split_hash: str
+    split_counts: dict[str, int]
+    summary: str
+    tfrecords: str
+    cached: bool
+
+    @property
+    def dataset_hash(self) -> str:
+        return self.index.dataset_hash
+
+    @property
+    def manifest(self) -> str:
+        return self.index.manifest
+
+
+def run_prepare(config: PrepareConfig, out_dir: str) -> PreparedDataset:
     """Run the prepare tasks inside the current flow.
 
     Returns:
-        ``config`` (resolved), ``manifest``, ``validation``, ``splits``, ``summary`` and
-        ``tfrecords`` paths, ``dataset_hash``, ``split_hash``, ``cached`` (TFRecords reused).
+        The resolved config, the index summary, split, summary and TFRecord paths, and
+        whether the TFRecords were reused from the cache.
     """
     from data_catalog.labels import LabelRule
     from data_catalog.splits import load_splits
@@ -30,10 +54,10 @@ def run_prepare(config: PrepareConfig, out_dir: str) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "prepare_config.json", config.model_dump())
     index = index_cases(config, out_dir)
-    splits_path = split_dataset(index["manifest"], index["dataset_hash"], config, out_dir)
+    splits_path = split_dataset(index.manifest, index.dataset_hash, config, out_dir)
     splits = load_splits(splits_path)
     address = tfrecord_address(
-        index["dataset_hash"],
+        index.dataset_hash,
         str(splits["split_hash"]),
         LabelRule.build(config.foreground, config.labels),
         config.channels,
@@ -44,30 +68,19 @@ def run_prepare(config: PrepareConfig, out_dir: str) -> dict[str, object]:
     cached = is_complete(tfrecord_dir, address)
     # The guard: a cache entry whose files were deleted is re-created, not trusted.
     writer = write_tfrecord_set.with_options(refresh_cache=not cached)
-    tfrecords = writer(index["manifest"], splits_path, config, str(tfrecord_dir), address)
+    tfrecords = writer(index.manifest, splits_path, config, str(tfrecord_dir), address)
     run_logger().info("TFRecords %s %s", "reused from" if cached else "written to", tfrecords)
     summary = summarize(index, splits_path, config, out_dir)
-    return {
-        "config": config,
-        **{
-            key: index[key]
-            for key in (
-                "manifest",
-                "validation",
-                "dataset_hash",
-                "num_cases",
-                "num_groups",
-                "num_problems",
-                "foreground_fraction",
-            )
-        },
-        "splits": splits_path,
-        "split_hash": splits["split_hash"],
-        "split_counts": splits["counts"],
-        "summary": summary,
-        "tfrecords": tfrecords,
-        "cached": cached,
-    }
+    return PreparedDataset(
+        config=config,
+        index=index,
+        splits=splits_path,
+        split_hash=str(splits["split_hash"]),
+        split_counts=dict(splits["counts"]),
+        summary=summary,
+        tfrecords=tfrecords,
+        cached=cached,
+    )
 
 
 def _run_name() -> str:
@@ -75,7 +88,6 @@ def _run_name() -> str:
 
 
 @flow(name="prepare-flow", flow_run_name=_run_name)
-def prepare_flow(config: PrepareConfig, out_dir: str = "runs/prepared") -> dict[str, object]:
+def prepare_flow(config: PrepareConfig, out_dir: str = "runs/prepared") -> PreparedDataset:
     """Index, validate, split and convert a dataset; write everything under ``out_dir``."""
-    result = run_prepare(config, out_dir)
-    return {**result, "config": result["config"].model_dump()}
+    return run_prepare(config, out_dir)

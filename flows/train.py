@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -10,14 +12,39 @@ from prefect import flow
 
 from data_catalog.atomic import write_json_atomic
 from data_catalog.config import PrepareConfig
-from flows.prepare import run_prepare
+from flows.prepare import PreparedDataset, run_prepare
 from tasks.evaluation import evaluate_split
 from tasks.models import configure_training_devices, register_run
 from tasks.reporting import markdown_table, publish_markdown, publish_table
 from tasks.training import train_unet
-from unet.config import TrainConfig
+from unet.config import DeviceConfig, TrainConfig
 
 GENERIC_FOLDERS = ("images", "image", "imgs", "scans", "data")
+
+
+@dataclass(frozen=True)
+class TrainRunSummary:
+    """Key numbers of a training run: where it is, what it was trained on, how well it did."""
+
+    run_dir: str
+    model: str
+    model_version: str
+    dataset_hash: str
+    num_cases: int
+    train_cases: int
+    val_cases: int
+    test_cases: int
+    best_epoch: int
+    val_dice: float
+    test_dice: float
+    test_iou: float
+    otsu_dice: float
+    training_seconds: float
+    stop_reason: str
+    registered: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
 
 
 def dataset_label(prepare: PrepareConfig | dict | None) -> str:
@@ -47,7 +74,8 @@ def train_flow(
     train: TrainConfig = TrainConfig(),  # noqa: B008 (frozen, immutable)
     run_dir: str = "runs/latest",
     registry: str | None = "models",
-) -> dict[str, object]:
+    devices: DeviceConfig = DeviceConfig(),  # noqa: B008
+) -> TrainRunSummary:
     """Train a U-Net on a folder pair and evaluate it on the held-out test split.
 
     Writes into ``run_dir``: ``config.json``, ``manifest.csv``, ``validation.csv``,
@@ -55,34 +83,37 @@ def train_flow(
     elsewhere), ``model.keras``, ``model.json``, ``history.csv``, ``lineage.json``,
     ``metrics.json`` and ``evaluation/`` (``metrics.json``, ``per_image.csv``, overlays).
 
-    The model is then registered in ``registry`` (``None``: not registered).
+    The model is then registered in ``registry`` (``None``: not registered). ``devices`` says
+    how this machine trains (GPUs, precision, XLA, threads); it is not part of the model.
 
     Returns:
         Key numbers: run folder, model, version, dataset hash, test Dice, Otsu baseline Dice.
     """
     run_path = Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
-    configure_training_devices(train, run_dir)  # before anything touches a device
+    configure_training_devices(devices, run_dir)  # before anything touches a device
     prepared = run_prepare(prepare, run_dir)
-    summary, _ = train_evaluate_register(prepared, train, run_dir, registry)
-    publish_table("train-summary", [summary], "Key numbers of this training run")
+    summary, _ = train_evaluate_register(prepared, train, run_dir, registry, devices=devices)
+    rows = [summary.as_dict()]
+    publish_table("train-summary", rows, "Key numbers of this training run")
     publish_markdown(
         "train-report",
-        f"# Training run `{summary['model_version']}`\n\n{markdown_table([summary])}\n\n"
-        f"Test foreground Dice **{summary['test_dice']:.4f}** against an Otsu threshold's "
-        f"{summary['otsu_dice']:.4f} on the same {summary['test_cases']} images.\n",
+        f"# Training run `{summary.model_version}`\n\n{markdown_table(rows)}\n\n"
+        f"Test foreground Dice **{summary.test_dice:.4f}** against an Otsu threshold's "
+        f"{summary.otsu_dice:.4f} on the same {summary.test_cases} images.\n",
         "Training run summary",
     )
     return summary
 
 
 def train_evaluate_register(
-    prepared: dict[str, object],
+    prepared: PreparedDataset,
     train: TrainConfig,
     run_dir: str,
     registry: str | None,
     role: str = "model",
-) -> tuple[dict[str, object], dict[str, object]]:
+    devices: DeviceConfig | None = None,
+) -> tuple[TrainRunSummary, dict[str, object]]:
     """Train on a prepared dataset, score the model on its test split, register it.
 
     Args:
@@ -90,46 +121,49 @@ def train_evaluate_register(
         role: names the evaluation task run and prefixes its artifact keys.
 
     Returns:
-        ``(summary, metrics)``: key numbers (run folder, model, version, dataset hash, split
-        counts, test Dice ...) and the full test-split metrics.
+        ``(summary, metrics)``: key numbers and the full test-split metrics document.
     """
     run_path = Path(run_dir)
-    prepare = prepared["config"]
+    prepare = prepared.config
     write_json_atomic(
-        run_path / "config.json", {"prepare": prepare.model_dump(), "train": train.model_dump()}
+        run_path / "config.json",
+        {
+            "prepare": prepare.model_dump(),
+            "train": train.model_dump(),
+            "devices": (devices or DeviceConfig()).model_dump(),
+        },
     )
-    tfrecord_dir = prepared["tfrecords"]
     lineage = {
-        "split_hash": prepared["split_hash"],
-        "split_counts": prepared["split_counts"],
+        "split_hash": prepared.split_hash,
+        "split_counts": prepared.split_counts,
         "prepare_config": prepare.model_dump(),
     }
-    training = train_unet(tfrecord_dir, run_dir, train, lineage)
+    training = train_unet(prepared.tfrecords, run_dir, train, lineage, devices)
     metrics = evaluate_split(
-        training["model"],
-        tfrecord_dir,
+        training.model,
+        prepared.tfrecords,
         str(run_path / "evaluation"),
-        manifest=prepared["manifest"],
+        manifest=prepared.manifest,
         role=role,
     )
     write_json_atomic(run_path / "metrics.json", metrics)
     registered = register_run(run_dir, registry) if registry else None
-    summary = {
-        "run_dir": str(run_path),
-        "model": training["model"],
-        "model_version": training["model_version"],
-        "dataset_hash": prepared["dataset_hash"],
-        "num_cases": prepared["num_cases"],
-        "train_cases": prepared["split_counts"]["train"],
-        "val_cases": prepared["split_counts"]["val"],
-        "test_cases": prepared["split_counts"]["test"],
-        "best_epoch": training["best_epoch"],
-        "val_dice": training["best_val_dice"],
-        "test_dice": metrics["foreground_dice"],
-        "test_iou": metrics["foreground_iou"],
-        "otsu_dice": metrics["otsu_baseline"]["foreground_dice"],
-        "training_seconds": training["seconds"],
-        "stop_reason": training["stop_reason"],
-        "registered": registered,
-    }
+    summary = TrainRunSummary(
+        run_dir=str(run_path),
+        model=training.model,
+        model_version=training.model_version,
+        dataset_hash=prepared.dataset_hash,
+        num_cases=prepared.index.num_cases,
+        train_cases=prepared.split_counts["train"],
+        val_cases=prepared.split_counts["val"],
+        test_cases=prepared.split_counts["test"],
+        best_epoch=training.best_epoch,
+        val_dice=training.best_val_dice,
+        test_dice=metrics["foreground_dice"],
+        test_iou=metrics["foreground_iou"],
+        otsu_dice=metrics["otsu_baseline"]["foreground_dice"],
+        training_seconds=training.seconds,
+        stop_reason=training.stop_reason,
+        registered=registered,
+    )
     return summary, metrics

@@ -9,11 +9,11 @@ from prefect.cache_policies import NO_CACHE
 
 from data_catalog.atomic import write_json_atomic
 from tasks.reporting import in_run, markdown_table, publish_markdown, publish_table, run_logger
-from unet.config import TrainConfig
+from unet.config import DeviceConfig
 
 
 @task(name="configure-devices", cache_policy=NO_CACHE)
-def configure_training_devices(config: TrainConfig, run_dir: str) -> dict[str, object]:
+def configure_training_devices(config: DeviceConfig, run_dir: str) -> dict[str, object]:
     """Apply GPU/CPU settings before anything touches a device; write ``device.json``."""
     from unet.devices import configure_devices
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -12,14 +14,24 @@ from tasks.reporting import Progress, markdown_table, publish_markdown, publish_
 from unet.config import PredictConfig
 
 
-@task(name="segment-folder", cache_policy=NO_CACHE)
-def segment_folder(config: PredictConfig) -> dict[str, object]:
-    """Segment every file under ``config.input_dir``; write masks and ``report.csv``.
+@dataclass(frozen=True)
+class SegmentationSummary:
+    """Totals of a bulk segmentation run (``num_ok`` counts the skipped ones too)."""
 
-    Returns:
-        ``report`` path, ``num_inputs``, ``num_ok``, ``num_skipped``, ``num_errors``,
-        ``model_version``.
-    """
+    report: str
+    num_inputs: int
+    num_ok: int
+    num_skipped: int
+    num_errors: int
+    model_version: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@task(name="segment-folder", cache_policy=NO_CACHE)
+def segment_folder(config: PredictConfig) -> SegmentationSummary:
+    """Segment every file under ``config.input_dir``; write masks and ``report.csv``."""
     from unet.prediction import predict_folder
 
     progress = Progress("segmentation-progress", "Inputs processed")
@@ -35,7 +47,7 @@ def segment_shard(config: PredictConfig, index: int, count: int) -> list[dict]:
 
 
 @task(name="write-segmentation-report", cache_policy=NO_CACHE)
-def merge_shard_reports(shards: list[list[dict]], config: PredictConfig) -> dict[str, object]:
+def merge_shard_reports(shards: list[list[dict]], config: PredictConfig) -> SegmentationSummary:
     """Merge the shards' rows into one ``report.csv`` in file order."""
     from unet.prediction import list_inputs, write_report
 
@@ -48,37 +60,35 @@ def merge_shard_reports(shards: list[list[dict]], config: PredictConfig) -> dict
     return summarize_report(write_report(rows, output_dir), config)
 
 
-def summarize_report(report: pd.DataFrame, config: PredictConfig) -> dict[str, object]:
+def summarize_report(report: pd.DataFrame, config: PredictConfig) -> SegmentationSummary:
     """Totals of a report, logged and published as table and markdown artifacts."""
     from unet.prediction import REPORT_FILE
 
     errors = report[report["status"] == "error"]
-    summary = {
-        "report": f"{config.output_dir}/{REPORT_FILE}",
-        "num_inputs": len(report),
-        "num_ok": int(report["status"].isin(["ok", "skipped"]).sum()),
-        "num_skipped": int((report["status"] == "skipped").sum()),
-        "num_errors": len(errors),
-        "model_version": str(report["model_version"].iloc[0]) if len(report) else None,
-    }
-    logger = run_logger()
-    for row in errors.itertuples():
-        logger.warning("%s: %s", row.input, row.error)
+    summary = SegmentationSummary(
+        report=f"{config.output_dir}/{REPORT_FILE}",
+        num_inputs=len(report),
+        num_ok=int(report["status"].isin(["ok", "skipped"]).sum()),
+        num_skipped=int((report["status"] == "skipped").sum()),
+        num_errors=len(errors),
+        model_version=str(report["model_version"].iloc[0]) if len(report) else None,
+    )
+    logger = run_logger()  # each error was logged once, by unet.prediction
     logger.info(
         "segmented %d of %d inputs (%d done by an earlier run), %d errors",
-        summary["num_ok"],
-        summary["num_inputs"],
-        summary["num_skipped"],
-        summary["num_errors"],
+        summary.num_ok,
+        summary.num_inputs,
+        summary.num_skipped,
+        summary.num_errors,
     )
-    publish_table("segmentation-summary", [summary], "Bulk segmentation totals")
+    publish_table("segmentation-summary", [summary.as_dict()], "Bulk segmentation totals")
     error_rows = errors[["input", "error"]].to_dict("records")
     publish_markdown(
         "segmentation-report",
         f"# Bulk segmentation\n\n- input: `{config.input_dir}`\n- output: `{config.output_dir}`\n"
-        f"- model: `{summary['model_version']}`\n- inputs: {summary['num_inputs']}, "
-        f"ok: {summary['num_ok']} ({summary['num_skipped']} done by an earlier run), "
-        f"errors: {summary['num_errors']}\n\n## Errors\n\n{markdown_table(error_rows)}\n",
+        f"- model: `{summary.model_version}`\n- inputs: {summary.num_inputs}, "
+        f"ok: {summary.num_ok} ({summary.num_skipped} done by an earlier run), "
+        f"errors: {summary.num_errors}\n\n## Errors\n\n{markdown_table(error_rows)}\n",
         "Bulk segmentation summary",
     )
     return summary

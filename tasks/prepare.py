@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
@@ -15,16 +16,28 @@ from data_catalog.summary import split_rows, summarize_dataset
 from tasks.reporting import publish_markdown, publish_table, run_logger
 
 
+@dataclass(frozen=True)
+class IndexSummary:
+    """What indexing a dataset wrote and found."""
+
+    manifest: str
+    validation: str
+    dataset_hash: str
+    num_cases: int
+    num_groups: int
+    num_problems: int
+    foreground_fraction: float
+
+
 @task(name="index-dataset")
-def index_cases(config: PrepareConfig, out_dir: str) -> dict[str, object]:
+def index_cases(config: PrepareConfig, out_dir: str) -> IndexSummary:
     """Pair, read, check and hash every case; write ``manifest.csv`` and ``validation.csv``.
 
     Every problem is listed in ``validation.csv``, the log and a ``dataset-problems`` table
     artifact; under policy ``strict`` the task then fails with all of them in its message.
 
     Returns:
-        ``manifest`` path, ``validation`` path, ``dataset_hash``, ``num_cases``,
-        ``num_groups``, ``num_problems``, ``foreground_fraction`` (mean over cases).
+        The paths written and the counts (foreground fraction: the mean over cases).
     """
     cache_root = Path(config.cache_dir or out_dir)
     result = index_dataset(config, cache_path=cache_root / "index-cache.json")
@@ -35,27 +48,25 @@ def index_cases(config: PrepareConfig, out_dir: str) -> dict[str, object]:
         result.problems.to_dict("records") or [{"file": "", "problem": "none", "detail": ""}],
         f"Problems found in the dataset ({len(result.problems)}); policy {config.policy}",
     )
-    logger = run_logger()
-    for row in result.problems.itertuples():
-        logger.warning("%s: %s (%s)", row.file, row.problem, row.detail)
+    logger = run_logger()  # each problem was logged once, by data_catalog.manifest
     apply_policy(result, config.policy)
-    summary = {
-        "manifest": str(manifest_path),
-        "validation": str(validation_path),
-        "dataset_hash": result.dataset_hash,
-        "num_cases": len(result.manifest),
-        "num_groups": int(result.manifest["group"].nunique()),
-        "num_problems": len(result.problems),
-        "foreground_fraction": float(result.manifest["foreground_fraction"].mean()),
-    }
+    summary = IndexSummary(
+        manifest=str(manifest_path),
+        validation=str(validation_path),
+        dataset_hash=result.dataset_hash,
+        num_cases=len(result.manifest),
+        num_groups=int(result.manifest["group"].nunique()),
+        num_problems=len(result.problems),
+        foreground_fraction=float(result.manifest["foreground_fraction"].mean()),
+    )
     logger.info(
         "indexed %d cases in %d groups (dataset %s), mean foreground fraction %.4f, "
         "%d problems (policy %s)",
-        summary["num_cases"],
-        summary["num_groups"],
+        summary.num_cases,
+        summary.num_groups,
         result.dataset_hash[:12],
-        summary["foreground_fraction"],
-        summary["num_problems"],
+        summary.foreground_fraction,
+        summary.num_problems,
         config.policy,
     )
     return summary
@@ -138,16 +149,16 @@ def write_tfrecord_set(
 
 
 @task(name="summarize-dataset")
-def summarize(index: dict, splits_path: str, config: PrepareConfig, out_dir: str) -> str:
+def summarize(index: IndexSummary, splits_path: str, config: PrepareConfig, out_dir: str) -> str:
     """Write ``summary.md`` and publish it with a per-split table."""
     import pandas as pd
 
-    manifest = read_manifest(index["manifest"])
-    problems = pd.read_csv(index["validation"], dtype=str)
+    manifest = read_manifest(index.manifest)
+    problems = pd.read_csv(index.validation, dtype=str)
     document = load_splits(splits_path)
     splits = {name: document[name] for name in ("train", "val", "test")}
     title = f"Dataset {config.dataset or config.images or config.manifest}"
-    markdown = summarize_dataset(manifest, splits, problems, index["dataset_hash"], title)
+    markdown = summarize_dataset(manifest, splits, problems, index.dataset_hash, title)
     path = write_text_atomic(Path(out_dir) / "summary.md", markdown)
     publish_markdown("dataset-summary", markdown, "Dataset summary")
     publish_table("dataset-splits", split_rows(manifest, splits), "Cases and groups per split")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 
 from tasks.reporting import Progress, publish_table
-from unet.config import TrainConfig
+from unet.config import DeviceConfig, TrainConfig
 
 # Training tasks carry this tag; a concurrency limit of 1 on it (created by the nightly flow
 # when missing, or `prefect concurrency-limit create segflow-training 1`) runs one at a time.
@@ -14,12 +14,17 @@ TRAINING_TAG = "segflow-training"
 
 @task(name="train-unet", tags=[TRAINING_TAG], task_run_name="train-unet-{config.architecture}")
 def train_unet(
-    tfrecord_dir: str, run_dir: str, config: TrainConfig, lineage: dict[str, object]
-) -> dict[str, object]:
+    tfrecord_dir: str,
+    run_dir: str,
+    config: TrainConfig,
+    lineage: dict[str, object],
+    devices: DeviceConfig | None = None,
+):
     """Train on the TFRecord set, keeping the best epoch by validation foreground Dice.
 
     Returns:
-        The training summary (model path, version, best epoch and score, seconds).
+        The :class:`unet.training.TrainingResult` (model path, version, best epoch and score,
+        seconds).
     """
     from unet.training import train_model
 
@@ -30,6 +35,7 @@ def train_unet(
         config,
         lineage=lineage,
         on_epoch_end=lambda epoch, epochs, _numbers: progress.update(epoch, epochs),
+        devices=devices,
     )
-    publish_table("training-summary", [summary], "Best checkpoint of this training run")
+    publish_table("training-summary", [summary.as_dict()], "Best checkpoint of this training run")
     return summary

@@ -69,3 +69,28 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+class LogCapture:
+    """Every record logged through the given loggers (handlers attached directly, since
+    Prefect's logging setup stops some of them from propagating to pytest's caplog)."""
+
+    def __init__(self, names=("unet", "data_catalog", "segflow", "prefect")):
+        import logging
+
+        self.records: list = []
+        self.loggers = [logging.getLogger(name) for name in names]
+        self.handler = logging.Handler(logging.DEBUG)
+        self.handler.emit = self.records.append
+
+    def __enter__(self):
+        for logger in self.loggers:
+            logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc_info):
+        for logger in self.loggers:
+            logger.removeHandler(self.handler)
+
+    def mentioning(self, text: str) -> list[str]:
+        return [r.getMessage() for r in self.records if text in r.getMessage()]

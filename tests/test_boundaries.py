@@ -36,3 +36,61 @@ def test_package_does_not_import_upward(package, forbidden):
         if names & forbidden
     }
     assert offenders == {}
+
+
+def test_model_loss_and_metric_modules_are_pure_keras():
+    """Backend-agnostic (they run on Keras' JAX backend on GPU machines): no TensorFlow, no
+    private Keras attributes, and only backend-free segflow modules imported."""
+    for name in ("model", "losses", "metrics"):
+        path = ROOT / "unet" / f"{name}.py"
+        source = path.read_text()
+        imported = imported_top_modules("unet")[f"unet/{name}.py"]
+        assert "tensorflow" not in imported, path
+        for private in ("._inbound_nodes", "._outbound_nodes", "._keras_history"):
+            assert private not in source, (path, private)
+        segflow_imports = {
+            node.module
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("unet")
+        }
+        assert segflow_imports <= {"unet.config"}, (path, segflow_imports)
+
+
+def test_no_import_circle_inside_the_packages():
+    graph = {}
+    for package in ("unet", "data_catalog", "tasks", "flows"):
+        for path in (ROOT / package).glob("*.py"):
+            module = f"{package}.{path.stem}"
+            graph[module] = {
+                node.module
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.split(".")[0] == package
+            }
+
+    def reaches(start: str, target: str, seen: set) -> bool:
+        for following in graph.get(start, ()):
+            if following == target or (
+                following not in seen and reaches(following, target, seen | {following})
+            ):
+                return True
+        return False
+
+    circles = sorted(module for module in graph if reaches(module, module, {module}))
+    assert circles == []
+
+
+def test_importing_the_segmenter_does_not_import_the_training_stack():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tasks, unet.inference, unet.prediction, unet.evaluation; "
+        "print(sorted(m for m in sys.modules if m in "
+        "('unet.training', 'unet.pipeline', 'unet.augment', 'unet.losses', 'unet.devices')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "[]"

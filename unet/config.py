@@ -8,7 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainConfig(BaseModel):
-    """How a U-Net is built and trained, on which devices. Saved as JSON beside every model."""
+    """How a U-Net is built and trained. Saved as JSON beside every model; the machine it runs
+    on is a :class:`DeviceConfig`, apart, so a run moved to another machine still resumes and
+    the nightly flow does not retrain because of it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -91,23 +93,6 @@ class TrainConfig(BaseModel):
         None, gt=0, description="Minutes: stop cleanly when they run out, keeping the best model."
     )
     seed: int = Field(0, description="Seed of weights, shuffling and augmentation.")
-    # Devices
-    visible_gpus: str | None = Field(
-        None, description="GPUs to use, e.g. '0,1'; default: all. '' hides every GPU."
-    )
-    gpu_memory_growth: bool = Field(True, description="Allocate GPU memory as needed.")
-    gpu_memory_limit_mb: int | None = Field(
-        None, ge=256, description="Cap each visible GPU at this many MiB (logical device)."
-    )
-    mixed_precision: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="mixed_float16 on GPUs that support it ('auto': compute capability >= 7.0); "
-        "never on a CPU, where it is slower.",
-    )
-    jit_compile: bool = Field(False, description="Compile training steps with XLA.")
-    cpu_threads: int | None = Field(
-        None, ge=1, description="CPU: intra-op threads (default: TensorFlow's choice)."
-    )
 
     @model_validator(mode="after")
     def _check_size(self) -> TrainConfig:
@@ -130,6 +115,33 @@ class TrainConfig(BaseModel):
     def num_poolings(self) -> int:
         """How many times the encoder halves the resolution."""
         return 4 if self.architecture == "vgg16-unet" else self.depth
+
+
+class DeviceConfig(BaseModel):
+    """Which devices training uses and how: GPUs, memory, precision, XLA, CPU threads.
+
+    Kept apart from :class:`TrainConfig`: these settings change how fast a model trains on a
+    machine, not which model it is, so they neither block a resume nor count as a change of
+    the training config for the nightly flow. Recorded in ``device.json`` and the lineage."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    visible_gpus: str | None = Field(
+        None, description="GPUs to use, e.g. '0,1'; default: all. '' hides every GPU."
+    )
+    gpu_memory_growth: bool = Field(True, description="Allocate GPU memory as needed.")
+    gpu_memory_limit_mb: int | None = Field(
+        None, ge=256, description="Cap each visible GPU at this many MiB (logical device)."
+    )
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="mixed_float16 on GPUs that support it ('auto': compute capability >= 7.0); "
+        "never on a CPU, where it is slower.",
+    )
+    jit_compile: bool = Field(False, description="Compile training steps with XLA.")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="CPU: intra-op threads (default: TensorFlow's choice)."
+    )
 
 
 ModelReference = Annotated[

@@ -11,14 +11,14 @@ import logging
 
 import tensorflow as tf
 
-from unet.config import TrainConfig
+from unet.config import DeviceConfig
 
 logger = logging.getLogger(__name__)
 
 _configured: dict[str, object] = {}
 
 
-def _settings_key(config: TrainConfig) -> tuple:
+def _settings_key(config: DeviceConfig) -> tuple:
     return (
         config.visible_gpus,
         config.gpu_memory_growth,
@@ -29,7 +29,9 @@ def _settings_key(config: TrainConfig) -> tuple:
     )
 
 
-def configure_devices(config: TrainConfig) -> tuple[tf.distribute.Strategy, dict[str, object]]:
+def configure_devices(
+    config: DeviceConfig | None = None,
+) -> tuple[tf.distribute.Strategy, dict[str, object]]:
     """Apply the device settings of ``config`` and say what was used and why.
 
     Returns:
@@ -37,6 +39,7 @@ def configure_devices(config: TrainConfig) -> tuple[tf.distribute.Strategy, dict
         default strategy; the report is JSON-able (``device``, ``gpus``, ``mixed_precision``,
         ``strategy``, ``replicas``, ``jit_compile``, threads, ``notes``).
     """
+    config = config or DeviceConfig()
     key = _settings_key(config)
     if _configured.get("key") == key:
         return _make_strategy(), dict(_configured["report"])

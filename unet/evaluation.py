@@ -13,7 +13,7 @@ baseline.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -24,6 +24,7 @@ from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_
 from data_catalog.images import dtype_max, write_png_atomic
 from unet.inference import Segmenter
 from unet.metrics import class_scores, overlap_scores
+from unet.postprocessing import tune_postprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,9 @@ def evaluate_cases(
     num_overlays: int = 4,
     groups: dict[str, str] | None = None,
 ) -> dict[str, object]:
-    """Segment every case, score it; write ``per_image.csv``, ``metrics.json``, ``report.md``
-    and overlay PNGs (image | truth | prediction).
+    """Segment every case (through :meth:`Segmenter.segment`, the path prediction ships), score
+    it; write ``per_image.csv``, ``metrics.json``, ``report.md`` and overlay PNGs
+    (image | truth | prediction).
 
     Args:
         segmenter: the model.
@@ -98,30 +100,18 @@ def evaluate_cases(
     """
     out_dir = Path(out_dir)
     rows = []
-    for key, image, truth in cases:
-        if image.shape[:2] != truth.shape:
-            raise ValueError(f"case {key!r}: image is {image.shape[:2]}, truth {truth.shape}")
-        (prediction,), _ = segmenter.segment([segmenter.prepare(image, key)])
-        row: dict[str, object] = {
-            "key": key,
-            "group": (groups or {}).get(key, key),
-            "height": truth.shape[0],
-            "width": truth.shape[1],
-        }
-        for class_id in range(segmenter.num_classes):
-            for name, value in class_scores(prediction, truth, class_id).items():
-                row[f"{name}_{class_id}"] = value
-            row[f"present_{class_id}"] = bool(np.any(truth == class_id))
-        row["truth_fraction"] = float(np.mean(truth > 0))
-        row["predicted_fraction"] = float(np.mean(prediction > 0))
-        otsu = otsu_foreground(image).astype(np.uint8)
-        binary_truth = (truth > 0).astype(np.uint8)
-        row["otsu_dice_above"] = overlap_scores(otsu, binary_truth, 1)[0]
-        row["otsu_dice_below"] = overlap_scores(1 - otsu, binary_truth, 1)[0]
-        if len(rows) < num_overlays:
-            name = key.replace("/", "__") + ".png"
-            write_png_atomic(out_dir / "overlays" / name, make_overlay(image, truth, prediction))
-        rows.append(row)
+    for batch in batched(cases, getattr(segmenter, "batch_size", 1)):
+        for key, image, truth in batch:
+            if image.shape[:2] != truth.shape:
+                raise ValueError(f"case {key!r}: image is {image.shape[:2]}, truth {truth.shape}")
+        results = segmenter.segment([segmenter.prepare(image, key) for key, image, _ in batch])
+        for (key, image, truth), result in zip(batch, results, strict=True):
+            group = (groups or {}).get(key, key)
+            rows.append(score_case(key, group, image, truth, result.classes, segmenter.num_classes))
+            if len(rows) <= num_overlays:
+                name = key.replace("/", "__") + ".png"
+                overlay = make_overlay(image, truth, result.classes)
+                write_png_atomic(out_dir / "overlays" / name, overlay)
     if not rows:
         raise ValueError("no cases to evaluate")
     frame = pd.DataFrame(rows)
@@ -141,6 +131,46 @@ def evaluate_cases(
         metrics["otsu_baseline"]["foreground_dice"],
     )
     return metrics
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of up to ``size`` consecutive items."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def score_case(
+    key: str,
+    group: str,
+    image: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    num_classes: int,
+) -> dict[str, object]:
+    """One row of ``per_image.csv``: every score of every class, fractions, the Otsu baseline."""
+    row: dict[str, object] = {
+        "key": key,
+        "group": group,
+        "height": truth.shape[0],
+        "width": truth.shape[1],
+    }
+    for class_id in range(num_classes):
+        for name, value in class_scores(prediction, truth, class_id).items():
+            row[f"{name}_{class_id}"] = value
+        row[f"present_{class_id}"] = bool(np.any(truth == class_id))
+    row["truth_fraction"] = float(np.mean(truth > 0))
+    row["predicted_fraction"] = float(np.mean(prediction > 0))
+    otsu = otsu_foreground(image).astype(np.uint8)
+    binary_truth = (truth > 0).astype(np.uint8)
+    row["otsu_dice_above"] = overlap_scores(otsu, binary_truth, 1)[0]
+    row["otsu_dice_below"] = overlap_scores(1 - otsu, binary_truth, 1)[0]
+    return row
 
 
 SCORES = ("dice", "iou", "precision", "recall", "hd95")
@@ -245,44 +275,23 @@ def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tune_postprocessing(
-    segmenter: Segmenter,
-    cases: Iterable[Case],
-    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7),
-    min_sizes: tuple[int, ...] = (0, 16, 64, 256),
-) -> dict[str, object]:
-    """Choose the foreground threshold and smallest kept component on labelled (validation)
-    cases by mean foreground Dice. Binary models only; others keep argmax.
+def tune_on_cases(segmenter: Segmenter, cases: Iterable[Case]) -> dict[str, object]:
+    """Tune the threshold and smallest kept component (:func:`tune_postprocessing`) on labelled
+    cases, with probabilities from :meth:`Segmenter.probability_maps` (batched, tiled where
+    large, as prediction runs), one batch in memory at a time. Binary models only; others keep
+    argmax.
 
     Returns:
-        ``{"threshold", "min_component_size", "val_dice", "val_dice_argmax"}``.
+        ``{"threshold", "min_component_size", "val_dice", "val_dice_argmax", "num_cases"}``.
     """
-    from unet.inference import postprocess
-
     if segmenter.num_classes != 2:
         return {"threshold": None, "min_component_size": 0}
-    probabilities, truths = [], []
-    for key, image, truth in cases:
-        probabilities.append(segmenter.predict_probabilities([segmenter.prepare(image, key)])[0])
-        truths.append(truth)
-    if not truths:
-        return {"threshold": None, "min_component_size": 0}
 
-    def mean_dice(threshold, min_size):
-        return float(
-            np.mean(
-                [
-                    overlap_scores(postprocess(p, threshold, min_size), t, 1)[0]
-                    for p, t in zip(probabilities, truths, strict=True)
-                ]
-            )
-        )
+    def pairs():
+        for batch in batched(cases, segmenter.batch_size):
+            images = [segmenter.prepare(image, key) for key, image, _ in batch]
+            maps = segmenter.probability_maps(images)
+            for (_, _, truth), probabilities in zip(batch, maps, strict=True):
+                yield probabilities, truth
 
-    scores = {(t, m): mean_dice(t, m) for t in thresholds for m in min_sizes}
-    (threshold, min_size), best = max(scores.items(), key=lambda item: item[1])
-    return {
-        "threshold": threshold,
-        "min_component_size": min_size,
-        "val_dice": best,
-        "val_dice_argmax": mean_dice(None, 0),
-    }
+    return tune_postprocessing(pairs())

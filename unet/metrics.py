@@ -54,8 +54,9 @@ class OverlapScore(keras.metrics.Metric):
         return ops.mean(score)
 
     def reset_state(self):
-        self.intersection.assign(ops.zeros_like(self.intersection))
-        self.total.assign(ops.zeros_like(self.total))
+        # ops.zeros, not ops.zeros_like(variable): the latter fails on Keras' JAX backend
+        self.intersection.assign(ops.zeros(self.intersection.shape, self.intersection.dtype))
+        self.total.assign(ops.zeros(self.total.shape, self.total.dtype))
 
     def get_config(self):
         return {

@@ -7,6 +7,7 @@ Both are fully convolutional and accept any ``(H, W)`` that is a multiple of
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import keras
 import numpy as np
@@ -166,6 +167,45 @@ class _Folded(layers.Layer):
         return inputs
 
 
+def layer_graph(model: keras.Model) -> tuple[dict[str, list[str]], Counter]:
+    """Each layer's parent layers, and how many times each layer's output is consumed (by a
+    layer or as a model output), read from the functional model's public config."""
+    config = model.get_config()
+
+    def histories(value) -> list[str]:
+        if isinstance(value, dict):
+            if "keras_history" in value.get("config", {}):
+                return [value["config"]["keras_history"][0]]
+            return [name for item in value.values() for name in histories(item)]
+        if isinstance(value, (list, tuple)):
+            return [name for item in value for name in histories(item)]
+        return []
+
+    parents = {
+        entry["name"]: histories(entry.get("inbound_nodes", [])) for entry in config["layers"]
+    }
+    consumers = Counter(name for names in parents.values() for name in names)
+    outputs = config["output_layers"]
+    outputs = [outputs] if outputs and isinstance(outputs[0], str) else outputs
+    consumers.update(output[0] for output in outputs)
+    return parents, consumers
+
+
+def foldable_batch_norms(model: keras.Model) -> dict[str, layers.BatchNormalization]:
+    """``{conv name: batch norm}`` for every BatchNormalization (over the last axis) whose only
+    input is a Conv2D that feeds nothing else."""
+    parents, consumers = layer_graph(model)
+    folded = {}
+    for layer in model.layers:
+        if not isinstance(layer, layers.BatchNormalization) or len(parents[layer.name]) != 1:
+            continue
+        conv = model.get_layer(parents[layer.name][0])
+        axis = layer.axis if isinstance(layer.axis, int) else None
+        if type(conv) is layers.Conv2D and consumers[conv.name] == 1 and axis in (-1, 3):
+            folded[conv.name] = layer
+    return folded
+
+
 def inference_model(model: keras.Model, float32: bool = True) -> keras.Model:
     """A copy of a trained model for inference: every BatchNormalization that directly follows
     a Conv2D (whose only consumer it is) is folded into that convolution's kernel and bias, and
@@ -175,17 +215,7 @@ def inference_model(model: keras.Model, float32: bool = True) -> keras.Model:
     Folding removes a full pass over every activation map: the default U-Net's forward pass on a
     CPU is ~15% faster; outputs equal the original's to float rounding (a test holds 1e-4).
     """
-    folded: dict[str, layers.BatchNormalization] = {}  # conv name -> the BN that follows it
-    for layer in model.layers:
-        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
-            continue
-        parents = layer._inbound_nodes[0].parent_nodes
-        if len(parents) != 1:
-            continue
-        conv = parents[0].operation
-        axis = layer.axis if isinstance(layer.axis, int) else None
-        if type(conv) is layers.Conv2D and len(conv._outbound_nodes) == 1 and axis in (-1, 3):
-            folded[conv.name] = layer
+    folded = foldable_batch_norms(model)  # conv name -> the BN that follows it
     batch_norms = {bn.name for bn in folded.values()}
     if not folded and not float32:
         return model

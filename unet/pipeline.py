@@ -15,17 +15,27 @@ import tensorflow as tf
 from data_catalog.tfrecords import read_tfrecords
 from unet.augment import adjust_intensity, warp
 from unet.config import TrainConfig
+from unet.normalization import MIN_STD, NORMALIZATIONS
 
 
 def normalize(image: tf.Tensor, mode: str = "range") -> tf.Tensor:
-    """uint8/uint16 ``(H, W, C)`` -> float32: ``range`` [0, 1] or ``zscore`` per channel."""
-    scaled = tf.cast(image, tf.float32) / float(image.dtype.max)
-    if mode == "range":
-        return scaled
+    """uint8/uint16 ``(H, W, C)`` -> float32: ``range`` [0, 1] or ``zscore`` per channel; the
+    TensorFlow twin of :func:`unet.normalization.normalize_array` (a test holds they agree)."""
+    return normalize_with(image, image, mode)
+
+
+def normalize_with(values: tf.Tensor, image: tf.Tensor, mode: str) -> tf.Tensor:
+    """Normalise ``values`` (e.g. a crop of ``image``) with the statistics of the whole
+    ``image``, as :func:`normalize` would normalise them inside it."""
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}. Received: {mode!r}")
+    scaled = tf.cast(values, tf.float32) / float(image.dtype.max)
     if mode == "zscore":
-        mean, variance = tf.nn.moments(scaled, axes=(0, 1), keepdims=True)
-        return (scaled - mean) / tf.maximum(tf.sqrt(variance), 1e-6)
-    raise ValueError(f"normalization must be 'range' or 'zscore'. Received: {mode!r}")
+        mean, variance = tf.nn.moments(
+            tf.cast(image, tf.float32) / float(image.dtype.max), axes=(0, 1), keepdims=True
+        )
+        return (scaled - mean) / tf.maximum(tf.sqrt(variance), MIN_STD)
+    return scaled
 
 
 def _pad_to_at_least(tensor: tf.Tensor, size: int) -> tf.Tensor:
@@ -80,12 +90,7 @@ def crop_and_flip(index: tf.Tensor, case: dict, config: TrainConfig):
             seed,
             config.foreground_patch_fraction,
         )
-        patch = tf.cast(crop[..., :-1], tf.float32) / float(image.dtype.max)
-        if config.normalization == "zscore":
-            mean, variance = tf.nn.moments(
-                tf.cast(image, tf.float32) / float(image.dtype.max), axes=(0, 1), keepdims=True
-            )
-            patch = (patch - mean) / tf.maximum(tf.sqrt(variance), 1e-6)
+        patch = normalize_with(crop[..., :-1], image, config.normalization)
         both = tf.concat([patch, tf.cast(crop[..., -1:], tf.float32)], -1)
     if config.flips:
         both = tf.image.stateless_random_flip_left_right(both, seed=seed + 4)

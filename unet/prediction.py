@@ -1,5 +1,12 @@
 """Segmenting every image in a folder: one mask per input and a report row per input.
 
+A short pipeline of named stages: :func:`plan_inputs` (list the inputs, name their masks,
+take a shard, read the journal) -> :func:`read_inputs` (reader threads hash and decode ahead of
+the model, yielding :class:`LoadedInput` records whose ``kind`` says image, video, skipped or
+error) -> :func:`segment_stream` (same-shape batches, sliding window for large images, videos
+frame by frame, all through :meth:`Segmenter.segment`) -> :class:`ResultSink` (owns the report
+rows, the journal and the mask-writing thread; every exit closes the journal).
+
 Resumable: every finished input is appended to ``.segflow-journal.jsonl`` in the output folder
 after its mask is in place. Run again (after a crash or ``kill -9``), inputs whose mask exists
 for the same model version and input hash are ``skipped`` and keep their row; the report always
@@ -15,12 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -31,7 +40,7 @@ from data_catalog.atomic import write_csv_atomic
 from data_catalog.hashing import hash_file
 from data_catalog.images import ImageReadError, read_image, write_png_atomic
 from unet.config import PredictConfig
-from unet.inference import Segmenter
+from unet.inference import Segmentation, Segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -83,21 +92,64 @@ def mask_names(files: list[Path], input_dir: Path) -> dict[Path, Path]:
     return names
 
 
-@dataclass
-class _Pending:
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
+# Decoded images read ahead of the model hold at most about this much (besides the count limit
+# of 2 x batch size): a folder of 8000x8000 scans (256 MB each as float32) stays near 1 GB.
+LOOKAHEAD_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class PlannedInput:
+    """One input file: its path, its key in the report and journal, its mask's relative path."""
+
     path: Path
-    image: np.ndarray
-    started: float
-    sha256: str
+    relative: str
+    mask_name: Path
+
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """The inputs of one run (or shard), where their results go, what earlier runs finished."""
+
+    input_dir: Path
+    output_dir: Path
+    inputs: list[PlannedInput]
+    journal_path: Path
+    done: dict[str, dict]
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """What an earlier mask must have been made with to be reused: model, scale, TTA."""
+
+    model_version: str
+    mask_scale: int
+    tta: bool
+
+    def made(self, row: dict) -> bool:
+        """True when a journal row was written by a run with this format."""
+        return (
+            row.get("model_version") == self.model_version
+            and row.get("mask_scale") == self.mask_scale
+            and row.get("tta") == self.tta
+        )
 
 
 @dataclass
-class _Batch:
-    items: list[_Pending] = field(default_factory=list)
+class LoadedInput:
+    """An input after reading: ``kind`` says what the segmenting stage does with it."""
+
+    kind: Literal["image", "video", "skipped", "error"]
+    input: PlannedInput
+    started: float
+    sha256: str | None = None
+    image: np.ndarray | None = None  # (H, W, channels) float32, prepared (kind "image")
+    previous: dict | None = None  # the earlier run's row (kind "skipped")
+    error: str | None = None  # the reason (kind "error")
 
     @property
-    def shape(self) -> tuple[int, ...] | None:
-        return self.items[0].image.shape if self.items else None
+    def nbytes(self) -> int:
+        return 0 if self.image is None else self.image.nbytes
 
 
 def predict_folder(
@@ -133,11 +185,11 @@ def segment_files(
     """Segment the files under ``config.input_dir`` (or one shard of them) into masks.
 
     Same-shape images are batched (up to ``config.batch_size``) in file order; images larger
-    than ``config.tile_size`` are segmented with a Gaussian-blended sliding window
-    (:meth:`Segmenter.segment_tiled`), so every mask has its input's exact size.
+    than ``config.tile_size`` are segmented with a Gaussian-blended sliding window, so every
+    mask has its input's exact size; videos are segmented frame by frame.
 
     Args:
-        config: model, folders, batch size, mask format.
+        config: model, folders, batch size, tiles, mask format.
         on_progress: called as ``(done, total)`` after each batch.
         shard: ``(index, count)``: only every count-th file from ``index``, with its own
             journal, so shards can run in parallel processes (Dask workers).
@@ -147,15 +199,44 @@ def segment_files(
 
     Raises:
         FileNotFoundError: the model or the input folder does not exist.
+        ValueError: a tile size the model cannot use.
+    """
+    segmenter = Segmenter(
+        config.model, config.tta, config.batch_size, config.tile_size, config.tile_overlap
+    )
+    plan = plan_inputs(config, shard)
+    scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
+    output_format = OutputFormat(segmenter.version, scale, config.tta)
+    window = 2 * config.batch_size
+    logger.info(
+        "segmenting %d files from %s into %s", len(plan.inputs), plan.input_dir, plan.output_dir
+    )
+    with (
+        ResultSink(plan, output_format, window, on_progress) as sink,
+        ThreadPoolExecutor(2) as readers,
+    ):
+        loaded = read_inputs(plan, segmenter, output_format, readers, window)
+        segment_stream(
+            tqdm(loaded, total=len(plan.inputs), desc="segmenting", unit="image", disable=None),
+            segmenter,
+            sink,
+        )
+    return sink.ordered_rows()
+
+
+def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> PredictionPlan:
+    """List the inputs, name their masks (over all files, so every shard names alike), take
+    the shard, remove a killed run's temporary files (unsharded runs only) and read the
+    journals of earlier runs.
+
+    Raises:
+        FileNotFoundError: the input folder does not exist.
     """
     input_dir, output_dir = Path(config.input_dir), Path(config.output_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
-    segmenter = Segmenter(config.model, tta=config.tta)
     files = list_inputs(input_dir, output_dir)
-    names = mask_names(files, input_dir)  # over all files, so every shard names alike
-    rows: dict[Path, dict[str, object]] = {}
-    scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
+    names = mask_names(files, input_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if shard is None:
         remove_stale_files(output_dir)
@@ -163,92 +244,111 @@ def segment_files(
     else:
         files = files[shard[0] :: shard[1]]
         journal_path = output_dir / JOURNAL_FILE.replace(".jsonl", f"-{shard[0]}.jsonl")
-    done = load_journal(output_dir)
-    journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115
-    logger.info("segmenting %d files from %s into %s", len(files), input_dir, output_dir)
+    inputs = [
+        PlannedInput(path, path.relative_to(input_dir).as_posix(), names[path]) for path in files
+    ]
+    return PredictionPlan(input_dir, output_dir, inputs, journal_path, load_journal(output_dir))
 
-    def record(path: Path, started: float, **values: object) -> None:
-        row = {
-            **dict.fromkeys(REPORT_COLUMNS),
-            "input": path.relative_to(input_dir).as_posix(),
-            "status": "ok",
-            "model_version": segmenter.version,
-            "seconds": round(time.perf_counter() - started, 4),
-            **values,
-        }
-        rows[path] = row
-        if row["status"] == "ok":  # after its mask was renamed into place
-            journal.write(json.dumps({**row, "mask_scale": scale, "tta": config.tta}) + "\n")
-            journal.flush()
 
-    def save(item: _Pending, mask: np.ndarray, mean_confidence: float) -> None:
-        target = output_dir / names[item.path]
-        try:
-            if not target.resolve().is_relative_to(output_dir.resolve()):
-                raise OSError(f"{target} would lie outside the output folder")
-            write_png_atomic(target, mask * np.uint8(scale))
-        except OSError as error:
-            fail([item], f"cannot write mask: {error}")
-            return
-        fraction, components = mask_statistics(mask)
-        record(
-            item.path,
-            item.started,
-            mask=names[item.path].as_posix(),
-            height=mask.shape[0],
-            width=mask.shape[1],
-            foreground_fraction=round(fraction, 6),
-            components=components,
-            mean_confidence=round(mean_confidence, 6),
-            input_sha256=item.sha256,
-        )
+def load_input(
+    item: PlannedInput, plan: PredictionPlan, segmenter: Segmenter, output_format: OutputFormat
+) -> LoadedInput:
+    """Hash, check the journal, decode and prepare one input (runs in a reader thread)."""
+    started = time.perf_counter()
+    try:
+        sha256 = hash_file(item.path)
+        previous = plan.done.get(item.relative)
+        if (
+            previous is not None
+            and output_format.made(previous)
+            and previous["input_sha256"] == sha256
+            and (plan.output_dir / str(previous["mask"])).is_file()
+        ):
+            return LoadedInput("skipped", item, started, sha256, previous=previous)
+        if is_video(item.path):
+            return LoadedInput("video", item, started, sha256)
+        image = segmenter.prepare(read_image(item.path), item.path)
+        return LoadedInput("image", item, started, sha256, image=image)
+    except ImageReadError as error:
+        return LoadedInput("error", item, started, error=error.reason)
+    except Exception as error:  # any other decode problem is this file's, not the run's
+        return LoadedInput("error", item, started, error=f"{type(error).__name__}: {error}")
 
-    def fail(items: list[_Pending], reason: str) -> None:
-        for item in items:
-            logger.warning("%s: %s", item.path, reason)
-            record(item.path, item.started, status="error", error=reason, input_sha256=item.sha256)
 
-    def flush(batch: _Batch) -> None:
-        if not batch.items:
-            return
-        try:
-            classes, confidence = segmenter.segment([item.image for item in batch.items])
-        except Exception as error:  # a failed forward pass fails its inputs, not the run
-            logger.exception("forward pass failed for a batch of shape %s", batch.shape)
-            fail(batch.items, f"segmentation failed: {error}")
+def read_inputs(
+    plan: PredictionPlan,
+    segmenter: Segmenter,
+    output_format: OutputFormat,
+    pool: ThreadPoolExecutor,
+    window: int,
+) -> Iterator[LoadedInput]:
+    """:func:`load_input` over the plan in order, ahead of the consumer by at most ``window``
+    inputs and about :data:`LOOKAHEAD_BYTES` of decoded images."""
+    return prefetch(
+        pool,
+        lambda item: load_input(item, plan, segmenter, output_format),
+        plan.inputs,
+        window,
+        LOOKAHEAD_BYTES,
+        lambda loaded: loaded.nbytes,
+    )
+
+
+def segment_stream(stream: Iterable[LoadedInput], segmenter: Segmenter, sink: ResultSink) -> None:
+    """Send every loaded input to the sink: images in same-shape batches (a large image alone,
+    through the sliding window), videos frame by frame, skipped and failed inputs as rows."""
+    batch: list[LoadedInput] = []
+    for item in stream:
+        if item.kind == "error":
+            sink.failed(item, str(item.error))
+        elif item.kind == "skipped":
+            sink.skipped(item)
+        elif item.kind == "video":
+            segment_batch(batch, segmenter, sink)
+            segment_video(item, segmenter, sink)
         else:
-            for item, mask, conf in zip(batch.items, classes, confidence, strict=True):
-                write_later(item, mask, float(conf.mean()))
-        batch.items.clear()
-        if on_progress is not None:
-            on_progress(len(rows), len(files))
+            if batch and (
+                segmenter.is_large(item.image) or batch[0].image.shape != item.image.shape
+            ):
+                segment_batch(batch, segmenter, sink)
+            batch.append(item)
+            if len(batch) >= segmenter.batch_size or segmenter.is_large(item.image):
+                segment_batch(batch, segmenter, sink)
+    segment_batch(batch, segmenter, sink)
 
-    def segment_large(item: _Pending) -> None:
-        try:
-            mask, mean_confidence = segmenter.segment_tiled(
-                item.image, config.tile_size, config.tile_overlap, config.batch_size
-            )
-        except Exception as error:
-            logger.exception("sliding-window segmentation failed for %s", item.path)
-            fail([item], f"segmentation failed: {error}")
-        else:
-            write_later(item, mask, mean_confidence)
-        if on_progress is not None:
-            on_progress(len(rows), len(files))
 
-    def segment_video(item: _Pending) -> None:
-        """Every frame through the model; a lossless mask video and a per-frame CSV."""
-        relative = names[item.path].with_suffix(".mask.avi")
-        target = output_dir / relative
-        try:
-            frames = segment_frames(segmenter, item.path, target, scale, config)
-        except (OSError, ValueError) as error:
-            fail([item], str(error))
-            return
+def segment_batch(batch: list[LoadedInput], segmenter: Segmenter, sink: ResultSink) -> None:
+    """Segment a batch (emptied afterwards); a failure fails its inputs, not the run."""
+    if not batch:
+        return
+    try:
+        results = segmenter.segment([item.image for item in batch])
+    except Exception as error:
+        logger.exception("segmentation failed for a batch of shape %s", batch[0].image.shape)
+        for item in batch:
+            sink.failed(item, f"segmentation failed: {error}")
+    else:
+        for item, result in zip(batch, results, strict=True):
+            sink.save_mask(item, result)
+    batch.clear()
+    sink.report_progress()
+
+
+def segment_video(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) -> None:
+    """Every frame through the model; a lossless mask video and a per-frame CSV. Any failure
+    becomes the video's error row (its temporary file removed); the run goes on."""
+    relative = item.input.mask_name.with_suffix(".mask.avi")
+    target = sink.plan.output_dir / relative
+    try:
+        frames = segment_frames(segmenter, item.input.path, target, sink.format.mask_scale)
         write_csv_atomic(target.with_suffix(".frames.csv"), frames)
-        record(
-            item.path,
-            item.started,
+    except Exception as error:
+        if not isinstance(error, (OSError, ValueError)):
+            logger.exception("segmenting the video %s failed", item.input.path)
+        sink.failed(item, f"{type(error).__name__}: {error}")
+    else:
+        sink.record(
+            item,
             mask=relative.as_posix(),
             height=int(frames.attrs["height"]),
             width=int(frames.attrs["width"]),
@@ -257,88 +357,119 @@ def segment_files(
             mean_confidence=round(float(frames["mean_confidence"].mean()), 6),
             input_sha256=item.sha256,
         )
+    sink.report_progress()
 
-    def load(path: Path) -> tuple:
-        """Hash, check the journal, decode (in a reader thread, ahead of the model)."""
-        started = time.perf_counter()
+
+class ResultSink:
+    """Owns the results of a run: the report rows, the journal and the mask-writing thread.
+
+    Masks are encoded and written by one writer thread, at most ``window`` behind the model
+    (bounded memory); every row is recorded, and every journal line written, on the calling
+    thread, after its mask is in place. Use it as a context manager: every exit waits for the
+    pending writes and closes the journal.
+    """
+
+    def __init__(
+        self,
+        plan: PredictionPlan,
+        output_format: OutputFormat,
+        window: int,
+        on_progress: ProgressCallback | None = None,
+    ):
+        self.plan, self.format, self.window = plan, output_format, window
+        self.on_progress = on_progress
+        self.rows: dict[str, dict[str, object]] = {}
+        self.pending: deque[tuple[LoadedInput, Future, float]] = deque()
+
+    def __enter__(self) -> ResultSink:
+        self.journal = open(self.plan.journal_path, "a", encoding="utf-8")  # noqa: SIM115
+        self.writer = ThreadPoolExecutor(1)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
         try:
-            sha256 = hash_file(path)
-            previous = done.get(path.relative_to(input_dir).as_posix())
-            if (
-                previous is not None
-                and previous["model_version"] == segmenter.version
-                and previous["input_sha256"] == sha256
-                and previous.get("mask_scale") == scale
-                and previous.get("tta") == config.tta
-                and (output_dir / str(previous["mask"])).is_file()
-            ):
-                return path, started, sha256, None, previous, None
-            if is_video(path):
-                return path, started, sha256, VIDEO, None, None
-            return path, started, sha256, segmenter.prepare(read_image(path), path), None, None
-        except ImageReadError as error:
-            logger.warning("%s", error)
-            return path, started, None, None, None, error.reason
-        except Exception as error:  # any other decode problem is this file's, not the run's
-            logger.warning("%s: %s", path, error)
-            return path, started, None, None, None, f"{type(error).__name__}: {error}"
+            while self.pending:
+                self._collect(*self.pending.popleft())
+        finally:
+            self.writer.shutdown(wait=True)
+            self.journal.close()
 
-    batch = _Batch()
-    window = 2 * config.batch_size
-    with ThreadPoolExecutor(2) as readers, ThreadPoolExecutor(1) as writer:
-        writes = deque()
+    def record(self, item: LoadedInput, **values: object) -> None:
+        """The input's report row (status ``ok`` unless given); journaled when ``ok``."""
+        row = {
+            **dict.fromkeys(REPORT_COLUMNS),
+            "input": item.input.relative,
+            "status": "ok",
+            "model_version": self.format.model_version,
+            "seconds": round(time.perf_counter() - item.started, 4),
+            **values,
+        }
+        self.rows[item.input.relative] = row
+        if row["status"] == "ok":
+            journal_row = {**row, "mask_scale": self.format.mask_scale, "tta": self.format.tta}
+            self.journal.write(json.dumps(journal_row) + "\n")
+            self.journal.flush()
 
-        def write_later(item: _Pending, mask: np.ndarray, mean_confidence: float) -> None:
-            writes.append(writer.submit(save, item, mask, mean_confidence))
-            while len(writes) > window:  # bounded: memory does not grow with the folder
-                writes.popleft().result()
+    def failed(self, item: LoadedInput, reason: str) -> None:
+        """An ``error`` row naming the reason (logged once, here)."""
+        logger.warning("%s: %s", item.input.path, reason)
+        self.record(item, status="error", error=reason, input_sha256=item.sha256)
 
-        loaded = prefetch(
-            readers, load, files, window, LOOKAHEAD_BYTES, lambda loaded: _nbytes(loaded[3])
+    def skipped(self, item: LoadedInput) -> None:
+        """The earlier run's row, as ``skipped``."""
+        seconds = round(time.perf_counter() - item.started, 4)
+        self.rows[item.input.relative] = {**item.previous, "status": "skipped", "seconds": seconds}
+
+    def save_mask(self, item: LoadedInput, result: Segmentation) -> None:
+        """Write the mask in the writer thread; its row is recorded once it is in place."""
+        target = self.plan.output_dir / item.input.mask_name
+        future = self.writer.submit(
+            write_mask, target, self.plan.output_dir, result.classes, self.format.mask_scale
         )
-        for path, started, sha256, image, previous, error in tqdm(
-            loaded, total=len(files), desc="segmenting", unit="image", disable=None
-        ):
-            if error is not None:
-                record(path, started, status="error", error=error)
-                continue
-            if previous is not None:
-                rows[path] = {
-                    **previous,
-                    "status": "skipped",
-                    "seconds": round(time.perf_counter() - started, 4),
-                }
-                continue
-            item = _Pending(path, image, started, sha256)
-            if image is VIDEO:
-                flush(batch)
-                segment_video(item)
-                continue
-            if max(image.shape[:2]) > config.tile_size:
-                flush(batch)
-                segment_large(item)
-                continue
-            if batch.shape is not None and batch.shape != image.shape:
-                flush(batch)
-            batch.items.append(item)
-            if len(batch.items) >= config.batch_size:
-                flush(batch)
-        flush(batch)
-        while writes:
-            writes.popleft().result()
-    journal.close()
-    return [rows[path] for path in files]
+        self.pending.append((item, future, result.mean_confidence))
+        while len(self.pending) > self.window:  # bounded: memory does not grow with the folder
+            self._collect(*self.pending.popleft())
+
+    def _collect(self, item: LoadedInput, future: Future, mean_confidence: float) -> None:
+        try:
+            height, width, fraction, components = future.result()
+        except OSError as error:
+            self.failed(item, f"cannot write mask: {error}")
+            return
+        self.record(
+            item,
+            mask=item.input.mask_name.as_posix(),
+            height=height,
+            width=width,
+            foreground_fraction=round(fraction, 6),
+            components=components,
+            mean_confidence=round(mean_confidence, 6),
+            input_sha256=item.sha256,
+        )
+
+    def report_progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(len(self.rows) + len(self.pending), len(self.plan.inputs))
+
+    def ordered_rows(self) -> list[dict]:
+        """One row per planned input, in file order."""
+        return [self.rows[item.relative] for item in self.plan.inputs]
 
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
-VIDEO = "video"  # marks a loaded input that is a video, decoded frame by frame later
-# Decoded images read ahead of the model hold at most about this much (besides the count limit
-# of 2 x batch size): a folder of 8000x8000 scans (256 MB each as float32) stays near 1 GB.
-LOOKAHEAD_BYTES = 1 << 30
+def write_mask(
+    target: Path, output_dir: Path, classes: np.ndarray, scale: int
+) -> tuple[int, int, float, int]:
+    """Write a mask PNG atomically (never outside ``output_dir``); return its height, width,
+    foreground fraction and component count.
 
-
-def _nbytes(image: object) -> int:
-    return image.nbytes if isinstance(image, np.ndarray) else 0
+    Raises:
+        OSError: it cannot be written, or would lie outside the output folder.
+    """
+    if not target.resolve().is_relative_to(output_dir.resolve()):
+        raise OSError(f"{target} would lie outside the output folder")
+    write_png_atomic(target, classes * np.uint8(scale))
+    fraction, components = mask_statistics(classes)
+    return classes.shape[0], classes.shape[1], fraction, components
 
 
 def mask_statistics(mask: np.ndarray) -> tuple[float, int]:
@@ -352,11 +483,10 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def segment_frames(
-    segmenter: Segmenter, path: Path, target: Path, scale: int, config: PredictConfig
-) -> pd.DataFrame:
-    """Segment a video frame by frame (batches of ``config.batch_size``) into a lossless FFV1
-    mask video at ``target`` (written under a temporary name, then renamed).
+def segment_frames(segmenter: Segmenter, path: Path, target: Path, scale: int) -> pd.DataFrame:
+    """Segment a video frame by frame (batches of the segmenter's batch size) into a lossless
+    FFV1 mask video at ``target`` (written under a temporary name, then renamed; the
+    temporary file is removed when anything fails).
 
     Returns:
         One row per frame: ``frame``, ``foreground_fraction``, ``components``,
@@ -370,56 +500,49 @@ def segment_frames(
         raise ValueError("cannot open the video (unknown codec or damaged file)")
     fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp.avi")
-    writer, rows, frames, first_shape = None, [], [], []
-
-    def run(batch: list[np.ndarray]) -> None:
-        nonlocal writer
-        classes, confidence = segmenter.segment(batch)
-        for mask, conf in zip(classes, confidence, strict=True):
-            if writer is None:
-                first_shape.append(mask.shape)
-                writer = cv2.VideoWriter(
-                    str(tmp),
-                    cv2.VideoWriter_fourcc(*"FFV1"),
-                    fps,
-                    (mask.shape[1], mask.shape[0]),
-                    isColor=False,
-                )
-            writer.write(mask * np.uint8(scale))
-            fraction, components = mask_statistics(mask)
-            rows.append(
-                {
-                    "frame": len(rows),
-                    "foreground_fraction": fraction,
-                    "components": components,
-                    "mean_confidence": float(conf.mean()),
-                }
-            )
-
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.avi")
+    writer, rows = None, []
     try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(segmenter.prepare(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), path))
-            if len(frames) >= config.batch_size:
-                run(frames)
-                frames = []
-        if frames:
-            run(frames)
-    finally:
-        capture.release()
+        for frames in frame_batches(capture, segmenter, path):
+            for result in segmenter.segment(frames):
+                height, width = result.classes.shape
+                if writer is None:
+                    fourcc = cv2.VideoWriter_fourcc(*"FFV1")
+                    writer = cv2.VideoWriter(str(tmp), fourcc, fps, (width, height), False)
+                writer.write(result.classes * np.uint8(scale))
+                fraction, components = mask_statistics(result.classes)
+                rows.append((len(rows), fraction, components, result.mean_confidence))
         if writer is not None:
             writer.release()
-    if not rows:
+        if not rows:
+            raise ValueError("the video has no readable frames")
+        tmp.replace(target)
+    except BaseException:
+        if writer is not None:
+            writer.release()
         tmp.unlink(missing_ok=True)
-        raise ValueError("the video has no readable frames")
-    tmp.replace(target)
-    table = pd.DataFrame(rows)
-    height, width = first_shape[0]
+        raise
+    finally:
+        capture.release()
+    columns = ["frame", "foreground_fraction", "components", "mean_confidence"]
+    table = pd.DataFrame(rows, columns=columns)
     table.attrs.update(height=height, width=width)
     return table
+
+
+def frame_batches(capture, segmenter: Segmenter, path: Path) -> Iterator[list[np.ndarray]]:
+    """Prepared RGB frames of an open video, ``segmenter.batch_size`` at a time."""
+    frames: list[np.ndarray] = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(segmenter.prepare(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), path))
+        if len(frames) >= segmenter.batch_size:
+            yield frames
+            frames = []
+    if frames:
+        yield frames
 
 
 def prefetch(
@@ -471,9 +594,11 @@ _END = object()
 
 
 def remove_stale_files(output_dir: Path) -> None:
-    """Delete temporary files a killed run left behind (never while shards are writing)."""
-    for stale in output_dir.rglob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    """Delete temporary files a killed run left behind (never while shards are writing):
+    masks, reports and journals (``.*.tmp``) and mask videos (``.*.tmp.avi``)."""
+    for pattern in (".*.tmp", ".*.tmp.avi"):
+        for stale in output_dir.rglob(pattern):
+            stale.unlink(missing_ok=True)
 
 
 def load_journal(output_dir: Path) -> dict[str, dict]:

@@ -23,15 +23,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from data_catalog.atomic import write_json_atomic
+from data_catalog.errors import NameNotFound
+from unet.model_files import MODEL_FILE, MODEL_INFO_FILE, ModelInfo
 
 logger = logging.getLogger(__name__)
 
 REGISTRY_ENV = "SEGFLOW_REGISTRY"
+
+
+class ModelNotFound(NameNotFound):
+    """A version or the champion the registry does not have (the message names the known
+    versions)."""
+
+
 CHAMPION = "champion"
 CHAMPION_FILE = "champion.json"
 COPIED_FILES = (
-    "model.keras",
-    "model.json",
+    MODEL_FILE,
+    MODEL_INFO_FILE,
     "metrics.json",
     "lineage.json",
     "device.json",
@@ -55,10 +64,11 @@ def register_model(run_dir: str | Path, root: str | Path | None = None) -> str:
         FileNotFoundError: the run has no ``model.keras`` or ``model.json``.
     """
     run_dir, root = Path(run_dir), registry_root(root)
-    info_path = run_dir / "model.json"
-    if not (run_dir / "model.keras").is_file() or not info_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no trained model (model.keras and model.json)")
-    version = json.loads(info_path.read_text())["model_version"]
+    if not (run_dir / MODEL_FILE).is_file() or not (run_dir / MODEL_INFO_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir}: no trained model ({MODEL_FILE} and {MODEL_INFO_FILE})")
+    version = ModelInfo.read(run_dir).model_version
+    if not version:
+        raise ValueError(f"{run_dir / MODEL_INFO_FILE}: no model_version; training did not finish")
     target = root / version
     if target.is_dir():
         return version
@@ -106,13 +116,13 @@ def promote(
             if another run moved the pointer meanwhile, nothing changes and RuntimeError says so.
 
     Raises:
-        KeyError: no such version in the registry (the known ones are listed).
+        ModelNotFound: no such version in the registry (the known ones are listed).
         RuntimeError: the champion is no longer ``expected``.
     """
     root = registry_root(root)
-    if not (root / version / "model.keras").is_file():
+    if not (root / version / MODEL_FILE).is_file():
         known = ", ".join(list_versions(root)) or "none"
-        raise KeyError(f"no model version {version!r} in {root} (known: {known})")
+        raise ModelNotFound(f"no model version {version!r} in {root} (known: {known})")
     with _locked(root):
         current = champion_version(root)
         if expected is not ... and current != expected:
@@ -158,9 +168,9 @@ def list_versions(root: str | Path | None = None) -> list[str]:
     found = [
         p
         for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and (p / "model.keras").is_file()
+        if p.is_dir() and not p.name.startswith(".") and (p / MODEL_FILE).is_file()
     ]
-    return [p.name for p in sorted(found, key=lambda p: (p / "model.keras").stat().st_mtime)]
+    return [p.name for p in sorted(found, key=lambda p: (p / MODEL_FILE).stat().st_mtime)]
 
 
 def describe(version: str, root: str | Path | None = None) -> dict:
@@ -178,7 +188,7 @@ def describe(version: str, root: str | Path | None = None) -> dict:
         "registered": read("registered.json"),
         "metrics": read("metrics.json"),
         "lineage": read("lineage.json"),
-        "model": read("model.json"),
+        "model": read(MODEL_INFO_FILE),
     }
 
 
@@ -204,19 +214,19 @@ def resolve_version(reference: str, root: str | Path | None = None) -> str:
     """``champion`` or a version name -> the version name.
 
     Raises:
-        KeyError: no champion yet, or an unknown version.
+        ModelNotFound: no champion yet, or an unknown version.
     """
     root = registry_root(root)
     if reference == CHAMPION:
         version = champion_version(root)
         if version is None:
-            raise KeyError(
+            raise ModelNotFound(
                 f"no champion in {root}; promote one with `segflow models promote VERSION`"
             )
         return version
     if not (root / reference).is_dir():
         known = ", ".join(list_versions(root)) or "none"
-        raise KeyError(f"no model version {reference!r} in {root} (known: {known})")
+        raise ModelNotFound(f"no model version {reference!r} in {root} (known: {known})")
     return reference
 
 
@@ -226,3 +236,29 @@ def resolve_model_reference(reference: str | Path, root: str | Path | None = Non
     if path.exists():
         return path
     return registry_root(root) / resolve_version(str(reference), root)
+
+
+def resolve_model_file(reference: str | Path, need_info: bool = True) -> Path:
+    """A run folder, a ``.keras`` file, a registered version or ``champion`` -> the model file.
+
+    Raises:
+        FileNotFoundError: nothing usable is there; the message says what was looked for.
+    """
+    try:
+        path = resolve_model_reference(reference)
+    except ModelNotFound as error:
+        raise FileNotFoundError(
+            f"{reference}: not a model file, run folder or registered version ({error.args[0]})"
+        ) from None
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no model file; pass a run folder holding {MODEL_FILE} or a .keras file"
+        )
+    if need_info and not (path.parent / MODEL_INFO_FILE).is_file():
+        raise FileNotFoundError(
+            f"{path.parent / MODEL_INFO_FILE}: missing; segflow needs the {MODEL_INFO_FILE} "
+            "written beside the model by training (channels, normalisation, depth)"
+        )
+    return path

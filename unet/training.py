@@ -10,11 +10,13 @@ position in ``last.keras``; epoch, best score, patience and random-stream positi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -22,20 +24,21 @@ import pandas as pd
 
 from data_catalog.atomic import write_csv_atomic, write_json_atomic
 from data_catalog.hashing import hash_file
-from data_catalog.tfrecords import load_sidecar, split_files
-from unet.config import TrainConfig
+from data_catalog.tfrecords import iterate_cases, load_sidecar, split_files
+from unet.config import DeviceConfig, TrainConfig
 from unet.devices import configure_devices
+from unet.evaluation import tune_on_cases
+from unet.inference import Segmenter
 from unet.lineage import code_revision, library_versions
 from unet.losses import SegmentationLoss
 from unet.metrics import OverlapScore
 from unet.model import build_unet
+from unet.model_files import ModelInfo, checkpoint_files, model_file
 from unet.pipeline import training_dataset, validation_dataset
+from unet.postprocessing import as_postprocessing
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-MODEL_INFO_FILE = "model.json"
-CHECKPOINT_DIR = "checkpoint"
 MONITOR = "val_dice_fg"
 MIN_STEPS = 20  # default steps per epoch for small datasets, where one crop per case is tiny
 # Changing these does not invalidate a checkpoint: a resumed run may get more time or patience.
@@ -96,8 +99,11 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     return keras.optimizers.Adam(schedule)
 
 
-def compile_unet(model: keras.Model, config: TrainConfig, steps_per_epoch: int = 1):
-    """Compile with the configured optimizer, loss and foreground Dice/IoU metrics."""
+def compile_unet(
+    model: keras.Model, config: TrainConfig, steps_per_epoch: int = 1, jit_compile: bool = False
+):
+    """Compile with the configured optimizer, loss and foreground Dice/IoU metrics (training
+    steps compiled with XLA when ``jit_compile``)."""
     classes = foreground_classes(config.num_classes)
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
@@ -106,7 +112,7 @@ def compile_unet(model: keras.Model, config: TrainConfig, steps_per_epoch: int =
             OverlapScore(classes, "dice", config.num_classes, name="dice_fg"),
             OverlapScore(classes, "iou", config.num_classes, name="iou_fg"),
         ],
-        jit_compile=config.jit_compile,
+        jit_compile=jit_compile,
     )
     return model
 
@@ -115,6 +121,65 @@ def _save_atomic(model: keras.Model, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
     tmp.replace(path)
+
+
+@dataclass
+class TrainingState:
+    """What ``checkpoint/state.json`` holds: the position of a run, written after each epoch
+    (after the weights it describes). ``config`` and ``data`` say which run it is: a run is
+    resumed only with the same training settings on the same data."""
+
+    epoch: int = 0
+    best: float = -math.inf
+    best_epoch: int = 0
+    wait: int = 0
+    samples_drawn: int = 0
+    stop_reason: str | None = None
+    config: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> TrainingState:
+        document = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in document.items() if k in known})
+
+    def write(self, path: Path) -> None:
+        write_json_atomic(path, dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """A TFRecord set as training sees it: split sizes, image format, classes, identity."""
+
+    tfrecord_dir: Path
+    counts: dict[str, int]
+    channels: int
+    dtype: str
+    num_classes: int
+    labels: object
+    identity: dict[str, object]  # dataset hash, TFRecord address, split hash and counts
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What :func:`train_model` returns (and records as ``lineage.json``'s ``training``)."""
+
+    model: str
+    model_version: str
+    best_epoch: int
+    best_val_dice: float
+    epochs_run: int
+    epochs: int
+    stop_reason: str
+    resumed_from: int
+    steps_per_epoch: int
+    seconds: float
+    device: str
+    postprocessing: dict[str, object]
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
 
 
 class TrainingControl(keras.callbacks.Callback):
@@ -127,7 +192,7 @@ class TrainingControl(keras.callbacks.Callback):
     def __init__(
         self,
         run_dir: Path,
-        state: dict,
+        state: TrainingState,
         config: TrainConfig,
         steps: int,
         on_epoch_end: EpochCallback | None,
@@ -144,7 +209,7 @@ class TrainingControl(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.budget and time.perf_counter() - self.started > self.budget:
             self.model.stop_training = True
-            self.state["stop_reason"] = "time budget"
+            self.state.stop_reason = "time budget"
 
     def on_epoch_end(self, epoch, logs=None):
         numbers = {name: float(value) for name, value in (logs or {}).items()}
@@ -152,26 +217,30 @@ class TrainingControl(keras.callbacks.Callback):
         score = numbers.get(MONITOR)
         if score is None:
             raise KeyError(f"checkpoint metric {MONITOR!r} missing from logs {sorted(numbers)}")
-        state = self.state
-        if score > state["best"]:
-            state.update(best=score, best_epoch=epoch + 1, wait=0)
-            _save_atomic(self.model, self.run_dir / MODEL_FILE)
+        self._update_state(epoch, score, seconds)
+        last, state_file = checkpoint_files(self.run_dir)
+        _save_atomic(self.model, last)
+        self.state.write(state_file)  # after the weights it describes
+        self._log(epoch, numbers, score, seconds)
+
+    def _update_state(self, epoch: int, score: float, seconds: float) -> None:
+        state, config = self.state, self.config
+        if score > state.best:
+            state.best, state.best_epoch, state.wait = score, epoch + 1, 0
+            _save_atomic(self.model, model_file(self.run_dir))
         else:
-            state["wait"] += 1
-        state["epoch"] = epoch + 1
-        state["samples_drawn"] = (epoch + 1) * self.steps * self.config.batch_size
-        if self.config.early_stopping_patience and (
-            state["wait"] >= self.config.early_stopping_patience
-        ):
+            state.wait += 1
+        state.epoch = epoch + 1
+        state.samples_drawn = (epoch + 1) * self.steps * config.batch_size
+        if config.early_stopping_patience and state.wait >= config.early_stopping_patience:
             self.model.stop_training = True
-            state["stop_reason"] = f"no better val Dice for {state['wait']} epochs"
+            state.stop_reason = f"no better val Dice for {state.wait} epochs"
         elapsed = time.perf_counter() - self.started
         if self.budget and elapsed + seconds > self.budget:
             self.model.stop_training = True
-            state["stop_reason"] = "time budget"
-        checkpoint = self.run_dir / CHECKPOINT_DIR
-        _save_atomic(self.model, checkpoint / "last.keras")
-        write_json_atomic(checkpoint / "state.json", state)  # after the weights it describes
+            state.stop_reason = "time budget"
+
+    def _log(self, epoch: int, numbers: dict[str, float], score: float, seconds: float) -> None:
         logger.info(
             "epoch %d/%d: loss %.4f, dice %.4f, val loss %.4f, val dice %.4f%s (%.1f s)",
             epoch + 1,
@@ -180,7 +249,7 @@ class TrainingControl(keras.callbacks.Callback):
             numbers.get("dice_fg", math.nan),
             numbers.get("val_loss", math.nan),
             score,
-            " (best)" if state["best_epoch"] == epoch + 1 else "",
+            " (best)" if self.state.best_epoch == epoch + 1 else "",
             seconds,
         )
         if self.on_epoch_end_callback is not None:
@@ -193,30 +262,193 @@ def _comparable(config: TrainConfig) -> dict:
     return {k: v for k, v in config.model_dump().items() if k not in RESUMABLE_CHANGES}
 
 
-def _load_state(run_dir: Path, config: TrainConfig) -> dict | None:
-    path = run_dir / CHECKPOINT_DIR / "state.json"
-    if not path.is_file() or not (run_dir / CHECKPOINT_DIR / "last.keras").is_file():
+def load_state(run_dir: Path, config: TrainConfig, data: TrainingData) -> TrainingState | None:
+    """The checkpointed state of a run of the same settings on the same data, or None when the
+    folder holds no checkpoint.
+
+    Raises:
+        ValueError: the folder holds a run of other settings or of other data (named).
+    """
+    last, state_file = checkpoint_files(run_dir)
+    if not state_file.is_file() or not last.is_file():
         return None
-    state = json.loads(path.read_text())
-    before = state["config"]
-    changed = sorted(k for k, v in _comparable(config).items() if before.get(k) != v)
+    state = TrainingState.read(state_file)
+    changed = sorted(k for k, v in _comparable(config).items() if state.config.get(k) != v)
     if changed:
         raise ValueError(
             f"{run_dir} holds a training run with other settings ({', '.join(changed)} differ); "
             "resume it with the same settings or train into a new folder"
         )
+    if state.data != data.identity:
+        differ = sorted(
+            key
+            for key in set(state.data) | set(data.identity)
+            if state.data.get(key) != data.identity.get(key)
+        )
+        raise ValueError(
+            f"{run_dir} holds a training run on other data ({', '.join(differ) or 'no record'} "
+            f"differ{'' if state.data else '; the run predates data records'}): its model "
+            "would not be trained on this data. Train into a new folder, or delete "
+            f"{run_dir} to start over"
+        )
     return state
 
 
-def _tune_on_validation(run_dir: Path, tfrecord_dir) -> dict:
-    """Pick the threshold and smallest kept component on the val split (stored with the model)."""
-    from data_catalog.tfrecords import iterate_cases
-    from unet.evaluation import tune_postprocessing
-    from unet.inference import Segmenter
+def read_training_data(
+    tfrecord_dir: str | Path, config: TrainConfig, split_hash: object = None
+) -> tuple[TrainingData, TrainConfig]:
+    """The TFRecord set's facts, and ``config`` with ``num_classes`` taken from the data when
+    unset.
 
-    tuning = tune_postprocessing(Segmenter(run_dir), iterate_cases(tfrecord_dir, "val"))
+    Raises:
+        ValueError: an empty train or val split, or more classes in the data than
+            ``config.num_classes``.
+    """
+    sidecar = load_sidecar(tfrecord_dir)
+    counts = {name: split["num_records"] for name, split in sidecar["splits"].items()}
+    for split in ("train", "val"):
+        if counts.get(split, 0) == 0:
+            raise ValueError(
+                f"the {split} split of {tfrecord_dir} is empty (counts {counts}); add cases or "
+                "change val_fraction/test_fraction"
+            )
+    data_classes = int(sidecar["num_classes"])
+    if config.num_classes is None:
+        config = config.model_copy(update={"num_classes": data_classes})
+    elif data_classes > config.num_classes:
+        raise ValueError(
+            f"the data has {data_classes} classes (label rule {sidecar['labels']}) but "
+            f"num_classes={config.num_classes}; leave num_classes unset to take it from the data"
+        )
+    identity = {
+        "dataset_hash": sidecar["dataset_hash"],
+        "tfrecord_address": sidecar.get("address"),
+        "split_hash": split_hash,
+        "split_counts": counts,
+    }
+    data = TrainingData(
+        Path(tfrecord_dir),
+        counts,
+        int(sidecar["channels"]),
+        str(sidecar["dtype"]),
+        data_classes,
+        sidecar["labels"],
+        identity,
+    )
+    return data, config
+
+
+def open_run(run_dir: Path, config: TrainConfig, data: TrainingData, steps: int, strategy, jit):
+    """Resume the run in ``run_dir`` from its checkpoint, or build and compile a new model.
+
+    Returns:
+        ``(model, state)``.
+    """
+    (run_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
+    state = load_state(run_dir, config, data)
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        if state is not None:
+            model = keras.models.load_model(checkpoint_files(run_dir)[0])
+            logger.info(
+                "resuming %s from epoch %d (best val Dice %.4f at epoch %d)",
+                run_dir,
+                state.epoch,
+                state.best,
+                state.best_epoch,
+            )
+        else:
+            model = compile_unet(build_unet(config, data.channels), config, steps, jit)
+    state = state or TrainingState()
+    state.config, state.data, state.stop_reason = config.model_dump(), data.identity, None
+    return model, state
+
+
+def fit_epochs(
+    model: keras.Model,
+    state: TrainingState,
+    run_dir: Path,
+    data: TrainingData,
+    config: TrainConfig,
+    steps: int,
+    on_epoch_end: EpochCallback | None,
+) -> None:
+    """Fit from the state's epoch to ``config.epochs`` (or until stopped), checkpointing."""
+    resumed_from = state.epoch
+    if resumed_from:
+        _truncate_history(run_dir / "history.csv", resumed_from)
+    callbacks = [
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resumed_from > 0),
+        TrainingControl(run_dir, state, config, steps, on_epoch_end),  # after the history row
+        keras.callbacks.TensorBoard(
+            str(run_dir / "tensorboard"), write_graph=False, profile_batch=0
+        ),
+    ]
+    if state.epoch >= config.epochs:
+        return
+    logger.info(
+        "training %s: %d train / %d val cases, epochs %d-%d x %d steps, batch %d",
+        model.name,
+        data.counts["train"],
+        data.counts["val"],
+        state.epoch + 1,
+        config.epochs,
+        steps,
+        config.batch_size,
+    )
+    multiple = 2**config.num_poolings
+    model.fit(
+        training_dataset(
+            split_files(data.tfrecord_dir, "train"),
+            config,
+            data.channels,
+            data.dtype,
+            data.counts["train"],
+            first_sample=state.samples_drawn,
+        ),
+        validation_data=validation_dataset(
+            split_files(data.tfrecord_dir, "val"),
+            multiple,
+            data.channels,
+            data.dtype,
+            data.counts["val"],
+            config.normalization,
+        ),
+        initial_epoch=state.epoch,
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        shuffle=False,  # the dataset shuffles itself, seeded
+        verbose=0,
+    )
+
+
+def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tuple[ModelInfo, dict]:
+    """Version the best model, tune its post-processing on the val split through the
+    :class:`Segmenter` that prediction uses, and write ``model.json`` (once).
+
+    Returns:
+        ``(model info, tuning result)``.
+    """
+    if not model_file(run_dir).is_file():
+        raise RuntimeError(f"training in {run_dir} ended before a first epoch completed")
+    info = ModelInfo(
+        architecture=config.architecture,
+        channels=data.channels,
+        input_dtype=data.dtype,
+        normalization=config.normalization,
+        size_multiple=2**config.num_poolings,
+        num_classes=config.num_classes,
+        labels=data.labels,
+        model_version=f"{run_dir.name}-{hash_file(model_file(run_dir))[:12]}",
+        train_config=config.model_dump(),
+    )
+    segmenter = Segmenter(model_file(run_dir), info=info)
+    tuning = tune_on_cases(segmenter, iterate_cases(data.tfrecord_dir, "val"))
     logger.info("post-processing tuned on val: %s", tuning)
-    return tuning
+    info = info.model_copy(update={"postprocessing": as_postprocessing(tuning)})
+    info.write(run_dir)
+    return info, tuning
 
 
 def _truncate_history(path: Path, epochs_done: int) -> None:
@@ -251,178 +483,97 @@ def plot_history(history_csv: Path, out_png: Path) -> None:
     tmp.replace(out_png)
 
 
-def train_model(
-    tfrecord_dir: str | Path,
-    run_dir: str | Path,
+def write_records(
+    run_dir: Path,
+    result: TrainingResult,
+    data: TrainingData,
     config: TrainConfig,
-    lineage: dict[str, object] | None = None,
-    on_epoch_end: EpochCallback | None = None,
-) -> dict[str, object]:
-    """Train on the ``train`` split, keeping the best epoch on the ``val`` split; resumable.
-
-    Args:
-        tfrecord_dir: a TFRecord set with ``train`` and ``val`` splits.
-        run_dir: output folder (created). If it holds a checkpoint of the same settings, training
-            continues from it (see module docstring).
-        config: the training configuration.
-        lineage: extra facts recorded in ``lineage.json`` (split hash, prepare config, ...).
-        on_epoch_end: called as ``(epoch, epochs, numbers)`` after every epoch.
-
-    Returns:
-        Summary: ``model`` path, ``model_version``, ``best_epoch``, ``best_val_dice``,
-        ``epochs_run``, ``stop_reason``, ``resumed_from``, ``seconds``, ``device``.
-
-    Raises:
-        ValueError: an empty train or val split, more classes in the data than
-            ``config.num_classes``, or a checkpoint of other settings in ``run_dir``.
-    """
-    started = time.perf_counter()
-    run_dir = Path(run_dir)
-    (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-    sidecar = load_sidecar(tfrecord_dir)
-    counts = {name: split["num_records"] for name, split in sidecar["splits"].items()}
-    for split in ("train", "val"):
-        if counts.get(split, 0) == 0:
-            raise ValueError(
-                f"the {split} split of {tfrecord_dir} is empty (counts {counts}); add cases or "
-                "change val_fraction/test_fraction"
-            )
-    data_classes = int(sidecar["num_classes"])
-    if config.num_classes is None:
-        config = config.model_copy(update={"num_classes": data_classes})
-    elif data_classes > config.num_classes:
-        raise ValueError(
-            f"the data has {data_classes} classes (label rule {sidecar['labels']}) but "
-            f"num_classes={config.num_classes}; leave num_classes unset to take it from the data"
-        )
-    channels, dtype = int(sidecar["channels"]), str(sidecar["dtype"])
-    steps = config.steps_per_epoch or max(MIN_STEPS, math.ceil(counts["train"] / config.batch_size))
-    strategy, device_report = configure_devices(config)
-
-    state = _load_state(run_dir, config)
-    keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        if state is not None:
-            model = keras.models.load_model(run_dir / CHECKPOINT_DIR / "last.keras")
-            logger.info(
-                "resuming %s from epoch %d (best val Dice %.4f at epoch %d)",
-                run_dir,
-                state["epoch"],
-                state["best"],
-                state["best_epoch"],
-            )
-        else:
-            model = compile_unet(build_unet(config, channels), config, steps)
-    resumed_from = state["epoch"] if state else 0
-    state = state or {"epoch": 0, "best": -math.inf, "best_epoch": 0, "wait": 0, "samples_drawn": 0}
-    state.update(config=config.model_dump(), stop_reason=None)
-
-    model_info = {
-        "architecture": config.architecture,
-        "channels": channels,
-        "input_dtype": dtype,
-        "normalization": config.normalization,
-        "size_multiple": 2**config.num_poolings,
-        "num_classes": config.num_classes,
-        "labels": sidecar["labels"],
-        "postprocessing": {"threshold": None, "min_component_size": 0},
-        "train_config": config.model_dump(),
-    }
-    write_json_atomic(run_dir / MODEL_INFO_FILE, model_info)
-    control = TrainingControl(run_dir, state, config, steps, on_epoch_end)
-    if resumed_from:
-        _truncate_history(run_dir / "history.csv", resumed_from)
-    callbacks = [
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resumed_from > 0),
-        control,  # after the history row: a kill between them redoes the epoch, cleanly
-        keras.callbacks.TensorBoard(
-            str(run_dir / "tensorboard"), write_graph=False, profile_batch=0
-        ),
-    ]
-    if state["epoch"] < config.epochs:
-        logger.info(
-            "training %s on %s: %d train / %d val cases, epochs %d-%d x %d steps, batch %d",
-            model.name,
-            device_report["device"],
-            counts["train"],
-            counts["val"],
-            state["epoch"] + 1,
-            config.epochs,
-            steps,
-            config.batch_size,
-        )
-        model.fit(
-            training_dataset(
-                split_files(tfrecord_dir, "train"),
-                config,
-                channels,
-                dtype,
-                counts["train"],
-                first_sample=state["samples_drawn"],
-            ),
-            validation_data=validation_dataset(
-                split_files(tfrecord_dir, "val"),
-                2**config.num_poolings,
-                channels,
-                dtype,
-                counts["val"],
-                config.normalization,
-            ),
-            initial_epoch=state["epoch"],
-            epochs=config.epochs,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            shuffle=False,  # the dataset shuffles itself, seeded
-            verbose=0,
-        )
-    if not (run_dir / MODEL_FILE).is_file():
-        raise RuntimeError(f"training in {run_dir} ended before a first epoch completed")
-    if (run_dir / "history.csv").is_file():
-        plot_history(run_dir / "history.csv", run_dir / "training_curves.png")
-
-    model_version = f"{run_dir.name}-{hash_file(run_dir / MODEL_FILE)[:12]}"
-    write_json_atomic(run_dir / MODEL_INFO_FILE, {**model_info, "model_version": model_version})
-    tuning = _tune_on_validation(run_dir, tfrecord_dir)
-    model_info["postprocessing"] = {key: tuning[key] for key in ("threshold", "min_component_size")}
-    write_json_atomic(run_dir / MODEL_INFO_FILE, {**model_info, "model_version": model_version})
-    seconds = time.perf_counter() - started
-    summary = {
-        "model": str(run_dir / MODEL_FILE),
-        "model_version": model_version,
-        "best_epoch": state["best_epoch"],
-        "best_val_dice": state["best"],
-        "epochs_run": state["epoch"],
-        "epochs": config.epochs,
-        "stop_reason": state["stop_reason"] or "completed",
-        "resumed_from": resumed_from,
-        "steps_per_epoch": steps,
-        "seconds": round(seconds, 1),
-        "device": device_report["device"],
-        "postprocessing": tuning,
-    }
+    device_report: dict,
+    lineage: dict[str, object] | None,
+) -> None:
+    """``device.json`` and ``lineage.json``: where the model came from."""
     write_json_atomic(run_dir / "device.json", device_report)
     write_json_atomic(
         run_dir / "lineage.json",
         {
-            "model_version": model_version,
-            "dataset_hash": sidecar["dataset_hash"],
-            "tfrecord_address": sidecar.get("address"),
-            "split_counts": counts,
+            "model_version": result.model_version,
+            "dataset_hash": data.identity["dataset_hash"],
+            "tfrecord_address": data.identity["tfrecord_address"],
+            "split_counts": data.counts,
             "train_config": config.model_dump(),
             "seed": config.seed,
-            "training": summary,
+            "training": result.as_dict(),
             "code": code_revision(),
             "versions": library_versions(),
             "device": device_report,
             **(lineage or {}),
         },
     )
-    logger.info(
-        "trained %s in %.0f s: best epoch %d, val foreground Dice %.4f (%s)",
-        model_version,
-        seconds,
-        state["best_epoch"],
-        state["best"],
-        summary["stop_reason"],
+
+
+def train_model(
+    tfrecord_dir: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig,
+    lineage: dict[str, object] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    devices: DeviceConfig | None = None,
+) -> TrainingResult:
+    """Train on the ``train`` split, keeping the best epoch on the ``val`` split; resumable.
+
+    Phases: read the data's facts -> configure devices -> resume or build -> fit ->
+    version and tune the best model (``model.json``) -> record lineage.
+
+    Args:
+        tfrecord_dir: a TFRecord set with ``train`` and ``val`` splits.
+        run_dir: output folder (created). If it holds a checkpoint of the same settings on the
+            same data, training continues from it (see module docstring).
+        config: the training configuration.
+        lineage: extra facts recorded in ``lineage.json`` (split hash, prepare config, ...);
+            its ``split_hash`` is part of the data a checkpoint belongs to.
+        on_epoch_end: called as ``(epoch, epochs, numbers)`` after every epoch.
+        devices: the machine's settings (default: :class:`DeviceConfig` defaults).
+
+    Raises:
+        ValueError: an empty train or val split, more classes in the data than
+            ``config.num_classes``, or a checkpoint of other settings or data in ``run_dir``.
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    data, config = read_training_data(tfrecord_dir, config, (lineage or {}).get("split_hash"))
+    steps = config.steps_per_epoch or max(
+        MIN_STEPS, math.ceil(data.counts["train"] / config.batch_size)
     )
-    return summary
+    devices = devices or DeviceConfig()
+    strategy, device_report = configure_devices(devices)
+    model, state = open_run(run_dir, config, data, steps, strategy, devices.jit_compile)
+    resumed_from = state.epoch
+    fit_epochs(model, state, run_dir, data, config, steps, on_epoch_end)
+    if (run_dir / "history.csv").is_file():
+        plot_history(run_dir / "history.csv", run_dir / "training_curves.png")
+    info, tuning = finish_model(run_dir, data, config)
+    result = TrainingResult(
+        model=str(model_file(run_dir)),
+        model_version=str(info.model_version),
+        best_epoch=state.best_epoch,
+        best_val_dice=state.best,
+        epochs_run=state.epoch,
+        epochs=config.epochs,
+        stop_reason=state.stop_reason or "completed",
+        resumed_from=resumed_from,
+        steps_per_epoch=steps,
+        seconds=round(time.perf_counter() - started, 1),
+        device=device_report["device"],
+        postprocessing=tuning,
+    )
+    write_records(run_dir, result, data, config, device_report, lineage)
+    logger.info(
+        "trained %s in %.0f s on %s: best epoch %d, val foreground Dice %.4f (%s)",
+        result.model_version,
+        result.seconds,
+        result.device,
+        result.best_epoch,
+        result.best_val_dice,
+        result.stop_reason,
+    )
+    return result

@@ -71,3 +71,13 @@ def test_empty_dataset_is_a_clear_error(tmp_path):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         index_folders(tmp_path / "nowhere", tmp_path)
+
+
+def test_run_folders_made_in_the_same_second_are_distinct(tmp_path):
+    from data_catalog.atomic import make_unique_dir
+
+    first = make_unique_dir(tmp_path / "nightly", "2026-11-26-020000")
+    second = make_unique_dir(tmp_path / "nightly", "2026-11-26-020000")
+    third = make_unique_dir(tmp_path / "nightly", "2026-11-26-020000")
+    assert first != second != third and first.is_dir() and second.is_dir() and third.is_dir()
+    assert second.name == "2026-11-26-020000-2"

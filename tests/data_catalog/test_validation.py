@@ -115,6 +115,6 @@ def test_skip_policy_trains_on_the_rest(messy_folder, tmp_path, tiny_train_confi
     write_tfrecords(result.manifest, splits, tmp_path / "tfr", "bright", 1, result.dataset_hash)
     train = TrainConfig(image_size=16, depth=2, base_filters=2, epochs=1, batch_size=2)
     summary = train_model(tmp_path / "tfr", tmp_path / "run", train)
-    assert (tmp_path / "run" / "model.keras").is_file() and summary["best_epoch"] == 1
+    assert (tmp_path / "run" / "model.keras").is_file() and summary.best_epoch == 1
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert len(history) == 1

@@ -219,3 +219,20 @@ def test_retrain_promotes_the_first_model_then_skips_unchanged_data(
     assert main(["predict", str(demo_dir / "test-images"), str(tmp_path / "out")]) == 0
     report = pd.read_csv(tmp_path / "out" / "report.csv")
     assert set(report["model_version"]) == {champion}
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    import flows.cli as cli
+
+    status = main(["models", "--registry", str(tmp_path / "models"), "show", "nope"])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error.startswith("segflow models: error: no model version 'nope'")
+    assert len(error.strip().splitlines()) == 1 and "Traceback" not in error
+
+    def buggy(args):
+        return {}["test_dice"]  # a programming error, not the user's
+
+    monkeypatch.setattr(cli, "run_models", buggy)
+    with pytest.raises(KeyError, match="test_dice"):
+        main(["models", "--registry", str(tmp_path / "models"), "list"])

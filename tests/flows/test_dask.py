@@ -34,8 +34,8 @@ def test_dask_run_equals_local_run(prefect_server, trained_run, tmp_path):
             num_shards=3,
         )
     )
-    assert local["num_inputs"] == dask["num_inputs"] == 8
-    assert local["num_errors"] == dask["num_errors"] == 1
+    assert local.num_inputs == dask.num_inputs == 8
+    assert local.num_errors == dask.num_errors == 1
     local_report = pd.read_csv(tmp_path / "local" / "report.csv")
     dask_report = pd.read_csv(tmp_path / "dask" / "report.csv")
     pd.testing.assert_frame_equal(local_report[COMPARED], dask_report[COMPARED])

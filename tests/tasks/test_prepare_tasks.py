@@ -25,18 +25,18 @@ def test_prepare_tasks_chain_through_paths(dataset_with_orphan, tmp_path):
         policy="skip",
     )
     index = index_cases.fn(config, str(tmp_path))
-    assert index["num_cases"] == 24 and index["num_problems"] == 1
-    problems = pd.read_csv(index["validation"])
+    assert index.num_cases == 24 and index.num_problems == 1
+    problems = pd.read_csv(index.validation)
     assert (
         problems.loc[0, "file"].endswith("broken.png") and problems.loc[0, "problem"] == "no mask"
     )
 
-    splits_path = split_dataset.fn(index["manifest"], index["dataset_hash"], config, str(tmp_path))
+    splits_path = split_dataset.fn(index.manifest, index.dataset_hash, config, str(tmp_path))
     splits = json.loads(open(splits_path).read())
-    assert splits["dataset_hash"] == index["dataset_hash"] and sum(splits["counts"].values()) == 24
+    assert splits["dataset_hash"] == index.dataset_hash and sum(splits["counts"].values()) == 24
 
     tfrecord_dir = write_tfrecord_set.fn(
-        index["manifest"], splits_path, config, str(tmp_path / "tfr"), "address-1"
+        index.manifest, splits_path, config, str(tmp_path / "tfr"), "address-1"
     )
     sidecar = json.loads(open(f"{tfrecord_dir}/tfrecords.json").read())
     assert {name: s["num_records"] for name, s in sidecar["splits"].items()} == splits["counts"]
@@ -55,3 +55,16 @@ def test_strict_policy_stops_listing_every_problem_after_writing_them(
     with pytest.raises(DatasetValidationError, match=r"broken\.png: no mask"):
         index_cases.fn(config, str(tmp_path))
     assert len(pd.read_csv(tmp_path / "validation.csv")) == 1
+
+
+def test_each_validation_problem_is_logged_once(dataset_with_orphan, tmp_path):
+    from tests.conftest import LogCapture
+
+    config = PrepareConfig(
+        images=str(dataset_with_orphan / "images"),
+        masks=str(dataset_with_orphan / "masks"),
+        policy="skip",
+    )
+    with LogCapture() as logs:
+        index_cases.fn(config, str(tmp_path))
+    assert len(logs.mentioning("broken.png")) == 1, logs.mentioning("broken.png")

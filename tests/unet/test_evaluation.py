@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from unet.evaluation import evaluate_cases
-from unet.inference import Segmenter
+from unet.inference import Segmentation, Segmenter
 
 
 class _Constant:
@@ -23,7 +23,8 @@ class _Constant:
         return image
 
     def segment(self, images):
-        return [self.prediction], [np.ones(self.prediction.shape, np.float32)]
+        confidence = np.ones(self.prediction.shape, np.float32)
+        return [Segmentation(self.prediction, confidence) for _ in images]
 
 
 def test_scores_per_image_and_empty_semantics(tmp_path):
@@ -90,7 +91,7 @@ def test_hausdorff95_known_distance():
 
 
 def test_postprocessing_removes_small_components_and_thresholds():
-    from unet.inference import postprocess
+    from unet.postprocessing import postprocess
 
     probabilities = np.zeros((10, 10, 2), np.float32)
     probabilities[..., 0] = 1

@@ -116,7 +116,7 @@ def test_large_images_use_a_blended_sliding_window(trained_run, tmp_path):
     segmenter = Segmenter(trained_run)
     prepared = segmenter.prepare(image)
     with pytest.raises(ValueError, match="multiple of 4"):
-        segmenter.segment_tiled(prepared, 30)
+        Segmenter(trained_run, tile_size=30)
 
     # With a pixel-wise stand-in model, tiles and blending must reproduce the whole image
     # exactly: every pixel's blended probability is its own, whatever the weights.
@@ -127,7 +127,9 @@ def test_large_images_use_a_blended_sliding_window(trained_run, tmp_path):
     segmenter.predict_probabilities = pixelwise
     segmenter.min_component_size, segmenter.threshold = 0, None
     for size, overlap in ((64, 0.5), (32, 0.25), (128, 0.0)):
-        classes, confidence = segmenter.segment_tiled(prepared, size, overlap, batch_size=3)
+        segmenter.tile_size, segmenter.tile_overlap, segmenter.batch_size = size, overlap, 3
+        (result,) = segmenter.segment([prepared])
+        classes, confidence = result.classes, result.mean_confidence
         expected = (prepared[..., 0] > 0.5).astype(np.uint8)
         assert classes.shape == (150, 250)
         assert np.array_equal(classes, expected), (size, overlap)
@@ -172,7 +174,7 @@ def test_gaussian_weights_favour_the_tile_centre():
 
 
 def test_class_reductions_equal_numpys_including_ties():
-    from unet.inference import class_argmax, class_max
+    from unet.postprocessing import class_argmax, class_max
 
     rng = np.random.default_rng(0)
     for classes in (2, 3, 5):
@@ -338,3 +340,120 @@ def test_video_gives_a_mask_video_and_per_frame_rows(trained_run, tmp_path):
     assert set(np.unique(np.stack(masks))) <= {0, 255}
     fractions = [float(np.mean(mask > 0)) for mask in masks]
     np.testing.assert_allclose(fractions, frames["foreground_fraction"], atol=1e-9)
+
+
+def _write_video(path, frames=5, size=(24, 40)):
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 10, size[::-1], True)
+    rng = np.random.default_rng(9)
+    for _ in range(frames):
+        grey = rng.integers(0, 255, size, dtype=np.uint8)
+        writer.write(np.repeat(grey[..., None], 3, axis=2))
+    writer.release()
+
+
+def test_a_failing_video_is_an_error_row_and_leaves_no_temporary_file(
+    trained_run, tmp_path, monkeypatch
+):
+    from unet.inference import Segmenter
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    _write_video(inputs / "cine.avi")
+    write_png_atomic(inputs / "still.png", np.zeros((32, 32), np.uint8))
+    out.mkdir()
+    stale = out / ".cine.mask.tmp.avi"  # what a killed run of an older segflow left
+    stale.write_bytes(b"half a video")
+    original = Segmenter.segment
+
+    def fail_on_frames(self, images):
+        if images[0].shape[:2] == (24, 40):
+            raise RuntimeError("out of memory on the device")
+        return original(self, images)
+
+    monkeypatch.setattr(Segmenter, "segment", fail_on_frames)
+    report = predict_folder(
+        PredictConfig(model=str(trained_run), input_dir=str(inputs), output_dir=str(out))
+    ).set_index("input")
+    assert report.loc["cine.avi", "status"] == "error"
+    assert "out of memory on the device" in report.loc["cine.avi", "error"]
+    assert report.loc["still.png", "status"] == "ok"
+    assert not stale.exists()
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_the_journal_is_written_from_one_thread(trained_run, tmp_path, monkeypatch):
+    import json
+    import threading
+
+    import unet.prediction as prediction
+
+    writers = set()
+
+    class RecordingJson:
+        def __getattr__(self, name):
+            return getattr(json, name)
+
+        def dumps(self, value, *args, **kwargs):
+            if isinstance(value, dict) and "mask_scale" in value:
+                writers.add(threading.get_ident())
+            return json.dumps(value, *args, **kwargs)
+
+    monkeypatch.setattr(prediction, "json", RecordingJson())
+    inputs = tmp_path / "in"
+    for index in range(6):
+        write_png_atomic(inputs / f"{index}.png", np.full((32, 32), index * 40, np.uint8))
+    report = predict_folder(
+        PredictConfig(
+            model=str(trained_run),
+            input_dir=str(inputs),
+            output_dir=str(tmp_path / "out"),
+            batch_size=2,
+        )
+    )
+    assert (report["status"] == "ok").all()
+    assert writers == {threading.get_ident()}
+    journal = (tmp_path / "out" / ".segflow-journal.jsonl").read_text().splitlines()
+    assert len(journal) == 6
+
+
+def test_each_prediction_error_is_logged_once(trained_run, tmp_path):
+    from tasks.prediction import segment_folder
+    from tests.conftest import LogCapture
+
+    inputs = tmp_path / "in"
+    write_png_atomic(inputs / "fine.png", np.zeros((32, 32), np.uint8))
+    (inputs / "zero-bytes.png").write_bytes(b"")
+    config = PredictConfig(
+        model=str(trained_run), input_dir=str(inputs), output_dir=str(tmp_path / "out")
+    )
+    with LogCapture() as logs:
+        summary = segment_folder.fn(config)
+    assert summary.num_errors == 1
+    assert len(logs.mentioning("zero-bytes.png")) == 1, logs.mentioning("zero-bytes.png")
+
+
+def test_evaluation_tiles_large_images_as_prediction_does(trained_run, tmp_path):
+    """Evaluation and prediction share one path: a large image scored by evaluate_cases gets
+    the mask prediction writes for it."""
+    from unet.evaluation import evaluate_cases
+    from unet.inference import Segmenter
+
+    image = np.random.default_rng(4).integers(0, 255, (70, 90), dtype=np.uint8)
+    write_png_atomic(tmp_path / "in" / "big.png", image)
+    predict_folder(
+        PredictConfig(
+            model=str(trained_run),
+            input_dir=str(tmp_path / "in"),
+            output_dir=str(tmp_path / "out"),
+            tile_size=32,
+        )
+    )
+    predicted = np.asarray(Image.open(tmp_path / "out" / "big.png"))
+    segmenter = Segmenter(trained_run, tile_size=32)
+    (result,) = segmenter.segment([segmenter.prepare(image)])
+    assert np.array_equal(result.classes, predicted)
+    evaluate_cases(segmenter, [("big", image, predicted)], tmp_path / "eval")
+    scores = pd.read_csv(tmp_path / "eval" / "per_image.csv")
+    assert scores.loc[0, "dice_0"] == 1.0 and scores.loc[0, "dice_1"] == 1.0

@@ -45,8 +45,8 @@ def test_killed_run_resumes_and_ends_with_the_planned_epochs(tfrecord_dir, tmp_p
     assert 2 <= killed_at < 5, "the run finished or never checkpointed before the kill"
 
     summary = train_model(tfrecord_dir, run_dir, TrainConfig(**CONFIG))
-    assert summary["resumed_from"] == killed_at
-    assert summary["epochs_run"] == 5 and summary["stop_reason"] == "completed"
+    assert summary.resumed_from == killed_at
+    assert summary.epochs_run == 5 and summary.stop_reason == "completed"
     history = pd.read_csv(run_dir / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2, 3, 4]
     assert json.loads(state_path.read_text())["epoch"] == 5
@@ -58,15 +58,52 @@ def test_resume_refuses_other_settings_and_finished_runs_do_nothing(tfrecord_dir
     config = TrainConfig(**{**CONFIG, "epochs": 1, "steps_per_epoch": 2})
     train_model(tfrecord_dir, tmp_path, config)
     again = train_model(tfrecord_dir, tmp_path, config)
-    assert again["resumed_from"] == 1 and again["epochs_run"] == 1
+    assert again.resumed_from == 1 and again.epochs_run == 1
     with pytest.raises(ValueError, match="base_filters differ"):
         train_model(tfrecord_dir, tmp_path, config.model_copy(update={"base_filters": 8}))
+
+
+def test_a_folder_trained_on_other_data_is_refused_not_resumed(
+    tfrecord_dir, synthetic_dir, tmp_path
+):
+    """The same command on changed data must not "resume" a finished run and register its old
+    weights with the new data's lineage."""
+    import pytest
+
+    from data_catalog.manifest import index_folders
+    from data_catalog.splits import split_cases
+    from data_catalog.tfrecords import write_tfrecords
+
+    config = TrainConfig(**{**CONFIG, "epochs": 1, "steps_per_epoch": 2})
+    run = tmp_path / "run"
+    train_model(tfrecord_dir, run, config, lineage={"split_hash": "s1"})
+    weights = (run / "model.keras").read_bytes()
+
+    index = index_folders(synthetic_dir / "images", synthetic_dir / "masks")
+    fewer = index.manifest.iloc[:-3]  # three cases were removed from the folder
+    changed = tmp_path / "changed"
+    write_tfrecords(fewer, split_cases(fewer, 0.2, 0.2, seed=0), changed, "bright", 1, "new", 2)
+    with pytest.raises(ValueError, match="on other data .*dataset_hash"):
+        train_model(changed, run, config, lineage={"split_hash": "s1"})
+    with pytest.raises(ValueError, match="on other data .*split_hash"):
+        train_model(tfrecord_dir, run, config, lineage={"split_hash": "s2"})
+    assert (run / "model.keras").read_bytes() == weights
+
+
+def test_other_device_settings_do_not_block_a_resume(tfrecord_dir, tmp_path):
+    from unet.config import DeviceConfig
+
+    config = TrainConfig(**{**CONFIG, "epochs": 2, "steps_per_epoch": 2})
+    train_model(tfrecord_dir, tmp_path, config.model_copy(update={"epochs": 1}))
+    moved = DeviceConfig(mixed_precision="off", visible_gpus="", gpu_memory_growth=False)
+    summary = train_model(tfrecord_dir, tmp_path, config, devices=moved)
+    assert summary.resumed_from == 1 and summary.epochs_run == 2
 
 
 def test_time_budget_stops_cleanly_keeping_the_best_model(tfrecord_dir, tmp_path):
     config = TrainConfig(**{**CONFIG, "epochs": 50, "time_budget": 0.05})  # 3 seconds
     summary = train_model(tfrecord_dir, tmp_path, config)
-    assert summary["stop_reason"] == "time budget" and summary["epochs_run"] < 50
+    assert summary.stop_reason == "time budget" and summary.epochs_run < 50
     assert (tmp_path / "model.keras").is_file()
 
 
@@ -82,5 +119,5 @@ def test_early_stopping(tfrecord_dir, tmp_path):
         }
     )
     summary = train_model(tfrecord_dir, tmp_path, config)
-    assert summary["stop_reason"].startswith("no better val Dice for 2 epochs")
-    assert summary["epochs_run"] < 30
+    assert summary.stop_reason.startswith("no better val Dice for 2 epochs")
+    assert summary.epochs_run < 30

@@ -34,7 +34,8 @@ def test_run_folder_holds_best_model_history_and_lineage(trained_run, tfrecord_d
 def test_saved_model_predicts_same_size_as_input(trained_run):
     segmenter = Segmenter(trained_run)
     image = np.random.default_rng(0).integers(0, 255, (37, 53), dtype=np.uint8)
-    (classes,), (confidence,) = segmenter.segment([segmenter.prepare(image)])
+    (result,) = segmenter.segment([segmenter.prepare(image)])
+    classes, confidence = result.classes, result.confidence
     assert classes.shape == (37, 53) and classes.dtype == np.uint8
     assert ((confidence >= 0.5) & (confidence <= 1.0)).all()
 

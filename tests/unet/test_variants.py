@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet.config import TrainConfig
+from unet.config import DeviceConfig, TrainConfig
 from unet.model import build_unet
 
 
@@ -74,7 +74,7 @@ def test_vgg16_unet_needs_sizes_divisible_by_16_and_real_weight_files(tmp_path):
 def test_device_report_on_this_machine(tmp_path):
     from unet.devices import configure_devices
 
-    strategy, report = configure_devices(TrainConfig(image_size=32))
+    strategy, report = configure_devices(DeviceConfig())
     json.dumps(report)
     gpus = tf.config.list_physical_devices("GPU")
     assert report["device"] == ("GPU" if gpus else "CPU")

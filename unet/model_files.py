@@ -1,0 +1,87 @@
+"""The files of a trained model and what inference needs to know about it.
+
+A run folder (and a registered version) holds::
+
+    model.keras         the best epoch's model
+    model.json          ModelInfo: channels, input dtype, normalisation, size multiple, classes,
+                        label rule, post-processing, version, training config
+    checkpoint/         last.keras (weights + optimizer) and state.json, for resuming
+
+Training writes ``model.json`` once, at the end; inference and the registry read it through
+:class:`ModelInfo`. Plain Python: importing this module imports neither Keras nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from data_catalog.atomic import write_json_atomic
+
+MODEL_FILE = "model.keras"
+MODEL_INFO_FILE = "model.json"
+CHECKPOINT_DIR = "checkpoint"
+LAST_CHECKPOINT = "last.keras"
+STATE_FILE = "state.json"
+
+
+class PostProcessing(BaseModel):
+    """Tuned on the validation split after training; applied by every prediction."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    threshold: float | None = Field(
+        None, description="Binary models: foreground where p >= threshold; None: argmax."
+    )
+    min_component_size: int = Field(
+        0, ge=0, description="Foreground components smaller than this (pixels) are removed."
+    )
+
+
+class ModelInfo(BaseModel):
+    """Everything beside the weights that inference needs, as stored in ``model.json``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", protected_namespaces=())
+
+    architecture: str
+    channels: int = Field(ge=1)
+    input_dtype: str = "uint8"
+    normalization: str = "range"
+    size_multiple: int = Field(ge=1)
+    num_classes: int = Field(ge=2)
+    labels: Any = None
+    postprocessing: PostProcessing = PostProcessing()
+    model_version: str | None = None
+    train_config: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> ModelInfo:
+        """``folder/model.json``.
+
+        Raises:
+            FileNotFoundError: the file is missing (the message says what writes it).
+        """
+        path = Path(folder) / MODEL_INFO_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: missing; segflow needs the {MODEL_INFO_FILE} written beside the model "
+                "by training (channels, normalisation, depth)"
+            )
+        return cls.model_validate_json(path.read_text())
+
+    def write(self, folder: str | Path) -> Path:
+        """Write ``folder/model.json`` atomically; return its path."""
+        return write_json_atomic(Path(folder) / MODEL_INFO_FILE, self.model_dump(mode="json"))
+
+
+def model_file(folder: str | Path) -> Path:
+    """``folder/model.keras``."""
+    return Path(folder) / MODEL_FILE
+
+
+def checkpoint_files(run_dir: str | Path) -> tuple[Path, Path]:
+    """``(last.keras, state.json)`` of a run folder's checkpoint."""
+    checkpoint = Path(run_dir) / CHECKPOINT_DIR
+    return checkpoint / LAST_CHECKPOINT, checkpoint / STATE_FILE
