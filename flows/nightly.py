@@ -10,18 +10,26 @@ any point leaves the old champion in place.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from prefect import flow
 
 from data_catalog.atomic import make_unique_dir, write_json_atomic, write_text_atomic
 from data_catalog.config import PrepareConfig
-from flows.prepare import run_prepare
+from flows.prepare import PreparedDataset, run_prepare
 from flows.train import train_evaluate_register, training_run_name
 from tasks.evaluation import evaluate_split
 from tasks.models import configure_training_devices, ensure_training_limit
 from tasks.reporting import publish_markdown, publish_table, run_logger
 from tasks.training import TRAINING_TAG
 from unet.config import DeviceConfig, PromotionConfig, TrainConfig
+from unet.promotion import (
+    compare_per_image,
+    decide,
+    decision_markdown,
+    split_warning,
+    unchanged_reason,
+)
 
 
 @flow(name="nightly-retrain", flow_run_name=training_run_name, log_prints=True)
@@ -35,75 +43,37 @@ def nightly_retrain_flow(
 ) -> dict[str, object]:
     """Retrain on the dataset as it is tonight and promote the result only if it is not worse.
 
-    Each night writes a run folder ``runs_dir/<date-time>/`` (the training run, its
-    ``evaluation/``, the champion's ``champion-evaluation/`` on the same test split and
-    ``decision.json`` / ``decision.md``) and registers the challenger in ``registry``.
+    Each night writes a run folder ``runs_dir/<date-time>/`` (unique, even for two nights
+    started in the same second: the training run, its ``evaluation/``, the champion's
+    ``champion-evaluation/`` on the same test split and ``decision.json`` / ``decision.md``)
+    and registers the challenger in ``registry``.
 
     Returns:
         ``status`` (``promoted``, ``kept``, ``skipped``), the decision, both models' test Dice.
     """
     from unet import registry as models
-    from unet.lineage import code_revision
-    from unet.promotion import (
-        compare_per_image,
-        decide,
-        decision_markdown,
-        split_warning,
-        unchanged_reason,
-    )
 
     logger = run_logger()
     run_dir = make_unique_dir(runs_dir, f"{datetime.now():%Y-%m-%d-%H%M%S}")
     ensure_training_limit(TRAINING_TAG)
     champion = models.champion_version(registry)
     logger.info("champion before tonight: %s (registry %s)", champion or "none", registry)
-
     champion_lineage = models.champion_lineage(registry)
     prepared = run_prepare(prepare, str(run_dir))
-    skip = promotion.skip_unchanged and unchanged_reason(
-        champion_lineage,
-        prepared.dataset_hash,
-        train.model_dump(),
-        prepared.split_hash,
-        code_revision()["git_commit"],
-    )
+    skip = promotion.skip_unchanged and skip_reason(champion_lineage, prepared, train)
     if skip:
-        logger.info("skipping training: %s", skip)
-        text = f"# Nightly retraining skipped\n\n{skip}.\n\nThe champion stays `{champion}`.\n"
-        write_text_atomic(run_dir / "decision.md", text)
-        publish_markdown("promotion-decision", text, "Why tonight's retraining was skipped")
-        return {"status": "skipped", "reason": skip, "champion": champion, "run_dir": str(run_dir)}
+        return report_skip(skip, champion, run_dir)
 
     configure_training_devices(devices, str(run_dir))
     challenger, challenger_metrics = train_evaluate_register(
         prepared, train, str(run_dir), registry, "challenger", devices
     )
     version = challenger.registered
-
     champion_metrics = paired = None
     notes = []
     if champion is not None and champion != version:
-        warning = split_warning(champion_lineage, prepared.config.model_dump())
-        if warning:
-            logger.warning("%s", warning)
-            notes.append(warning)
-        try:
-            champion_metrics = evaluate_split(
-                str(models.registry_root(registry) / champion),
-                prepared.tfrecords,
-                str(run_dir / "champion-evaluation"),
-                manifest=prepared.manifest,
-                role="champion",
-            )
-        except Exception as error:
-            raise RuntimeError(
-                f"cannot score champion {champion} on tonight's test split ({error}); the "
-                f"champion stays and {version} is registered but not promoted: compare them "
-                f"yourself and `segflow models promote` one if needed"
-            ) from error
-        paired = compare_per_image(
-            run_dir / "evaluation" / "per_image.csv",
-            run_dir / "champion-evaluation" / "per_image.csv",
+        champion_metrics, paired, notes = score_champion(
+            champion, version, champion_lineage, prepared, registry, run_dir
         )
     decision = decide(
         version,
@@ -122,25 +92,7 @@ def nightly_retrain_flow(
     logger.info(
         "%s %s: %s", version, "promoted" if decision.promote else "not promoted", decision.reason
     )
-    publish_markdown("promotion-decision", text, "Champion/challenger decision of this night")
-    publish_table(
-        "promotion-comparison",
-        [
-            {
-                "role": role,
-                "version": name,
-                "test_dice": None if metrics is None else metrics["foreground_dice"],
-                "test_iou": None if metrics is None else metrics["foreground_iou"],
-                "images": None if metrics is None else metrics["num_images"],
-            }
-            for role, name, metrics in (
-                ("challenger", version, challenger_metrics),
-                ("champion", champion, champion_metrics),
-            )
-        ],
-        "Challenger and champion on the same test split",
-    )
-    publish_table("model-registry", models.summary_rows(registry), f"Models in {registry}")
+    publish_decision(text, (version, challenger_metrics), (champion, champion_metrics), registry)
     return {
         "status": "promoted" if decision.promote else "kept",
         "reason": decision.reason,
@@ -152,3 +104,96 @@ def nightly_retrain_flow(
         "paired": paired,
         "run_dir": str(run_dir),
     }
+
+
+def skip_reason(champion_lineage: dict, prepared: PreparedDataset, train: TrainConfig):
+    """Why tonight needs no training (the champion saw this data, split, config and code), or
+    None."""
+    from unet.lineage import code_revision
+
+    return unchanged_reason(
+        champion_lineage,
+        prepared.dataset_hash,
+        train.model_dump(),
+        prepared.split_hash,
+        code_revision()["git_commit"],
+    )
+
+
+def report_skip(reason: str, champion: str | None, run_dir: Path) -> dict[str, object]:
+    """Say why the night was skipped (log, ``decision.md``, artifact)."""
+    run_logger().info("skipping training: %s", reason)
+    text = f"# Nightly retraining skipped\n\n{reason}.\n\nThe champion stays `{champion}`.\n"
+    write_text_atomic(run_dir / "decision.md", text)
+    publish_markdown("promotion-decision", text, "Why tonight's retraining was skipped")
+    return {"status": "skipped", "reason": reason, "champion": champion, "run_dir": str(run_dir)}
+
+
+def score_champion(
+    champion: str,
+    challenger: str,
+    champion_lineage: dict,
+    prepared: PreparedDataset,
+    registry: str,
+    run_dir: Path,
+) -> tuple[dict, dict, list[str]]:
+    """Score the champion on tonight's test split and compare it with the challenger image by
+    image.
+
+    Returns:
+        ``(champion metrics, paired comparison, notes)``.
+
+    Raises:
+        RuntimeError: the champion cannot be scored (it stays champion; the message says so).
+    """
+    from unet.registry import registry_root
+
+    notes = []
+    warning = split_warning(champion_lineage, prepared.config.model_dump())
+    if warning:
+        run_logger().warning("%s", warning)
+        notes.append(warning)
+    try:
+        metrics = evaluate_split(
+            str(registry_root(registry) / champion),
+            prepared.tfrecords,
+            str(run_dir / "champion-evaluation"),
+            manifest=prepared.manifest,
+            role="champion",
+        )
+    except Exception as error:
+        raise RuntimeError(
+            f"cannot score champion {champion} on tonight's test split ({error}); the "
+            f"champion stays and {challenger} is registered but not promoted: compare them "
+            f"yourself and `segflow models promote` one if needed"
+        ) from error
+    paired = compare_per_image(
+        run_dir / "evaluation" / "per_image.csv",
+        run_dir / "champion-evaluation" / "per_image.csv",
+    )
+    return metrics, paired, notes
+
+
+def publish_decision(
+    text: str,
+    challenger: tuple[str, dict],
+    champion: tuple[str | None, dict | None],
+    registry: str,
+) -> None:
+    """The decision, both models' test scores and the registry, as artifacts."""
+    from unet.registry import summary_rows
+
+    publish_markdown("promotion-decision", text, "Champion/challenger decision of this night")
+    rows = []
+    for role, (name, metrics) in (("challenger", challenger), ("champion", champion)):
+        rows.append(
+            {
+                "role": role,
+                "version": name,
+                "test_dice": None if metrics is None else metrics["foreground_dice"],
+                "test_iou": None if metrics is None else metrics["foreground_iou"],
+                "images": None if metrics is None else metrics["num_images"],
+            }
+        )
+    publish_table("promotion-comparison", rows, "Challenger and champion on the same test split")
+    publish_table("model-registry", summary_rows(registry), f"Models in {registry}")

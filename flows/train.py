@@ -43,9 +43,6 @@ class TrainRunSummary:
     stop_reason: str
     registered: str | None
 
-    def as_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
 
 def dataset_label(prepare: PrepareConfig | dict | None) -> str:
     """A short name of the dataset for run names: the catalog name or the images folder's."""
@@ -94,7 +91,7 @@ def train_flow(
     configure_training_devices(devices, run_dir)  # before anything touches a device
     prepared = run_prepare(prepare, run_dir)
     summary, _ = train_evaluate_register(prepared, train, run_dir, registry, devices=devices)
-    rows = [summary.as_dict()]
+    rows = [dataclasses.asdict(summary)]
     publish_table("train-summary", rows, "Key numbers of this training run")
     publish_markdown(
         "train-report",

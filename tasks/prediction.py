@@ -25,9 +25,6 @@ class SegmentationSummary:
     num_errors: int
     model_version: str | None
 
-    def as_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
 
 @task(name="segment-folder", cache_policy=NO_CACHE)
 def segment_folder(config: PredictConfig) -> SegmentationSummary:
@@ -81,7 +78,7 @@ def summarize_report(report: pd.DataFrame, config: PredictConfig) -> Segmentatio
         summary.num_skipped,
         summary.num_errors,
     )
-    publish_table("segmentation-summary", [summary.as_dict()], "Bulk segmentation totals")
+    publish_table("segmentation-summary", [dataclasses.asdict(summary)], "Bulk segmentation totals")
     error_rows = errors[["input", "error"]].to_dict("records")
     publish_markdown(
         "segmentation-report",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prefect import task
 
 from tasks.reporting import Progress, publish_table
@@ -37,5 +39,7 @@ def train_unet(
         on_epoch_end=lambda epoch, epochs, _numbers: progress.update(epoch, epochs),
         devices=devices,
     )
-    publish_table("training-summary", [summary.as_dict()], "Best checkpoint of this training run")
+    publish_table(
+        "training-summary", [dataclasses.asdict(summary)], "Best checkpoint of this training run"
+    )
     return summary

@@ -178,9 +178,6 @@ class TrainingResult:
     device: str
     postprocessing: dict[str, object]
 
-    def as_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
 
 class TrainingControl(keras.callbacks.Callback):
     """Per epoch: keep the best model, checkpoint the last one, log, stop early or on time.
@@ -491,7 +488,7 @@ def write_records(
     device_report: dict,
     lineage: dict[str, object] | None,
 ) -> None:
-    """``device.json`` and ``lineage.json``: where the model came from."""
+    """``device.json`` and ``lineage.json`` (where the model came from); log the outcome."""
     write_json_atomic(run_dir / "device.json", device_report)
     write_json_atomic(
         run_dir / "lineage.json",
@@ -502,12 +499,21 @@ def write_records(
             "split_counts": data.counts,
             "train_config": config.model_dump(),
             "seed": config.seed,
-            "training": result.as_dict(),
+            "training": dataclasses.asdict(result),
             "code": code_revision(),
             "versions": library_versions(),
             "device": device_report,
             **(lineage or {}),
         },
+    )
+    logger.info(
+        "trained %s in %.0f s on %s: best epoch %d, val foreground Dice %.4f (%s)",
+        result.model_version,
+        result.seconds,
+        result.device,
+        result.best_epoch,
+        result.best_val_dice,
+        result.stop_reason,
     )
 
 
@@ -541,9 +547,7 @@ def train_model(
     started = time.perf_counter()
     run_dir = Path(run_dir)
     data, config = read_training_data(tfrecord_dir, config, (lineage or {}).get("split_hash"))
-    steps = config.steps_per_epoch or max(
-        MIN_STEPS, math.ceil(data.counts["train"] / config.batch_size)
-    )
+    steps = config.steps_per_epoch or max(MIN_STEPS, -(-data.counts["train"] // config.batch_size))
     devices = devices or DeviceConfig()
     strategy, device_report = configure_devices(devices)
     model, state = open_run(run_dir, config, data, steps, strategy, devices.jit_compile)
@@ -567,13 +571,4 @@ def train_model(
         postprocessing=tuning,
     )
     write_records(run_dir, result, data, config, device_report, lineage)
-    logger.info(
-        "trained %s in %.0f s on %s: best epoch %d, val foreground Dice %.4f (%s)",
-        result.model_version,
-        result.seconds,
-        result.device,
-        result.best_epoch,
-        result.best_val_dice,
-        result.stop_reason,
-    )
     return result
