@@ -135,12 +135,15 @@ class Segmenter:
         """
         results = []
         for bands, (height, width) in self._probability_bands(images):
-            classes = np.zeros((height, width), np.uint8)
-            confidence = np.zeros((height, width), np.float32)
-            for top, probabilities in bands:
-                rows = slice(top, top + len(probabilities))
-                classes[rows] = classify(probabilities, self.threshold)
-                confidence[rows] = class_max(probabilities)
+            if isinstance(bands, np.ndarray):  # the whole image at once: nothing to assemble
+                classes, confidence = classify(bands, self.threshold), class_max(bands)
+            else:
+                classes = np.zeros((height, width), np.uint8)
+                confidence = np.zeros((height, width), np.float32)
+                for top, probabilities in bands:
+                    rows = slice(top, top + len(probabilities))
+                    classes[rows] = classify(probabilities, self.threshold)
+                    confidence[rows] = class_max(probabilities)
             if self.min_component_size:
                 classes = remove_small_components(classes, self.min_component_size)
             results.append(Segmentation(classes, confidence))
@@ -150,14 +153,18 @@ class Segmenter:
         """``(H, W, num_classes)`` float32 class probabilities of prepared images, through the
         same batching and sliding window as :meth:`segment`, one image at a time."""
         for bands, (height, width) in self._probability_bands(images):
+            if isinstance(bands, np.ndarray):
+                yield bands
+                continue
             full = np.zeros((height, width, self.num_classes), np.float32)
             for top, probabilities in bands:
                 full[top : top + len(probabilities)] = probabilities
             yield full
 
     def _probability_bands(self, images: Sequence[np.ndarray]):
-        """Per image, in order: (an iterator of ``(first row, (rows, W, K) probabilities)``
-        bands that cover the image, its ``(H, W)``)."""
+        """Per image, in order: ``(probabilities, (H, W))``, where probabilities are the whole
+        ``(H, W, K)`` map of an image that went through the model whole, or an iterator of
+        ``(first row, (rows, W, K) probabilities)`` bands from the sliding window."""
         start = 0
         while start < len(images):
             image = images[start]
@@ -173,7 +180,7 @@ class Segmenter:
             ):
                 end += 1
             for probabilities in self.predict_probabilities(list(images[start:end])):
-                yield iter([(0, probabilities)]), image.shape[:2]
+                yield probabilities, image.shape[:2]
             start = end
 
     def predict_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
