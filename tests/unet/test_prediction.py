@@ -342,6 +342,12 @@ def test_video_gives_a_mask_video_and_per_frame_rows(trained_run, tmp_path):
     np.testing.assert_allclose(fractions, frames["foreground_fraction"], atol=1e-9)
 
 
+def _predict(run, inputs, out, **options):
+    """predict_folder with the test's model and folders."""
+    config = PredictConfig(model=str(run), input_dir=str(inputs), output_dir=str(out), **options)
+    return predict_folder(config)
+
+
 def _write_video(path, frames=5, size=(24, 40)):
     import cv2
 
@@ -373,9 +379,7 @@ def test_a_failing_video_is_an_error_row_and_leaves_no_temporary_file(
         return original(self, images)
 
     monkeypatch.setattr(Segmenter, "segment", fail_on_frames)
-    report = predict_folder(
-        PredictConfig(model=str(trained_run), input_dir=str(inputs), output_dir=str(out))
-    ).set_index("input")
+    report = _predict(trained_run, inputs, out).set_index("input")
     assert report.loc["cine.avi", "status"] == "error"
     assert "out of memory on the device" in report.loc["cine.avi", "error"]
     assert report.loc["still.png", "status"] == "ok"
@@ -404,14 +408,7 @@ def test_the_journal_is_written_from_one_thread(trained_run, tmp_path, monkeypat
     inputs = tmp_path / "in"
     for index in range(6):
         write_png_atomic(inputs / f"{index}.png", np.full((32, 32), index * 40, np.uint8))
-    report = predict_folder(
-        PredictConfig(
-            model=str(trained_run),
-            input_dir=str(inputs),
-            output_dir=str(tmp_path / "out"),
-            batch_size=2,
-        )
-    )
+    report = _predict(trained_run, inputs, tmp_path / "out", batch_size=2)
     assert (report["status"] == "ok").all()
     assert writers == {threading.get_ident()}
     journal = (tmp_path / "out" / ".segflow-journal.jsonl").read_text().splitlines()
@@ -442,14 +439,7 @@ def test_evaluation_tiles_large_images_as_prediction_does(trained_run, tmp_path)
 
     image = np.random.default_rng(4).integers(0, 255, (70, 90), dtype=np.uint8)
     write_png_atomic(tmp_path / "in" / "big.png", image)
-    predict_folder(
-        PredictConfig(
-            model=str(trained_run),
-            input_dir=str(tmp_path / "in"),
-            output_dir=str(tmp_path / "out"),
-            tile_size=32,
-        )
-    )
+    _predict(trained_run, tmp_path / "in", tmp_path / "out", tile_size=32)
     predicted = np.asarray(Image.open(tmp_path / "out" / "big.png"))
     segmenter = Segmenter(trained_run, tile_size=32)
     (result,) = segmenter.segment([segmenter.prepare(image)])
