@@ -58,7 +58,7 @@ def main() -> None:
         step = images_per_second(
             lambda m=model, x=images, y=masks: m.train_on_batch(x, y), batch, args.steps
         )
-        folded = inference_model(model, float32=policy == "float32")
+        folded = inference_model(model, policy)
         outputs = (model.predict_on_batch(images), folded.predict_on_batch(images))
         gap = float(np.abs(np.asarray(outputs[0], np.float32) - np.asarray(outputs[1])).max())
         forward = images_per_second(

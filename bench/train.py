@@ -5,7 +5,11 @@ Prints, each as a ratio measured in this run:
       way the seed project does it (PIL open, numpy/PIL augmentation, a keras.utils.PyDataset);
   (b) training steps/s with the real pipeline against the same model fed from tensors cached in
       memory (target >= 0.95: the input pipeline must never be the bottleneck);
-  (c) training steps/s with XLA (jit_compile) against without.
+  (c) training steps/s with XLA (jit_compile) against without;
+  (d) training steps/s in mixed_bfloat16 against float32 (CPUs with bfloat16 units; target
+      >= 1.3), and the effective GFLOP/s of the faster one (forward + backward ~ 3x the forward
+      FLOPs) against the machine's best matrix product measured in the same run (TensorFlow
+      bfloat16 where the CPU has the units, numpy float32 otherwise).
 
     .venv/bin/python bench/train.py [--steps 30] [--image-size 128] [--batch-size 8]
 """
@@ -89,14 +93,20 @@ def samples_per_second(batches, count: int, batch_size: int) -> float:
     return count * batch_size / (time.perf_counter() - started)
 
 
-def compiled_model(config, channels: int, steps: int, dataset, jit_compile: bool = False):
+def compiled_model(
+    config, channels: int, steps: int, dataset, jit_compile: bool = False, policy="float32"
+):
     import keras
 
     from unet.model import build_unet
     from unet.training import compile_unet
 
     keras.utils.set_random_seed(0)
-    model = compile_unet(build_unet(config, channels), config, steps, jit_compile)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = compile_unet(build_unet(config, channels), config, steps, jit_compile)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # warm-up
     return model
 
@@ -157,9 +167,14 @@ def main() -> int:
         return 0
     import tensorflow as tf
 
+    from bench.predict import forward_gflop, numpy_gflops
     from data_catalog.tfrecords import load_sidecar, split_files
     from unet.config import TrainConfig
     from unet.pipeline import training_dataset
+    from unet.precision import measure_bf16_probe, read_cpu_info
+
+    cpu = read_cpu_info()
+    print(f"CPU {cpu.model}; bfloat16 units: {', '.join(cpu.bf16_flags) or 'none'}")
 
     config = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, num_classes=2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,6 +210,10 @@ def main() -> int:
             "real": (compiled_model(config, 1, args.steps, pipeline), pipeline),
             "memory": (compiled_model(config, 1, args.steps, in_memory), in_memory),
             "xla": (compiled_model(config, 1, args.steps, in_memory, True), in_memory),
+            "bfloat16": (
+                compiled_model(config, 1, args.steps, in_memory, policy="mixed_bfloat16"),
+                in_memory,
+            ),
         }
         intervals = interleaved(variants, args.steps, args.rounds)
         median = {name: 1 / statistics.median(values) for name, values in intervals.items()}
@@ -211,6 +230,22 @@ def main() -> int:
             f"ratio {median['xla'] / median['memory']:.2f}x (range {spread['xla']}; U-Net "
             f"depth {config.depth}, base {config.base_filters}, {args.image_size}px, "
             f"batch {args.batch_size})"
+        )
+        print(
+            f"(d) bfloat16: {median['bfloat16']:.3f} steps/s, float32 {median['memory']:.3f} -> "
+            f"ratio {median['bfloat16'] / median['memory']:.2f}x (range {spread['bfloat16']}; "
+            "target >= 1.3 on CPUs with bfloat16 units)"
+        )
+        best = max(median["bfloat16"], median["memory"])
+        gflop = 3 * forward_gflop(variants["memory"][0], args.image_size) * args.batch_size
+        limits = {"numpy float32 matmul": numpy_gflops()}
+        if cpu.bf16_flags:
+            limits["TensorFlow bfloat16 matmul"] = measure_bf16_probe(size=2048).bfloat16_gflops
+        name, matmul = max(limits.items(), key=lambda item: item[1])
+        print(
+            f"(e) training at {best:.3f} steps/s x {gflop:.1f} GFLOP per step = "
+            f"{best * gflop:.0f} GFLOP/s; the machine's best matrix product ({name}) "
+            f"{matmul:.0f} GFLOP/s -> ratio {best * gflop / matmul:.2f}"
         )
     return 0
 

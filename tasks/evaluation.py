@@ -81,7 +81,8 @@ def evaluate_split(
 
         table = read_manifest(manifest)
         groups = dict(zip(table["key"], table["group"], strict=True))
-    metrics = evaluate_cases(Segmenter(model), cases, out_dir, groups=groups)
+    segmenter = Segmenter(model, precision="auto")  # as prediction runs it on this machine
+    metrics = evaluate_cases(segmenter, cases, out_dir, groups=groups)
     _publish(metrics, out_dir, "" if role == "model" else f"{role}-")
     return metrics
 
@@ -100,7 +101,7 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> dict:
     from unet.evaluation import evaluate_cases
     from unet.inference import Segmenter
 
-    segmenter = Segmenter(config.model)
+    segmenter = Segmenter(config.model, precision=config.precision)
     data = resolve_dataset(data)
     if data.channels != segmenter.channels:
         run_logger().info("reading images with the model's %d channel(s)", segmenter.channels)

@@ -11,6 +11,23 @@ import tasks  # noqa: F401  (quiet Prefect/TensorFlow defaults before they load)
 
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _probe_cache(tmp_path_factory):
+    """The bfloat16 probe's cache lives in the session's temporary folder, not in ~/.cache."""
+    os.environ["SEGFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy_after_each_test():
+    """Training may set Keras' global mixed-precision policy (bfloat16 on CPUs with the units);
+    no test inherits another's."""
+    yield
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+
+
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 TINY_SIZE = 32
 

@@ -24,7 +24,9 @@ from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_
 from data_catalog.images import dtype_max, write_png_atomic
 from unet.inference import Segmenter
 from unet.metrics import class_scores, overlap_scores
-from unet.postprocessing import tune_postprocessing
+from unet.model_files import PrecisionCheck
+from unet.postprocessing import ThresholdTuner, classify
+from unet.precision import MIN_AGREEMENT
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +124,9 @@ def evaluate_cases(
         "threshold": segmenter.threshold,
         "min_component_size": segmenter.min_component_size,
     }
+    precision = getattr(segmenter, "precision", None)
+    if precision is not None:
+        metrics["precision"] = {"compute": precision.compute_dtype, "reason": precision.reason}
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_report(metrics, frame, out_dir))
     logger.info(
@@ -242,6 +247,8 @@ def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
         f"- Otsu baseline Dice {metrics['otsu_baseline']['foreground_dice']:.4f} "
         f"({metrics['otsu_baseline']['note']})",
         f"- post-processing: {metrics.get('postprocessing')}",
+        f"- precision: {(metrics.get('precision') or {}).get('compute', 'float32')} "
+        f"({(metrics.get('precision') or {}).get('reason', 'not recorded')})",
         "",
         "| class | Dice | Dice where present (images) | IoU | precision | recall | HD95 (px) "
         "| HD95 undefined |",
@@ -275,23 +282,44 @@ def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tune_on_cases(segmenter: Segmenter, cases: Iterable[Case]) -> dict[str, object]:
-    """Tune the threshold and smallest kept component (:func:`tune_postprocessing`) on labelled
+def tune_on_cases(
+    segmenter: Segmenter, cases: Iterable[Case], bfloat16: Segmenter | None = None
+) -> tuple[dict[str, object], PrecisionCheck | None]:
+    """Tune the threshold and smallest kept component (:class:`ThresholdTuner`) on labelled
     cases, with probabilities from :meth:`Segmenter.probability_maps` (batched, tiled where
     large, as prediction runs), one batch in memory at a time. Binary models only; others keep
     argmax.
 
+    With ``bfloat16`` (the same model in bfloat16), the same pass also compares both
+    precisions' masks pixel by pixel; the tuning kept is the bfloat16 one when they agree on at
+    least :data:`unet.precision.MIN_AGREEMENT` of the pixels (the precision that will run the
+    thresholds tunes them), else the float32 one.
+
     Returns:
-        ``{"threshold", "min_component_size", "val_dice", "val_dice_argmax", "num_cases"}``.
+        ``(tuning, check)``: ``{"threshold", "min_component_size", "val_dice",
+        "val_dice_argmax", "num_cases"}`` and the :class:`PrecisionCheck` (None without
+        ``bfloat16``).
     """
-    if segmenter.num_classes != 2:
-        return {"threshold": None, "min_component_size": 0}
-
-    def pairs():
-        for batch in batched(cases, segmenter.batch_size):
-            images = [segmenter.prepare(image, key) for key, image, _ in batch]
-            maps = segmenter.probability_maps(images)
-            for (_, _, truth), probabilities in zip(batch, maps, strict=True):
-                yield probabilities, truth
-
-    return tune_postprocessing(pairs())
+    tuners = {"float32": ThresholdTuner(), "bfloat16": ThresholdTuner()}
+    binary = segmenter.num_classes == 2
+    agreeing = total = 0
+    for batch in batched(cases, segmenter.batch_size):
+        images = [segmenter.prepare(image, key) for key, image, _ in batch]
+        maps = segmenter.probability_maps(images)
+        other = bfloat16.probability_maps(images) if bfloat16 else [None] * len(batch)
+        for (_, _, truth), full, low in zip(batch, maps, other, strict=True):
+            if binary:
+                tuners["float32"].add(full, truth)
+            if low is not None:
+                if binary:
+                    tuners["bfloat16"].add(low, truth)
+                agreeing += int(np.count_nonzero(classify(full) == classify(low)))
+                total += truth.size
+    check, chosen = None, "float32"
+    if bfloat16 is not None:
+        agreement = agreeing / max(total, 1)
+        chosen = "bfloat16" if agreement >= MIN_AGREEMENT else "float32"
+        check = PrecisionCheck(bfloat16_agreement=agreement, pixels=total, tuned_with=chosen)
+    if not binary:
+        return {"threshold": None, "min_component_size": 0}, check
+    return tuners[chosen].result(), check

@@ -22,6 +22,13 @@ from unet.model import inference_model
 from unet.model_files import ModelInfo
 from unet.normalization import normalize_array
 from unet.postprocessing import class_max, classify, remove_small_components
+from unet.precision import (
+    PrecisionChoice,
+    choose_inference_precision,
+    hardware_probe,
+    physical_gpus,
+    read_cpu_info,
+)
 from unet.registry import resolve_model_file
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,10 @@ class Segmenter:
             positive multiple of the model's size multiple.
         tile_overlap: share of a tile its neighbour overlaps, in [0, 1).
         info: the model's :class:`ModelInfo` when it is not (yet) in ``model.json``.
+        precision: ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the hardware has units
+            for it and the model's validation check passed; see
+            :func:`unet.precision.choose_inference_precision`). ``self.precision`` says what was
+            chosen and why.
 
     Raises:
         FileNotFoundError: no model there. ValueError: a tile size or overlap it cannot use.
@@ -74,6 +85,7 @@ class Segmenter:
         tile_size: int = 512,
         tile_overlap: float = 0.25,
         info: ModelInfo | None = None,
+        precision: str = "float32",
     ):
         self.tta = tta
         self.model_path = resolve_model_file(model, need_info=info is None)
@@ -95,19 +107,43 @@ class Segmenter:
         if not 0 <= tile_overlap < 1:
             raise ValueError(f"overlap must be in [0, 1). Received: overlap={tile_overlap}")
         self.batch_size, self.tile_size, self.tile_overlap = batch_size, tile_size, tile_overlap
-        # batch norms folded into their convolutions; float32 unless a GPU runs it
+        self.precision = resolve_inference_precision(precision, self.info)
+        # batch norms folded into their convolutions; computing in the chosen precision
         self.model = inference_model(
-            keras.models.load_model(self.model_path, compile=False),
-            float32=not tf.config.list_physical_devices("GPU"),
+            keras.models.load_model(self.model_path, compile=False), self.precision.policy
         )
         spec = tf.TensorSpec([None, None, None, self.channels], tf.float32)
-        self._forward = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
+        self._probabilities = tf.function(self._probabilities_graph, input_signature=[spec])
+        threshold_spec = tf.TensorSpec([], tf.float32)
+        self._classes = tf.function(self._classes_graph, input_signature=[spec, threshold_spec])
         logger.info(
-            "loaded model %s (%d channels, %d classes)",
+            "loaded model %s (%d channels, %d classes, %s: %s)",
             self.version,
             self.channels,
             self.num_classes,
+            self.precision.compute_dtype,
+            self.precision.reason,
         )
+
+    def _probabilities_graph(self, batch: tf.Tensor) -> tf.Tensor:
+        """Class probabilities, averaged over flips with TTA (compiled)."""
+        probabilities = self.model(batch, training=False)
+        if self.tta:  # the horizontally, vertically and doubly flipped passes, flipped back
+            for axes in ([2], [1], [1, 2]):
+                flipped = self.model(tf.reverse(batch, axes), training=False)
+                probabilities += tf.reverse(flipped, axes)
+            probabilities /= 4
+        return probabilities
+
+    def _classes_graph(self, batch: tf.Tensor, threshold: tf.Tensor):
+        """Class indices (uint8) and confidence (float32), reduced inside the graph so only
+        they leave it. ``threshold`` < 0: argmax (ties to the lower class)."""
+        probabilities = self._probabilities_graph(batch)
+        argmax = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
+        if self.num_classes == 2:
+            above = tf.cast(probabilities[..., 1] >= threshold, tf.uint8)
+            argmax = tf.where(threshold >= 0, above, argmax)
+        return argmax, tf.reduce_max(probabilities, axis=-1)
 
     def prepare(self, image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
         """``(H, W[, C])`` uint8/uint16 -> ``(H, W, channels)`` float32, normalised as in
@@ -121,11 +157,12 @@ class Segmenter:
     def segment(self, images: Sequence[np.ndarray]) -> list[Segmentation]:
         """Segment prepared images of any sizes (the one entry point).
 
-        Runs of images that share a shape go through the model ``batch_size`` at a time; an
-        image larger than ``tile_size`` goes through the sliding window. The model's
-        post-processing (tuned on the validation split) is applied: for two classes,
-        foreground where its probability reaches ``threshold``; foreground components smaller
-        than ``min_component_size`` pixels are removed.
+        Runs of images that share a shape go through the model ``batch_size`` at a time, with
+        the class indices and confidence computed inside the compiled graph; an image larger
+        than ``tile_size`` goes through the sliding window. The model's post-processing (tuned
+        on the validation split) is applied: for two classes, foreground where its probability
+        reaches ``threshold``; foreground components smaller than ``min_component_size``
+        pixels are removed.
 
         Args:
             images: ``(H, W, channels)`` float32 arrays from :meth:`prepare`.
@@ -134,54 +171,59 @@ class Segmenter:
             One :class:`Segmentation` per image, in order.
         """
         results = []
-        for bands, (height, width) in self._probability_bands(images):
-            if isinstance(bands, np.ndarray):  # the whole image at once: nothing to assemble
-                classes, confidence = classify(bands, self.threshold), class_max(bands)
+        for run in self._runs(images):
+            if len(run) == 1 and self.is_large(run[0]):
+                pairs = [self._segment_tiled(run[0])]
             else:
-                classes = np.zeros((height, width), np.uint8)
-                confidence = np.zeros((height, width), np.float32)
-                for top, probabilities in bands:
-                    rows = slice(top, top + len(probabilities))
-                    classes[rows] = classify(probabilities, self.threshold)
-                    confidence[rows] = class_max(probabilities)
-            if self.min_component_size:
-                classes = remove_small_components(classes, self.min_component_size)
-            results.append(Segmentation(classes, confidence))
+                classes, confidence = self.predict_classes(run)
+                pairs = zip(classes, confidence, strict=True)
+            for classes, confidence in pairs:
+                if self.min_component_size:
+                    classes = remove_small_components(classes, self.min_component_size)
+                results.append(Segmentation(classes, confidence))
         return results
 
     def probability_maps(self, images: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         """``(H, W, num_classes)`` float32 class probabilities of prepared images, through the
-        same batching and sliding window as :meth:`segment`, one image at a time."""
-        for bands, (height, width) in self._probability_bands(images):
-            if isinstance(bands, np.ndarray):
-                yield bands
-                continue
-            full = np.zeros((height, width, self.num_classes), np.float32)
-            for top, probabilities in bands:
-                full[top : top + len(probabilities)] = probabilities
-            yield full
+        same batching and sliding window as :meth:`segment`, one run at a time."""
+        for run in self._runs(images):
+            if len(run) == 1 and self.is_large(run[0]):
+                height, width = run[0].shape[:2]
+                full = np.zeros((height, width, self.num_classes), np.float32)
+                for top, probabilities in self._tiled_bands(run[0]):
+                    full[top : top + len(probabilities)] = probabilities
+                yield full
+            else:
+                yield from self.predict_probabilities(run)
 
-    def _probability_bands(self, images: Sequence[np.ndarray]):
-        """Per image, in order: ``(probabilities, (H, W))``, where probabilities are the whole
-        ``(H, W, K)`` map of an image that went through the model whole, or an iterator of
-        ``(first row, (rows, W, K) probabilities)`` bands from the sliding window."""
+    def _runs(self, images: Sequence[np.ndarray]) -> Iterator[list[np.ndarray]]:
+        """Consecutive images that go through the model together: up to ``batch_size`` of one
+        shape, or one large image alone."""
         start = 0
         while start < len(images):
-            image = images[start]
-            if self.is_large(image):
-                yield self._tiled_bands(image), image.shape[:2]
-                start += 1
-                continue
             end = start + 1
-            while (
-                end < len(images)
-                and end - start < self.batch_size
-                and images[end].shape == image.shape
-            ):
-                end += 1
-            for probabilities in self.predict_probabilities(list(images[start:end])):
-                yield probabilities, image.shape[:2]
+            if not self.is_large(images[start]):
+                while (
+                    end < len(images)
+                    and end - start < self.batch_size
+                    and images[end].shape == images[start].shape
+                ):
+                    end += 1
+            yield list(images[start:end])
             start = end
+
+    def _padded(self, images: list[np.ndarray]) -> tuple[tf.Tensor, int, int]:
+        """One batch of same-shape images, mirrored up to the size multiple; their height and
+        width."""
+        shapes = {image.shape for image in images}
+        if len(shapes) != 1:
+            raise ValueError(f"a batch must hold images of one shape; got {sorted(shapes)}")
+        height, width = images[0].shape[:2]
+        pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
+        batch = np.stack(images)
+        if pad_h or pad_w:
+            batch = np.pad(batch, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+        return tf.constant(batch), height, width
 
     def predict_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """Class probabilities of prepared images that share one shape (one forward pass).
@@ -192,22 +234,32 @@ class Segmenter:
         Returns:
             ``(B, H, W, num_classes)`` float32.
         """
-        shapes = {image.shape for image in images}
-        if len(shapes) != 1:
-            raise ValueError(f"a batch must hold images of one shape; got {sorted(shapes)}")
-        height, width = images[0].shape[:2]
-        pad_h = (-height) % self.multiple
-        pad_w = (-width) % self.multiple
-        batch = np.stack(images)
-        if pad_h or pad_w:
-            batch = np.pad(batch, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-        probabilities = self._forward(tf.constant(batch)).numpy()
-        if self.tta:  # average with the horizontally, vertically and doubly flipped passes
-            for axes in ((2,), (1,), (1, 2)):
-                flipped = np.ascontiguousarray(np.flip(batch, axis=axes))
-                probabilities += np.flip(self._forward(tf.constant(flipped)).numpy(), axis=axes)
-            probabilities /= 4
-        return probabilities[:, :height, :width, :]
+        batch, height, width = self._padded(images)
+        return self._probabilities(batch).numpy()[:, :height, :width, :]
+
+    def predict_classes(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Class indices (after the threshold, before component removal) and confidence of
+        prepared images that share one shape; only these leave the compiled graph.
+
+        Returns:
+            ``((B, H, W) uint8, (B, H, W) float32)``.
+        """
+        batch, height, width = self._padded(images)
+        threshold = -1.0 if self.threshold is None else float(self.threshold)
+        classes, confidence = self._classes(batch, tf.constant(threshold, tf.float32))
+        return classes.numpy()[:, :height, :width], confidence.numpy()[:, :height, :width]
+
+    def _segment_tiled(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Classes and confidence of one large image, assembled from the sliding window's
+        bands."""
+        height, width = image.shape[:2]
+        classes = np.zeros((height, width), np.uint8)
+        confidence = np.zeros((height, width), np.float32)
+        for top, probabilities in self._tiled_bands(image):
+            rows = slice(top, top + len(probabilities))
+            classes[rows] = classify(probabilities, self.threshold)
+            confidence[rows] = class_max(probabilities)
+        return classes, confidence
 
     def _tiled_bands(self, image: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Sliding window over one prepared image: blended probabilities, band by band.
@@ -265,3 +317,32 @@ def gaussian_weights(size: int, sigma_scale: float = 0.125) -> np.ndarray:
     one_d = np.exp(-(axis**2) / (2 * (size * sigma_scale) ** 2))
     weights = np.outer(one_d, one_d)
     return np.maximum(weights / weights.max(), 1e-3).astype(np.float32)
+
+
+def resolve_inference_precision(setting: str, info: ModelInfo) -> PrecisionChoice:
+    """The precision a model segments in on this machine (see
+    :func:`unet.precision.choose_inference_precision`); the hardware is only looked at, and
+    the probe only run, for ``auto``."""
+    if setting not in ("auto", "float32", "bfloat16"):
+        raise ValueError(
+            f"precision must be 'auto', 'float32' or 'bfloat16'. Received: precision={setting!r}"
+        )
+    if setting != "auto":
+        return choose_inference_precision(setting, [], read_cpu_info(), lambda: None, None)
+    check = info.precision_check
+    return choose_inference_precision(
+        "auto",
+        physical_gpus(),
+        read_cpu_info(),
+        hardware_probe(),
+        None if check is None else check.bfloat16_agreement,
+    )
+
+
+def bfloat16_pays_here() -> bool:
+    """True when this machine's hardware would segment in bfloat16 (units present and, on a
+    CPU, confirmed by the probe): training then checks the model's bfloat16 masks."""
+    choice = choose_inference_precision(
+        "auto", physical_gpus(), read_cpu_info(), hardware_probe(), agreement=1.0
+    )
+    return choice.policy == "mixed_bfloat16"

@@ -206,26 +206,28 @@ def foldable_batch_norms(model: keras.Model) -> dict[str, layers.BatchNormalizat
     return folded
 
 
-def inference_model(model: keras.Model, float32: bool = True) -> keras.Model:
+def inference_model(model: keras.Model, policy: str | None = "float32") -> keras.Model:
     """A copy of a trained model for inference: every BatchNormalization that directly follows
     a Conv2D (whose only consumer it is) is folded into that convolution's kernel and bias, and
-    with ``float32`` every layer computes in float32 (a model trained under mixed precision on a
-    GPU would otherwise run float16 convolutions on a CPU).
+    every layer computes under the dtype ``policy`` (``float32``, ``mixed_bfloat16``, ...;
+    None keeps each layer's own), whatever the model was trained with; the output layer
+    always yields float32.
 
     Folding removes a full pass over every activation map: the default U-Net's forward pass on a
     CPU is ~15% faster; outputs equal the original's to float rounding (a test holds 1e-4).
     """
     folded = foldable_batch_norms(model)  # conv name -> the BN that follows it
     batch_norms = {bn.name for bn in folded.values()}
-    if not folded and not float32:
+    if not folded and policy is None:
         return model
+    outputs = {layer.name for layer in model.layers if layer.output is model.outputs[0]}
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         config = layer.get_config()
-        if float32 and "dtype" in config:
-            config["dtype"] = "float32"
-        if layer.name in batch_norms:
-            return _Folded(name=layer.name)
+        if policy is not None and "dtype" in config:
+            config["dtype"] = "float32" if layer.name in outputs else policy
+        if layer.name in batch_norms:  # its own dtype: never the process's global policy
+            return _Folded(name=layer.name, dtype=config.get("dtype"))
         if layer.name in folded:
             config["use_bias"] = True
         return layer.__class__.from_config(config)

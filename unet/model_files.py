@@ -40,6 +40,20 @@ class PostProcessing(BaseModel):
     )
 
 
+class PrecisionCheck(BaseModel):
+    """How this model's bfloat16 masks compared with float32 ones on its validation split
+    (checked by training where bfloat16 is the machine's choice); inference takes bfloat16 on
+    ``auto`` only when the agreement is high enough."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    bfloat16_agreement: float = Field(
+        description="Share of validation pixels whose class is the same in both precisions."
+    )
+    pixels: int = Field(ge=0, description="Validation pixels compared.")
+    tuned_with: str = Field(description="Precision the post-processing was tuned with.")
+
+
 class ModelInfo(BaseModel):
     """Everything beside the weights that inference needs, as stored in ``model.json``."""
 
@@ -53,6 +67,7 @@ class ModelInfo(BaseModel):
     num_classes: int = Field(ge=2)
     labels: Any = None
     postprocessing: PostProcessing = PostProcessing()
+    precision_check: PrecisionCheck | None = None
     model_version: str | None = None
     train_config: dict[str, Any] = Field(default_factory=dict)
 

@@ -6,7 +6,7 @@ Plain numpy and OpenCV: nothing here needs a model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
@@ -75,8 +75,43 @@ def postprocess(
     return classes
 
 
-ProbabilityMaps = Callable[[list[np.ndarray]], list[np.ndarray]]
-Case = tuple[str, np.ndarray, np.ndarray]  # key, (H, W[, C]) prepared image, (H, W) classes
+class ThresholdTuner:
+    """Chooses the foreground threshold and smallest kept component by mean foreground Dice,
+    from probability maps added one at a time (only running sums are kept, so tuning on a large
+    validation split holds one map in memory, not all of them)."""
+
+    def __init__(
+        self,
+        thresholds: tuple[float, ...] = THRESHOLDS,
+        min_sizes: tuple[int, ...] = MIN_COMPONENT_SIZES,
+    ):
+        self.thresholds, self.min_sizes = thresholds, min_sizes
+        self.sums = dict.fromkeys([(t, m) for t in thresholds for m in min_sizes], 0.0)
+        self.argmax_sum, self.count = 0.0, 0
+
+    def add(self, probabilities: np.ndarray, truth: np.ndarray) -> None:
+        """One case: ``(H, W, 2)`` float32 probabilities of a binary model, ``(H, W)`` truth."""
+        for threshold in self.thresholds:
+            classes = classify(probabilities, threshold)
+            for min_size in self.min_sizes:
+                kept = remove_small_components(classes, min_size) if min_size else classes
+                self.sums[(threshold, min_size)] += overlap_scores(kept, truth, 1)[0]
+        self.argmax_sum += overlap_scores(classify(probabilities), truth, 1)[0]
+        self.count += 1
+
+    def result(self) -> dict[str, object]:
+        """``{"threshold", "min_component_size", "val_dice", "val_dice_argmax", "num_cases"}``;
+        threshold None and size 0 when there was nothing to tune on."""
+        if not self.count:
+            return {"threshold": None, "min_component_size": 0, "num_cases": 0}
+        (threshold, min_size), best = max(self.sums.items(), key=lambda item: item[1])
+        return {
+            "threshold": threshold,
+            "min_component_size": min_size,
+            "val_dice": best / self.count,
+            "val_dice_argmax": self.argmax_sum / self.count,
+            "num_cases": self.count,
+        }
 
 
 def tune_postprocessing(
@@ -84,40 +119,11 @@ def tune_postprocessing(
     thresholds: tuple[float, ...] = THRESHOLDS,
     min_sizes: tuple[int, ...] = MIN_COMPONENT_SIZES,
 ) -> dict[str, object]:
-    """Choose the foreground threshold and smallest kept component by mean foreground Dice.
-
-    The maps are consumed one at a time (only running sums are kept), so tuning on a large
-    validation split holds one probability map in memory, not all of them.
-
-    Args:
-        probability_maps: ``((H, W, 2) float32 probabilities, (H, W) truth)`` pairs of a binary
-            model.
-
-    Returns:
-        ``{"threshold", "min_component_size", "val_dice", "val_dice_argmax", "num_cases"}``;
-        threshold None and size 0 when there was nothing to tune on.
-    """
-    grid = [(t, m) for t in thresholds for m in min_sizes]
-    sums = dict.fromkeys(grid, 0.0)
-    argmax_sum, count = 0.0, 0
+    """:class:`ThresholdTuner` over ``((H, W, 2) probabilities, (H, W) truth)`` pairs."""
+    tuner = ThresholdTuner(thresholds, min_sizes)
     for probabilities, truth in probability_maps:
-        for threshold in thresholds:
-            classes = classify(probabilities, threshold)
-            for min_size in min_sizes:
-                kept = remove_small_components(classes, min_size) if min_size else classes
-                sums[(threshold, min_size)] += overlap_scores(kept, truth, 1)[0]
-        argmax_sum += overlap_scores(classify(probabilities), truth, 1)[0]
-        count += 1
-    if not count:
-        return {"threshold": None, "min_component_size": 0, "num_cases": 0}
-    (threshold, min_size), best = max(sums.items(), key=lambda item: item[1])
-    return {
-        "threshold": threshold,
-        "min_component_size": min_size,
-        "val_dice": best / count,
-        "val_dice_argmax": argmax_sum / count,
-        "num_cases": count,
-    }
+        tuner.add(probabilities, truth)
+    return tuner.result()
 
 
 def as_postprocessing(tuning: dict[str, object]) -> PostProcessing:

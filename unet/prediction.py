@@ -57,6 +57,7 @@ REPORT_COLUMNS = [
     "components",
     "mean_confidence",
     "model_version",
+    "precision",
     "input_sha256",
     "seconds",
 ]
@@ -120,11 +121,13 @@ class PredictionPlan:
 
 @dataclass(frozen=True)
 class OutputFormat:
-    """What an earlier mask must have been made with to be reused: model, scale, TTA."""
+    """What an earlier mask must have been made with to be reused: model, scale, TTA and
+    precision."""
 
     model_version: str
     mask_scale: int
     tta: bool
+    precision: str = "float32"
 
     def made(self, row: dict) -> bool:
         """True when a journal row was written by a run with this format."""
@@ -132,6 +135,7 @@ class OutputFormat:
             row.get("model_version") == self.model_version
             and row.get("mask_scale") == self.mask_scale
             and row.get("tta") == self.tta
+            and row.get("precision", "float32") == self.precision
         )
 
 
@@ -202,11 +206,18 @@ def segment_files(
         ValueError: a tile size the model cannot use.
     """
     segmenter = Segmenter(
-        config.model, config.tta, config.batch_size, config.tile_size, config.tile_overlap
+        config.model,
+        config.tta,
+        config.batch_size,
+        config.tile_size,
+        config.tile_overlap,
+        precision=config.precision,
     )
     plan = plan_inputs(config, shard)
     scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
-    output_format = OutputFormat(segmenter.version, scale, config.tta)
+    output_format = OutputFormat(
+        segmenter.version, scale, config.tta, segmenter.precision.compute_dtype
+    )
     window = 2 * config.batch_size
     logger.info(
         "segmenting %d files from %s into %s", len(plan.inputs), plan.input_dir, plan.output_dir
@@ -401,6 +412,7 @@ class ResultSink:
             "input": item.input.relative,
             "status": "ok",
             "model_version": self.format.model_version,
+            "precision": self.format.precision,
             "seconds": round(time.perf_counter() - item.started, 4),
             **values,
         }

@@ -28,7 +28,7 @@ from data_catalog.tfrecords import iterate_cases, load_sidecar, split_files
 from unet.config import DeviceConfig, TrainConfig
 from unet.devices import configure_devices
 from unet.evaluation import tune_on_cases
-from unet.inference import Segmenter
+from unet.inference import Segmenter, bfloat16_pays_here
 from unet.lineage import code_revision, library_versions
 from unet.losses import SegmentationLoss
 from unet.metrics import OverlapScore
@@ -422,7 +422,9 @@ def fit_epochs(
 
 def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tuple[ModelInfo, dict]:
     """Version the best model, tune its post-processing on the val split through the
-    :class:`Segmenter` that prediction uses, and write ``model.json`` (once).
+    :class:`Segmenter` that prediction uses, and write ``model.json`` (once). Where this
+    machine would segment in bfloat16, the same pass checks bfloat16 masks against float32
+    ones (``precision_check``) and the thresholds are tuned in the precision that passes.
 
     Returns:
         ``(model info, tuning result)``.
@@ -440,10 +442,14 @@ def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tupl
         model_version=f"{run_dir.name}-{hash_file(model_file(run_dir))[:12]}",
         train_config=config.model_dump(),
     )
-    segmenter = Segmenter(model_file(run_dir), info=info)
-    tuning = tune_on_cases(segmenter, iterate_cases(data.tfrecord_dir, "val"))
-    logger.info("post-processing tuned on val: %s", tuning)
-    info = info.model_copy(update={"postprocessing": as_postprocessing(tuning)})
+    path = model_file(run_dir)
+    segmenter = Segmenter(path, info=info)
+    bfloat16 = Segmenter(path, info=info, precision="bfloat16") if bfloat16_pays_here() else None
+    tuning, check = tune_on_cases(segmenter, iterate_cases(data.tfrecord_dir, "val"), bfloat16)
+    logger.info("post-processing tuned on val: %s; precision check: %s", tuning, check)
+    info = info.model_copy(
+        update={"postprocessing": as_postprocessing(tuning), "precision_check": check}
+    )
     info.write(run_dir)
     return info, tuning
 

@@ -77,3 +77,23 @@ def test_inference_model_computes_in_float32_after_mixed_precision_training():
     images = np.random.default_rng(1).random((1, 16, 16, 1), dtype=np.float32)
     expected = model(images, training=False).numpy()
     np.testing.assert_allclose(folded(images, training=False).numpy(), expected, atol=2e-2)
+
+
+def test_inference_model_ignores_the_global_policy_of_the_process():
+    """A process that trained in mixed_bfloat16 keeps that global policy; a float32 inference
+    copy made there must still compute every layer in float32."""
+    import keras
+
+    from unet.model import inference_model
+
+    model = build_unet(TrainConfig(depth=2, base_filters=4, num_classes=2), 1)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        folded = inference_model(model, "float32")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    computing = [layer for layer in folded.layers if not isinstance(layer, keras.layers.InputLayer)]
+    assert {layer.compute_dtype for layer in computing} == {"float32"}
+    images = np.random.default_rng(2).random((1, 16, 16, 1), dtype=np.float32)
+    expected = model(images, training=False).numpy()
+    np.testing.assert_allclose(folded(images, training=False).numpy(), expected, atol=1e-4)

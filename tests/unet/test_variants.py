@@ -76,12 +76,18 @@ def test_device_report_on_this_machine(tmp_path):
 
     strategy, report = configure_devices(DeviceConfig())
     json.dumps(report)
+    from unet.precision import read_cpu_info
+
     gpus = tf.config.list_physical_devices("GPU")
     assert report["device"] == ("GPU" if gpus else "CPU")
     assert report["replicas"] == strategy.num_replicas_in_sync >= 1
-    if not gpus:
-        assert report["mixed_precision"] == "float32"
-        assert any("runs on the CPU" in note for note in report["notes"])
+    if not gpus:  # float32 unless this CPU has bfloat16 units that the probe found faster
+        cpu = read_cpu_info()
+        assert report["cpu"] == cpu.model and report["cpu_bf16_flags"] == list(cpu.bf16_flags)
+        assert report["mixed_precision"] in ("float32", "mixed_bfloat16")
+        if not cpu.bf16_flags:
+            assert report["mixed_precision"] == "float32"
+        assert report["precision_reason"] in report["notes"]
 
 
 def test_augmentation_is_seeded_and_keeps_image_and_mask_aligned():
