@@ -139,11 +139,14 @@ class Segmenter:
         """Class indices (uint8) and confidence (float32), reduced inside the graph so only
         they leave it. ``threshold`` < 0: argmax (ties to the lower class)."""
         probabilities = self._probabilities_graph(batch)
-        argmax = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
-        if self.num_classes == 2:
-            above = tf.cast(probabilities[..., 1] >= threshold, tf.uint8)
-            argmax = tf.where(threshold >= 0, above, argmax)
-        return argmax, tf.reduce_max(probabilities, axis=-1)
+        if self.num_classes == 2:  # a tie goes to background, as in numpy's class_argmax
+            foreground = probabilities[..., 1]
+            above = foreground > probabilities[..., 0]
+            cut = tf.where(threshold >= 0, foreground >= threshold, above)
+            classes = tf.cast(cut, tf.uint8)
+        else:
+            classes = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
+        return classes, tf.reduce_max(probabilities, axis=-1)
 
     def prepare(self, image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
         """``(H, W[, C])`` uint8/uint16 -> ``(H, W, channels)`` float32, normalised as in
