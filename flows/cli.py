@@ -231,7 +231,7 @@ def run_prepare_command(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from flows.train import train_flow
+    from flows.train import describe_test_scores, train_flow
     from unet.registry import registry_root
 
     summary = train_flow(
@@ -242,9 +242,8 @@ def run_train(args: argparse.Namespace) -> int:
         devices=config_from_args(DeviceConfig, args),
     )
     print(
-        f"model: {summary.model} ({summary.model_version})\n"
-        f"test foreground Dice {summary.test_dice:.4f} on {summary.test_cases} images "
-        f"(Otsu baseline {summary.otsu_dice:.4f}); metrics: {args.out}/metrics.json"
+        f"model: {summary.model} ({summary.model_version})\n{describe_test_scores(summary)}\n"
+        f"records: {args.out}"
     )
     return 0
 

@@ -60,6 +60,12 @@ def nightly_retrain_flow(
     logger.info("champion before tonight: %s (registry %s)", champion or "none", registry)
     champion_lineage = models.champion_lineage(registry)
     prepared = run_prepare(prepare, str(run_dir))
+    if not prepared.split_counts.get("test"):
+        raise ValueError(
+            "nightly-retrain compares the challenger with the champion on the test split, and "
+            f"this dataset has none (split {prepared.split_counts}); give it a test_fraction "
+            "above 0, or train with `segflow train` and promote by hand"
+        )
     skip = promotion.skip_unchanged and skip_reason(champion_lineage, prepared, train)
     if skip:
         return report_skip(skip, champion, run_dir)

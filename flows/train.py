@@ -36,9 +36,9 @@ class TrainRunSummary:
     test_cases: int
     best_epoch: int
     val_dice: float
-    test_dice: float
-    test_iou: float
-    otsu_dice: float
+    test_dice: float | None  # None: no test split (--test-fraction 0), nothing was scored
+    test_iou: float | None
+    otsu_dice: float | None
     training_seconds: float
     stop_reason: str
     registered: str | None
@@ -96,11 +96,23 @@ def train_flow(
     publish_markdown(
         "train-report",
         f"# Training run `{summary.model_version}`\n\n{markdown_table(rows)}\n\n"
-        f"Test foreground Dice **{summary.test_dice:.4f}** against an Otsu threshold's "
-        f"{summary.otsu_dice:.4f} on the same {summary.test_cases} images.\n",
+        f"{describe_test_scores(summary)}\n",
         "Training run summary",
     )
     return summary
+
+
+def describe_test_scores(summary: TrainRunSummary) -> str:
+    """One sentence on the test split's scores, or on why there are none."""
+    if summary.test_dice is None:
+        return (
+            "No test split (test_fraction 0): the model was trained and registered without a "
+            "test evaluation; score it on your own test set with `segflow evaluate`."
+        )
+    return (
+        f"Test foreground Dice {summary.test_dice:.4f} against an Otsu threshold's "
+        f"{summary.otsu_dice:.4f} on the same {summary.test_cases} images."
+    )
 
 
 def train_evaluate_register(
@@ -118,7 +130,8 @@ def train_evaluate_register(
         role: names the evaluation task run and prefixes its artifact keys.
 
     Returns:
-        ``(summary, metrics)``: key numbers and the full test-split metrics document.
+        ``(summary, metrics)``: key numbers and the full test-split metrics document ({} when
+        the dataset has no test split: the model is trained and registered unscored).
     """
     run_path = Path(run_dir)
     prepare = prepared.config
@@ -136,14 +149,16 @@ def train_evaluate_register(
         "prepare_config": prepare.model_dump(),
     }
     training = train_unet(prepared.tfrecords, run_dir, train, lineage, devices)
-    metrics = evaluate_split(
-        training.model,
-        prepared.tfrecords,
-        str(run_path / "evaluation"),
-        manifest=prepared.manifest,
-        role=role,
-    )
-    write_json_atomic(run_path / "metrics.json", metrics)
+    metrics = {}
+    if prepared.split_counts.get("test", 0):
+        metrics = evaluate_split(
+            training.model,
+            prepared.tfrecords,
+            str(run_path / "evaluation"),
+            manifest=prepared.manifest,
+            role=role,
+        )
+        write_json_atomic(run_path / "metrics.json", metrics)
     registered = register_run(run_dir, registry) if registry else None
     summary = TrainRunSummary(
         run_dir=str(run_path),
@@ -156,9 +171,9 @@ def train_evaluate_register(
         test_cases=prepared.split_counts["test"],
         best_epoch=training.best_epoch,
         val_dice=training.best_val_dice,
-        test_dice=metrics["foreground_dice"],
-        test_iou=metrics["foreground_iou"],
-        otsu_dice=metrics["otsu_baseline"]["foreground_dice"],
+        test_dice=metrics.get("foreground_dice"),
+        test_iou=metrics.get("foreground_iou"),
+        otsu_dice=(metrics.get("otsu_baseline") or {}).get("foreground_dice"),
         training_seconds=training.seconds,
         stop_reason=training.stop_reason,
         registered=registered,

@@ -236,3 +236,28 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys
     monkeypatch.setattr(cli, "run_models", buggy)
     with pytest.raises(KeyError, match="test_dice"):
         main(["models", "--registry", str(tmp_path / "models"), "list"])
+
+
+def test_no_test_split_trains_and_registers_unscored_and_the_nightly_refuses_it(
+    demo_dir, tmp_path, capsys
+):
+    data = ["--images", str(demo_dir / "data" / "images"), "--masks"]
+    data += [str(demo_dir / "data" / "masks"), "--test-fraction", "0", "--val-fraction", "0.3"]
+    tiny = ["--image-size", "32", "--depth", "2", "--base-filters", "4", "--epochs", "1"]
+    models = tmp_path / "models"
+    status = main(
+        ["train", *data, *tiny, "--out", str(tmp_path / "run")] + ["--registry", str(models)]
+    )
+    out = capsys.readouterr().out
+    assert status == 0 and "No test split (test_fraction 0)" in out
+    assert (tmp_path / "run" / "model.keras").is_file()
+    assert not (tmp_path / "run" / "evaluation").exists()
+    assert len([p for p in models.iterdir() if p.is_dir()]) == 1
+
+    status = main(
+        ["retrain", *data, *tiny, "--registry", str(models), "--runs-dir"]
+        + [str(tmp_path / "nightly")]
+    )
+    error = capsys.readouterr().err
+    assert status == 2 and "this dataset has none" in error
+    assert not list((tmp_path / "nightly").rglob("model.keras"))  # refused before training
