@@ -169,6 +169,12 @@ def score_case(
         for name, value in class_scores(prediction, truth, class_id).items():
             row[f"{name}_{class_id}"] = value
         row[f"present_{class_id}"] = bool(np.any(truth == class_id))
+        # pixel counts, so Dice can be pooled over all images of a group (volume Dice)
+        row[f"true_pixels_{class_id}"] = int(np.count_nonzero(truth == class_id))
+        row[f"predicted_pixels_{class_id}"] = int(np.count_nonzero(prediction == class_id))
+        row[f"overlap_pixels_{class_id}"] = int(
+            np.count_nonzero((truth == class_id) & (prediction == class_id))
+        )
     row["truth_fraction"] = float(np.mean(truth > 0))
     row["predicted_fraction"] = float(np.mean(prediction > 0))
     otsu = otsu_foreground(image).astype(np.uint8)
@@ -198,34 +204,71 @@ def summarize(per_image: pd.DataFrame, num_classes: int) -> dict[str, object]:
         )
         classes[str(class_id)] = entry
     foreground = [str(c) for c in range(1, num_classes)]
-    dice_columns = [f"dice_{c}" for c in foreground]
-    present_any = per_image[[f"present_{c}" for c in foreground]].any(axis=1)
-
-    def group_entry(rows: pd.DataFrame) -> dict:
-        with_foreground = rows[present_any.loc[rows.index]]
-        return {
-            "images": len(rows),
-            "foreground_dice": float(rows[dice_columns].mean().mean()),
-            "images_with_foreground": len(with_foreground),
-            "foreground_dice_present": float(with_foreground[dice_columns].mean().mean())
-            if len(with_foreground)
-            else None,
-        }
-
-    per_group = {str(group): group_entry(rows) for group, rows in per_image.groupby("group")}
+    per_group = {
+        str(group): group_scores(rows, foreground) for group, rows in per_image.groupby("group")
+    }
+    grouped = per_image["group"].nunique() < len(per_image)
     above, below = per_image["otsu_dice_above"].mean(), per_image["otsu_dice_below"].mean()
     return {
         "num_images": len(per_image),
         "foreground_dice": float(np.mean([classes[c]["dice_mean"] for c in foreground])),
         "foreground_iou": float(np.mean([classes[c]["iou_mean"] for c in foreground])),
-        "foreground_dice_present": group_entry(per_image)["foreground_dice_present"],
+        "foreground_dice_present": group_scores(per_image, foreground)["foreground_dice_present"],
         "classes": classes,
-        "groups": per_group if per_image["group"].nunique() < len(per_image) else None,
+        "groups": per_group if grouped else None,
+        "group_volume_dice_mean": float(np.mean([g["volume_dice"] for g in per_group.values()]))
+        if grouped
+        else None,
+        "worst_groups": sorted(per_group, key=lambda g: per_group[g]["volume_dice"])[:3]
+        if grouped
+        else None,
+        "empty_table": empty_table(per_image),
         "otsu_baseline": {
             "foreground_dice": float(max(above, below)),
             "polarity": "above" if above >= below else "below",
             "note": "Otsu threshold per image; the better polarity over these images",
         },
+    }
+
+
+def group_scores(rows: pd.DataFrame, foreground: list[str]) -> dict[str, object]:
+    """Scores of one group (patient): the mean over its images, the mean over its images with
+    foreground, and the volume Dice (overlap pooled over all its images, as the field
+    reports per patient)."""
+    dice_columns = [f"dice_{c}" for c in foreground]
+    present = rows[rows[[f"present_{c}" for c in foreground]].any(axis=1)]
+    return {
+        "images": len(rows),
+        "foreground_dice": float(rows[dice_columns].mean().mean()),
+        "volume_dice": pooled_dice(rows, foreground),
+        "images_with_foreground": len(present),
+        "foreground_dice_present": float(present[dice_columns].mean().mean())
+        if len(present)
+        else None,
+    }
+
+
+def pooled_dice(rows: pd.DataFrame, foreground: list[str]) -> float:
+    """Dice of the foreground classes with the pixels of all ``rows`` pooled (1 for a class
+    absent from truth and prediction), averaged over the classes."""
+    scores = []
+    for c in foreground:
+        overlap = rows[f"overlap_pixels_{c}"].sum()
+        total = rows[f"true_pixels_{c}"].sum() + rows[f"predicted_pixels_{c}"].sum()
+        scores.append(1.0 if total == 0 else 2 * overlap / total)
+    return float(np.mean(scores))
+
+
+def empty_table(per_image: pd.DataFrame) -> dict[str, int]:
+    """Images by whether truth and prediction hold any foreground: false-positive images
+    (healthy slices with a predicted lesion) and missed ones (a lesion with no prediction)."""
+    truth = per_image["truth_fraction"] > 0
+    predicted = per_image["predicted_fraction"] > 0
+    return {
+        "both_empty": int((~truth & ~predicted).sum()),
+        "false_positive_images": int((~truth & predicted).sum()),
+        "missed_images": int((truth & ~predicted).sum()),
+        "both_foreground": int((truth & predicted).sum()),
     }
 
 
@@ -261,18 +304,35 @@ def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
             f"{fmt(s['precision_mean'])} | {fmt(s['recall_mean'])} | "
             f"{fmt(s['hd95_mean'])} | {s['hd95_undefined']} |"
         )
+    empty = metrics["empty_table"]
+    lines += [
+        "",
+        "## Empty and non-empty masks (images)",
+        "",
+        "| truth \\ prediction | empty | foreground |",
+        "|---|---|---|",
+        f"| empty | {empty['both_empty']} | {empty['false_positive_images']} (false positive) |",
+        f"| foreground | {empty['missed_images']} (missed) | {empty['both_foreground']} |",
+    ]
     if metrics.get("groups"):
+        worst = ", ".join(
+            f"{g} ({metrics['groups'][g]['volume_dice']:.4f})" for g in metrics["worst_groups"]
+        )
         lines += [
             "",
             "## Per group",
             "",
-            "| group | images | foreground Dice | with foreground | Dice there |",
-            "|---|---|---|---|---|",
+            f"Mean per-group volume Dice **{metrics['group_volume_dice_mean']:.4f}** (each "
+            f"group's pixels pooled over its images). Worst groups: {worst}.",
+            "",
+            "| group | images | volume Dice | mean Dice over images | with foreground | "
+            "Dice there |",
+            "|---|---|---|---|---|---|",
         ]
         for group, entry in sorted(metrics["groups"].items()):
             lines.append(
-                f"| {group} | {entry['images']} | {entry['foreground_dice']:.4f} | "
-                f"{entry['images_with_foreground']} | "
+                f"| {group} | {entry['images']} | {entry['volume_dice']:.4f} | "
+                f"{entry['foreground_dice']:.4f} | {entry['images_with_foreground']} | "
                 f"{fmt(entry['foreground_dice_present'])} |"
             )
     overlays = sorted((out_dir / "overlays").glob("*.png"))

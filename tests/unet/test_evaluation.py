@@ -73,11 +73,37 @@ def test_per_group_scores(tmp_path):
     expected = {
         "images": 2,
         "foreground_dice": 0.5,
+        "volume_dice": pytest.approx(2 * 4 / (4 + 8)),  # pixels pooled over the group's images
         "images_with_foreground": 1,
         "foreground_dice_present": 1.0,
     }
     assert metrics["groups"] == {"p1": expected, "p2": expected}
     assert metrics["foreground_dice_present"] == 1.0
+    assert metrics["group_volume_dice_mean"] == pytest.approx(2 / 3)
+    # every image predicts foreground: the empty-truth ones are false positives, none missed
+    assert metrics["empty_table"] == {
+        "both_empty": 0,
+        "false_positive_images": 2,
+        "missed_images": 0,
+        "both_foreground": 2,
+    }
+    report = (tmp_path / "report.md").read_text()
+    assert "Mean per-group volume Dice **0.6667**" in report and "Worst groups: p1" in report
+    assert "| empty | 0 | 2 (false positive) |" in report
+
+
+def test_volume_dice_weighs_large_slices_more_than_the_mean_over_slices(tmp_path):
+    big_truth = np.zeros((10, 10), np.uint8)
+    big_truth[:5] = 1  # 50 pixels, predicted exactly
+    small_truth = np.zeros((10, 10), np.uint8)
+    small_truth[9, 9] = 1  # 1 pixel, missed: the prediction holds 50 other pixels
+    prediction = big_truth.copy()
+    cases = [("big", np.zeros((10, 10), np.uint8), big_truth)]
+    cases += [("small", np.zeros((10, 10), np.uint8), small_truth)]
+    metrics = evaluate_cases(_Constant(prediction), cases, tmp_path, 0, {"big": "p", "small": "p"})
+    group = metrics["groups"]["p"]
+    assert group["foreground_dice"] == pytest.approx((1.0 + 0.0) / 2)
+    assert group["volume_dice"] == pytest.approx(2 * 50 / (51 + 100))
 
 
 def test_hausdorff95_known_distance():
