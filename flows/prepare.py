@@ -11,7 +11,14 @@ from prefect import flow
 from data_catalog.atomic import write_json_atomic
 from data_catalog.catalog import resolve_dataset
 from data_catalog.config import PrepareConfig
-from tasks.prepare import IndexSummary, index_cases, split_dataset, summarize, write_tfrecord_set
+from tasks.prepare import (
+    IndexSummary,
+    fingerprint,
+    index_cases,
+    split_dataset,
+    summarize,
+    write_tfrecord_set,
+)
 from tasks.reporting import run_logger
 
 
@@ -28,6 +35,7 @@ class PreparedDataset:
     summary: str
     tfrecords: str
     cached: bool
+    fingerprint: str | None = None
 
     @property
     def dataset_hash(self) -> str:
@@ -70,7 +78,8 @@ def run_prepare(config: PrepareConfig, out_dir: str) -> PreparedDataset:
     writer = write_tfrecord_set.with_options(refresh_cache=not cached)
     tfrecords = writer(index.manifest, splits_path, config, str(tfrecord_dir), address)
     run_logger().info("TFRecords %s %s", "reused from" if cached else "written to", tfrecords)
-    summary = summarize(index, splits_path, config, out_dir)
+    fingerprint_path = fingerprint(index, config, out_dir)
+    summary = summarize(index, splits_path, config, out_dir, fingerprint_path)
     return PreparedDataset(
         config=config,
         index=index,
@@ -80,6 +89,7 @@ def run_prepare(config: PrepareConfig, out_dir: str) -> PreparedDataset:
         summary=summary,
         tfrecords=tfrecords,
         cached=cached,
+        fingerprint=fingerprint_path,
     )
 
 

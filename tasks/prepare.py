@@ -148,10 +148,51 @@ def write_tfrecord_set(
     return tfrecord_dir
 
 
+@task(name="fingerprint-dataset")
+def fingerprint(index: IndexSummary, config: PrepareConfig, out_dir: str) -> str:
+    """Write ``fingerprint.json`` (see :mod:`data_catalog.fingerprint`); computed once per
+    dataset hash, label rule and channels, then reused from the cache folder."""
+    import json
+
+    from data_catalog.atomic import write_json_atomic
+    from data_catalog.fingerprint import fingerprint_dataset
+    from data_catalog.hashing import hash_json
+    from data_catalog.labels import LabelRule
+
+    rule = LabelRule.build(config.foreground, config.labels)
+    key = hash_json(
+        {"dataset": index.dataset_hash, "labels": rule.describe(), "c": config.channels}
+    )
+    cached = Path(config.cache_dir or out_dir) / f"fingerprint-{key[:16]}.json"
+    if cached.is_file():
+        document = json.loads(cached.read_text())
+    else:
+        document = fingerprint_dataset(read_manifest(index.manifest), rule, config.channels)
+        write_json_atomic(cached, document)
+    path = write_json_atomic(Path(out_dir) / "fingerprint.json", document)
+    run_logger().info(
+        "fingerprint: %d cases, scale ratio between cases %s",
+        document["num_cases"],
+        [round(c["scale_between_cases"]["ratio_p95_p5"], 2) for c in document["channels"]],
+    )
+    return str(path)
+
+
 @task(name="summarize-dataset")
-def summarize(index: IndexSummary, splits_path: str, config: PrepareConfig, out_dir: str) -> str:
-    """Write ``summary.md`` and publish it with a per-split table."""
+def summarize(
+    index: IndexSummary,
+    splits_path: str,
+    config: PrepareConfig,
+    out_dir: str,
+    fingerprint_path: str | None = None,
+) -> str:
+    """Write ``summary.md`` (with the fingerprint's section when given) and publish it with a
+    per-split table."""
+    import json
+
     import pandas as pd
+
+    from data_catalog.fingerprint import fingerprint_markdown
 
     manifest = read_manifest(index.manifest)
     problems = pd.read_csv(index.validation, dtype=str)
@@ -159,6 +200,8 @@ def summarize(index: IndexSummary, splits_path: str, config: PrepareConfig, out_
     splits = {name: document[name] for name in ("train", "val", "test")}
     title = f"Dataset {config.dataset or config.images or config.manifest}"
     markdown = summarize_dataset(manifest, splits, problems, index.dataset_hash, title)
+    if fingerprint_path:
+        markdown += "\n" + fingerprint_markdown(json.loads(Path(fingerprint_path).read_text()))
     path = write_text_atomic(Path(out_dir) / "summary.md", markdown)
     publish_markdown("dataset-summary", markdown, "Dataset summary")
     publish_table("dataset-splits", split_rows(manifest, splits), "Cases and groups per split")

@@ -68,3 +68,26 @@ def test_each_validation_problem_is_logged_once(dataset_with_orphan, tmp_path):
     with LogCapture() as logs:
         index_cases.fn(config, str(tmp_path))
     assert len(logs.mentioning("broken.png")) == 1, logs.mentioning("broken.png")
+
+
+def test_fingerprint_task_writes_the_document_and_reuses_it(dataset_with_orphan, tmp_path):
+    from tasks.prepare import fingerprint
+
+    config = PrepareConfig(
+        images=str(dataset_with_orphan / "images"),
+        masks=str(dataset_with_orphan / "masks"),
+        policy="skip",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    index = index_cases.fn(config, str(tmp_path))
+    path = fingerprint.fn(index, config, str(tmp_path / "one"))
+    document = json.loads(open(path).read())
+    assert document["num_cases"] == 24 and len(document["cases"]) == 24
+    cached = list((tmp_path / "cache").glob("fingerprint-*.json"))
+    assert len(cached) == 1
+    cached[0].write_text(json.dumps({**document, "num_cases": -1}))  # proves the reuse
+    again = json.loads(open(fingerprint.fn(index, config, str(tmp_path / "two"))).read())
+    assert again["num_cases"] == -1
+    splits_path = split_dataset.fn(index.manifest, index.dataset_hash, config, str(tmp_path))
+    summary = summarize.fn(index, splits_path, config, str(tmp_path), path)
+    assert "## Fingerprint" in open(summary).read()

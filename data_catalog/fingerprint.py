@@ -1,0 +1,182 @@
+"""A dataset's fingerprint: what its images and masks look like, case by case and group by
+group, so training settings can be planned from the data (as nnU-Net plans from its
+``dataset_fingerprint.json``) and new inputs compared with what a model was trained on.
+
+Per case and channel: intensity percentiles (0.5, 50, 99.5) and mean/std over the whole image
+and over the foreground; then, over the dataset, how much those vary between cases and between
+groups (sites, scanners, patients): the spread of the cases' 99.5th percentiles (``scale
+ratio``: 95th over 5th percentile of them) and the coefficient of variation of their means.
+Also image sizes, foreground fraction, class frequencies and the share of empty masks.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from data_catalog.labels import LabelRule
+from data_catalog.manifest import load_case, mask_paths
+
+PERCENTILES = (0.5, 50.0, 99.5)
+
+
+@dataclass(frozen=True)
+class CaseStats:
+    """One case's numbers (lists hold one value per channel)."""
+
+    key: str
+    group: str
+    height: int
+    width: int
+    p00_5: list[float]
+    p50: list[float]
+    p99_5: list[float]
+    mean: list[float]
+    std: list[float]
+    foreground_mean: list[float | None]
+    foreground_std: list[float | None]
+    foreground_fraction: float
+    class_pixels: dict[str, int]
+
+
+def case_stats(key: str, group: str, image: np.ndarray, classes: np.ndarray) -> CaseStats:
+    """Intensity and label statistics of one case.
+
+    Args:
+        image: ``(H, W, C)`` uint8/uint16 as stored. classes: ``(H, W)`` uint8 class indices.
+    """
+    values = image.reshape(-1, image.shape[-1]).astype(np.float64)
+    low, middle, high = np.percentile(values, PERCENTILES, axis=0)
+    foreground = values[classes.reshape(-1) > 0]
+    present = len(foreground) > 0
+    counts = np.bincount(classes.reshape(-1))
+    return CaseStats(
+        key=key,
+        group=group,
+        height=int(image.shape[0]),
+        width=int(image.shape[1]),
+        p00_5=low.tolist(),
+        p50=middle.tolist(),
+        p99_5=high.tolist(),
+        mean=values.mean(axis=0).tolist(),
+        std=values.std(axis=0).tolist(),
+        foreground_mean=foreground.mean(axis=0).tolist() if present else [None] * image.shape[-1],
+        foreground_std=foreground.std(axis=0).tolist() if present else [None] * image.shape[-1],
+        foreground_fraction=float(len(foreground) / len(values)),
+        class_pixels={str(c): int(n) for c, n in enumerate(counts) if n},
+    )
+
+
+def spread(values: np.ndarray) -> dict[str, float]:
+    """How much positive per-case (or per-group) values differ: the ratio of their 95th to
+    5th percentile, and their coefficient of variation."""
+    values = np.asarray(values, np.float64)
+    low, high = np.percentile(values, (5, 95))
+    mean = values.mean()
+    return {
+        "ratio_p95_p5": float(high / low) if low > 0 else float("inf"),
+        "coefficient_of_variation": float(values.std() / mean) if mean > 0 else 0.0,
+    }
+
+
+def summarize_channels(cases: pd.DataFrame, channels: int) -> list[dict[str, object]]:
+    """Per channel: dataset-wide percentiles of the cases' numbers, and the spread of intensity
+    scales between cases and between groups."""
+    summary = []
+    for channel in range(channels):
+
+        def column(name: str, channel: int = channel) -> pd.Series:
+            return cases[name].map(lambda values: values[channel])
+
+        scale = column("p99_5")
+        foreground = column("foreground_mean").dropna()
+        group_scale = scale.groupby(cases["group"]).median()
+        summary.append(
+            {
+                "channel": channel,
+                "median_p00_5": float(column("p00_5").median()),
+                "median_p50": float(column("p50").median()),
+                "median_p99_5": float(scale.median()),
+                "median_mean": float(column("mean").median()),
+                "median_std": float(column("std").median()),
+                "foreground_median_mean": float(foreground.median()) if len(foreground) else None,
+                "scale_between_cases": spread(scale.clip(lower=1e-6)),
+                "scale_between_groups": spread(group_scale.clip(lower=1e-6)),
+                "mean_between_cases": spread(column("mean").clip(lower=1e-6)),
+            }
+        )
+    return summary
+
+
+def fingerprint_dataset(
+    manifest: pd.DataFrame, rule: LabelRule, channels: int, num_workers: int = 2
+) -> dict[str, object]:
+    """Read every case of a manifest and fingerprint the dataset.
+
+    Returns:
+        A JSON-able document: ``num_cases``, ``num_groups``, ``sizes`` (height/width
+        percentiles), ``foreground_fraction`` (mean, median), ``empty_mask_share``,
+        ``class_frequencies``, ``channels`` (see :func:`summarize_channels`) and ``cases``
+        (one :class:`CaseStats` each).
+    """
+
+    def one(row: dict) -> CaseStats:
+        image, classes = load_case(row["image"], mask_paths(row), rule, channels)
+        return case_stats(row["key"], str(row["group"]), image, classes)
+
+    with ThreadPoolExecutor(num_workers) as pool:
+        stats = list(pool.map(one, manifest.to_dict("records")))
+    cases = pd.DataFrame([asdict(s) for s in stats])
+    pixels: dict[str, int] = {}
+    for counts in cases["class_pixels"]:
+        for name, count in counts.items():
+            pixels[name] = pixels.get(name, 0) + count
+    total = sum(pixels.values())
+    return {
+        "num_cases": len(cases),
+        "num_groups": int(cases["group"].nunique()),
+        "sizes": {
+            "height": np.percentile(cases["height"], (0, 50, 100)).tolist(),
+            "width": np.percentile(cases["width"], (0, 50, 100)).tolist(),
+        },
+        "foreground_fraction": {
+            "mean": float(cases["foreground_fraction"].mean()),
+            "median": float(cases["foreground_fraction"].median()),
+        },
+        "empty_mask_share": float((cases["foreground_fraction"] == 0).mean()),
+        "class_frequencies": {name: count / total for name, count in sorted(pixels.items())},
+        "channels": summarize_channels(cases, channels),
+        "cases": [asdict(s) for s in stats],
+    }
+
+
+def fingerprint_markdown(fingerprint: dict[str, object]) -> str:
+    """The fingerprint's headline numbers as a markdown section (for ``summary.md``)."""
+    sizes = fingerprint["sizes"]
+    lines = [
+        "## Fingerprint",
+        "",
+        f"- image heights {sizes['height'][0]:.0f}-{sizes['height'][2]:.0f} (median "
+        f"{sizes['height'][1]:.0f}), widths {sizes['width'][0]:.0f}-{sizes['width'][2]:.0f}",
+        f"- foreground fraction: mean {fingerprint['foreground_fraction']['mean']:.4f}; "
+        f"empty masks: {fingerprint['empty_mask_share']:.1%} of cases",
+        "- class frequencies (pixels): "
+        + ", ".join(f"{c}: {f:.4f}" for c, f in fingerprint["class_frequencies"].items()),
+        "",
+        "| channel | median p0.5 | median p50 | median p99.5 | foreground mean | scale ratio "
+        "between cases (p95/p5) | between groups |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry in fingerprint["channels"]:
+        foreground = entry["foreground_median_mean"]
+        lines.append(
+            f"| {entry['channel']} | {entry['median_p00_5']:.1f} | {entry['median_p50']:.1f} | "
+            f"{entry['median_p99_5']:.1f} | "
+            f"{'n/a' if foreground is None else f'{foreground:.1f}'} | "
+            f"{entry['scale_between_cases']['ratio_p95_p5']:.2f} | "
+            f"{entry['scale_between_groups']['ratio_p95_p5']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
