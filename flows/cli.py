@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--out", required=True, help="Folder for manifest, splits, TFRecords.")
     add_config_arguments(prepare, PrepareConfig)
 
+    plan = commands.add_parser(
+        "plan",
+        help="Prepare a dataset and print the training settings planned from its fingerprint.",
+    )
+    plan.add_argument("--out", required=True, help="Folder for plan.json and the prepared data.")
+    add_config_arguments(plan, PrepareConfig)
+
     train = commands.add_parser("train", help="Prepare a dataset, train and evaluate a U-Net.")
     train.add_argument("--out", required=True, help="Run folder for the model and its records.")
     train.add_argument(
@@ -230,6 +237,23 @@ def run_prepare_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from data_catalog.atomic import write_json_atomic
+    from flows.prepare import prepare_flow
+    from unet.planning import plan_training
+
+    prepared = prepare_flow(config=config_from_args(PrepareConfig, args), out_dir=args.out)
+    plan = plan_training(json.loads(Path(prepared.fingerprint).read_text()))
+    path = write_json_atomic(Path(args.out) / "plan.json", plan.as_dict())
+    print(f"Training plan for {prepared.index.num_cases} cases ({path}):\n")
+    for setting in plan.settings:
+        print(f"  {setting.name} = {setting.value}\n      {setting.reason}")
+    print("\n`segflow train` uses these for every setting you do not give as a flag.")
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     from flows.train import describe_test_scores, train_flow
     from unet.registry import registry_root
@@ -322,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
         "prepare": run_prepare_command,
+        "plan": run_plan,
         "demo": run_demo,
         "train": run_train,
         "evaluate": run_evaluate,

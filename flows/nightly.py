@@ -17,7 +17,7 @@ from prefect import flow
 from data_catalog.atomic import make_unique_dir, write_json_atomic, write_text_atomic
 from data_catalog.config import PrepareConfig
 from flows.prepare import PreparedDataset, run_prepare
-from flows.train import train_evaluate_register, training_run_name
+from flows.train import planned_config, train_evaluate_register, training_run_name
 from tasks.evaluation import evaluate_split
 from tasks.models import configure_training_devices, ensure_training_limit
 from tasks.reporting import publish_markdown, publish_table, run_logger
@@ -66,6 +66,7 @@ def nightly_retrain_flow(
             f"this dataset has none (split {prepared.split_counts}); give it a test_fraction "
             "above 0, or train with `segflow train` and promote by hand"
         )
+    train = planned_config(prepared, train, str(run_dir))
     skip = promotion.skip_unchanged and skip_reason(champion_lineage, prepared, train)
     if skip:
         return report_skip(skip, champion, run_dir)

@@ -15,7 +15,7 @@ from data_catalog.config import PrepareConfig
 from flows.prepare import PreparedDataset, run_prepare
 from tasks.evaluation import evaluate_split
 from tasks.models import configure_training_devices, register_run
-from tasks.reporting import markdown_table, publish_markdown, publish_table
+from tasks.reporting import markdown_table, publish_markdown, publish_table, run_logger
 from tasks.training import train_unet
 from unet.config import DeviceConfig, TrainConfig
 
@@ -90,6 +90,7 @@ def train_flow(
     run_path.mkdir(parents=True, exist_ok=True)
     configure_training_devices(devices, run_dir)  # before anything touches a device
     prepared = run_prepare(prepare, run_dir)
+    train = planned_config(prepared, train, run_dir)
     summary, _ = train_evaluate_register(prepared, train, run_dir, registry, devices=devices)
     rows = [dataclasses.asdict(summary)]
     publish_table("train-summary", rows, "Key numbers of this training run")
@@ -100,6 +101,28 @@ def train_flow(
         "Training run summary",
     )
     return summary
+
+
+def planned_config(prepared: PreparedDataset, train: TrainConfig, run_dir: str) -> TrainConfig:
+    """The training config with the plan (from the dataset's fingerprint) filling every setting
+    the user did not give; writes ``plan.json`` and publishes the ``training-plan`` artifact."""
+    import json
+
+    from unet.planning import apply_plan, plan_training
+
+    if not prepared.fingerprint:
+        return train
+    plan = plan_training(json.loads(Path(prepared.fingerprint).read_text()))
+    resolved, kept = apply_plan(train, plan)
+    write_json_atomic(Path(run_dir) / "plan.json", {**plan.as_dict(), "kept_by_user": kept})
+    text = f"# Training plan\n\n{plan.markdown(kept)}"
+    publish_markdown("training-plan", text, "Training settings planned from the data")
+    run_logger().info(
+        "plan: %s (kept as given: %s)",
+        {k: v for k, v in plan.values().items() if k not in kept},
+        kept or "none",
+    )
+    return resolved
 
 
 def describe_test_scores(summary: TrainRunSummary) -> str:

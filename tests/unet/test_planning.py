@@ -1,0 +1,55 @@
+"""Training settings planned from a dataset's fingerprint: the rules, with made-up data."""
+
+import pytest
+
+from unet.config import TrainConfig
+from unet.planning import apply_plan, depth_for, plan_training
+
+
+def fingerprint(scale_cases=1.2, scale_groups=1.1, side=512, foreground=0.2, empty=0.0):
+    return {
+        "sizes": {"height": [side, side, side], "width": [side, side, side]},
+        "foreground_fraction": {"mean": foreground, "median": foreground},
+        "empty_mask_share": empty,
+        "channels": [
+            {
+                "scale_between_cases": {"ratio_p95_p5": scale_cases},
+                "scale_between_groups": {"ratio_p95_p5": scale_groups},
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (fingerprint(), {"normalization": "range", "foreground_patch_fraction": 0.3}),
+        (fingerprint(scale_cases=3.0), {"normalization": "zscore"}),  # MR: scales differ 3x
+        (fingerprint(scale_groups=2.5), {"normalization": "zscore"}),  # two scanners
+        (fingerprint(foreground=0.01, empty=0.6), {"foreground_patch_fraction": 0.5}),  # LGG
+        (fingerprint(side=512), {"image_size": 128, "depth": 4}),
+        (fingerprint(side=40), {"image_size": 32, "depth": 2}),
+        (fingerprint(side=100), {"image_size": 64, "depth": 3}),
+    ],
+)
+def test_plan_rules(data, expected):
+    plan = plan_training(data)
+    values = plan.values()
+    for name, value in expected.items():
+        assert values[name] == value, (name, plan.markdown())
+    assert all(setting.reason for setting in plan.settings)
+    TrainConfig(**values)  # every plan is a valid config
+
+
+def test_settings_the_user_gave_are_kept_and_the_rest_planned():
+    plan = plan_training(fingerprint(scale_cases=3.0, foreground=0.01))
+    config, kept = apply_plan(TrainConfig(normalization="range", epochs=5), plan)
+    assert config.normalization == "range" and kept == ["normalization"]
+    assert config.foreground_patch_fraction == 0.5 and config.epochs == 5
+    assert "(you set it: not used)" in plan.markdown(kept)
+    config, _ = apply_plan(TrainConfig(image_size=48), plan)  # depth follows the user's patches
+    assert (config.image_size, config.depth) == (48, 2)
+
+
+def test_depth_leaves_an_exact_bottleneck_of_at_least_8_pixels():
+    assert [depth_for(size) for size in (16, 32, 48, 64, 128, 256, 96)] == [1, 2, 2, 3, 4, 4, 3]
