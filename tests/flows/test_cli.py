@@ -261,3 +261,19 @@ def test_no_test_split_trains_and_registers_unscored_and_the_nightly_refuses_it(
     error = capsys.readouterr().err
     assert status == 2 and "this dataset has none" in error
     assert not list((tmp_path / "nightly").rglob("model.keras"))  # refused before training
+
+
+def test_plan_prints_explained_settings_and_train_uses_them(demo_dir, tmp_path, capsys):
+    data = ["--images", str(demo_dir / "data" / "images")]
+    data += ["--masks", str(demo_dir / "data" / "masks")]
+    assert main(["plan", *data, "--out", str(tmp_path / "plan")]) == 0
+    out = capsys.readouterr().out
+    assert "normalization = range" in out and "intensity scales differ" in out
+    planned = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    names = [setting["name"] for setting in planned["settings"]]
+    assert names == ["normalization", "image_size", "depth", "foreground_patch_fraction"]
+    # the demo run gave image_size and depth itself: kept; the rest came from the plan
+    run_plan = json.loads((demo_dir / "run" / "plan.json").read_text())
+    assert sorted(run_plan["kept_by_user"]) == ["depth", "image_size"]
+    trained = json.loads((demo_dir / "run" / "model.json").read_text())["train_config"]
+    assert trained["normalization"] == "range" and trained["image_size"] == 32
