@@ -6,8 +6,6 @@ Plain numpy and OpenCV: nothing here needs a model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import cv2
 import numpy as np
 
@@ -112,18 +110,6 @@ class ThresholdTuner:
             "val_dice_argmax": self.argmax_sum / self.count,
             "num_cases": self.count,
         }
-
-
-def tune_postprocessing(
-    probability_maps: Iterable[tuple[np.ndarray, np.ndarray]],
-    thresholds: tuple[float, ...] = THRESHOLDS,
-    min_sizes: tuple[int, ...] = MIN_COMPONENT_SIZES,
-) -> dict[str, object]:
-    """:class:`ThresholdTuner` over ``((H, W, 2) probabilities, (H, W) truth)`` pairs."""
-    tuner = ThresholdTuner(thresholds, min_sizes)
-    for probabilities, truth in probability_maps:
-        tuner.add(probabilities, truth)
-    return tuner.result()
 
 
 def as_postprocessing(tuning: dict[str, object]) -> PostProcessing:

@@ -136,3 +136,22 @@ def test_multi_sequence_images_get_a_baseline_and_overlays(tmp_path):
     metrics = evaluate_cases(_Constant(truth), [("slice", image, truth)], tmp_path, 1)
     assert metrics["foreground_dice"] == 1.0
     assert (tmp_path / "overlays" / "slice.png").is_file()
+
+
+def test_threshold_tuner_picks_the_best_threshold_and_size_from_running_sums():
+    from unet.postprocessing import ThresholdTuner
+
+    truth = np.zeros((8, 8), np.uint8)
+    truth[2:6, 2:6] = 1
+    probabilities = np.zeros((8, 8, 2), np.float32)
+    probabilities[..., 1] = np.where(truth == 1, 0.45, 0.05)  # under-confident foreground
+    probabilities[0, 7, 1] = 0.95  # one confident stray pixel: removed by a size filter
+    probabilities[..., 0] = 1 - probabilities[..., 1]
+    tuner = ThresholdTuner(thresholds=(0.3, 0.5), min_sizes=(0, 2))
+    tuner.add(probabilities, truth)
+    tuner.add(probabilities, truth)
+    result = tuner.result()
+    assert (result["threshold"], result["min_component_size"]) == (0.3, 2)
+    assert result["val_dice"] == 1.0 and result["num_cases"] == 2
+    assert result["val_dice_argmax"] == pytest.approx(0.0)  # argmax keeps only the stray
+    assert ThresholdTuner().result()["threshold"] is None
