@@ -53,19 +53,12 @@ def nightly_retrain_flow(
     """
     from unet import registry as models
 
-    logger = run_logger()
     run_dir = make_unique_dir(runs_dir, f"{datetime.now():%Y-%m-%d-%H%M%S}")
     ensure_training_limit(TRAINING_TAG)
     champion = models.champion_version(registry)
-    logger.info("champion before tonight: %s (registry %s)", champion or "none", registry)
+    run_logger().info("champion before tonight: %s (registry %s)", champion or "none", registry)
     champion_lineage = models.champion_lineage(registry)
-    prepared = run_prepare(prepare, str(run_dir))
-    if not prepared.split_counts.get("test"):
-        raise ValueError(
-            "nightly-retrain compares the challenger with the champion on the test split, and "
-            f"this dataset has none (split {prepared.split_counts}); give it a test_fraction "
-            "above 0, or train with `segflow train` and promote by hand"
-        )
+    prepared = require_test_split(run_prepare(prepare, str(run_dir)))
     train = planned_config(prepared, train, str(run_dir))
     skip = promotion.skip_unchanged and skip_reason(champion_lineage, prepared, train)
     if skip:
@@ -82,23 +75,12 @@ def nightly_retrain_flow(
         champion_metrics, paired, notes = score_champion(
             champion, version, champion_lineage, prepared, registry, run_dir
         )
-    decision = decide(
-        version,
-        float(challenger_metrics["foreground_dice"]),
-        champion,
-        None if champion_metrics is None else float(champion_metrics["foreground_dice"]),
-        promotion.tolerance,
+    decision, text = record_decision(
+        version, challenger_metrics, champion, champion_metrics, paired, notes, promotion, run_dir
     )
-    text = decision_markdown(decision, challenger_metrics, champion_metrics, paired, notes)
-    write_json_atomic(
-        run_dir / "decision.json", {**decision.as_dict(), "paired": paired, "notes": notes}
-    )
-    write_text_atomic(run_dir / "decision.md", text)
     if decision.promote:
         models.promote(version, registry, f"nightly: {decision.reason}", expected=champion)
-    logger.info(
-        "%s %s: %s", version, "promoted" if decision.promote else "not promoted", decision.reason
-    )
+    run_logger().info("%s promoted: %s: %s", version, decision.promote, decision.reason)
     publish_decision(text, (version, challenger_metrics), (champion, champion_metrics), registry)
     return {
         "status": "promoted" if decision.promote else "kept",
@@ -111,6 +93,50 @@ def nightly_retrain_flow(
         "paired": paired,
         "run_dir": str(run_dir),
     }
+
+
+def require_test_split(prepared: PreparedDataset) -> PreparedDataset:
+    """The prepared dataset, if it has a test split to compare the two models on.
+
+    Raises:
+        ValueError: it has none (before anything is trained).
+    """
+    if not prepared.split_counts.get("test"):
+        raise ValueError(
+            "nightly-retrain compares the challenger with the champion on the test split, and "
+            f"this dataset has none (split {prepared.split_counts}); give it a test_fraction "
+            "above 0, or train with `segflow train` and promote by hand"
+        )
+    return prepared
+
+
+def record_decision(
+    version: str,
+    challenger_metrics: dict,
+    champion: str | None,
+    champion_metrics: dict | None,
+    paired: dict | None,
+    notes: list[str],
+    promotion: PromotionConfig,
+    run_dir: Path,
+):
+    """Apply the promotion rule; write ``decision.json`` and ``decision.md``.
+
+    Returns:
+        ``(decision, markdown)``.
+    """
+    decision = decide(
+        version,
+        float(challenger_metrics["foreground_dice"]),
+        champion,
+        None if champion_metrics is None else float(champion_metrics["foreground_dice"]),
+        promotion.tolerance,
+    )
+    text = decision_markdown(decision, challenger_metrics, champion_metrics, paired, notes)
+    document = {**decision.as_dict(), "paired": paired, "notes": notes}
+    write_json_atomic(run_dir / "decision.json", document)
+    write_text_atomic(run_dir / "decision.md", text)
+    return decision, text
 
 
 def skip_reason(champion_lineage: dict, prepared: PreparedDataset, train: TrainConfig):

@@ -157,19 +157,16 @@ def train_evaluate_register(
         the dataset has no test split: the model is trained and registered unscored).
     """
     run_path = Path(run_dir)
-    prepare = prepared.config
-    write_json_atomic(
-        run_path / "config.json",
-        {
-            "prepare": prepare.model_dump(),
-            "train": train.model_dump(),
-            "devices": (devices or DeviceConfig()).model_dump(),
-        },
-    )
+    configs = {
+        "prepare": prepared.config.model_dump(),
+        "train": train.model_dump(),
+        "devices": (devices or DeviceConfig()).model_dump(),
+    }
+    write_json_atomic(run_path / "config.json", configs)
     lineage = {
         "split_hash": prepared.split_hash,
         "split_counts": prepared.split_counts,
-        "prepare_config": prepare.model_dump(),
+        "prepare_config": configs["prepare"],
     }
     training = train_unet(prepared.tfrecords, run_dir, train, lineage, devices)
     metrics = {}

@@ -272,12 +272,14 @@ def empty_table(per_image: pd.DataFrame) -> dict[str, int]:
     }
 
 
+def fmt(value) -> str:
+    """A score with 4 decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
-    """The evaluation as markdown: headline, per-class table, per-group table, overlays."""
-
-    def fmt(value) -> str:
-        return "n/a" if value is None else f"{value:.4f}"
-
+    """The evaluation as markdown: headline, per-class table, empty-mask table, per-group
+    table, overlays."""
     lines = [
         f"# Evaluation of `{metrics['model_version']}`",
         "",
@@ -304,8 +306,19 @@ def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
             f"{fmt(s['precision_mean'])} | {fmt(s['recall_mean'])} | "
             f"{fmt(s['hd95_mean'])} | {s['hd95_undefined']} |"
         )
-    empty = metrics["empty_table"]
-    lines += [
+    lines += empty_mask_lines(metrics["empty_table"])
+    if metrics.get("groups"):
+        lines += group_lines(metrics)
+    overlays = sorted((out_dir / "overlays").glob("*.png"))
+    if overlays:
+        lines += ["", "## Examples (image | truth | prediction, truth outline in green)", ""]
+        lines += [f"![{path.stem}](overlays/{path.name})" for path in overlays]
+    return "\n".join(lines) + "\n"
+
+
+def empty_mask_lines(empty: dict[str, int]) -> list[str]:
+    """The empty-truth / empty-prediction table as markdown lines."""
+    return [
         "",
         "## Empty and non-empty masks (images)",
         "",
@@ -314,32 +327,29 @@ def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
         f"| empty | {empty['both_empty']} | {empty['false_positive_images']} (false positive) |",
         f"| foreground | {empty['missed_images']} (missed) | {empty['both_foreground']} |",
     ]
-    if metrics.get("groups"):
-        worst = ", ".join(
-            f"{g} ({metrics['groups'][g]['volume_dice']:.4f})" for g in metrics["worst_groups"]
+
+
+def group_lines(metrics: dict) -> list[str]:
+    """The per-group section: mean volume Dice, the worst groups, one row per group."""
+    groups = metrics["groups"]
+    worst = ", ".join(f"{g} ({groups[g]['volume_dice']:.4f})" for g in metrics["worst_groups"])
+    lines = [
+        "",
+        "## Per group",
+        "",
+        f"Mean per-group volume Dice **{metrics['group_volume_dice_mean']:.4f}** (each "
+        f"group's pixels pooled over its images). Worst groups: {worst}.",
+        "",
+        "| group | images | volume Dice | mean Dice over images | with foreground | Dice there |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group, entry in sorted(groups.items()):
+        lines.append(
+            f"| {group} | {entry['images']} | {entry['volume_dice']:.4f} | "
+            f"{entry['foreground_dice']:.4f} | {entry['images_with_foreground']} | "
+            f"{fmt(entry['foreground_dice_present'])} |"
         )
-        lines += [
-            "",
-            "## Per group",
-            "",
-            f"Mean per-group volume Dice **{metrics['group_volume_dice_mean']:.4f}** (each "
-            f"group's pixels pooled over its images). Worst groups: {worst}.",
-            "",
-            "| group | images | volume Dice | mean Dice over images | with foreground | "
-            "Dice there |",
-            "|---|---|---|---|---|---|",
-        ]
-        for group, entry in sorted(metrics["groups"].items()):
-            lines.append(
-                f"| {group} | {entry['images']} | {entry['volume_dice']:.4f} | "
-                f"{entry['foreground_dice']:.4f} | {entry['images_with_foreground']} | "
-                f"{fmt(entry['foreground_dice_present'])} |"
-            )
-    overlays = sorted((out_dir / "overlays").glob("*.png"))
-    if overlays:
-        lines += ["", "## Examples (image | truth | prediction, truth outline in green)", ""]
-        lines += [f"![{path.stem}](overlays/{path.name})" for path in overlays]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def tune_on_cases(
