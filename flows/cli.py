@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train, TrainConfig)
     add_config_arguments(train, DeviceConfig)
 
+    add_model_commands(commands)
+    return parser
+
+
+def add_model_commands(commands) -> None:
+    """The subcommands that use trained models: evaluate, models, predict, retrain."""
     evaluate = commands.add_parser("evaluate", help="Score a model on a labelled dataset.")
     evaluate.add_argument("--out", dest="out_dir", required=True, help="Folder for the scores.")
     add_config_arguments(evaluate, EvaluateConfig, skip=("out_dir",))
@@ -171,7 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(retrain, TrainConfig)
     add_config_arguments(retrain, DeviceConfig)
     add_config_arguments(retrain, PromotionConfig)
-    return parser
 
 
 def run_demo(args: argparse.Namespace) -> int:
