@@ -163,13 +163,15 @@ def fingerprint(index: IndexSummary, config: PrepareConfig, out_dir: str) -> str
     key = hash_json(
         {"dataset": index.dataset_hash, "labels": rule.describe(), "c": config.channels}
     )
-    cached = Path(config.cache_dir or out_dir) / f"fingerprint-{key[:16]}.json"
-    if cached.is_file():
-        document = json.loads(cached.read_text())
-    else:
-        document = fingerprint_dataset(read_manifest(index.manifest), rule, config.channels)
+    path = Path(out_dir) / "fingerprint.json"
+    cached = Path(config.cache_dir) / f"fingerprint-{key[:16]}.json" if config.cache_dir else path
+    document = json.loads(cached.read_text()) if cached.is_file() else {}
+    if document.get("key") != key:
+        manifest = read_manifest(index.manifest)
+        document = {"key": key, **fingerprint_dataset(manifest, rule, config.channels)}
         write_json_atomic(cached, document)
-    path = write_json_atomic(Path(out_dir) / "fingerprint.json", document)
+    if cached != path:
+        write_json_atomic(path, document)
     run_logger().info(
         "fingerprint: %d cases, scale ratio between cases %s",
         document["num_cases"],

@@ -83,6 +83,8 @@ def test_fingerprint_task_writes_the_document_and_reuses_it(dataset_with_orphan,
     path = fingerprint.fn(index, config, str(tmp_path / "one"))
     document = json.loads(open(path).read())
     assert document["num_cases"] == 24 and len(document["cases"]) == 24
+    assert fingerprint.fn(index, config.model_copy(update={"cache_dir": None}), str(tmp_path))
+    assert not list(tmp_path.glob("fingerprint-*.json"))  # no cache folder: no second file
     cached = list((tmp_path / "cache").glob("fingerprint-*.json"))
     assert len(cached) == 1
     cached[0].write_text(json.dumps({**document, "num_cases": -1}))  # proves the reuse
