@@ -30,10 +30,13 @@ def test_bfloat16_masks_agree_with_float32(trained_run):
     assert bfloat16.model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
     rng = np.random.default_rng(4)
     images = [float32.prepare(rng.integers(0, 255, (64, 64), dtype=np.uint8)) for _ in range(4)]
-    low, full = bfloat16.segment(images), float32.segment(images)
-    agreement = np.mean([np.mean(a.classes == b.classes) for a, b in zip(low, full, strict=True)])
-    assert agreement > 0.95
-    assert all(result.confidence.dtype == np.float32 for result in low)
+    full = float32.predict_probabilities(images)
+    low = bfloat16.predict_probabilities(images)
+    assert low.dtype == np.float32 and np.abs(low - full).mean() < 0.02
+    # where float32 is not on the fence, bfloat16 gives the same class
+    clear = np.abs(full[..., 1] - 0.5) > 0.1
+    assert np.array_equal((low[..., 1] > 0.5)[clear], (full[..., 1] > 0.5)[clear])
+    assert all(result.confidence.dtype == np.float32 for result in bfloat16.segment(images))
 
 
 def test_training_records_its_precision_check_where_bfloat16_pays(trained_run):
