@@ -89,6 +89,14 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int = Field(
         0, ge=0, description="Stop after this many epochs without a better val Dice; 0: never."
     )
+    best_epoch_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Choose the best epoch by a moving average of validation Dice, "
+        "avg = s * avg + (1 - s) * dice (nnU-Net uses 0.9), so one lucky epoch on a small "
+        "validation split does not win; 0: the epoch's own score.",
+    )
     time_budget: float | None = Field(
         None, gt=0, description="Minutes: stop cleanly when they run out, keeping the best model."
     )

@@ -135,6 +135,7 @@ class TrainingState:
     wait: int = 0
     samples_drawn: int = 0
     stop_reason: str | None = None
+    smoothed: float | None = None  # moving average of val Dice (best_epoch_smoothing)
     config: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
 
@@ -222,8 +223,12 @@ class TrainingControl(keras.callbacks.Callback):
 
     def _update_state(self, epoch: int, score: float, seconds: float) -> None:
         state, config = self.state, self.config
-        if score > state.best:
-            state.best, state.best_epoch, state.wait = score, epoch + 1, 0
+        keep = config.best_epoch_smoothing
+        state.smoothed = (
+            score if state.smoothed is None else keep * state.smoothed + (1 - keep) * score
+        )
+        if state.smoothed > state.best:  # the epoch's own score when smoothing is 0
+            state.best, state.best_epoch, state.wait = state.smoothed, epoch + 1, 0
             _save_atomic(self.model, model_file(self.run_dir))
         else:
             state.wait += 1
@@ -239,13 +244,15 @@ class TrainingControl(keras.callbacks.Callback):
 
     def _log(self, epoch: int, numbers: dict[str, float], score: float, seconds: float) -> None:
         logger.info(
-            "epoch %d/%d: loss %.4f, dice %.4f, val loss %.4f, val dice %.4f%s (%.1f s)",
+            "epoch %d/%d: loss %.4f, dice %.4f, val loss %.4f, val dice %.4f (averaged %.4f)%s "
+            "(%.1f s)",
             epoch + 1,
             self.config.epochs,
             numbers.get("loss", math.nan),
             numbers.get("dice_fg", math.nan),
             numbers.get("val_loss", math.nan),
             score,
+            self.state.smoothed,
             " (best)" if self.state.best_epoch == epoch + 1 else "",
             seconds,
         )

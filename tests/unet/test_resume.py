@@ -121,3 +121,30 @@ def test_early_stopping(tfrecord_dir, tmp_path):
     summary = train_model(tfrecord_dir, tmp_path, config)
     assert summary.stop_reason.startswith("no better val Dice for 2 epochs")
     assert summary.epochs_run < 30
+
+
+def test_a_smoothed_best_epoch_ignores_one_lucky_epoch(tmp_path):
+    """With best_epoch_smoothing, the best epoch is where the moving average of validation
+    Dice peaks, not a single spike; with 0 it is the raw maximum."""
+    from unet.training import TrainingControl, TrainingState
+
+    scores = [0.50, 0.90, 0.52, 0.70, 0.74, 0.76, 0.77, 0.78]  # epoch 2 is a lucky spike
+
+    class Model:
+        stop_training = False
+
+        def save(self, path):
+            open(path, "w").close()
+
+    def best_epoch(smoothing: float) -> int:
+        state = TrainingState()
+        config = TrainConfig(**{**CONFIG, "best_epoch_smoothing": smoothing})
+        control = TrainingControl(tmp_path, state, config, steps=1, on_epoch_end=None)
+        control.set_model(Model())
+        (tmp_path / "checkpoint").mkdir(exist_ok=True)
+        for epoch, score in enumerate(scores):
+            control.on_epoch_end(epoch, {"val_dice_fg": score})
+        return state.best_epoch
+
+    assert best_epoch(0.0) == 2
+    assert best_epoch(0.5) == 8
