@@ -271,7 +271,13 @@ def test_plan_prints_explained_settings_and_train_uses_them(demo_dir, tmp_path, 
     assert "normalization = range" in out and "intensity scales differ" in out
     planned = json.loads((tmp_path / "plan" / "plan.json").read_text())
     names = [setting["name"] for setting in planned["settings"]]
-    assert names == ["normalization", "image_size", "depth", "foreground_patch_fraction"]
+    assert names == [
+        "normalization",
+        "image_size",
+        "depth",
+        "foreground_patch_fraction",
+        "best_epoch_smoothing",
+    ]
     # the demo run gave image_size and depth itself: kept; the rest came from the plan
     run_plan = json.loads((demo_dir / "run" / "plan.json").read_text())
     assert sorted(run_plan["kept_by_user"]) == ["depth", "image_size"]

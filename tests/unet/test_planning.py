@@ -8,6 +8,7 @@ from unet.planning import apply_plan, depth_for, plan_training
 
 def fingerprint(scale_cases=1.2, scale_groups=1.1, side=512, foreground=0.2, empty=0.0):
     return {
+        "num_groups": 12,
         "sizes": {"height": [side, side, side], "width": [side, side, side]},
         "foreground_fraction": {"mean": foreground, "median": foreground},
         "empty_mask_share": empty,
@@ -30,6 +31,7 @@ def fingerprint(scale_cases=1.2, scale_groups=1.1, side=512, foreground=0.2, emp
         (fingerprint(side=512), {"image_size": 128, "depth": 4}),
         (fingerprint(side=40), {"image_size": 32, "depth": 2}),
         (fingerprint(side=100), {"image_size": 64, "depth": 3}),
+        (fingerprint(), {"best_epoch_smoothing": 0.9}),
     ],
 )
 def test_plan_rules(data, expected):
