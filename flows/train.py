@@ -103,6 +103,30 @@ def train_flow(
     return summary
 
 
+def summarize_run(
+    run_path: Path, prepared: PreparedDataset, training, metrics: dict, registered: str | None
+) -> TrainRunSummary:
+    """The key numbers of a run from what preparing, training and the test evaluation gave."""
+    return TrainRunSummary(
+        run_dir=str(run_path),
+        model=training.model,
+        model_version=training.model_version,
+        dataset_hash=prepared.dataset_hash,
+        num_cases=prepared.index.num_cases,
+        train_cases=prepared.split_counts["train"],
+        val_cases=prepared.split_counts["val"],
+        test_cases=prepared.split_counts["test"],
+        best_epoch=training.best_epoch,
+        val_dice=training.best_val_dice,
+        test_dice=metrics.get("foreground_dice"),
+        test_iou=metrics.get("foreground_iou"),
+        otsu_dice=(metrics.get("otsu_baseline") or {}).get("foreground_dice"),
+        training_seconds=training.seconds,
+        stop_reason=training.stop_reason,
+        registered=registered,
+    )
+
+
 def planned_config(prepared: PreparedDataset, train: TrainConfig, run_dir: str) -> TrainConfig:
     """The training config with the plan (from the dataset's fingerprint) filling every setting
     the user did not give; writes ``plan.json`` and publishes the ``training-plan`` artifact."""
@@ -180,22 +204,5 @@ def train_evaluate_register(
         )
         write_json_atomic(run_path / "metrics.json", metrics)
     registered = register_run(run_dir, registry) if registry else None
-    summary = TrainRunSummary(
-        run_dir=str(run_path),
-        model=training.model,
-        model_version=training.model_version,
-        dataset_hash=prepared.dataset_hash,
-        num_cases=prepared.index.num_cases,
-        train_cases=prepared.split_counts["train"],
-        val_cases=prepared.split_counts["val"],
-        test_cases=prepared.split_counts["test"],
-        best_epoch=training.best_epoch,
-        val_dice=training.best_val_dice,
-        test_dice=metrics.get("foreground_dice"),
-        test_iou=metrics.get("foreground_iou"),
-        otsu_dice=(metrics.get("otsu_baseline") or {}).get("foreground_dice"),
-        training_seconds=training.seconds,
-        stop_reason=training.stop_reason,
-        registered=registered,
-    )
+    summary = summarize_run(run_path, prepared, training, metrics, registered)
     return summary, metrics

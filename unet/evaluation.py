@@ -102,7 +102,7 @@ def evaluate_cases(
     """
     out_dir = Path(out_dir)
     rows = []
-    for batch in batched(cases, getattr(segmenter, "batch_size", 1)):
+    for batch in batched(cases, segmenter.batch_size):
         for key, image, truth in batch:
             if image.shape[:2] != truth.shape:
                 raise ValueError(f"case {key!r}: image is {image.shape[:2]}, truth {truth.shape}")
@@ -124,9 +124,10 @@ def evaluate_cases(
         "threshold": segmenter.threshold,
         "min_component_size": segmenter.min_component_size,
     }
-    precision = getattr(segmenter, "precision", None)
-    if precision is not None:
-        metrics["precision"] = {"compute": precision.compute_dtype, "reason": precision.reason}
+    metrics["precision"] = {
+        "compute": segmenter.precision.compute_dtype,
+        "reason": segmenter.precision.reason,
+    }
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_report(metrics, frame, out_dir))
     logger.info(

@@ -23,6 +23,7 @@ from unet.model_files import ModelInfo
 from unet.normalization import normalize_array
 from unet.postprocessing import class_max, classify, remove_small_components
 from unet.precision import (
+    CpuInfo,
     PrecisionChoice,
     choose_inference_precision,
     hardware_probe,
@@ -331,7 +332,7 @@ def resolve_inference_precision(setting: str, info: ModelInfo) -> PrecisionChoic
             f"precision must be 'auto', 'float32' or 'bfloat16'. Received: precision={setting!r}"
         )
     if setting != "auto":
-        return choose_inference_precision(setting, [], read_cpu_info(), lambda: None, None)
+        return choose_inference_precision(setting, [], CpuInfo("not read"), lambda: None, None)
     check = info.precision_check
     return choose_inference_precision(
         "auto",

@@ -6,6 +6,7 @@ import pytest
 
 from unet.evaluation import evaluate_cases
 from unet.inference import Segmentation, Segmenter
+from unet.precision import PrecisionChoice
 
 
 class _Constant:
@@ -15,6 +16,8 @@ class _Constant:
     version = "constant"
     threshold = None
     min_component_size = 0
+    batch_size = 1
+    precision = PrecisionChoice("float32", "a stand-in")
 
     def __init__(self, prediction):
         self.prediction = prediction
