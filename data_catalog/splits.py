@@ -39,8 +39,11 @@ def split_cases(
     requested split came out empty, the train group with the lowest ``u`` is moved there, so
     val and test are never empty while there are at least three groups.
 
-    With ``num_folds`` = k > 1, the non-test groups are cut into k folds by the same hash
-    position and fold ``fold`` is val (``val_fraction`` is then unused).
+    With ``num_folds`` = k > 1, the test split is the one above (the same in every fold and in
+    the plain split), and the other groups, ordered by hash position, are dealt in turn into k
+    folds (sizes differ by at most one group); fold ``fold`` is val (``val_fraction`` only
+    shapes the test fix-up). Adding groups may move groups between folds, never into or out
+    of test.
 
     Args:
         manifest: rows with ``key`` and ``group`` columns.
@@ -60,24 +63,39 @@ def split_cases(
         u = position[group]
         if u < test_fraction:
             side[group] = "test"
-        elif num_folds > 1:
-            group_fold = int((u - test_fraction) / (1 - test_fraction) * num_folds)
-            side[group] = "val" if min(group_fold, num_folds - 1) == fold else "train"
         elif u < test_fraction + val_fraction:
             side[group] = "val"
         else:
             side[group] = "train"
-    val_share = 1 / num_folds if num_folds > 1 else val_fraction
-    for name, fraction in (("test", test_fraction), ("val", val_share)):
+    for name, fraction in (("test", test_fraction), ("val", val_fraction)):
         train_groups = sorted((g for g in groups if side[g] == "train"), key=position.get)
         if fraction > 0 and name not in side.values() and len(train_groups) > 1:
             side[train_groups[0]] = name
+    if num_folds > 1:
+        deal_folds(side, position, num_folds, fold)
     splits = {
         name: sorted(manifest.loc[manifest["group"].map(side) == name, "key"])
         for name in SPLIT_NAMES
     }
     logger.info("split %s", {name: len(keys) for name, keys in splits.items()})
     return splits
+
+
+def deal_folds(side: dict[str, str], position: dict[str, float], num_folds: int, fold: int):
+    """Re-assign every non-test group: dealt in hash order into ``num_folds`` folds, fold
+    ``fold`` to val, the others to train (in place).
+
+    Raises:
+        ValueError: fewer non-test groups than folds (a fold would validate on nothing).
+    """
+    rest = sorted((g for g, name in side.items() if name != "test"), key=position.get)
+    if len(rest) < num_folds:
+        raise ValueError(
+            f"{num_folds} folds need at least {num_folds} groups outside the test split; there "
+            f"are {len(rest)}. Use fewer folds or add cases"
+        )
+    for rank, group in enumerate(rest):
+        side[group] = "val" if rank % num_folds == fold else "train"
 
 
 def save_splits(

@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import flow, unmapped
 
 from data_catalog.config import PrepareConfig
+from flows.runners import dask_task_runner
 from tasks.evaluation import evaluate_dataset
 from tasks.prediction import (
     SegmentationSummary,
@@ -30,19 +31,7 @@ def predict_flow(config: PredictConfig) -> SegmentationSummary:
         The ``report`` path and counts of inputs, successes, skipped and errors.
     """
     if config.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if config.dask_address:
-            runner = DaskTaskRunner(address=config.dask_address)
-        else:
-            runner = DaskTaskRunner(
-                cluster_kwargs={
-                    "n_workers": config.dask_workers,
-                    "threads_per_worker": 1,
-                    "processes": True,
-                    "dashboard_address": None,
-                }
-            )
+        runner = dask_task_runner(config.dask_address, config.dask_workers)
         return predict_on_dask.with_options(task_runner=runner)(config)
     return segment_folder(config)
 

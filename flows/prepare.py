@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ from prefect import flow
 from data_catalog.atomic import write_json_atomic
 from data_catalog.catalog import resolve_dataset
 from data_catalog.config import PrepareConfig
+from data_catalog.splits import load_splits
 from tasks.prepare import (
     IndexSummary,
     fingerprint,
@@ -53,31 +55,12 @@ def run_prepare(config: PrepareConfig, out_dir: str) -> PreparedDataset:
         The resolved config, the index summary, split, summary and TFRecord paths, and
         whether the TFRecords were reused from the cache.
     """
-    from data_catalog.labels import LabelRule
-    from data_catalog.splits import load_splits
-    from data_catalog.tfrecords import is_complete, tfrecord_address
-
     config = resolve_dataset(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "prepare_config.json", config.model_dump())
     index = index_cases(config, out_dir)
-    splits_path = split_dataset(index.manifest, index.dataset_hash, config, out_dir)
-    splits = load_splits(splits_path)
-    address = tfrecord_address(
-        index.dataset_hash,
-        str(splits["split_hash"]),
-        LabelRule.build(config.foreground, config.labels),
-        config.channels,
-        config.num_shards,
-    )
-    cache_root = Path(config.cache_dir) if config.cache_dir else out / "tfrecords"
-    tfrecord_dir = cache_root / address[:16]
-    cached = is_complete(tfrecord_dir, address)
-    # The guard: a cache entry whose files were deleted is re-created, not trusted.
-    writer = write_tfrecord_set.with_options(refresh_cache=not cached)
-    tfrecords = writer(index.manifest, splits_path, config, str(tfrecord_dir), address)
-    run_logger().info("TFRecords %s %s", "reused from" if cached else "written to", tfrecords)
+    splits_path, splits, tfrecords, cached = split_and_store(index, config, out_dir)
     fingerprint_path = fingerprint(index, config, out_dir)
     summary = summarize(index, splits_path, config, out_dir, fingerprint_path)
     return PreparedDataset(
@@ -90,6 +73,60 @@ def run_prepare(config: PrepareConfig, out_dir: str) -> PreparedDataset:
         tfrecords=tfrecords,
         cached=cached,
         fingerprint=fingerprint_path,
+    )
+
+
+def split_and_store(
+    index: IndexSummary, config: PrepareConfig, out_dir: str
+) -> tuple[str, dict, str, bool]:
+    """Split the indexed cases (``splits.json`` in ``out_dir``) and write their TFRecord set,
+    content-addressed (reused while data, split and settings are unchanged).
+
+    Returns:
+        ``(splits path, splits document, TFRecord folder, reused from the cache)``.
+    """
+    from data_catalog.labels import LabelRule
+    from data_catalog.splits import load_splits
+    from data_catalog.tfrecords import is_complete, tfrecord_address
+
+    splits_path = split_dataset(index.manifest, index.dataset_hash, config, out_dir)
+    splits = load_splits(splits_path)
+    address = tfrecord_address(
+        index.dataset_hash,
+        str(splits["split_hash"]),
+        LabelRule.build(config.foreground, config.labels),
+        config.channels,
+        config.num_shards,
+    )
+    cache_root = Path(config.cache_dir) if config.cache_dir else Path(out_dir) / "tfrecords"
+    tfrecord_dir = cache_root / address[:16]
+    cached = is_complete(tfrecord_dir, address)
+    # The guard: a cache entry whose files were deleted is re-created, not trusted.
+    writer = write_tfrecord_set.with_options(refresh_cache=not cached)
+    tfrecords = writer(index.manifest, splits_path, config, str(tfrecord_dir), address)
+    run_logger().info("TFRecords %s %s", "reused from" if cached else "written to", tfrecords)
+    return splits_path, splits, tfrecords, cached
+
+
+def prepare_fold(
+    prepared: PreparedDataset, num_folds: int, fold: int, out_dir: str
+) -> PreparedDataset:
+    """The same indexed dataset split for fold ``fold`` of ``num_folds`` (the test split
+    unchanged, the fold's groups as val), with its own ``splits.json`` and TFRecord set in
+    ``out_dir`` (or the cache folder)."""
+    config = prepared.config.model_copy(update={"num_folds": num_folds, "fold": fold})
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    splits_path, splits, tfrecords, cached = split_and_store(prepared.index, config, out_dir)
+    if splits["test"] != load_splits(prepared.splits)["test"]:
+        raise RuntimeError(f"fold {fold}'s test split differs from the run's ({splits_path})")
+    return dataclasses.replace(
+        prepared,
+        config=config,
+        splits=splits_path,
+        split_hash=str(splits["split_hash"]),
+        split_counts=dict(splits["counts"]),
+        tfrecords=tfrecords,
+        cached=cached,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,7 @@ from tasks.evaluation import evaluate_split
 from tasks.models import configure_training_devices, register_run
 from tasks.reporting import markdown_table, publish_markdown, publish_table, run_logger
 from tasks.training import train_unet
-from unet.config import DeviceConfig, TrainConfig
+from unet.config import CrossValidationConfig, DeviceConfig, TrainConfig
 
 GENERIC_FOLDERS = ("images", "image", "imgs", "scans", "data")
 
@@ -31,17 +32,20 @@ class TrainRunSummary:
     model_version: str
     dataset_hash: str
     num_cases: int
-    train_cases: int
-    val_cases: int
+    train_cases: int  # with folds: every non-test case (each trains K-1 fold models)
+    val_cases: int  # with folds: the same cases, each validated once (out of fold)
     test_cases: int
-    best_epoch: int
-    val_dice: float
+    best_epoch: int  # with folds: the median of the folds' best epochs
+    val_dice: float  # with folds: the mean of the folds' best val Dice
     test_dice: float | None  # None: no test split (--test-fraction 0), nothing was scored
     test_iou: float | None
     otsu_dice: float | None
     training_seconds: float
     stop_reason: str
     registered: str | None
+    folds: int = 0  # cross-validation folds; the model is their ensemble (0: one model)
+    out_of_fold_dice: float | None = None  # every non-test case, by a model that never saw it
+    out_of_fold_volume_dice: float | None = None  # mean per-group volume Dice, out of fold
 
 
 def dataset_label(prepare: PrepareConfig | dict | None) -> str:
@@ -72,8 +76,14 @@ def train_flow(
     run_dir: str = "runs/latest",
     registry: str | None = "models",
     devices: DeviceConfig = DeviceConfig(),  # noqa: B008
+    crossval: CrossValidationConfig = CrossValidationConfig(),  # noqa: B008
 ) -> TrainRunSummary:
     """Train a U-Net on a folder pair and evaluate it on the held-out test split.
+
+    With ``crossval.folds`` = K >= 2, K models are trained on group-aware folds of the non-test
+    data (K task runs, on Dask workers with ``crossval.fold_runner`` 'dask'), every non-test
+    case is scored by the fold model that did not train on it (``out_of_fold/``), and the
+    model evaluated and registered is their ensemble.
 
     Writes into ``run_dir``: ``config.json``, ``manifest.csv``, ``validation.csv``,
     ``splits.json``, ``summary.md``, ``tfrecords/`` (unless ``prepare.cache_dir`` points
@@ -88,10 +98,13 @@ def train_flow(
     """
     run_path = Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
+    check_crossval(prepare, crossval)
     configure_training_devices(devices, run_dir)  # before anything touches a device
     prepared = run_prepare(prepare, run_dir)
     train = planned_config(prepared, train, run_dir)
-    summary, _ = train_evaluate_register(prepared, train, run_dir, registry, devices=devices)
+    summary, _ = train_evaluate_register(
+        prepared, train, run_dir, registry, devices=devices, crossval=crossval
+    )
     rows = [dataclasses.asdict(summary)]
     publish_table("train-summary", rows, "Key numbers of this training run")
     publish_markdown(
@@ -103,19 +116,37 @@ def train_flow(
     return summary
 
 
+def check_crossval(prepare: PrepareConfig, crossval: CrossValidationConfig) -> None:
+    """Refuse, before anything runs, a cross-validation on top of a single-fold split.
+
+    Raises:
+        ValueError: ``prepare.num_folds`` and ``crossval.folds`` both set.
+    """
+    if crossval.folds and prepare.num_folds:
+        raise ValueError(
+            f"choose one: --folds {crossval.folds} trains every fold and their ensemble; "
+            f"--num-folds {prepare.num_folds} --fold {prepare.fold} trains one fold's model"
+        )
+
+
 def summarize_run(
     run_path: Path, prepared: PreparedDataset, training, metrics: dict, registered: str | None
 ) -> TrainRunSummary:
     """The key numbers of a run from what preparing, training and the test evaluation gave."""
+    out_of_fold, counts = {}, dict(prepared.split_counts)
+    if (run_path / "out_of_fold" / "metrics.json").is_file():
+        out_of_fold = json.loads((run_path / "out_of_fold" / "metrics.json").read_text())
+        # with folds every non-test case is trained on (by K-1 folds) and validated (by one)
+        counts["train"] = counts["val"] = counts["train"] + counts["val"]
     return TrainRunSummary(
         run_dir=str(run_path),
         model=training.model,
         model_version=training.model_version,
         dataset_hash=prepared.dataset_hash,
         num_cases=prepared.index.num_cases,
-        train_cases=prepared.split_counts["train"],
-        val_cases=prepared.split_counts["val"],
-        test_cases=prepared.split_counts["test"],
+        train_cases=counts["train"],
+        val_cases=counts["val"],
+        test_cases=counts["test"],
         best_epoch=training.best_epoch,
         val_dice=training.best_val_dice,
         test_dice=metrics.get("foreground_dice"),
@@ -124,14 +155,15 @@ def summarize_run(
         training_seconds=training.seconds,
         stop_reason=training.stop_reason,
         registered=registered,
+        folds=len(out_of_fold.get("folds", [])),
+        out_of_fold_dice=out_of_fold.get("foreground_dice"),
+        out_of_fold_volume_dice=out_of_fold.get("group_volume_dice_mean"),
     )
 
 
 def planned_config(prepared: PreparedDataset, train: TrainConfig, run_dir: str) -> TrainConfig:
     """The training config with the plan (from the dataset's fingerprint) filling every setting
     the user did not give; writes ``plan.json`` and publishes the ``training-plan`` artifact."""
-    import json
-
     from unet.planning import apply_plan, plan_training
 
     if not prepared.fingerprint:
@@ -150,16 +182,28 @@ def planned_config(prepared: PreparedDataset, train: TrainConfig, run_dir: str) 
 
 
 def describe_test_scores(summary: TrainRunSummary) -> str:
-    """One sentence on the test split's scores, or on why there are none."""
+    """On the test split's scores, or on why there are none; with folds, the out-of-fold
+    estimate first."""
+    lines = []
+    if summary.folds:
+        volume = summary.out_of_fold_volume_dice
+        lines.append(
+            f"Out of fold ({summary.folds} folds, every non-test case scored by the fold model "
+            f"that never saw it): foreground Dice {summary.out_of_fold_dice:.4f}"
+            + ("" if volume is None else f", mean per-group volume Dice {volume:.4f}")
+            + f". The registered model is the ensemble of the {summary.folds} fold models."
+        )
     if summary.test_dice is None:
-        return (
+        lines.append(
             "No test split (test_fraction 0): the model was trained and registered without a "
             "test evaluation; score it on your own test set with `segflow evaluate`."
         )
-    return (
-        f"Test foreground Dice {summary.test_dice:.4f} against an Otsu threshold's "
-        f"{summary.otsu_dice:.4f} on the same {summary.test_cases} images."
-    )
+    else:
+        lines.append(
+            f"Test foreground Dice {summary.test_dice:.4f} against an Otsu threshold's "
+            f"{summary.otsu_dice:.4f} on the same {summary.test_cases} images."
+        )
+    return "\n".join(lines)
 
 
 def train_evaluate_register(
@@ -169,8 +213,10 @@ def train_evaluate_register(
     registry: str | None,
     role: str = "model",
     devices: DeviceConfig | None = None,
+    crossval: CrossValidationConfig | None = None,
 ) -> tuple[TrainRunSummary, dict[str, object]]:
-    """Train on a prepared dataset, score the model on its test split, register it.
+    """Train on a prepared dataset (one model, or with ``crossval.folds`` the folds'
+    ensemble), score the model on its test split, register it.
 
     Args:
         prepared: what :func:`flows.prepare.run_prepare` returned.
@@ -181,10 +227,12 @@ def train_evaluate_register(
         the dataset has no test split: the model is trained and registered unscored).
     """
     run_path = Path(run_dir)
+    devices, crossval = devices or DeviceConfig(), crossval or CrossValidationConfig()
     configs = {
         "prepare": prepared.config.model_dump(),
         "train": train.model_dump(),
-        "devices": (devices or DeviceConfig()).model_dump(),
+        "devices": devices.model_dump(),
+        "crossval": crossval.model_dump(),
     }
     write_json_atomic(run_path / "config.json", configs)
     lineage = {
@@ -192,7 +240,12 @@ def train_evaluate_register(
         "split_counts": prepared.split_counts,
         "prepare_config": configs["prepare"],
     }
-    training = train_unet(prepared.tfrecords, run_dir, train, lineage, devices)
+    if crossval.folds:
+        from flows.crossval import cross_validate
+
+        training = cross_validate(prepared, train, run_dir, devices, crossval, lineage)
+    else:
+        training = train_unet(prepared.tfrecords, run_dir, train, lineage, devices)
     metrics = {}
     if prepared.split_counts.get("test", 0):
         metrics = evaluate_split(

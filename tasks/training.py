@@ -6,7 +6,7 @@ import dataclasses
 
 from prefect import task
 
-from tasks.reporting import Progress, publish_table
+from tasks.reporting import Progress, publish_table, run_logger
 from unet.config import DeviceConfig, TrainConfig
 
 # Training tasks carry this tag; a concurrency limit of 1 on it (created by the nightly flow
@@ -43,3 +43,45 @@ def train_unet(
         "training-summary", [dataclasses.asdict(summary)], "Best checkpoint of this training run"
     )
     return summary
+
+
+@task(name="train-fold", task_run_name="train-fold-{fold}")
+def train_fold_task(
+    fold: int,
+    tfrecord_dir: str,
+    run_dir: str,
+    config: TrainConfig,
+    lineage: dict[str, object],
+    devices: DeviceConfig | None = None,
+    groups: dict[str, str] | None = None,
+):
+    """One fold of a cross-validated training: train its model (resumably), then score it on
+    the fold's validation cases, which it never trained on (out of fold).
+
+    Not tagged ``segflow-training``: the folds of one run may train side by side on workers.
+
+    Returns:
+        The :class:`unet.crossval.FoldResult`.
+    """
+    from unet.crossval import train_fold
+
+    progress = Progress(f"fold-{fold}-progress", f"Epochs completed by fold {fold}")
+    result = train_fold(
+        fold,
+        tfrecord_dir,
+        run_dir,
+        config,
+        lineage,
+        devices,
+        groups,
+        on_epoch_end=lambda epoch, epochs, _numbers: progress.update(epoch, epochs),
+    )
+    run_logger().info(
+        "fold %d: best epoch %d (val Dice %.4f); out of fold: foreground Dice %.4f on its "
+        "validation cases",
+        fold,
+        result.training.best_epoch,
+        result.training.best_val_dice,
+        result.foreground_dice,
+    )
+    return result

@@ -154,6 +154,45 @@ class DeviceConfig(BaseModel):
     )
 
 
+class CrossValidationConfig(BaseModel):
+    """Cross-validated training: K models on group-aware folds of the non-test data, and
+    their ensemble registered as the model; where the fold trainings run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    folds: int = Field(
+        0,
+        ge=0,
+        description="K >= 2: train K models, each validated on one fold of the non-test "
+        "groups, score every case out of fold and register their ensemble (one model); 0: one "
+        "model on the train/val split.",
+    )
+    fold_runner: Literal["local", "dask"] = Field(
+        "local",
+        description="'local': the folds one after another; 'dask': concurrently on Dask "
+        "workers (a local cluster, or the one at --dask-address).",
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler of an existing Dask cluster; default: a local cluster."
+    )
+    dask_workers: int = Field(
+        2, ge=1, description="Workers of the local Dask cluster (one fold each at a time)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CrossValidationConfig:
+        if self.folds == 1:
+            raise ValueError("folds must be 0 (no cross-validation) or at least 2. Received: 1")
+        return self
+
+    @property
+    def parallel(self) -> int:
+        """How many folds train at once."""
+        if self.fold_runner == "local":
+            return 1
+        return self.folds if self.dask_address else min(self.dask_workers, self.folds)
+
+
 InferencePrecision = Annotated[
     Literal["auto", "float32", "bfloat16"],
     Field(

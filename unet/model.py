@@ -206,12 +206,23 @@ def foldable_batch_norms(model: keras.Model) -> dict[str, layers.BatchNormalizat
     return folded
 
 
+def float32_layers(model: keras.Model) -> set[str]:
+    """Layers that compute in float32 under any policy: the output layer and, where it is an
+    ``Average`` (an ensemble), each member's softmax that feeds it."""
+    outputs = {layer.name for layer in model.layers if layer.output is model.outputs[0]}
+    averages = [name for name in outputs if isinstance(model.get_layer(name), layers.Average)]
+    if averages:
+        parents, _ = layer_graph(model)
+        outputs |= {parent for name in averages for parent in parents[name]}
+    return outputs
+
+
 def inference_model(model: keras.Model, policy: str | None = "float32") -> keras.Model:
     """A copy of a trained model for inference: every BatchNormalization that directly follows
     a Conv2D (whose only consumer it is) is folded into that convolution's kernel and bias, and
     every layer computes under the dtype ``policy`` (``float32``, ``mixed_bfloat16``, ...;
-    None keeps each layer's own), whatever the model was trained with; the output layer
-    always yields float32.
+    None keeps each layer's own), whatever the model was trained with; the output layer (and
+    an ensemble's member softmaxes, see :func:`float32_layers`) always yields float32.
 
     Folding removes a full pass over every activation map: the default U-Net's forward pass on a
     CPU is ~15% faster; outputs equal the original's to float rounding (a test holds 1e-4).
@@ -220,7 +231,7 @@ def inference_model(model: keras.Model, policy: str | None = "float32") -> keras
     batch_norms = {bn.name for bn in folded.values()}
     if not folded and policy is None:
         return model
-    outputs = {layer.name for layer in model.layers if layer.output is model.outputs[0]}
+    outputs = float32_layers(model)
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         config = layer.get_config()

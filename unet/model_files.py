@@ -54,6 +54,20 @@ class PrecisionCheck(BaseModel):
     tuned_with: str = Field(description="Precision the post-processing was tuned with.")
 
 
+class EnsembleInfo(BaseModel):
+    """Where an ensemble's members came from, and how well they did on cases they never saw."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    folds: int = Field(ge=2, description="Members: one model per cross-validation fold.")
+    members: list[str] = Field(description="The members' model versions, fold 0 first.")
+    out_of_fold: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Scores of every non-test case by the fold model that did not train on it "
+        "(foreground Dice, per-group volume Dice, cases): the estimate for new patients.",
+    )
+
+
 class ModelInfo(BaseModel):
     """Everything beside the weights that inference needs, as stored in ``model.json``."""
 
@@ -70,6 +84,7 @@ class ModelInfo(BaseModel):
     precision_check: PrecisionCheck | None = None
     model_version: str | None = None
     train_config: dict[str, Any] = Field(default_factory=dict)
+    ensemble: EnsembleInfo | None = None
 
     @classmethod
     def read(cls, folder: str | Path) -> ModelInfo:

@@ -97,6 +97,17 @@ class ThresholdTuner:
         self.argmax_sum += overlap_scores(classify(probabilities), truth, 1)[0]
         self.count += 1
 
+    def merge(self, other: ThresholdTuner) -> ThresholdTuner:
+        """Add another tuner's cases (same thresholds and sizes) to this one; return self.
+        Cross-validation tunes an ensemble on every fold's out-of-fold cases this way."""
+        if set(other.sums) != set(self.sums):
+            raise ValueError("tuners of other thresholds or component sizes cannot be merged")
+        for key, value in other.sums.items():
+            self.sums[key] += value
+        self.argmax_sum += other.argmax_sum
+        self.count += other.count
+        return self
+
     def result(self) -> dict[str, object]:
         """``{"threshold", "min_component_size", "val_dice", "val_dice_argmax", "num_cases"}``;
         threshold None and size 0 when there was nothing to tune on."""

@@ -49,3 +49,29 @@ def test_saved_splits_record_hashes(tmp_path):
     document = load_splits(tmp_path / "splits.json")
     assert document["dataset_hash"] == "abc" and len(document["split_hash"]) == 64
     assert document["test"] == splits["test"]
+
+
+def test_folds_share_the_test_split_and_validate_every_other_group_once():
+    manifest = pd.DataFrame(
+        {
+            "key": [f"p{i // 4}_s{i % 4}" for i in range(48)],
+            "group": [f"p{i // 4}" for i in range(48)],
+        }
+    )
+    plain = split_cases(manifest, 0.2, 0.2, seed=5)
+    folds = [split_cases(manifest, 0.2, 0.2, seed=5, num_folds=5, fold=k) for k in range(5)]
+    assert all(f["test"] == plain["test"] for f in folds)
+    validated = [key for f in folds for key in f["val"]]
+    rest = sorted(set(manifest["key"]) - set(plain["test"]))
+    assert sorted(validated) == rest  # every non-test case in exactly one val fold
+    group_counts = [len({key.split("_")[0] for key in f["val"]}) for f in folds]
+    assert max(group_counts) - min(group_counts) <= 1  # 12 patients: no empty fold
+    for f in folds:
+        assert not set(f["train"]) & set(f["val"])
+
+
+def test_more_folds_than_groups_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="5 folds need at least 5 groups"):
+        split_cases(_manifest(5), 0.2, 0.2, seed=0, num_folds=5, fold=0)

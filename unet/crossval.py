@@ -1,0 +1,298 @@
+"""Cross-validation: one model per fold, out-of-fold scores, and the ensemble of the folds.
+
+Every non-test case lies in exactly one fold's validation split (see
+:func:`data_catalog.splits.split_cases`); the model of that fold never trained on it. So the
+fold models' scores on their own validation cases, put together, score every case by a model
+that did not see it: the out-of-fold estimate of how the method does on new patients, from all
+the data. The registered model is the ensemble of the fold models (:mod:`unet.ensemble`), its
+post-processing tuned on those out-of-fold probabilities.
+
+Plain Python and Keras (no Prefect): ``flows/train.py`` runs :func:`train_fold` as one Prefect
+task per fold, then :func:`combine_out_of_fold` and :func:`finish_ensemble`. A run folder of
+a cross-validated training holds ``folds/fold-K/`` (each a complete training run with its
+``out_of_fold/`` scores), ``out_of_fold/`` (all of them together) and the ensemble's
+``model.keras`` and ``model.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from data_catalog.hashing import hash_file
+from data_catalog.tfrecords import iterate_cases
+from unet.config import DeviceConfig, TrainConfig
+from unet.evaluation import batched, evaluate_cases, render_report, summarize
+from unet.model_files import EnsembleInfo, ModelInfo, PrecisionCheck, model_file
+from unet.postprocessing import ThresholdTuner, as_postprocessing
+from unet.training import EpochCallback, TrainingResult, train_model
+
+logger = logging.getLogger(__name__)
+
+FOLDS_DIR = "folds"
+OUT_OF_FOLD_DIR = "out_of_fold"
+
+
+def fold_dir(run_dir: str | Path, fold: int) -> Path:
+    """``run_dir/folds/fold-{fold}``: the run folder of one fold's model."""
+    return Path(run_dir) / FOLDS_DIR / f"fold-{fold}"
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One fold: its training run and its scores on the cases it did not train on."""
+
+    fold: int
+    run_dir: str
+    training: TrainingResult
+    per_image: str  # out-of-fold per_image.csv
+    foreground_dice: float
+    group_volume_dice: float | None
+    tuner: ThresholdTuner | None  # running sums for the ensemble's threshold (binary models)
+
+
+def train_fold(
+    fold: int,
+    tfrecord_dir: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig,
+    lineage: dict[str, object] | None = None,
+    devices: DeviceConfig | None = None,
+    groups: dict[str, str] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> FoldResult:
+    """Train fold ``fold``'s model on its TFRecord set (resumable, as :func:`train_model`),
+    then score it on that set's val split: the fold's out-of-fold cases."""
+    training = train_model(tfrecord_dir, run_dir, config, lineage, on_epoch_end, devices)
+    metrics, tuner = score_out_of_fold(run_dir, tfrecord_dir, groups)
+    return FoldResult(
+        fold=fold,
+        run_dir=str(run_dir),
+        training=training,
+        per_image=str(Path(run_dir) / OUT_OF_FOLD_DIR / "per_image.csv"),
+        foreground_dice=float(metrics["foreground_dice"]),
+        group_volume_dice=metrics.get("group_volume_dice_mean"),
+        tuner=tuner,
+    )
+
+
+def score_out_of_fold(
+    run_dir: str | Path,
+    tfrecord_dir: str | Path,
+    groups: dict[str, str] | None = None,
+    precision: str = "auto",
+) -> tuple[dict, ThresholdTuner | None]:
+    """Score a fold's model on its val split (``run_dir/out_of_fold/``) as prediction would
+    segment it, and collect the threshold tuner's sums on the same cases' probabilities.
+
+    Returns:
+        ``(metrics, tuner)``; the tuner is None for models of more than two classes.
+    """
+    from unet.inference import Segmenter
+
+    segmenter = Segmenter(run_dir, precision=precision)
+    out_dir = Path(run_dir) / OUT_OF_FOLD_DIR
+    metrics = evaluate_cases(segmenter, iterate_cases(tfrecord_dir, "val"), out_dir, 2, groups)
+    if segmenter.num_classes != 2:
+        return metrics, None
+    tuner = ThresholdTuner()
+    for batch in batched(iterate_cases(tfrecord_dir, "val"), segmenter.batch_size):
+        images = [segmenter.prepare(image, key) for key, image, _ in batch]
+        for (_, _, truth), maps in zip(batch, segmenter.probability_maps(images), strict=True):
+            tuner.add(maps, truth)
+    return metrics, tuner
+
+
+def combine_out_of_fold(folds: list[FoldResult], out_dir: str | Path, num_classes: int) -> dict:
+    """Every fold's out-of-fold rows as one table (``per_image.csv`` with a ``fold`` column),
+    scored together: ``metrics.json`` and ``report.md`` in ``out_dir``.
+
+    Raises:
+        ValueError: a case scored by two folds (the folds overlap), naming it.
+    """
+    frames = [pd.read_csv(fold.per_image).assign(fold=fold.fold) for fold in folds]
+    frame = pd.concat(frames, ignore_index=True)
+    twice = frame.loc[frame["key"].duplicated(), "key"].tolist()
+    if twice:
+        raise ValueError(f"cases scored by more than one fold (the folds overlap): {twice[:5]}")
+    out_dir = Path(out_dir)
+    write_csv_atomic(out_dir / "per_image.csv", frame)
+    metrics = summarize(frame.assign(group=frame["group"].astype(str)), num_classes)
+    metrics["model_version"] = f"out of fold: {len(folds)} fold models"
+    metrics["postprocessing"] = "each fold model's own"
+    metrics["folds"] = [
+        {
+            "fold": fold.fold,
+            "cases": int((frame["fold"] == fold.fold).sum()),
+            "foreground_dice": fold.foreground_dice,
+            "group_volume_dice": fold.group_volume_dice,
+            "best_epoch": fold.training.best_epoch,
+            "best_val_dice": fold.training.best_val_dice,
+            "model_version": fold.training.model_version,
+        }
+        for fold in folds
+    ]
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    report = render_report(metrics, frame, out_dir).replace(
+        "# Evaluation of", "# Out-of-fold scores of", 1
+    )
+    write_text_atomic(out_dir / "report.md", report)
+    logger.info(
+        "out of fold (%d folds, %d cases): foreground Dice %.4f, mean group volume Dice %s",
+        len(folds),
+        len(frame),
+        metrics["foreground_dice"],
+        metrics["group_volume_dice_mean"],
+    )
+    return metrics
+
+
+def out_of_fold_summary(metrics: dict) -> dict[str, object]:
+    """The headline of the out-of-fold scores, as stored in the ensemble's ``model.json``."""
+    return {
+        "num_images": metrics["num_images"],
+        "foreground_dice": metrics["foreground_dice"],
+        "foreground_dice_present": metrics["foreground_dice_present"],
+        "group_volume_dice_mean": metrics["group_volume_dice_mean"],
+        "num_groups": len(metrics["groups"] or {}) or None,
+        "worst_groups": metrics["worst_groups"],
+        "folds": [
+            {k: fold[k] for k in ("fold", "cases", "foreground_dice", "group_volume_dice")}
+            for fold in metrics["folds"]
+        ],
+    }
+
+
+def members_check(checks: list[PrecisionCheck | None]) -> PrecisionCheck | None:
+    """The ensemble's bfloat16 check: the least agreeing member's (None unless all were
+    checked), so ``auto`` takes bfloat16 only where every member passed."""
+    if not checks or any(check is None for check in checks):
+        return None
+    worst = min(checks, key=lambda check: check.bfloat16_agreement)
+    tuned = "bfloat16" if all(c.tuned_with == "bfloat16" for c in checks) else "float32"
+    return PrecisionCheck(
+        bfloat16_agreement=worst.bfloat16_agreement,
+        pixels=sum(check.pixels for check in checks),
+        tuned_with=tuned,
+    )
+
+
+def finish_ensemble(
+    folds: list[FoldResult], run_dir: str | Path, out_of_fold: dict
+) -> tuple[ModelInfo, dict]:
+    """Build the folds' ensemble into ``run_dir/model.keras`` and write its ``model.json``:
+    the members' shared preprocessing, post-processing tuned on all out-of-fold cases, the
+    members' versions and the out-of-fold scores.
+
+    Returns:
+        ``(model info, tuning result)``.
+
+    Raises:
+        ValueError: members that differ in channels, normalisation, size multiple or classes.
+    """
+    from unet.ensemble import check_members, save_ensemble
+
+    run_dir = Path(run_dir)
+    folds = sorted(folds, key=lambda fold: fold.fold)
+    paths = [Path(fold.run_dir) for fold in folds]
+    infos = [ModelInfo.read(path) for path in paths]
+    check_members(infos, paths)
+    save_ensemble([model_file(path) for path in paths], model_file(run_dir))
+    tuning: dict[str, object] = {"threshold": None, "min_component_size": 0}
+    tuners = [fold.tuner for fold in folds if fold.tuner is not None]
+    if tuners:
+        merged = ThresholdTuner()
+        for tuner in tuners:
+            merged.merge(tuner)
+        tuning = merged.result()
+    info = infos[0].model_copy(
+        update={
+            "postprocessing": as_postprocessing(tuning),
+            "precision_check": members_check([info.precision_check for info in infos]),
+            "model_version": f"{run_dir.name}-{hash_file(model_file(run_dir))[:12]}",
+            "ensemble": EnsembleInfo(
+                folds=len(folds),
+                members=[str(info.model_version) for info in infos],
+                out_of_fold=out_of_fold_summary(out_of_fold),
+            ),
+        }
+    )
+    info.write(run_dir)
+    logger.info(
+        "ensemble %s of %d folds; post-processing tuned out of fold: %s",
+        info.model_version,
+        len(folds),
+        tuning,
+    )
+    return info, tuning
+
+
+def ensemble_result(
+    folds: list[FoldResult], info: ModelInfo, tuning: dict, run_dir: Path, seconds: float
+) -> TrainingResult:
+    """The ensemble's training record: the median of the folds' best epochs, the mean of
+    their best validation Dice, the longest fold's epochs, every fold's stop reason."""
+    trainings = [fold.training for fold in folds]
+    return TrainingResult(
+        model=str(model_file(run_dir)),
+        model_version=str(info.model_version),
+        best_epoch=round(statistics.median(t.best_epoch for t in trainings)),
+        best_val_dice=statistics.fmean(t.best_val_dice for t in trainings),
+        epochs_run=max(t.epochs_run for t in trainings),
+        epochs=max(t.epochs for t in trainings),
+        stop_reason="; ".join(sorted({t.stop_reason for t in trainings})),
+        resumed_from=min(t.resumed_from for t in trainings),
+        steps_per_epoch=trainings[0].steps_per_epoch,
+        seconds=round(seconds, 1),
+        device=trainings[0].device,
+        postprocessing=tuning,
+    )
+
+
+def write_ensemble_lineage(
+    run_dir: str | Path,
+    result: TrainingResult,
+    folds: list[FoldResult],
+    config: TrainConfig,
+    lineage: dict[str, object] | None,
+) -> None:
+    """``lineage.json`` of the ensemble: its data and config, and each member's own record."""
+    import json
+
+    from unet.lineage import code_revision, library_versions
+
+    members = []
+    for fold in sorted(folds, key=lambda fold: fold.fold):
+        record = json.loads((Path(fold.run_dir) / "lineage.json").read_text())
+        members.append(
+            {
+                "fold": fold.fold,
+                "model_version": record["model_version"],
+                "run_dir": fold.run_dir,
+                "split_hash": record.get("split_hash"),
+                "split_counts": record.get("split_counts"),
+                "best_epoch": fold.training.best_epoch,
+            }
+        )
+    first = json.loads((Path(folds[0].run_dir) / "lineage.json").read_text())
+    write_json_atomic(
+        Path(run_dir) / "lineage.json",
+        {
+            "model_version": result.model_version,
+            "dataset_hash": first["dataset_hash"],
+            "tfrecord_address": first.get("tfrecord_address"),
+            "train_config": config.model_dump(),
+            "seed": config.seed,
+            "training": {**result.__dict__},
+            "ensemble_members": members,
+            "code": code_revision(),
+            "versions": library_versions(),
+            "device": first.get("device"),
+            **(lineage or {}),
+        },
+    )
