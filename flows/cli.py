@@ -18,7 +18,14 @@ from pathlib import Path
 import flows  # noqa: F401  (environment defaults first)
 from data_catalog.config import PrepareConfig
 from data_catalog.errors import NameNotFound
-from unet.config import DeviceConfig, EvaluateConfig, PredictConfig, PromotionConfig, TrainConfig
+from unet.config import (
+    CrossValidationConfig,
+    DeviceConfig,
+    EvaluateConfig,
+    PredictConfig,
+    PromotionConfig,
+    TrainConfig,
+)
 
 # Errors that mean the user's input is wrong (a path, a value, a model name): reported in one
 # line. A KeyError or any other exception is a bug and keeps its traceback.
@@ -131,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train, PrepareConfig)
     add_config_arguments(train, TrainConfig)
     add_config_arguments(train, DeviceConfig)
+    add_config_arguments(train, CrossValidationConfig)
 
     add_model_commands(commands)
     return parser
@@ -176,6 +184,7 @@ def add_model_commands(commands) -> None:
     add_config_arguments(retrain, PrepareConfig)
     add_config_arguments(retrain, TrainConfig)
     add_config_arguments(retrain, DeviceConfig)
+    add_config_arguments(retrain, CrossValidationConfig)
     add_config_arguments(retrain, PromotionConfig)
 
 
@@ -269,6 +278,7 @@ def run_train(args: argparse.Namespace) -> int:
         run_dir=args.out,
         registry=None if args.no_register else str(registry_root(args.registry)),
         devices=config_from_args(DeviceConfig, args),
+        crossval=config_from_args(CrossValidationConfig, args),
     )
     print(
         f"model: {summary.model} ({summary.model_version})\n{describe_test_scores(summary)}\n"
@@ -288,6 +298,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         f"(Otsu baseline {metrics['otsu_baseline']['foreground_dice']:.4f}); "
         f"metrics: {args.out_dir}/metrics.json"
     )
+    out_of_fold = metrics.get("out_of_fold")
+    if out_of_fold:
+        volume = out_of_fold.get("group_volume_dice_mean")
+        print(
+            f"out-of-fold estimate for new patients (recorded by training, {out_of_fold['num_folds']} "
+            f"folds, {out_of_fold['num_images']} images): foreground Dice "
+            f"{out_of_fold['foreground_dice']:.4f}"
+            + ("" if volume is None else f", mean per-group volume Dice {volume:.4f}")
+        )
     return 0
 
 
@@ -338,6 +357,7 @@ def run_retrain(args: argparse.Namespace) -> int:
         registry=str(registry_root(args.registry)),
         runs_dir=args.runs_dir,
         devices=config_from_args(DeviceConfig, args),
+        crossval=config_from_args(CrossValidationConfig, args),
     )
     print(
         f"{result['status']}: {result['reason']}\nchampion: {result['champion']}\n"

@@ -123,7 +123,9 @@ def cross_validate(
     out_of_fold = combine_out_of_fold(folds, Path(run_dir) / OUT_OF_FOLD_DIR, num_classes)
     info, tuning = finish_ensemble(folds, run_dir, out_of_fold)
     result = ensemble_result(folds, info, tuning, Path(run_dir), time.perf_counter() - started)
-    write_ensemble_lineage(run_dir, result, folds, jobs[0]["config"], lineage)
+    write_ensemble_lineage(
+        run_dir, result, folds, train, {**lineage, "crossval": crossval.model_dump()}
+    )
     publish_out_of_fold(out_of_fold, Path(run_dir) / OUT_OF_FOLD_DIR)
     return result
 

@@ -22,7 +22,7 @@ from tasks.evaluation import evaluate_split
 from tasks.models import configure_training_devices, ensure_training_limit
 from tasks.reporting import publish_markdown, publish_table, run_logger
 from tasks.training import TRAINING_TAG
-from unet.config import DeviceConfig, PromotionConfig, TrainConfig
+from unet.config import CrossValidationConfig, DeviceConfig, PromotionConfig, TrainConfig
 from unet.promotion import (
     compare_per_image,
     decide,
@@ -40,6 +40,7 @@ def nightly_retrain_flow(
     registry: str = "models",
     runs_dir: str = "runs/nightly",
     devices: DeviceConfig = DeviceConfig(),  # noqa: B008
+    crossval: CrossValidationConfig = CrossValidationConfig(),  # noqa: B008
 ) -> dict[str, object]:
     """Retrain on the dataset as it is tonight and promote the result only if it is not worse.
 
@@ -60,13 +61,13 @@ def nightly_retrain_flow(
     champion_lineage = models.champion_lineage(registry)
     prepared = require_test_split(run_prepare(prepare, str(run_dir)))
     train = planned_config(prepared, train, str(run_dir))
-    skip = promotion.skip_unchanged and skip_reason(champion_lineage, prepared, train)
+    skip = promotion.skip_unchanged and skip_reason(champion_lineage, prepared, train, crossval)
     if skip:
         return report_skip(skip, champion, run_dir)
 
     configure_training_devices(devices, str(run_dir))
     challenger, challenger_metrics = train_evaluate_register(
-        prepared, train, str(run_dir), registry, "challenger", devices
+        prepared, train, str(run_dir), registry, "challenger", devices, crossval
     )
     version = challenger.registered
     champion_metrics = paired = None
@@ -139,10 +140,19 @@ def record_decision(
     return decision, text
 
 
-def skip_reason(champion_lineage: dict, prepared: PreparedDataset, train: TrainConfig):
-    """Why tonight needs no training (the champion saw this data, split, config and code), or
-    None."""
+def skip_reason(
+    champion_lineage: dict,
+    prepared: PreparedDataset,
+    train: TrainConfig,
+    crossval: CrossValidationConfig | None = None,
+):
+    """Why tonight needs no training (the champion saw this data, split, config, folds and
+    code), or None."""
     from unet.lineage import code_revision
+
+    folds = (crossval or CrossValidationConfig()).folds
+    if (champion_lineage.get("crossval") or {}).get("folds", 0) != folds:
+        return None
 
     return unchanged_reason(
         champion_lineage,

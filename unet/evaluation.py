@@ -128,6 +128,11 @@ def evaluate_cases(
         "compute": segmenter.precision.compute_dtype,
         "reason": segmenter.precision.reason,
     }
+    if segmenter.ensemble is not None:
+        metrics["out_of_fold"] = {
+            **segmenter.ensemble.out_of_fold,
+            "num_folds": segmenter.ensemble.folds,
+        }
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_report(metrics, frame, out_dir))
     logger.info(
@@ -307,6 +312,7 @@ def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
             f"{fmt(s['precision_mean'])} | {fmt(s['recall_mean'])} | "
             f"{fmt(s['hd95_mean'])} | {s['hd95_undefined']} |"
         )
+    lines += out_of_fold_lines(metrics.get("out_of_fold"))
     lines += empty_mask_lines(metrics["empty_table"])
     if metrics.get("groups"):
         lines += group_lines(metrics)
@@ -315,6 +321,25 @@ def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
         lines += ["", "## Examples (image | truth | prediction, truth outline in green)", ""]
         lines += [f"![{path.stem}](overlays/{path.name})" for path in overlays]
     return "\n".join(lines) + "\n"
+
+
+def out_of_fold_lines(out_of_fold: dict | None) -> list[str]:
+    """For an ensemble: its out-of-fold estimate, and which of today's cases it trained on."""
+    if not out_of_fold:
+        return []
+    volume = out_of_fold.get("group_volume_dice_mean")
+    return [
+        "",
+        "## Out-of-fold estimate (recorded by training)",
+        "",
+        f"This model is the ensemble of {out_of_fold['num_folds']} cross-validation fold models. "
+        f"Scored by the fold model that never saw it, each of its {out_of_fold['num_images']} "
+        f"non-test training images gave foreground Dice {fmt(out_of_fold['foreground_dice'])}"
+        + ("" if volume is None else f", mean per-group volume Dice {fmt(volume)}")
+        + ": the estimate for new patients. The ensemble itself trained on all of those images, "
+        "so scores above on them (split all, train or val) are optimistic; the test split's "
+        "are not.",
+    ]
 
 
 def empty_mask_lines(empty: dict[str, int]) -> list[str]:

@@ -98,6 +98,7 @@ class Segmenter:
         self.min_component_size = self.info.postprocessing.min_component_size
         self.num_classes = self.info.num_classes
         self.version = self.info.model_version or self.model_path.parent.name
+        self.ensemble = self.info.ensemble  # EnsembleInfo of a cross-validated model, or None
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
         if tile_size % self.multiple or tile_size < self.multiple:

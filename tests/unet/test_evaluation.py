@@ -18,6 +18,7 @@ class _Constant:
     min_component_size = 0
     batch_size = 1
     precision = PrecisionChoice("float32", "a stand-in")
+    ensemble = None
 
     def __init__(self, prediction):
         self.prediction = prediction

@@ -1,0 +1,170 @@
+"""Cross-validated training: three fold task runs, out-of-fold scores for every non-test case
+exactly once, one registered ensemble that averages the folds; the same folds on a 2-worker
+Dask cluster."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_catalog.config import PrepareConfig
+from tests.conftest import TINY_SIZE
+
+FOLDS = 3
+TINY = {"image_size": TINY_SIZE, "depth": 2, "base_filters": 4, "epochs": 2, "batch_size": 4}
+
+
+def _train(work, synthetic_dir, name: str, **crossval):
+    from flows.train import train_flow
+    from unet.config import CrossValidationConfig, TrainConfig
+
+    return train_flow(
+        prepare=PrepareConfig(
+            images=str(synthetic_dir / "images"),
+            masks=str(synthetic_dir / "masks"),
+            cache_dir=str(work / "cache"),
+        ),
+        train=TrainConfig(**TINY),
+        run_dir=str(work / name),
+        registry=str(work / f"models-{name}"),
+        crossval=CrossValidationConfig(folds=FOLDS, **crossval),
+    )
+
+
+@pytest.fixture(scope="module")
+def local_run(prefect_server, synthetic_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("crossval")
+    return work, _train(work, synthetic_dir, "local")
+
+
+def _fold_task_runs(flow_run_name_prefix: str | None = None):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs()
+    return [run for run in runs if run.name.startswith("train-fold-")]
+
+
+def test_three_fold_task_runs_and_one_registered_ensemble(local_run):
+    from unet import registry
+    from unet.model_files import ModelInfo
+
+    work, summary = local_run
+    assert summary.folds == FOLDS and summary.registered == summary.model_version
+    names = sorted(run.name for run in _fold_task_runs())
+    assert {f"train-fold-{k}" for k in range(FOLDS)} <= set(names)
+    assert registry.list_versions(work / "models-local") == [summary.model_version]
+    info = ModelInfo.read(work / "models-local" / summary.model_version)
+    assert info.ensemble.folds == FOLDS and len(info.ensemble.members) == FOLDS
+    members = [ModelInfo.read(work / "local" / "folds" / f"fold-{k}") for k in range(FOLDS)]
+    assert info.ensemble.members == [m.model_version for m in members]
+    assert info.ensemble.out_of_fold["foreground_dice"] == pytest.approx(summary.out_of_fold_dice)
+    lineage = json.loads((work / "local" / "lineage.json").read_text())
+    assert [m["fold"] for m in lineage["ensemble_members"]] == list(range(FOLDS))
+    assert lineage["crossval"]["folds"] == FOLDS and lineage["dataset_hash"]
+
+
+def test_ensemble_output_is_the_mean_of_the_fold_models(local_run):
+    import keras
+
+    from unet.inference import Segmenter
+
+    work, summary = local_run
+    run = work / "local"
+    images = np.random.default_rng(0).random((2, 32, 48, 1)).astype("float32")
+    ensemble = keras.models.load_model(run / "model.keras", compile=False)
+    folds = [
+        keras.models.load_model(run / "folds" / f"fold-{k}" / "model.keras", compile=False)
+        for k in range(FOLDS)
+    ]
+    mean = np.mean([m.predict(images, verbose=0) for m in folds], axis=0)
+    np.testing.assert_allclose(ensemble.predict(images, verbose=0), mean, atol=1e-5)
+    # through the Segmenter prediction uses (batch norms folded, float32)
+    whole = Segmenter(run, precision="float32").predict_probabilities(list(images))
+    parts = [
+        Segmenter(run / "folds" / f"fold-{k}", precision="float32").predict_probabilities(
+            list(images)
+        )
+        for k in range(FOLDS)
+    ]
+    np.testing.assert_allclose(whole, np.mean(parts, axis=0), atol=1e-5)
+
+
+def test_out_of_fold_scores_every_non_test_case_exactly_once(local_run):
+    work, summary = local_run
+    run = work / "local"
+    plain = json.loads((run / "splits.json").read_text())
+    rows = pd.read_csv(run / "out_of_fold" / "per_image.csv")
+    assert not rows["key"].duplicated().any()
+    assert sorted(rows["key"]) == sorted(plain["train"] + plain["val"])
+    assert not set(rows["key"]) & set(plain["test"])
+    for fold in range(FOLDS):
+        split = json.loads((run / "folds" / f"fold-{fold}" / "splits.json").read_text())
+        assert split["test"] == plain["test"]
+        # each case is scored by the one fold model that validated on it, never trained on it
+        assert sorted(rows.loc[rows["fold"] == fold, "key"]) == split["val"]
+        assert not set(split["val"]) & set(split["train"])
+    metrics = json.loads((run / "out_of_fold" / "metrics.json").read_text())
+    assert metrics["num_images"] == len(rows) == summary.val_cases
+    assert "Out-of-fold scores" in (run / "out_of_fold" / "report.md").read_text()
+
+
+def test_evaluate_reports_the_out_of_fold_estimate(local_run, synthetic_dir, capsys):
+    from flows.cli import main
+
+    work, summary = local_run
+    status = main(
+        [
+            "evaluate",
+            "--model",
+            str(work / "local"),
+            "--images",
+            str(synthetic_dir / "images"),
+            "--masks",
+            str(synthetic_dir / "masks"),
+            "--split",
+            "test",
+            "--out",
+            str(work / "evaluated"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert f"out-of-fold estimate for new patients (recorded by training, {FOLDS} folds" in printed
+    assert f"{summary.out_of_fold_dice:.4f}" in printed
+    assert "Out-of-fold estimate" in (work / "evaluated" / "report.md").read_text()
+
+
+def test_more_folds_than_groups_is_refused_before_training(prefect_server, synthetic_dir, tmp_path):
+    from flows.train import train_flow
+    from unet.config import CrossValidationConfig, TrainConfig
+
+    with pytest.raises(ValueError, match="40 folds need at least 40 groups"):
+        train_flow(
+            prepare=PrepareConfig(
+                images=str(synthetic_dir / "images"), masks=str(synthetic_dir / "masks")
+            ),
+            train=TrainConfig(**TINY),
+            run_dir=str(tmp_path / "run"),
+            registry=None,
+            crossval=CrossValidationConfig(folds=40),
+        )
+    assert not list(tmp_path.rglob("*.keras"))
+
+
+def test_folds_train_side_by_side_on_a_two_worker_dask_cluster(local_run, synthetic_dir):
+    work, local = local_run
+    before = {run.id for run in _fold_task_runs()}
+    dask = _train(work, synthetic_dir, "dask", fold_runner="dask", dask_workers=2)
+    runs = [run for run in _fold_task_runs() if run.id not in before]
+    assert sorted(run.name for run in runs) == [f"train-fold-{k}" for k in range(FOLDS)]
+    assert all(run.state.is_completed() for run in runs)
+    spans = sorted((run.start_time, run.end_time) for run in runs)
+    assert spans[1][0] < spans[0][1], "no two folds trained at the same time"
+    local_rows = pd.read_csv(work / "local" / "out_of_fold" / "per_image.csv")
+    dask_rows = pd.read_csv(work / "dask" / "out_of_fold" / "per_image.csv")
+    assert sorted(dask_rows["key"]) == sorted(local_rows["key"])
+    assert dask.folds == FOLDS and dask.registered
