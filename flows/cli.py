@@ -300,9 +300,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     out_of_fold = metrics.get("out_of_fold")
     if out_of_fold:
-        volume = out_of_fold.get("group_volume_dice_mean")
+        volume, folds = out_of_fold.get("group_volume_dice_mean"), out_of_fold["num_folds"]
         print(
-            f"out-of-fold estimate for new patients (recorded by training, {out_of_fold['num_folds']} "
+            f"out-of-fold estimate for new patients (recorded by training, {folds} "
             f"folds, {out_of_fold['num_images']} images): foreground Dice "
             f"{out_of_fold['foreground_dice']:.4f}"
             + ("" if volume is None else f", mean per-group volume Dice {volume:.4f}")
