@@ -1,0 +1,220 @@
+"""How good on the next patient: out-of-fold scores of today's defaults, the plan, and the plan's
+cross-validated ensemble, on LGG brain MRI and ISBI EM membranes from ../shared, one run, CPU.
+
+LGG (12 patients, grouped by patient): the test split keeps ~20% of the patients out of every
+model; the other patients are cut into K folds. Each configuration trains K fold models through
+``segflow train --folds K`` (the real flow, local runner), so every non-test patient is scored
+by the fold model that never saw it. Printed:
+  (a) today's defaults (range normalisation, 30% foreground patches, raw best epoch):
+      out-of-fold mean per-patient volume Dice and mean Dice over slices;
+  (b) the plan (settings from the dataset's fingerprint): the same out-of-fold scores;
+  (c) the plan's K-fold ensemble (the registered model) on the held-out test patients,
+      against the mean of its single fold models on the same patients, and (a)'s ensemble.
+ISBI (30 images, test split as the train flow makes it): test foreground Dice of (a) one model
+with today's defaults and (c) the plan's K-fold ensemble.
+
+Every model trains for the same ``--epochs`` (not a time budget, so a busy machine changes the
+time, not the result). Total time printed at the end.
+
+    .venv/bin/python bench/accuracy.py [--folds 5] [--epochs 30] [--isbi-epochs 20]
+        [--only lgg|isbi] [--data-root ../shared/datasets] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import tasks  # noqa: E402,F401  (quiet TensorFlow and Prefect)
+
+# Today's defaults, given explicitly so the plan keeps them (a planned setting the user gives
+# is kept as given).
+DEFAULTS = {
+    "normalization": "range",
+    "image_size": 128,
+    "depth": 4,
+    "foreground_patch_fraction": 0.3,
+    "best_epoch_smoothing": 0.0,
+}
+
+
+def lgg_prepare(data_root: Path, cache: Path):
+    from data_catalog.config import PrepareConfig
+
+    return PrepareConfig(
+        images=str(data_root / "lgg-brain-mri"),
+        mask_suffix="_mask",
+        group_by="parent",
+        channels=3,
+        foreground="bright",
+        test_fraction=0.2,
+        cache_dir=str(cache),
+    )
+
+
+def isbi_prepare(data_root: Path, cache: Path):
+    from data_catalog.config import PrepareConfig
+
+    root = data_root / "isbi2012-membrane"
+    return PrepareConfig(
+        images=str(root / "images"),
+        masks=str(root / "masks"),
+        foreground="dark",
+        cache_dir=str(cache),
+    )
+
+
+def train(prepare, train_settings: dict, run_dir: Path, folds: int):
+    """``segflow train`` as the flow; returns its summary and the seconds it took."""
+    from flows.train import train_flow
+    from unet.config import CrossValidationConfig, TrainConfig
+
+    started = time.perf_counter()
+    summary = train_flow(
+        prepare=prepare,
+        train=TrainConfig(**train_settings),
+        run_dir=str(run_dir),
+        registry=None,
+        crossval=CrossValidationConfig(folds=folds),
+    )
+    return summary, time.perf_counter() - started
+
+
+def fold_test_scores(run_dir: Path, folds: int, cache: Path) -> list[dict]:
+    """Each fold model alone on the run's test split (the same in every fold): the single
+    models the ensemble is compared with, scored by the same evaluation."""
+    from data_catalog.manifest import read_manifest
+    from data_catalog.tfrecords import iterate_cases
+    from unet.crossval import fold_dir
+    from unet.evaluation import evaluate_cases
+    from unet.inference import Segmenter
+
+    table = read_manifest(run_dir / "manifest.csv")
+    groups = dict(zip(table["key"], table["group"].astype(str), strict=True))
+    scores = []
+    for fold in range(folds):
+        folder = fold_dir(run_dir, fold)
+        address = json.loads((folder / "lineage.json").read_text())["tfrecord_address"]
+        cases = iterate_cases(cache / address[:16], "test")  # the bench sets cache_dir
+        segmenter = Segmenter(folder, precision="auto")
+        scores.append(evaluate_cases(segmenter, cases, folder / "test-alone", 0, groups))
+    return scores
+
+
+def describe(name: str, summary, seconds: float, run_dir: Path) -> dict:
+    """The row of one configuration: out-of-fold and test scores."""
+    oof = json.loads((run_dir / "out_of_fold" / "metrics.json").read_text())
+    test = json.loads((run_dir / "metrics.json").read_text()) if summary.test_dice else {}
+    row = {
+        "config": name,
+        "oof_volume_dice": oof["group_volume_dice_mean"],
+        "oof_slice_dice": oof["foreground_dice"],
+        "oof_patients": len(oof["groups"] or {}) or None,
+        "oof_worst": oof["worst_groups"],
+        "test_dice": summary.test_dice,
+        "test_volume_dice": test.get("group_volume_dice_mean"),
+        "minutes": round(seconds / 60, 1),
+    }
+    print(f"    {name}: {json.dumps(row)}", flush=True)
+    return row
+
+
+def run_lgg(args, scratch: Path) -> dict:
+    prepare = lgg_prepare(Path(args.data_root), scratch / "cache")
+    common = {"epochs": args.epochs, "seed": 0}
+    rows = {}
+    for name, settings in (("a-defaults", {**DEFAULTS, **common}), ("b-plan", common)):
+        run_dir = scratch / f"lgg-{name}"
+        summary, seconds = train(prepare, settings, run_dir, args.folds)
+        rows[name] = describe(name, summary, seconds, run_dir)
+        alone = fold_test_scores(run_dir, args.folds, scratch / "cache")
+        rows[name]["test_volume_dice_fold_models"] = [m["group_volume_dice_mean"] for m in alone]
+        rows[name]["test_dice_fold_models"] = [m["foreground_dice"] for m in alone]
+    return rows
+
+
+def run_isbi(args, scratch: Path) -> dict:
+    prepare = isbi_prepare(Path(args.data_root), scratch / "cache")
+    rows = {}
+    runs = (
+        ("a-defaults", {**DEFAULTS, "epochs": args.isbi_epochs, "seed": 0}, 0),
+        ("c-plan-ensemble", {"epochs": args.isbi_epochs, "seed": 0}, args.folds),
+    )
+    for name, settings, folds in runs:
+        run_dir = scratch / f"isbi-{name}"
+        summary, seconds = train(prepare, settings, run_dir, folds)
+        rows[name] = {
+            "config": name,
+            "test_dice": summary.test_dice,
+            "folds": folds,
+            "minutes": round(seconds / 60, 1),
+        }
+        if folds:
+            rows[name]["oof_dice"] = summary.out_of_fold_dice
+        print(f"    {name}: {json.dumps(rows[name])}", flush=True)
+    return rows
+
+
+def report(lgg: dict, isbi: dict, args) -> None:
+    print(f"\n== results ({args.folds} folds, LGG {args.epochs} epochs, ISBI {args.isbi_epochs})")
+    if lgg:
+        a, b = lgg["a-defaults"], lgg["b-plan"]
+        print(
+            f"(a) LGG defaults: out-of-fold mean per-patient volume Dice {a['oof_volume_dice']:.4f}"
+            f" ({a['oof_patients']} patients), slice Dice {a['oof_slice_dice']:.4f}"
+        )
+        print(
+            f"(b) LGG plan:     out-of-fold mean per-patient volume Dice {b['oof_volume_dice']:.4f}"
+            f" ({b['oof_patients']} patients), slice Dice {b['oof_slice_dice']:.4f}"
+        )
+        for key, row in (("(c)", b), ("   ", a)):
+            singles = row["test_volume_dice_fold_models"]
+            print(
+                f"{key} {row['config']} ensemble on the held-out test patients: volume Dice "
+                f"{row['test_volume_dice']:.4f}, its {len(singles)} fold models alone "
+                f"{statistics.fmean(singles):.4f} (min {min(singles):.4f}, max {max(singles):.4f})"
+            )
+        print("    target: (c) >= 0.80 mean per-patient volume Dice on patients never seen")
+    if isbi:
+        a, c = isbi["a-defaults"], isbi["c-plan-ensemble"]
+        print(
+            f"ISBI test Dice: (a) defaults, one model {a['test_dice']:.4f}; (c) plan, "
+            f"{c['folds']}-fold ensemble {c['test_dice']:.4f} (out of fold {c['oof_dice']:.4f})"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=30, help="LGG epochs per model.")
+    parser.add_argument("--isbi-epochs", type=int, default=20)
+    parser.add_argument("--only", choices=("lgg", "isbi"))
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets"))
+    parser.add_argument("--out", help="Keep the runs here (default: a temporary folder).")
+    args = parser.parse_args()
+    if not (Path(args.data_root) / "lgg-brain-mri").is_dir():
+        print(f"skipped: the real datasets are not at {args.data_root} (only beside the repo)")
+        return 0
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = Path(args.out or temporary)
+        lgg = run_lgg(args, scratch) if args.only != "isbi" else {}
+        isbi = run_isbi(args, scratch) if args.only != "lgg" else {}
+        report(lgg, isbi, args)
+    print(f"total {(time.perf_counter() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
