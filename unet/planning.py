@@ -6,7 +6,9 @@ A user does not know which flags matter (LGG brain MRI scored 0.41 volume Dice w
 plan for every setting the user did not give. The rules are plain functions of the fingerprint
 (:mod:`data_catalog.fingerprint`), tested with hand-made fingerprints.
 
-Not planned yet: epochs and the learning-rate schedule fitted to ``time_budget``.
+With a ``time_budget``, the epochs and the learning-rate schedule are fitted to it
+(``fit_to_budget``; see :func:`apply_plan`): training measures its epoch time after the
+warm-up and sets the epochs so that the cosine decay ends when the budget does.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ ZSCORE_SCALE_RATIO = 2.0  # intensity scales differing more than this between ca
 SMALL_FOREGROUND = 0.05  # mean foreground fraction below which foreground patches are favoured
 MANY_EMPTY = 0.3  # share of empty masks above which foreground patches are favoured
 MAX_PATCH = 128  # on a CPU; the default U-Net at 128 px trains at ~30 images/s on 2 cores
+STEP_PIXELS = 8 * 128 * 128  # pixels per training step: 8 patches of 128 px
+FEW_GROUPS = 50  # below this many groups (patients), geometric augmentation is stronger
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,57 @@ def plan_patch(fingerprint: dict) -> list[PlannedSetting]:
     ]
 
 
+def plan_batch(patch: int) -> PlannedSetting:
+    """As many patches per step as hold :data:`STEP_PIXELS` pixels (2 to 16)."""
+    batch = max(2, min(16, STEP_PIXELS // (patch * patch)))
+    return PlannedSetting(
+        "batch_size",
+        batch,
+        f"{batch} patches of {patch} px per step: the pixels of 8 patches of 128 px, a step a "
+        "CPU finishes quickly while its gradient still averages several patches",
+    )
+
+
+def scale_ratio(fingerprint: dict) -> float:
+    """The largest ratio of intensity scales between cases or groups over the channels."""
+    return max(
+        channel[f"scale_between_{scope}"]["ratio_p95_p5"]
+        for channel in fingerprint["channels"]
+        for scope in ("cases", "groups")
+    )
+
+
+def plan_augmentation(fingerprint: dict) -> list[PlannedSetting]:
+    """Stronger rotations and scaling for few groups (each patient's anatomy is seen in few
+    poses); stronger contrast and gamma where intensities vary between cases or sites."""
+    groups = fingerprint["num_groups"]
+    few = groups < FEW_GROUPS
+    rotation, scale = (15.0, 0.15) if few else (10.0, 0.1)
+    geometry = (
+        f"{groups} groups (< {FEW_GROUPS}): each is seen in few poses, so rotations of "
+        f"+-{rotation:.0f} deg and scaling of +-{scale:.0%}"
+        if few
+        else f"{groups} groups: the data shows enough poses; rotations +-{rotation:.0f} deg, "
+        f"scaling +-{scale:.0%}"
+    )
+    ratio = scale_ratio(fingerprint)
+    varied = ratio >= ZSCORE_SCALE_RATIO
+    contrast, gamma = (0.2, 0.2) if varied else (0.1, 0.1)
+    intensity = (
+        f"intensity scales differ {ratio:.1f}x between cases or groups: contrast +-{contrast:.0%}"
+        f" and gamma exp(+-{gamma}) teach the model other scanners' contrasts"
+        if varied
+        else f"intensity scales differ at most {ratio:.2f}x: mild contrast +-{contrast:.0%} and "
+        f"gamma exp(+-{gamma})"
+    )
+    return [
+        PlannedSetting("rotation_degrees", rotation, geometry),
+        PlannedSetting("scale_range", scale, geometry),
+        PlannedSetting("contrast", contrast, intensity),
+        PlannedSetting("gamma", gamma, intensity),
+    ]
+
+
 def plan_sampling(fingerprint: dict) -> PlannedSetting:
     """Favour patches centred on foreground when it is small or often absent."""
     fraction = fingerprint["foreground_fraction"]["mean"]
@@ -128,11 +183,14 @@ def plan_best_epoch(fingerprint: dict) -> PlannedSetting:
 
 def plan_training(fingerprint: dict) -> TrainingPlan:
     """The plan for a dataset, from its fingerprint (``fingerprint.json``)."""
+    patch = plan_patch(fingerprint)
     return TrainingPlan(
         [
             plan_normalization(fingerprint),
-            *plan_patch(fingerprint),
+            *patch,
+            plan_batch(int(patch[0].value)),
             plan_sampling(fingerprint),
+            *plan_augmentation(fingerprint),
             plan_best_epoch(fingerprint),
         ]
     )

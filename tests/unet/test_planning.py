@@ -6,9 +6,9 @@ from unet.config import TrainConfig
 from unet.planning import apply_plan, depth_for, plan_training
 
 
-def fingerprint(scale_cases=1.2, scale_groups=1.1, side=512, foreground=0.2, empty=0.0):
+def fingerprint(scale_cases=1.2, scale_groups=1.1, side=512, foreground=0.2, empty=0.0, groups=12):
     return {
-        "num_groups": 12,
+        "num_groups": groups,
         "sizes": {"height": [side, side, side], "width": [side, side, side]},
         "foreground_fraction": {"mean": foreground, "median": foreground},
         "empty_mask_share": empty,
@@ -32,6 +32,12 @@ def fingerprint(scale_cases=1.2, scale_groups=1.1, side=512, foreground=0.2, emp
         (fingerprint(side=40), {"image_size": 32, "depth": 2}),
         (fingerprint(side=100), {"image_size": 64, "depth": 3}),
         (fingerprint(), {"best_epoch_smoothing": 0.9}),
+        (fingerprint(side=512), {"batch_size": 8}),  # 128 px patches
+        (fingerprint(side=40), {"batch_size": 16}),  # 32 px patches: more per step
+        (fingerprint(groups=12), {"rotation_degrees": 15.0, "scale_range": 0.15}),
+        (fingerprint(groups=400), {"rotation_degrees": 10.0, "scale_range": 0.1}),
+        (fingerprint(scale_groups=3.0), {"contrast": 0.2, "gamma": 0.2}),  # several sites
+        (fingerprint(), {"contrast": 0.1, "gamma": 0.1}),
     ],
 )
 def test_plan_rules(data, expected):
