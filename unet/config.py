@@ -100,6 +100,12 @@ class TrainConfig(BaseModel):
     time_budget: float | None = Field(
         None, gt=0, description="Minutes: stop cleanly when they run out, keeping the best model."
     )
+    fit_to_budget: bool = Field(
+        False,
+        description="With time_budget: after the warm-up, measure the epoch time and set the "
+        "epochs (at most `epochs`) so the learning-rate schedule ends when the budget does, "
+        "instead of the budget cutting it. The plan turns it on when a budget is given.",
+    )
     seed: int = Field(0, description="Seed of weights, shuffling and augmentation.")
 
     @model_validator(mode="after")

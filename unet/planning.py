@@ -181,8 +181,24 @@ def plan_best_epoch(fingerprint: dict) -> PlannedSetting:
     )
 
 
-def plan_training(fingerprint: dict) -> TrainingPlan:
-    """The plan for a dataset, from its fingerprint (``fingerprint.json``)."""
+def plan_schedule(time_budget: float | None) -> list[PlannedSetting]:
+    """With a time budget, the epochs and the cosine schedule are fitted to it."""
+    if not time_budget:
+        return []
+    return [
+        PlannedSetting(
+            "fit_to_budget",
+            True,
+            f"a {time_budget:g}-minute budget: after the warm-up epoch training measures its "
+            "epoch time and sets the epochs (at most `epochs`) so the cosine decay ends when "
+            "the budget does, rather than the budget cutting a longer schedule",
+        )
+    ]
+
+
+def plan_training(fingerprint: dict, time_budget: float | None = None) -> TrainingPlan:
+    """The plan for a dataset, from its fingerprint (``fingerprint.json``), and for a time
+    budget in minutes when one is given."""
     patch = plan_patch(fingerprint)
     return TrainingPlan(
         [
@@ -192,6 +208,7 @@ def plan_training(fingerprint: dict) -> TrainingPlan:
             plan_sampling(fingerprint),
             *plan_augmentation(fingerprint),
             plan_best_epoch(fingerprint),
+            *plan_schedule(time_budget),
         ]
     )
 

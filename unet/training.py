@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 MONITOR = "val_dice_fg"
 MIN_STEPS = 20  # default steps per epoch for small datasets, where one crop per case is tiny
 # Changing these does not invalidate a checkpoint: a resumed run may get more time or patience.
-RESUMABLE_CHANGES = {"time_budget", "early_stopping_patience", "epochs"}
+RESUMABLE_CHANGES = {"time_budget", "early_stopping_patience", "epochs", "fit_to_budget"}
+BUDGET_MARGIN = 0.95  # share of the remaining budget the fitted epochs are planned to fill
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -136,6 +137,7 @@ class TrainingState:
     samples_drawn: int = 0
     stop_reason: str | None = None
     smoothed: float | None = None  # moving average of val Dice (best_epoch_smoothing)
+    planned_epochs: int | None = None  # epochs fitted to the time budget (fit_to_budget)
     config: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
 
@@ -200,18 +202,35 @@ class TrainingControl(keras.callbacks.Callback):
         self.on_epoch_end_callback = on_epoch_end
         self.started = self.epoch_started = time.perf_counter()
         self.budget = config.time_budget * 60 if config.time_budget else None
+        self.epochs = state.planned_epochs or config.epochs
+        self.batch_ends: list[float] = []
+        self.validation_seconds = self.save_seconds = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.perf_counter()
+        self.batch_ends = []
 
     def on_train_batch_end(self, batch, logs=None):
+        self.batch_ends.append(time.perf_counter())
         if self.budget and time.perf_counter() - self.started > self.budget:
             self.model.stop_training = True
             self.state.stop_reason = "time budget"
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def epoch_estimate(self) -> float:
+        """Seconds an epoch takes from now on: the median step of the last epoch times the
+        steps, plus its validation and checkpoint writing."""
+        steps = sorted(b - a for a, b in zip(self.batch_ends, self.batch_ends[1:], strict=False))
+        step = steps[len(steps) // 2] if steps else time.perf_counter() - self.epoch_started
+        return step * self.steps + self.validation_seconds + self.save_seconds
+
     def on_epoch_end(self, epoch, logs=None):
         numbers = {name: float(value) for name, value in (logs or {}).items()}
-        seconds = time.perf_counter() - self.epoch_started
+        ended = time.perf_counter()
+        seconds = ended - self.epoch_started
+        self.validation_seconds = ended - (self.batch_ends[-1] if self.batch_ends else ended)
         score = numbers.get(MONITOR)
         if score is None:
             raise KeyError(f"checkpoint metric {MONITOR!r} missing from logs {sorted(numbers)}")
@@ -219,6 +238,7 @@ class TrainingControl(keras.callbacks.Callback):
         last, state_file = checkpoint_files(self.run_dir)
         _save_atomic(self.model, last)
         self.state.write(state_file)  # after the weights it describes
+        self.save_seconds = time.perf_counter() - ended
         self._log(epoch, numbers, score, seconds)
 
     def _update_state(self, epoch: int, score: float, seconds: float) -> None:
@@ -247,7 +267,7 @@ class TrainingControl(keras.callbacks.Callback):
             "epoch %d/%d: loss %.4f, dice %.4f, val loss %.4f, val dice %.4f (averaged %.4f)%s "
             "(%.1f s)",
             epoch + 1,
-            self.config.epochs,
+            self.epochs,
             numbers.get("loss", math.nan),
             numbers.get("dice_fg", math.nan),
             numbers.get("val_loss", math.nan),
@@ -257,9 +277,7 @@ class TrainingControl(keras.callbacks.Callback):
             seconds,
         )
         if self.on_epoch_end_callback is not None:
-            self.on_epoch_end_callback(
-                epoch + 1, self.config.epochs, {**numbers, "seconds": seconds}
-            )
+            self.on_epoch_end_callback(epoch + 1, self.epochs, {**numbers, "seconds": seconds})
 
 
 def _comparable(config: TrainConfig) -> dict:
@@ -377,18 +395,17 @@ def fit_epochs(
     steps: int,
     on_epoch_end: EpochCallback | None,
 ) -> None:
-    """Fit from the state's epoch to ``config.epochs`` (or until stopped), checkpointing."""
+    """Fit from the state's epoch to ``config.epochs`` (or until stopped), checkpointing.
+
+    With ``fit_to_budget`` and a time budget, the warm-up epochs (at least two) run first; then
+    the epoch time is measured and the epochs and the schedule's end are fitted to what is left of the
+    budget (:func:`fit_schedule`), and training goes on to the fitted epoch."""
     resumed_from = state.epoch
     if resumed_from:
         _truncate_history(run_dir / "history.csv", resumed_from)
-    callbacks = [
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resumed_from > 0),
-        TrainingControl(run_dir, state, config, steps, on_epoch_end),  # after the history row
-        keras.callbacks.TensorBoard(
-            str(run_dir / "tensorboard"), write_graph=False, profile_batch=0
-        ),
-    ]
-    if state.epoch >= config.epochs:
+    control = TrainingControl(run_dir, state, config, steps, on_epoch_end)
+    end = state.planned_epochs or config.epochs
+    if state.epoch >= end:
         return
     logger.info(
         "training %s: %d train / %d val cases, epochs %d-%d x %d steps, batch %d",
@@ -396,11 +413,39 @@ def fit_epochs(
         data.counts["train"],
         data.counts["val"],
         state.epoch + 1,
-        config.epochs,
+        end,
         steps,
         config.batch_size,
     )
-    multiple = 2**config.num_poolings
+    # measured after the warm-up and one more epoch than the first (whose time is tracing)
+    warm = max(2, math.ceil(config.warmup_epochs))
+    if config.fit_to_budget and control.budget and not state.planned_epochs and state.epoch < warm:
+        _fit(model, state, run_dir, data, config, steps, control, min(warm, end))
+        if state.stop_reason or state.epoch >= end:
+            return
+        end = fit_schedule(model, state, control, config, steps)
+    _fit(model, state, run_dir, data, config, steps, control, end)
+
+
+def _fit(
+    model: keras.Model,
+    state: TrainingState,
+    run_dir: Path,
+    data: TrainingData,
+    config: TrainConfig,
+    steps: int,
+    control: TrainingControl,
+    end: int,
+) -> None:
+    """One ``model.fit`` from the state's epoch to ``end``, the data stream resumed at the
+    state's sample."""
+    callbacks = [
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=state.epoch > 0),
+        control,  # after the history row
+        keras.callbacks.TensorBoard(
+            str(run_dir / "tensorboard"), write_graph=False, profile_batch=0
+        ),
+    ]
     model.fit(
         training_dataset(
             split_files(data.tfrecord_dir, "train"),
@@ -412,19 +457,58 @@ def fit_epochs(
         ),
         validation_data=validation_dataset(
             split_files(data.tfrecord_dir, "val"),
-            multiple,
+            2**config.num_poolings,
             data.channels,
             data.dtype,
             data.counts["val"],
             config.normalization,
         ),
         initial_epoch=state.epoch,
-        epochs=config.epochs,
+        epochs=end,
         steps_per_epoch=steps,
         callbacks=callbacks,
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=0,
     )
+
+
+def fit_schedule(
+    model: keras.Model,
+    state: TrainingState,
+    control: TrainingControl,
+    config: TrainConfig,
+    steps: int,
+) -> int:
+    """Fit the epochs to the rest of the time budget and end the learning-rate schedule there
+    (the optimizer gets the refitted schedule and its training step is traced again).
+
+    Returns:
+        The fitted number of epochs: at least one more, at most ``config.epochs``.
+    """
+    per_epoch = control.epoch_estimate()
+    remaining = control.budget - control.elapsed()
+    more = int(BUDGET_MARGIN * remaining / max(per_epoch, 1e-6)) - 1  # one for the retrace
+    epochs = max(state.epoch + 1, min(config.epochs, state.epoch + more))
+    model.optimizer.learning_rate = WarmupSchedule(
+        config.learning_rate,
+        round(config.warmup_epochs * steps),
+        epochs * steps,
+        config.schedule,
+    )
+    model.make_train_function(force=True)
+    state.planned_epochs = control.epochs = epochs
+    logger.info(
+        "schedule fitted to the time budget: %d epochs (%.1f s each, %.0f s of %.0f s left; at "
+        "most %d), the %s decay ends at epoch %d",
+        epochs,
+        per_epoch,
+        remaining,
+        control.budget,
+        config.epochs,
+        config.schedule,
+        epochs,
+    )
+    return epochs
 
 
 def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tuple[ModelInfo, dict]:
@@ -575,7 +659,7 @@ def train_model(
         best_epoch=state.best_epoch,
         best_val_dice=state.best,
         epochs_run=state.epoch,
-        epochs=config.epochs,
+        epochs=state.planned_epochs or config.epochs,
         stop_reason=state.stop_reason or "completed",
         resumed_from=resumed_from,
         steps_per_epoch=steps,

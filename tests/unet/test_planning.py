@@ -61,3 +61,13 @@ def test_settings_the_user_gave_are_kept_and_the_rest_planned():
 
 def test_depth_leaves_an_exact_bottleneck_of_at_least_8_pixels():
     assert [depth_for(size) for size in (16, 32, 48, 64, 128, 256, 96)] == [1, 2, 2, 3, 4, 4, 3]
+
+
+def test_a_time_budget_fits_the_schedule_unless_the_user_says_no():
+    assert "fit_to_budget" not in plan_training(fingerprint()).values()
+    plan = plan_training(fingerprint(), time_budget=30)
+    config, _ = apply_plan(TrainConfig(time_budget=30), plan)
+    assert config.fit_to_budget is True
+    assert "30-minute budget" in plan.markdown()
+    config, kept = apply_plan(TrainConfig(time_budget=30, fit_to_budget=False), plan)
+    assert config.fit_to_budget is False and kept == ["fit_to_budget"]

@@ -56,3 +56,25 @@ def test_empty_validation_split_is_refused(tmp_path, synthetic_dir, tiny_train_c
     )
     with pytest.raises(ValueError, match="the val split .* is empty"):
         train_model(tmp_path / "tfr", tmp_path / "run", tiny_train_config)
+
+
+def test_schedule_is_fitted_to_the_time_budget(tfrecord_dir, tiny_train_config, tmp_path):
+    """With a budget, the epochs are fitted after the warm-up epoch so the cosine decay ends
+    with the training instead of being cut by the budget at a high learning rate."""
+    import keras
+
+    cap = 500  # far more epochs than 20 seconds allow
+    config = tiny_train_config.model_copy(
+        update={"epochs": cap, "time_budget": 20 / 60, "fit_to_budget": True}
+    )
+    result = train_model(tfrecord_dir, tmp_path / "run", config)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert 2 <= state["planned_epochs"] < cap
+    assert result.epochs == state["planned_epochs"]
+    if result.stop_reason == "completed":  # the usual case; a stall may still hit the budget
+        assert result.epochs_run == state["planned_epochs"]
+    last = keras.models.load_model(tmp_path / "run" / "checkpoint" / "last.keras")
+    schedule = last.optimizer.get_config()["learning_rate"]["config"]
+    assert schedule["total_steps"] == state["planned_epochs"] * result.steps_per_epoch
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert list(history["epoch"]) == list(range(result.epochs_run))  # one row per epoch
