@@ -397,9 +397,9 @@ def fit_epochs(
 ) -> None:
     """Fit from the state's epoch to ``config.epochs`` (or until stopped), checkpointing.
 
-    With ``fit_to_budget`` and a time budget, the warm-up epochs (at least two) run first; then
-    the epoch time is measured and the epochs and the schedule's end are fitted to what is left of the
-    budget (:func:`fit_schedule`), and training goes on to the fitted epoch."""
+    With ``fit_to_budget`` and a time budget, the warm-up epochs (at least two) run first;
+    then the epoch time is measured, the epochs and the schedule's end are fitted to what is
+    left of the budget (:func:`fit_schedule`), and training goes on to the fitted epoch."""
     resumed_from = state.epoch
     if resumed_from:
         _truncate_history(run_dir / "history.csv", resumed_from)
