@@ -419,6 +419,8 @@ def fit_epochs(
     )
     # measured after the warm-up and one more epoch than the first (whose time is tracing)
     warm = max(2, math.ceil(config.warmup_epochs))
+    if resumed_from and state.planned_epochs:  # the fitted schedule, whatever the checkpoint
+        set_schedule(model, config, steps, state.planned_epochs)
     if config.fit_to_budget and control.budget and not state.planned_epochs and state.epoch < warm:
         _fit(model, state, run_dir, data, config, steps, control, min(warm, end))
         if state.stop_reason or state.epoch >= end:
@@ -472,6 +474,18 @@ def _fit(
     )
 
 
+def set_schedule(model: keras.Model, config: TrainConfig, steps: int, epochs: int) -> None:
+    """Give the optimizer the warm-up + decay schedule that ends at ``epochs`` and trace its
+    training step again (the schedule is read inside the compiled step)."""
+    model.optimizer.learning_rate = WarmupSchedule(
+        config.learning_rate,
+        round(config.warmup_epochs * steps),
+        epochs * steps,
+        config.schedule,
+    )
+    model.make_train_function(force=True)
+
+
 def fit_schedule(
     model: keras.Model,
     state: TrainingState,
@@ -489,14 +503,9 @@ def fit_schedule(
     remaining = control.budget - control.elapsed()
     more = int(BUDGET_MARGIN * remaining / max(per_epoch, 1e-6)) - 1  # one for the retrace
     epochs = max(state.epoch + 1, min(config.epochs, state.epoch + more))
-    model.optimizer.learning_rate = WarmupSchedule(
-        config.learning_rate,
-        round(config.warmup_epochs * steps),
-        epochs * steps,
-        config.schedule,
-    )
-    model.make_train_function(force=True)
+    set_schedule(model, config, steps, epochs)
     state.planned_epochs = control.epochs = epochs
+    state.write(checkpoint_files(control.run_dir)[1])  # a resume keeps the fitted epochs
     logger.info(
         "schedule fitted to the time budget: %d epochs (%.1f s each, %.0f s of %.0f s left; at "
         "most %d), the %s decay ends at epoch %d",

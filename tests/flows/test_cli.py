@@ -275,11 +275,16 @@ def test_plan_prints_explained_settings_and_train_uses_them(demo_dir, tmp_path, 
         "normalization",
         "image_size",
         "depth",
+        "batch_size",
         "foreground_patch_fraction",
+        "rotation_degrees",
+        "scale_range",
+        "contrast",
+        "gamma",
         "best_epoch_smoothing",
     ]
-    # the demo run gave image_size and depth itself: kept; the rest came from the plan
+    # the demo run gave image_size, depth and batch size itself: kept; the rest was planned
     run_plan = json.loads((demo_dir / "run" / "plan.json").read_text())
-    assert sorted(run_plan["kept_by_user"]) == ["depth", "image_size"]
+    assert sorted(run_plan["kept_by_user"]) == ["batch_size", "depth", "image_size"]
     trained = json.loads((demo_dir / "run" / "model.json").read_text())["train_config"]
     assert trained["normalization"] == "range" and trained["image_size"] == 32

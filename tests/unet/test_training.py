@@ -78,3 +78,6 @@ def test_schedule_is_fitted_to_the_time_budget(tfrecord_dir, tiny_train_config, 
     assert schedule["total_steps"] == state["planned_epochs"] * result.steps_per_epoch
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert list(history["epoch"]) == list(range(result.epochs_run))  # one row per epoch
+    if result.stop_reason == "completed":  # run again: the fitted epochs are done, not 500
+        again = train_model(tfrecord_dir, tmp_path / "run", config)
+        assert again.epochs_run == result.epochs_run and again.epochs == result.epochs
