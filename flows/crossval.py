@@ -27,10 +27,24 @@ def fold_config(train: TrainConfig, crossval: CrossValidationConfig) -> TrainCon
     return train.model_copy(update={"time_budget": train.time_budget / rounds})
 
 
-def fold_devices(devices: DeviceConfig, crossval: CrossValidationConfig) -> DeviceConfig:
+def local_gpu_count(crossval: CrossValidationConfig) -> int:
+    """GPUs of this machine when the folds train on a local Dask cluster (one per worker),
+    else 0."""
+    if crossval.fold_runner != "dask" or crossval.dask_address:
+        return 0
+    from unet.precision import physical_gpus
+
+    return len(physical_gpus())
+
+
+def fold_devices(
+    devices: DeviceConfig, crossval: CrossValidationConfig, gpu_count: int = 0
+) -> DeviceConfig:
     """Folds side by side on one machine's local cluster share its cores (unless the user
-    set the threads)."""
+    set the threads, or each fold has a GPU)."""
     if crossval.fold_runner != "dask" or crossval.dask_address or devices.cpu_threads:
+        return devices
+    if gpu_count:
         return devices
     threads = max(1, (os.cpu_count() or 1) // crossval.parallel)
     return devices.model_copy(update={"cpu_threads": threads})
@@ -51,6 +65,7 @@ def fold_jobs(
 
     table = read_manifest(prepared.manifest)
     groups = dict(zip(table["key"], table["group"].astype(str), strict=True))
+    gpus = local_gpu_count(crossval)
     jobs = []
     for fold in range(crossval.folds):
         folder = fold_dir(run_dir, fold)
@@ -68,8 +83,9 @@ def fold_jobs(
                     "fold": fold,
                     "num_folds": crossval.folds,
                 },
-                "devices": fold_devices(devices, crossval),
+                "devices": fold_devices(devices, crossval, gpus),
                 "groups": groups,
+                "gpu_count": gpus,
             }
         )
     return jobs

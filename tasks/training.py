@@ -54,17 +54,21 @@ def train_fold_task(
     lineage: dict[str, object],
     devices: DeviceConfig | None = None,
     groups: dict[str, str] | None = None,
+    gpu_count: int = 0,
 ):
     """One fold of a cross-validated training: train its model (resumably), then score it on
     the fold's validation cases, which it never trained on (out of fold).
 
     Not tagged ``segflow-training``: the folds of one run may train side by side on workers.
+    On a Dask worker of a machine with ``gpu_count`` > 1 GPUs, the fold trains on the worker's
+    own GPU (:func:`worker_devices`).
 
     Returns:
         The :class:`unet.crossval.FoldResult`.
     """
     from unet.crossval import train_fold
 
+    devices = worker_devices(devices or DeviceConfig(), gpu_count)
     progress = Progress(f"fold-{fold}-progress", f"Epochs completed by fold {fold}")
     result = train_fold(
         fold,
@@ -85,3 +89,20 @@ def train_fold_task(
         result.foreground_dice,
     )
     return result
+
+
+def worker_devices(devices: DeviceConfig, gpu_count: int) -> DeviceConfig:
+    """On worker ``i`` of a local Dask cluster on a machine with several GPUs: GPU ``i mod
+    gpu_count`` only, so side-by-side folds do not share a GPU (unless the user chose GPUs
+    with ``visible_gpus``). Elsewhere ``devices`` unchanged."""
+    if devices.visible_gpus is not None or gpu_count < 2:
+        return devices
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not on a Dask worker
+        return devices
+    if not isinstance(name, int):
+        return devices
+    return devices.model_copy(update={"visible_gpus": str(name % gpu_count)})

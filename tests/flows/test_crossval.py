@@ -168,3 +168,19 @@ def test_folds_train_side_by_side_on_a_two_worker_dask_cluster(local_run, synthe
     dask_rows = pd.read_csv(work / "dask" / "out_of_fold" / "per_image.csv")
     assert sorted(dask_rows["key"]) == sorted(local_rows["key"])
     assert dask.folds == FOLDS and dask.registered
+
+
+def test_each_local_dask_worker_trains_on_its_own_gpu(monkeypatch):
+    import distributed
+
+    from tasks.training import worker_devices
+    from unet.config import DeviceConfig
+
+    class Worker:
+        name = 3
+
+    assert worker_devices(DeviceConfig(), 2) == DeviceConfig()  # not on a worker: unchanged
+    monkeypatch.setattr(distributed, "get_worker", lambda: Worker())
+    assert worker_devices(DeviceConfig(), 2).visible_gpus == "1"  # worker 3 -> GPU 1
+    assert worker_devices(DeviceConfig(), 1).visible_gpus is None  # one GPU: nothing to share
+    assert worker_devices(DeviceConfig(visible_gpus="0"), 2).visible_gpus == "0"  # user's
