@@ -1,6 +1,7 @@
 """Reading images and masks from disk into numpy arrays, with errors that name the file.
 
-Formats: PNG, JPEG, BMP, GIF (Pillow), TIFF 8/16-bit with 1/3/4 channels (tifffile), DICOM
+Formats: PNG, JPEG, BMP, GIF (Pillow), TIFF 8/16-bit with 1/3/4 channels, uncompressed or
+LZW/Deflate/JPEG/ZSTD/PackBits (tifffile with imagecodecs), DICOM
 (pydicom: rescale slope/intercept applied, MONOCHROME1 inverted). Only pixel data is read from
 DICOM files; no tag (patient name, ID, dates ...) is returned or stored anywhere.
 """

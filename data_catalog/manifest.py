@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,39 @@ MASK_SEPARATOR = ";"
 
 
 class EmptyDatasetError(ValueError):
-    """No usable image/mask pair was found."""
+    """No usable image/mask pair was found; ``problems`` lists why (one row per file)."""
+
+    def __init__(self, message: str, problems: pd.DataFrame | None = None):
+        self.problems = problems if problems is not None else pd.DataFrame(columns=PROBLEM_COLUMNS)
+        super().__init__(message)
+
+
+# What a user can do about the most common problem, when every case has it.
+PROBLEM_HINTS = {
+    "inconsistent channels": "set --channels to the images' channel count (1 or 3)",
+    "no mask": "check the pairing rule (--mask-suffix, --key-pattern, --masks)",
+    "no image": "check the pairing rule (--mask-suffix, --key-pattern, --images)",
+    "unexpected mask values": "check --foreground (bright/dark) or give --labels",
+    "unreadable image": "see the detail of each file in validation.csv",
+    "no group": "check --group-by",
+}
+
+
+def describe_problems(problems: list[dict], num_files: int) -> str:
+    """The problems by kind, most frequent first, each with a count and an example, and the
+    hint for the most frequent: ``20 of 20 files: inconsistent channels (a.png: ...)``."""
+    if not problems:
+        return "no image files found"
+    counts = Counter(row["problem"] for row in problems)
+    parts = []
+    for kind, count in counts.most_common():
+        example = next(row for row in problems if row["problem"] == kind)
+        parts.append(
+            f"{count} of {num_files} files: {kind} (e.g. {example['file']}: {example['detail']})"
+        )
+    top = counts.most_common(1)[0][0]
+    hint = PROBLEM_HINTS.get(top)
+    return "; ".join(parts) + (f". Hint: {hint}" if hint else "")
 
 
 class DatasetValidationError(ValueError):
@@ -207,7 +240,7 @@ def index_dataset(
             result = dict(entry["result"])
         else:
             result = _index_case(case, rule, config.channels)
-        if stats is not None:
+        if stats is not None and "key" in result:  # failures are read again next time
             fresh_cache[key] = {"stats": stats, "result": result}
         if "key" in result:
             result.update(key=case.key, group=case.group)
@@ -224,10 +257,11 @@ def index_dataset(
     for row in problems:
         logger.warning("problem: %s: %s (%s)", row["file"], row["problem"], row["detail"])
     if manifest.empty:
-        listed = "; ".join(f"{p['file']}: {p['problem']}" for p in problems[:5]) or "no image files"
         raise EmptyDatasetError(
             f"no usable cases for images={config.images} masks={config.masks} "
-            f"manifest={config.manifest} ({listed}). Check the pairing rule ({config.pairing})."
+            f"manifest={config.manifest} (pairing rule {config.pairing}): "
+            f"{describe_problems(problems, max(len(cases), len(problems)))}",
+            problem_frame,
         )
     dataset_hash = hash_records(
         zip(manifest["key"], manifest["image_sha256"], manifest["mask_sha256"], strict=True)

@@ -9,6 +9,7 @@ and against that server when it is.
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 import types
@@ -379,11 +380,32 @@ def main(argv: list[str] | None = None) -> int:
         "models": run_models,
         "retrain": run_retrain,
     }
+    quiet = UserErrorTracebacks()
+    run_loggers = [logging.getLogger(name) for name in RUN_LOGGERS]
+    for logger in run_loggers:
+        logger.addFilter(quiet)
     try:
         return handlers[args.command](args)
     except USER_ERRORS as error:  # one line, exit 2; anything else is a bug: traceback, exit 1
         print(f"segflow {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        for logger in run_loggers:
+            logger.removeFilter(quiet)
+
+
+# Prefect's loggers that report a failed flow or task run with the exception's traceback.
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+class UserErrorTracebacks(logging.Filter):
+    """Drops the traceback from Prefect's failed-run records when the exception is a user
+    error: the run's log keeps its one-line message, the user sees one clear error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from data_catalog.atomic import write_csv_atomic, write_text_atomic
 from data_catalog.config import PrepareConfig
-from data_catalog.manifest import apply_policy, index_dataset, read_manifest
+from data_catalog.manifest import EmptyDatasetError, apply_policy, index_dataset, read_manifest
 from data_catalog.splits import load_splits, save_splits, split_cases
 from data_catalog.summary import split_rows, summarize_dataset
 from tasks.reporting import publish_markdown, publish_table, run_logger
@@ -40,7 +40,11 @@ def index_cases(config: PrepareConfig, out_dir: str) -> IndexSummary:
         The paths written and the counts (foreground fraction: the mean over cases).
     """
     cache_root = Path(config.cache_dir or out_dir)
-    result = index_dataset(config, cache_path=cache_root / "index-cache.json")
+    try:
+        result = index_dataset(config, cache_path=cache_root / "index-cache.json")
+    except EmptyDatasetError as error:  # the problems are still listed, file by file
+        write_csv_atomic(Path(out_dir) / "validation.csv", error.problems)
+        raise
     manifest_path = write_csv_atomic(Path(out_dir) / "manifest.csv", result.manifest)
     validation_path = write_csv_atomic(Path(out_dir) / "validation.csv", result.problems)
     publish_table(

@@ -99,3 +99,39 @@ def test_gif_palette_image_gives_colours_mask_gives_indices(tmp_path):
     palette_image.save(tmp_path / "x.gif")
     assert read_image(tmp_path / "x.gif")[..., 0].tolist() == [[0, 200], [200, 0]]
     assert read_image(tmp_path / "x.gif", kind="mask").tolist() == [[0, 1], [1, 0]]
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd", "packbits", "jpeg"])
+def test_compressed_tiffs_are_read(tmp_path, compression):
+    """LZW is the most common TIFF compression in the wild (retinal datasets ship it)."""
+    rows, cols = np.mgrid[0:40, 0:56]
+    image = np.stack([rows * 6, cols * 4, (rows + cols) * 2], axis=-1).astype(np.uint8)
+    path = tmp_path / f"scan_{compression}.tif"
+    tifffile.imwrite(path, image, photometric="rgb", compression=compression)
+    read = read_image(path)
+    assert read.shape == image.shape and read.dtype == np.uint8
+    if compression == "jpeg":  # lossy: close, not equal
+        assert np.abs(read.astype(int) - image).mean() < 4
+    else:
+        np.testing.assert_array_equal(read, image)
+
+
+def test_a_read_failure_is_not_cached(tmp_path):
+    """A file that could not be read is read again next time (a reader may have been
+    installed or fixed since), while readable files come from the index cache."""
+    from data_catalog.config import PrepareConfig
+    from data_catalog.manifest import index_dataset
+
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for name in ("good", "bad"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / f"{name}.png")
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "images" / "good.png")
+    (tmp_path / "images" / "bad.png").write_bytes(b"not yet an image")
+    config = PrepareConfig(
+        images=str(tmp_path / "images"), masks=str(tmp_path / "masks"), policy="skip"
+    )
+    cache = tmp_path / "index-cache.json"
+    first = index_dataset(config, cache_path=cache)
+    assert list(first.manifest["key"]) == ["good"] and len(first.problems) == 1
+    assert len(__import__("json").loads(cache.read_text())) == 1  # only the good case

@@ -288,3 +288,37 @@ def test_plan_prints_explained_settings_and_train_uses_them(demo_dir, tmp_path, 
     assert sorted(run_plan["kept_by_user"]) == ["batch_size", "depth", "image_size"]
     trained = json.loads((demo_dir / "run" / "model.json").read_text())["train_config"]
     assert trained["normalization"] == "range" and trained["image_size"] == 32
+
+
+def test_no_usable_case_says_why_and_lists_every_file(prefect_server, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):  # truly coloured images, read as greyscale (--channels 1)
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        colour = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(colour).save(tmp_path / "images" / f"{name}.png")
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "masks" / f"{name}.png")
+    out = tmp_path / "out"
+    argv = ["prepare", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks")]
+    assert main([*argv, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "3 of 3 files: inconsistent channels" in error
+    assert "Hint: set --channels" in error and "check the pairing rule" not in error
+    assert len(pd.read_csv(out / "validation.csv")) == 3  # written though nothing was usable
+
+
+def test_prefect_run_logs_drop_the_traceback_of_user_errors_only():
+    import logging
+    import sys
+
+    from flows.cli import UserErrorTracebacks
+
+    def record(error):
+        try:
+            raise error
+        except Exception:
+            return logging.LogRecord("prefect.flow_runs", 40, "", 0, "failed", (), sys.exc_info())
+
+    user, bug = record(ValueError("bad flag")), record(KeyError("bug"))
+    assert UserErrorTracebacks().filter(user) and user.exc_info is None
+    assert UserErrorTracebacks().filter(bug) and bug.exc_info is not None
