@@ -206,6 +206,41 @@ def _load_index_cache(path: Path | None) -> dict[str, dict]:
         return {}
 
 
+class CachedReader:
+    """Reads and checks cases, taking unchanged ones from the index cache: a case whose files
+    have the same paths, sizes and modification times, read with the same label rule and
+    channels, is not read and hashed again (as make and git do). Only successes are cached: a
+    file that failed is read again next time (a reader may have been installed since)."""
+
+    def __init__(self, config: PrepareConfig, cache_path: Path | None):
+        self.rule = LabelRule.build(config.foreground, config.labels)
+        self.channels = config.channels
+        self.cache_path = cache_path
+        self.cache = _load_index_cache(cache_path)
+        self.settings = json.dumps([self.rule.describe(), config.channels], sort_keys=True)
+        self.fresh: dict[str, dict] = {}
+
+    def index(self, case: CaseFiles) -> dict:
+        """The manifest row of a case, or its problem (a dict without ``key``)."""
+        key = "|".join([str(case.image), *map(str, case.masks), self.settings])
+        stats = _file_stats([case.image, *case.masks])
+        entry = self.cache.get(key)
+        if stats is not None and entry is not None and entry["stats"] == stats:
+            result = dict(entry["result"])
+        else:
+            result = _index_case(case, self.rule, self.channels)
+        if stats is not None and "key" in result:
+            self.fresh[key] = {"stats": stats, "result": result}
+        if "key" in result:
+            result.update(key=case.key, group=case.group)
+        return result
+
+    def save(self) -> None:
+        """Write the cache of this run's successes (atomically), when there is a cache file."""
+        if self.cache_path is not None:
+            write_json_atomic(self.cache_path, self.fresh)
+
+
 def index_dataset(
     config: PrepareConfig, num_workers: int | None = None, cache_path: str | Path | None = None
 ) -> IndexResult:
@@ -226,30 +261,10 @@ def index_dataset(
         EmptyDatasetError: no usable case was found; the message lists the first problems.
     """
     cases, problems = pair_cases(config)
-    rule = LabelRule.build(config.foreground, config.labels)
-    cache_path = Path(cache_path) if cache_path else None
-    cache = _load_index_cache(cache_path)
-    settings = json.dumps([rule.describe(), config.channels], sort_keys=True)
-    fresh_cache: dict[str, dict] = {}
-
-    def index_one(case: CaseFiles) -> dict:
-        key = "|".join([str(case.image), *map(str, case.masks), settings])
-        stats = _file_stats([case.image, *case.masks])
-        entry = cache.get(key)
-        if stats is not None and entry is not None and entry["stats"] == stats:
-            result = dict(entry["result"])
-        else:
-            result = _index_case(case, rule, config.channels)
-        if stats is not None and "key" in result:  # failures are read again next time
-            fresh_cache[key] = {"stats": stats, "result": result}
-        if "key" in result:
-            result.update(key=case.key, group=case.group)
-        return result
-
+    reader = CachedReader(config, Path(cache_path) if cache_path else None)
     with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
-        results = list(pool.map(index_one, cases))
-    if cache_path is not None:
-        write_json_atomic(cache_path, fresh_cache)
+        results = list(pool.map(reader.index, cases))
+    reader.save()
     rows = [row for row in results if "key" in row]
     problems = problems + [row for row in results if "key" not in row]
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)

@@ -83,6 +83,13 @@ def nightly_retrain_flow(
         models.promote(version, registry, f"nightly: {decision.reason}", expected=champion)
     run_logger().info("%s promoted: %s: %s", version, decision.promote, decision.reason)
     publish_decision(text, (version, challenger_metrics), (champion, champion_metrics), registry)
+    return night_result(decision, version, champion, registry, paired, run_dir)
+
+
+def night_result(decision, version, champion, registry, paired, run_dir) -> dict[str, object]:
+    """What the flow returns: the status, reason, both versions and Dice, the champion now."""
+    from unet import registry as models
+
     return {
         "status": "promoted" if decision.promote else "kept",
         "reason": decision.reason,

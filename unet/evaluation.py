@@ -118,21 +118,7 @@ def evaluate_cases(
         raise ValueError("no cases to evaluate")
     frame = pd.DataFrame(rows)
     write_csv_atomic(out_dir / "per_image.csv", frame)
-    metrics = summarize(frame, segmenter.num_classes)
-    metrics["model_version"] = segmenter.version
-    metrics["postprocessing"] = {
-        "threshold": segmenter.threshold,
-        "min_component_size": segmenter.min_component_size,
-    }
-    metrics["precision"] = {
-        "compute": segmenter.precision.compute_dtype,
-        "reason": segmenter.precision.reason,
-    }
-    if segmenter.ensemble is not None:
-        metrics["out_of_fold"] = {
-            **segmenter.ensemble.out_of_fold,
-            "num_folds": segmenter.ensemble.folds,
-        }
+    metrics = {**summarize(frame, segmenter.num_classes), **model_facts(segmenter)}
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_report(metrics, frame, out_dir))
     logger.info(
@@ -142,6 +128,28 @@ def evaluate_cases(
         metrics["otsu_baseline"]["foreground_dice"],
     )
     return metrics
+
+
+def model_facts(segmenter: Segmenter) -> dict[str, object]:
+    """What the metrics document records about the model that was scored: version,
+    post-processing, precision and, for an ensemble, its out-of-fold estimate."""
+    facts: dict[str, object] = {
+        "model_version": segmenter.version,
+        "postprocessing": {
+            "threshold": segmenter.threshold,
+            "min_component_size": segmenter.min_component_size,
+        },
+        "precision": {
+            "compute": segmenter.precision.compute_dtype,
+            "reason": segmenter.precision.reason,
+        },
+    }
+    if segmenter.ensemble is not None:
+        facts["out_of_fold"] = {
+            **segmenter.ensemble.out_of_fold,
+            "num_folds": segmenter.ensemble.folds,
+        }
+    return facts
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
