@@ -3,7 +3,8 @@
 ``unet/model.py``, ``losses.py`` and ``metrics.py`` are pure Keras 3: this script builds the
 default U-Net, trains it for a few epochs (so the metric is reset between epochs), folds its
 batch norms for inference and times training and the forward pass, on whatever backend
-``KERAS_BACKEND`` names. It imports no TensorFlow and no Prefect.
+``KERAS_BACKEND`` names; then builds a three-member ensemble and checks it against the mean of
+its members. It imports no TensorFlow and no Prefect.
 
     KERAS_BACKEND=jax python bench/keras_backend.py [--size 512] [--steps 20]
 
@@ -70,7 +71,44 @@ def main() -> None:
             "dice_after_3_epochs": round(float(history.history["dice_fg"][-1]), 4),
             "folded_max_difference": gap,
         }
+    results["ensemble"] = check_ensemble(rng, args.size)
     print(json.dumps(results, indent=2))
+
+
+def check_ensemble(rng, size: int) -> dict[str, object]:
+    """Three U-Nets as one averaging graph (``unet/ensemble.py``): equal to the mean of the
+    members, and folded for inference in bfloat16 with the members' softmax kept float32."""
+    import keras
+    import numpy as np
+
+    from unet.config import TrainConfig
+    from unet.ensemble import build_ensemble
+    from unet.model import build_unet, inference_model
+
+    keras.mixed_precision.set_global_policy("float32")
+    members = []
+    for seed in range(3):
+        keras.utils.set_random_seed(seed)
+        members.append(build_unet(TrainConfig(num_classes=2), 1))
+    ensemble = build_ensemble(members)
+    images = rng.random((2, size, size, 1), dtype=np.float32)
+    mean = np.mean([np.asarray(m.predict_on_batch(images)) for m in members], axis=0)
+    low = inference_model(ensemble, "mixed_bfloat16")
+    softmax = {layer.dtype_policy.name for layer in low.layers if "softmax" in layer.name}
+    return {
+        "mean_max_difference": float(
+            np.abs(np.asarray(ensemble.predict_on_batch(images)) - mean).max()
+        ),
+        "folded_float32_max_difference": float(
+            np.abs(
+                np.asarray(inference_model(ensemble, "float32").predict_on_batch(images)) - mean
+            ).max()
+        ),
+        "folded_bfloat16_max_difference": float(
+            np.abs(np.asarray(low.predict_on_batch(images), np.float32) - mean).max()
+        ),
+        "member_softmax_policies": sorted(softmax),
+    }
 
 
 if __name__ == "__main__":

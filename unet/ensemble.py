@@ -10,11 +10,13 @@ model: prediction needs no changes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
-from unet.model_files import ModelInfo
+if TYPE_CHECKING:  # only for annotations: this module runs on any Keras backend alone
+    from unet.model_files import ModelInfo
 
 ENSEMBLE_OUTPUT = "ensemble_mean"
 # ModelInfo fields every member must share: the ensemble is one model to inference.
