@@ -125,6 +125,7 @@ def combine_out_of_fold(folds: list[FoldResult], out_dir: str | Path, num_classe
     metrics = summarize(frame.assign(group=frame["group"].astype(str)), num_classes)
     metrics["model_version"] = f"out of fold: {len(folds)} fold models"
     metrics["postprocessing"] = "each fold model's own"
+    metrics["precision"] = {"compute": "each fold model's", "reason": "as prediction chose"}
     metrics["folds"] = [
         {
             "fold": fold.fold,
@@ -141,7 +142,7 @@ def combine_out_of_fold(folds: list[FoldResult], out_dir: str | Path, num_classe
     report = render_report(metrics, frame, out_dir).replace(
         "# Evaluation of", "# Out-of-fold scores of", 1
     )
-    write_text_atomic(out_dir / "report.md", report)
+    write_text_atomic(out_dir / "report.md", report + fold_lines(metrics["folds"]))
     logger.info(
         "out of fold (%d folds, %d cases): foreground Dice %.4f, mean group volume Dice %s",
         len(folds),
@@ -150,6 +151,26 @@ def combine_out_of_fold(folds: list[FoldResult], out_dir: str | Path, num_classe
         metrics["group_volume_dice_mean"],
     )
     return metrics
+
+
+def fold_lines(folds: list[dict]) -> str:
+    """The per-fold table of the out-of-fold report (markdown)."""
+    lines = [
+        "",
+        "## Folds (each scored on the cases it never trained on)",
+        "",
+        "| fold | cases | foreground Dice | mean group volume Dice | best epoch | its val Dice | "
+        "model |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for fold in folds:
+        volume = fold["group_volume_dice"]
+        lines.append(
+            f"| {fold['fold']} | {fold['cases']} | {fold['foreground_dice']:.4f} | "
+            f"{'n/a' if volume is None else f'{volume:.4f}'} | {fold['best_epoch']} | "
+            f"{fold['best_val_dice']:.4f} | `{fold['model_version']}` |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def out_of_fold_summary(metrics: dict) -> dict[str, object]:

@@ -109,7 +109,8 @@ def test_out_of_fold_scores_every_non_test_case_exactly_once(local_run):
         assert not set(split["val"]) & set(split["train"])
     metrics = json.loads((run / "out_of_fold" / "metrics.json").read_text())
     assert metrics["num_images"] == len(rows) == summary.val_cases
-    assert "Out-of-fold scores" in (run / "out_of_fold" / "report.md").read_text()
+    report = (run / "out_of_fold" / "report.md").read_text()
+    assert "Out-of-fold scores" in report and "| 2 | " in report  # the per-fold table
 
 
 def test_evaluate_reports_the_out_of_fold_estimate(local_run, synthetic_dir, capsys):
