@@ -39,6 +39,7 @@ from tqdm import tqdm
 from data_catalog.atomic import write_csv_atomic
 from data_catalog.hashing import hash_file
 from data_catalog.images import ImageReadError, read_image, write_png_atomic
+from data_catalog.volumes import is_volume
 from unet.config import PredictConfig
 from unet.inference import Segmentation, Segmenter
 
@@ -55,6 +56,9 @@ REPORT_COLUMNS = [
     "width",
     "foreground_fraction",
     "components",
+    "volume_shape",  # volumes: voxels along each axis, e.g. 240x240x155
+    "spacing_mm",  # volumes: voxel size, e.g. 1x1x3
+    "foreground_ml",  # volumes: foreground volume in millilitres
     "mean_confidence",
     "model_version",
     "precision",
@@ -143,7 +147,7 @@ class OutputFormat:
 class LoadedInput:
     """An input after reading: ``kind`` says what the segmenting stage does with it."""
 
-    kind: Literal["image", "video", "skipped", "error"]
+    kind: Literal["image", "video", "volume", "skipped", "error"]
     input: PlannedInput
     started: float
     sha256: str | None = None
@@ -278,6 +282,8 @@ def load_input(
             return LoadedInput("skipped", item, started, sha256, previous=previous)
         if is_video(item.path):
             return LoadedInput("video", item, started, sha256)
+        if is_volume(item.path):  # read whole by the segmenting stage: one volume in memory
+            return LoadedInput("volume", item, started, sha256)
         image = segmenter.prepare(read_image(item.path), item.path)
         return LoadedInput("image", item, started, sha256, image=image)
     except ImageReadError as error:
@@ -317,6 +323,9 @@ def segment_stream(stream: Iterable[LoadedInput], segmenter: Segmenter, sink: Re
         elif item.kind == "video":
             segment_batch(batch, segmenter, sink)
             segment_video(item, segmenter, sink)
+        elif item.kind == "volume":
+            segment_batch(batch, segmenter, sink)
+            segment_volume(item, segmenter, sink)
         else:
             if batch and (
                 segmenter.is_large(item.image) or batch[0].image.shape != item.image.shape
@@ -369,6 +378,80 @@ def segment_video(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) -> 
             input_sha256=item.sha256,
         )
     sink.report_progress()
+
+
+def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) -> None:
+    """Every slice through the model; a NIfTI mask in the input's geometry and a per-slice
+    CSV. Any failure becomes the volume's error row; the run goes on."""
+    from data_catalog.volumes import volume_stem
+
+    relative = item.input.mask_name.with_name(volume_stem(item.input.path) + ".nii.gz")
+    target = sink.plan.output_dir / relative
+    try:
+        slices = segment_volume_file(segmenter, item.input.path, target)
+        write_csv_atomic(target.with_name(volume_stem(target) + ".slices.csv"), slices)
+    except Exception as error:
+        if not isinstance(error, (OSError, ValueError)):
+            logger.exception("segmenting the volume %s failed", item.input.path)
+        reason = error.reason if isinstance(error, ImageReadError) else str(error)
+        sink.failed(item, f"{type(error).__name__}: {reason}")
+    else:
+        facts = slices.attrs
+        sink.record(
+            item,
+            mask=relative.as_posix(),
+            height=facts["height"],
+            width=facts["width"],
+            foreground_fraction=round(float(facts["foreground_fraction"]), 6),
+            components=facts["components"],
+            volume_shape="x".join(map(str, facts["shape"])),
+            spacing_mm="x".join(f"{value:g}" for value in facts["spacing"]),
+            foreground_ml=round(float(facts["foreground_ml"]), 4),
+            mean_confidence=round(float(slices["mean_confidence"].mean()), 6),
+            input_sha256=item.sha256,
+        )
+    sink.report_progress()
+
+
+def segment_volume_file(segmenter: Segmenter, path: Path, target: Path) -> pd.DataFrame:
+    """Segment a NIfTI volume slice by slice (the through-plane axis, batches of the
+    segmenter's batch size) into a mask volume at ``target`` with the input's affine.
+
+    Returns:
+        One row per slice (``slice``, ``foreground_fraction``, ``components``,
+        ``mean_confidence``); ``attrs`` holds the volume's shape, spacing, slice height and
+        width, foreground fraction and millilitres, and its 3-D foreground components.
+    """
+    from scipy import ndimage
+
+    from data_catalog.volumes import read_volume, write_mask_volume
+
+    volume = read_volume(path)
+    mask = np.zeros(volume.data.shape, np.uint8)
+    rows = []
+    for first in range(0, volume.num_slices, segmenter.batch_size):
+        indices = range(first, min(first + segmenter.batch_size, volume.num_slices))
+        images = [segmenter.prepare(volume.slice(i), path) for i in indices]
+        for index, result in zip(indices, segmenter.segment(images), strict=True):
+            np.moveaxis(mask, volume.axis, 0)[index] = result.classes
+            fraction, components = mask_statistics(result.classes)
+            rows.append((index, fraction, components, result.mean_confidence))
+    write_mask_volume(target, mask, volume)
+    foreground = mask > 0
+    table = pd.DataFrame(
+        rows, columns=["slice", "foreground_fraction", "components", "mean_confidence"]
+    )
+    height, width = volume.slice(0).shape
+    table.attrs.update(
+        shape=volume.data.shape,
+        spacing=volume.spacing,
+        height=height,
+        width=width,
+        foreground_fraction=float(foreground.mean()),
+        foreground_ml=float(foreground.sum()) * volume.voxel_ml,
+        components=int(ndimage.label(foreground, structure=np.ones((3, 3, 3)))[1]),
+    )
+    return table
 
 
 class ResultSink:
@@ -607,8 +690,9 @@ _END = object()
 
 def remove_stale_files(output_dir: Path) -> None:
     """Delete temporary files a killed run left behind (never while shards are writing):
-    masks, reports and journals (``.*.tmp``) and mask videos (``.*.tmp.avi``)."""
-    for pattern in (".*.tmp", ".*.tmp.avi"):
+    masks, reports and journals (``.*.tmp``), mask videos (``.*.tmp.avi``) and mask volumes
+    (``.*.tmp.nii.gz``)."""
+    for pattern in (".*.tmp", ".*.tmp.avi", ".*.tmp.nii.gz", ".*.tmp.nii"):
         for stale in output_dir.rglob(pattern):
             stale.unlink(missing_ok=True)
 
