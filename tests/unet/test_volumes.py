@@ -26,9 +26,7 @@ def threshold_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("threshold")
     image = keras.Input((None, None, 1))
     logits = keras.layers.Conv2D(2, 1, name="head_conv")(image)
-    probabilities = keras.layers.Activation("softmax", dtype="float32", name="head_softmax")(
-        logits
-    )
+    probabilities = keras.layers.Activation("softmax", dtype="float32", name="head_softmax")(logits)
     model = keras.Model(image, probabilities)
     k = 200.0
     model.get_layer("head_conv").set_weights(
