@@ -385,7 +385,7 @@ def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) ->
     CSV. Any failure becomes the volume's error row; the run goes on."""
     from data_catalog.volumes import volume_stem
 
-    relative = item.input.mask_name.with_name(volume_stem(item.input.path) + ".nii.gz")
+    relative = Path(item.input.relative)  # case.nii.gz -> OUTPUT_DIR/case.nii.gz (unique)
     target = sink.plan.output_dir / relative
     try:
         slices = segment_volume_file(segmenter, item.input.path, target)
