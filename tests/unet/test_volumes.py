@@ -96,6 +96,8 @@ def test_a_nifti_volume_gives_a_mask_in_its_geometry(threshold_model, tmp_path):
     assert list(slices["slice"]) == list(range(12))  # cut along the coarse (3 mm) axis
     report = pd.read_csv(tmp_path / "out" / "report.csv")
     assert report.loc[0, "mask"] == "case.nii.gz"
+    again = predict_folder(config).to_dict("records")  # a second run: journaled, not redone
+    assert again[0]["status"] == "skipped" and again[0]["foreground_ml"] == row["foreground_ml"]
 
 
 def test_bad_volumes_are_error_rows_and_the_rest_goes_on(threshold_model, tmp_path):
