@@ -64,7 +64,10 @@ class PrepareConfig(BaseModel):
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Share of groups for validation.")
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Share of groups for testing.")
     num_folds: int = Field(
-        0, ge=0, description="k-fold cross-validation: k > 1 splits non-test groups into k folds."
+        0,
+        ge=0,
+        description="One fold's split: k > 1 deals the non-test groups into k folds and --fold "
+        "is val (to train every fold and register their ensemble, use --folds).",
     )
     fold: int = Field(0, ge=0, description="With num_folds: the fold used for validation.")
     seed: int = Field(
