@@ -19,6 +19,57 @@ from data_catalog.images import write_png_atomic
 logger = logging.getLogger(__name__)
 
 
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Uneven illumination: a tilted plane plus a broad bright spot, spanning ~110 grey
+    levels."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    angle = rng.uniform(0, 2 * np.pi)
+    plane = np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5)
+    cy, cx = rng.uniform(0.0, 1.0, size=2)
+    spot = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(0.1, 0.25) ** 2))
+    return 100 + 110 * plane + rng.uniform(20, 50) * spot
+
+
+def _cells(rng: np.random.Generator, size: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """3-7 elliptic cells with a darker nucleus: ``(mask 0/255, added brightness)``."""
+    mask = np.zeros((size, size), np.uint8)
+    cells = np.zeros((size, size), np.float32)
+    for _ in range(rng.integers(3, 8)):
+        center = (int(rng.uniform(0.08, 0.92) * size), int(rng.uniform(0.08, 0.92) * size))
+        axes = (int(rng.uniform(6, 16) * scale) + 1, int(rng.uniform(5, 12) * scale) + 1)
+        rotation = float(rng.uniform(0, 180))
+        contrast = float(rng.uniform(30, 55))
+        cv2.ellipse(mask, center, axes, rotation, 0, 360, 255, -1)
+        body = np.zeros_like(cells)
+        cv2.ellipse(body, center, axes, rotation, 0, 360, contrast, -1)
+        # A darker nucleus inside the cell: the cell is not one flat grey level.
+        nucleus_axes = (max(1, axes[0] // 3), max(1, axes[1] // 3))
+        cv2.ellipse(body, center, nucleus_axes, rotation, 0, 360, contrast * 0.4, -1)
+        cells = np.maximum(cells, body)
+    return mask, cells
+
+
+def _distractors(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
+    """Bright dots about as bright as cells, and thin fibres (not in the mask)."""
+    distractors = np.zeros((size, size), np.float32)
+    for _ in range(rng.integers(6, 16)):
+        center = (int(rng.uniform(0, size)), int(rng.uniform(0, size)))
+        cv2.circle(
+            distractors, center, int(rng.integers(1, 3) * scale) + 1, rng.uniform(35, 60), -1
+        )
+    for _ in range(rng.integers(1, 4)):
+        points = np.cumsum(rng.normal(0, 8 * scale, size=(6, 2)), axis=0)
+        points += rng.uniform(0, size, size=2)
+        cv2.polylines(
+            distractors,
+            [points.astype(np.int32)],
+            False,
+            rng.uniform(35, 60),
+            max(1, int(scale)),
+        )
+    return distractors
+
+
 def make_synthetic_case(
     seed: int, index: int, image_size: int = 128
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -35,48 +86,10 @@ def make_synthetic_case(
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16. Received: image_size={image_size}")
     rng = np.random.default_rng([seed, index])
-    size = image_size
-    scale = size / 128.0
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-
-    # Uneven illumination: a tilted plane plus a broad bright spot, spanning ~110 grey levels.
-    angle = rng.uniform(0, 2 * np.pi)
-    plane = np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5)
-    cy, cx = rng.uniform(0.0, 1.0, size=2)
-    spot = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(0.1, 0.25) ** 2))
-    background = 100 + 110 * plane + rng.uniform(20, 50) * spot
-
-    mask = np.zeros((size, size), np.uint8)
-    cells = np.zeros((size, size), np.float32)
-    for _ in range(rng.integers(3, 8)):
-        center = (int(rng.uniform(0.08, 0.92) * size), int(rng.uniform(0.08, 0.92) * size))
-        axes = (int(rng.uniform(6, 16) * scale) + 1, int(rng.uniform(5, 12) * scale) + 1)
-        rotation = float(rng.uniform(0, 180))
-        contrast = float(rng.uniform(30, 55))
-        cv2.ellipse(mask, center, axes, rotation, 0, 360, 255, -1)
-        body = np.zeros_like(cells)
-        cv2.ellipse(body, center, axes, rotation, 0, 360, contrast, -1)
-        # A darker nucleus inside the cell: the cell is not one flat grey level.
-        nucleus_axes = (max(1, axes[0] // 3), max(1, axes[1] // 3))
-        cv2.ellipse(body, center, nucleus_axes, rotation, 0, 360, contrast * 0.4, -1)
-        cells = np.maximum(cells, body)
-
-    distractors = np.zeros((size, size), np.float32)
-    for _ in range(rng.integers(6, 16)):  # bright dots, about as bright as cells
-        center = (int(rng.uniform(0, size)), int(rng.uniform(0, size)))
-        cv2.circle(
-            distractors, center, int(rng.integers(1, 3) * scale) + 1, rng.uniform(35, 60), -1
-        )
-    for _ in range(rng.integers(1, 4)):  # thin fibres
-        points = np.cumsum(rng.normal(0, 8 * scale, size=(6, 2)), axis=0)
-        points += rng.uniform(0, size, size=2)
-        cv2.polylines(
-            distractors,
-            [points.astype(np.int32)],
-            False,
-            rng.uniform(35, 60),
-            max(1, int(scale)),
-        )
+    scale = image_size / 128.0
+    background = _background(rng, image_size)  # the random stream is used in this order
+    mask, cells = _cells(rng, image_size, scale)
+    distractors = _distractors(rng, image_size, scale)
     distractors[mask > 0] = 0
 
     image = background + cells + distractors

@@ -167,19 +167,31 @@ def write_tfrecords(
         "num_classes": rule.num_classes,
         "splits": {},
     }
-    jobs = []
-    for split, keys in splits.items():
-        count = max(1, min(num_shards, len(keys)))
-        files = [out_dir / f"{split}-{i:05d}-of-{count:05d}.tfrecord" for i in range(count)]
-        for shard, path in enumerate(files):
-            rows = [by_key.loc[key].to_dict() for key in keys[shard::count]]
-            jobs.append((path, rows))
-        sidecar["splits"][split] = {"files": [p.name for p in files], "num_records": len(keys)}
+    jobs = shard_jobs(by_key, splits, out_dir, num_shards, sidecar["splits"])
     with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
         written = sum(pool.map(lambda job: _write_shard(*job, rule, channels, dtype), jobs))
     write_json_atomic(out_dir / SIDECAR_NAME, sidecar)
     logger.info("wrote %d records in %d shards to %s", written, len(jobs), out_dir)
     return sidecar
+
+
+def shard_jobs(
+    by_key: pd.DataFrame,
+    splits: dict[str, list[str]],
+    out_dir: Path,
+    num_shards: int,
+    described: dict[str, object],
+) -> list[tuple[Path, list[dict]]]:
+    """``(shard file, manifest rows)`` of every shard of every split (cases dealt in turn);
+    each split's files and record count are added to ``described``."""
+    jobs = []
+    for split, keys in splits.items():
+        count = max(1, min(num_shards, len(keys)))
+        files = [out_dir / f"{split}-{i:05d}-of-{count:05d}.tfrecord" for i in range(count)]
+        for shard, path in enumerate(files):
+            jobs.append((path, [by_key.loc[key].to_dict() for key in keys[shard::count]]))
+        described[split] = {"files": [p.name for p in files], "num_records": len(keys)}
+    return jobs
 
 
 def load_sidecar(tfrecord_dir: str | Path) -> dict[str, object]:
