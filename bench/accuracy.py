@@ -5,7 +5,8 @@ LGG (12 patients, grouped by patient): the test split keeps ~20% of the patients
 model; the other patients are cut into K folds. Each configuration trains K fold models through
 ``segflow train --folds K`` (the real flow, local runner), so every non-test patient is scored
 by the fold model that never saw it. Printed:
-  (a) today's defaults (range normalisation, 30% foreground patches, raw best epoch):
+  (a) today's defaults (every setting at its TrainConfig default: range normalisation, 30%
+      foreground patches, default augmentation, raw best epoch):
       out-of-fold mean per-patient volume Dice and mean Dice over slices;
   (b) the plan (settings from the dataset's fingerprint): the same out-of-fold scores;
   (c) the plan's K-fold ensemble (the registered model) on the held-out test patients,
@@ -38,15 +39,13 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import tasks  # noqa: E402,F401  (quiet TensorFlow and Prefect)
 
-# Today's defaults, given explicitly so the plan keeps them (a planned setting the user gives
-# is kept as given).
-DEFAULTS = {
-    "normalization": "range",
-    "image_size": 128,
-    "depth": 4,
-    "foreground_patch_fraction": 0.3,
-    "best_epoch_smoothing": 0.0,
-}
+
+def old_defaults(**overrides) -> dict:
+    """Every training setting given explicitly at its ``TrainConfig`` default, so the plan
+    keeps them all (a planned setting the user gives is kept as given)."""
+    from unet.config import TrainConfig
+
+    return {**TrainConfig().model_dump(), **overrides}
 
 
 def lgg_prepare(data_root: Path, cache: Path):
@@ -134,7 +133,7 @@ def run_lgg(args, scratch: Path) -> dict:
     prepare = lgg_prepare(Path(args.data_root), scratch / "cache")
     common = {"epochs": args.epochs, "seed": 0}
     rows = {}
-    for name, settings in (("a-defaults", {**DEFAULTS, **common}), ("b-plan", common)):
+    for name, settings in (("a-defaults", old_defaults(**common)), ("b-plan", common)):
         run_dir = scratch / f"lgg-{name}"
         summary, seconds = train(prepare, settings, run_dir, args.folds)
         rows[name] = describe(name, summary, seconds, run_dir)
@@ -148,7 +147,7 @@ def run_isbi(args, scratch: Path) -> dict:
     prepare = isbi_prepare(Path(args.data_root), scratch / "cache")
     rows = {}
     runs = (
-        ("a-defaults", {**DEFAULTS, "epochs": args.isbi_epochs, "seed": 0}, 0),
+        ("a-defaults", old_defaults(epochs=args.isbi_epochs, seed=0), 0),
         ("c-plan-ensemble", {"epochs": args.isbi_epochs, "seed": 0}, args.folds),
     )
     for name, settings, folds in runs:

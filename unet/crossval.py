@@ -50,10 +50,14 @@ class FoldResult:
     fold: int
     run_dir: str
     training: TrainingResult
-    per_image: str  # out-of-fold per_image.csv
     foreground_dice: float
     group_volume_dice: float | None
     tuner: ThresholdTuner | None  # running sums for the ensemble's threshold (binary models)
+
+    @property
+    def per_image(self) -> Path:
+        """The fold's out-of-fold ``per_image.csv``."""
+        return Path(self.run_dir) / OUT_OF_FOLD_DIR / "per_image.csv"
 
 
 def train_fold(
@@ -74,7 +78,6 @@ def train_fold(
         fold=fold,
         run_dir=str(run_dir),
         training=training,
-        per_image=str(Path(run_dir) / OUT_OF_FOLD_DIR / "per_image.csv"),
         foreground_dice=float(metrics["foreground_dice"]),
         group_volume_dice=metrics.get("group_volume_dice_mean"),
         tuner=tuner,

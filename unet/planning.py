@@ -56,15 +56,21 @@ class TrainingPlan:
         return "\n".join(lines) + "\n"
 
 
+def scale_spread(fingerprint: dict) -> tuple[float, str]:
+    """The largest ratio of intensity scales (p95/p5 of the 99.5th percentiles) over the
+    channels, between cases or between groups, and which of the two it was (at least 1)."""
+    spreads = [
+        (channel[f"scale_between_{scope}"]["ratio_p95_p5"], scope)
+        for channel in fingerprint["channels"]
+        for scope in ("cases", "groups")
+    ]
+    return max(spreads, default=(1.0, "cases"), key=lambda spread: spread[0])
+
+
 def plan_normalization(fingerprint: dict) -> PlannedSetting:
     """Per-image z-score when intensity scales vary between cases or groups (MR, multi-site),
     the dtype's range when they are stable (microscopy, CT in fixed units)."""
-    worst, where = 1.0, "cases"
-    for channel in fingerprint["channels"]:
-        for scope in ("cases", "groups"):
-            ratio = channel[f"scale_between_{scope}"]["ratio_p95_p5"]
-            if ratio > worst:
-                worst, where = ratio, scope
+    worst, where = scale_spread(fingerprint)
     if worst >= ZSCORE_SCALE_RATIO:
         return PlannedSetting(
             "normalization",
@@ -110,15 +116,6 @@ def plan_batch(patch: int) -> PlannedSetting:
     )
 
 
-def scale_ratio(fingerprint: dict) -> float:
-    """The largest ratio of intensity scales between cases or groups over the channels."""
-    return max(
-        channel[f"scale_between_{scope}"]["ratio_p95_p5"]
-        for channel in fingerprint["channels"]
-        for scope in ("cases", "groups")
-    )
-
-
 def plan_augmentation(fingerprint: dict) -> list[PlannedSetting]:
     """Stronger rotations and scaling for few groups (each patient's anatomy is seen in few
     poses); stronger contrast and gamma where intensities vary between cases or sites."""
@@ -132,7 +129,7 @@ def plan_augmentation(fingerprint: dict) -> list[PlannedSetting]:
         else f"{groups} groups: the data shows enough poses; rotations +-{rotation:.0f} deg, "
         f"scaling +-{scale:.0%}"
     )
-    ratio = scale_ratio(fingerprint)
+    ratio, _ = scale_spread(fingerprint)
     varied = ratio >= ZSCORE_SCALE_RATIO
     contrast, gamma = (0.2, 0.2) if varied else (0.1, 0.1)
     intensity = (
