@@ -30,7 +30,7 @@ def fold_config(train: TrainConfig, crossval: CrossValidationConfig) -> TrainCon
 def local_gpu_count(crossval: CrossValidationConfig) -> int:
     """GPUs of this machine when the folds train on a local Dask cluster (one per worker),
     else 0."""
-    if crossval.fold_runner != "dask" or crossval.dask_address:
+    if not crossval.local_cluster:
         return 0
     from unet.precision import physical_gpus
 
@@ -42,9 +42,7 @@ def fold_devices(
 ) -> DeviceConfig:
     """Folds side by side on one machine's local cluster share its cores (unless the user
     set the threads, or each fold has a GPU)."""
-    if crossval.fold_runner != "dask" or crossval.dask_address or devices.cpu_threads:
-        return devices
-    if gpu_count:
+    if not crossval.local_cluster or devices.cpu_threads or gpu_count:
         return devices
     threads = max(1, (os.cpu_count() or 1) // crossval.parallel)
     return devices.model_copy(update={"cpu_threads": threads})

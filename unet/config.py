@@ -192,6 +192,11 @@ class CrossValidationConfig(BaseModel):
         return self
 
     @property
+    def local_cluster(self) -> bool:
+        """True when the folds train on a Dask cluster started on this machine."""
+        return self.fold_runner == "dask" and not self.dask_address
+
+    @property
     def parallel(self) -> int:
         """How many folds train at once."""
         if self.fold_runner == "local":

@@ -16,6 +16,7 @@ a cross-validated training holds ``folds/fold-K/`` (each a complete training run
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 from dataclasses import dataclass
@@ -290,20 +291,20 @@ def write_ensemble_lineage(
 
     from unet.lineage import code_revision, library_versions
 
-    members = []
-    for fold in sorted(folds, key=lambda fold: fold.fold):
-        record = json.loads((Path(fold.run_dir) / "lineage.json").read_text())
-        members.append(
-            {
-                "fold": fold.fold,
-                "model_version": record["model_version"],
-                "run_dir": fold.run_dir,
-                "split_hash": record.get("split_hash"),
-                "split_counts": record.get("split_counts"),
-                "best_epoch": fold.training.best_epoch,
-            }
-        )
-    first = json.loads((Path(folds[0].run_dir) / "lineage.json").read_text())
+    folds = sorted(folds, key=lambda fold: fold.fold)
+    records = [json.loads((Path(fold.run_dir) / "lineage.json").read_text()) for fold in folds]
+    members = [
+        {
+            "fold": fold.fold,
+            "model_version": record["model_version"],
+            "run_dir": fold.run_dir,
+            "split_hash": record.get("split_hash"),
+            "split_counts": record.get("split_counts"),
+            "best_epoch": fold.training.best_epoch,
+        }
+        for fold, record in zip(folds, records, strict=True)
+    ]
+    first = records[0]
     write_json_atomic(
         Path(run_dir) / "lineage.json",
         {
@@ -312,7 +313,7 @@ def write_ensemble_lineage(
             "tfrecord_address": first.get("tfrecord_address"),
             "train_config": config.model_dump(),
             "seed": config.seed,
-            "training": {**result.__dict__},
+            "training": dataclasses.asdict(result),
             "ensemble_members": members,
             "code": code_revision(),
             "versions": library_versions(),
