@@ -1,16 +1,22 @@
-"""NIfTI volumes: read with their geometry, cut into 2D slices, masks written in the same
-geometry.
+"""Volumes: NIfTI files, DICOM series and multi-page TIFF stacks, read with their geometry,
+cut into 2D slices, masks written in the same geometry.
 
 A volume is sliced along its through-plane axis (the one with the coarsest voxel spacing; the
-last axis on ties). A mask volume keeps the input's affine and header (data type uint8, class
-indices), so it lines up with the scan in 3D Slicer or ITK-SNAP without any conversion. Plain
-Python (nibabel); no patient information is read beyond the image geometry.
+last axis on ties) unless an axis is given. A mask volume keeps the input's affine (and, for
+NIfTI, its header; data type uint8, class indices), so it lines up with the scan in 3D Slicer
+or ITK-SNAP without any conversion. Plain Python (nibabel, pydicom, tifffile).
+
+Intensities are kept as integers: uint8, uint16, or int16 for signed data such as CT in
+Hounsfield units. DICOM series are read by :mod:`data_catalog.dicom_series`; no patient tag is
+read beyond the image geometry.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +24,9 @@ import numpy as np
 from data_catalog.images import ImageReadError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
+# Geometry of image and mask volumes may differ by this much (mm, and affine entries) and
+# still be the same grid: NIfTI stores float32, DICOM decimal strings.
+GEOMETRY_TOLERANCE = 1e-3
 
 
 def is_volume(path: str | Path) -> bool:
@@ -38,24 +47,52 @@ def volume_stem(path: str | Path) -> str:
 class Volume:
     """A 3-D scan as stored (voxel order), its geometry, and the axis it is sliced along."""
 
-    data: np.ndarray  # (I, J, K) uint8 or uint16
-    affine: np.ndarray  # (4, 4) voxel -> world (mm)
-    header: object  # the nibabel header, copied into the mask
+    data: np.ndarray  # (I, J, K) or (I, J, K, C); uint8, uint16 or int16
+    affine: np.ndarray  # (4, 4) voxel -> world (mm, RAS as in NIfTI)
+    header: object | None  # the nibabel header of a NIfTI input (copied into the mask)
     spacing: tuple[float, float, float]  # mm per voxel along I, J, K
     axis: int
+    _stats: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape[:3])
 
     @property
     def num_slices(self) -> int:
         return self.data.shape[self.axis]
 
+    @property
+    def num_channels(self) -> int:
+        return 1 if self.data.ndim == 3 else self.data.shape[3]
+
     def slice(self, index: int) -> np.ndarray:
-        """The 2-D image of one slice (the two other axes in voxel order)."""
+        """The 2-D image of one slice (the two other axes in voxel order; channels last)."""
         return np.take(self.data, index, axis=self.axis)
+
+    def with_context(self, index: int, context: int) -> np.ndarray:
+        """``(H, W, C * (2 * context + 1))``: the slices ``index - context`` .. ``index +
+        context`` side by side as channels (the nearest slice repeated beyond the ends)."""
+        parts = []
+        for offset in range(-context, context + 1):
+            image = self.slice(min(max(index + offset, 0), self.num_slices - 1))
+            parts.append(image if image.ndim == 3 else image[:, :, None])
+        return np.concatenate(parts, axis=2)
 
     @property
     def voxel_ml(self) -> float:
         """Millilitres per voxel."""
         return float(np.prod(self.spacing)) / 1000.0
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel mean and standard deviation over the whole volume (for the per-volume
+        z-score), computed once."""
+        if self._stats is None:
+            values = self.data.reshape(-1, self.num_channels)
+            mean = values.mean(axis=0, dtype=np.float64)
+            std = np.sqrt(np.maximum(np.mean(np.square(values - mean), axis=0), 0))
+            self._stats = (mean, std)
+        return self._stats
 
 
 def slice_axis(spacing: tuple[float, ...]) -> int:
@@ -64,23 +101,56 @@ def slice_axis(spacing: tuple[float, ...]) -> int:
     return max(i for i, value in enumerate(spacing) if np.isclose(value, coarsest))
 
 
-def read_volume(path: str | Path) -> Volume:
-    """Read a NIfTI volume of uint8/uint16-representable intensities.
+def read_volume(
+    path: str | Path, channels: int | None = None, axis: int | None = None
+) -> Volume:
+    """Read a volume: a NIfTI file, a DICOM series (a folder holding one series, or a list of
+    its files) or a multi-page TIFF stack.
+
+    Args:
+        path: the file or series folder.
+        channels: the model's channels per slice; a 4-D NIfTI is read when its 4th axis has
+            this many entries (e.g. MR sequences), refused otherwise.
+        axis: the slicing axis (0, 1, 2); default: the coarsest spacing.
 
     Raises:
-        ImageReadError: unreadable or truncated, not 3-D, or intensities a model trained on
-            8/16-bit images cannot read (negative or fractional values, e.g. CT in Hounsfield
-            units: not supported yet), each naming the file and the values.
+        ImageReadError: unreadable or truncated, not 3-D, or intensities segflow cannot store
+            (fractional values, or outside int16 and uint16), each naming the file and values.
     """
+    path = Path(path)
+    if path.is_dir():
+        from data_catalog.dicom_series import read_series_folder
+
+        volume = read_series_folder(path)
+    elif path.suffix.lower() in (".tif", ".tiff"):
+        volume = read_tiff_stack(path)
+    else:
+        volume = read_nifti(path, channels)
+    if axis is not None:
+        if axis not in (0, 1, 2):
+            raise ValueError(f"slice axis must be 0, 1 or 2. Received: axis={axis}")
+        volume.axis = axis
+    return volume
+
+
+def read_nifti(path: Path, channels: int | None = None) -> Volume:
+    """A ``.nii``/``.nii.gz`` file (see :func:`read_volume`)."""
     import nibabel
 
-    path = Path(path)
     try:
         image = nibabel.load(path)
         data = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel and gzip raise many types for damaged files
         raise ImageReadError(path, f"corrupt or truncated NIfTI ({error})") from None
-    if data.ndim != 3:
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 4 and (channels is None or data.shape[3] != channels or channels == 1):
+        raise ImageReadError(
+            path,
+            f"4-D volume of shape {data.shape}: its 4th axis ({data.shape[3]}) would be the "
+            f"channels, but the model reads {channels or 1} channel(s) per slice",
+        )
+    if data.ndim not in (3, 4):
         raise ImageReadError(path, f"expected a 3-D volume, got shape {data.shape}")
     spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
     return Volume(
@@ -88,36 +158,128 @@ def read_volume(path: str | Path) -> Volume:
     )
 
 
-def as_image_dtype(data: np.ndarray, path: Path) -> np.ndarray:
-    """Integer intensities in 0..65535 as uint8 (when they fit) or uint16, exactly.
+def read_tiff_stack(path: Path) -> Volume:
+    """A multi-page TIFF as a z-stack of 2-D pages (spacing 1 mm and an identity affine unless
+    the file says otherwise: TIFF has no standard geometry)."""
+    import tifffile
+
+    try:
+        data = tifffile.imread(path)
+    except Exception as error:
+        raise ImageReadError(path, f"corrupt or unreadable TIFF ({error})") from None
+    if data.ndim != 3:
+        raise ImageReadError(path, f"expected a stack of 2-D pages, got shape {data.shape}")
+    data = np.moveaxis(data, 0, -1)  # (pages, H, W) -> (H, W, pages): slices along axis 2
+    return Volume(as_image_dtype(data, path), np.eye(4), None, (1.0, 1.0, 1.0), 2)
+
+
+def as_image_dtype(data: np.ndarray, path: Path | str) -> np.ndarray:
+    """Integer intensities as uint8 or uint16 (non-negative) or int16 (signed, e.g. CT in
+    Hounsfield units), exactly.
 
     Raises:
-        ImageReadError: negative or fractional values, or values above 65535.
+        ImageReadError: fractional values, or values outside int16 (signed) or uint16.
     """
-    if data.dtype in (np.uint8, np.uint16):
+    if data.dtype in (np.uint8, np.uint16, np.int16):
         return data
     low, high = float(data.min()), float(data.max())
     whole = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(data, 1) == 0))
-    if low < 0 or high > 65535 or not whole:
+    if not whole:
         raise ImageReadError(
             path,
-            f"{data.dtype} intensities in [{low:g}, {high:g}]: segflow reads volumes of "
-            "integer values 0..65535 (negative, fractional or larger values, e.g. CT in "
-            "Hounsfield units, are not supported yet)",
+            f"{data.dtype} intensities in [{low:g}, {high:g}] with fractional values: segflow "
+            "reads integer-valued volumes (uint8, uint16, or int16 such as CT in Hounsfield "
+            "units); fractional (already normalised) volumes are not supported yet",
         )
+    if low < 0:
+        if low < -32768 or high > 32767:
+            raise ImageReadError(
+                path, f"signed intensities in [{low:g}, {high:g}] do not fit int16"
+            )
+        return data.astype(np.int16)
+    if high > 65535:
+        raise ImageReadError(path, f"intensities up to {high:g} do not fit uint16")
     return data.astype(np.uint8 if high <= 255 else np.uint16)
 
 
+class VolumeCache:
+    """The last few volumes read, so the slices of one volume are read from disk once (slices
+    of a volume are stored and scored one by one). Thread-safe; holds at most ``size``
+    volumes."""
+
+    def __init__(self, size: int = 3):
+        self.size = size
+        self._volumes: OrderedDict[tuple, Volume] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str | Path, channels: int | None = None, axis: int | None = None):
+        path = Path(path)
+        stat = os.stat(path)
+        key = (str(path), stat.st_mtime_ns, stat.st_size, channels, axis)
+        with self._lock:
+            if key in self._volumes:
+                self._volumes.move_to_end(key)
+                return self._volumes[key]
+        volume = read_volume(path, channels, axis)
+        volume.stats()
+        with self._lock:
+            self._volumes[key] = volume
+            while len(self._volumes) > self.size:
+                self._volumes.popitem(last=False)
+        return volume
+
+
+VOLUMES = VolumeCache()
+
+
+def same_geometry(image: Volume, mask: Volume) -> str | None:
+    """``None`` when a mask volume lies on its image's voxel grid (shape, spacing and affine
+    within :data:`GEOMETRY_TOLERANCE`), else what differs, with both values."""
+    if image.shape != mask.shape:
+        return (
+            f"shape {'x'.join(map(str, mask.shape))} (mask) vs "
+            f"{'x'.join(map(str, image.shape))} (image); spacing "
+            f"{format_spacing(mask.spacing)} vs {format_spacing(image.spacing)} mm"
+        )
+    if not np.allclose(image.spacing, mask.spacing, atol=GEOMETRY_TOLERANCE):
+        return (
+            f"spacing {format_spacing(mask.spacing)} mm (mask) vs "
+            f"{format_spacing(image.spacing)} mm (image), shape "
+            f"{'x'.join(map(str, image.shape))}"
+        )
+    if not np.allclose(image.affine, mask.affine, atol=max(GEOMETRY_TOLERANCE, 1e-3)):
+        worst = float(np.max(np.abs(image.affine - mask.affine)))
+        return (
+            f"orientation/origin differ (affines up to {worst:.3g} apart; mask origin "
+            f"{np.round(mask.affine[:3, 3], 2).tolist()} vs image "
+            f"{np.round(image.affine[:3, 3], 2).tolist()} mm)"
+        )
+    return None
+
+
+def format_spacing(spacing) -> str:
+    """``(1.0, 1.0, 3.0)`` -> ``1x1x3``."""
+    return "x".join(f"{value:g}" for value in spacing)
+
+
 def write_mask_volume(target: Path, mask: np.ndarray, volume: Volume) -> None:
-    """Write ``mask`` (the volume's shape, class indices) as NIfTI with the volume's affine and
-    header (data type uint8, no scaling), under a temporary name, then renamed."""
+    """Write ``mask`` (the volume's shape, class indices) as NIfTI with the volume's affine
+    (and header for a NIfTI input; data type uint8, no scaling), under a temporary name, then
+    renamed. The same mask and geometry give the same bytes."""
     import nibabel
 
-    if mask.shape != volume.data.shape:
-        raise ValueError(f"mask shape {mask.shape} differs from the volume's {volume.data.shape}")
-    header = volume.header.copy()
-    header.set_data_dtype(np.uint8)
-    image = nibabel.Nifti1Image(mask.astype(np.uint8), volume.affine, header)
+    if mask.shape != volume.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the volume's {volume.shape}")
+    if volume.header is not None:
+        header = volume.header.copy()
+        header.set_data_shape(mask.shape)
+        header.set_data_dtype(np.uint8)
+        image = nibabel.Nifti1Image(mask.astype(np.uint8), volume.affine, header)
+    else:
+        image = nibabel.Nifti1Image(mask.astype(np.uint8), volume.affine)
+        image.header.set_qform(volume.affine, code=1)
+        image.header.set_sform(volume.affine, code=1)
+        image.header.set_xyzt_units("mm")
     image.header.set_slope_inter(1, 0)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if target.name.lower().endswith(".gz") else ".nii"
