@@ -57,6 +57,24 @@ class PrepareConfig(BaseModel):
         None, description="Multi-class masks: stored value -> class index, e.g. {0: 0, 128: 1}."
     )
     channels: Literal[1, 3] = Field(1, description="Image channels the model reads (1 or 3).")
+    modality: Literal["ct", "mr", "other"] | None = Field(
+        None,
+        description="How intensities are normalised: 'ct' (Hounsfield units: the training "
+        "set's foreground window), 'mr' (z-score per volume or image), 'other' (from the "
+        "spread of intensity scales); default: 'ct' for signed intensities, else 'other'.",
+    )
+    slice_axis: Literal[0, 1, 2] | None = Field(
+        None,
+        description="Volumes: the voxel axis they are cut into 2-D slices along; default: the "
+        "through-plane axis (the coarsest spacing).",
+    )
+    context_slices: int = Field(
+        0,
+        ge=0,
+        le=4,
+        description="Volumes: give the model the K neighbouring slices on each side as extra "
+        "channels (2.5D); 0: each slice alone.",
+    )
     policy: Literal["strict", "skip"] = Field(
         "strict",
         description="On bad cases: 'strict' stops listing every problem; 'skip' leaves them out.",

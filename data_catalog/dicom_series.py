@@ -173,9 +173,7 @@ def _common_orientation(datasets: list, name) -> tuple[np.ndarray, np.ndarray]:
         raise ImageReadError(name, "slices without ImageOrientationPatient")
     if np.max(np.abs(orientations - orientations[0])) > ORIENTATION_TOLERANCE:
         distinct = np.unique(np.round(orientations, 4), axis=0)
-        raise ImageReadError(
-            name, f"mixed slice orientations in one series: {distinct.tolist()}"
-        )
+        raise ImageReadError(name, f"mixed slice orientations in one series: {distinct.tolist()}")
     return orientations[0, :3], orientations[0, 3:]
 
 
@@ -185,7 +183,9 @@ def _slice_step(positions: np.ndarray, normal: np.ndarray, name) -> np.ndarray:
     gaps = np.diff(along)
     if np.any(gaps < 1e-4):
         at = float(along[int(np.argmin(gaps))])
-        raise ImageReadError(name, f"two slices at the same position ({at:.2f} mm along the normal)")
+        raise ImageReadError(
+            name, f"two slices at the same position ({at:.2f} mm along the normal)"
+        )
     typical = float(np.median(gaps))
     odd = np.flatnonzero(np.abs(gaps - typical) > GAP_TOLERANCE * typical)
     if len(odd):

@@ -6,7 +6,10 @@ Per case and channel: intensity percentiles (0.5, 50, 99.5) and mean/std over th
 and over the foreground; then, over the dataset, how much those vary between cases and between
 groups (sites, scanners, patients): the spread of the cases' 99.5th percentiles (``scale
 ratio``: 95th over 5th percentile of them) and the coefficient of variation of their means.
-Also image sizes, foreground fraction, class frequencies and the share of empty masks.
+Also image sizes, foreground fraction, class frequencies and the share of empty masks, the
+image dtype, and the foreground intensity window over the non-test cases (``ct``
+normalisation: 0.5-99.5 percentiles of foreground intensities, and the mean and standard
+deviation inside them, from a seeded sample of each case's foreground, as nnU-Net does).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from data_catalog.labels import LabelRule
 from data_catalog.manifest import load_case, mask_paths
 
 PERCENTILES = (0.5, 50.0, 99.5)
+WINDOW_SAMPLES = 2000  # foreground intensities sampled per case for the intensity window
 
 
 @dataclass(frozen=True)
@@ -111,10 +115,47 @@ def summarize_channels(cases: pd.DataFrame, channels: int) -> list[dict[str, obj
     return summary
 
 
+def foreground_sample(key: str, image: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Up to :data:`WINDOW_SAMPLES` foreground intensities of a case, ``(N, C)``, seeded by
+    its key (the same sample every run)."""
+    values = image.reshape(-1, image.shape[-1])[classes.reshape(-1) > 0]
+    if len(values) <= WINDOW_SAMPLES:
+        return values.astype(np.float64)
+    seed = int.from_bytes(key.encode()[-8:].rjust(8, b"\0"), "little")
+    picks = np.random.default_rng(seed).choice(len(values), WINDOW_SAMPLES, replace=False)
+    return values[np.sort(picks)].astype(np.float64)
+
+
+def intensity_window(samples: list[np.ndarray]) -> dict[str, list[float]] | None:
+    """The ``ct`` window from pooled foreground samples: per channel 0.5/99.5 percentiles, and
+    the mean and std of the samples clipped to them."""
+    samples = [part for part in samples if len(part)]
+    if not samples:
+        return None
+    pooled = np.concatenate(samples)
+    low, high = np.percentile(pooled, (0.5, 99.5), axis=0)
+    clipped = np.clip(pooled, low, high)
+    return {
+        "low": low.tolist(),
+        "high": high.tolist(),
+        "mean": clipped.mean(axis=0).tolist(),
+        "std": clipped.std(axis=0).tolist(),
+    }
+
+
 def fingerprint_dataset(
-    manifest: pd.DataFrame, rule: LabelRule, channels: int, num_workers: int = 2
+    manifest: pd.DataFrame,
+    rule: LabelRule,
+    channels: int,
+    num_workers: int = 2,
+    axis: int | None = None,
+    exclude: set[str] | frozenset = frozenset(),
 ) -> dict[str, object]:
     """Read every case of a manifest and fingerprint the dataset.
+
+    Args:
+        axis: volumes: the slicing axis.
+        exclude: keys left out of the intensity window (the test split).
 
     Returns:
         A JSON-able document: ``num_cases``, ``num_groups``, ``sizes`` (height/width
@@ -123,12 +164,16 @@ def fingerprint_dataset(
         (one :class:`CaseStats` each).
     """
 
-    def one(row: dict) -> CaseStats:
-        image, classes = load_case(row["image"], mask_paths(row), rule, channels)
-        return case_stats(row["key"], str(row["group"]), image, classes)
+    def one(row: dict) -> tuple[CaseStats, np.ndarray | None]:
+        index = int(row.get("slice", -1))
+        image, classes = load_case(row["image"], mask_paths(row), rule, channels, index, 0, axis)
+        sample = None if row["key"] in exclude else foreground_sample(row["key"], image, classes)
+        return case_stats(row["key"], str(row["group"]), image, classes), sample
 
     with ThreadPoolExecutor(num_workers) as pool:
-        stats = list(pool.map(one, manifest.to_dict("records")))
+        results = list(pool.map(one, manifest.to_dict("records")))
+    stats = [case for case, _ in results]
+    dtypes = sorted(set(map(str, manifest["dtype"])))
     cases = pd.DataFrame([asdict(s) for s in stats])
     pixels: dict[str, int] = {}
     for counts in cases["class_pixels"]:
@@ -149,6 +194,10 @@ def fingerprint_dataset(
         "empty_mask_share": float((cases["foreground_fraction"] == 0).mean()),
         "class_frequencies": {name: count / total for name, count in sorted(pixels.items())},
         "channels": summarize_channels(cases, channels),
+        "dtypes": dtypes,
+        "signed": "int16" in dtypes,
+        "volumes": bool((manifest.get("slice", pd.Series([-1])) >= 0).any()),
+        "intensity_window": intensity_window([s for _, s in results if s is not None]),
         "cases": [asdict(s) for s in stats],
     }
 

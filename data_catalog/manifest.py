@@ -24,6 +24,7 @@ from data_catalog.hashing import hash_file, hash_records
 from data_catalog.images import ChannelError, ImageReadError, read_image, to_channels
 from data_catalog.labels import Foreground, LabelRule
 from data_catalog.pairing import CaseFiles, Problem, pair_cases, problem
+from data_catalog.volumes import VOLUMES, Volume, is_volume, read_volume, same_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ MANIFEST_COLUMNS = [
     "channels",
     "dtype",
     "foreground_fraction",
+    "slice",  # volumes: the slice's index along the slicing axis; -1 for a 2-D image
+    "voxel_mm",  # volumes: voxel size between slices x along rows x along columns, e.g. 3x1x1
 ]
 PROBLEM_COLUMNS = ["file", "problem", "detail"]
 MASK_SEPARATOR = ";"
@@ -108,25 +111,42 @@ class IndexResult:
     dataset_hash: str
 
 
+def is_volume_input(path: str | Path) -> bool:
+    """A volume file (NIfTI) or a folder (a DICOM series)."""
+    return is_volume(path) or Path(path).is_dir()
+
+
 def load_case(
-    image_path: str | Path, mask_paths: list[str] | tuple, rule: LabelRule, channels: int
+    image_path: str | Path,
+    mask_paths: list[str] | tuple,
+    rule: LabelRule,
+    channels: int,
+    slice_index: int = -1,
+    context: int = 0,
+    axis: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read one case as the model will see it.
 
     Args:
-        image_path: the image file.
+        image_path: the image file, or a volume (NIfTI file, DICOM series folder).
         mask_paths: one or more mask files; several are merged (per pixel, the highest class).
         rule: the label rule.
         channels: channels the image is brought to (1 or 3).
+        slice_index: volumes: the slice (along ``axis``) that is the case.
+        context: volumes: neighbouring slices on each side added as channels.
+        axis: volumes: the slicing axis (default: the coarsest spacing).
 
     Returns:
-        ``(image, classes)``: ``(H, W, channels)`` uint8/uint16 and ``(H, W)`` uint8.
+        ``(image, classes)``: ``(H, W, channels * (2 * context + 1))`` uint8/uint16/int16 and
+        ``(H, W)`` uint8.
 
     Raises:
         ImageReadError: a file cannot be read (ChannelError: channels do not fit).
         ValueError: a mask's values are not covered by the rule, or sizes differ; the message
             names the file.
     """
+    if slice_index >= 0:
+        return load_slice(image_path, mask_paths, rule, channels, slice_index, context, axis)
     image = to_channels(read_image(image_path), channels, image_path)
     merged = None
     for mask_path in mask_paths:
@@ -146,6 +166,41 @@ def load_case(
     return image, merged
 
 
+def slice_image(volume: Volume, index: int, channels: int, context: int, path) -> np.ndarray:
+    """One slice of a volume with its context, each part brought to ``channels``."""
+    stacked = volume.with_context(index, context)
+    per_slice = stacked.shape[2] // (2 * context + 1)
+    parts = [
+        to_channels(stacked[:, :, i : i + per_slice], channels, path)
+        for i in range(0, stacked.shape[2], per_slice)
+    ]
+    return np.concatenate(parts, axis=2)
+
+
+def load_slice(
+    image_path, mask_paths, rule: LabelRule, channels: int, index: int, context: int, axis
+) -> tuple[np.ndarray, np.ndarray]:
+    """One slice of a volume case (see :func:`load_case`); volumes come from the shared
+    :data:`data_catalog.volumes.VOLUMES` cache, so a volume's slices read it once."""
+    volume = VOLUMES.get(image_path, channels, axis)
+    image = slice_image(volume, index, channels, context, image_path)
+    merged = None
+    for mask_path in mask_paths:
+        classes = volume_classes(VOLUMES.get(mask_path, None, volume.axis), rule, mask_path)
+        part = np.take(classes, index, axis=volume.axis)
+        merged = part if merged is None else np.maximum(merged, part)
+    return image, merged
+
+
+def volume_classes(mask: Volume, rule: LabelRule, path) -> np.ndarray:
+    """A mask volume's class indices (the label rule over all its voxels)."""
+    try:
+        data = mask.data if mask.data.ndim == 3 else mask.data[..., 0]
+        return rule.to_classes(data.reshape(data.shape[0], -1)).reshape(data.shape)
+    except ValueError as error:
+        raise MaskValueError(path, str(error)) from None
+
+
 class MaskValueError(ValueError):
     """A mask holds values the label rule does not cover."""
 
@@ -158,35 +213,101 @@ class SizeMismatchError(MaskValueError):
     """A mask's size differs from its image's."""
 
 
-def _index_case(case: CaseFiles, rule: LabelRule, channels: int) -> dict | Problem:
-    try:
-        image, classes = load_case(case.image, case.masks, rule, channels)
-    except ChannelError as error:
+def _read_problem(error: Exception, case: CaseFiles) -> Problem:
+    if isinstance(error, ChannelError):
         return problem(error.path, "inconsistent channels", error.reason)
-    except ImageReadError as error:
+    if isinstance(error, ImageReadError):
         kind = "unreadable mask" if error.path != str(case.image) else "unreadable image"
         return problem(error.path, kind, error.reason)
-    except SizeMismatchError as error:
+    if isinstance(error, SizeMismatchError):
         return problem(error.path, "size mismatch", error.reason)
-    except MaskValueError as error:
-        return problem(error.path, "unexpected mask values", error.reason)
+    return problem(error.path, "unexpected mask values", error.reason)
+
+
+def _index_volume(case: CaseFiles, rule: LabelRule, channels: int, axis) -> list[dict] | Problem:
+    """One manifest row per slice of a volume case, after checking that every mask lies on
+    the image's grid (shape, spacing, affine)."""
+    try:
+        volume = read_volume(case.image, channels, axis)
+        slice_image(volume, 0, channels, 0, case.image)  # the channel rule, once
+        classes = None
+        for mask_path in case.masks:
+            mask = read_volume(mask_path, None, volume.axis)
+            mismatch = same_geometry(volume, mask)
+            if mismatch:
+                return problem(mask_path, "geometry mismatch", f"{mismatch} ({case.image})")
+            part = volume_classes(mask, rule, mask_path)
+            classes = part if classes is None else np.maximum(classes, part)
+    except (ImageReadError, MaskValueError) as error:
+        return _read_problem(error, case)
+    image_hash = hash_file(case.image) if case.image.is_file() else hash_folder(case.image)
     mask_hashes = [hash_file(path) for path in case.masks]
-    return {
-        "key": case.key,
-        "group": case.group,
-        "image": str(case.image),
-        "mask": MASK_SEPARATOR.join(str(path) for path in case.masks),
-        "num_masks": len(case.masks),
-        "image_sha256": hash_file(case.image),
-        "mask_sha256": mask_hashes[0]
-        if len(mask_hashes) == 1
-        else hash_records([tuple(mask_hashes)]),
-        "height": image.shape[0],
-        "width": image.shape[1],
-        "channels": image.shape[2],
-        "dtype": str(image.dtype),
-        "foreground_fraction": float(np.mean(classes > 0)),
-    }
+    width = max(3, len(str(volume.num_slices - 1)))
+    in_plane = [volume.spacing[a] for a in range(3) if a != volume.axis]
+    voxel_mm = "x".join(f"{v:g}" for v in (volume.spacing[volume.axis], *in_plane))
+    rows = []
+    for index in range(volume.num_slices):
+        image = volume.slice(index)
+        rows.append(
+            {
+                "key": f"{case.key}/z{index:0{width}d}",
+                "group": case.group,
+                "image": str(case.image),
+                "mask": MASK_SEPARATOR.join(str(path) for path in case.masks),
+                "num_masks": len(case.masks),
+                "image_sha256": image_hash,
+                "mask_sha256": mask_hashes[0]
+                if len(mask_hashes) == 1
+                else hash_records([tuple(mask_hashes)]),
+                "height": image.shape[0],
+                "width": image.shape[1],
+                "channels": channels,
+                "dtype": str(volume.data.dtype),
+                "foreground_fraction": float(np.mean(np.take(classes, index, axis=volume.axis))),
+                "slice": index,
+                "voxel_mm": voxel_mm,
+            }
+        )
+    return rows
+
+
+def hash_folder(folder: Path) -> str:
+    """A DICOM series folder's hash: its files' hashes in name order."""
+    from data_catalog.dicom_series import series_files
+
+    return hash_records([(path.name, hash_file(path)) for path in series_files(folder)])
+
+
+def _index_case(
+    case: CaseFiles, rule: LabelRule, channels: int, axis: int | None = None
+) -> list[dict] | Problem:
+    if is_volume_input(case.image):
+        return _index_volume(case, rule, channels, axis)
+    try:
+        image, classes = load_case(case.image, case.masks, rule, channels)
+    except (ImageReadError, MaskValueError) as error:
+        return _read_problem(error, case)
+    mask_hashes = [hash_file(path) for path in case.masks]
+    return [
+        {
+            "key": case.key,
+            "group": case.group,
+            "image": str(case.image),
+            "mask": MASK_SEPARATOR.join(str(path) for path in case.masks),
+            "num_masks": len(case.masks),
+            "image_sha256": hash_file(case.image),
+            "mask_sha256": mask_hashes[0]
+            if len(mask_hashes) == 1
+            else hash_records([tuple(mask_hashes)]),
+            "height": image.shape[0],
+            "width": image.shape[1],
+            "channels": image.shape[2],
+            "dtype": str(image.dtype),
+            "foreground_fraction": float(np.mean(classes > 0)),
+            "slice": -1,
+            "voxel_mm": "",
+        }
+    ]
 
 
 def _file_stats(paths: list[Path]) -> list[list[int]] | None:
@@ -208,37 +329,55 @@ def _load_index_cache(path: Path | None) -> dict[str, dict]:
 
 class CachedReader:
     """Reads and checks cases, taking unchanged ones from the index cache: a case whose files
-    have the same paths, sizes and modification times, read with the same label rule and
-    channels, is not read and hashed again (as make and git do). Only successes are cached: a
-    file that failed is read again next time (a reader may have been installed since)."""
+    have the same paths, sizes and modification times, read with the same label rule,
+    channels and slicing axis, is not read and hashed again (as make and git do). Only
+    successes are cached: a file that failed is read again next time (a reader may have been
+    installed since)."""
 
     def __init__(self, config: PrepareConfig, cache_path: Path | None):
         self.rule = LabelRule.build(config.foreground, config.labels)
         self.channels = config.channels
+        self.axis = config.slice_axis
         self.cache_path = cache_path
         self.cache = _load_index_cache(cache_path)
-        self.settings = json.dumps([self.rule.describe(), config.channels], sort_keys=True)
+        self.settings = json.dumps(
+            [self.rule.describe(), config.channels, config.slice_axis], sort_keys=True
+        )
         self.fresh: dict[str, dict] = {}
 
-    def index(self, case: CaseFiles) -> dict:
-        """The manifest row of a case, or its problem (a dict without ``key``)."""
+    def index(self, case: CaseFiles) -> list[dict]:
+        """The manifest rows of a case (one, or one per slice of a volume), or its problem
+        (one dict without ``key``)."""
         key = "|".join([str(case.image), *map(str, case.masks), self.settings])
-        stats = _file_stats([case.image, *case.masks])
+        stats = _file_stats(_case_files(case))
         entry = self.cache.get(key)
         if stats is not None and entry is not None and entry["stats"] == stats:
-            result = dict(entry["result"])
+            result = [dict(row) for row in entry["result"]]
         else:
-            result = _index_case(case, self.rule, self.channels)
-        if stats is not None and "key" in result:
+            result = _index_case(case, self.rule, self.channels, self.axis)
+        if isinstance(result, dict):  # a problem
+            return [result]
+        if stats is not None:
             self.fresh[key] = {"stats": stats, "result": result}
-        if "key" in result:
-            result.update(key=case.key, group=case.group)
+        slices = len(result) > 1 or result[0]["slice"] >= 0
+        for row in result:  # keys and groups follow the pairing, not the cache
+            suffix = row["key"][row["key"].rfind("/") :] if slices else ""
+            row.update(key=case.key + suffix, group=case.group)
         return result
 
     def save(self) -> None:
         """Write the cache of this run's successes (atomically), when there is a cache file."""
         if self.cache_path is not None:
             write_json_atomic(self.cache_path, self.fresh)
+
+
+def _case_files(case: CaseFiles) -> list[Path]:
+    """The files a case is read from (a DICOM series folder: its files)."""
+    if case.image.is_dir():
+        from data_catalog.dicom_series import series_files
+
+        return [*series_files(case.image), *case.masks]
+    return [case.image, *case.masks]
 
 
 def index_dataset(
@@ -263,7 +402,7 @@ def index_dataset(
     cases, problems = pair_cases(config)
     reader = CachedReader(config, Path(cache_path) if cache_path else None)
     with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
-        results = list(pool.map(reader.index, cases))
+        results = [row for rows in pool.map(reader.index, cases) for row in rows]
     reader.save()
     rows = [row for row in results if "key" in row]
     problems = problems + [row for row in results if "key" not in row]
@@ -313,7 +452,21 @@ def apply_policy(result: IndexResult, policy: str) -> None:
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read a ``manifest.csv`` written by segflow (keys and groups stay strings)."""
-    return pd.read_csv(path, dtype={"key": str, "group": str, "mask": str})
+    table = pd.read_csv(
+        path, dtype={"key": str, "group": str, "mask": str, "voxel_mm": str}, keep_default_na=False
+    )
+    if "slice" not in table:  # written before volumes
+        table["slice"] = -1
+    return table
+
+
+def volume_stats(row, channels: int, axis: int | None = None) -> np.ndarray | None:
+    """The per-volume normalisation statistics of a slice row (per channel means then
+    standard deviations); None for a 2-D image (it is normalised by its own)."""
+    if int(row.get("slice", -1)) < 0:
+        return None
+    mean, std = VOLUMES.get(row["image"], channels, axis).stats()
+    return np.concatenate([mean, std])
 
 
 def mask_paths(row) -> list[str]:

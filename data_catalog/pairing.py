@@ -5,6 +5,9 @@ Rules (see :class:`data_catalog.config.PrepareConfig`):
     suffix:   ``x.tif`` <-> ``x_mask.tif`` beside it, plus ``x_mask_1.tif`` ... (merged);
     pattern:  a regular expression with a named group ``key`` on the file names;
     manifest: a CSV with ``image``, ``mask`` (``;``-separated for several) and optional ``group``.
+Volumes pair by the same rules: ``case.nii.gz`` <-> ``case.nii.gz`` (keys drop the whole
+``.nii.gz``), ``case_0000.nii.gz`` by a key pattern, and a folder of DICOM slices (one series)
+with the mask whose key is the folder's path (``images/case1/*.dcm`` <-> ``masks/case1.nii.gz``).
 Every file that cannot be paired becomes a problem row; nothing is dropped silently.
 """
 
@@ -18,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from data_catalog.config import PrepareConfig
-from data_catalog.images import is_image_file
+from data_catalog.images import DICOM_EXTENSIONS, is_image_file
+from data_catalog.volumes import is_volume, volume_stem
 
 Problem = dict[str, str]
 
@@ -48,13 +52,19 @@ def _image_files(folder: Path) -> list[Path]:
         found += [
             Path(directory) / name
             for name in files
-            if not name.startswith(".") and is_image_file(name)
+            if not name.startswith(".") and (is_image_file(name) or is_volume(name))
         ]
     return sorted(found)
 
 
+def file_stem(path: Path) -> str:
+    """The name without its extension (``case.nii.gz`` -> ``case``)."""
+    return volume_stem(path) if is_volume(path) else path.stem
+
+
 def _stem_key(path: Path, root: Path) -> str:
-    return path.relative_to(root).with_suffix("").as_posix()
+    relative = path.relative_to(root)
+    return (relative.parent / file_stem(relative)).as_posix()
 
 
 def _group_for(key: str, image: Path, root: Path | None, group_by: str) -> str | None:
@@ -109,7 +119,27 @@ def pair_cases(config: PrepareConfig) -> tuple[list[CaseFiles], list[Problem]]:
         image_keys = _group_paths(_image_files(images_root), images_root)
         mask_keys = _group_paths(_image_files(masks_root), masks_root)
         problems = []
+    image_keys = series_folders(image_keys, mask_keys, images_root)
     return _join(image_keys, mask_keys, images_root, config.group_by, problems)
+
+
+def series_folders(
+    image_keys: dict[str, list[Path]], mask_keys: dict[str, list[Path]], root: Path
+) -> dict[str, list[Path]]:
+    """DICOM files in a folder whose path is a mask's key become one case: the folder (a
+    series). Other DICOM files stay 2-D images keyed by their own names."""
+    folders: dict[str, list[str]] = {}
+    for key, paths in image_keys.items():
+        if len(paths) == 1 and paths[0].suffix.lower() in DICOM_EXTENSIONS:
+            folder = paths[0].parent.relative_to(root).as_posix()
+            if folder in mask_keys and folder not in image_keys:
+                folders.setdefault(folder, []).append(key)
+    result = {key: paths for key, paths in image_keys.items()}
+    for folder, keys in folders.items():
+        for key in keys:
+            del result[key]
+        result[folder] = [root / folder]
+    return result
 
 
 def _group_paths(paths: list[Path], root: Path) -> dict[str, list[Path]]:
@@ -191,7 +221,7 @@ def _pair_suffix(
     image_keys: dict[str, list[Path]] = {}
     mask_keys: dict[str, list[Path]] = {}
     for path in _image_files(masks_root):
-        match = mask_name.match(path.stem)
+        match = mask_name.match(file_stem(path))
         if match:
             parent = path.relative_to(masks_root).parent
             mask_keys.setdefault((parent / match["base"]).as_posix(), []).append(path)
@@ -218,7 +248,7 @@ def _pair_manifest(config: PrepareConfig) -> tuple[list[CaseFiles], list[Problem
     for number, row in enumerate(table.itertuples(index=False), start=2):
         image = root / row.image
         masks = tuple(root / part.strip() for part in row.mask.split(";") if part.strip())
-        key = Path(row.image).with_suffix("").as_posix()
+        key = (Path(row.image).parent / file_stem(Path(row.image))).as_posix()
         if not row.image or not masks:
             problems.append(
                 problem(

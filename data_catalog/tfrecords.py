@@ -1,8 +1,12 @@
 """The TFRecord format of segflow: writer and reader together.
 
-Each record holds one case: ``key`` (bytes), ``image_png`` (PNG, 8- or 16-bit, 1 or 3 channels),
-``mask_png`` (8-bit PNG of class indices), ``height``, ``width``, ``channels``. A JSON sidecar
-(``tfrecords.json``) describes the set: files per split, counts, dtype, channels, label rule and
+Each record holds one case: ``key`` (bytes), ``image_png`` (one PNG, 8- or 16-bit, 1 or 3
+channels; for a volume slice with context, one PNG per slice, nearest first to last),
+``mask_png`` (8-bit PNG of class indices), ``height``, ``width``, ``channels`` and ``stats``
+(per channel mean then standard deviation of the image, or of the whole volume for a slice:
+the per-volume z-score's statistics). Signed images (CT in Hounsfield units, ``int16``) are
+stored as 16-bit PNG shifted by :data:`SIGNED_SHIFT`. A JSON sidecar (``tfrecords.json``)
+describes the set: files per split, counts, dtype, channels, context slices, label rule and
 the dataset hash.
 """
 
@@ -24,19 +28,22 @@ from data_catalog.hashing import hash_json
 from data_catalog.images import encode_png
 from data_catalog.labels import LabelRule
 from data_catalog.manifest import load_case, mask_paths
+from data_catalog.volumes import VOLUMES
 
 logger = logging.getLogger(__name__)
 
 SIDECAR_NAME = "tfrecords.json"
 
-_FEATURES = {
-    "key": tf.io.FixedLenFeature([], tf.string),
-    "image_png": tf.io.FixedLenFeature([], tf.string),
-    "mask_png": tf.io.FixedLenFeature([], tf.string),
-    "height": tf.io.FixedLenFeature([], tf.int64),
-    "width": tf.io.FixedLenFeature([], tf.int64),
-    "channels": tf.io.FixedLenFeature([], tf.int64),
-}
+SIGNED_SHIFT = 32768  # int16 -> uint16 for PNG
+
+
+def _features(parts: int, channels: int) -> dict:
+    return {
+        "key": tf.io.FixedLenFeature([], tf.string),
+        "image_png": tf.io.FixedLenFeature([parts], tf.string),
+        "mask_png": tf.io.FixedLenFeature([], tf.string),
+        "stats": tf.io.FixedLenFeature([2 * channels], tf.float32),
+    }
 
 
 def _bytes_feature(value: bytes) -> tf.train.Feature:
@@ -47,20 +54,41 @@ def _int_feature(value: int) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
-def encode_example(key: str, image: np.ndarray, classes: np.ndarray) -> bytes:
+def image_stats(image: np.ndarray) -> np.ndarray:
+    """Per channel mean then standard deviation of ``(H, W, C)`` values (float64)."""
+    values = image.reshape(-1, image.shape[-1]).astype(np.float64)
+    return np.concatenate([values.mean(axis=0), values.std(axis=0)])
+
+
+def encode_example(
+    key: str,
+    image: np.ndarray,
+    classes: np.ndarray,
+    stats: np.ndarray | None = None,
+    parts: int = 1,
+) -> bytes:
     """Serialise one case.
 
     Args:
         key: the case key.
-        image: ``(H, W, C)`` uint8 or uint16, C in (1, 3).
+        image: ``(H, W, C * parts)`` uint8, uint16 or int16, C in (1, 3).
         classes: ``(H, W)`` uint8 class indices.
+        stats: per channel (of one part) mean then std of the values; default: ``image``'s.
+        parts: slices side by side (a volume slice with its context).
     """
+    if stats is None:
+        stats = image_stats(image)
+    if image.dtype == np.int16:
+        image = (image.astype(np.int32) + SIGNED_SHIFT).astype(np.uint16)
+    width = image.shape[2] // parts
+    pngs = [encode_png(image[:, :, i * width : (i + 1) * width]) for i in range(parts)]
     example = tf.train.Example(
         features=tf.train.Features(
             feature={
                 "key": _bytes_feature(key.encode()),
-                "image_png": _bytes_feature(encode_png(image)),
+                "image_png": tf.train.Feature(bytes_list=tf.train.BytesList(value=pngs)),
                 "mask_png": _bytes_feature(encode_png(classes)),
+                "stats": tf.train.Feature(float_list=tf.train.FloatList(value=list(stats))),
                 "height": _int_feature(image.shape[0]),
                 "width": _int_feature(image.shape[1]),
                 "channels": _int_feature(image.shape[2]),
@@ -70,11 +98,17 @@ def encode_example(key: str, image: np.ndarray, classes: np.ndarray) -> bytes:
     return example.SerializeToString()
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def tfrecord_address(
-    dataset_hash: str, split_hash: str, rule: LabelRule, channels: int, num_shards: int
+    dataset_hash: str,
+    split_hash: str,
+    rule: LabelRule,
+    channels: int,
+    num_shards: int,
+    context_slices: int = 0,
+    slice_axis: int | None = None,
 ) -> str:
     """Content address of a TFRecord set: same data, split and settings -> same address."""
     return hash_json(
@@ -85,6 +119,8 @@ def tfrecord_address(
             "labels": rule.describe(),
             "channels": channels,
             "num_shards": num_shards,
+            "context_slices": context_slices,
+            "slice_axis": slice_axis,
         }
     )
 
@@ -105,16 +141,51 @@ def is_complete(tfrecord_dir: str | Path, address: str | None = None) -> bool:
     )
 
 
-def _write_shard(path: Path, rows: list[dict], rule: LabelRule, channels: int, dtype: str) -> int:
+def _write_shard(
+    path: Path, rows: list[dict], rule: LabelRule, channels: int, dtype: str, context: int, axis
+) -> int:
     tmp = path.with_name(f".{path.name}.tmp")
     with tf.io.TFRecordWriter(str(tmp)) as writer:
         for row in rows:
-            image, classes = load_case(row["image"], mask_paths(row), rule, channels)
-            if dtype == "uint16" and image.dtype == np.uint8:
-                image = image.astype(np.uint16) * 257  # same [0, 1] after normalisation
-            writer.write(encode_example(row["key"], image, classes))
+            writer.write(encode_row(row, rule, channels, dtype, context, axis))
     tmp.replace(path)
     return len(rows)
+
+
+def encode_row(row: dict, rule: LabelRule, channels: int, dtype: str, context: int, axis) -> bytes:
+    """One manifest row as a record: a 2-D image with its own statistics, or a volume slice
+    (with its context) with the volume's."""
+    index = int(row.get("slice", -1))
+    image, classes = load_case(row["image"], mask_paths(row), rule, channels, index, context, axis)
+    if dtype == "uint16" and image.dtype == np.uint8:
+        image = image.astype(np.uint16) * 257  # same [0, 1] after normalisation
+    elif dtype == "int16" and image.dtype != np.int16:
+        image = image.astype(np.int16)
+    if index < 0:
+        return encode_example(row["key"], image, classes)
+    mean, std = VOLUMES.get(row["image"], channels, axis).stats()
+    if dtype == "uint16" and str(row["dtype"]) == "uint8":
+        mean, std = mean * 257, std * 257
+    stats = np.concatenate([np.resize(mean, channels), np.resize(std, channels)])
+    return encode_example(row["key"], image, classes, stats, 2 * context + 1)
+
+
+def storage_dtype(dtypes) -> str:
+    """The dtype a set is stored in: int16 when any case is signed, else uint16 when any is
+    16-bit, else uint8.
+
+    Raises:
+        ValueError: signed cases beside uint16 ones (their union fits neither).
+    """
+    dtypes = set(map(str, dtypes))
+    if "int16" in dtypes:
+        if "uint16" in dtypes:
+            raise ValueError(
+                "the dataset mixes signed (int16, e.g. CT) and 16-bit unsigned images; "
+                "their values cannot share one storage type"
+            )
+        return "int16"
+    return "uint16" if "uint16" in dtypes else "uint8"
 
 
 def write_tfrecords(
@@ -127,6 +198,8 @@ def write_tfrecords(
     num_shards: int = 2,
     address: str | None = None,
     num_workers: int | None = None,
+    context_slices: int = 0,
+    slice_axis: int | None = None,
 ) -> dict[str, object]:
     """Write every split's cases into shards under ``out_dir``, then the JSON sidecar.
 
@@ -146,6 +219,8 @@ def write_tfrecords(
         num_shards: shards per split (fewer when a split has fewer cases).
         address: content address recorded in the sidecar (see :func:`tfrecord_address`).
         num_workers: writer threads; default: the CPU count.
+        context_slices: volume slices: neighbours on each side stored with each slice.
+        slice_axis: volume slices: the axis they were cut along (default: the coarsest).
 
     Returns:
         The sidecar document.
@@ -154,7 +229,12 @@ def write_tfrecords(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SIDECAR_NAME).unlink(missing_ok=True)  # incomplete until rewritten
-    dtype = "uint16" if (manifest["dtype"] == "uint16").any() else "uint8"
+    dtype = storage_dtype(manifest["dtype"])
+    if context_slices and (manifest["slice"] < 0).any():
+        raise ValueError(
+            f"context_slices={context_slices} needs volumes; this dataset has 2-D images "
+            f"(e.g. {manifest.loc[manifest['slice'] < 0, 'image'].iloc[0]})"
+        )
     by_key = manifest.set_index("key", drop=False)
     sidecar: dict[str, object] = {
         "address": address,
@@ -162,6 +242,9 @@ def write_tfrecords(
         "dataset_hash": dataset_hash,
         "dtype": dtype,
         "channels": channels,
+        "context_slices": context_slices,
+        "slice_axis": slice_axis,
+        "volumes": bool((manifest["slice"] >= 0).any()),
         "labels": rule.describe(),
         "foreground": rule.foreground,
         "num_classes": rule.num_classes,
@@ -169,7 +252,12 @@ def write_tfrecords(
     }
     jobs = shard_jobs(by_key, splits, out_dir, num_shards, sidecar["splits"])
     with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
-        written = sum(pool.map(lambda job: _write_shard(*job, rule, channels, dtype), jobs))
+        written = sum(
+            pool.map(
+                lambda job: _write_shard(*job, rule, channels, dtype, context_slices, slice_axis),
+                jobs,
+            )
+        )
     write_json_atomic(out_dir / SIDECAR_NAME, sidecar)
     logger.info("wrote %d records in %d shards to %s", written, len(jobs), out_dir)
     return sidecar
@@ -212,40 +300,65 @@ def split_files(tfrecord_dir: str | Path, split: str) -> list[str]:
     return [str(Path(tfrecord_dir) / name) for name in sidecar["splits"][split]["files"]]
 
 
-def read_tfrecords(files: list[str], channels: int, dtype: str = "uint8") -> tf.data.Dataset:
+def read_tfrecords(
+    files: list[str], channels: int, dtype: str = "uint8", context_slices: int = 0
+) -> tf.data.Dataset:
     """Read shards into a dataset of dicts.
 
     Args:
         files: shard paths.
-        channels: channels stored in the images.
-        dtype: ``"uint8"`` or ``"uint16"``, the stored image dtype (from the sidecar).
+        channels: channels stored per slice.
+        dtype: ``"uint8"``, ``"uint16"`` or ``"int16"``, the stored dtype (from the sidecar);
+            int16 images come back as uint16 shifted by :data:`SIGNED_SHIFT` (normalisation
+            takes the shift off).
+        context_slices: neighbours on each side stored with each slice.
 
     Returns:
-        A ``tf.data.Dataset`` of ``{"key": string, "image": (H, W, C) uint8|uint16,
-        "mask": (H, W, 1) uint8}``.
+        A ``tf.data.Dataset`` of ``{"key": string, "image": (H, W, C * (2K + 1))
+        uint8|uint16, "mask": (H, W, 1) uint8, "stats": (2C,) float32}``.
     """
-    tf_dtype = tf.uint16 if dtype == "uint16" else tf.uint8
+    tf_dtype = tf.uint8 if dtype == "uint8" else tf.uint16
+    parts = 2 * context_slices + 1
+    features = _features(parts, channels)
 
     def parse(record: tf.Tensor) -> dict[str, tf.Tensor]:
-        features = tf.io.parse_single_example(record, _FEATURES)
+        parsed = tf.io.parse_single_example(record, features)
+        images = [
+            tf.io.decode_png(parsed["image_png"][i], channels=channels, dtype=tf_dtype)
+            for i in range(parts)
+        ]
         return {
-            "key": features["key"],
-            "image": tf.io.decode_png(features["image_png"], channels=channels, dtype=tf_dtype),
-            "mask": tf.io.decode_png(features["mask_png"], channels=1, dtype=tf.uint8),
+            "key": parsed["key"],
+            "image": images[0] if parts == 1 else tf.concat(images, axis=-1),
+            "mask": tf.io.decode_png(parsed["mask_png"], channels=1, dtype=tf.uint8),
+            "stats": parsed["stats"],
         }
 
     return tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def read_set(tfrecord_dir: str | Path, split: str) -> tf.data.Dataset:
+    """The records of one split of a set, read with the set's own channels, dtype and
+    context (see :func:`read_tfrecords`)."""
+    sidecar = load_sidecar(tfrecord_dir)
+    return read_tfrecords(
+        split_files(tfrecord_dir, split),
+        int(sidecar["channels"]),
+        str(sidecar["dtype"]),
+        int(sidecar.get("context_slices", 0)),
+    )
+
+
 def iterate_cases(tfrecord_dir: str | Path, split: str):
-    """The cases of one split as numpy, read with the set's own channels and dtype.
+    """The cases of one split as numpy, read with the set's own channels, dtype and context.
 
     Yields:
-        ``(key, image (H, W, C) uint8|uint16, mask (H, W) uint8 class indices)``.
+        ``(key, image (H, W, C') uint8|uint16|int16, mask (H, W) uint8 class indices,
+        stats (2C,) float32)``.
     """
-    sidecar = load_sidecar(tfrecord_dir)
-    records = read_tfrecords(
-        split_files(tfrecord_dir, split), int(sidecar["channels"]), str(sidecar["dtype"])
-    )
-    for record in records.as_numpy_iterator():
-        yield record["key"].decode(), record["image"], record["mask"][..., 0]
+    signed = load_sidecar(tfrecord_dir)["dtype"] == "int16"
+    for record in read_set(tfrecord_dir, split).as_numpy_iterator():
+        image = record["image"]
+        if signed:
+            image = (image.astype(np.int32) - SIGNED_SHIFT).astype(np.int16)
+        yield record["key"].decode(), image, record["mask"][..., 0], record["stats"]

@@ -101,9 +101,7 @@ def slice_axis(spacing: tuple[float, ...]) -> int:
     return max(i for i, value in enumerate(spacing) if np.isclose(value, coarsest))
 
 
-def read_volume(
-    path: str | Path, channels: int | None = None, axis: int | None = None
-) -> Volume:
+def read_volume(path: str | Path, channels: int | None = None, axis: int | None = None) -> Volume:
     """Read a volume: a NIfTI file, a DICOM series (a folder holding one series, or a list of
     its files) or a multi-page TIFF stack.
 

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-register", action="store_true", help="Do not register the model.")
     add_config_arguments(train, PrepareConfig)
-    add_config_arguments(train, TrainConfig)
+    add_config_arguments(train, TrainConfig, skip=("intensity_window",))
     add_config_arguments(train, DeviceConfig)
     add_config_arguments(train, CrossValidationConfig)
 
@@ -183,7 +183,7 @@ def add_model_commands(commands) -> None:
         "--runs-dir", default="runs/nightly", help="Folder of nightly run folders."
     )
     add_config_arguments(retrain, PrepareConfig)
-    add_config_arguments(retrain, TrainConfig)
+    add_config_arguments(retrain, TrainConfig, skip=("intensity_window",))
     add_config_arguments(retrain, DeviceConfig)
     add_config_arguments(retrain, CrossValidationConfig)
     add_config_arguments(retrain, PromotionConfig)

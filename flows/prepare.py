@@ -61,7 +61,7 @@ def run_prepare(config: PrepareConfig, out_dir: str) -> PreparedDataset:
     write_json_atomic(out / "prepare_config.json", config.model_dump())
     index = index_cases(config, out_dir)
     splits_path, splits, tfrecords, cached = split_and_store(index, config, out_dir)
-    fingerprint_path = fingerprint(index, config, out_dir)
+    fingerprint_path = fingerprint(index, config, out_dir, splits_path)
     summary = summarize(index, splits_path, config, out_dir, fingerprint_path)
     return PreparedDataset(
         config=config,
@@ -97,6 +97,8 @@ def split_and_store(
         LabelRule.build(config.foreground, config.labels),
         config.channels,
         config.num_shards,
+        config.context_slices,
+        config.slice_axis,
     )
     cache_root = Path(config.cache_dir) if config.cache_dir else Path(out_dir) / "tfrecords"
     tfrecord_dir = cache_root / address[:16]

@@ -168,7 +168,11 @@ def planned_config(prepared: PreparedDataset, train: TrainConfig, run_dir: str) 
 
     if not prepared.fingerprint:
         return train
-    plan = plan_training(json.loads(Path(prepared.fingerprint).read_text()), train.time_budget)
+    plan = plan_training(
+        json.loads(Path(prepared.fingerprint).read_text()),
+        train.time_budget,
+        prepared.config.modality,
+    )
     resolved, kept = apply_plan(train, plan)
     write_json_atomic(Path(run_dir) / "plan.json", {**plan.as_dict(), "kept_by_user": kept})
     text = f"# Training plan\n\n{plan.markdown(kept)}"

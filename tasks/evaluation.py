@@ -75,14 +75,16 @@ def evaluate_split(
     if sidecar["splits"].get(split, {}).get("num_records", 0) == 0:
         raise ValueError(f"the {split} split of {tfrecord_dir} is empty; nothing to evaluate")
     cases = iterate_cases(tfrecord_dir, split)
-    groups = None
+    groups = slices = None
     if manifest:
         from data_catalog.manifest import read_manifest
+        from unet.volume_metrics import slice_infos
 
         table = read_manifest(manifest)
         groups = dict(zip(table["key"], table["group"], strict=True))
+        slices = slice_infos(table)
     segmenter = Segmenter(model, precision="auto")  # as prediction runs it on this machine
-    metrics = evaluate_cases(segmenter, cases, out_dir, groups=groups)
+    metrics = evaluate_cases(segmenter, cases, out_dir, groups=groups, slices=slices)
     _publish(metrics, out_dir, "" if role == "model" else f"{role}-")
     return metrics
 
@@ -96,16 +98,24 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> dict:
     """
     from data_catalog.catalog import resolve_dataset
     from data_catalog.labels import LabelRule
-    from data_catalog.manifest import apply_policy, index_dataset, load_case, mask_paths
+    from data_catalog.manifest import (
+        apply_policy,
+        index_dataset,
+        load_case,
+        mask_paths,
+        volume_stats,
+    )
     from data_catalog.splits import split_cases
     from unet.evaluation import evaluate_cases
     from unet.inference import Segmenter
+    from unet.volume_metrics import slice_infos
 
     segmenter = Segmenter(config.model, precision=config.precision)
     data = resolve_dataset(data)
-    if data.channels != segmenter.channels:
-        run_logger().info("reading images with the model's %d channel(s)", segmenter.channels)
-        data = data.model_copy(update={"channels": segmenter.channels})
+    channels = segmenter.info.image_channels
+    if data.channels != channels:
+        run_logger().info("reading images with the model's %d channel(s)", channels)
+        data = data.model_copy(update={"channels": channels})
     index = index_dataset(data)
     write_csv_atomic(Path(config.out_dir) / "validation.csv", index.problems)
     if len(index.problems):
@@ -124,11 +134,26 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> dict:
         if manifest.empty:
             raise ValueError(f"the {config.split} split of this dataset is empty")
     rule = LabelRule.build(data.foreground, data.labels)
+    context = segmenter.info.context_slices
     cases = (
-        (row["key"], *load_case(row["image"], mask_paths(row), rule, segmenter.channels))
+        (
+            row["key"],
+            *load_case(
+                row["image"],
+                mask_paths(row),
+                rule,
+                channels,
+                row["slice"],
+                context,
+                data.slice_axis,
+            ),
+            volume_stats(row, channels, data.slice_axis),
+        )
         for row in manifest.to_dict("records")
     )
     groups = dict(zip(manifest["key"], manifest["group"], strict=True))
-    metrics = evaluate_cases(segmenter, cases, config.out_dir, config.num_overlays, groups)
+    metrics = evaluate_cases(
+        segmenter, cases, config.out_dir, config.num_overlays, groups, slice_infos(manifest)
+    )
     _publish(metrics, config.out_dir)
     return metrics

@@ -143,6 +143,8 @@ def write_tfrecord_set(
         str(document["dataset_hash"]),
         config.num_shards,
         address=address,
+        context_slices=config.context_slices,
+        slice_axis=config.slice_axis,
     )
     rows = [
         {"split": name, "cases": split["num_records"], "shards": len(split["files"])}
@@ -153,9 +155,13 @@ def write_tfrecord_set(
 
 
 @task(name="fingerprint-dataset")
-def fingerprint(index: IndexSummary, config: PrepareConfig, out_dir: str) -> str:
+def fingerprint(
+    index: IndexSummary, config: PrepareConfig, out_dir: str, splits_path: str | None = None
+) -> str:
     """Write ``fingerprint.json`` (see :mod:`data_catalog.fingerprint`); computed once per
-    dataset hash, label rule and channels, then reused from the cache folder."""
+    dataset hash, label rule, channels, slicing axis and test split, then reused from the cache
+    folder. The foreground intensity window (for ``ct`` normalisation) leaves the test split
+    out."""
     import json
 
     from data_catalog.atomic import write_json_atomic
@@ -164,15 +170,28 @@ def fingerprint(index: IndexSummary, config: PrepareConfig, out_dir: str) -> str
     from data_catalog.labels import LabelRule
 
     rule = LabelRule.build(config.foreground, config.labels)
+    test = sorted(load_splits(splits_path)["test"]) if splits_path else []
     key = hash_json(
-        {"dataset": index.dataset_hash, "labels": rule.describe(), "c": config.channels}
+        {
+            "dataset": index.dataset_hash,
+            "labels": rule.describe(),
+            "c": config.channels,
+            "axis": config.slice_axis,
+            "test": test,
+            "version": 2,
+        }
     )
     path = Path(out_dir) / "fingerprint.json"
     cached = Path(config.cache_dir) / f"fingerprint-{key[:16]}.json" if config.cache_dir else path
     document = json.loads(cached.read_text()) if cached.is_file() else {}
     if document.get("key") != key:
         manifest = read_manifest(index.manifest)
-        document = {"key": key, **fingerprint_dataset(manifest, rule, config.channels)}
+        document = {
+            "key": key,
+            **fingerprint_dataset(
+                manifest, rule, config.channels, axis=config.slice_axis, exclude=set(test)
+            ),
+        }
         write_json_atomic(cached, document)
     if cached != path:
         write_json_atomic(path, document)

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from unet.normalization import IntensityWindow
+
 
 class TrainConfig(BaseModel):
     """How a U-Net is built and trained. Saved as JSON beside every model; the machine it runs
@@ -47,10 +49,18 @@ class TrainConfig(BaseModel):
         le=1.0,
         description="Share of training crops centred on a foreground pixel (small structures).",
     )
-    normalization: Literal["range", "zscore"] = Field(
+    normalization: Literal["range", "zscore", "ct"] = Field(
         "range",
-        description="Per image: 'range' divides by the dtype's maximum (255, 65535); 'zscore' "
-        "subtracts the mean and divides by the standard deviation per channel.",
+        description="'range' divides by the dtype's maximum (255, 65535); 'zscore' subtracts "
+        "the mean and divides by the standard deviation per channel, of each image (of each "
+        "volume for volume slices, as MR needs); 'ct' clips to the training set's foreground "
+        "0.5-99.5 percentiles and standardises with their mean and std (CT in Hounsfield "
+        "units). The plan chooses from the data's fingerprint.",
+    )
+    intensity_window: IntensityWindow | None = Field(
+        None,
+        description="'ct' normalisation: the training split's foreground intensity window "
+        "(computed by the plan from the fingerprint; recorded with the model).",
     )
     flips: bool = Field(True, description="Random horizontal and vertical flips.")
     rotate90: bool = Field(True, description="Random 90-degree rotations.")

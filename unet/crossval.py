@@ -106,8 +106,8 @@ def score_out_of_fold(
         return metrics, None
     tuner = ThresholdTuner()
     for batch in batched(iterate_cases(tfrecord_dir, "val"), segmenter.batch_size):
-        images = [segmenter.prepare(image, key) for key, image, _ in batch]
-        for (_, _, truth), maps in zip(batch, segmenter.probability_maps(images), strict=True):
+        images = [segmenter.prepare(image, key, stats) for key, image, _, stats in batch]
+        for (_, _, truth, _), maps in zip(batch, segmenter.probability_maps(images), strict=True):
             tuner.add(maps, truth)
     return metrics, tuner
 

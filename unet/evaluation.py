@@ -27,17 +27,21 @@ from unet.metrics import class_scores, overlap_scores
 from unet.model_files import PrecisionCheck
 from unet.postprocessing import ThresholdTuner, classify
 from unet.precision import MIN_AGREEMENT
+from unet.volume_metrics import SliceInfo, VolumeScores, summarize_volumes
 
 logger = logging.getLogger(__name__)
 
-Case = tuple[str, np.ndarray, np.ndarray]  # key, (H, W[, C]) image, (H, W) class indices
+Case = tuple  # key, (H, W[, C]) image, (H, W) class indices, normalisation stats or None
 
 
 def grey_view(image: np.ndarray) -> np.ndarray:
     """``(H, W[, C])`` uint8/uint16 -> ``(H, W)`` uint8: the mean over channels, for display and
     the baseline only (multi-sequence images such as LGG's are averaged, not refused)."""
-    grey = image.astype(np.float64).mean(axis=2) if image.ndim == 3 else image
-    return np.rint(np.asarray(grey, np.float64) * 255 / dtype_max(image.dtype)).astype(np.uint8)
+    grey = np.asarray(image.astype(np.float64).mean(axis=2) if image.ndim == 3 else image, float)
+    if image.dtype == np.int16:  # absolute units (CT): stretch the image's own range
+        low, high = grey.min(), grey.max()
+        return np.rint((grey - low) * 255 / max(high - low, 1e-6)).astype(np.uint8)
+    return np.rint(grey * 255 / dtype_max(image.dtype)).astype(np.uint8)
 
 
 def otsu_foreground(image: np.ndarray) -> np.ndarray:
@@ -82,6 +86,7 @@ def evaluate_cases(
     out_dir: str | Path,
     num_overlays: int = 4,
     groups: dict[str, str] | None = None,
+    slices: dict[str, SliceInfo] | None = None,
 ) -> dict[str, object]:
     """Segment every case (through :meth:`Segmenter.segment`, the path prediction ships), score
     it; write ``per_image.csv``, ``metrics.json``, ``report.md`` and overlay PNGs
@@ -89,10 +94,13 @@ def evaluate_cases(
 
     Args:
         segmenter: the model.
-        cases: ``(key, image, truth)`` triples; truth holds class indices.
+        cases: ``(key, image, truth, stats)``: truth holds class indices; stats (or None)
+            the image's normalisation statistics (a volume slice's are its volume's).
         out_dir: destination folder.
         num_overlays: how many cases (the first ones) get an overlay PNG under ``overlays/``.
         groups: optional case key -> group (patient), for per-group scores.
+        slices: optional case key -> :class:`SliceInfo` of volume slices: each volume is
+            scored whole too (``per_volume.csv``, ``metrics["volumes"]``).
 
     Returns:
         The metrics document (also written to ``metrics.json``).
@@ -102,12 +110,16 @@ def evaluate_cases(
     """
     out_dir = Path(out_dir)
     rows = []
+    volumes = VolumeScores(slices or {})
     for batch in batched(cases, segmenter.batch_size):
-        for key, image, truth in batch:
+        for key, image, truth, _ in batch:
             if image.shape[:2] != truth.shape:
                 raise ValueError(f"case {key!r}: image is {image.shape[:2]}, truth {truth.shape}")
-        results = segmenter.segment([segmenter.prepare(image, key) for key, image, _ in batch])
-        for (key, image, truth), result in zip(batch, results, strict=True):
+        results = segmenter.segment(
+            [segmenter.prepare(image, key, st) for key, image, _, st in batch]
+        )
+        for (key, image, truth, _), result in zip(batch, results, strict=True):
+            volumes.add(key, truth, result.classes)
             group = (groups or {}).get(key, key)
             rows.append(score_case(key, group, image, truth, result.classes, segmenter.num_classes))
             if len(rows) <= num_overlays:
@@ -119,6 +131,10 @@ def evaluate_cases(
     frame = pd.DataFrame(rows)
     write_csv_atomic(out_dir / "per_image.csv", frame)
     metrics = {**summarize(frame, segmenter.num_classes), **model_facts(segmenter)}
+    per_volume = volumes.table()
+    if not per_volume.empty:
+        write_csv_atomic(out_dir / "per_volume.csv", per_volume)
+        metrics["volumes"] = summarize_volumes(per_volume)
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", render_report(metrics, frame, out_dir))
     logger.info(
@@ -291,6 +307,19 @@ def fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def volume_lines(volumes: dict | None) -> list[str]:
+    """The per-volume headline of the report (none for 2-D data)."""
+    if not volumes:
+        return []
+    return [
+        f"- volumes: {volumes['num_volumes']}, Dice pooled over each volume's voxels "
+        f"**{volumes['dice_mean']:.4f}**, IoU {volumes['iou_mean']:.4f}, HD95 "
+        f"{fmt(volumes['hd95_mm_mean'])} mm (undefined for {volumes['hd95_undefined']}), mean "
+        f"absolute volume error {volumes['volume_error_ml_mean_abs']:.2f} mL; worst: "
+        f"{', '.join(volumes['worst'])} (per_volume.csv)",
+    ]
+
+
 def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
     """The evaluation as markdown: headline, per-class table, empty-mask table, per-group
     table, overlays."""
@@ -308,6 +337,7 @@ def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
         f"- post-processing: {metrics.get('postprocessing')}",
         f"- precision: {(metrics.get('precision') or {}).get('compute', 'float32')} "
         f"({(metrics.get('precision') or {}).get('reason', 'not recorded')})",
+        *volume_lines(metrics.get("volumes")),
         "",
         "| class | Dice | Dice where present (images) | IoU | precision | recall | HD95 (px) "
         "| HD95 undefined |",
@@ -408,10 +438,10 @@ def tune_on_cases(
     binary = segmenter.num_classes == 2
     agreeing = total = 0
     for batch in batched(cases, segmenter.batch_size):
-        images = [segmenter.prepare(image, key) for key, image, _ in batch]
+        images = [segmenter.prepare(image, key, stats) for key, image, _, stats in batch]
         maps = segmenter.probability_maps(images)
         other = bfloat16.probability_maps(images) if bfloat16 else [None] * len(batch)
-        for (_, _, truth), full, low in zip(batch, maps, other, strict=True):
+        for (_, _, truth, _), full, low in zip(batch, maps, other, strict=True):
             if binary:
                 tuners["float32"].add(full, truth)
             if low is not None:

@@ -150,10 +150,23 @@ class Segmenter:
             classes = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
         return classes, tf.reduce_max(probabilities, axis=-1)
 
-    def prepare(self, image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
-        """``(H, W[, C])`` uint8/uint16 -> ``(H, W, channels)`` float32, normalised as in
-        training (see :func:`unet.normalization.normalize_array`)."""
-        return normalize_array(to_channels(image, self.channels, path), self.normalization)
+    def prepare(
+        self, image: np.ndarray, path: str | Path = "<array>", stats: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``(H, W[, C])`` uint8/uint16/int16 -> ``(H, W, channels)`` float32, normalised as in
+        training (see :func:`unet.normalization.normalize_array`); ``stats``: the per-volume
+        z-score's statistics of a volume slice (default: the image's own). A model with
+        context slices takes the slice and its neighbours already side by side."""
+        if self.info.context_slices:
+            if image.ndim != 3 or image.shape[2] != self.channels:
+                raise ValueError(
+                    f"{path}: the model reads {self.info.context_slices} neighbouring slice(s) "
+                    f"on each side ({self.channels} channels); 2-D images cannot give them. "
+                    f"Received an image of shape {image.shape}"
+                )
+        else:
+            image = to_channels(image, self.channels, path)
+        return normalize_array(image, self.normalization, stats, self.info.intensity_window)
 
     def is_large(self, image: np.ndarray) -> bool:
         """True when ``image`` is segmented with the sliding window, not whole."""

@@ -95,8 +95,9 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def hausdorff95(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """95th percentile of the symmetric surface distances between two boolean masks (pixels).
+def hausdorff95(prediction: np.ndarray, truth: np.ndarray, spacing=None) -> float:
+    """95th percentile of the symmetric surface distances between two boolean masks of any
+    dimension, in pixels or, with ``spacing`` (one size per axis), in millimetres.
 
     Returns 0.0 when both are empty and NaN when exactly one is.
     """
@@ -107,8 +108,10 @@ def hausdorff95(prediction: np.ndarray, truth: np.ndarray) -> float:
     if not prediction.any() or not truth.any():
         return float("nan")
     predicted_surface, true_surface = _surface(prediction), _surface(truth)
-    to_truth = ndimage.distance_transform_edt(~true_surface)[predicted_surface]
-    to_prediction = ndimage.distance_transform_edt(~predicted_surface)[true_surface]
+    to_truth = ndimage.distance_transform_edt(~true_surface, sampling=spacing)[predicted_surface]
+    to_prediction = ndimage.distance_transform_edt(~predicted_surface, sampling=spacing)[
+        true_surface
+    ]
     return float(np.percentile(np.concatenate([to_truth, to_prediction]), 95))
 
 

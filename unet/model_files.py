@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_catalog.atomic import write_json_atomic
+from unet.normalization import IntensityWindow
 
 MODEL_FILE = "model.keras"
 MODEL_INFO_FILE = "model.json"
@@ -77,6 +78,20 @@ class ModelInfo(BaseModel):
     channels: int = Field(ge=1)
     input_dtype: str = "uint8"
     normalization: str = "range"
+    context_slices: int = Field(
+        0, ge=0, description="Volume slices: neighbours on each side the model reads as channels."
+    )
+    intensity_window: IntensityWindow | None = Field(
+        None, description="'ct' normalisation: the training split's foreground window."
+    )
+    slice_axis: int | None = Field(
+        None, description="Volumes: the voxel axis slices are cut along; None: the coarsest."
+    )
+    volume_statistics: bool = Field(
+        False,
+        description="Trained on volume slices: 'zscore' uses each volume's statistics (a model "
+        "trained on 2-D images z-scores every slice of a volume on its own).",
+    )
     size_multiple: int = Field(ge=1)
     num_classes: int = Field(ge=2)
     labels: Any = None
@@ -85,6 +100,11 @@ class ModelInfo(BaseModel):
     model_version: str | None = None
     train_config: dict[str, Any] = Field(default_factory=dict)
     ensemble: EnsembleInfo | None = None
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of one image or slice (``channels`` over the slices the model sees)."""
+        return self.channels // (2 * self.context_slices + 1)
 
     @classmethod
     def read(cls, folder: str | Path) -> ModelInfo:

@@ -12,30 +12,48 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from data_catalog.tfrecords import read_tfrecords
+from data_catalog.tfrecords import SIGNED_SHIFT, read_tfrecords
 from unet.augment import adjust_intensity, warp
 from unet.config import TrainConfig
-from unet.normalization import MIN_STD, NORMALIZATIONS
+from unet.normalization import MIN_STD, IntensityWindow, check_mode, value_unit
 
 
-def normalize(image: tf.Tensor, mode: str = "range") -> tf.Tensor:
-    """uint8/uint16 ``(H, W, C)`` -> float32: ``range`` [0, 1] or ``zscore`` per channel; the
-    TensorFlow twin of :func:`unet.normalization.normalize_array` (a test holds they agree)."""
-    return normalize_with(image, image, mode)
+def normalize_with(
+    values: tf.Tensor,
+    stats: tf.Tensor,
+    mode: str,
+    dtype: str,
+    window: IntensityWindow | None = None,
+) -> tf.Tensor:
+    """Normalise stored values (a whole image or a crop of it) as
+    :func:`unet.normalization.normalize_array` does (a test holds they agree).
 
+    Args:
+        values: ``(H, W, C')`` as decoded from a record (int16 sets: shifted uint16).
+        stats: ``(2C,)`` the record's per channel means then standard deviations (of the image,
+            or of its volume), tiled over context channels.
+        mode: ``range``, ``zscore`` or ``ct``. dtype: the set's stored dtype.
+        window: ``ct``: the training set's intensity window.
+    """
+    check_mode(mode, dtype, window)
+    scaled = tf.cast(values, tf.float32)
+    if dtype == "int16":
+        scaled -= float(SIGNED_SHIFT)
+    channels = tf.shape(values)[-1]
+    if mode == "range":
+        return scaled / value_unit(dtype)
 
-def normalize_with(values: tf.Tensor, image: tf.Tensor, mode: str) -> tf.Tensor:
-    """Normalise ``values`` (e.g. a crop of ``image``) with the statistics of the whole
-    ``image``, as :func:`normalize` would normalise them inside it."""
-    if mode not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}. Received: {mode!r}")
-    scaled = tf.cast(values, tf.float32) / float(image.dtype.max)
-    if mode == "zscore":
-        mean, variance = tf.nn.moments(
-            tf.cast(image, tf.float32) / float(image.dtype.max), axes=(0, 1), keepdims=True
-        )
-        return (scaled - mean) / tf.maximum(tf.sqrt(variance), MIN_STD)
-    return scaled
+    def tiled(vector) -> tf.Tensor:
+        vector = tf.cast(tf.reshape(vector, [-1]), tf.float32)
+        return tf.tile(vector, [channels // tf.shape(vector)[0]])
+
+    if mode == "ct":
+        low, high = tiled(window.low), tiled(window.high)
+        mean, std = tiled(window.mean), tiled(window.std)
+        return (tf.clip_by_value(scaled, low, high) - mean) / tf.maximum(std, MIN_STD)
+    half = tf.shape(stats)[0] // 2
+    mean, std = tiled(stats[:half]), tiled(stats[half:])
+    return (scaled - mean) / tf.maximum(std, MIN_STD * value_unit(dtype))
 
 
 def _pad_to_at_least(tensor: tf.Tensor, size: int) -> tf.Tensor:
@@ -66,7 +84,7 @@ def _crop(both: tf.Tensor, size: int, seed: tf.Tensor, foreground_fraction: floa
     return both[row : row + size, col : col + size, :]
 
 
-def crop_and_flip(index: tf.Tensor, case: dict, config: TrainConfig):
+def crop_and_flip(index: tf.Tensor, case: dict, config: TrainConfig, dtype: str):
     """Per sample: crop (or resize), normalise, flip, rotate by 90 degrees.
 
     Cropping comes first, on the stored integers, so large images cost little per sample;
@@ -78,8 +96,13 @@ def crop_and_flip(index: tf.Tensor, case: dict, config: TrainConfig):
     image, mask = case["image"], case["mask"]
     seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(index, tf.int64)])
     size = config.image_size
+    window = config.intensity_window
+
+    def normalize(values: tf.Tensor) -> tf.Tensor:
+        return normalize_with(values, case["stats"], config.normalization, dtype, window)
+
     if config.resize_mode == "resize":
-        patch = tf.image.resize(normalize(image, config.normalization), (size, size))
+        patch = tf.image.resize(normalize(image), (size, size))
         both = tf.concat(
             [patch, tf.image.resize(tf.cast(mask, tf.float32), (size, size), method="nearest")], -1
         )
@@ -90,7 +113,7 @@ def crop_and_flip(index: tf.Tensor, case: dict, config: TrainConfig):
             seed,
             config.foreground_patch_fraction,
         )
-        patch = normalize_with(crop[..., :-1], image, config.normalization)
+        patch = normalize(crop[..., :-1])
         both = tf.concat([patch, tf.cast(crop[..., -1:], tf.float32)], -1)
     if config.flips:
         both = tf.image.stateless_random_flip_left_right(both, seed=seed + 4)
@@ -125,9 +148,9 @@ def augment_batch(images: tf.Tensor, masks: tf.Tensor, indices: tf.Tensor, confi
     return images, masks
 
 
-def augment_sample(index: tf.Tensor, case: dict, config: TrainConfig):
+def augment_sample(index: tf.Tensor, case: dict, config: TrainConfig, dtype: str = "uint8"):
     """One augmented training patch (a batch of one): ``(S, S, C)`` image, ``(S, S, 1)`` mask."""
-    image, mask, index = crop_and_flip(index, case, config)
+    image, mask, index = crop_and_flip(index, case, config, dtype)
     images, masks = augment_batch(image[None], mask[None], index[None], config)
     return images[0], masks[0]
 
@@ -139,6 +162,7 @@ def training_dataset(
     dtype: str,
     num_cases: int,
     first_sample: int = 0,
+    context_slices: int = 0,
 ) -> tf.data.Dataset:
     """Endless, shuffled, augmented batches for ``model.fit``.
 
@@ -151,11 +175,11 @@ def training_dataset(
     Returns:
         Batches ``(image (B, S, S, C) float32, mask (B, S, S, 1) int32)``, S = image_size.
     """
-    cases = read_tfrecords(files, channels, dtype).cache()
+    cases = read_tfrecords(files, channels, dtype, context_slices).cache()
     cases = cases.shuffle(max(1, num_cases), seed=config.seed, reshuffle_each_iteration=True)
     indexed = tf.data.Dataset.zip(tf.data.Dataset.counter(start=first_sample), cases.repeat())
     samples = indexed.map(
-        lambda index, case: crop_and_flip(index, case, config),
+        lambda index, case: crop_and_flip(index, case, config, dtype),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -182,6 +206,8 @@ def validation_dataset(
     dtype: str,
     num_cases: int,
     normalization: str = "range",
+    context_slices: int = 0,
+    window: IntensityWindow | None = None,
 ) -> tf.data.Dataset:
     """Whole validation images, one per batch, mirrored up to a multiple of ``multiple``.
 
@@ -190,11 +216,12 @@ def validation_dataset(
     """
 
     def prepare(case: dict) -> tuple[tf.Tensor, tf.Tensor]:
-        image = pad_to_multiple(normalize(case["image"], normalization), multiple)
+        image = normalize_with(case["image"], case["stats"], normalization, dtype, window)
+        image = pad_to_multiple(image, multiple)
         mask = pad_to_multiple(tf.cast(case["mask"], tf.int32), multiple)
         return image, mask
 
-    dataset = read_tfrecords(files, channels, dtype).map(prepare).cache()
+    dataset = read_tfrecords(files, channels, dtype, context_slices).map(prepare).cache()
     # A known length lets Keras run validation to the end without an "out of data" warning.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_cases))
     return dataset.batch(1).prefetch(tf.data.AUTOTUNE)

@@ -67,9 +67,45 @@ def scale_spread(fingerprint: dict) -> tuple[float, str]:
     return max(spreads, default=(1.0, "cases"), key=lambda spread: spread[0])
 
 
-def plan_normalization(fingerprint: dict) -> PlannedSetting:
+def plan_normalization(fingerprint: dict, modality: str | None = None) -> list[PlannedSetting]:
+    """CT (the dataset's modality, or signed intensities): the training set's foreground
+    window (nnU-Net's recipe); MR: z-score (per volume for volumes); otherwise per-image
+    z-score when intensity scales vary between cases or groups (multi-site), the dtype's range
+    when they are stable (microscopy)."""
+    window = fingerprint.get("intensity_window")
+    if modality == "ct" or (modality is None and fingerprint.get("signed")):
+        if window is None:
+            raise ValueError(
+                "CT normalisation needs foreground voxels outside the test split; the "
+                "training masks are all empty"
+            )
+        why = "modality: ct" if modality == "ct" else "signed intensities (Hounsfield units)"
+        ranges = ", ".join(
+            f"{low:g}..{high:g}" for low, high in zip(window["low"], window["high"], strict=True)
+        )
+        return [
+            PlannedSetting(
+                "normalization",
+                "ct",
+                f"{why}: clip to the foreground's 0.5-99.5 percentiles over the training cases "
+                f"({ranges}) "
+                "and standardise with their mean and std",
+            ),
+            PlannedSetting("intensity_window", window, "the training cases' foreground window"),
+        ]
+    if modality == "mr":
+        scope = "each volume" if fingerprint.get("volumes") else "each image"
+        return [
+            PlannedSetting(
+                "normalization", "zscore", f"modality: mr (no absolute units): {scope} standardised"
+            )
+        ]
+    return [plan_scale_normalization(fingerprint)]
+
+
+def plan_scale_normalization(fingerprint: dict) -> PlannedSetting:
     """Per-image z-score when intensity scales vary between cases or groups (MR, multi-site),
-    the dtype's range when they are stable (microscopy, CT in fixed units)."""
+    the dtype's range when they are stable (microscopy)."""
     worst, where = scale_spread(fingerprint)
     if worst >= ZSCORE_SCALE_RATIO:
         return PlannedSetting(
@@ -193,13 +229,15 @@ def plan_schedule(time_budget: float | None) -> list[PlannedSetting]:
     ]
 
 
-def plan_training(fingerprint: dict, time_budget: float | None = None) -> TrainingPlan:
-    """The plan for a dataset, from its fingerprint (``fingerprint.json``), and for a time
-    budget in minutes when one is given."""
+def plan_training(
+    fingerprint: dict, time_budget: float | None = None, modality: str | None = None
+) -> TrainingPlan:
+    """The plan for a dataset, from its fingerprint (``fingerprint.json``) and modality (the
+    catalog's, when given), and for a time budget in minutes when one is given."""
     patch = plan_patch(fingerprint)
     return TrainingPlan(
         [
-            plan_normalization(fingerprint),
+            *plan_normalization(fingerprint, modality),
             *patch,
             plan_batch(int(patch[0].value)),
             plan_sampling(fingerprint),

@@ -85,12 +85,15 @@ def list_inputs(input_dir: Path, output_dir: Path) -> list[Path]:
 
 
 def mask_names(files: list[Path], input_dir: Path) -> dict[Path, Path]:
-    """Relative mask path of each input: ``a/b.tif`` -> ``a/b.png``, ``a/b.tif.png`` on clashes."""
+    """Relative mask path of each input: ``a/b.tif`` -> ``a/b.png``, ``a/b.tif.png`` on clashes;
+    a NIfTI volume's mask has the volume's own name (in the output folder)."""
     stems = Counter(path.relative_to(input_dir).with_suffix("") for path in files)
     names = {}
     for path in files:
         relative = path.relative_to(input_dir)
-        if stems[relative.with_suffix("")] > 1:
+        if is_volume(path):
+            names[path] = relative
+        elif stems[relative.with_suffix("")] > 1:
             names[path] = relative.with_name(relative.name + ".png")
         else:
             names[path] = relative.with_suffix(".png")
@@ -105,11 +108,13 @@ LOOKAHEAD_BYTES = 1 << 30
 
 @dataclass(frozen=True)
 class PlannedInput:
-    """One input file: its path, its key in the report and journal, its mask's relative path."""
+    """One input: its path, its key in the report and journal, its mask's relative path; a
+    DICOM series is one input (its folder as ``path``, its slice files in ``files``)."""
 
     path: Path
     relative: str
     mask_name: Path
+    files: tuple[Path, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -251,18 +256,60 @@ def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> 
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
     files = list_inputs(input_dir, output_dir)
+    series, files = dicom_volumes(files, input_dir)
     names = mask_names(files, input_dir)
+    inputs = sorted(
+        [PlannedInput(path, path.relative_to(input_dir).as_posix(), names[path]) for path in files]
+        + series,
+        key=lambda item: item.relative,
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     if shard is None:
         remove_stale_files(output_dir)
         journal_path = output_dir / JOURNAL_FILE
     else:
-        files = files[shard[0] :: shard[1]]
+        inputs = inputs[shard[0] :: shard[1]]
         journal_path = output_dir / JOURNAL_FILE.replace(".jsonl", f"-{shard[0]}.jsonl")
-    inputs = [
-        PlannedInput(path, path.relative_to(input_dir).as_posix(), names[path]) for path in files
-    ]
     return PredictionPlan(input_dir, output_dir, inputs, journal_path, load_journal(output_dir))
+
+
+def dicom_volumes(files: list[Path], input_dir: Path) -> tuple[list[PlannedInput], list[Path]]:
+    """The DICOM series among the files (two or more slices with positions, grouped by folder
+    and SeriesInstanceUID) as volume inputs, and the other files (2-D images as before).
+
+    A folder with one series gives ``<folder>.nii.gz`` (``series-<number>.nii.gz`` at the top);
+    with several, ``<folder>/series-<number>.nii.gz`` each."""
+    from data_catalog.dicom_series import find_series, maybe_dicom
+
+    candidates = [path for path in files if maybe_dicom(path)]
+    if not candidates:
+        return [], files
+    found, _ = find_series(candidates)  # unreadable files stay 2-D inputs (their error rows)
+    volumes = [s for s in found if s.is_volume]
+    per_folder = Counter(s.folder for s in volumes)
+    inputs, taken = [], set()
+    for number, entry in enumerate(volumes):
+        folder = entry.folder.relative_to(input_dir)
+        label = f"series-{entry.number or number}"
+        if (
+            per_folder[entry.folder] > 1
+            and sum(
+                1
+                for other in volumes
+                if other.folder == entry.folder and other.number == entry.number
+            )
+            > 1
+        ):
+            label += f"-{entry.uid[-8:]}"
+        if per_folder[entry.folder] == 1 and folder.parts:
+            relative = folder.as_posix()
+            mask = folder.with_name(folder.name + ".nii.gz")
+        else:
+            relative = (folder / label).as_posix()
+            mask = folder / f"{label}.nii.gz"
+        inputs.append(PlannedInput(entry.folder, relative, mask, entry.files))
+        taken.update(entry.files)
+    return inputs, [path for path in files if path not in taken]
 
 
 def load_input(
@@ -271,7 +318,7 @@ def load_input(
     """Hash, check the journal, decode and prepare one input (runs in a reader thread)."""
     started = time.perf_counter()
     try:
-        sha256 = hash_file(item.path)
+        sha256 = input_hash(item)
         previous = plan.done.get(item.relative)
         if (
             previous is not None
@@ -282,7 +329,7 @@ def load_input(
             return LoadedInput("skipped", item, started, sha256, previous=previous)
         if is_video(item.path):
             return LoadedInput("video", item, started, sha256)
-        if is_volume(item.path):  # read whole by the segmenting stage: one volume in memory
+        if item.files is not None or is_volume(item.path):  # read whole when segmented
             return LoadedInput("volume", item, started, sha256)
         image = segmenter.prepare(read_image(item.path), item.path)
         return LoadedInput("image", item, started, sha256, image=image)
@@ -290,6 +337,16 @@ def load_input(
         return LoadedInput("error", item, started, error=error.reason)
     except Exception as error:  # any other decode problem is this file's, not the run's
         return LoadedInput("error", item, started, error=f"{type(error).__name__}: {error}")
+
+
+def input_hash(item: PlannedInput) -> str:
+    """The input file's sha256; a DICOM series': over its slices' hashes in name order (the
+    same series copied elsewhere hashes alike)."""
+    if item.files is None:
+        return hash_file(item.path)
+    from data_catalog.hashing import hash_records
+
+    return hash_records(sorted((path.name, hash_file(path)) for path in item.files))
 
 
 def read_inputs(
@@ -385,10 +442,10 @@ def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) ->
     CSV. Any failure becomes the volume's error row; the run goes on."""
     from data_catalog.volumes import volume_stem
 
-    relative = Path(item.input.relative)  # case.nii.gz -> OUTPUT_DIR/case.nii.gz (unique)
+    relative = item.input.mask_name  # case.nii.gz -> OUTPUT_DIR/case.nii.gz (unique)
     target = sink.plan.output_dir / relative
     try:
-        slices = segment_volume_file(segmenter, item.input.path, target)
+        slices = segment_volume_file(segmenter, item.input.path, target, item.input.files)
         write_csv_atomic(target.with_name(volume_stem(target) + ".slices.csv"), slices)
     except Exception as error:
         if not isinstance(error, (OSError, ValueError)):
@@ -413,9 +470,13 @@ def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) ->
     sink.report_progress()
 
 
-def segment_volume_file(segmenter: Segmenter, path: Path, target: Path) -> pd.DataFrame:
-    """Segment a NIfTI volume slice by slice (the through-plane axis, batches of the
-    segmenter's batch size) into a mask volume at ``target`` with the input's affine.
+def segment_volume_file(
+    segmenter: Segmenter, path: Path, target: Path, files: tuple[Path, ...] | None = None
+) -> pd.DataFrame:
+    """Segment a volume (a NIfTI file, or the DICOM series of ``files``) slice by slice along
+    the model's slicing axis (each slice with its context slices when the model reads them,
+    normalised with the volume's statistics), in batches of the segmenter's batch size, into a
+    NIfTI mask volume at ``target`` with the input's affine.
 
     Returns:
         One row per slice (``slice``, ``foreground_fraction``, ``components``,
@@ -424,14 +485,28 @@ def segment_volume_file(segmenter: Segmenter, path: Path, target: Path) -> pd.Da
     """
     from scipy import ndimage
 
+    from data_catalog.dicom_series import read_series
+    from data_catalog.manifest import slice_image
     from data_catalog.volumes import read_volume, write_mask_volume
 
-    volume = read_volume(path)
-    mask = np.zeros(volume.data.shape, np.uint8)
+    info = segmenter.info
+    if files is not None:
+        volume = read_series(files, path)
+        if info.slice_axis is not None:
+            volume.axis = info.slice_axis
+    else:
+        volume = read_volume(path, info.image_channels, info.slice_axis)
+    stats = np.concatenate(volume.stats()) if info.volume_statistics else None
+    mask = np.zeros(volume.shape, np.uint8)
     rows = []
     for first in range(0, volume.num_slices, segmenter.batch_size):
         indices = range(first, min(first + segmenter.batch_size, volume.num_slices))
-        images = [segmenter.prepare(volume.slice(i), path) for i in indices]
+        images = [
+            segmenter.prepare(
+                slice_image(volume, i, info.image_channels, info.context_slices, path), path, stats
+            )
+            for i in indices
+        ]
         for index, result in zip(indices, segmenter.segment(images), strict=True):
             np.moveaxis(mask, volume.axis, 0)[index] = result.classes
             fraction, components = mask_statistics(result.classes)
@@ -441,9 +516,9 @@ def segment_volume_file(segmenter: Segmenter, path: Path, target: Path) -> pd.Da
     table = pd.DataFrame(
         rows, columns=["slice", "foreground_fraction", "components", "mean_confidence"]
     )
-    height, width = volume.slice(0).shape
+    height, width = volume.slice(0).shape[:2]
     table.attrs.update(
-        shape=volume.data.shape,
+        shape=volume.shape,
         spacing=volume.spacing,
         height=height,
         width=width,

@@ -34,6 +34,7 @@ from unet.losses import SegmentationLoss
 from unet.metrics import OverlapScore
 from unet.model import build_unet
 from unet.model_files import ModelInfo, checkpoint_files, model_file
+from unet.normalization import check_mode
 from unet.pipeline import training_dataset, validation_dataset
 from unet.postprocessing import as_postprocessing
 
@@ -162,6 +163,14 @@ class TrainingData:
     num_classes: int
     labels: object
     identity: dict[str, object]  # dataset hash, TFRecord address, split hash and counts
+    context_slices: int = 0  # volume slices: neighbours on each side stored as channels
+    slice_axis: int | None = None  # volume slices: the axis they were cut along (None: coarsest)
+    volumes: bool = False  # the cases are volume slices (z-scored per volume)
+
+    @property
+    def model_channels(self) -> int:
+        """Channels the model reads: each slice's, times the slices it sees."""
+        return self.channels * (2 * self.context_slices + 1)
 
 
 @dataclass(frozen=True)
@@ -356,7 +365,11 @@ def read_training_data(
         data_classes,
         sidecar["labels"],
         identity,
+        int(sidecar.get("context_slices", 0)),
+        sidecar.get("slice_axis"),
+        bool(sidecar.get("volumes", False)),
     )
+    check_mode(config.normalization, data.dtype, config.intensity_window)
     return data, config
 
 
@@ -380,7 +393,7 @@ def open_run(run_dir: Path, config: TrainConfig, data: TrainingData, steps: int,
                 state.best_epoch,
             )
         else:
-            model = compile_unet(build_unet(config, data.channels), config, steps, jit)
+            model = compile_unet(build_unet(config, data.model_channels), config, steps, jit)
     state = state or TrainingState()
     state.config, state.data, state.stop_reason = config.model_dump(), data.identity, None
     return model, state
@@ -456,6 +469,7 @@ def _fit(
             data.dtype,
             data.counts["train"],
             first_sample=state.samples_drawn,
+            context_slices=data.context_slices,
         ),
         validation_data=validation_dataset(
             split_files(data.tfrecord_dir, "val"),
@@ -464,6 +478,8 @@ def _fit(
             data.dtype,
             data.counts["val"],
             config.normalization,
+            data.context_slices,
+            config.intensity_window,
         ),
         initial_epoch=state.epoch,
         epochs=end,
@@ -533,9 +549,13 @@ def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tupl
         raise RuntimeError(f"training in {run_dir} ended before a first epoch completed")
     info = ModelInfo(
         architecture=config.architecture,
-        channels=data.channels,
+        channels=data.model_channels,
         input_dtype=data.dtype,
         normalization=config.normalization,
+        context_slices=data.context_slices,
+        slice_axis=data.slice_axis,
+        volume_statistics=data.volumes,
+        intensity_window=config.intensity_window,
         size_multiple=2**config.num_poolings,
         num_classes=config.num_classes,
         labels=data.labels,
