@@ -12,7 +12,15 @@ Prints, each as a ratio measured in this run:
 The model is a default U-Net (depth 4, base 16) with random weights: speed does not depend on
 the weights.
 
+With ``--volumes``, instead: one 512x512x200 uint16 NIfTI volume (``.nii.gz``) against the same
+200 slices as 16-bit PNG files, through the same folder prediction (float32):
+  (v1) slices/s of the volume against slices/s of the PNG files — target >= 0.9;
+  (v2) peak memory (max RSS of a child process) segmenting the volume, minus that of a child
+       segmenting one of its slices as a PNG (the runtime and model), against the volume's
+       float32 size — target <= 2x.
+
     .venv/bin/python bench/predict.py [--count 60] [--many 300] [--large 8000]
+    .venv/bin/python bench/predict.py --volumes [--slices 200]
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import tasks  # noqa: E402,F401  (quiet TensorFlow)
 
 
-def make_model(run_dir: Path) -> None:
+def make_model(run_dir: Path, input_dtype: str = "uint8") -> None:
     """A default U-Net with random weights, saved as a run folder (model.keras + model.json)."""
     from unet.config import TrainConfig
     from unet.model import build_unet
@@ -44,10 +52,66 @@ def make_model(run_dir: Path) -> None:
     ModelInfo(
         architecture="unet",
         channels=1,
+        input_dtype=input_dtype,
         size_multiple=16,
         num_classes=2,
         model_version="bench-random",
     ).write(run_dir)
+
+
+def make_volume(folder: Path, slices: int, side: int = 512) -> tuple[Path, Path, Path]:
+    """A smooth random uint16 volume as ``.nii.gz``, its slices as 16-bit PNGs in a folder, and
+    one slice alone in another folder."""
+    import nibabel
+    import numpy as np
+    from scipy import ndimage
+
+    from data_catalog.images import write_png_atomic
+
+    rng = np.random.default_rng(0)
+    coarse = rng.uniform(0, 4000, (side // 8, side // 8, max(2, slices // 8)))
+    data = ndimage.zoom(coarse, (8, 8, slices / coarse.shape[2]), order=1)[:side, :side, :slices]
+    data = np.clip(data + rng.normal(0, 50, data.shape), 0, 65535).astype(np.uint16)
+    volume_dir, png_dir, one_dir = folder / "volume", folder / "pngs", folder / "one"
+    for path in (volume_dir, png_dir, one_dir):
+        path.mkdir(parents=True)
+    nibabel.save(nibabel.Nifti1Image(data, np.diag([0.8, 0.8, 2.5, 1])), volume_dir / "scan.nii.gz")
+    for index in range(data.shape[2]):
+        write_png_atomic(png_dir / f"slice_{index:04d}.png", data[:, :, index])
+    write_png_atomic(one_dir / "slice.png", data[:, :, 0])
+    return volume_dir, png_dir, one_dir
+
+
+def volumes_benchmark(slices: int, batch_size: int) -> int:
+    """(v1) and (v2) of the module's description."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_model(tmp / "model", "uint16")
+        volume_dir, png_dir, one_dir = make_volume(tmp, slices)
+        rates = {}
+        for name, folder, count in (("volume", volume_dir, slices), ("pngs", png_dir, slices)):
+            seconds = _timed(
+                lambda f=folder, n=name: segflow_predict(
+                    tmp / "model", f, tmp / f"out-{n}", batch_size, "float32"
+                )
+            )
+            rates[name] = count / seconds
+        print(
+            f"(v1) one 512x512x{slices} NIfTI volume: {rates['volume']:.2f} slices/s "
+            f"({slices / rates['volume']:.1f} s per volume); the same slices as 16-bit PNG "
+            f"files: {rates['pngs']:.2f} slices/s -> ratio {rates['volume'] / rates['pngs']:.2f} "
+            "(target >= 0.9)"
+        )
+        volume_peak = peak_memory_mb(tmp / "model", volume_dir, tmp / "peak-volume")
+        one_peak = peak_memory_mb(tmp / "model", one_dir, tmp / "peak-one")
+        float32_mb = 512 * 512 * slices * 4 / 2**20
+        extra = volume_peak - one_peak
+        print(
+            f"(v2) peak memory: the volume {volume_peak:.0f} MiB, one slice {one_peak:.0f} MiB "
+            f"-> {extra:.0f} MiB for the volume, {extra / float32_mb:.2f}x its float32 size "
+            f"({float32_mb:.0f} MiB; target <= 2x)"
+        )
+    return 0
 
 
 def copy_images(source: Path, target: Path, count: int) -> list[Path]:
@@ -100,7 +164,7 @@ def segflow_predict(
             precision=precision,
         )
     )
-    assert (report["status"] == "ok").all()
+    assert (report["status"] == "ok").all(), report["error"].dropna().tolist()[:3]
     return len(report) / (time.perf_counter() - started)
 
 
@@ -184,7 +248,11 @@ def main() -> int:
         help="also measure peak memory for one LARGE x LARGE image against one 2000x2000 image "
         "(e.g. 8000: about 70 s more)",
     )
+    parser.add_argument("--volumes", action="store_true", help="the volume benchmark instead")
+    parser.add_argument("--slices", type=int, default=200, help="--volumes: slices per volume")
     args = parser.parse_args()
+    if args.volumes:
+        return volumes_benchmark(args.slices, args.batch_size)
     data = Path(args.data) / "images"
     if not data.is_dir():
         print(f"skipped: ISBI images not found at {data}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data_catalog.images import DICOM_EXTENSIONS, ImageReadError
-from data_catalog.volumes import Volume, as_image_dtype, slice_axis
+from data_catalog.voxels import Volume, as_image_dtype, slice_axis
 
 # Slices whose spacing differs from the median spacing by more than this share leave a gap.
 GAP_TOLERANCE = 0.1

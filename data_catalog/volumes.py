@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from data_catalog.images import ImageReadError
+from data_catalog.voxels import Volume, as_image_dtype, slice_axis  # noqa: F401 (re-exported)
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 # Geometry of image and mask volumes may differ by this much (mm, and affine entries) and
@@ -41,64 +41,6 @@ def volume_stem(path: str | Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
-
-
-@dataclass
-class Volume:
-    """A 3-D scan as stored (voxel order), its geometry, and the axis it is sliced along."""
-
-    data: np.ndarray  # (I, J, K) or (I, J, K, C); uint8, uint16 or int16
-    affine: np.ndarray  # (4, 4) voxel -> world (mm, RAS as in NIfTI)
-    header: object | None  # the nibabel header of a NIfTI input (copied into the mask)
-    spacing: tuple[float, float, float]  # mm per voxel along I, J, K
-    axis: int
-    _stats: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.data.shape[:3])
-
-    @property
-    def num_slices(self) -> int:
-        return self.data.shape[self.axis]
-
-    @property
-    def num_channels(self) -> int:
-        return 1 if self.data.ndim == 3 else self.data.shape[3]
-
-    def slice(self, index: int) -> np.ndarray:
-        """The 2-D image of one slice (the two other axes in voxel order; channels last)."""
-        return np.take(self.data, index, axis=self.axis)
-
-    def with_context(self, index: int, context: int) -> np.ndarray:
-        """``(H, W, C * (2 * context + 1))``: the slices ``index - context`` .. ``index +
-        context`` side by side as channels (the nearest slice repeated beyond the ends)."""
-        parts = []
-        for offset in range(-context, context + 1):
-            image = self.slice(min(max(index + offset, 0), self.num_slices - 1))
-            parts.append(image if image.ndim == 3 else image[:, :, None])
-        return np.concatenate(parts, axis=2)
-
-    @property
-    def voxel_ml(self) -> float:
-        """Millilitres per voxel."""
-        return float(np.prod(self.spacing)) / 1000.0
-
-    def stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per channel mean and standard deviation over the whole volume (for the per-volume
-        z-score), computed once."""
-        if self._stats is None:
-            values = self.data.reshape(-1, self.num_channels)
-            mean = values.mean(axis=0, dtype=np.float64)
-            std = np.sqrt(np.maximum(np.mean(np.square(values - mean), axis=0), 0))
-            self._stats = (mean, std)
-        return self._stats
-
-
-def slice_axis(spacing: tuple[float, ...]) -> int:
-    """The through-plane axis: the coarsest spacing, the last axis on ties."""
-    coarsest = max(spacing)
-    return max(i for i, value in enumerate(spacing) if np.isclose(value, coarsest))
 
 
 def read_volume(path: str | Path, channels: int | None = None, axis: int | None = None) -> Volume:
@@ -156,6 +98,22 @@ def read_nifti(path: Path, channels: int | None = None) -> Volume:
     )
 
 
+def is_tiff_stack(path: str | Path) -> bool:
+    """A ``.tif``/``.tiff`` whose first series is a stack of 2-D grey pages (not one image with
+    colour samples); False for anything unreadable (its reader names the problem)."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            shape, axes = series.shape, series.axes
+    except Exception:
+        return False
+    return len(shape) == 3 and shape[0] > 1 and not axes.endswith("S") and axes[0] not in "SC"
+
+
 def read_tiff_stack(path: Path) -> Volume:
     """A multi-page TIFF as a z-stack of 2-D pages (spacing 1 mm and an identity affine unless
     the file says otherwise: TIFF has no standard geometry)."""
@@ -169,35 +127,6 @@ def read_tiff_stack(path: Path) -> Volume:
         raise ImageReadError(path, f"expected a stack of 2-D pages, got shape {data.shape}")
     data = np.moveaxis(data, 0, -1)  # (pages, H, W) -> (H, W, pages): slices along axis 2
     return Volume(as_image_dtype(data, path), np.eye(4), None, (1.0, 1.0, 1.0), 2)
-
-
-def as_image_dtype(data: np.ndarray, path: Path | str) -> np.ndarray:
-    """Integer intensities as uint8 or uint16 (non-negative) or int16 (signed, e.g. CT in
-    Hounsfield units), exactly.
-
-    Raises:
-        ImageReadError: fractional values, or values outside int16 (signed) or uint16.
-    """
-    if data.dtype in (np.uint8, np.uint16, np.int16):
-        return data
-    low, high = float(data.min()), float(data.max())
-    whole = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(data, 1) == 0))
-    if not whole:
-        raise ImageReadError(
-            path,
-            f"{data.dtype} intensities in [{low:g}, {high:g}] with fractional values: segflow "
-            "reads integer-valued volumes (uint8, uint16, or int16 such as CT in Hounsfield "
-            "units); fractional (already normalised) volumes are not supported yet",
-        )
-    if low < 0:
-        if low < -32768 or high > 32767:
-            raise ImageReadError(
-                path, f"signed intensities in [{low:g}, {high:g}] do not fit int16"
-            )
-        return data.astype(np.int16)
-    if high > 65535:
-        raise ImageReadError(path, f"intensities up to {high:g} do not fit uint16")
-    return data.astype(np.uint8 if high <= 255 else np.uint16)
 
 
 class VolumeCache:
@@ -268,6 +197,9 @@ def write_mask_volume(target: Path, mask: np.ndarray, volume: Volume) -> None:
 
     if mask.shape != volume.shape:
         raise ValueError(f"mask shape {mask.shape} differs from the volume's {volume.shape}")
+    if target.suffix.lower() in (".tif", ".tiff"):
+        write_tiff_stack(target, mask)
+        return
     if volume.header is not None:
         header = volume.header.copy()
         header.set_data_shape(mask.shape)
@@ -284,6 +216,21 @@ def write_mask_volume(target: Path, mask: np.ndarray, volume: Volume) -> None:
     tmp = target.with_name(f".{volume_stem(target)}.{os.getpid()}.tmp{suffix}")
     try:
         nibabel.save(image, tmp)
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_tiff_stack(target: Path, mask: np.ndarray) -> None:
+    """A ``(H, W, pages)`` mask as a multi-page uint8 TIFF (pages in the input's order),
+    written under a temporary name, then renamed."""
+    import tifffile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
+    try:
+        tifffile.imwrite(tmp, np.ascontiguousarray(np.moveaxis(mask.astype(np.uint8), -1, 0)))
         tmp.replace(target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -256,6 +256,16 @@ class PredictConfig(BaseModel):
     tta: bool = Field(
         False, description="Test-time augmentation: average over flips (4x the compute)."
     )
+    largest_component: bool = Field(
+        False,
+        description="Keep only the largest foreground component of each mask (26-connected "
+        "in 3-D for volumes), for structures that are one piece.",
+    )
+    dicom_seg: bool = Field(
+        False,
+        description="DICOM series inputs: also write a DICOM SEG object referencing the "
+        "source series (<mask>.seg.dcm), which a PACS takes.",
+    )
     precision: InferencePrecision = "auto"
     task_runner: Literal["local", "dask"] = Field(
         "local",

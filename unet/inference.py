@@ -21,7 +21,12 @@ from data_catalog.images import to_channels
 from unet.model import inference_model
 from unet.model_files import ModelInfo
 from unet.normalization import normalize_array
-from unet.postprocessing import class_max, classify, remove_small_components
+from unet.postprocessing import (
+    class_max,
+    classify,
+    keep_largest_component,
+    remove_small_components,
+)
 from unet.precision import (
     CpuInfo,
     PrecisionChoice,
@@ -99,6 +104,7 @@ class Segmenter:
         self.num_classes = self.info.num_classes
         self.version = self.info.model_version or self.model_path.parent.name
         self.ensemble = self.info.ensemble  # EnsembleInfo of a cross-validated model, or None
+        self.largest_component = False  # keep only the largest foreground component
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
         if tile_size % self.multiple or tile_size < self.multiple:
@@ -172,7 +178,9 @@ class Segmenter:
         """True when ``image`` is segmented with the sliding window, not whole."""
         return max(image.shape[:2]) > self.tile_size
 
-    def segment(self, images: Sequence[np.ndarray]) -> list[Segmentation]:
+    def segment(
+        self, images: Sequence[np.ndarray], per_image_postprocessing: bool = True
+    ) -> list[Segmentation]:
         """Segment prepared images of any sizes (the one entry point).
 
         Runs of images that share a shape go through the model ``batch_size`` at a time, with
@@ -180,10 +188,12 @@ class Segmenter:
         than ``tile_size`` goes through the sliding window. The model's post-processing (tuned
         on the validation split) is applied: for two classes, foreground where its probability
         reaches ``threshold``; foreground components smaller than ``min_component_size``
-        pixels are removed.
+        pixels are removed, and with ``largest_component`` only the largest one is kept.
 
         Args:
             images: ``(H, W, channels)`` float32 arrays from :meth:`prepare`.
+            per_image_postprocessing: False for the slices of a volume: its components are
+                removed in 3-D once it is whole.
 
         Returns:
             One :class:`Segmentation` per image, in order.
@@ -196,8 +206,10 @@ class Segmenter:
                 classes, confidence = self.predict_classes(run)
                 pairs = zip(classes, confidence, strict=True)
             for classes, confidence in pairs:
-                if self.min_component_size:
+                if per_image_postprocessing and self.min_component_size:
                     classes = remove_small_components(classes, self.min_component_size)
+                if per_image_postprocessing and self.largest_component:
+                    classes = keep_largest_component(classes)
                 results.append(Segmentation(classes, confidence))
         return results
 

@@ -47,6 +47,41 @@ def remove_small_components(classes: np.ndarray, min_size: int) -> np.ndarray:
     return classes
 
 
+def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Foreground components of a 2-D (8-connected) or 3-D (26-connected) mask:
+    ``(labels, count)``."""
+    from scipy import ndimage
+
+    structure = np.ones((3,) * mask.ndim, bool)
+    return ndimage.label(mask > 0, structure=structure)
+
+
+def remove_small_components_3d(classes: np.ndarray, min_size: int) -> np.ndarray:
+    """Set 26-connected foreground components smaller than ``min_size`` voxels to 0 (a volume's
+    post-processing: a lesion's thin end in one slice belongs to the lesion, not noise)."""
+    labels, count = components(classes)
+    if not count:
+        return classes
+    sizes = np.bincount(labels.reshape(-1))
+    small = np.flatnonzero(sizes < min_size)
+    small = small[small > 0]
+    if small.size:
+        classes = classes.copy()
+        classes[np.isin(labels, small)] = 0
+    return classes
+
+
+def keep_largest_component(classes: np.ndarray) -> np.ndarray:
+    """Keep only the largest foreground component (8-connected in 2-D, 26-connected in 3-D),
+    for structures that are one piece (an organ); every class inside it is kept."""
+    labels, count = components(classes)
+    if count <= 1:
+        return classes
+    sizes = np.bincount(labels.reshape(-1))
+    sizes[0] = 0
+    return np.where(labels == int(np.argmax(sizes)), classes, 0).astype(classes.dtype)
+
+
 def classify(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Class map from ``(H, W, K)`` probabilities: argmax, or for K = 2 foreground where
     ``p >= threshold``. Works on any band of rows (no neighbourhood is looked at).

@@ -39,9 +39,10 @@ from tqdm import tqdm
 from data_catalog.atomic import write_csv_atomic
 from data_catalog.hashing import hash_file
 from data_catalog.images import ImageReadError, read_image, write_png_atomic
-from data_catalog.volumes import is_volume
+from data_catalog.volumes import is_tiff_stack, is_volume
 from unet.config import PredictConfig
 from unet.inference import Segmentation, Segmenter
+from unet.postprocessing import components, keep_largest_component, remove_small_components_3d
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +85,16 @@ def list_inputs(input_dir: Path, output_dir: Path) -> list[Path]:
     return files
 
 
-def mask_names(files: list[Path], input_dir: Path) -> dict[Path, Path]:
+def mask_names(
+    files: list[Path], input_dir: Path, volumes: set[Path] | frozenset = frozenset()
+) -> dict[Path, Path]:
     """Relative mask path of each input: ``a/b.tif`` -> ``a/b.png``, ``a/b.tif.png`` on clashes;
-    a NIfTI volume's mask has the volume's own name (in the output folder)."""
+    a volume (NIfTI, TIFF stack: ``volumes``) has a mask of its own name in the output folder."""
     stems = Counter(path.relative_to(input_dir).with_suffix("") for path in files)
     names = {}
     for path in files:
         relative = path.relative_to(input_dir)
-        if is_volume(path):
+        if path in volumes:
             names[path] = relative
         elif stems[relative.with_suffix("")] > 1:
             names[path] = relative.with_name(relative.name + ".png")
@@ -115,6 +118,7 @@ class PlannedInput:
     relative: str
     mask_name: Path
     files: tuple[Path, ...] | None = None
+    volume: bool = False  # a NIfTI file, a DICOM series or a multi-page TIFF stack
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ class PredictionPlan:
     inputs: list[PlannedInput]
     journal_path: Path
     done: dict[str, dict]
+    dicom_seg: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,7 @@ def segment_files(
         config.tile_overlap,
         precision=config.precision,
     )
+    segmenter.largest_component = config.largest_component
     plan = plan_inputs(config, shard)
     scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
     output_format = OutputFormat(
@@ -257,9 +263,18 @@ def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> 
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
     files = list_inputs(input_dir, output_dir)
     series, files = dicom_volumes(files, input_dir)
-    names = mask_names(files, input_dir)
+    stacks = {path for path in files if is_volume(path) or is_tiff_stack(path)}
+    names = mask_names(files, input_dir, stacks)
     inputs = sorted(
-        [PlannedInput(path, path.relative_to(input_dir).as_posix(), names[path]) for path in files]
+        [
+            PlannedInput(
+                path,
+                path.relative_to(input_dir).as_posix(),
+                names[path],
+                volume=path in stacks,
+            )
+            for path in files
+        ]
         + series,
         key=lambda item: item.relative,
     )
@@ -270,7 +285,9 @@ def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> 
     else:
         inputs = inputs[shard[0] :: shard[1]]
         journal_path = output_dir / JOURNAL_FILE.replace(".jsonl", f"-{shard[0]}.jsonl")
-    return PredictionPlan(input_dir, output_dir, inputs, journal_path, load_journal(output_dir))
+    return PredictionPlan(
+        input_dir, output_dir, inputs, journal_path, load_journal(output_dir), config.dicom_seg
+    )
 
 
 def dicom_volumes(files: list[Path], input_dir: Path) -> tuple[list[PlannedInput], list[Path]]:
@@ -307,7 +324,7 @@ def dicom_volumes(files: list[Path], input_dir: Path) -> tuple[list[PlannedInput
         else:
             relative = (folder / label).as_posix()
             mask = folder / f"{label}.nii.gz"
-        inputs.append(PlannedInput(entry.folder, relative, mask, entry.files))
+        inputs.append(PlannedInput(entry.folder, relative, mask, entry.files, volume=True))
         taken.update(entry.files)
     return inputs, [path for path in files if path not in taken]
 
@@ -329,7 +346,7 @@ def load_input(
             return LoadedInput("skipped", item, started, sha256, previous=previous)
         if is_video(item.path):
             return LoadedInput("video", item, started, sha256)
-        if item.files is not None or is_volume(item.path):  # read whole when segmented
+        if item.volume:  # read whole when segmented: one volume in memory
             return LoadedInput("volume", item, started, sha256)
         image = segmenter.prepare(read_image(item.path), item.path)
         return LoadedInput("image", item, started, sha256, image=image)
@@ -445,7 +462,9 @@ def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) ->
     relative = item.input.mask_name  # case.nii.gz -> OUTPUT_DIR/case.nii.gz (unique)
     target = sink.plan.output_dir / relative
     try:
-        slices = segment_volume_file(segmenter, item.input.path, target, item.input.files)
+        slices = segment_volume_file(
+            segmenter, item.input.path, target, item.input.files, sink.plan.dicom_seg
+        )
         write_csv_atomic(target.with_name(volume_stem(target) + ".slices.csv"), slices)
     except Exception as error:
         if not isinstance(error, (OSError, ValueError)):
@@ -471,23 +490,28 @@ def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) ->
 
 
 def segment_volume_file(
-    segmenter: Segmenter, path: Path, target: Path, files: tuple[Path, ...] | None = None
+    segmenter: Segmenter,
+    path: Path,
+    target: Path,
+    files: tuple[Path, ...] | None = None,
+    dicom_seg: bool = False,
 ) -> pd.DataFrame:
     """Segment a volume (a NIfTI file, or the DICOM series of ``files``) slice by slice along
     the model's slicing axis (each slice with its context slices when the model reads them,
     normalised with the volume's statistics), in batches of the segmenter's batch size, into a
-    NIfTI mask volume at ``target`` with the input's affine.
+    NIfTI mask volume at ``target`` with the input's affine (a multi-page TIFF mask for a
+    TIFF stack; with ``dicom_seg``, a DICOM series also gives a DICOM SEG beside it).
+    Components are removed in 3-D (26-connected, smaller than the model's smallest component
+    in voxels), then, with the segmenter's ``largest_component``, all but the largest.
 
     Returns:
         One row per slice (``slice``, ``foreground_fraction``, ``components``,
         ``mean_confidence``); ``attrs`` holds the volume's shape, spacing, slice height and
         width, foreground fraction and millilitres, and its 3-D foreground components.
     """
-    from scipy import ndimage
-
     from data_catalog.dicom_series import read_series
     from data_catalog.manifest import slice_image
-    from data_catalog.volumes import read_volume, write_mask_volume
+    from data_catalog.volumes import read_volume, volume_stem, write_mask_volume
 
     info = segmenter.info
     if files is not None:
@@ -507,11 +531,20 @@ def segment_volume_file(
             )
             for i in indices
         ]
-        for index, result in zip(indices, segmenter.segment(images), strict=True):
+        results = segmenter.segment(images, per_image_postprocessing=False)
+        for index, result in zip(indices, results, strict=True):
             np.moveaxis(mask, volume.axis, 0)[index] = result.classes
-            fraction, components = mask_statistics(result.classes)
-            rows.append((index, fraction, components, result.mean_confidence))
+            rows.append((index, result.mean_confidence))
+    mask = postprocess_volume(mask, segmenter)
     write_mask_volume(target, mask, volume)
+    if dicom_seg and files is not None:
+        from data_catalog.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(target.with_name(volume_stem(target) + ".seg.dcm"), mask, files, volume)
+    rows = [
+        (index, *mask_statistics(np.take(mask, index, axis=volume.axis)), confidence)
+        for index, confidence in rows
+    ]
     foreground = mask > 0
     table = pd.DataFrame(
         rows, columns=["slice", "foreground_fraction", "components", "mean_confidence"]
@@ -524,9 +557,19 @@ def segment_volume_file(
         width=width,
         foreground_fraction=float(foreground.mean()),
         foreground_ml=float(foreground.sum()) * volume.voxel_ml,
-        components=int(ndimage.label(foreground, structure=np.ones((3, 3, 3)))[1]),
+        components=int(components(foreground)[1]),
     )
     return table
+
+
+def postprocess_volume(mask: np.ndarray, segmenter: Segmenter) -> np.ndarray:
+    """A volume's post-processing in 3-D: components smaller than the model's smallest
+    component (as voxels), then, when asked, all but the largest component."""
+    if segmenter.min_component_size:
+        mask = remove_small_components_3d(mask, segmenter.min_component_size)
+    if segmenter.largest_component:
+        mask = keep_largest_component(mask)
+    return mask
 
 
 class ResultSink:

@@ -121,7 +121,57 @@ def test_bad_volumes_are_error_rows_and_the_rest_goes_on(threshold_model, tmp_pa
     rows = {row["input"]: row for row in predict_folder(config).to_dict("records")}
     assert rows["good.nii.gz"]["status"] == "ok" and rows["slice.png"]["status"] == "ok"
     assert "truncated" in rows["truncated.nii.gz"]["error"]
-    assert "expected a 3-D volume, got shape (8, 8, 4, 2)" in rows["four_d.nii.gz"]["error"]
-    assert "not supported yet" in rows["ct.nii.gz"]["error"]
+    assert "4-D volume of shape (8, 8, 4, 2)" in rows["four_d.nii.gz"]["error"]
+    assert "reads 1 channel(s) per slice" in rows["four_d.nii.gz"]["error"]
+    # CT intensities are read, but a model trained on unsigned images cannot normalise them
+    assert "signed (int16) intensities" in rows["ct.nii.gz"]["error"]
     assert not list((tmp_path / "out").rglob(".*.tmp*"))  # nothing half-written
     assert gzip.decompress((tmp_path / "out" / "good.nii.gz").read_bytes())  # a whole file
+
+
+def test_the_same_dicom_series_shuffled_and_renamed_gives_byte_identical_masks(
+    threshold_model, tmp_path
+):
+    from data_catalog.synthetic_volumes import write_dicom_series
+
+    volume, affine = blob_volume().astype(np.uint16) * 257, rotated_affine()
+    inputs = tmp_path / "in"
+    write_dicom_series(volume, affine, inputs / "first" / "ct", seed=1)
+    write_dicom_series(volume, affine, inputs / "second" / "ct", seed=2)  # other names, order
+    write_dicom_series(volume, affine, inputs / "gap", seed=3, skip_slices=(5,))
+    config = PredictConfig(
+        model=str(threshold_model),
+        input_dir=str(inputs),
+        output_dir=str(tmp_path / "out"),
+        precision="float32",
+    )
+    rows = {row["input"]: row for row in predict_folder(config).to_dict("records")}
+    assert set(rows) == {"first/ct", "second/ct", "gap"}  # one row per series, not per file
+    assert rows["first/ct"]["mask"] == "first/ct.nii.gz"
+    first = (tmp_path / "out" / "first" / "ct.nii.gz").read_bytes()
+    assert first == (tmp_path / "out" / "second" / "ct.nii.gz").read_bytes()
+    mask = nibabel.load(tmp_path / "out" / "first" / "ct.nii.gz")
+    np.testing.assert_allclose(mask.affine, affine, atol=1e-4)  # the series' geometry
+    np.testing.assert_array_equal(np.asarray(mask.dataobj), (volume > 32767).astype(np.uint8))
+    assert rows["first/ct"]["spacing_mm"] == "0.8x0.8x3"
+    assert rows["gap"]["status"] == "error" and "gap in slice positions" in rows["gap"]["error"]
+
+
+def test_two_series_in_one_folder_are_two_volumes(threshold_model, tmp_path):
+    from data_catalog.synthetic_volumes import write_dicom_series
+
+    volume, affine = blob_volume().astype(np.uint16) * 257, rotated_affine()
+    write_dicom_series(volume, affine, tmp_path / "in" / "study", seed=1, series_uid="1.2.3.1")
+    write_dicom_series(
+        volume[:, :, :6], affine, tmp_path / "in" / "study", seed=2, series_uid="1.2.3.2"
+    )
+    config = PredictConfig(
+        model=str(threshold_model),
+        input_dir=str(tmp_path / "in"),
+        output_dir=str(tmp_path / "out"),
+        precision="float32",
+    )
+    report = predict_folder(config)
+    assert len(report) == 2 and (report["status"] == "ok").all()
+    assert sorted(report["volume_shape"]) == ["40x48x12", "40x48x6"]
+    assert len(set(report["mask"])) == 2
