@@ -325,7 +325,9 @@ def run_plan(args: argparse.Namespace) -> int:
     from unet.planning import plan_training
 
     prepared = prepare_flow(config=config_from_args(PrepareConfig, args), out_dir=args.out)
-    plan = plan_training(json.loads(Path(prepared.fingerprint).read_text()))
+    plan = plan_training(
+        json.loads(Path(prepared.fingerprint).read_text()), None, prepared.config.modality
+    )
     path = write_json_atomic(Path(args.out) / "plan.json", plan.as_dict())
     print(f"Training plan for {prepared.index.num_cases} cases ({path}):\n")
     for setting in plan.settings:

@@ -94,7 +94,7 @@ def evaluate_cases(
 
     Args:
         segmenter: the model.
-        cases: ``(key, image, truth, stats)``: truth holds class indices; stats (or None)
+        cases: ``(key, image, truth[, stats])``: truth holds class indices; stats (or None)
             the image's normalisation statistics (a volume slice's are its volume's).
         out_dir: destination folder.
         num_overlays: how many cases (the first ones) get an overlay PNG under ``overlays/``.
@@ -111,7 +111,7 @@ def evaluate_cases(
     out_dir = Path(out_dir)
     rows = []
     volumes = VolumeScores(slices or {})
-    for batch in batched(cases, segmenter.batch_size):
+    for batch in batched(with_stats(cases), segmenter.batch_size):
         for key, image, truth, _ in batch:
             if image.shape[:2] != truth.shape:
                 raise ValueError(f"case {key!r}: image is {image.shape[:2]}, truth {truth.shape}")
@@ -166,6 +166,13 @@ def model_facts(segmenter: Segmenter) -> dict[str, object]:
             "num_folds": segmenter.ensemble.folds,
         }
     return facts
+
+
+def with_stats(cases: Iterable[Case]) -> Iterator[tuple]:
+    """Cases as ``(key, image, truth, stats)``; a ``(key, image, truth)`` triple gets None
+    (the image is normalised by its own statistics)."""
+    for case in cases:
+        yield case if len(case) == 4 else (*case, None)
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -437,7 +444,7 @@ def tune_on_cases(
     tuners = {"float32": ThresholdTuner(), "bfloat16": ThresholdTuner()}
     binary = segmenter.num_classes == 2
     agreeing = total = 0
-    for batch in batched(cases, segmenter.batch_size):
+    for batch in batched(with_stats(cases), segmenter.batch_size):
         images = [segmenter.prepare(image, key, stats) for key, image, _, stats in batch]
         maps = segmenter.probability_maps(images)
         other = bfloat16.probability_maps(images) if bfloat16 else [None] * len(batch)

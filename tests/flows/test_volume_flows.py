@@ -105,3 +105,16 @@ def test_ct_volumes_predict_as_nifti_and_dicom_series_with_a_dicom_seg(ct_run, c
         k = int(round(voxel[2]))
         np.testing.assert_array_equal(frame, mask[:, :, k].T)
     assert "2 of 2 inputs segmented" in capsys.readouterr().out
+
+
+def test_evaluate_scores_a_folder_of_volumes_per_volume(ct_run, capsys):
+    root, images, masks, run = ct_run
+    out = root / "evaluation"
+    argv = ["evaluate", "--model", str(run), "--images", str(images), "--masks", str(masks)]
+    assert main([*argv, "--out", str(out)]) == 0
+    per_volume = pd.read_csv(out / "per_volume.csv")
+    assert sorted(per_volume["volume"]) == [f"case_{i:03d}" for i in range(6)]
+    assert per_volume["dice"].between(0, 1).all() and "hd95_mm" in per_volume
+    empty = per_volume["predicted_ml"] == 0  # a 2-epoch model may miss a volume: HD95 undefined
+    assert per_volume.loc[empty, "hd95_mm"].isna().all()
+    assert "per_volume.csv" in (out / "report.md").read_text()

@@ -23,7 +23,7 @@ class _Constant:
     def __init__(self, prediction):
         self.prediction = prediction
 
-    def prepare(self, image, path="<array>"):
+    def prepare(self, image, path="<array>", stats=None):
         return image
 
     def segment(self, images):

@@ -97,7 +97,8 @@ def test_augmentation_is_seeded_and_keeps_image_and_mask_aligned():
     mask = np.zeros((48, 48, 1), np.uint8)
     mask[10:20, 25:40] = 1
     image = (mask * 200 + 20).astype(np.uint8)  # the image is the mask, brightened
-    case = {"image": tf.constant(image), "mask": tf.constant(mask)}
+    stats = tf.constant([image.mean(), image.std()], tf.float32)  # as a record carries them
+    case = {"image": tf.constant(image), "mask": tf.constant(mask), "stats": stats}
     config = TrainConfig(
         image_size=size,
         depth=2,

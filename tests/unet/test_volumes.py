@@ -175,3 +175,36 @@ def test_two_series_in_one_folder_are_two_volumes(threshold_model, tmp_path):
     assert len(report) == 2 and (report["status"] == "ok").all()
     assert sorted(report["volume_shape"]) == ["40x48x12", "40x48x6"]
     assert len(set(report["mask"])) == 2
+
+
+def test_a_tiff_stack_gives_a_mask_stack_of_the_same_name(threshold_model, tmp_path):
+    import tifffile
+
+    volume = blob_volume()  # (40, 48, 12): pages along the last axis
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "stack.tif", np.moveaxis(volume, -1, 0))
+    config = PredictConfig(
+        model=str(threshold_model),
+        input_dir=str(tmp_path / "in"),
+        output_dir=str(tmp_path / "out"),
+        precision="float32",
+    )
+    (row,) = predict_folder(config).to_dict("records")
+    assert row["status"] == "ok" and row["mask"] == "stack.tif"
+    assert row["volume_shape"] == "40x48x12"
+    pages = tifffile.imread(tmp_path / "out" / "stack.tif")
+    np.testing.assert_array_equal(pages, np.moveaxis((volume > 127).astype(np.uint8), -1, 0))
+
+
+def test_volume_post_processing_is_three_dimensional():
+    from unet.postprocessing import keep_largest_component, remove_small_components_3d
+
+    mask = np.zeros((10, 10, 6), np.uint8)
+    mask[2:5, 2:5, 0:6] = 1  # a column through every slice: 54 voxels, 9 per slice
+    mask[8, 8, 3] = 1  # one stray voxel
+    mask[7:9, 0:2, 0:2] = 1  # 8 voxels
+    cleaned = remove_small_components_3d(mask, 16)
+    # a 9-pixel cross-section in one slice would fall under 16 in 2-D; the 3-D column stays
+    assert cleaned[2:5, 2:5].all() and cleaned.sum() == 54
+    largest = keep_largest_component(mask)
+    assert largest.sum() == 54 and largest[8, 8, 3] == 0
