@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from data_catalog.voxels import Volume
-
 SEG_MANUFACTURER = "segflow"
 
 
@@ -23,7 +21,6 @@ def write_dicom_seg(
     target: Path,
     mask: np.ndarray,
     files: tuple[Path, ...] | list[Path],
-    volume: Volume,
     model_version: str = "unknown",
     num_classes: int | None = None,
 ) -> None:
@@ -36,33 +33,18 @@ def write_dicom_seg(
     """
     import highdicom as hd
     import pydicom
-    from pydicom.sr.codedict import codes
 
     sources = sorted_sources([with_type2(pydicom.dcmread(path)) for path in files])
     if len(sources) != mask.shape[2]:
         raise ValueError(f"{len(sources)} source slices for a mask of {mask.shape[2]} slices")
     frames = np.stack([mask[:, :, k].T for k in range(mask.shape[2])]).astype(np.uint8)
     classes = range(1, max(num_classes or 0, int(frames.max()) + 1, 2))
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name="segflow U-Net", version=model_version, family=codes.cid7162.ArtificialIntelligence
-    )
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=f"class {number}",
-            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=codes.SCT.Lesion,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-        )
-        for number in classes
-    ]
     number = int(getattr(sources[0], "SeriesNumber", 0) or 0)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
+        segment_descriptions=segment_descriptions(classes, model_version),
         series_instance_uid=hd.UID(),
         series_number=number + 1000,
         sop_instance_uid=hd.UID(),
@@ -81,6 +63,27 @@ def write_dicom_seg(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def segment_descriptions(classes, model_version: str) -> list:
+    """One automatic segment per foreground class, named ``class N``, made by segflow."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="segflow U-Net", version=model_version, family=codes.cid7162.ArtificialIntelligence
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=f"class {number}",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number in classes
+    ]
 
 
 # Patient and study attributes a SEG copies that may be empty but must be present (type 2);

@@ -245,22 +245,25 @@ def write_tfrecords(
         "context_slices": context_slices,
         "slice_axis": slice_axis,
         "volumes": bool((manifest["slice"] >= 0).any()),
-        "labels": rule.describe(),
-        "foreground": rule.foreground,
-        "num_classes": rule.num_classes,
+        **describe_labels(rule),
         "splits": {},
     }
     jobs = shard_jobs(by_key, splits, out_dir, num_shards, sidecar["splits"])
+    settings = (rule, channels, dtype, context_slices, slice_axis)
     with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
-        written = sum(
-            pool.map(
-                lambda job: _write_shard(*job, rule, channels, dtype, context_slices, slice_axis),
-                jobs,
-            )
-        )
+        written = sum(pool.map(lambda job: _write_shard(*job, *settings), jobs))
     write_json_atomic(out_dir / SIDECAR_NAME, sidecar)
     logger.info("wrote %d records in %d shards to %s", written, len(jobs), out_dir)
     return sidecar
+
+
+def describe_labels(rule: LabelRule) -> dict[str, object]:
+    """The sidecar's account of the label rule."""
+    return {
+        "labels": rule.describe(),
+        "foreground": rule.foreground,
+        "num_classes": rule.num_classes,
+    }
 
 
 def shard_jobs(

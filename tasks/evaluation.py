@@ -12,6 +12,58 @@ from tasks.reporting import publish_image, publish_markdown, publish_table, run_
 from unet.config import EvaluateConfig
 
 
+def index_for_model(data: PrepareConfig, segmenter, out_dir: str):
+    """Index a dataset with the model's channels and slicing axis; write ``validation.csv``
+    and publish its problems; apply the dataset's policy.
+
+    Returns:
+        ``(the dataset's resolved config, its manifest)``.
+    """
+    from data_catalog.catalog import resolve_dataset
+    from data_catalog.manifest import apply_policy, index_dataset
+
+    data = resolve_dataset(data)
+    channels = segmenter.info.image_channels
+    if data.channels != channels:
+        run_logger().info("reading images with the model's %d channel(s)", channels)
+    axis = data.slice_axis if data.slice_axis is not None else segmenter.info.slice_axis
+    data = data.model_copy(update={"channels": channels, "slice_axis": axis})
+    index = index_dataset(data)
+    write_csv_atomic(Path(out_dir) / "validation.csv", index.problems)
+    if len(index.problems):
+        publish_table(
+            "dataset-problems",
+            index.problems.to_dict("records"),
+            "Files left out of the evaluation, and why",
+        )
+    apply_policy(index, data.policy)
+    return data, index.manifest
+
+
+def dataset_cases(manifest, data: PrepareConfig, info):
+    """``(key, image, truth, stats)`` of every manifest row, read as the model (``info``, its
+    :class:`ModelInfo`) reads them: volume slices with its context slices, and with their
+    volume's statistics when it was trained so (else each slice's own)."""
+    from data_catalog.labels import LabelRule
+    from data_catalog.manifest import load_case, mask_paths, volume_stats
+
+    rule = LabelRule.build(data.foreground, data.labels)
+    for row in manifest.to_dict("records"):
+        image, truth = load_case(
+            row["image"],
+            mask_paths(row),
+            rule,
+            data.channels,
+            row["slice"],
+            info.context_slices,
+            data.slice_axis,
+        )
+        stats = (
+            volume_stats(row, data.channels, data.slice_axis) if info.volume_statistics else None
+        )
+        yield row["key"], image, truth, stats
+
+
 def _publish(metrics: dict[str, object], out_dir: str, prefix: str = "") -> None:
     """Artifacts ``{prefix}evaluation-metrics``, ``-groups``, ``-report``, ``-overlay``."""
     rows = [
@@ -94,38 +146,16 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> dict:
     """Score a model on a labelled dataset: every valid case, or one split of it.
 
     The dataset is indexed and validated with its own rules (problems listed in
-    ``validation.csv``; policy ``strict`` stops), with the model's channels.
+    ``validation.csv``; policy ``strict`` stops), with the model's channels (and, for volumes,
+    its slicing axis unless the dataset gives one).
     """
-    from data_catalog.catalog import resolve_dataset
-    from data_catalog.labels import LabelRule
-    from data_catalog.manifest import (
-        apply_policy,
-        index_dataset,
-        load_case,
-        mask_paths,
-        volume_stats,
-    )
     from data_catalog.splits import split_cases
     from unet.evaluation import evaluate_cases
     from unet.inference import Segmenter
     from unet.volume_metrics import slice_infos
 
     segmenter = Segmenter(config.model, precision=config.precision)
-    data = resolve_dataset(data)
-    channels = segmenter.info.image_channels
-    if data.channels != channels:
-        run_logger().info("reading images with the model's %d channel(s)", channels)
-        data = data.model_copy(update={"channels": channels})
-    index = index_dataset(data)
-    write_csv_atomic(Path(config.out_dir) / "validation.csv", index.problems)
-    if len(index.problems):
-        publish_table(
-            "dataset-problems",
-            index.problems.to_dict("records"),
-            "Files left out of the evaluation, and why",
-        )
-    apply_policy(index, data.policy)
-    manifest = index.manifest
+    data, manifest = index_for_model(data, segmenter, config.out_dir)
     if config.split != "all":
         splits = split_cases(
             manifest, data.val_fraction, data.test_fraction, data.seed, data.num_folds, data.fold
@@ -133,25 +163,8 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> dict:
         manifest = manifest[manifest["key"].isin(splits[config.split])]
         if manifest.empty:
             raise ValueError(f"the {config.split} split of this dataset is empty")
-    rule = LabelRule.build(data.foreground, data.labels)
-    context = segmenter.info.context_slices
-    cases = (
-        (
-            row["key"],
-            *load_case(
-                row["image"],
-                mask_paths(row),
-                rule,
-                channels,
-                row["slice"],
-                context,
-                data.slice_axis,
-            ),
-            volume_stats(row, channels, data.slice_axis),
-        )
-        for row in manifest.to_dict("records")
-    )
     groups = dict(zip(manifest["key"], manifest["group"], strict=True))
+    cases = dataset_cases(manifest, data, segmenter.info)
     metrics = evaluate_cases(
         segmenter, cases, config.out_dir, config.num_overlays, groups, slice_infos(manifest)
     )

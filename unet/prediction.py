@@ -509,20 +509,45 @@ def segment_volume_file(
         ``mean_confidence``); ``attrs`` holds the volume's shape, spacing, slice height and
         width, foreground fraction and millilitres, and its 3-D foreground components.
     """
+    from data_catalog.volumes import volume_stem, write_mask_volume
+
+    volume = read_input_volume(segmenter, path, files)
+    mask, confidence = segment_slices(segmenter, volume, path)
+    mask = postprocess_volume(mask, segmenter)
+    write_mask_volume(target, mask, volume)
+    if dicom_seg and files is not None:
+        from data_catalog.dicom_seg import write_dicom_seg
+
+        seg_path = target.with_name(volume_stem(target) + ".seg.dcm")
+        write_dicom_seg(seg_path, mask, files, segmenter.version, segmenter.num_classes)
+    return volume_table(volume, mask, confidence)
+
+
+def read_input_volume(segmenter: Segmenter, path: Path, files: tuple[Path, ...] | None):
+    """The volume of a NIfTI file or TIFF stack (``path``), or of a DICOM series (``files``),
+    with the model's channels and slicing axis."""
     from data_catalog.dicom_series import read_series
-    from data_catalog.manifest import slice_image
-    from data_catalog.volumes import read_volume, volume_stem, write_mask_volume
+    from data_catalog.volumes import read_volume
 
     info = segmenter.info
-    if files is not None:
-        volume = read_series(files, path)
-        if info.slice_axis is not None:
-            volume.axis = info.slice_axis
-    else:
-        volume = read_volume(path, info.image_channels, info.slice_axis)
+    if files is None:
+        return read_volume(path, info.image_channels, info.slice_axis)
+    volume = read_series(files, path)
+    if info.slice_axis is not None:
+        volume.axis = info.slice_axis
+    return volume
+
+
+def segment_slices(segmenter: Segmenter, volume, path: Path) -> tuple[np.ndarray, list[float]]:
+    """Every slice (with its context, normalised with the volume's statistics when the model
+    was trained so) through the model in batches: the class volume (no components removed yet)
+    and each slice's mean confidence."""
+    from data_catalog.manifest import slice_image
+
+    info = segmenter.info
     stats = np.concatenate(volume.stats()) if info.volume_statistics else None
     mask = np.zeros(volume.shape, np.uint8)
-    rows = []
+    confidence = []
     for first in range(0, volume.num_slices, segmenter.batch_size):
         indices = range(first, min(first + segmenter.batch_size, volume.num_slices))
         images = [
@@ -534,21 +559,21 @@ def segment_volume_file(
         results = segmenter.segment(images, per_image_postprocessing=False)
         for index, result in zip(indices, results, strict=True):
             np.moveaxis(mask, volume.axis, 0)[index] = result.classes
-            rows.append((index, result.mean_confidence))
-    mask = postprocess_volume(mask, segmenter)
-    write_mask_volume(target, mask, volume)
-    if dicom_seg and files is not None:
-        from data_catalog.dicom_seg import write_dicom_seg
+            confidence.append(result.mean_confidence)
+    return mask, confidence
 
-        write_dicom_seg(target.with_name(volume_stem(target) + ".seg.dcm"), mask, files, volume)
+
+def volume_table(volume, mask: np.ndarray, confidence: list[float]) -> pd.DataFrame:
+    """One row per slice of the final mask; ``attrs`` the volume's facts (see
+    :func:`segment_volume_file`)."""
     rows = [
-        (index, *mask_statistics(np.take(mask, index, axis=volume.axis)), confidence)
-        for index, confidence in rows
+        (index, *mask_statistics(np.take(mask, index, axis=volume.axis)), confidence[index])
+        for index in range(volume.num_slices)
     ]
-    foreground = mask > 0
     table = pd.DataFrame(
         rows, columns=["slice", "foreground_fraction", "components", "mean_confidence"]
     )
+    foreground = mask > 0
     height, width = volume.slice(0).shape[:2]
     table.attrs.update(
         shape=volume.shape,
