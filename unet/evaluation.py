@@ -109,23 +109,8 @@ def evaluate_cases(
         ValueError: no cases, or an image and its truth differ in size.
     """
     out_dir = Path(out_dir)
-    rows = []
     volumes = VolumeScores(slices or {})
-    for batch in batched(with_stats(cases), segmenter.batch_size):
-        for key, image, truth, _ in batch:
-            if image.shape[:2] != truth.shape:
-                raise ValueError(f"case {key!r}: image is {image.shape[:2]}, truth {truth.shape}")
-        results = segmenter.segment(
-            [segmenter.prepare(image, key, st) for key, image, _, st in batch]
-        )
-        for (key, image, truth, _), result in zip(batch, results, strict=True):
-            volumes.add(key, truth, result.classes)
-            group = (groups or {}).get(key, key)
-            rows.append(score_case(key, group, image, truth, result.classes, segmenter.num_classes))
-            if len(rows) <= num_overlays:
-                name = key.replace("/", "__") + ".png"
-                overlay = make_overlay(image, truth, result.classes)
-                write_png_atomic(out_dir / "overlays" / name, overlay)
+    rows = score_cases(segmenter, cases, out_dir, num_overlays, groups or {}, volumes)
     if not rows:
         raise ValueError("no cases to evaluate")
     frame = pd.DataFrame(rows)
@@ -144,6 +129,46 @@ def evaluate_cases(
         metrics["otsu_baseline"]["foreground_dice"],
     )
     return metrics
+
+
+def score_cases(
+    segmenter: Segmenter,
+    cases: Iterable[Case],
+    out_dir: Path,
+    num_overlays: int,
+    groups: dict[str, str],
+    volumes: VolumeScores,
+) -> list[dict]:
+    """Segment the cases batch by batch; one :func:`score_case` row each, the first
+    ``num_overlays`` overlays written, every volume slice handed to ``volumes``."""
+    rows = []
+    context = segmenter.info.context_slices
+    for batch in batched(with_stats(cases), segmenter.batch_size):
+        for key, image, truth, _ in batch:
+            if image.shape[:2] != truth.shape:
+                raise ValueError(f"case {key!r}: image is {image.shape[:2]}, truth {truth.shape}")
+        results = segmenter.segment(
+            [segmenter.prepare(image, key, stats) for key, image, _, stats in batch]
+        )
+        for (key, image, truth, _), result in zip(batch, results, strict=True):
+            volumes.add(key, truth, result.classes)
+            shown = centre_slice(image, context)
+            group = groups.get(key, key)
+            rows.append(score_case(key, group, shown, truth, result.classes, segmenter.num_classes))
+            if len(rows) <= num_overlays:
+                name = key.replace("/", "__") + ".png"
+                overlay = make_overlay(shown, truth, result.classes)
+                write_png_atomic(out_dir / "overlays" / name, overlay)
+    return rows
+
+
+def centre_slice(image: np.ndarray, context: int) -> np.ndarray:
+    """The case's own slice of an image that holds ``context`` neighbours on each side as
+    channels (for the overlay and the Otsu baseline)."""
+    if not context:
+        return image
+    per_slice = image.shape[2] // (2 * context + 1)
+    return image[:, :, context * per_slice : (context + 1) * per_slice]
 
 
 def model_facts(segmenter: Segmenter) -> dict[str, object]:

@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ class _Constant:
 
     def __init__(self, prediction):
         self.prediction = prediction
+        self.info = SimpleNamespace(context_slices=0)
 
     def prepare(self, image, path="<array>", stats=None):
         return image
