@@ -24,7 +24,14 @@ from data_catalog.hashing import hash_file, hash_records
 from data_catalog.images import ChannelError, ImageReadError, read_image, to_channels
 from data_catalog.labels import Foreground, LabelRule
 from data_catalog.pairing import CaseFiles, Problem, pair_cases, problem
-from data_catalog.volumes import VOLUMES, Volume, is_volume, read_volume, same_geometry
+from data_catalog.volumes import (
+    VOLUMES,
+    Volume,
+    is_tiff_stack,
+    is_volume,
+    read_volume,
+    same_geometry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +119,8 @@ class IndexResult:
 
 
 def is_volume_input(path: str | Path) -> bool:
-    """A volume file (NIfTI) or a folder (a DICOM series)."""
-    return is_volume(path) or Path(path).is_dir()
+    """A volume file (NIfTI), a folder (a DICOM series) or a multi-page TIFF stack."""
+    return is_volume(path) or Path(path).is_dir() or is_tiff_stack(path)
 
 
 def load_case(

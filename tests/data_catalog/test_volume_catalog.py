@@ -183,3 +183,22 @@ def test_slices_with_context_and_ct_values_survive_tfrecords(tmp_path):
     np.testing.assert_array_equal(middle[..., 2], volume.data[:, :, 4])
     mean, std = volume.stats()
     np.testing.assert_allclose(stats, [mean[0], std[0]], rtol=1e-5)  # the volume's, per slice
+
+
+def test_tiff_stacks_pair_as_volumes(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    scan, truth = synthetic_volume(rng, SHAPE, "mr")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "stack.tif", np.moveaxis(scan, -1, 0))
+    tifffile.imwrite(tmp_path / "masks" / "stack.tif", np.moveaxis(truth * 255, -1, 0))
+    result = index_dataset(
+        PrepareConfig(images=str(tmp_path / "images"), masks=str(tmp_path / "masks"))
+    )
+    assert result.problems.empty, result.problems.to_dict("records")
+    assert list(result.manifest["key"])[:2] == ["stack/z000", "stack/z001"]
+    assert len(result.manifest) == SHAPE[2]
+    expected = truth.mean(axis=(0, 1))
+    np.testing.assert_allclose(result.manifest["foreground_fraction"], expected)
