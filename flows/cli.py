@@ -100,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="Generate a synthetic dataset, train, predict.")
-    demo.add_argument("--out", default="segflow-demo", help="Output folder. Default: segflow-demo.")
+    demo.add_argument(
+        "--out",
+        default=None,
+        help="Output folder. Default: segflow-demo (segflow-demo-volumes with --volumes).",
+    )
     demo.add_argument(
         "--num-cases",
         type=int,
@@ -208,7 +212,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if args.volumes:
         return run_volume_demo(args)
-    out = Path(args.out)
+    out = Path(args.out or "segflow-demo")
     data = generate_synthetic_dataset(out / "data", args.num_cases or 120, args.image_size, seed=0)
     prepare = PrepareConfig(images=str(data / "images"), masks=str(data / "masks"))
     train = TrainConfig(**{**DEMO_TRAIN, "epochs": args.epochs, "image_size": args.image_size})
@@ -262,7 +266,7 @@ def run_volume_demo(args: argparse.Namespace) -> int:
     from flows.predict import predict_flow
     from flows.train import train_flow
 
-    out = Path(args.out)
+    out = Path(args.out or "segflow-demo-volumes")
     images, masks = make_synthetic_volumes(out / "data", args.num_cases or 16, seed=0)
     prepare = PrepareConfig(images=str(images), masks=str(masks), context_slices=1)
     train = TrainConfig(**{**DEMO_TRAIN, "epochs": args.epochs, "image_size": 64})
