@@ -55,12 +55,14 @@ def read_image(path: str | Path, kind: Kind = "image") -> np.ndarray:
             indices (they are the labels).
 
     Returns:
-        ``(H, W)`` or ``(H, W, C)`` array, uint8 or uint16 (bool and 1-bit become 0/1 uint8).
+        ``(H, W)`` or ``(H, W, C)`` array, uint8 or uint16, or int16 for signed data such as
+        CT in Hounsfield units (bool and 1-bit become 0/1 uint8).
         An alpha channel is kept (callers decide with :func:`to_channels`).
 
     Raises:
         ImageReadError: the file is missing, empty, truncated, not an image, a multi-frame
-            stack, or holds values segflow cannot store (floats, negative DICOM values).
+            stack, or holds values segflow cannot store (fractional floats, or values outside
+            both uint16 and int16).
     """
     path = Path(path)
     if not path.is_file():
@@ -78,7 +80,7 @@ def read_image(path: str | Path, kind: Kind = "image") -> np.ndarray:
         raise ImageReadError(path, f"expected a 2-D image, got an array of shape {array.shape}")
     if array.dtype == bool:
         array = array.astype(np.uint8)
-    if array.dtype not in (np.uint8, np.uint16):
+    if array.dtype not in (np.uint8, np.uint16, np.int16):
         array = _to_unsigned(path, array)
     return array
 
@@ -162,7 +164,8 @@ def _read_dicom(path: Path) -> np.ndarray:
 
 
 def _to_unsigned(path: Path, array: np.ndarray) -> np.ndarray:
-    """Integer-valued data within 0..65535 becomes uint8/uint16; anything else is an error."""
+    """Integer-valued data within 0..65535 becomes uint8/uint16, signed data within int16
+    (CT in Hounsfield units) int16; anything else is an error."""
     if array.dtype.kind not in "iuf":
         raise ImageReadError(path, f"unsupported pixel type {array.dtype}")
     low, high = float(array.min()), float(array.max())
@@ -172,11 +175,13 @@ def _to_unsigned(path: Path, array: np.ndarray) -> np.ndarray:
             f"floating-point pixels ({array.dtype}, {low:g}..{high:g}); "
             "segflow stores 8- or 16-bit integer images",
         )
+    if low < 0 and low >= -32768 and high <= 32767:
+        return array.astype(np.int16)  # signed intensities, e.g. CT in Hounsfield units
     if low < 0 or high > 65535:
         raise ImageReadError(
             path,
-            f"values {low:g}..{high:g} do not fit 0..65535 "
-            "(e.g. CT Hounsfield units); window them to an unsigned range first",
+            f"values {low:g}..{high:g} fit neither 0..65535 nor the signed 16-bit range "
+            "-32768..32767",
         )
     return array.astype(np.uint8 if high <= 255 and array.dtype.itemsize == 1 else np.uint16)
 

@@ -68,10 +68,13 @@ def test_dicom_rescale_and_monochrome1(tmp_path):
     assert read_image(tmp_path / "inverted.dcm").tolist() == [[65535, 65525], [65515, 65505]]
 
 
-def test_dicom_negative_values_are_refused_not_wrapped(tmp_path):
+def test_dicom_ct_values_are_kept_signed_not_wrapped(tmp_path):
     _write_dicom(tmp_path / "ct.dcm", np.array([[0, 2000]], np.uint16), slope=1, intercept=-1024)
-    with pytest.raises(ImageReadError, match="ct.dcm: values -1024..976 do not fit"):
-        read_image(tmp_path / "ct.dcm")
+    got = read_image(tmp_path / "ct.dcm")
+    assert got.dtype == np.int16 and got.tolist() == [[-1024, 976]]  # Hounsfield units
+    _write_dicom(tmp_path / "huge.dcm", np.array([[0, 60000]], np.uint16), slope=1, intercept=-1024)
+    with pytest.raises(ImageReadError, match="huge.dcm: values -1024..58976 fit neither"):
+        read_image(tmp_path / "huge.dcm")
 
 
 def test_dicom_patient_tags_go_nowhere(tmp_path):
