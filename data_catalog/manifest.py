@@ -32,6 +32,7 @@ from data_catalog.volumes import (
     read_volume,
     same_geometry,
 )
+from data_catalog.voxels import along
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def load_slice(
     merged = None
     for mask_path in mask_paths:
         classes = volume_classes(VOLUMES.get(mask_path, None, volume.axis), rule, mask_path)
-        part = np.take(classes, index, axis=volume.axis)
+        part = np.ascontiguousarray(along(classes, index, volume.axis))
         merged = part if merged is None else np.maximum(merged, part)
     return image, merged
 
@@ -270,7 +271,7 @@ def _index_volume(case: CaseFiles, rule: LabelRule, channels: int, axis) -> list
                 "width": image.shape[1],
                 "channels": channels,
                 "dtype": str(volume.data.dtype),
-                "foreground_fraction": float(np.mean(np.take(classes, index, axis=volume.axis))),
+                "foreground_fraction": float(np.mean(along(classes, index, volume.axis))),
                 "slice": index,
                 "voxel_mm": voxel_mm,
             }

@@ -38,7 +38,7 @@ class Volume:
 
     def slice(self, index: int) -> np.ndarray:
         """The 2-D image of one slice (the two other axes in voxel order; channels last)."""
-        return np.take(self.data, index, axis=self.axis)
+        return np.ascontiguousarray(along(self.data, index, self.axis))
 
     def with_context(self, index: int, context: int) -> np.ndarray:
         """``(H, W, C * (2 * context + 1))``: the slices ``index - context`` .. ``index +
@@ -69,6 +69,12 @@ class Volume:
             mean = total / count
             self._stats = (mean, np.sqrt(np.maximum(squares / count - mean**2, 0)))
         return self._stats
+
+
+def along(array: np.ndarray, index: int, axis: int) -> np.ndarray:
+    """``array``'s slice ``index`` along ``axis``, as a view (``np.take`` copies through a
+    general gather: ~100x slower for the last axis of a large volume)."""
+    return array[(slice(None),) * axis + (index,)]
 
 
 def slice_axis(spacing: tuple[float, ...]) -> int:

@@ -49,26 +49,40 @@ def remove_small_components(classes: np.ndarray, min_size: int) -> np.ndarray:
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Foreground components of a 2-D (8-connected) or 3-D (26-connected) mask:
-    ``(labels, count)``."""
+    ``(labels, count)``; labels are uint16 while the count fits (half the memory of int32 for
+    a large volume), int32 beyond."""
     from scipy import ndimage
 
     structure = np.ones((3,) * mask.ndim, bool)
-    return ndimage.label(mask > 0, structure=structure)
+    try:
+        labels = np.empty(mask.shape, np.uint16)
+        count = ndimage.label(mask, structure=structure, output=labels)
+    except RuntimeError:  # more components than uint16 holds
+        labels, count = ndimage.label(mask, structure=structure)
+    return labels, int(count)
 
 
-def remove_small_components_3d(classes: np.ndarray, min_size: int) -> np.ndarray:
+def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
+    """Voxels per component label (entry 0: the background), counted slab by slab (a whole
+    volume's labels cast to int64 at once would take 8 bytes a voxel)."""
+    sizes = np.zeros(count + 1, np.int64)
+    for first in range(0, labels.shape[0], 8):
+        sizes += np.bincount(labels[first : first + 8].reshape(-1), minlength=count + 1)
+    return sizes
+
+
+def remove_small_components_3d(classes: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
     """Set 26-connected foreground components smaller than ``min_size`` voxels to 0 (a volume's
-    post-processing: a lesion's thin end in one slice belongs to the lesion, not noise)."""
+    post-processing: a lesion's thin end in one slice belongs to the lesion, not noise), in
+    place. Returns ``(classes, components left)``."""
     labels, count = components(classes)
-    if not count:
-        return classes
-    sizes = np.bincount(labels.reshape(-1))
-    small = np.flatnonzero(sizes < min_size)
-    small = small[small > 0]
-    if small.size:
-        classes = classes.copy()
-        classes[np.isin(labels, small)] = 0
-    return classes
+    if min_size <= 1 or not count:
+        return classes, count
+    keep = component_sizes(labels, count) >= min_size
+    keep[0] = True
+    if not keep.all():
+        classes[~keep[labels]] = 0
+    return classes, int(keep[1:].sum())
 
 
 def keep_largest_component(classes: np.ndarray) -> np.ndarray:
@@ -77,7 +91,7 @@ def keep_largest_component(classes: np.ndarray) -> np.ndarray:
     labels, count = components(classes)
     if count <= 1:
         return classes
-    sizes = np.bincount(labels.reshape(-1))
+    sizes = component_sizes(labels, count)
     sizes[0] = 0
     return np.where(labels == int(np.argmax(sizes)), classes, 0).astype(classes.dtype)
 

@@ -42,7 +42,7 @@ from data_catalog.images import ImageReadError, read_image, write_png_atomic
 from data_catalog.volumes import is_tiff_stack, is_volume
 from unet.config import PredictConfig
 from unet.inference import Segmentation, Segmenter
-from unet.postprocessing import components, keep_largest_component, remove_small_components_3d
+from unet.postprocessing import keep_largest_component, remove_small_components_3d
 
 logger = logging.getLogger(__name__)
 
@@ -513,14 +513,14 @@ def segment_volume_file(
 
     volume = read_input_volume(segmenter, path, files)
     mask, confidence = segment_slices(segmenter, volume, path)
-    mask = postprocess_volume(mask, segmenter)
+    mask, count = postprocess_volume(mask, segmenter)
     write_mask_volume(target, mask, volume)
     if dicom_seg and files is not None:
         from data_catalog.dicom_seg import write_dicom_seg
 
         seg_path = target.with_name(volume_stem(target) + ".seg.dcm")
         write_dicom_seg(seg_path, mask, files, segmenter.version, segmenter.num_classes)
-    return volume_table(volume, mask, confidence)
+    return volume_table(volume, mask, confidence, count)
 
 
 def read_input_volume(segmenter: Segmenter, path: Path, files: tuple[Path, ...] | None):
@@ -540,61 +540,77 @@ def read_input_volume(segmenter: Segmenter, path: Path, files: tuple[Path, ...] 
 
 def segment_slices(segmenter: Segmenter, volume, path: Path) -> tuple[np.ndarray, list[float]]:
     """Every slice (with its context, normalised with the volume's statistics when the model
-    was trained so) through the model in batches: the class volume (no components removed yet)
-    and each slice's mean confidence."""
+    was trained so) through the model in batches, the next batch prepared on a thread while
+    the model runs (as reader threads do for images): the class volume (no components removed
+    yet) and each slice's mean confidence."""
     from data_catalog.manifest import slice_image
+    from data_catalog.voxels import along
 
     info = segmenter.info
     stats = np.concatenate(volume.stats()) if info.volume_statistics else None
-    mask = np.zeros(volume.shape, np.uint8)
-    confidence = []
-    for first in range(0, volume.num_slices, segmenter.batch_size):
-        indices = range(first, min(first + segmenter.batch_size, volume.num_slices))
-        images = [
+
+    def prepare(indices: range) -> list[np.ndarray]:
+        return [
             segmenter.prepare(
                 slice_image(volume, i, info.image_channels, info.context_slices, path), path, stats
             )
             for i in indices
         ]
-        results = segmenter.segment(images, per_image_postprocessing=False)
-        for index, result in zip(indices, results, strict=True):
-            np.moveaxis(mask, volume.axis, 0)[index] = result.classes
-            confidence.append(result.mean_confidence)
+
+    step = segmenter.batch_size
+    batches = [
+        range(i, min(i + step, volume.num_slices)) for i in range(0, volume.num_slices, step)
+    ]
+    mask = np.zeros(volume.shape, np.uint8)
+    confidence = []
+    with ThreadPoolExecutor(1) as preparer:
+        ahead = preparer.submit(prepare, batches[0])
+        for number, indices in enumerate(batches):
+            images = ahead.result()
+            if number + 1 < len(batches):
+                ahead = preparer.submit(prepare, batches[number + 1])
+            results = segmenter.segment(images, per_image_postprocessing=False)
+            for index, result in zip(indices, results, strict=True):
+                along(mask, index, volume.axis)[...] = result.classes
+                confidence.append(result.mean_confidence)
     return mask, confidence
 
 
-def volume_table(volume, mask: np.ndarray, confidence: list[float]) -> pd.DataFrame:
+def volume_table(volume, mask: np.ndarray, confidence: list[float], count: int) -> pd.DataFrame:
     """One row per slice of the final mask; ``attrs`` the volume's facts (see
     :func:`segment_volume_file`)."""
+    from data_catalog.voxels import along
+
     rows = [
-        (index, *mask_statistics(np.take(mask, index, axis=volume.axis)), confidence[index])
+        (index, *mask_statistics(along(mask, index, volume.axis)), confidence[index])
         for index in range(volume.num_slices)
     ]
     table = pd.DataFrame(
         rows, columns=["slice", "foreground_fraction", "components", "mean_confidence"]
     )
-    foreground = mask > 0
+    foreground = np.count_nonzero(mask)
     height, width = volume.slice(0).shape[:2]
     table.attrs.update(
         shape=volume.shape,
         spacing=volume.spacing,
         height=height,
         width=width,
-        foreground_fraction=float(foreground.mean()),
-        foreground_ml=float(foreground.sum()) * volume.voxel_ml,
-        components=int(components(foreground)[1]),
+        foreground_fraction=foreground / mask.size,
+        foreground_ml=foreground * volume.voxel_ml,
+        components=count,
     )
     return table
 
 
-def postprocess_volume(mask: np.ndarray, segmenter: Segmenter) -> np.ndarray:
-    """A volume's post-processing in 3-D: components smaller than the model's smallest
-    component (as voxels), then, when asked, all but the largest component."""
-    if segmenter.min_component_size:
-        mask = remove_small_components_3d(mask, segmenter.min_component_size)
+def postprocess_volume(mask: np.ndarray, segmenter: Segmenter) -> tuple[np.ndarray, int]:
+    """A volume's post-processing in 3-D, labelling its components once: components smaller
+    than the model's smallest component (as voxels) removed, then, when asked, all but the
+    largest. Returns ``(mask, 3-D components left)``."""
     if segmenter.largest_component:
         mask = keep_largest_component(mask)
-    return mask
+        return mask, int(mask.any())
+    mask, count = remove_small_components_3d(mask, segmenter.min_component_size)
+    return mask, count
 
 
 class ResultSink:

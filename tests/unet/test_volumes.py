@@ -203,8 +203,8 @@ def test_volume_post_processing_is_three_dimensional():
     mask[2:5, 2:5, 0:6] = 1  # a column through every slice: 54 voxels, 9 per slice
     mask[8, 8, 3] = 1  # one stray voxel
     mask[7:9, 0:2, 0:2] = 1  # 8 voxels
-    cleaned = remove_small_components_3d(mask, 16)
+    cleaned, count = remove_small_components_3d(mask.copy(), 16)
     # a 9-pixel cross-section in one slice would fall under 16 in 2-D; the 3-D column stays
-    assert cleaned[2:5, 2:5].all() and cleaned.sum() == 54
+    assert cleaned[2:5, 2:5].all() and cleaned.sum() == 54 and count == 1
     largest = keep_largest_component(mask)
     assert largest.sum() == 54 and largest[8, 8, 3] == 0
