@@ -408,10 +408,11 @@ def run_models(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from flows.predict import predict_flow
+    from tasks.prediction import review_line
 
     summary = predict_flow(config_from_args(PredictConfig, args))
     print(
-        f"{summary.num_ok} of {summary.num_inputs} inputs segmented, "
+        f"{review_line(summary)}; {summary.num_ok} of {summary.num_inputs} inputs segmented, "
         f"{summary.num_errors} errors ({summary.num_skipped} done by an earlier run); "
         f"report: {summary.report}"
     )

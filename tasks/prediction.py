@@ -24,6 +24,7 @@ class SegmentationSummary:
     num_skipped: int
     num_errors: int
     model_version: str | None
+    num_review: int | None = None  # flagged for review; None: the model has no quality flags
 
 
 @task(name="segment-folder", cache_policy=NO_CACHE)
@@ -57,11 +58,19 @@ def merge_shard_reports(shards: list[list[dict]], config: PredictConfig) -> Segm
     return summarize_report(write_report(rows, output_dir), config)
 
 
+def review_line(summary: SegmentationSummary) -> str:
+    """``"12 of 300 masks to review"``, or why there are no flags."""
+    if summary.num_review is None:
+        return "no quality flags (the model was trained before them or without a val split)"
+    return f"{summary.num_review} of {summary.num_inputs} masks to review"
+
+
 def summarize_report(report: pd.DataFrame, config: PredictConfig) -> SegmentationSummary:
     """Totals of a report, logged and published as table and markdown artifacts."""
     from unet.prediction import REPORT_FILE
 
     errors = report[report["status"] == "error"]
+    flagged = report["review"] == "review"
     summary = SegmentationSummary(
         report=f"{config.output_dir}/{REPORT_FILE}",
         num_inputs=len(report),
@@ -69,10 +78,12 @@ def summarize_report(report: pd.DataFrame, config: PredictConfig) -> Segmentatio
         num_skipped=int((report["status"] == "skipped").sum()),
         num_errors=len(errors),
         model_version=str(report["model_version"].iloc[0]) if len(report) else None,
+        num_review=int(flagged.sum()) if report["review"].notna().any() else None,
     )
     logger = run_logger()  # each error was logged once, by unet.prediction
     logger.info(
-        "segmented %d of %d inputs (%d done by an earlier run), %d errors",
+        "%s; segmented %d of %d inputs (%d done by an earlier run), %d errors",
+        review_line(summary),
         summary.num_ok,
         summary.num_inputs,
         summary.num_skipped,
@@ -80,12 +91,15 @@ def summarize_report(report: pd.DataFrame, config: PredictConfig) -> Segmentatio
     )
     publish_table("segmentation-summary", [dataclasses.asdict(summary)], "Bulk segmentation totals")
     error_rows = errors[["input", "error"]].to_dict("records")
+    review_rows = report.loc[flagged, ["input", "review_reasons"]].head(50).to_dict("records")
     publish_markdown(
         "segmentation-report",
-        f"# Bulk segmentation\n\n- input: `{config.input_dir}`\n- output: `{config.output_dir}`\n"
+        f"# Bulk segmentation\n\n**{review_line(summary)}**\n\n"
+        f"- input: `{config.input_dir}`\n- output: `{config.output_dir}`\n"
         f"- model: `{summary.model_version}`\n- inputs: {summary.num_inputs}, "
         f"ok: {summary.num_ok} ({summary.num_skipped} done by an earlier run), "
-        f"errors: {summary.num_errors}\n\n## Errors\n\n{markdown_table(error_rows)}\n",
+        f"errors: {summary.num_errors}\n\n## To review (first 50)\n\n"
+        f"{markdown_table(review_rows)}\n\n## Errors\n\n{markdown_table(error_rows)}\n",
         "Bulk segmentation summary",
     )
     return summary

@@ -27,6 +27,7 @@ from unet.metrics import class_scores, overlap_scores
 from unet.model_files import PrecisionCheck
 from unet.postprocessing import ThresholdTuner, classify
 from unet.precision import MIN_AGREEMENT
+from unet.quality import quality_columns
 from unet.volume_metrics import SliceInfo, VolumeScores, summarize_volumes
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,18 @@ def evaluate_cases(
     frame = pd.DataFrame(rows)
     write_csv_atomic(out_dir / "per_image.csv", frame)
     metrics = {**summarize(frame, segmenter.num_classes), **model_facts(segmenter)}
+    if "review" in frame:
+        from unet.quality import flag_summary
+
+        scored = frame.assign(
+            dice=frame[[f"dice_{c}" for c in range(1, segmenter.num_classes)]].mean(axis=1)
+        )
+        metrics["quality"] = {
+            **flag_summary(scored, segmenter.info.quality.target_dice),
+            "signals": {
+                name: signal.model_dump() for name, signal in segmenter.info.quality.signals.items()
+            },
+        }
     per_volume = volumes.table()
     if not per_volume.empty:
         write_csv_atomic(out_dir / "per_volume.csv", per_volume)
@@ -143,18 +156,21 @@ def score_cases(
     ``num_overlays`` overlays written, every volume slice handed to ``volumes``."""
     rows = []
     context = segmenter.info.context_slices
+    quality = segmenter.info.quality
     for batch in batched(with_stats(cases), segmenter.batch_size):
         for key, image, truth, _ in batch:
             if image.shape[:2] != truth.shape:
                 raise ValueError(f"case {key!r}: image is {image.shape[:2]}, truth {truth.shape}")
-        results = segmenter.segment(
-            [segmenter.prepare(image, key, stats) for key, image, _, stats in batch]
-        )
-        for (key, image, truth, _), result in zip(batch, results, strict=True):
+        prepared = [segmenter.prepare(image, key, stats) for key, image, _, stats in batch]
+        results = segmenter.segment(prepared)
+        for (key, image, truth, _), ready, result in zip(batch, prepared, results, strict=True):
             volumes.add(key, truth, result.classes)
             shown = centre_slice(image, context)
             group = groups.get(key, key)
-            rows.append(score_case(key, group, shown, truth, result.classes, segmenter.num_classes))
+            row = score_case(key, group, shown, truth, result.classes, segmenter.num_classes)
+            rows.append(
+                {**row, **quality_columns(ready, result.classes, result.confidence, quality)}
+            )
             if len(rows) <= num_overlays:
                 name = key.replace("/", "__") + ".png"
                 overlay = make_overlay(shown, truth, result.classes)
@@ -191,6 +207,40 @@ def model_facts(segmenter: Segmenter) -> dict[str, object]:
             "num_folds": segmenter.ensemble.folds,
         }
     return facts
+
+
+def quality_reference(segmenter: Segmenter, cases: Iterable[Case]):
+    """The training cases' distribution of normalised intensities and mask sizes (no model)."""
+    from unet.quality import intensity_percentiles, log_fraction, reference_from_cases
+
+    percentiles, fractions = [], []
+    for key, image, truth, stats in with_stats(cases):
+        percentiles.append(intensity_percentiles(segmenter.prepare(image, key, stats)))
+        fractions.append(log_fraction(truth))
+    return reference_from_cases(percentiles, fractions)
+
+
+def quality_table(segmenter: Segmenter, cases: Iterable[Case], reference) -> pd.DataFrame:
+    """Every case's quality signals and foreground Dice, segmented as prediction does."""
+    from unet.quality import quality_signals
+
+    rows = []
+    for batch in batched(with_stats(cases), segmenter.batch_size):
+        images = [segmenter.prepare(image, key, stats) for key, image, _, stats in batch]
+        for (key, _, truth, _), image, result in zip(
+            batch, images, segmenter.segment(images), strict=True
+        ):
+            signals = quality_signals(image, result.classes, result.confidence, reference)
+            rows.append({"key": key, **signals, "dice": foreground_dice(result.classes, truth)})
+    return pd.DataFrame(rows)
+
+
+def foreground_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Mean Dice over the foreground classes present in truth or prediction (1 when none)."""
+    classes = sorted(set(np.unique(truth)) | set(np.unique(prediction)) - {0})
+    if not classes:
+        return 1.0
+    return float(np.mean([overlap_scores(prediction, truth, int(c))[0] for c in classes]))
 
 
 def with_stats(cases: Iterable[Case]) -> Iterator[tuple]:
@@ -339,6 +389,32 @@ def fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def quality_lines(quality: dict | None) -> list[str]:
+    """The quality flags on these cases: flagged against unflagged Dice, recall of the flags,
+    and each signal's validation calibration."""
+    if not quality:
+        return []
+    lines = [
+        f"- quality flags (thresholds from the validation split, target Dice "
+        f"{fmt(quality['target_dice'])}): {quality['flagged']} of {quality['cases']} cases "
+        f"flagged for review; mean Dice flagged {fmt(quality['flagged_mean_dice'])}, unflagged "
+        f"{fmt(quality['unflagged_mean_dice'])}; below-target cases flagged: "
+        f"{quality.get('below_target_flagged')} of {quality.get('below_target')} "
+        f"(recall {fmt(quality.get('recall'))})",
+    ]
+    for name, signal in quality["signals"].items():
+        used = (
+            "not used (did not separate)"
+            if signal["threshold"] is None
+            else (f"flag above {signal['threshold']:.4g}")
+        )
+        lines.append(
+            f"  - `{name}`: {used}; on validation Youden J {signal['youden']:.2f}, Spearman "
+            f"with Dice {fmt(signal['spearman'])}"
+        )
+    return lines
+
+
 def volume_lines(volumes: dict | None) -> list[str]:
     """The per-volume headline of the report (none for 2-D data)."""
     if not volumes:
@@ -370,6 +446,7 @@ def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
         f"- precision: {(metrics.get('precision') or {}).get('compute', 'float32')} "
         f"({(metrics.get('precision') or {}).get('reason', 'not recorded')})",
         *volume_lines(metrics.get("volumes")),
+        *quality_lines(metrics.get("quality")),
         "",
         "| class | Dice | Dice where present (images) | IoU | precision | recall | HD95 (px) "
         "| HD95 undefined |",

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_catalog.atomic import write_json_atomic
 from unet.normalization import IntensityWindow
+from unet.quality import QualityReference
 
 MODEL_FILE = "model.keras"
 MODEL_INFO_FILE = "model.json"
@@ -100,6 +101,11 @@ class ModelInfo(BaseModel):
     model_version: str | None = None
     train_config: dict[str, Any] = Field(default_factory=dict)
     ensemble: EnsembleInfo | None = None
+    quality: QualityReference | None = Field(
+        None,
+        description="Quality flags: the training cases' intensity and mask-size distribution "
+        "and each signal's threshold calibrated on the validation split.",
+    )
 
     @property
     def image_channels(self) -> int:

@@ -43,6 +43,7 @@ from data_catalog.volumes import is_tiff_stack, is_volume
 from unet.config import PredictConfig
 from unet.inference import Segmentation, Segmenter
 from unet.postprocessing import keep_largest_component, remove_small_components_3d
+from unet.quality import QualityReference, quality_columns
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,12 @@ REPORT_COLUMNS = [
     "spacing_mm",  # volumes: voxel size, e.g. 1x1x3
     "foreground_ml",  # volumes: foreground volume in millilitres
     "mean_confidence",
+    "review",  # ok | review: a quality signal passed its validation-calibrated threshold
+    "review_reasons",  # the signals that fired, ;-separated
+    "low_confidence",
+    "uncertain_share",
+    "intensity_shift",
+    "fraction_shift",
     "model_version",
     "precision",
     "input_sha256",
@@ -238,7 +245,7 @@ def segment_files(
         "segmenting %d files from %s into %s", len(plan.inputs), plan.input_dir, plan.output_dir
     )
     with (
-        ResultSink(plan, output_format, window, on_progress) as sink,
+        ResultSink(plan, output_format, window, on_progress, segmenter.info.quality) as sink,
         ThreadPoolExecutor(2) as readers,
     ):
         loaded = read_inputs(plan, segmenter, output_format, readers, window)
@@ -628,11 +635,13 @@ class ResultSink:
         output_format: OutputFormat,
         window: int,
         on_progress: ProgressCallback | None = None,
+        quality: QualityReference | None = None,
     ):
         self.plan, self.format, self.window = plan, output_format, window
         self.on_progress = on_progress
+        self.quality = quality  # the model's calibrated quality flags, or None
         self.rows: dict[str, dict[str, object]] = {}
-        self.pending: deque[tuple[LoadedInput, Future, float]] = deque()
+        self.pending: deque[tuple[LoadedInput, Future, float, dict]] = deque()
 
     def __enter__(self) -> ResultSink:
         self.journal = open(self.plan.journal_path, "a", encoding="utf-8")  # noqa: SIM115
@@ -680,11 +689,14 @@ class ResultSink:
         future = self.writer.submit(
             write_mask, target, self.plan.output_dir, result.classes, self.format.mask_scale
         )
-        self.pending.append((item, future, result.mean_confidence))
+        quality = quality_columns(item.image, result.classes, result.confidence, self.quality)
+        self.pending.append((item, future, result.mean_confidence, quality))
         while len(self.pending) > self.window:  # bounded: memory does not grow with the folder
             self._collect(*self.pending.popleft())
 
-    def _collect(self, item: LoadedInput, future: Future, mean_confidence: float) -> None:
+    def _collect(
+        self, item: LoadedInput, future: Future, mean_confidence: float, quality: dict
+    ) -> None:
         try:
             height, width, fraction, components = future.result()
         except OSError as error:
@@ -699,6 +711,7 @@ class ResultSink:
             components=components,
             mean_confidence=round(mean_confidence, 6),
             input_sha256=item.sha256,
+            **quality,
         )
 
     def report_progress(self) -> None:

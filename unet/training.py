@@ -570,8 +570,31 @@ def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tupl
     info = info.model_copy(
         update={"postprocessing": as_postprocessing(tuning), "precision_check": check}
     )
+    info = info.model_copy(update={"quality": calibrate_quality(path, info, data)})
     info.write(run_dir)
     return info, tuning
+
+
+def calibrate_quality(path: Path, info: ModelInfo, data: TrainingData):
+    """The quality flags' reference (from the train split) and thresholds (chosen on the val
+    split, segmented with the tuned post-processing, as prediction will); None without
+    validation cases."""
+    from unet.evaluation import quality_reference, quality_table
+    from unet.quality import calibrate
+
+    if not data.counts.get("val"):
+        return None
+    segmenter = Segmenter(path, info=info)
+    reference = quality_reference(segmenter, iterate_cases(data.tfrecord_dir, "train"))
+    table = quality_table(segmenter, iterate_cases(data.tfrecord_dir, "val"), reference)
+    calibrated = calibrate(table, reference)
+    logger.info(
+        "quality flags calibrated on %d val cases (target Dice %.3f): %s",
+        len(table),
+        calibrated.target_dice,
+        {name: signal.threshold for name, signal in calibrated.signals.items()},
+    )
+    return calibrated
 
 
 def _truncate_history(path: Path, epochs_done: int) -> None:

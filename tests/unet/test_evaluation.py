@@ -23,7 +23,7 @@ class _Constant:
 
     def __init__(self, prediction):
         self.prediction = prediction
-        self.info = SimpleNamespace(context_slices=0)
+        self.info = SimpleNamespace(context_slices=0, quality=None)
 
     def prepare(self, image, path="<array>", stats=None):
         return image

@@ -1,0 +1,122 @@
+"""Quality flags: signals that notice doubtful masks and unusual inputs, thresholds chosen on
+validation cases, and the flags' columns in evaluation and prediction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from unet.quality import (
+    QualityReference,
+    calibrate,
+    flag_summary,
+    quality_signals,
+    reference_from_cases,
+    review_reasons,
+)
+
+RNG = np.random.default_rng(4)
+
+
+def reference() -> QualityReference:
+    """Training cases: normalised intensities around N(0.5, 0.1); masks ~5% foreground."""
+    percentiles = [
+        np.percentile(RNG.normal(0.5, 0.1, (64, 64, 1)), (1, 50, 99), axis=(0, 1)).T
+        for _ in range(30)
+    ]
+    fractions = list(np.log10(RNG.uniform(0.03, 0.08, 30)))
+    return reference_from_cases(percentiles, fractions)
+
+
+def blob(size=64) -> np.ndarray:
+    classes = np.zeros((size, size), np.uint8)
+    classes[20:34, 20:34] = 1  # ~5%
+    return classes
+
+
+def test_signals_notice_uncertain_masks_unusual_inputs_and_implausible_sizes():
+    ref = reference()
+    image = RNG.normal(0.5, 0.1, (64, 64, 1)).astype(np.float32)
+    classes = blob()
+    sure = np.where(classes > 0, 0.98, 0.99).astype(np.float32)
+    unsure = np.where(classes > 0, 0.55, 0.99).astype(np.float32)
+    good = quality_signals(image, classes, sure, ref)
+    doubtful = quality_signals(image, classes, unsure, ref)
+    assert good["low_confidence"] == pytest.approx(0.02, abs=1e-6)
+    assert doubtful["low_confidence"] == pytest.approx(0.45, abs=1e-6)
+    assert doubtful["uncertain_share"] == pytest.approx(196 / 400)  # blob of its 3-px border
+    assert good["uncertain_share"] == 0
+    brighter = quality_signals(image + 1.0, classes, sure, ref)
+    assert brighter["intensity_shift"] > 5 * max(good["intensity_shift"], 0.2)
+    empty = quality_signals(image, np.zeros_like(classes), sure, ref)
+    assert empty["fraction_shift"] > 5 * max(good["fraction_shift"], 0.2)
+
+
+def test_calibration_uses_signals_that_separate_and_leaves_out_those_that_do_not():
+    dice = RNG.uniform(0.4, 0.95, 200)
+    table = pd.DataFrame(
+        {
+            "dice": dice,
+            "low_confidence": 1 - dice + RNG.normal(0, 0.03, 200),  # tracks Dice
+            "uncertain_share": RNG.uniform(0, 1, 200),  # noise
+            "intensity_shift": RNG.uniform(0, 1, 200),
+            "fraction_shift": RNG.uniform(0, 1, 200),
+        }
+    )
+    calibrated = calibrate(table, reference())
+    assert calibrated.target_dice == pytest.approx(np.percentile(dice, 20))
+    confidence = calibrated.signals["low_confidence"]
+    assert confidence.threshold is not None and confidence.recall > 0.8
+    assert confidence.spearman < -0.9
+    assert calibrated.signals["uncertain_share"].threshold is None  # noise does not separate
+    reasons = review_reasons({"low_confidence": 0.9, "uncertain_share": 0.9}, calibrated)
+    assert reasons == ["low_confidence"]
+    flagged = table.assign(
+        review=np.where(table["low_confidence"] > confidence.threshold, "review", "ok")
+    )
+    summary = flag_summary(flagged, calibrated.target_dice)
+    assert summary["flagged_mean_dice"] < summary["unflagged_mean_dice"]
+    assert summary["recall"] == pytest.approx(
+        summary["below_target_flagged"] / summary["below_target"]
+    )
+
+
+def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
+    trained_run, tfrecord_dir, synthetic_dir, tmp_path
+):
+    from data_catalog.tfrecords import iterate_cases
+    from unet.config import PredictConfig
+    from unet.evaluation import evaluate_cases
+    from unet.inference import Segmenter
+    from unet.prediction import predict_folder
+
+    info = json.loads((trained_run / "model.json").read_text())
+    quality = info["quality"]
+    assert quality["num_val_cases"] > 0 and set(quality["signals"]) == {
+        "low_confidence",
+        "uncertain_share",
+        "intensity_shift",
+        "fraction_shift",
+    }
+    metrics = evaluate_cases(
+        Segmenter(trained_run), iterate_cases(tfrecord_dir, "test"), tmp_path / "eval"
+    )
+    per_image = pd.read_csv(tmp_path / "eval" / "per_image.csv")
+    assert set(per_image["review"]) <= {"ok", "review"}
+    assert metrics["quality"]["cases"] == len(per_image)
+    assert metrics["quality"]["flagged"] == int((per_image["review"] == "review").sum())
+    assert "quality flags" in (tmp_path / "eval" / "report.md").read_text()
+    config = PredictConfig(
+        model=str(trained_run),
+        input_dir=str(synthetic_dir / "images"),
+        output_dir=str(tmp_path / "out"),
+        precision="float32",
+    )
+    report = predict_folder(config)
+    assert set(report["review"]) <= {"ok", "review"}
+    assert report["low_confidence"].between(0, 1).all()
+    flagged = report[report["review"] == "review"]
+    assert (flagged["review_reasons"].str.len() > 0).all()

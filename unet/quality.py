@@ -1,0 +1,231 @@
+"""Which masks need a human: quality signals per input, thresholds calibrated on validation.
+
+Signals, each "higher is more doubtful", computed from what prediction has anyway (the input,
+its normalised image, the mask and the winning class's probability):
+
+- ``low_confidence``: 1 - the mean winning-class probability inside the predicted foreground
+  (over the whole image when nothing is predicted);
+- ``uncertain_share``: the share of pixels whose winning probability is below 0.7 (for two
+  classes: foreground probability between 0.3 and 0.7) in the predicted foreground and a
+  3-pixel border around it (the whole image when nothing is predicted);
+- ``intensity_shift``: how far the normalised input's 1st, 50th and 99th percentiles lie from
+  the training cases' (robust z: distance to their median over 1.5 x their IQR, at least 0.05),
+  the largest over channels and percentiles: input unlike the training data;
+- ``fraction_shift``: the same robust distance for the predicted foreground fraction (log
+  scale) against the training masks' fractions: an implausible mask (e.g. an empty one where
+  training masks are almost never empty).
+
+Calibration (:func:`calibrate`): on the validation split, a case is *below target* when its
+Dice is under the target (the validation split's 20th percentile of Dice, so about one case in
+five); each signal's threshold maximises Youden's J (flagged share of below-target cases minus
+flagged share of the others) and is used only when J >= :data:`MIN_YOUDEN`; Spearman's rank
+correlation with Dice says how well it ranked them. Plain numpy, pandas and OpenCV.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+SIGNALS = ("low_confidence", "uncertain_share", "intensity_shift", "fraction_shift")
+UNCERTAIN = 0.7  # a winning probability below this is uncertain (two classes: 0.3 < p < 0.7)
+BORDER = 3  # pixels around the predicted foreground that count for uncertain_share
+PERCENTILES = (1.0, 50.0, 99.0)
+TARGET_QUANTILE = 0.2
+MIN_YOUDEN = 0.2
+FRACTION_FLOOR = 1e-4  # log10 of fractions below this (an empty mask) counts as -4
+SAMPLE_STRIDE = 4  # intensity percentiles on every 4th pixel along each axis
+
+
+class SignalCalibration(BaseModel):
+    """One signal's threshold and how well it separated validation cases."""
+
+    model_config = ConfigDict(frozen=True)
+
+    threshold: float | None = Field(description="Flag above this; None: the signal is not used.")
+    youden: float = Field(description="Flagged share of below-target cases minus of the others.")
+    spearman: float | None = Field(description="Rank correlation with Dice on validation.")
+    recall: float | None = Field(description="Below-target validation cases flagged.")
+
+
+class QualityReference(BaseModel):
+    """The training cases' distribution the shift signals compare an input with, and the
+    calibrated thresholds (stored in ``model.json``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    intensity_median: list[list[float]] = Field(description="Per channel, p1/p50/p99 medians.")
+    intensity_spread: list[list[float]] = Field(description="Per channel, their robust spread.")
+    fraction_median: float
+    fraction_spread: float
+    target_dice: float | None = None
+    signals: dict[str, SignalCalibration] = Field(default_factory=dict)
+    num_val_cases: int = 0
+
+
+def robust_distance(value: float, median: float, spread: float) -> float:
+    return abs(value - median) / spread
+
+
+def spread_of(values: np.ndarray, floor: float = 0.05) -> float:
+    """1.5 x the interquartile range, at least ``floor``."""
+    low, high = np.percentile(values, (25, 75))
+    return max(1.5 * float(high - low), floor)
+
+
+def intensity_percentiles(prepared: np.ndarray) -> np.ndarray:
+    """``(C, 3)``: p1, p50, p99 of each channel of a normalised image (subsampled)."""
+    sample = prepared[::SAMPLE_STRIDE, ::SAMPLE_STRIDE].reshape(-1, prepared.shape[-1])
+    return np.percentile(sample, PERCENTILES, axis=0).T
+
+
+def log_fraction(classes: np.ndarray) -> float:
+    return math.log10(max(float(np.count_nonzero(classes)) / classes.size, FRACTION_FLOOR))
+
+
+def confidence_signals(classes: np.ndarray, confidence: np.ndarray) -> dict[str, float]:
+    """``low_confidence`` and ``uncertain_share`` of one mask."""
+    foreground = classes > 0
+    if not foreground.any():
+        return {
+            "low_confidence": 1.0 - float(confidence.mean()),
+            "uncertain_share": float(np.mean(confidence < UNCERTAIN)),
+        }
+    kernel = np.ones((2 * BORDER + 1, 2 * BORDER + 1), np.uint8)
+    near = cv2.dilate(foreground.astype(np.uint8), kernel) > 0
+    return {
+        "low_confidence": 1.0 - float(confidence[foreground].mean()),
+        "uncertain_share": float(np.mean(confidence[near] < UNCERTAIN)),
+    }
+
+
+def quality_signals(
+    prepared: np.ndarray, classes: np.ndarray, confidence: np.ndarray, reference: QualityReference
+) -> dict[str, float]:
+    """Every signal of one input (see the module)."""
+    signals = confidence_signals(classes, confidence)
+    percentiles = intensity_percentiles(prepared)
+    median = np.asarray(reference.intensity_median)
+    spread = np.asarray(reference.intensity_spread)
+    channels = min(len(median), len(percentiles))
+    shifts = np.abs(percentiles[:channels] - median[:channels]) / spread[:channels]
+    signals["intensity_shift"] = float(shifts.max())
+    signals["fraction_shift"] = robust_distance(
+        log_fraction(classes), reference.fraction_median, reference.fraction_spread
+    )
+    return signals
+
+
+def reference_from_cases(percentiles: list[np.ndarray], fractions: list[float]) -> QualityReference:
+    """The training cases' distribution: per case ``intensity_percentiles`` of its normalised
+    image and the log10 foreground fraction of its mask."""
+    stacked = np.stack(percentiles)  # (cases, C, 3)
+    spread = np.apply_along_axis(spread_of, 0, stacked)
+    logs = np.asarray(fractions, np.float64)
+    return QualityReference(
+        intensity_median=np.median(stacked, axis=0).tolist(),
+        intensity_spread=spread.tolist(),
+        fraction_median=float(np.median(logs)),
+        fraction_spread=spread_of(logs, 0.25),
+    )
+
+
+def review_reasons(signals: dict[str, float], reference: QualityReference | None) -> list[str]:
+    """The calibrated signals an input's values exceed (empty: ``ok``)."""
+    if reference is None:
+        return []
+    return [
+        name
+        for name, calibration in reference.signals.items()
+        if calibration.threshold is not None
+        and name in signals
+        and signals[name] is not None
+        and signals[name] > calibration.threshold
+    ]
+
+
+def quality_columns(
+    prepared: np.ndarray,
+    classes: np.ndarray,
+    confidence: np.ndarray,
+    reference: QualityReference | None,
+) -> dict[str, object]:
+    """An input's signals, ``review`` (``ok``/``review``) and ``review_reasons`` (the signals
+    that fired, ``;``-separated), as report columns; nothing for a model without a reference."""
+    if reference is None:
+        return {}
+    signals = quality_signals(prepared, classes, confidence, reference)
+    reasons = review_reasons(signals, reference)
+    return {
+        **{name: round(value, 6) for name, value in signals.items()},
+        "review": "review" if reasons else "ok",
+        "review_reasons": ";".join(reasons),
+    }
+
+
+def spearman(signal: np.ndarray, dice: np.ndarray) -> float | None:
+    if len(signal) < 3 or np.ptp(signal) == 0 or np.ptp(dice) == 0:
+        return None
+    ranks = pd.DataFrame({"s": signal, "d": dice}).rank()
+    return float(np.corrcoef(ranks["s"], ranks["d"])[0, 1])
+
+
+def best_threshold(signal: np.ndarray, bad: np.ndarray) -> tuple[float | None, float, float]:
+    """The threshold (flag above it) with the largest Youden J: ``(threshold, J, recall)``."""
+    if not bad.any() or bad.all():
+        return None, 0.0, 0.0
+    best = (None, 0.0, 0.0)
+    for threshold in np.unique(np.percentile(signal, np.arange(40, 100, 2.5))):
+        flagged = signal > threshold
+        recall = float(flagged[bad].mean())
+        youden = recall - float(flagged[~bad].mean())
+        if youden > best[1]:
+            best = (float(threshold), youden, recall)
+    return best
+
+
+def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityReference:
+    """``reference`` with thresholds chosen on validation cases (``table``: one row per case,
+    the signal columns and ``dice``)."""
+    dice = table["dice"].to_numpy(np.float64)
+    target = float(np.percentile(dice, TARGET_QUANTILE * 100))
+    bad = dice < target
+    signals = {}
+    for name in SIGNALS:
+        values = table[name].to_numpy(np.float64)
+        threshold, youden, recall = best_threshold(values, bad)
+        used = threshold is not None and youden >= MIN_YOUDEN
+        signals[name] = SignalCalibration(
+            threshold=threshold if used else None,
+            youden=round(youden, 4),
+            spearman=spearman(values, dice),
+            recall=recall if used else None,
+        )
+    return reference.model_copy(
+        update={"target_dice": target, "signals": signals, "num_val_cases": len(table)}
+    )
+
+
+def flag_summary(table: pd.DataFrame, target: float | None) -> dict[str, object]:
+    """Flagged against unflagged cases of a scored table (``review``, ``dice``): their mean
+    Dice and how many below-target cases were flagged (the flags' recall)."""
+    flagged = table["review"] == "review"
+    summary: dict[str, object] = {
+        "cases": len(table),
+        "flagged": int(flagged.sum()),
+        "flagged_mean_dice": float(table.loc[flagged, "dice"].mean()) if flagged.any() else None,
+        "unflagged_mean_dice": float(table.loc[~flagged, "dice"].mean())
+        if (~flagged).any()
+        else None,
+        "target_dice": target,
+    }
+    if target is not None:
+        below = table["dice"] < target
+        summary["below_target"] = int(below.sum())
+        summary["below_target_flagged"] = int((below & flagged).sum())
+        summary["recall"] = float((below & flagged).sum() / below.sum()) if below.any() else None
+    return summary
