@@ -1,0 +1,95 @@
+"""Do the quality flags pick the masks that need a human? ISBI and LGG from ../shared, each
+trained once with the defaults (the plan fills every setting not given), one run, CPU.
+
+Training calibrates each signal's threshold on the validation split (target: the validation
+split's 20th percentile of Dice); the evaluation on the test split, which the thresholds were
+not tuned on, is printed: how many test cases were flagged, the mean Dice of flagged and
+unflagged ones, how many below-target test cases the flags caught (recall), and per signal its
+validation Youden J and Spearman correlation with Dice (signals that did not separate are
+reported as unused, not tuned until they do).
+
+    .venv/bin/python bench/quality.py [--epochs 60] [--only isbi|lgg] [--data-root ../shared/datasets]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import tasks  # noqa: E402,F401  (quiet TensorFlow and Prefect)
+
+
+def datasets(root: Path) -> dict:
+    from data_catalog.config import PrepareConfig
+
+    return {
+        "isbi": PrepareConfig(
+            images=str(root / "isbi2012-membrane" / "images"),
+            masks=str(root / "isbi2012-membrane" / "masks"),
+            foreground="dark",
+        ),
+        "lgg": PrepareConfig(
+            images=str(root / "lgg-brain-mri"),
+            mask_suffix="_mask",
+            group_by="parent",
+            channels=3,
+            test_fraction=0.25,
+        ),
+    }
+
+
+def run(name: str, prepare, epochs: int, out: Path) -> dict:
+    from flows.train import train_flow
+    from unet.config import TrainConfig
+
+    started = time.perf_counter()
+    train_flow(prepare=prepare, train=TrainConfig(epochs=epochs), run_dir=str(out), registry=None)
+    metrics = json.loads((out / "metrics.json").read_text())
+    quality = metrics.get("quality") or {}
+    row = {
+        "dataset": name,
+        "test_dice": metrics["foreground_dice"],
+        **{k: v for k, v in quality.items() if k != "signals"},
+        "signals": quality.get("signals"),
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+    }
+    print(f"{name}: {json.dumps(row)}", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--only", choices=("isbi", "lgg"))
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets"))
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    root = Path(args.data_root)
+    if not root.is_dir():
+        print(f"SKIP: {root} is missing (the real datasets live in ../shared)")
+        return
+    out = Path(args.out or tempfile.mkdtemp(prefix="segflow-quality-"))
+    for name, prepare in datasets(root).items():
+        if args.only in (None, name):
+            row = run(name, prepare, args.epochs, out / name)
+            print(
+                f"  {name}: {row.get('flagged')} of {row.get('cases')} test cases flagged; mean "
+                f"Dice flagged {row.get('flagged_mean_dice')}, unflagged "
+                f"{row.get('unflagged_mean_dice')}; below target ({row.get('target_dice')}): "
+                f"{row.get('below_target_flagged')} of {row.get('below_target')} flagged",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
