@@ -8,7 +8,7 @@ unflagged ones, how many below-target test cases the flags caught (recall), and 
 validation Youden J and Spearman correlation with Dice (signals that did not separate are
 reported as unused, not tuned until they do).
 
-    .venv/bin/python bench/quality.py [--epochs 60] [--only isbi|lgg] [--data-root ../shared/datasets]
+    .venv/bin/python bench/quality.py [--epochs 60] [--only isbi|lgg] [--data-root DIR]
 """
 
 from __future__ import annotations
