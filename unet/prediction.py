@@ -43,7 +43,7 @@ from data_catalog.volumes import is_tiff_stack, is_volume
 from unet.config import PredictConfig
 from unet.inference import Segmentation, Segmenter
 from unet.postprocessing import keep_largest_component, remove_small_components_3d
-from unet.quality import QualityReference, quality_columns
+from unet.quality import QualityReference, VolumeQuality, quality_columns
 
 logger = logging.getLogger(__name__)
 
@@ -457,6 +457,7 @@ def segment_video(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) -> 
             components=int(frames["components"].max()),
             mean_confidence=round(float(frames["mean_confidence"].mean()), 6),
             input_sha256=item.sha256,
+            **frames.attrs.get("quality", {}),
         )
     sink.report_progress()
 
@@ -492,6 +493,7 @@ def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) ->
             foreground_ml=round(float(facts["foreground_ml"]), 4),
             mean_confidence=round(float(slices["mean_confidence"].mean()), 6),
             input_sha256=item.sha256,
+            **facts.get("quality", {}),
         )
     sink.report_progress()
 
@@ -519,7 +521,8 @@ def segment_volume_file(
     from data_catalog.volumes import volume_stem, write_mask_volume
 
     volume = read_input_volume(segmenter, path, files)
-    mask, confidence = segment_slices(segmenter, volume, path)
+    quality = VolumeQuality()
+    mask, confidence = segment_slices(segmenter, volume, path, quality)
     mask, count = postprocess_volume(mask, segmenter)
     write_mask_volume(target, mask, volume)
     if dicom_seg and files is not None:
@@ -527,7 +530,10 @@ def segment_volume_file(
 
         seg_path = target.with_name(volume_stem(target) + ".seg.dcm")
         write_dicom_seg(seg_path, mask, files, segmenter.version, segmenter.num_classes)
-    return volume_table(volume, mask, confidence, count)
+    table = volume_table(volume, mask, confidence, count)
+    fraction = np.count_nonzero(mask) / mask.size
+    table.attrs["quality"] = quality.columns(fraction, segmenter.info.quality)
+    return table
 
 
 def read_input_volume(segmenter: Segmenter, path: Path, files: tuple[Path, ...] | None):
@@ -545,7 +551,9 @@ def read_input_volume(segmenter: Segmenter, path: Path, files: tuple[Path, ...] 
     return volume
 
 
-def segment_slices(segmenter: Segmenter, volume, path: Path) -> tuple[np.ndarray, list[float]]:
+def segment_slices(
+    segmenter: Segmenter, volume, path: Path, quality: VolumeQuality | None = None
+) -> tuple[np.ndarray, list[float]]:
     """Every slice (with its context, normalised with the volume's statistics when the model
     was trained so) through the model in batches, the next batch prepared on a thread while
     the model runs (as reader threads do for images): the class volume (no components removed
@@ -577,9 +585,11 @@ def segment_slices(segmenter: Segmenter, volume, path: Path) -> tuple[np.ndarray
             if number + 1 < len(batches):
                 ahead = preparer.submit(prepare, batches[number + 1])
             results = segmenter.segment(images, per_image_postprocessing=False)
-            for index, result in zip(indices, results, strict=True):
+            for index, image, result in zip(indices, images, results, strict=True):
                 along(mask, index, volume.axis)[...] = result.classes
                 confidence.append(result.mean_confidence)
+                if quality is not None:
+                    quality.add(image, result.classes, result.confidence)
     return mask, confidence
 
 
@@ -768,10 +778,11 @@ def segment_frames(segmenter: Segmenter, path: Path, target: Path, scale: int) -
     fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.avi")
-    writer, rows = None, []
+    writer, rows, quality = None, [], VolumeQuality()
     try:
         for frames in frame_batches(capture, segmenter, path):
-            for result in segmenter.segment(frames):
+            for frame, result in zip(frames, segmenter.segment(frames), strict=True):
+                quality.add(frame, result.classes, result.confidence)
                 height, width = result.classes.shape
                 if writer is None:
                     fourcc = cv2.VideoWriter_fourcc(*"FFV1")
@@ -793,7 +804,10 @@ def segment_frames(segmenter: Segmenter, path: Path, target: Path, scale: int) -
         capture.release()
     columns = ["frame", "foreground_fraction", "components", "mean_confidence"]
     table = pd.DataFrame(rows, columns=columns)
-    table.attrs.update(height=height, width=width)
+    fraction = float(table["foreground_fraction"].mean())
+    table.attrs.update(
+        height=height, width=width, quality=quality.columns(fraction, segmenter.info.quality)
+    )
     return table
 
 

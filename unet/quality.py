@@ -158,7 +158,66 @@ def quality_columns(
     that fired, ``;``-separated), as report columns; nothing for a model without a reference."""
     if reference is None:
         return {}
-    signals = quality_signals(prepared, classes, confidence, reference)
+    return columns_of(quality_signals(prepared, classes, confidence, reference), reference)
+
+
+class VolumeQuality:
+    """The signals of a volume (or video), accumulated slice by slice as they are segmented:
+    confidence inside and near the foreground pooled over all slices, intensity percentiles
+    as the median over slices, the foreground fraction of the whole volume."""
+
+    def __init__(self):
+        self.inside = self.foreground = self.all_confidence = self.pixels = 0.0
+        self.uncertain_near = self.near = self.uncertain_all = 0.0
+        self.percentiles: list[np.ndarray] = []
+
+    def add(self, prepared: np.ndarray, classes: np.ndarray, confidence: np.ndarray) -> None:
+        foreground = classes > 0
+        self.inside += float(confidence[foreground].sum(dtype=np.float64))
+        self.foreground += float(np.count_nonzero(foreground))
+        self.all_confidence += float(confidence.sum(dtype=np.float64))
+        self.pixels += confidence.size
+        self.uncertain_all += float(np.count_nonzero(confidence < UNCERTAIN))
+        if foreground.any():
+            kernel = np.ones((2 * BORDER + 1, 2 * BORDER + 1), np.uint8)
+            near = cv2.dilate(foreground.astype(np.uint8), kernel) > 0
+            self.uncertain_near += float(np.count_nonzero(confidence[near] < UNCERTAIN))
+            self.near += float(np.count_nonzero(near))
+        self.percentiles.append(intensity_percentiles(prepared))
+
+    def columns(self, fraction: float, reference: QualityReference | None) -> dict[str, object]:
+        """The volume's report columns (see :func:`quality_columns`); ``fraction``: the
+        foreground fraction of its final mask."""
+        if reference is None or not self.pixels:
+            return {}
+        if self.foreground:
+            low = 1 - self.inside / self.foreground
+            uncertain = self.uncertain_near / max(self.near, 1)
+        else:
+            low = 1 - self.all_confidence / self.pixels
+            uncertain = self.uncertain_all / self.pixels
+        median, spread = (
+            np.asarray(reference.intensity_median),
+            np.asarray(reference.intensity_spread),
+        )
+        percentiles = np.median(np.stack(self.percentiles), axis=0)
+        channels = min(len(median), len(percentiles))
+        signals = {
+            "low_confidence": float(low),
+            "uncertain_share": float(uncertain),
+            "intensity_shift": float(
+                (np.abs(percentiles[:channels] - median[:channels]) / spread[:channels]).max()
+            ),
+            "fraction_shift": robust_distance(
+                math.log10(max(fraction, FRACTION_FLOOR)),
+                reference.fraction_median,
+                reference.fraction_spread,
+            ),
+        }
+        return columns_of(signals, reference)
+
+
+def columns_of(signals: dict[str, float], reference: QualityReference) -> dict[str, object]:
     reasons = review_reasons(signals, reference)
     return {
         **{name: round(value, 6) for name, value in signals.items()},
