@@ -46,16 +46,12 @@ def segment_shard(config: PredictConfig, index: int, count: int) -> list[dict]:
 
 @task(name="write-segmentation-report", cache_policy=NO_CACHE)
 def merge_shard_reports(shards: list[list[dict]], config: PredictConfig) -> SegmentationSummary:
-    """Merge the shards' rows into one ``report.csv`` in file order."""
-    from unet.prediction import list_inputs, write_report
+    """Merge the shards' rows into one ``report.csv`` in the plan's order (inputs by relative
+    path; a DICOM series is one input named by its folder)."""
+    from unet.prediction import write_report
 
-    input_dir, output_dir = Path(config.input_dir), Path(config.output_dir)
-    order = {
-        path.relative_to(input_dir).as_posix(): i
-        for i, path in enumerate(list_inputs(input_dir, output_dir))
-    }
-    rows = sorted((row for shard in shards for row in shard), key=lambda r: order[r["input"]])
-    return summarize_report(write_report(rows, output_dir), config)
+    rows = sorted((row for shard in shards for row in shard), key=lambda row: row["input"])
+    return summarize_report(write_report(rows, Path(config.output_dir)), config)
 
 
 def review_line(summary: SegmentationSummary) -> str:

@@ -44,6 +44,7 @@ from unet.config import PredictConfig
 from unet.inference import Segmentation, Segmenter
 from unet.postprocessing import keep_largest_component, remove_small_components_3d
 from unet.quality import QualityReference, VolumeQuality, quality_columns
+from unet.review import thumbnail, write_review_page, write_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ def write_report(rows: list[dict], output_dir: Path) -> pd.DataFrame:
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     report = report.astype({"height": "Int64", "width": "Int64", "components": "Int64"})
     write_csv_atomic(output_dir / REPORT_FILE, report)
+    write_review_page(report, output_dir)
     counts = report["status"].value_counts().to_dict()
     logger.info(
         "%d files: %d segmented, %d skipped (done before), %d errors; report %s",
@@ -474,6 +476,7 @@ def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) ->
             segmenter, item.input.path, target, item.input.files, sink.plan.dicom_seg
         )
         write_csv_atomic(target.with_name(volume_stem(target) + ".slices.csv"), slices)
+        write_thumbnail(sink.plan.output_dir, relative, slices.attrs["thumbnail"])
     except Exception as error:
         if not isinstance(error, (OSError, ValueError)):
             logger.exception("segmenting the volume %s failed", item.input.path)
@@ -531,9 +534,22 @@ def segment_volume_file(
         seg_path = target.with_name(volume_stem(target) + ".seg.dcm")
         write_dicom_seg(seg_path, mask, files, segmenter.version, segmenter.num_classes)
     table = volume_table(volume, mask, confidence, count)
+    table.attrs["thumbnail"] = volume_thumbnail(segmenter, volume, mask, path)
     fraction = np.count_nonzero(mask) / mask.size
     table.attrs["quality"] = quality.columns(fraction, segmenter.info.quality)
     return table
+
+
+def volume_thumbnail(segmenter: Segmenter, volume, mask: np.ndarray, path: Path) -> np.ndarray:
+    """The review page's thumbnail of a volume: its slice with the most foreground."""
+    from data_catalog.manifest import slice_image
+    from data_catalog.voxels import along
+
+    axes = tuple(a for a in range(3) if a != volume.axis)
+    index = int(np.argmax(np.count_nonzero(mask, axis=axes)))
+    info = segmenter.info
+    image = slice_image(volume, index, info.image_channels, info.context_slices, path)
+    return thumbnail(segmenter.prepare(image, path), along(mask, index, volume.axis))
 
 
 def read_input_volume(segmenter: Segmenter, path: Path, files: tuple[Path, ...] | None):
@@ -700,6 +716,8 @@ class ResultSink:
             write_mask, target, self.plan.output_dir, result.classes, self.format.mask_scale
         )
         quality = quality_columns(item.image, result.classes, result.confidence, self.quality)
+        small = thumbnail(item.image, result.classes)  # small: encoded by the writer thread
+        self.writer.submit(write_thumbnail, self.plan.output_dir, item.input.mask_name, small)
         self.pending.append((item, future, result.mean_confidence, quality))
         while len(self.pending) > self.window:  # bounded: memory does not grow with the folder
             self._collect(*self.pending.popleft())

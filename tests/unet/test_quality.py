@@ -117,6 +117,52 @@ def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
     )
     report = predict_folder(config)
     assert set(report["review"]) <= {"ok", "review"}
+    page = (tmp_path / "out" / "review.html").read_text()
+    assert f"{int((report['review'] == 'review').sum())} of {len(report)} masks to review" in page
+    assert len(list((tmp_path / "out" / "thumbnails").glob("*.jpg"))) == len(report)
     assert report["low_confidence"].between(0, 1).all()
     flagged = report[report["review"] == "review"]
     assert (flagged["review_reasons"].str.len() > 0).all()
+
+
+def test_the_review_page_lists_flagged_inputs_first_with_their_thumbnails(tmp_path):
+    from unet.review import thumbnail, thumbnail_name, write_review_page, write_thumbnail
+
+    classes = blob()
+    image = RNG.normal(0.5, 0.1, (64, 64, 1)).astype(np.float32)
+    for name in ("a.png", "b.png"):
+        write_thumbnail(tmp_path, name, thumbnail(image, classes))
+    report = pd.DataFrame(
+        [
+            {
+                "input": "a.tif",
+                "mask": "a.png",
+                "status": "ok",
+                "review": "ok",
+                "review_reasons": "",
+                "low_confidence": 0.01,
+            },
+            {
+                "input": "b.tif",
+                "mask": "b.png",
+                "status": "ok",
+                "review": "review",
+                "review_reasons": "low_confidence;fraction_shift",
+                "low_confidence": 0.4,
+            },
+            {
+                "input": "c.tif",
+                "mask": None,
+                "status": "error",
+                "review": None,
+                "review_reasons": None,
+                "error": "corrupt or truncated image",
+            },
+        ]
+    )
+    page = write_review_page(report, tmp_path).read_text()
+    assert "<title>segflow review: 1 of 3 masks to review</title>" in page
+    assert page.index("b.tif") < page.index("c.tif") < page.index("a.tif")  # flagged first
+    assert page.count('loading="lazy"') == 2 and thumbnail_name("b.png") in page
+    assert "low_confidence;fraction_shift" in page and "corrupt or truncated image" in page
+    assert (tmp_path / thumbnail_name("a.png")).stat().st_size < 10_000  # small
