@@ -8,7 +8,10 @@ Prints, each as a ratio measured in this run:
       target >= 0.85;
   (c) peak memory (max RSS of a child process) segmenting 30 against --many images — target <= 1.2;
   (d) the model's effective GFLOP/s during the run (forward FLOPs per image x images/s) against
-      a numpy float32 matrix product's GFLOP/s measured in the same run — target >= 0.75.
+      a numpy float32 matrix product's GFLOP/s measured in the same run — target >= 0.75;
+  (q) images/s with the review features (quality signals of a model with calibrated flags,
+      thumbnails and review.html) against without them (a model without flags,
+      --no-review-page), without --tta — target >= 0.9 (they cost at most 10%).
 The model is a default U-Net (depth 4, base 16) with random weights: speed does not depend on
 the weights.
 
@@ -58,6 +61,59 @@ def make_model(run_dir: Path, input_dtype: str = "uint8") -> None:
         num_classes=2,
         model_version="bench-random",
     ).write(run_dir)
+
+
+def add_quality_reference(run_dir: Path, images: list[Path]) -> None:
+    """Give the bench model calibrated-looking quality flags (a reference from a few images,
+    every signal used), so prediction computes and applies all of them."""
+    from data_catalog.images import read_image
+    from unet.inference import Segmenter
+    from unet.model_files import ModelInfo
+    from unet.quality import (
+        SIGNALS,
+        SignalCalibration,
+        intensity_percentiles,
+        reference_from_cases,
+    )
+
+    segmenter = Segmenter(run_dir, precision="float32")
+    prepared = [segmenter.prepare(read_image(path), path) for path in images[:4]]
+    reference = reference_from_cases([intensity_percentiles(p) for p in prepared], [-1.0] * 4)
+    signals = {
+        name: SignalCalibration(threshold=0.5, youden=0.5, spearman=-0.5, recall=0.5)
+        for name in SIGNALS
+    }
+    info = ModelInfo.read(run_dir)
+    info.model_copy(update={"quality": reference.model_copy(update={"signals": signals})}).write(
+        run_dir
+    )
+
+
+def review_cost(model: Path, scans: Path, tmp: Path, batch_size: int) -> tuple[float, float]:
+    """images/s without and with the review features (see (q))."""
+    import shutil as copier
+
+    from unet.config import PredictConfig
+    from unet.prediction import predict_folder
+
+    flagged = tmp / "model-flags"
+    copier.copytree(model, flagged)
+    add_quality_reference(flagged, sorted(scans.glob("*.png")))
+    rates = []
+    for run_dir, review in ((model, False), (flagged, True)):
+        config = PredictConfig(
+            model=str(run_dir),
+            input_dir=str(scans),
+            output_dir=str(tmp / f"review-{review}"),
+            batch_size=batch_size,
+            precision="float32",
+            review_page=review,
+        )
+        started = time.perf_counter()
+        report = predict_folder(config)
+        rates.append(len(report) / (time.perf_counter() - started))
+        assert review == report["review"].notna().all()
+    return rates[0], rates[1]
 
 
 def make_volume(folder: Path, slices: int, side: int = 512) -> tuple[Path, Path, Path]:
@@ -286,6 +342,7 @@ def main() -> int:
         "(e.g. 8000: about 70 s more)",
     )
     parser.add_argument("--volumes", action="store_true", help="the volume benchmark instead")
+    parser.add_argument("--review-only", action="store_true", help="only (q)")
     parser.add_argument("--slices", type=int, default=200, help="--volumes: slices per volume")
     args = parser.parse_args()
     if args.volumes:
@@ -303,6 +360,13 @@ def main() -> int:
         tmp = Path(tmp)
         make_model(tmp / "model")
         paths = copy_images(data, tmp / "scans", args.count)
+        if args.review_only:
+            without, with_review = review_cost(tmp / "model", tmp / "scans", tmp, args.batch_size)
+            print(
+                f"(q) review features: {with_review:.2f} images/s against {without:.2f} "
+                f"without -> ratio {with_review / without:.2f} (target >= 0.9)"
+            )
+            return 0
         ours = {
             precision: segflow_predict(
                 tmp / "model", tmp / "scans", tmp / f"out-{precision}", args.batch_size, precision
@@ -330,6 +394,12 @@ def main() -> int:
                 f"(b) end to end ({precision}) {rate:.2f} images/s, forward pass on tensors in "
                 f"memory {forward:.2f} images/s -> ratio {rate / forward:.2f} (target >= 0.85)"
             )
+        without, with_review = review_cost(tmp / "model", tmp / "scans", tmp, args.batch_size)
+        print(
+            f"(q) review features (quality signals, thumbnails, review.html): "
+            f"{with_review:.2f} images/s against {without:.2f} without -> ratio "
+            f"{with_review / without:.2f} (target >= 0.9; float32, no --tta)"
+        )
         ours_best = max(ours.values())
         copy_images(data, tmp / "few", 30)
         copy_images(data, tmp / "many", args.many)

@@ -51,7 +51,8 @@ def merge_shard_reports(shards: list[list[dict]], config: PredictConfig) -> Segm
     from unet.prediction import write_report
 
     rows = sorted((row for shard in shards for row in shard), key=lambda row: row["input"])
-    return summarize_report(write_report(rows, Path(config.output_dir)), config)
+    report = write_report(rows, Path(config.output_dir), config.review_page)
+    return summarize_report(report, config)
 
 
 def review_line(summary: SegmentationSummary) -> str:

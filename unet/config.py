@@ -261,6 +261,11 @@ class PredictConfig(BaseModel):
         description="Keep only the largest foreground component of each mask (26-connected "
         "in 3-D for volumes), for structures that are one piece.",
     )
+    review_page: bool = Field(
+        True,
+        description="Write OUTPUT_DIR/review.html and its small thumbnails (image + mask); "
+        "--no-review-page skips both.",
+    )
     dicom_seg: bool = Field(
         False,
         description="DICOM series inputs: also write a DICOM SEG object referencing the "

@@ -139,6 +139,7 @@ class PredictionPlan:
     journal_path: Path
     done: dict[str, dict]
     dicom_seg: bool = False
+    review_page: bool = True
 
 
 @dataclass(frozen=True)
@@ -182,16 +183,19 @@ def predict_folder(
     config: PredictConfig, on_progress: ProgressCallback | None = None
 ) -> pd.DataFrame:
     """Segment every file under ``config.input_dir`` into ``config.output_dir``, then write
-    ``report.csv`` (see :func:`segment_files`)."""
-    return write_report(segment_files(config, on_progress), Path(config.output_dir))
+    ``report.csv`` and ``review.html`` (see :func:`segment_files`)."""
+    rows = segment_files(config, on_progress)
+    return write_report(rows, Path(config.output_dir), config.review_page)
 
 
-def write_report(rows: list[dict], output_dir: Path) -> pd.DataFrame:
-    """Write the rows as ``report.csv`` atomically, columns ``REPORT_COLUMNS``; return them."""
+def write_report(rows: list[dict], output_dir: Path, review_page: bool = True) -> pd.DataFrame:
+    """Write the rows as ``report.csv`` atomically, columns ``REPORT_COLUMNS`` (and the review
+    page); return them."""
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     report = report.astype({"height": "Int64", "width": "Int64", "components": "Int64"})
     write_csv_atomic(output_dir / REPORT_FILE, report)
-    write_review_page(report, output_dir)
+    if review_page:
+        write_review_page(report, output_dir)
     counts = report["status"].value_counts().to_dict()
     logger.info(
         "%d files: %d segmented, %d skipped (done before), %d errors; report %s",
@@ -295,7 +299,13 @@ def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> 
         inputs = inputs[shard[0] :: shard[1]]
         journal_path = output_dir / JOURNAL_FILE.replace(".jsonl", f"-{shard[0]}.jsonl")
     return PredictionPlan(
-        input_dir, output_dir, inputs, journal_path, load_journal(output_dir), config.dicom_seg
+        input_dir,
+        output_dir,
+        inputs,
+        journal_path,
+        load_journal(output_dir),
+        config.dicom_seg,
+        config.review_page,
     )
 
 
@@ -476,7 +486,8 @@ def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) ->
             segmenter, item.input.path, target, item.input.files, sink.plan.dicom_seg
         )
         write_csv_atomic(target.with_name(volume_stem(target) + ".slices.csv"), slices)
-        write_thumbnail(sink.plan.output_dir, relative, slices.attrs["thumbnail"])
+        if sink.plan.review_page:
+            write_thumbnail(sink.plan.output_dir, relative, slices.attrs["thumbnail"])
     except Exception as error:
         if not isinstance(error, (OSError, ValueError)):
             logger.exception("segmenting the volume %s failed", item.input.path)
@@ -716,8 +727,9 @@ class ResultSink:
             write_mask, target, self.plan.output_dir, result.classes, self.format.mask_scale
         )
         quality = quality_columns(item.image, result.classes, result.confidence, self.quality)
-        small = thumbnail(item.image, result.classes)  # small: encoded by the writer thread
-        self.writer.submit(write_thumbnail, self.plan.output_dir, item.input.mask_name, small)
+        if self.plan.review_page:  # small: encoded by the writer thread
+            small = thumbnail(item.image, result.classes)
+            self.writer.submit(write_thumbnail, self.plan.output_dir, item.input.mask_name, small)
         self.pending.append((item, future, result.mean_confidence, quality))
         while len(self.pending) > self.window:  # bounded: memory does not grow with the folder
             self._collect(*self.pending.popleft())
