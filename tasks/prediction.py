@@ -58,7 +58,10 @@ def merge_shard_reports(shards: list[list[dict]], config: PredictConfig) -> Segm
 def review_line(summary: SegmentationSummary) -> str:
     """``"12 of 300 masks to review"``, or why there are no flags."""
     if summary.num_review is None:
-        return "no quality flags (the model was trained before them or without a val split)"
+        return (
+            "no quality flags (the model has none calibrated: trained before them, or too few "
+            "validation cases)"
+        )
     return f"{summary.num_review} of {summary.num_inputs} masks to review"
 
 

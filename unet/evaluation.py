@@ -117,18 +117,8 @@ def evaluate_cases(
     frame = pd.DataFrame(rows)
     write_csv_atomic(out_dir / "per_image.csv", frame)
     metrics = {**summarize(frame, segmenter.num_classes), **model_facts(segmenter)}
-    if "review" in frame:
-        from unet.quality import flag_summary
-
-        scored = frame.assign(
-            dice=frame[[f"dice_{c}" for c in range(1, segmenter.num_classes)]].mean(axis=1)
-        )
-        metrics["quality"] = {
-            **flag_summary(scored, segmenter.info.quality.target_dice),
-            "signals": {
-                name: signal.model_dump() for name, signal in segmenter.info.quality.signals.items()
-            },
-        }
+    if segmenter.info.quality is not None:
+        metrics["quality"] = quality_metrics(frame, segmenter.info.quality, segmenter.num_classes)
     per_volume = volumes.table()
     if not per_volume.empty:
         write_csv_atomic(out_dir / "per_volume.csv", per_volume)
@@ -142,6 +132,22 @@ def evaluate_cases(
         metrics["otsu_baseline"]["foreground_dice"],
     )
     return metrics
+
+
+def quality_metrics(frame: pd.DataFrame, reference, num_classes: int) -> dict[str, object]:
+    """The flags on scored cases (see :func:`unet.quality.flag_summary`), the calibration's
+    note, and each signal's validation numbers; no flag counts when none is calibrated."""
+    from unet.quality import flag_summary
+
+    facts = {
+        "note": reference.note,
+        "target_dice": reference.target_dice,
+        "signals": {name: signal.model_dump() for name, signal in reference.signals.items()},
+    }
+    if "review" not in frame:
+        return {**facts, "cases": len(frame), "flagged": None}
+    dice = frame[[f"dice_{c}" for c in range(1, num_classes)]].mean(axis=1)
+    return {**flag_summary(frame.assign(dice=dice), reference.target_dice), **facts}
 
 
 def score_cases(
@@ -394,6 +400,10 @@ def quality_lines(quality: dict | None) -> list[str]:
     and each signal's validation calibration."""
     if not quality:
         return []
+    if quality.get("flagged") is None:
+        return [
+            f"- quality flags: none calibrated ({quality.get('note') or 'no signal separated'})"
+        ]
     lines = [
         f"- quality flags (thresholds from the validation split, target Dice "
         f"{fmt(quality['target_dice'])}): {quality['flagged']} of {quality['cases']} cases "

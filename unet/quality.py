@@ -37,6 +37,10 @@ BORDER = 3  # pixels around the predicted foreground that count for uncertain_sh
 PERCENTILES = (1.0, 50.0, 99.0)
 TARGET_QUANTILE = 0.2
 MIN_YOUDEN = 0.2
+# Fewer validation cases (or below-target ones) than this calibrate nothing: with 2 cases any
+# signal "separates" them perfectly.
+MIN_CALIBRATION_CASES = 10
+MIN_BELOW_TARGET = 3
 FRACTION_FLOOR = 1e-4  # log10 of fractions below this (an empty mask) counts as -4
 SAMPLE_STRIDE = 4  # intensity percentiles on every 4th pixel along each axis
 
@@ -65,6 +69,7 @@ class QualityReference(BaseModel):
     target_dice: float | None = None
     signals: dict[str, SignalCalibration] = Field(default_factory=dict)
     num_val_cases: int = 0
+    note: str = ""
 
 
 def robust_distance(value: float, median: float, spread: float) -> float:
@@ -218,12 +223,13 @@ class VolumeQuality:
 
 
 def columns_of(signals: dict[str, float], reference: QualityReference) -> dict[str, object]:
-    reasons = review_reasons(signals, reference)
-    return {
-        **{name: round(value, 6) for name, value in signals.items()},
-        "review": "review" if reasons else "ok",
-        "review_reasons": ";".join(reasons),
-    }
+    """Report columns: the signals, and ``review``/``review_reasons`` when any signal is
+    calibrated (left empty otherwise: no flag is not the same as ``ok``)."""
+    columns: dict[str, object] = {name: round(value, 6) for name, value in signals.items()}
+    if any(signal.threshold is not None for signal in reference.signals.values()):
+        reasons = review_reasons(signals, reference)
+        columns.update(review="review" if reasons else "ok", review_reasons=";".join(reasons))
+    return columns
 
 
 def spearman(signal: np.ndarray, dice: np.ndarray) -> float | None:
@@ -253,11 +259,18 @@ def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityRefere
     dice = table["dice"].to_numpy(np.float64)
     target = float(np.percentile(dice, TARGET_QUANTILE * 100))
     bad = dice < target
+    enough = len(table) >= MIN_CALIBRATION_CASES and bad.sum() >= MIN_BELOW_TARGET
+    note = (
+        ""
+        if enough
+        else f"too few validation cases to calibrate ({len(table)} cases, {int(bad.sum())} "
+        f"below target; needs {MIN_CALIBRATION_CASES} and {MIN_BELOW_TARGET}): no flags"
+    )
     signals = {}
     for name in SIGNALS:
         values = table[name].to_numpy(np.float64)
         threshold, youden, recall = best_threshold(values, bad)
-        used = threshold is not None and youden >= MIN_YOUDEN
+        used = enough and threshold is not None and youden >= MIN_YOUDEN
         signals[name] = SignalCalibration(
             threshold=threshold if used else None,
             youden=round(youden, 4),
@@ -265,7 +278,12 @@ def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityRefere
             recall=recall if used else None,
         )
     return reference.model_copy(
-        update={"target_dice": target, "signals": signals, "num_val_cases": len(table)}
+        update={
+            "target_dice": target,
+            "signals": signals,
+            "num_val_cases": len(table),
+            "note": note,
+        }
     )
 
 

@@ -143,7 +143,7 @@ def write_review_page(report: pd.DataFrame, output_dir: Path) -> Path:
     summary = (
         f"{flagged} of {len(report)} masks to review"
         if calibrated
-        else "no quality flags (the model has none)"
+        else "no quality flags (the model has none calibrated)"
     )
     body = "\n".join(row_html(row, output_dir) for row in ordered.to_dict("records"))
     page = f"""<!DOCTYPE html>

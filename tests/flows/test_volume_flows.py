@@ -88,7 +88,8 @@ def test_ct_volumes_predict_as_nifti_and_dicom_series_with_a_dicom_seg(ct_run, c
     assert main(argv) == 0
     report = pd.read_csv(out / "report.csv").set_index("input")
     assert list(report["status"]) == ["ok", "ok"]
-    assert report["review"].isin(["ok", "review"]).all()  # quality flags per volume
+    # quality signals per volume (the tiny val split calibrates no flag: review stays empty)
+    assert report["review"].isna().all()
     assert report["low_confidence"].between(0, 1).all() and report["fraction_shift"].ge(0).all()
     from_nifti = nibabel.load(out / "case_000.nii.gz")
     from_dicom = nibabel.load(out / "patient" / "ct.nii.gz")

@@ -3,8 +3,6 @@ validation cases, and the flags' columns in evaluation and prediction."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,42 +85,54 @@ def test_calibration_uses_signals_that_separate_and_leaves_out_those_that_do_not
 def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
     trained_run, tfrecord_dir, synthetic_dir, tmp_path
 ):
+    import shutil
+
     from data_catalog.tfrecords import iterate_cases
     from unet.config import PredictConfig
     from unet.evaluation import evaluate_cases
     from unet.inference import Segmenter
+    from unet.model_files import ModelInfo
     from unet.prediction import predict_folder
+    from unet.quality import SIGNALS, SignalCalibration
 
-    info = json.loads((trained_run / "model.json").read_text())
-    quality = info["quality"]
-    assert quality["num_val_cases"] > 0 and set(quality["signals"]) == {
-        "low_confidence",
-        "uncertain_share",
-        "intensity_shift",
-        "fraction_shift",
-    }
+    info = ModelInfo.read(trained_run)
+    quality = info.quality
+    assert quality.num_val_cases > 0 and set(quality.signals) == set(SIGNALS)
+    assert "too few validation cases" in quality.note  # the tiny split calibrates nothing
     metrics = evaluate_cases(
-        Segmenter(trained_run), iterate_cases(tfrecord_dir, "test"), tmp_path / "eval"
+        Segmenter(trained_run), iterate_cases(tfrecord_dir, "test"), tmp_path / "plain"
+    )
+    assert metrics["quality"]["flagged"] is None
+    assert "none calibrated" in (tmp_path / "plain" / "report.md").read_text()
+    # the same model with a calibrated low-confidence threshold flags what it should
+    flagged_run = tmp_path / "flagged-run"
+    shutil.copytree(trained_run, flagged_run)
+    signals = dict(quality.signals)
+    signals["low_confidence"] = SignalCalibration(
+        threshold=0.05, youden=0.5, spearman=-0.5, recall=0.5
+    )
+    calibrated = quality.model_copy(update={"signals": signals, "note": ""})
+    info.model_copy(update={"quality": calibrated}).write(flagged_run)
+    metrics = evaluate_cases(
+        Segmenter(flagged_run), iterate_cases(tfrecord_dir, "test"), tmp_path / "eval"
     )
     per_image = pd.read_csv(tmp_path / "eval" / "per_image.csv")
-    assert set(per_image["review"]) <= {"ok", "review"}
-    assert metrics["quality"]["cases"] == len(per_image)
-    assert metrics["quality"]["flagged"] == int((per_image["review"] == "review").sum())
-    assert "quality flags" in (tmp_path / "eval" / "report.md").read_text()
+    expected = per_image["low_confidence"] > 0.05
+    assert list(per_image["review"] == "review") == list(expected)
+    assert metrics["quality"]["flagged"] == int(expected.sum())
+    assert "quality flags (thresholds" in (tmp_path / "eval" / "report.md").read_text()
     config = PredictConfig(
-        model=str(trained_run),
+        model=str(flagged_run),
         input_dir=str(synthetic_dir / "images"),
         output_dir=str(tmp_path / "out"),
         precision="float32",
     )
     report = predict_folder(config)
-    assert set(report["review"]) <= {"ok", "review"}
+    assert list(report["review"] == "review") == list(report["low_confidence"] > 0.05)
+    assert (report.loc[report["review"] == "review", "review_reasons"] == "low_confidence").all()
     page = (tmp_path / "out" / "review.html").read_text()
     assert f"{int((report['review'] == 'review').sum())} of {len(report)} masks to review" in page
     assert len(list((tmp_path / "out" / "thumbnails").glob("*.jpg"))) == len(report)
-    assert report["low_confidence"].between(0, 1).all()
-    flagged = report[report["review"] == "review"]
-    assert (flagged["review_reasons"].str.len() > 0).all()
 
 
 def test_the_review_page_lists_flagged_inputs_first_with_their_thumbnails(tmp_path):
@@ -166,3 +176,24 @@ def test_the_review_page_lists_flagged_inputs_first_with_their_thumbnails(tmp_pa
     assert page.count('loading="lazy"') == 2 and thumbnail_name("b.png") in page
     assert "low_confidence;fraction_shift" in page and "corrupt or truncated image" in page
     assert (tmp_path / thumbnail_name("a.png")).stat().st_size < 10_000  # small
+
+
+def test_too_few_validation_cases_calibrate_no_flags():
+    table = pd.DataFrame(
+        {
+            "dice": [0.9, 0.5],
+            **{
+                name: [0.1, 0.9]
+                for name in (
+                    "low_confidence",
+                    "uncertain_share",
+                    "intensity_shift",
+                    "fraction_shift",
+                )
+            },
+        }
+    )
+    calibrated = calibrate(table, reference())
+    assert all(signal.threshold is None for signal in calibrated.signals.values())
+    assert "too few validation cases" in calibrated.note
+    assert review_reasons({"low_confidence": 1.0}, calibrated) == []
