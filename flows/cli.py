@@ -185,6 +185,15 @@ def add_model_commands(commands) -> None:
     predict.add_argument("output_dir", help="Folder for the masks and report.csv.")
     add_config_arguments(predict, PredictConfig, skip=("input_dir", "output_dir"))
 
+    export = commands.add_parser(
+        "export", help="Write a model for serving (SavedModel or ONNX, with export.json)."
+    )
+    export.add_argument(
+        "--model", default="champion", help="Run folder, version or champion. Default: champion."
+    )
+    export.add_argument("--format", default="savedmodel", choices=("savedmodel", "onnx"))
+    export.add_argument("--out", required=True, help="Folder to write (replaced when complete).")
+
     retrain = commands.add_parser(
         "retrain",
         help="The nightly retraining, now: prepare, train a challenger, compare it with the "
@@ -419,6 +428,14 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0 if summary.num_errors == 0 else 1
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from unet.export import export_model
+
+    out = export_model(args.model, args.out, args.format)
+    print(f"exported {args.model} to {out} ({args.format}; export.json says how to use it)")
+    return 0
+
+
 def run_retrain(args: argparse.Namespace) -> int:
     from flows.nightly import nightly_retrain_flow
     from unet.registry import registry_root
@@ -449,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": run_train,
         "evaluate": run_evaluate,
         "predict": run_predict,
+        "export": run_export,
         "models": run_models,
         "retrain": run_retrain,
     }
