@@ -261,6 +261,12 @@ class PredictConfig(BaseModel):
         description="Keep only the largest foreground component of each mask (26-connected "
         "in 3-D for volumes), for structures that are one piece.",
     )
+    colour_input: Literal["error", "grey"] = Field(
+        "error",
+        description="A coloured scan (e.g. with burnt-in coloured markers) for a greyscale "
+        "model: 'error' gives it an error row; 'grey' converts it to luminance, segments it "
+        "and flags it for review (reason colour_converted).",
+    )
     review_page: bool = Field(
         True,
         description="Write OUTPUT_DIR/review.html and its small thumbnails (image + mask); "

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from data_catalog.atomic import write_csv_atomic
 from data_catalog.hashing import hash_file
-from data_catalog.images import ImageReadError, read_image, write_png_atomic
+from data_catalog.images import ChannelError, ImageReadError, read_image, write_png_atomic
 from data_catalog.volumes import is_tiff_stack, is_volume
 from unet.config import PredictConfig
 from unet.inference import Segmentation, Segmenter
@@ -140,6 +140,7 @@ class PredictionPlan:
     done: dict[str, dict]
     dicom_seg: bool = False
     review_page: bool = True
+    colour_input: str = "error"
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class LoadedInput:
     image: np.ndarray | None = None  # (H, W, channels) float32, prepared (kind "image")
     previous: dict | None = None  # the earlier run's row (kind "skipped")
     error: str | None = None  # the reason (kind "error")
+    converted: bool = False  # a coloured scan turned to luminance (--colour-input grey)
 
     @property
     def nbytes(self) -> int:
@@ -306,6 +308,7 @@ def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> 
         load_journal(output_dir),
         config.dicom_seg,
         config.review_page,
+        config.colour_input,
     )
 
 
@@ -367,12 +370,40 @@ def load_input(
             return LoadedInput("video", item, started, sha256)
         if item.volume:  # read whole when segmented: one volume in memory
             return LoadedInput("volume", item, started, sha256)
-        image = segmenter.prepare(read_image(item.path), item.path)
-        return LoadedInput("image", item, started, sha256, image=image)
+        image, converted = prepare_image(segmenter, read_image(item.path), item.path, plan)
+        return LoadedInput("image", item, started, sha256, image=image, converted=converted)
     except ImageReadError as error:
         return LoadedInput("error", item, started, error=error.reason)
     except Exception as error:  # any other decode problem is this file's, not the run's
         return LoadedInput("error", item, started, error=f"{type(error).__name__}: {error}")
+
+
+COLOUR_ADVICE = (
+    "a coloured scan (its three channels differ, e.g. coloured markers burnt in by the "
+    "scanner) for a greyscale model; --colour-input grey converts such scans to luminance and "
+    "flags them for review"
+)
+
+
+def prepare_image(
+    segmenter: Segmenter, image: np.ndarray, path: Path, plan: PredictionPlan
+) -> tuple[np.ndarray, bool]:
+    """The prepared image, and whether a coloured scan was turned to luminance.
+
+    Raises:
+        ImageReadError: a coloured scan for a greyscale model without ``--colour-input grey``
+            (the reason gives the advice that fits prediction).
+    """
+    try:
+        return segmenter.prepare(image, path), False
+    except ChannelError:
+        if segmenter.info.image_channels != 1 or image.ndim != 3:
+            raise
+        if plan.colour_input != "grey":
+            raise ImageReadError(path, COLOUR_ADVICE) from None
+    rgb = image[:, :, :3]
+    luminance = np.rint(rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(image.dtype)
+    return segmenter.prepare(luminance, path), True
 
 
 def input_hash(item: PlannedInput) -> str:
@@ -727,6 +758,9 @@ class ResultSink:
             write_mask, target, self.plan.output_dir, result.classes, self.format.mask_scale
         )
         quality = quality_columns(item.image, result.classes, result.confidence, self.quality)
+        if item.converted:  # a coloured scan read as grey: always worth a look
+            reasons = [r for r in [quality.get("review_reasons"), "colour_converted"] if r]
+            quality.update(review="review", review_reasons=";".join(reasons))
         if self.plan.review_page:  # small: encoded by the writer thread
             small = thumbnail(item.image, result.classes)
             self.writer.submit(write_thumbnail, self.plan.output_dir, item.input.mask_name, small)

@@ -106,7 +106,8 @@ def cell(value, shown: str | None = None) -> str:
 
 
 def row_html(row: dict, output_dir: Path) -> str:
-    state = "error" if row["status"] == "error" else (row.get("review") or "")
+    review = row.get("review")
+    state = "error" if row["status"] == "error" else (review if isinstance(review, str) else "")
     mask = row.get("mask")
     thumb = ""
     if isinstance(mask, str) and mask and (output_dir / thumbnail_name(mask)).is_file():

@@ -197,3 +197,35 @@ def test_too_few_validation_cases_calibrate_no_flags():
     assert all(signal.threshold is None for signal in calibrated.signals.values())
     assert "too few validation cases" in calibrated.note
     assert review_reasons({"low_confidence": 1.0}, calibrated) == []
+
+
+def test_coloured_scans_are_errors_with_advice_or_converted_and_flagged(trained_run, tmp_path):
+    from data_catalog.images import write_png_atomic
+    from unet.config import PredictConfig
+    from unet.prediction import predict_folder
+
+    (tmp_path / "in").mkdir()
+    grey = RNG.integers(0, 255, (32, 32), dtype=np.uint8)
+    marked = np.repeat(grey[:, :, None], 3, axis=2)
+    marked[2:6, 2:12] = (255, 255, 0)  # a yellow marker burnt in
+    write_png_atomic(tmp_path / "in" / "grey.png", grey)
+    write_png_atomic(tmp_path / "in" / "marked.png", marked)
+
+    def run(**extra):
+        config = PredictConfig(
+            model=str(trained_run),
+            input_dir=str(tmp_path / "in"),
+            output_dir=str(tmp_path / f"out-{len(extra)}"),
+            precision="float32",
+            **extra,
+        )
+        return predict_folder(config).set_index("input")
+
+    refused = run()
+    assert refused.loc["marked.png", "status"] == "error"
+    assert "--colour-input grey" in refused.loc["marked.png", "error"]
+    assert refused.loc["grey.png", "status"] == "ok"
+    converted = run(colour_input="grey")
+    assert converted.loc["marked.png", "status"] == "ok"
+    assert converted.loc["marked.png", "review"] == "review"
+    assert "colour_converted" in converted.loc["marked.png", "review_reasons"]
