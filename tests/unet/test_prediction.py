@@ -50,7 +50,9 @@ def test_every_input_gets_a_same_size_mask_or_an_error_row(trained_run, tmp_path
     }
     errors = rows[rows["status"] == "error"]["error"].to_dict()
     assert set(errors) == {"truncated.png", "zero.png", "readme.txt", "colour.png"}
-    assert "3 different channels" in errors["colour.png"]
+    assert (
+        "a coloured scan" in errors["colour.png"] and "--colour-input grey" in errors["colour.png"]
+    )
     assert "truncated" in errors["truncated.png"] and "empty" in errors["zero.png"]
     assert "not a recognised image" in errors["readme.txt"]
     for name, (height, width) in {
