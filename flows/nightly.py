@@ -155,7 +155,7 @@ def skip_reason(
 ):
     """Why tonight needs no training (the champion saw this data, split, config, folds and
     code), or None."""
-    from unet.lineage import code_revision
+    from unet.lineage import code_revision, library_versions
 
     folds = (crossval or CrossValidationConfig()).folds
     if (champion_lineage.get("crossval") or {}).get("folds", 0) != folds:
@@ -167,6 +167,7 @@ def skip_reason(
         train.model_dump(),
         prepared.split_hash,
         code_revision()["git_commit"],
+        library_versions(),
     )
 
 

@@ -74,12 +74,30 @@ def publish_markdown(key: str, markdown: str, description: str) -> None:
         create_markdown_artifact(markdown=markdown, key=key, description=description)
 
 
+ARTIFACT_IMAGE_SIDE = 768  # px: an inlined image stays far below Prefect's event size limit
+
+
+def artifact_jpeg(path: str | Path, side: int = ARTIFACT_IMAGE_SIDE) -> bytes:
+    """An image file as a JPEG of at most ``side`` pixels a side (an overlay of 512x512 retinal
+    images as a PNG data URL was 2-3 MB, over the limit of the server's events)."""
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(Path(path).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    scale = side / max(image.shape[:2])
+    if scale < 1:
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+
+
 def publish_image(key: str, path: str | Path, description: str) -> None:
-    """An image artifact from a PNG file, inlined as a data URL (the dashboard renders it)."""
+    """An image artifact from an image file, shrunk (see :func:`artifact_jpeg`) and inlined as
+    a data URL (the dashboard renders it)."""
     if in_run():
-        data = base64.b64encode(Path(path).read_bytes()).decode()
+        data = base64.b64encode(artifact_jpeg(path)).decode()
         create_image_artifact(
-            image_url=f"data:image/png;base64,{data}", key=key, description=description
+            image_url=f"data:image/jpeg;base64,{data}", key=key, description=description
         )
 
 

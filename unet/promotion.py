@@ -122,16 +122,22 @@ def decide(
     )
 
 
+# Libraries whose version changes what training produces; a new Prefect or pandas does not.
+MODEL_LIBRARIES = ("python", "segflow", "tensorflow", "keras", "numpy")
+
+
 def unchanged_reason(
     champion_lineage: dict,
     dataset_hash: str,
     train_config: dict[str, object],
     split_hash: str | None = None,
     code_commit: str | None = None,
+    versions: dict[str, str | None] | None = None,
 ) -> str | None:
     """Why training can be skipped: the champion was trained on exactly this dataset, split
-    and training config, by this code. None when anything differs (or the champion's lineage
-    is missing). ``split_hash`` / ``code_commit`` are compared when given and known.
+    and training config, by this code and these libraries (:data:`MODEL_LIBRARIES`). None when
+    anything differs (or the champion's lineage is missing). ``split_hash`` / ``code_commit``
+    / ``versions`` are compared when given and known.
 
     Settings left as None (``num_classes``: from the data) match what training resolved."""
     if not champion_lineage or champion_lineage.get("dataset_hash") != dataset_hash:
@@ -141,6 +147,12 @@ def unchanged_reason(
     trained_commit = (champion_lineage.get("code") or {}).get("git_commit")
     if code_commit and trained_commit and trained_commit != code_commit:
         return None
+    trained_versions = champion_lineage.get("versions") or {}
+    if versions and any(
+        name in trained_versions and trained_versions[name] != versions.get(name)
+        for name in MODEL_LIBRARIES
+    ):
+        return None
     trained = champion_lineage.get("train_config") or {}
     if any(
         value is not None and trained.get(key, value) != value
@@ -149,7 +161,7 @@ def unchanged_reason(
         return None
     return (
         f"no new data since champion {champion_lineage.get('model_version')} was trained "
-        f"(dataset hash {dataset_hash[:12]}; same split, training config and code)"
+        f"(dataset hash {dataset_hash[:12]}; same split, training config, code and libraries)"
     )
 
 

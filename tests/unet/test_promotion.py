@@ -70,6 +70,14 @@ def test_unchanged_data_and_config_is_recognised():
     assert unchanged_reason(known, "abc" * 10, {"epochs": 3}, "s2", "c1") is None  # new split
     assert unchanged_reason(known, "abc" * 10, {"epochs": 3}, "s1", "c2") is None  # new code
     assert unchanged_reason(known, "abc" * 10, {"epochs": 3}, "s1", None)  # code unknown
+    versions = {"tensorflow": "2.21.0", "prefect": "3.9.1"}
+    pinned = {**known, "versions": versions}
+    same = unchanged_reason(pinned, "abc" * 10, {"epochs": 3}, "s1", "c1", versions)
+    assert "libraries" in same
+    newer_tf = {**versions, "tensorflow": "2.22.0"}
+    assert unchanged_reason(pinned, "abc" * 10, {"epochs": 3}, "s1", "c1", newer_tf) is None
+    newer_prefect = {**versions, "prefect": "3.10.0"}  # does not change what training makes
+    assert unchanged_reason(pinned, "abc" * 10, {"epochs": 3}, "s1", "c1", newer_prefect)
 
 
 def test_other_split_settings_are_flagged():
