@@ -9,6 +9,8 @@ any point leaves the old champion in place.
 
 from __future__ import annotations
 
+import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -204,14 +206,25 @@ def score_champion(
     if warning:
         run_logger().warning("%s", warning)
         notes.append(warning)
+    target = run_dir / "champion-evaluation"
+    champion_dir = registry_root(registry) / champion
+    cache = champion_dir / "scores" / scores_key(prepared, champion_dir)
     try:
-        metrics = evaluate_split(
-            str(registry_root(registry) / champion),
-            prepared.tfrecords,
-            str(run_dir / "champion-evaluation"),
-            manifest=prepared.manifest,
-            role="champion",
-        )
+        if (cache / "metrics.json").is_file() and (cache / "per_image.csv").is_file():
+            shutil.copytree(cache, target, dirs_exist_ok=True)
+            metrics = json.loads((target / "metrics.json").read_text())
+            run_logger().info(
+                "champion %s: scores on this test split reused from %s", champion, cache
+            )
+        else:
+            metrics = evaluate_split(
+                str(registry_root(registry) / champion),
+                prepared.tfrecords,
+                str(target),
+                manifest=prepared.manifest,
+                role="champion",
+            )
+            keep_scores(target, cache)
     except Exception as error:
         raise RuntimeError(
             f"cannot score champion {champion} on tonight's test split ({error}); the "
@@ -223,6 +236,25 @@ def score_champion(
         run_dir / "champion-evaluation" / "per_image.csv",
     )
     return metrics, paired, notes
+
+
+def scores_key(prepared: PreparedDataset, model_dir: Path) -> str:
+    """A model's scores are the same on the same data and split: their cache key (with the
+    model file's own hash, so a model file changed after registration is scored again)."""
+    from data_catalog.hashing import hash_file
+    from unet.model_files import model_file
+
+    model_hash = hash_file(model_file(model_dir))[:12]
+    return f"{prepared.dataset_hash[:16]}-{prepared.split_hash[:16]}-{model_hash}"
+
+
+def keep_scores(evaluation: Path, cache: Path) -> None:
+    """Copy an evaluation folder into the champion's score cache (complete or not at all)."""
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(evaluation, tmp)
+    shutil.rmtree(cache, ignore_errors=True)
+    tmp.rename(cache)
 
 
 def publish_decision(

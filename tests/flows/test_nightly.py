@@ -113,3 +113,32 @@ def test_a_night_that_cannot_score_the_champion_fails_and_keeps_it(nights, tmp_p
         )
     assert (models / "champion.json").read_text() == pointer
     assert len(registry.list_versions(models)) == 3  # the challenger is registered, no more
+
+
+def test_champion_scores_are_cached_by_data_and_split_and_reused(nights, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import flows.nightly as nightly
+
+    work, (first, _, third) = nights
+    cached = list((work / "models" / first["challenger"] / "scores").iterdir())
+    assert len(cached) == 1 and (cached[0] / "per_image.csv").is_file()
+    night = work / "runs" / third["run_dir"].split("/")[-1]
+    tonight = (night / "champion-evaluation" / "per_image.csv").read_text()
+    assert (cached[0] / "per_image.csv").read_text() == tonight
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the champion was scored again on unchanged data and split")
+
+    monkeypatch.setattr(nightly, "evaluate_split", must_not_run)
+    dataset_hash, split_hash, _ = cached[0].name.split("-")
+    prepared = SimpleNamespace(
+        dataset_hash=dataset_hash, split_hash=split_hash, config=PrepareConfig(), tfrecords="-"
+    )
+    (tmp_path / "evaluation").mkdir()
+    (tmp_path / "evaluation" / "per_image.csv").write_text(tonight)
+    lineage = {"prepare_config": PrepareConfig().model_dump()}
+    metrics, paired, _ = nightly.score_champion(
+        first["challenger"], "other", lineage, prepared, str(work / "models"), tmp_path
+    )
+    assert metrics["model_version"] == first["challenger"] and paired["images"] > 0
