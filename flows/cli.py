@@ -168,7 +168,7 @@ def add_model_commands(commands) -> None:
     add_config_arguments(evaluate, EvaluateConfig, skip=("out_dir",))
     add_config_arguments(evaluate, PrepareConfig)
 
-    models = commands.add_parser("models", help="The model registry: list, show, promote.")
+    models = commands.add_parser("models", help="The model registry: list, show, promote, prune.")
     models.add_argument(
         "--registry", default=None, help="Registry folder. Default: $SEGFLOW_REGISTRY or ./models."
     )
@@ -179,6 +179,20 @@ def add_model_commands(commands) -> None:
     promote = actions.add_parser("promote", help="Make a version the champion (atomically).")
     promote.add_argument("version")
     promote.add_argument("--reason", default="manual promotion")
+    prune = actions.add_parser(
+        "prune",
+        help="Remove old versions (never the champion or its predecessor) and old run folders.",
+    )
+    prune.add_argument("--keep", type=int, default=5, help="Newest versions kept. Default: 5.")
+    prune.add_argument("--runs-dir", default=None, help="Folder of run folders, e.g. runs/nightly.")
+    prune.add_argument(
+        "--older-than-days",
+        type=float,
+        default=None,
+        help="With --runs-dir: remove run folders "
+        "unchanged for this many days (never those of kept versions).",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="Only say what would go.")
 
     predict = commands.add_parser("predict", help="Segment every image in a folder.")
     predict.add_argument("input_dir", help="Folder of images, searched recursively.")
@@ -409,6 +423,13 @@ def run_models(args: argparse.Namespace) -> int:
             )
     elif args.action == "show":
         print(json.dumps(registry.describe(args.version, root), indent=2, default=str))
+    elif args.action == "prune":
+        removed = registry.prune(root, args.keep, args.runs_dir, args.older_than_days, args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        print(
+            f"{verb} {len(removed['versions'])} versions: {', '.join(removed['versions']) or '-'}"
+        )
+        print(f"{verb} {len(removed['runs'])} run folders: {', '.join(removed['runs']) or '-'}")
     else:
         record = registry.promote(args.version, root, args.reason)
         print(f"champion: {record['version']} (was {record['previous']})")

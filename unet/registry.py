@@ -155,6 +155,73 @@ def _locked(root: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def protected_versions(root: Path) -> set[str]:
+    """The champion and its predecessor (the one a rollback would return to)."""
+    path = root / CHAMPION_FILE
+    if not path.is_file():
+        return set()
+    record = json.loads(path.read_text())
+    return {name for name in (record.get("version"), record.get("previous")) if name}
+
+
+def prune(
+    root: str | Path | None = None,
+    keep: int = 5,
+    runs_dir: str | Path | None = None,
+    older_than_days: float | None = None,
+    dry_run: bool = False,
+) -> dict[str, list[str]]:
+    """Remove old registered versions and old run folders.
+
+    Kept always: the champion, its predecessor, the ``keep`` newest versions, and the run
+    folders those versions were registered from. With ``runs_dir`` and ``older_than_days``,
+    run folders directly under ``runs_dir`` last changed longer ago than that are removed.
+    Versions are removed under the registry's lock, so a promotion never races a removal.
+
+    Returns:
+        ``{"versions": [...], "runs": [...]}``: what was (with ``dry_run``: would be) removed.
+    """
+    root = registry_root(root)
+    if keep < 0:
+        raise ValueError(f"keep must be at least 0. Received: keep={keep}")
+    removed: dict[str, list[str]] = {"versions": [], "runs": []}
+    with _locked(root):
+        versions = list_versions(root)
+        kept = protected_versions(root) | set(versions[len(versions) - keep :] if keep else [])
+        sources = {
+            describe(version, root)["registered"].get("source")
+            for version in versions
+            if version in kept
+        }
+        for version in versions:
+            if version not in kept:
+                removed["versions"].append(version)
+                if not dry_run:
+                    shutil.rmtree(root / version)
+    if runs_dir is not None and older_than_days is not None:
+        removed["runs"] = prune_runs(Path(runs_dir), older_than_days, sources, dry_run)
+    logger.info("pruned %d versions and %d run folders", *map(len, removed.values()))
+    return removed
+
+
+def prune_runs(runs_dir: Path, older_than_days: float, protected: set, dry_run: bool) -> list[str]:
+    """Run folders under ``runs_dir`` older than ``older_than_days`` (by their newest file),
+    except those in ``protected`` (resolved paths as strings)."""
+    if not runs_dir.is_dir():
+        return []
+    cutoff = datetime.now(timezone.utc).timestamp() - older_than_days * 86400
+    removed = []
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        newest = max(
+            (path.stat().st_mtime for path in folder.rglob("*")), default=folder.stat().st_mtime
+        )
+        if newest < cutoff and str(folder.resolve()) not in protected:
+            removed.append(folder.name)
+            if not dry_run:
+                shutil.rmtree(folder)
+    return removed
+
+
 def champion_lineage(root: str | Path | None = None) -> dict:
     """``lineage.json`` of the current champion ({} when there is none or it has none)."""
     return describe(CHAMPION, root)["lineage"] if champion_version(root) else {}

@@ -30,3 +30,35 @@ def test_unknown_versions_are_named(tmp_path):
         registry.promote("nope", tmp_path)
     with pytest.raises(FileNotFoundError, match="not a model file, run folder or registered"):
         Segmenter(str(tmp_path / "missing"))
+
+
+def test_prune_keeps_the_champion_its_predecessor_and_the_newest(tmp_path):
+    import json
+    import os
+    import time
+
+    from unet import registry
+
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    now = time.time()
+    for age, name in enumerate(["v6", "v5", "v4", "v3", "v2", "v1"]):  # v1 oldest
+        run = runs / f"run-{name}"
+        run.mkdir(parents=True)
+        (run / "history.csv").write_text("epoch\n")
+        folder = models / name
+        folder.mkdir(parents=True)
+        (folder / "model.keras").write_bytes(b"weights")
+        (folder / "registered.json").write_text(json.dumps({"source": str(run.resolve())}))
+        for path in (folder / "model.keras", run / "history.csv", run):
+            os.utime(path, (now - age * 86400 * 10, now - age * 86400 * 10))
+    registry.promote("v2", models)
+    registry.promote("v3", models)  # champion v3, its predecessor v2
+    preview = registry.prune(models, keep=1, runs_dir=runs, older_than_days=15, dry_run=True)
+    assert sorted(preview["versions"]) == ["v1", "v4", "v5"]
+    assert (models / "v1").is_dir()  # a dry run removes nothing
+    removed = registry.prune(models, keep=1, runs_dir=runs, older_than_days=15)
+    assert sorted(registry.list_versions(models)) == ["v2", "v3", "v6"]
+    assert registry.champion_version(models) == "v3"
+    # runs older than 15 days (v4, v3, v2, v1) go, except those the kept versions came from
+    assert sorted(removed["runs"]) == ["run-v1", "run-v4"]
+    assert sorted(p.name for p in runs.iterdir()) == ["run-v2", "run-v3", "run-v5", "run-v6"]
