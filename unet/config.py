@@ -261,6 +261,11 @@ class PredictConfig(BaseModel):
         description="Keep only the largest foreground component of each mask (26-connected "
         "in 3-D for volumes), for structures that are one piece.",
     )
+    overlays: bool = Field(
+        False,
+        description="Also write a full-size overlay PNG per image (the image with its mask in "
+        "red) under OUTPUT_DIR/overlays/.",
+    )
     colour_input: Literal["error", "grey"] = Field(
         "error",
         description="A coloured scan (e.g. with burnt-in coloured markers) for a greyscale "

@@ -44,7 +44,7 @@ from unet.config import PredictConfig
 from unet.inference import Segmentation, Segmenter
 from unet.postprocessing import keep_largest_component, remove_small_components_3d
 from unet.quality import QualityReference, VolumeQuality, quality_columns
-from unet.review import thumbnail, write_review_page, write_thumbnail
+from unet.review import thumbnail, write_overlay, write_review_page, write_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ class PredictionPlan:
     dicom_seg: bool = False
     review_page: bool = True
     colour_input: str = "error"
+    overlays: bool = False
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,7 @@ def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> 
         config.dicom_seg,
         config.review_page,
         config.colour_input,
+        config.overlays,
     )
 
 
@@ -764,6 +766,9 @@ class ResultSink:
         if self.plan.review_page:  # small: encoded by the writer thread
             small = thumbnail(item.image, result.classes)
             self.writer.submit(write_thumbnail, self.plan.output_dir, item.input.mask_name, small)
+        if self.plan.overlays:
+            full = thumbnail(item.image, result.classes, side=None)
+            self.writer.submit(write_overlay, self.plan.output_dir, item.input.mask_name, full)
         self.pending.append((item, future, result.mean_confidence, quality))
         while len(self.pending) > self.window:  # bounded: memory does not grow with the folder
             self._collect(*self.pending.popleft())

@@ -30,11 +30,14 @@ def thumbnail_name(mask_name: str | Path) -> str:
     return f"{THUMBNAIL_DIR}/{Path(mask_name).as_posix()}.jpg"
 
 
-def thumbnail(prepared: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """A small RGB picture of a normalised image (channels averaged, 1-99% stretched) with the
-    foreground tinted red and outlined."""
+def thumbnail(
+    prepared: np.ndarray, classes: np.ndarray, side: int | None = THUMBNAIL_SIDE
+) -> np.ndarray:
+    """An RGB picture of a normalised image (channels averaged, 1-99% stretched) with the
+    foreground tinted red and outlined, at most ``side`` pixels a side (None: full size, the
+    ``--overlays`` images)."""
     grey = prepared.mean(axis=2) if prepared.ndim == 3 else prepared
-    scale = THUMBNAIL_SIDE / max(grey.shape)
+    scale = (side or max(grey.shape)) / max(grey.shape)
     if scale < 1:
         size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
         grey = cv2.resize(grey.astype(np.float32), size, interpolation=cv2.INTER_AREA)
@@ -49,6 +52,14 @@ def thumbnail(prepared: np.ndarray, classes: np.ndarray) -> np.ndarray:
     )
     cv2.drawContours(rgb, contours, -1, (255, 40, 40), 1)
     return rgb
+
+
+def write_overlay(output_dir: Path, mask_name: str | Path, rgb: np.ndarray) -> None:
+    """A full-size overlay PNG at ``overlays/<mask name>`` (``--overlays``)."""
+    from data_catalog.images import write_png_atomic
+
+    name = Path(mask_name)
+    write_png_atomic(output_dir / "overlays" / name.with_name(name.name + ".png"), rgb)
 
 
 def write_thumbnail(output_dir: Path, mask_name: str | Path, rgb: np.ndarray) -> None:

@@ -229,3 +229,21 @@ def test_coloured_scans_are_errors_with_advice_or_converted_and_flagged(trained_
     assert converted.loc["marked.png", "status"] == "ok"
     assert converted.loc["marked.png", "review"] == "review"
     assert "colour_converted" in converted.loc["marked.png", "review_reasons"]
+
+
+def test_overlays_are_full_size_pictures_of_image_and_mask(trained_run, synthetic_dir, tmp_path):
+    from data_catalog.images import read_image
+    from unet.config import PredictConfig
+    from unet.prediction import predict_folder
+
+    config = PredictConfig(
+        model=str(trained_run),
+        input_dir=str(synthetic_dir / "images"),
+        output_dir=str(tmp_path / "out"),
+        precision="float32",
+        overlays=True,
+    )
+    report = predict_folder(config)
+    first = report.iloc[0]
+    overlay = read_image(tmp_path / "out" / "overlays" / f"{first['mask']}.png")
+    assert overlay.shape == (first["height"], first["width"], 3)
