@@ -54,6 +54,7 @@ class FoldResult:
     foreground_dice: float
     group_volume_dice: float | None
     tuner: ThresholdTuner | None  # running sums for the ensemble's threshold (binary models)
+    tfrecord_dir: str | None = None  # the fold's TFRecord set (its val split: the fold's cases)
 
     @property
     def per_image(self) -> Path:
@@ -82,6 +83,7 @@ def train_fold(
         foreground_dice=float(metrics["foreground_dice"]),
         group_volume_dice=metrics.get("group_volume_dice_mean"),
         tuner=tuner,
+        tfrecord_dir=str(tfrecord_dir),
     )
 
 
@@ -247,6 +249,7 @@ def finish_ensemble(
             ),
         }
     )
+    info = info.model_copy(update={"quality": calibrate_out_of_fold(folds, info, run_dir)})
     info.write(run_dir)
     logger.info(
         "ensemble %s of %d folds; post-processing tuned out of fold: %s",
@@ -255,6 +258,36 @@ def finish_ensemble(
         tuning,
     )
     return info, tuning
+
+
+def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Path):
+    """The ensemble's quality flags, calibrated on every non-test case: the reference from all
+    of them, each case's signals and Dice from the fold model that did not train on it (with
+    the ensemble's post-processing). The ensemble itself is usually a little more confident
+    than its members, so its flags are, if anything, raised less often. None without folds'
+    TFRecord sets."""
+    from itertools import chain
+
+    from unet.evaluation import quality_reference, quality_table
+    from unet.inference import Segmenter
+    from unet.quality import calibrate
+
+    if any(fold.tfrecord_dir is None for fold in folds):
+        return None
+    ensemble = Segmenter(model_file(run_dir), info=info)
+    first = folds[0].tfrecord_dir
+    everyone = chain(iterate_cases(first, "train"), iterate_cases(first, "val"))
+    reference = quality_reference(ensemble, everyone)
+    tables = []
+    for fold in folds:
+        member_info = ModelInfo.read(fold.run_dir).model_copy(
+            update={"postprocessing": info.postprocessing}
+        )
+        member = Segmenter(model_file(fold.run_dir), info=member_info)
+        tables.append(quality_table(member, iterate_cases(fold.tfrecord_dir, "val"), reference))
+    calibrated = calibrate(pd.concat(tables, ignore_index=True), reference)
+    note = f"calibrated on {calibrated.num_val_cases} out-of-fold cases (the fold models' signals)"
+    return calibrated.model_copy(update={"note": calibrated.note or note})
 
 
 def ensemble_result(

@@ -401,9 +401,8 @@ def quality_lines(quality: dict | None) -> list[str]:
     if not quality:
         return []
     if quality.get("flagged") is None:
-        return [
-            f"- quality flags: none calibrated ({quality.get('note') or 'no signal separated'})"
-        ]
+        note = quality.get("note")
+        return [f"- quality flags: none calibrated{f' ({note})' if note else ''}"]
     lines = [
         f"- quality flags (thresholds from the validation split, target Dice "
         f"{fmt(quality['target_dice'])}): {quality['flagged']} of {quality['cases']} cases "

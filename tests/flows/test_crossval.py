@@ -111,6 +111,10 @@ def test_out_of_fold_scores_every_non_test_case_exactly_once(local_run):
     assert metrics["num_images"] == len(rows) == summary.val_cases
     report = (run / "out_of_fold" / "report.md").read_text()
     assert "Out-of-fold scores" in report and "| 2 | " in report  # the per-fold table
+    # the ensemble's quality flags are calibrated on all of these cases, not one val split
+    quality = json.loads((run / "model.json").read_text())["quality"]
+    assert quality["num_val_cases"] == len(rows)
+    assert "out-of-fold" in quality["note"] or "too few" in quality["note"]
 
 
 def test_evaluate_reports_the_out_of_fold_estimate(local_run, synthetic_dir, capsys):
