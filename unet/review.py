@@ -163,8 +163,8 @@ def write_review_page(report: pd.DataFrame, output_dir: Path) -> Path:
 <style>{PAGE_STYLE}</style></head><body>
 <h1>{html.escape(summary)}</h1>
 <p>{errors} error(s). Flagged masks first; each reason is a quality signal above the threshold
-calibrated on the model's validation (or out-of-fold) cases (see model.json). Click a column to sort.
-Red: the predicted mask.</p>
+calibrated on the model's validation (or out-of-fold) cases (see model.json).
+Click a column to sort. Red: the predicted mask.</p>
 <table><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in headers)}</tr></thead>
 <tbody>
 {body}
