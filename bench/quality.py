@@ -8,7 +8,7 @@ unflagged ones, how many below-target test cases the flags caught (recall), and 
 validation Youden J and Spearman correlation with Dice (signals that did not separate are
 reported as unused, not tuned until they do).
 
-    .venv/bin/python bench/quality.py [--epochs 60] [--only isbi|lgg] [--data-root DIR]
+    .venv/bin/python bench/quality.py [--epochs 60] [--folds K] [--only isbi|lgg]
 """
 
 from __future__ import annotations
@@ -48,12 +48,18 @@ def datasets(root: Path) -> dict:
     }
 
 
-def run(name: str, prepare, epochs: int, out: Path) -> dict:
+def run(name: str, prepare, epochs: int, out: Path, folds: int = 0) -> dict:
     from flows.train import train_flow
-    from unet.config import TrainConfig
+    from unet.config import CrossValidationConfig, TrainConfig
 
     started = time.perf_counter()
-    train_flow(prepare=prepare, train=TrainConfig(epochs=epochs), run_dir=str(out), registry=None)
+    train_flow(
+        prepare=prepare,
+        train=TrainConfig(epochs=epochs),
+        run_dir=str(out),
+        registry=None,
+        crossval=CrossValidationConfig(folds=folds),
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     quality = metrics.get("quality") or {}
     row = {
@@ -70,6 +76,9 @@ def run(name: str, prepare, epochs: int, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument(
+        "--folds", type=int, default=0, help="train K fold models: flags calibrated out of fold"
+    )
     parser.add_argument("--only", choices=("isbi", "lgg"))
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets"))
     parser.add_argument("--out", default=None)
@@ -81,7 +90,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="segflow-quality-"))
     for name, prepare in datasets(root).items():
         if args.only in (None, name):
-            row = run(name, prepare, args.epochs, out / name)
+            row = run(name, prepare, args.epochs, out / name, args.folds)
             print(
                 f"  {name}: {row.get('flagged')} of {row.get('cases')} test cases flagged; mean "
                 f"Dice flagged {row.get('flagged_mean_dice')}, unflagged "
