@@ -107,6 +107,14 @@ def series_files(folder: Path) -> list[Path]:
     )
 
 
+def series_hash(files) -> str:
+    """A series' hash: its files' names and hashes in name order (the same series copied
+    elsewhere hashes alike)."""
+    from data_catalog.hashing import hash_file, hash_records
+
+    return hash_records(sorted((Path(path).name, hash_file(path)) for path in files))
+
+
 def read_series_folder(folder: Path) -> Volume:
     """The one DICOM series in ``folder`` as a volume.
 

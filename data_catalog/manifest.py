@@ -248,7 +248,7 @@ def _index_volume(case: CaseFiles, rule: LabelRule, channels: int, axis) -> list
             classes = part if classes is None else np.maximum(classes, part)
     except (ImageReadError, MaskValueError) as error:
         return _read_problem(error, case)
-    image_hash = hash_file(case.image) if case.image.is_file() else hash_folder(case.image)
+    image_hash = hash_file(case.image) if case.image.is_file() else folder_hash(case.image)
     mask_hashes = [hash_file(path) for path in case.masks]
     width = max(3, len(str(volume.num_slices - 1)))
     in_plane = [volume.spacing[a] for a in range(3) if a != volume.axis]
@@ -279,11 +279,11 @@ def _index_volume(case: CaseFiles, rule: LabelRule, channels: int, axis) -> list
     return rows
 
 
-def hash_folder(folder: Path) -> str:
-    """A DICOM series folder's hash: its files' hashes in name order."""
-    from data_catalog.dicom_series import series_files
+def folder_hash(folder: Path) -> str:
+    """A DICOM series folder's hash (see :func:`data_catalog.dicom_series.series_hash`)."""
+    from data_catalog.dicom_series import series_files, series_hash
 
-    return hash_records([(path.name, hash_file(path)) for path in series_files(folder)])
+    return series_hash(series_files(folder))
 
 
 def _index_case(

@@ -134,7 +134,7 @@ def series_folders(
             folder = paths[0].parent.relative_to(root).as_posix()
             if folder in mask_keys and folder not in image_keys:
                 folders.setdefault(folder, []).append(key)
-    result = {key: paths for key, paths in image_keys.items()}
+    result = dict(image_keys)
     for folder, keys in folders.items():
         for key in keys:
             del result[key]

@@ -230,24 +230,9 @@ def write_tfrecords(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SIDECAR_NAME).unlink(missing_ok=True)  # incomplete until rewritten
     dtype = storage_dtype(manifest["dtype"])
-    if context_slices and (manifest["slice"] < 0).any():
-        raise ValueError(
-            f"context_slices={context_slices} needs volumes; this dataset has 2-D images "
-            f"(e.g. {manifest.loc[manifest['slice'] < 0, 'image'].iloc[0]})"
-        )
+    sidecar = describe_set(manifest, rule, channels, dtype, context_slices, slice_axis)
+    sidecar.update(address=address, dataset_hash=dataset_hash)
     by_key = manifest.set_index("key", drop=False)
-    sidecar: dict[str, object] = {
-        "address": address,
-        "format": FORMAT_VERSION,
-        "dataset_hash": dataset_hash,
-        "dtype": dtype,
-        "channels": channels,
-        "context_slices": context_slices,
-        "slice_axis": slice_axis,
-        "volumes": bool((manifest["slice"] >= 0).any()),
-        **describe_labels(rule),
-        "splits": {},
-    }
     jobs = shard_jobs(by_key, splits, out_dir, num_shards, sidecar["splits"])
     settings = (rule, channels, dtype, context_slices, slice_axis)
     with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
@@ -257,12 +242,36 @@ def write_tfrecords(
     return sidecar
 
 
-def describe_labels(rule: LabelRule) -> dict[str, object]:
-    """The sidecar's account of the label rule."""
+def describe_set(
+    manifest: pd.DataFrame,
+    rule: LabelRule,
+    channels: int,
+    dtype: str,
+    context_slices: int,
+    slice_axis: int | None,
+) -> dict[str, object]:
+    """The sidecar's account of how a set is stored (its files are added per split).
+
+    Raises:
+        ValueError: context slices asked for a dataset of 2-D images.
+    """
+    images = manifest["slice"] < 0
+    if context_slices and images.any():
+        raise ValueError(
+            f"context_slices={context_slices} needs volumes; this dataset has 2-D images "
+            f"(e.g. {manifest.loc[images, 'image'].iloc[0]})"
+        )
     return {
+        "format": FORMAT_VERSION,
+        "dtype": dtype,
+        "channels": channels,
+        "context_slices": context_slices,
+        "slice_axis": slice_axis,
+        "volumes": bool((~images).any()),
         "labels": rule.describe(),
         "foreground": rule.foreground,
         "num_classes": rule.num_classes,
+        "splits": {},
     }
 
 

@@ -147,8 +147,7 @@ class VolumeCache:
             if key in self._volumes:
                 self._volumes.move_to_end(key)
                 return self._volumes[key]
-        volume = read_volume(path, channels, axis)
-        volume.stats()
+        volume = read_volume(path, channels, axis)  # statistics computed when first asked
         with self._lock:
             self._volumes[key] = volume
             while len(self._volumes) > self.size:
@@ -174,7 +173,7 @@ def same_geometry(image: Volume, mask: Volume) -> str | None:
             f"{format_spacing(image.spacing)} mm (image), shape "
             f"{'x'.join(map(str, image.shape))}"
         )
-    if not np.allclose(image.affine, mask.affine, atol=max(GEOMETRY_TOLERANCE, 1e-3)):
+    if not np.allclose(image.affine, mask.affine, atol=GEOMETRY_TOLERANCE):
         worst = float(np.max(np.abs(image.affine - mask.affine)))
         return (
             f"orientation/origin differ (affines up to {worst:.3g} apart; mask origin "

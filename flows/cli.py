@@ -99,6 +99,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    add_demo_command(commands)
+
+    prepare = commands.add_parser(
+        "prepare", help="Index, validate, split a dataset and write its TFRecords."
+    )
+    prepare.add_argument("--out", required=True, help="Folder for manifest, splits, TFRecords.")
+    add_config_arguments(prepare, PrepareConfig)
+
+    plan = commands.add_parser(
+        "plan",
+        help="Prepare a dataset and print the training settings planned from its fingerprint.",
+    )
+    plan.add_argument("--out", required=True, help="Folder for plan.json and the prepared data.")
+    add_config_arguments(plan, PrepareConfig)
+
+    train = commands.add_parser("train", help="Prepare a dataset, train and evaluate a U-Net.")
+    train.add_argument("--out", required=True, help="Run folder for the model and its records.")
+    train.add_argument(
+        "--registry",
+        default=None,
+        help="Model registry to register the model in. Default: $SEGFLOW_REGISTRY or ./models.",
+    )
+    train.add_argument("--no-register", action="store_true", help="Do not register the model.")
+    add_config_arguments(train, PrepareConfig)
+    add_config_arguments(train, TrainConfig, skip=("intensity_window",))
+    add_config_arguments(train, DeviceConfig)
+    add_config_arguments(train, CrossValidationConfig)
+
+    add_model_commands(commands)
+    return parser
+
+
+def add_demo_command(commands) -> None:
+    """``segflow demo`` and its options."""
     demo = commands.add_parser("demo", help="Generate a synthetic dataset, train, predict.")
     demo.add_argument(
         "--out",
@@ -131,43 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Image size. Default: {DEMO_TRAIN['image_size']}.",
     )
 
-    prepare = commands.add_parser(
-        "prepare", help="Index, validate, split a dataset and write its TFRecords."
-    )
-    prepare.add_argument("--out", required=True, help="Folder for manifest, splits, TFRecords.")
-    add_config_arguments(prepare, PrepareConfig)
 
-    plan = commands.add_parser(
-        "plan",
-        help="Prepare a dataset and print the training settings planned from its fingerprint.",
-    )
-    plan.add_argument("--out", required=True, help="Folder for plan.json and the prepared data.")
-    add_config_arguments(plan, PrepareConfig)
-
-    train = commands.add_parser("train", help="Prepare a dataset, train and evaluate a U-Net.")
-    train.add_argument("--out", required=True, help="Run folder for the model and its records.")
-    train.add_argument(
-        "--registry",
-        default=None,
-        help="Model registry to register the model in. Default: $SEGFLOW_REGISTRY or ./models.",
-    )
-    train.add_argument("--no-register", action="store_true", help="Do not register the model.")
-    add_config_arguments(train, PrepareConfig)
-    add_config_arguments(train, TrainConfig, skip=("intensity_window",))
-    add_config_arguments(train, DeviceConfig)
-    add_config_arguments(train, CrossValidationConfig)
-
-    add_model_commands(commands)
-    return parser
-
-
-def add_model_commands(commands) -> None:
-    """The subcommands that use trained models: evaluate, models, predict, retrain."""
-    evaluate = commands.add_parser("evaluate", help="Score a model on a labelled dataset.")
-    evaluate.add_argument("--out", dest="out_dir", required=True, help="Folder for the scores.")
-    add_config_arguments(evaluate, EvaluateConfig, skip=("out_dir",))
-    add_config_arguments(evaluate, PrepareConfig)
-
+def add_registry_commands(commands) -> None:
+    """``segflow models list|show|promote|prune``."""
     models = commands.add_parser("models", help="The model registry: list, show, promote, prune.")
     models.add_argument(
         "--registry", default=None, help="Registry folder. Default: $SEGFLOW_REGISTRY or ./models."
@@ -193,6 +193,16 @@ def add_model_commands(commands) -> None:
         "unchanged for this many days (never those of kept versions).",
     )
     prune.add_argument("--dry-run", action="store_true", help="Only say what would go.")
+
+
+def add_model_commands(commands) -> None:
+    """The subcommands that use trained models: evaluate, models, predict, retrain."""
+    evaluate = commands.add_parser("evaluate", help="Score a model on a labelled dataset.")
+    evaluate.add_argument("--out", dest="out_dir", required=True, help="Folder for the scores.")
+    add_config_arguments(evaluate, EvaluateConfig, skip=("out_dir",))
+    add_config_arguments(evaluate, PrepareConfig)
+
+    add_registry_commands(commands)
 
     predict = commands.add_parser("predict", help="Segment every image in a folder.")
     predict.add_argument("input_dir", help="Folder of images, searched recursively.")

@@ -138,10 +138,7 @@ class PredictionPlan:
     inputs: list[PlannedInput]
     journal_path: Path
     done: dict[str, dict]
-    dicom_seg: bool = False
-    review_page: bool = True
-    colour_input: str = "error"
-    overlays: bool = False
+    config: PredictConfig  # the run's options (DICOM SEG, review page, overlays, colour input)
 
 
 @dataclass(frozen=True)
@@ -302,15 +299,7 @@ def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> 
         inputs = inputs[shard[0] :: shard[1]]
         journal_path = output_dir / JOURNAL_FILE.replace(".jsonl", f"-{shard[0]}.jsonl")
     return PredictionPlan(
-        input_dir,
-        output_dir,
-        inputs,
-        journal_path,
-        load_journal(output_dir),
-        config.dicom_seg,
-        config.review_page,
-        config.colour_input,
-        config.overlays,
+        input_dir, output_dir, inputs, journal_path, load_journal(output_dir), config
     )
 
 
@@ -401,7 +390,7 @@ def prepare_image(
     except ChannelError:
         if segmenter.info.image_channels != 1 or image.ndim != 3:
             raise
-        if plan.colour_input != "grey":
+        if plan.config.colour_input != "grey":
             raise ImageReadError(path, COLOUR_ADVICE) from None
     rgb = image[:, :, :3]
     luminance = np.rint(rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(image.dtype)
@@ -413,9 +402,9 @@ def input_hash(item: PlannedInput) -> str:
     same series copied elsewhere hashes alike)."""
     if item.files is None:
         return hash_file(item.path)
-    from data_catalog.hashing import hash_records
+    from data_catalog.dicom_series import series_hash
 
-    return hash_records(sorted((path.name, hash_file(path)) for path in item.files))
+    return series_hash(item.files)
 
 
 def read_inputs(
@@ -516,10 +505,10 @@ def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) ->
     target = sink.plan.output_dir / relative
     try:
         slices = segment_volume_file(
-            segmenter, item.input.path, target, item.input.files, sink.plan.dicom_seg
+            segmenter, item.input.path, target, item.input.files, sink.plan.config.dicom_seg
         )
         write_csv_atomic(target.with_name(volume_stem(target) + ".slices.csv"), slices)
-        if sink.plan.review_page:
+        if sink.plan.config.review_page:
             write_thumbnail(sink.plan.output_dir, relative, slices.attrs["thumbnail"])
     except Exception as error:
         if not isinstance(error, (OSError, ValueError)):
@@ -763,10 +752,10 @@ class ResultSink:
         if item.converted:  # a coloured scan read as grey: always worth a look
             reasons = [r for r in [quality.get("review_reasons"), "colour_converted"] if r]
             quality.update(review="review", review_reasons=";".join(reasons))
-        if self.plan.review_page:  # small: encoded by the writer thread
+        if self.plan.config.review_page:  # small: encoded by the writer thread
             small = thumbnail(item.image, result.classes)
             self.writer.submit(write_thumbnail, self.plan.output_dir, item.input.mask_name, small)
-        if self.plan.overlays:
+        if self.plan.config.overlays:
             full = thumbnail(item.image, result.classes, side=None)
             self.writer.submit(write_overlay, self.plan.output_dir, item.input.mask_name, full)
         self.pending.append((item, future, result.mean_confidence, quality))

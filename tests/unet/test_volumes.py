@@ -43,6 +43,13 @@ def threshold_model(tmp_path_factory):
     return folder
 
 
+def predict_config(model, inputs, outputs) -> PredictConfig:
+    """Prediction of ``inputs`` into ``outputs`` in float32 (exact masks)."""
+    return PredictConfig(
+        model=str(model), input_dir=str(inputs), output_dir=str(outputs), precision="float32"
+    )
+
+
 def rotated_affine() -> np.ndarray:
     """Voxel -> world: anisotropic spacing, a 30-degree rotation and a translation."""
     angle = np.deg2rad(30)
@@ -72,12 +79,7 @@ def test_a_nifti_volume_gives_a_mask_in_its_geometry(threshold_model, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     nibabel.save(nibabel.Nifti1Image(volume, affine), inputs / "case.nii.gz")
-    config = PredictConfig(
-        model=str(threshold_model),
-        input_dir=str(inputs),
-        output_dir=str(tmp_path / "out"),
-        precision="float32",
-    )
+    config = predict_config(threshold_model, inputs, tmp_path / "out")
     rows = predict_folder(config).to_dict("records")
     assert [row["status"] for row in rows] == ["ok"]
     mask = nibabel.load(tmp_path / "out" / "case.nii.gz")
@@ -112,12 +114,7 @@ def test_bad_volumes_are_error_rows_and_the_rest_goes_on(threshold_model, tmp_pa
     ct = (np.random.default_rng(0).normal(0, 300, (8, 8, 4))).astype(np.int16)
     nibabel.save(nibabel.Nifti1Image(ct, np.eye(4)), inputs / "ct.nii.gz")
     write_png_atomic(inputs / "slice.png", np.full((16, 16), 200, np.uint8))
-    config = PredictConfig(
-        model=str(threshold_model),
-        input_dir=str(inputs),
-        output_dir=str(tmp_path / "out"),
-        precision="float32",
-    )
+    config = predict_config(threshold_model, inputs, tmp_path / "out")
     rows = {row["input"]: row for row in predict_folder(config).to_dict("records")}
     assert rows["good.nii.gz"]["status"] == "ok" and rows["slice.png"]["status"] == "ok"
     assert "truncated" in rows["truncated.nii.gz"]["error"]
@@ -139,12 +136,7 @@ def test_the_same_dicom_series_shuffled_and_renamed_gives_byte_identical_masks(
     write_dicom_series(volume, affine, inputs / "first" / "ct", seed=1)
     write_dicom_series(volume, affine, inputs / "second" / "ct", seed=2)  # other names, order
     write_dicom_series(volume, affine, inputs / "gap", seed=3, skip_slices=(5,))
-    config = PredictConfig(
-        model=str(threshold_model),
-        input_dir=str(inputs),
-        output_dir=str(tmp_path / "out"),
-        precision="float32",
-    )
+    config = predict_config(threshold_model, inputs, tmp_path / "out")
     rows = {row["input"]: row for row in predict_folder(config).to_dict("records")}
     assert set(rows) == {"first/ct", "second/ct", "gap"}  # one row per series, not per file
     assert rows["first/ct"]["mask"] == "first/ct.nii.gz"
@@ -165,12 +157,7 @@ def test_two_series_in_one_folder_are_two_volumes(threshold_model, tmp_path):
     write_dicom_series(
         volume[:, :, :6], affine, tmp_path / "in" / "study", seed=2, series_uid="1.2.3.2"
     )
-    config = PredictConfig(
-        model=str(threshold_model),
-        input_dir=str(tmp_path / "in"),
-        output_dir=str(tmp_path / "out"),
-        precision="float32",
-    )
+    config = predict_config(threshold_model, tmp_path / "in", tmp_path / "out")
     report = predict_folder(config)
     assert len(report) == 2 and (report["status"] == "ok").all()
     assert sorted(report["volume_shape"]) == ["40x48x12", "40x48x6"]
@@ -183,12 +170,7 @@ def test_a_tiff_stack_gives_a_mask_stack_of_the_same_name(threshold_model, tmp_p
     volume = blob_volume()  # (40, 48, 12): pages along the last axis
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "stack.tif", np.moveaxis(volume, -1, 0))
-    config = PredictConfig(
-        model=str(threshold_model),
-        input_dir=str(tmp_path / "in"),
-        output_dir=str(tmp_path / "out"),
-        precision="float32",
-    )
+    config = predict_config(threshold_model, tmp_path / "in", tmp_path / "out")
     (row,) = predict_folder(config).to_dict("records")
     assert row["status"] == "ok" and row["mask"] == "stack.tif"
     assert row["volume_shape"] == "40x48x12"
