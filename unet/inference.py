@@ -78,6 +78,8 @@ class Segmenter:
             for it and the model's validation check passed; see
             :func:`unet.precision.choose_inference_precision`). ``self.precision`` says what was
             chosen and why.
+        largest_component: keep only the largest foreground component of each mask (of each
+            volume, in 3-D, when prediction assembles one).
 
     Raises:
         FileNotFoundError: no model there. ValueError: a tile size or overlap it cannot use.
@@ -92,6 +94,7 @@ class Segmenter:
         tile_overlap: float = 0.25,
         info: ModelInfo | None = None,
         precision: str = "float32",
+        largest_component: bool = False,
     ):
         self.tta = tta
         self.model_path = resolve_model_file(model, need_info=info is None)
@@ -104,7 +107,7 @@ class Segmenter:
         self.num_classes = self.info.num_classes
         self.version = self.info.model_version or self.model_path.parent.name
         self.ensemble = self.info.ensemble  # EnsembleInfo of a cross-validated model, or None
-        self.largest_component = False  # keep only the largest foreground component
+        self.largest_component = largest_component  # keep only the largest component
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
         if tile_size % self.multiple or tile_size < self.multiple:

@@ -239,8 +239,8 @@ def segment_files(
         config.tile_size,
         config.tile_overlap,
         precision=config.precision,
+        largest_component=config.largest_component,
     )
-    segmenter.largest_component = config.largest_component
     plan = plan_inputs(config, shard)
     scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
     output_format = OutputFormat(
