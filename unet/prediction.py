@@ -557,7 +557,7 @@ def segment_volume_file(
     from data_catalog.volumes import volume_stem, write_mask_volume
 
     volume = read_input_volume(segmenter, path, files)
-    quality = VolumeQuality()
+    quality = VolumeQuality() if segmenter.info.quality else None
     mask, confidence = segment_slices(segmenter, volume, path, quality)
     mask, count = postprocess_volume(mask, segmenter)
     write_mask_volume(target, mask, volume)
@@ -569,7 +569,7 @@ def segment_volume_file(
     table = volume_table(volume, mask, confidence, count)
     table.attrs["thumbnail"] = volume_thumbnail(segmenter, volume, mask, path)
     fraction = np.count_nonzero(mask) / mask.size
-    table.attrs["quality"] = quality.columns(fraction, segmenter.info.quality)
+    table.attrs["quality"] = quality.columns(fraction, segmenter.info.quality) if quality else {}
     return table
 
 
@@ -836,11 +836,13 @@ def segment_frames(segmenter: Segmenter, path: Path, target: Path, scale: int) -
     fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.avi")
-    writer, rows, quality = None, [], VolumeQuality()
+    writer, rows = None, []
+    quality = VolumeQuality() if segmenter.info.quality else None
     try:
         for frames in frame_batches(capture, segmenter, path):
             for frame, result in zip(frames, segmenter.segment(frames), strict=True):
-                quality.add(frame, result.classes, result.confidence)
+                if quality is not None:
+                    quality.add(frame, result.classes, result.confidence)
                 height, width = result.classes.shape
                 if writer is None:
                     fourcc = cv2.VideoWriter_fourcc(*"FFV1")
@@ -864,7 +866,9 @@ def segment_frames(segmenter: Segmenter, path: Path, target: Path, scale: int) -
     table = pd.DataFrame(rows, columns=columns)
     fraction = float(table["foreground_fraction"].mean())
     table.attrs.update(
-        height=height, width=width, quality=quality.columns(fraction, segmenter.info.quality)
+        height=height,
+        width=width,
+        quality=quality.columns(fraction, segmenter.info.quality) if quality else {},
     )
     return table
 

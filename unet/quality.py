@@ -92,6 +92,28 @@ def log_fraction(classes: np.ndarray) -> float:
     return math.log10(max(float(np.count_nonzero(classes)) / classes.size, FRACTION_FLOOR))
 
 
+def near_foreground(foreground: np.ndarray) -> np.ndarray:
+    """The foreground and a :data:`BORDER`-pixel border around it."""
+    kernel = np.ones((2 * BORDER + 1, 2 * BORDER + 1), np.uint8)
+    return cv2.dilate(foreground.astype(np.uint8), kernel) > 0
+
+
+def shift_signals(
+    percentiles: np.ndarray, log_fraction_value: float, reference: QualityReference
+) -> dict[str, float]:
+    """``intensity_shift`` and ``fraction_shift`` against the training cases (see the module)."""
+    median = np.asarray(reference.intensity_median)
+    spread = np.asarray(reference.intensity_spread)
+    channels = min(len(median), len(percentiles))
+    shifts = np.abs(percentiles[:channels] - median[:channels]) / spread[:channels]
+    return {
+        "intensity_shift": float(shifts.max()),
+        "fraction_shift": robust_distance(
+            log_fraction_value, reference.fraction_median, reference.fraction_spread
+        ),
+    }
+
+
 def confidence_signals(classes: np.ndarray, confidence: np.ndarray) -> dict[str, float]:
     """``low_confidence`` and ``uncertain_share`` of one mask."""
     foreground = classes > 0
@@ -100,8 +122,7 @@ def confidence_signals(classes: np.ndarray, confidence: np.ndarray) -> dict[str,
             "low_confidence": 1.0 - float(confidence.mean()),
             "uncertain_share": float(np.mean(confidence < UNCERTAIN)),
         }
-    kernel = np.ones((2 * BORDER + 1, 2 * BORDER + 1), np.uint8)
-    near = cv2.dilate(foreground.astype(np.uint8), kernel) > 0
+    near = near_foreground(foreground)
     return {
         "low_confidence": 1.0 - float(confidence[foreground].mean()),
         "uncertain_share": float(np.mean(confidence[near] < UNCERTAIN)),
@@ -112,17 +133,10 @@ def quality_signals(
     prepared: np.ndarray, classes: np.ndarray, confidence: np.ndarray, reference: QualityReference
 ) -> dict[str, float]:
     """Every signal of one input (see the module)."""
-    signals = confidence_signals(classes, confidence)
-    percentiles = intensity_percentiles(prepared)
-    median = np.asarray(reference.intensity_median)
-    spread = np.asarray(reference.intensity_spread)
-    channels = min(len(median), len(percentiles))
-    shifts = np.abs(percentiles[:channels] - median[:channels]) / spread[:channels]
-    signals["intensity_shift"] = float(shifts.max())
-    signals["fraction_shift"] = robust_distance(
-        log_fraction(classes), reference.fraction_median, reference.fraction_spread
-    )
-    return signals
+    return {
+        **confidence_signals(classes, confidence),
+        **shift_signals(intensity_percentiles(prepared), log_fraction(classes), reference),
+    }
 
 
 def reference_from_cases(percentiles: list[np.ndarray], fractions: list[float]) -> QualityReference:
@@ -184,8 +198,7 @@ class VolumeQuality:
         self.pixels += confidence.size
         self.uncertain_all += float(np.count_nonzero(confidence < UNCERTAIN))
         if foreground.any():
-            kernel = np.ones((2 * BORDER + 1, 2 * BORDER + 1), np.uint8)
-            near = cv2.dilate(foreground.astype(np.uint8), kernel) > 0
+            near = near_foreground(foreground)
             self.uncertain_near += float(np.count_nonzero(confidence[near] < UNCERTAIN))
             self.near += float(np.count_nonzero(near))
         self.percentiles.append(intensity_percentiles(prepared))
@@ -201,23 +214,12 @@ class VolumeQuality:
         else:
             low = 1 - self.all_confidence / self.pixels
             uncertain = self.uncertain_all / self.pixels
-        median, spread = (
-            np.asarray(reference.intensity_median),
-            np.asarray(reference.intensity_spread),
-        )
         percentiles = np.median(np.stack(self.percentiles), axis=0)
-        channels = min(len(median), len(percentiles))
+        log_value = math.log10(max(fraction, FRACTION_FLOOR))
         signals = {
             "low_confidence": float(low),
             "uncertain_share": float(uncertain),
-            "intensity_shift": float(
-                (np.abs(percentiles[:channels] - median[:channels]) / spread[:channels]).max()
-            ),
-            "fraction_shift": robust_distance(
-                math.log10(max(fraction, FRACTION_FLOOR)),
-                reference.fraction_median,
-                reference.fraction_spread,
-            ),
+            **shift_signals(percentiles, log_value, reference),
         }
         return columns_of(signals, reference)
 
