@@ -150,12 +150,15 @@ def fingerprint_dataset(
     num_workers: int = 2,
     axis: int | None = None,
     exclude: set[str] | frozenset = frozenset(),
+    window: bool = False,
 ) -> dict[str, object]:
     """Read every case of a manifest and fingerprint the dataset.
 
     Args:
         axis: volumes: the slicing axis.
         exclude: keys left out of the intensity window (the test split).
+        window: compute the ``ct`` intensity window (always for signed, int16 data; else
+            ``intensity_window`` is None).
 
     Returns:
         A JSON-able document: ``num_cases``, ``num_groups``, ``sizes`` (height/width
@@ -164,16 +167,19 @@ def fingerprint_dataset(
         (one :class:`CaseStats` each).
     """
 
+    dtypes = sorted(set(map(str, manifest["dtype"])))
+    window = window or "int16" in dtypes
+
     def one(row: dict) -> tuple[CaseStats, np.ndarray | None]:
         index = int(row.get("slice", -1))
         image, classes = load_case(row["image"], mask_paths(row), rule, channels, index, 0, axis)
-        sample = None if row["key"] in exclude else foreground_sample(row["key"], image, classes)
+        sampled = window and row["key"] not in exclude
+        sample = foreground_sample(row["key"], image, classes) if sampled else None
         return case_stats(row["key"], str(row["group"]), image, classes), sample
 
     with ThreadPoolExecutor(num_workers) as pool:
         results = list(pool.map(one, manifest.to_dict("records")))
     stats = [case for case, _ in results]
-    dtypes = sorted(set(map(str, manifest["dtype"])))
     cases = pd.DataFrame([asdict(s) for s in stats])
     pixels: dict[str, int] = {}
     for counts in cases["class_pixels"]:

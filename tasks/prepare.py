@@ -178,6 +178,7 @@ def fingerprint(
             "c": config.channels,
             "axis": config.slice_axis,
             "test": test,
+            "modality": config.modality,
             "version": 2,
         }
     )
@@ -189,7 +190,12 @@ def fingerprint(
         document = {
             "key": key,
             **fingerprint_dataset(
-                manifest, rule, config.channels, axis=config.slice_axis, exclude=set(test)
+                manifest,
+                rule,
+                config.channels,
+                axis=config.slice_axis,
+                exclude=set(test),
+                window=config.modality == "ct",
             ),
         }
         write_json_atomic(cached, document)
