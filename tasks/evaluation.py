@@ -135,7 +135,8 @@ def evaluate_split(
         table = read_manifest(manifest)
         groups = dict(zip(table["key"], table["group"], strict=True))
         slices = slice_infos(table)
-    segmenter = Segmenter(model, precision="auto")  # as prediction runs it on this machine
+    # as prediction runs it on this machine; with the flip pass, to report the flags of --qc full
+    segmenter = Segmenter(model, precision="auto", flip_check=True)
     metrics = evaluate_cases(segmenter, cases, out_dir, groups=groups, slices=slices)
     _publish(metrics, out_dir, "" if role == "model" else f"{role}-")
     return metrics
@@ -154,7 +155,7 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> dict:
     from unet.inference import Segmenter
     from unet.volume_metrics import slice_infos
 
-    segmenter = Segmenter(config.model, precision=config.precision)
+    segmenter = Segmenter(config.model, precision=config.precision, flip_check=True)
     data, manifest = index_for_model(data, segmenter, config.out_dir)
     if config.split != "all":
         splits = split_cases(

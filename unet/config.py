@@ -256,6 +256,13 @@ class PredictConfig(BaseModel):
     tta: bool = Field(
         False, description="Test-time augmentation: average over flips (4x the compute)."
     )
+    qc: Literal["fast", "full"] = Field(
+        "fast",
+        description="Quality signals: 'fast' (confidence, input and mask against the training "
+        "data; a few percent of the time); 'full' adds flip_disagreement, the Dice between the "
+        "mask and the mask of the image flipped left-right (one more forward pass: about 2x "
+        "the model's time; free with --tta, which runs that pass anyway).",
+    )
     largest_component: bool = Field(
         False,
         description="Keep only the largest foreground component of each mask (26-connected "

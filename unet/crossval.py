@@ -283,7 +283,7 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
         member_info = ModelInfo.read(fold.run_dir).model_copy(
             update={"postprocessing": info.postprocessing}
         )
-        member = Segmenter(model_file(fold.run_dir), info=member_info)
+        member = Segmenter(model_file(fold.run_dir), info=member_info, flip_check=True)
         tables.append(quality_table(member, iterate_cases(fold.tfrecord_dir, "val"), reference))
     calibrated = calibrate(pd.concat(tables, ignore_index=True), reference)
     note = f"calibrated on {calibrated.num_val_cases} out-of-fold cases (the fold models' signals)"

@@ -135,8 +135,10 @@ def evaluate_cases(
 
 
 def quality_metrics(frame: pd.DataFrame, reference, num_classes: int) -> dict[str, object]:
-    """The flags on scored cases (see :func:`unet.quality.flag_summary`), the calibration's
-    note, and each signal's validation numbers; no flag counts when none is calibrated."""
+    """The flags on scored cases (see :func:`unet.quality.flag_summary`) as prediction raises
+    them by default (``--qc fast``: every signal but ``flip_disagreement``) and, under
+    ``full``, with ``--qc full`` or ``--tta`` when the flip pass was run; the calibration's
+    note and each signal's validation numbers; no flag counts when none is calibrated."""
     from unet.quality import flag_summary
 
     facts = {
@@ -147,7 +149,17 @@ def quality_metrics(frame: pd.DataFrame, reference, num_classes: int) -> dict[st
     if "review" not in frame:
         return {**facts, "cases": len(frame), "flagged": None}
     dice = frame[[f"dice_{c}" for c in range(1, num_classes)]].mean(axis=1)
-    return {**flag_summary(frame.assign(dice=dice), reference.target_dice), **facts}
+    scored = frame.assign(dice=dice)
+    fast = (
+        scored["review_reasons"]
+        .fillna("")
+        .map(lambda reasons: [r for r in reasons.split(";") if r and r != "flip_disagreement"])
+    )
+    fast_flags = scored.assign(review=fast.map(lambda reasons: "review" if reasons else "ok"))
+    metrics = {**flag_summary(fast_flags, reference.target_dice), **facts}
+    if "flip_disagreement" in frame:
+        metrics["full"] = flag_summary(scored, reference.target_dice)
+    return metrics
 
 
 def score_cases(
@@ -174,9 +186,10 @@ def score_cases(
             shown = centre_slice(image, context)
             group = groups.get(key, key)
             row = score_case(key, group, shown, truth, result.classes, segmenter.num_classes)
-            rows.append(
-                {**row, **quality_columns(ready, result.classes, result.confidence, quality)}
+            signals = quality_columns(
+                ready, result.classes, result.confidence, quality, result.flip_counts
             )
+            rows.append({**row, **signals})
             if len(rows) <= num_overlays:
                 name = key.replace("/", "__") + ".png"
                 overlay = make_overlay(shown, truth, result.classes)
@@ -236,8 +249,12 @@ def quality_table(segmenter: Segmenter, cases: Iterable[Case], reference) -> pd.
         for (key, _, truth, _), image, result in zip(
             batch, images, segmenter.segment(images), strict=True
         ):
-            signals = quality_signals(image, result.classes, result.confidence, reference)
-            rows.append({"key": key, **signals, "dice": foreground_dice(result.classes, truth)})
+            signals = quality_signals(
+                image, result.classes, result.confidence, reference, result.flip_counts
+            )
+            empty = not truth.any() and not result.classes.any()
+            dice = foreground_dice(result.classes, truth)
+            rows.append({"key": key, **signals, "dice": dice, "empty": empty})
     return pd.DataFrame(rows)
 
 
@@ -395,6 +412,16 @@ def fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def flag_line(flags: dict) -> str:
+    """How many cases were flagged and how well (see :func:`unet.quality.flag_summary`)."""
+    return (
+        f"{flags['flagged']} of {flags['cases']} cases flagged for review; mean Dice flagged "
+        f"{fmt(flags['flagged_mean_dice'])}, unflagged {fmt(flags['unflagged_mean_dice'])}; "
+        f"below-target cases flagged: {flags.get('below_target_flagged')} of "
+        f"{flags.get('below_target')} (recall {fmt(flags.get('recall'))})"
+    )
+
+
 def quality_lines(quality: dict | None) -> list[str]:
     """The quality flags on these cases: flagged against unflagged Dice, recall of the flags,
     and each signal's validation calibration."""
@@ -405,12 +432,11 @@ def quality_lines(quality: dict | None) -> list[str]:
         return [f"- quality flags: none calibrated{f' ({note})' if note else ''}"]
     lines = [
         f"- quality flags (thresholds from the validation split, target Dice "
-        f"{fmt(quality['target_dice'])}): {quality['flagged']} of {quality['cases']} cases "
-        f"flagged for review; mean Dice flagged {fmt(quality['flagged_mean_dice'])}, unflagged "
-        f"{fmt(quality['unflagged_mean_dice'])}; below-target cases flagged: "
-        f"{quality.get('below_target_flagged')} of {quality.get('below_target')} "
-        f"(recall {fmt(quality.get('recall'))})",
+        f"{fmt(quality['target_dice'])}), as prediction raises them by default: "
+        + flag_line(quality)
     ]
+    if quality.get("full"):
+        lines.append("- with `--qc full` (adds flip_disagreement): " + flag_line(quality["full"]))
     for name, signal in quality["signals"].items():
         used = (
             "not used (did not separate)"

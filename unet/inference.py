@@ -47,10 +47,14 @@ class Segmentation:
     Attributes:
         classes: ``(H, W)`` uint8 class indices, post-processed.
         confidence: ``(H, W)`` float32, the winning class's probability.
+        flip_counts: with the flip check, ``[both, plain, flipped]`` foreground pixel counts
+            of the plain pass and the left-right flipped pass (flipped back), for
+            :func:`flip_disagreement`; None without it.
     """
 
     classes: np.ndarray
     confidence: np.ndarray
+    flip_counts: np.ndarray | None = None
 
     @property
     def mean_confidence(self) -> float:
@@ -80,6 +84,10 @@ class Segmenter:
             chosen and why.
         largest_component: keep only the largest foreground component of each mask (of each
             volume, in 3-D, when prediction assembles one).
+        flip_check: also segment each image flipped left-right and count how far the two
+            masks agree (``Segmentation.flip_counts``; one more forward pass, 2x the compute);
+            the masks stay the plain (or TTA) ones. With ``tta`` the flipped pass is there
+            already and the counts come at no extra model cost.
 
     Raises:
         FileNotFoundError: no model there. ValueError: a tile size or overlap it cannot use.
@@ -95,8 +103,10 @@ class Segmenter:
         info: ModelInfo | None = None,
         precision: str = "float32",
         largest_component: bool = False,
+        flip_check: bool = False,
     ):
         self.tta = tta
+        self.flip_check = flip_check or tta
         self.model_path = resolve_model_file(model, need_info=info is None)
         self.info = info or ModelInfo.read(self.model_path.parent)
         self.channels = self.info.channels
@@ -126,7 +136,11 @@ class Segmenter:
         spec = tf.TensorSpec([None, None, None, self.channels], tf.float32)
         self._probabilities = tf.function(self._probabilities_graph, input_signature=[spec])
         threshold_spec = tf.TensorSpec([], tf.float32)
-        self._classes = tf.function(self._classes_graph, input_signature=[spec, threshold_spec])
+        size_spec = tf.TensorSpec([], tf.int32)
+        self._classes = tf.function(
+            self._classes_graph, input_signature=[spec, threshold_spec, size_spec, size_spec]
+        )
+        self._checked = tf.function(self._checked_graph, input_signature=[spec, threshold_spec])
         logger.info(
             "loaded model %s (%d channels, %d classes, %s: %s)",
             self.version,
@@ -136,28 +150,57 @@ class Segmenter:
             self.precision.reason,
         )
 
+    def _passes(self, batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+        """The probabilities the masks come from (averaged over flips with TTA), the plain
+        pass, and with the flip check the left-right flipped pass flipped back."""
+        plain = self.model(batch, training=False)
+        if not self.flip_check:
+            return plain, plain, None
+        mirrored = tf.reverse(self.model(tf.reverse(batch, [2]), training=False), [2])
+        if not self.tta:
+            return plain, plain, mirrored
+        total = plain + mirrored  # and the vertically and doubly flipped passes, flipped back
+        for axes in ([1], [1, 2]):
+            total += tf.reverse(self.model(tf.reverse(batch, axes), training=False), axes)
+        return total / 4, plain, mirrored
+
     def _probabilities_graph(self, batch: tf.Tensor) -> tf.Tensor:
         """Class probabilities, averaged over flips with TTA (compiled)."""
-        probabilities = self.model(batch, training=False)
-        if self.tta:  # the horizontally, vertically and doubly flipped passes, flipped back
-            for axes in ([2], [1], [1, 2]):
-                flipped = self.model(tf.reverse(batch, axes), training=False)
-                probabilities += tf.reverse(flipped, axes)
-            probabilities /= 4
-        return probabilities
+        return self._passes(batch)[0]
 
-    def _classes_graph(self, batch: tf.Tensor, threshold: tf.Tensor):
-        """Class indices (uint8) and confidence (float32), reduced inside the graph so only
-        they leave it. ``threshold`` < 0: argmax (ties to the lower class)."""
-        probabilities = self._probabilities_graph(batch)
+    def _foreground(self, probabilities: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
+        """Where a class other than background wins (two classes: the threshold, when >= 0)."""
         if self.num_classes == 2:  # a tie goes to background, as in numpy's class_argmax
             foreground = probabilities[..., 1]
             above = foreground > probabilities[..., 0]
-            cut = tf.where(threshold >= 0, foreground >= threshold, above)
-            classes = tf.cast(cut, tf.uint8)
+            return tf.where(threshold >= 0, foreground >= threshold, above)
+        return tf.argmax(probabilities, axis=-1) > 0
+
+    def _flip_counts(self, plain, mirrored, threshold, height=None, width=None) -> tf.Tensor:
+        """``(B, 3)`` float32: foreground pixels in both passes, in the plain one, in the
+        flipped one (inside the first ``height`` x ``width`` pixels); zeros without the check."""
+        if mirrored is None:
+            return tf.zeros([tf.shape(plain)[0], 3], tf.float32)
+        first = self._foreground(plain, threshold)[:, :height, :width]
+        second = self._foreground(mirrored, threshold)[:, :height, :width]
+        counts = [tf.logical_and(first, second), first, second]
+        return tf.stack([tf.reduce_sum(tf.cast(c, tf.float32), axis=[1, 2]) for c in counts], 1)
+
+    def _classes_graph(self, batch: tf.Tensor, threshold: tf.Tensor, height, width):
+        """Class indices (uint8), confidence (float32) and the flip counts, reduced inside the
+        graph so only they leave it. ``threshold`` < 0: argmax (ties to the lower class)."""
+        probabilities, plain, mirrored = self._passes(batch)
+        if self.num_classes == 2:
+            classes = tf.cast(self._foreground(probabilities, threshold), tf.uint8)
         else:
             classes = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
-        return classes, tf.reduce_max(probabilities, axis=-1)
+        counts = self._flip_counts(plain, mirrored, threshold, height, width)
+        return classes, tf.reduce_max(probabilities, axis=-1), counts
+
+    def _checked_graph(self, batch: tf.Tensor, threshold: tf.Tensor):
+        """Probabilities and flip counts of whole tiles (the sliding window with the check)."""
+        probabilities, plain, mirrored = self._passes(batch)
+        return probabilities, self._flip_counts(plain, mirrored, threshold)
 
     def prepare(
         self, image: np.ndarray, path: str | Path = "<array>", stats: np.ndarray | None = None
@@ -204,16 +247,16 @@ class Segmenter:
         results = []
         for run in self._runs(images):
             if len(run) == 1 and self.is_large(run[0]):
-                pairs = [self._segment_tiled(run[0])]
+                triples = [self._segment_tiled(run[0])]
             else:
-                classes, confidence = self.predict_classes(run)
-                pairs = zip(classes, confidence, strict=True)
-            for classes, confidence in pairs:
+                triples = zip(*self.predict_classes(run, with_counts=True), strict=True)
+            for classes, confidence, counts in triples:
                 if per_image_postprocessing and self.min_component_size:
                     classes = remove_small_components(classes, self.min_component_size)
                 if per_image_postprocessing and self.largest_component:
                     classes = keep_largest_component(classes)
-                results.append(Segmentation(classes, confidence))
+                flips = counts if self.flip_check else None
+                results.append(Segmentation(classes, confidence, flips))
         return results
 
     def probability_maps(self, images: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
@@ -270,36 +313,57 @@ class Segmenter:
         batch, height, width = self._padded(images)
         return self._probabilities(batch).numpy()[:, :height, :width, :]
 
-    def predict_classes(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def predict_classes(self, images: list[np.ndarray], with_counts: bool = False) -> tuple:
         """Class indices (after the threshold, before component removal) and confidence of
         prepared images that share one shape; only these leave the compiled graph.
 
         Returns:
-            ``((B, H, W) uint8, (B, H, W) float32)``.
+            ``((B, H, W) uint8, (B, H, W) float32)``, and with ``with_counts`` the ``(B, 3)``
+            flip counts (see :class:`Segmentation`; zeros without the flip check).
         """
         batch, height, width = self._padded(images)
-        threshold = -1.0 if self.threshold is None else float(self.threshold)
-        classes, confidence = self._classes(batch, tf.constant(threshold, tf.float32))
-        return classes.numpy()[:, :height, :width], confidence.numpy()[:, :height, :width]
+        classes, confidence, counts = self._classes(
+            batch, self._threshold_tensor(), tf.constant(height), tf.constant(width)
+        )
+        found = classes.numpy()[:, :height, :width], confidence.numpy()[:, :height, :width]
+        return (*found, counts.numpy()) if with_counts else found
 
-    def _segment_tiled(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Classes and confidence of one large image, assembled from the sliding window's
-        bands."""
+    def _threshold_tensor(self) -> tf.Tensor:
+        return tf.constant(-1.0 if self.threshold is None else float(self.threshold), tf.float32)
+
+    def _segment_tiled(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Classes, confidence and flip counts (summed over the tiles, so overlaps count more
+        than once) of one large image, assembled from the sliding window's bands."""
         height, width = image.shape[:2]
         classes = np.zeros((height, width), np.uint8)
         confidence = np.zeros((height, width), np.float32)
-        for top, probabilities in self._tiled_bands(image):
+        counts = np.zeros(3, np.float32)
+        for top, probabilities in self._tiled_bands(image, counts):
             rows = slice(top, top + len(probabilities))
             classes[rows] = classify(probabilities, self.threshold)
             confidence[rows] = class_max(probabilities)
-        return classes, confidence
+        return classes, confidence, counts
 
-    def _tiled_bands(self, image: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    def _tile_probabilities(self, tiles: list[np.ndarray], counts: np.ndarray | None):
+        """Probabilities of whole tiles; with the flip check, their flip counts are added to
+        ``counts``."""
+        if counts is None or not self.flip_check:
+            return self.predict_probabilities(tiles)
+        probabilities, tile_counts = self._checked(
+            tf.constant(np.stack(tiles)), self._threshold_tensor()
+        )
+        counts += tile_counts.numpy().sum(axis=0)
+        return probabilities.numpy()
+
+    def _tiled_bands(
+        self, image: np.ndarray, counts: np.ndarray | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Sliding window over one prepared image: blended probabilities, band by band.
 
         Tiles of ``tile_size`` (traced once) overlap by ``tile_overlap``; their probabilities
         are blended with Gaussian weights (centre counts most). Rows are yielded as soon as no
         later tile reaches them, so memory grows with the image's width, not its area.
+        ``counts``: where the flip check's counts of every tile are summed.
         """
         tile = self.tile_size
         height, width = image.shape[:2]
@@ -325,7 +389,7 @@ class Segmenter:
             for first in range(0, len(columns), self.batch_size):
                 chunk = columns[first : first + self.batch_size]
                 tiles = [image[row : row + tile, col : col + tile] for col in chunk]
-                predicted = self.predict_probabilities(tiles)
+                predicted = self._tile_probabilities(tiles, counts)
                 for col, probabilities in zip(chunk, predicted, strict=True):
                     band[:, col : col + tile] += probabilities * weights
                     band_weight[:, col : col + tile] += weights

@@ -43,7 +43,7 @@ from data_catalog.volumes import is_tiff_stack, is_volume
 from unet.config import PredictConfig
 from unet.inference import Segmentation, Segmenter
 from unet.postprocessing import keep_largest_component, remove_small_components_3d
-from unet.quality import QualityReference, VolumeQuality, quality_columns
+from unet.quality import SIGNALS, QualityReference, VolumeQuality, quality_columns
 from unet.review import thumbnail, write_overlay, write_review_page, write_thumbnail
 
 logger = logging.getLogger(__name__)
@@ -65,10 +65,7 @@ REPORT_COLUMNS = [
     "mean_confidence",
     "review",  # ok | review: a quality signal passed its validation-calibrated threshold
     "review_reasons",  # the signals that fired, ;-separated
-    "low_confidence",
-    "uncertain_share",
-    "intensity_shift",
-    "fraction_shift",
+    *SIGNALS,  # the quality signals (flip_disagreement empty without --qc full or --tta)
     "model_version",
     "precision",
     "input_sha256",
@@ -240,6 +237,7 @@ def segment_files(
         config.tile_overlap,
         precision=config.precision,
         largest_component=config.largest_component,
+        flip_check=config.qc == "full",
     )
     plan = plan_inputs(config, shard)
     scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
@@ -638,7 +636,7 @@ def segment_slices(
                 along(mask, index, volume.axis)[...] = result.classes
                 confidence.append(result.mean_confidence)
                 if quality is not None:
-                    quality.add(image, result.classes, result.confidence)
+                    quality.add(image, result.classes, result.confidence, result.flip_counts)
     return mask, confidence
 
 
@@ -748,7 +746,9 @@ class ResultSink:
         future = self.writer.submit(
             write_mask, target, self.plan.output_dir, result.classes, self.format.mask_scale
         )
-        quality = quality_columns(item.image, result.classes, result.confidence, self.quality)
+        quality = quality_columns(
+            item.image, result.classes, result.confidence, self.quality, result.flip_counts
+        )
         if item.converted:  # a coloured scan read as grey: always worth a look
             reasons = [r for r in [quality.get("review_reasons"), "colour_converted"] if r]
             quality.update(review="review", review_reasons=";".join(reasons))
@@ -842,7 +842,7 @@ def segment_frames(segmenter: Segmenter, path: Path, target: Path, scale: int) -
         for frames in frame_batches(capture, segmenter, path):
             for frame, result in zip(frames, segmenter.segment(frames), strict=True):
                 if quality is not None:
-                    quality.add(frame, result.classes, result.confidence)
+                    quality.add(frame, result.classes, result.confidence, result.flip_counts)
                 height, width = result.classes.shape
                 if writer is None:
                     fourcc = cv2.VideoWriter_fourcc(*"FFV1")

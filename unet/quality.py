@@ -13,12 +13,17 @@ its normalised image, the mask and the winning class's probability):
   the largest over channels and percentiles: input unlike the training data;
 - ``fraction_shift``: the same robust distance for the predicted foreground fraction (log
   scale) against the training masks' fractions: an implausible mask (e.g. an empty one where
-  training masks are almost never empty).
+  training masks are almost never empty);
+- ``flip_disagreement``: 1 - the Dice between the foreground of the plain pass and of the
+  left-right flipped pass (flipped back); 0 when both are empty. Only where the flipped pass is
+  run (prediction with ``--tta`` or ``--qc full``, and always in calibration and evaluation).
 
 Calibration (:func:`calibrate`): on the validation split, a case is *below target* when its
-Dice is under the target (the validation split's 20th percentile of Dice, so about one case in
-five); each signal's threshold maximises Youden's J (flagged share of below-target cases minus
-flagged share of the others) and is used only when J >= :data:`MIN_YOUDEN`; Spearman's rank
+Dice is under the target: the 20th percentile of Dice over the validation cases that have
+foreground in their truth or their mask (a case empty in both is right, and where most cases are
+empty their Dice of 1 would otherwise make "below target" mean "any error at all"); each
+signal's threshold maximises Youden's J (flagged share of below-target cases minus flagged share
+of the others) and is used only when J >= :data:`MIN_YOUDEN`; Spearman's rank
 correlation with Dice says how well it ranked them. Plain numpy, pandas and OpenCV.
 """
 
@@ -31,7 +36,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-SIGNALS = ("low_confidence", "uncertain_share", "intensity_shift", "fraction_shift")
+SIGNALS = (
+    "low_confidence",
+    "uncertain_share",
+    "intensity_shift",
+    "fraction_shift",
+    "flip_disagreement",
+)
 UNCERTAIN = 0.7  # a winning probability below this is uncertain (two classes: 0.3 < p < 0.7)
 BORDER = 3  # pixels around the predicted foreground that count for uncertain_share
 PERCENTILES = (1.0, 50.0, 99.0)
@@ -129,13 +140,27 @@ def confidence_signals(classes: np.ndarray, confidence: np.ndarray) -> dict[str,
     }
 
 
+def flip_disagreement(counts: np.ndarray | None) -> dict[str, float]:
+    """``flip_disagreement`` from ``[both, plain, flipped]`` foreground counts (see
+    :class:`unet.inference.Segmentation`); nothing without them."""
+    if counts is None:
+        return {}
+    both, plain, flipped = (float(value) for value in counts)
+    return {"flip_disagreement": 1.0 - 2.0 * both / (plain + flipped) if plain + flipped else 0.0}
+
+
 def quality_signals(
-    prepared: np.ndarray, classes: np.ndarray, confidence: np.ndarray, reference: QualityReference
+    prepared: np.ndarray,
+    classes: np.ndarray,
+    confidence: np.ndarray,
+    reference: QualityReference,
+    flip_counts: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Every signal of one input (see the module)."""
+    """Every signal of one input (see the module); ``flip_disagreement`` with ``flip_counts``."""
     return {
         **confidence_signals(classes, confidence),
         **shift_signals(intensity_percentiles(prepared), log_fraction(classes), reference),
+        **flip_disagreement(flip_counts),
     }
 
 
@@ -172,12 +197,14 @@ def quality_columns(
     classes: np.ndarray,
     confidence: np.ndarray,
     reference: QualityReference | None,
+    flip_counts: np.ndarray | None = None,
 ) -> dict[str, object]:
     """An input's signals, ``review`` (``ok``/``review``) and ``review_reasons`` (the signals
     that fired, ``;``-separated), as report columns; nothing for a model without a reference."""
     if reference is None:
         return {}
-    return columns_of(quality_signals(prepared, classes, confidence, reference), reference)
+    signals = quality_signals(prepared, classes, confidence, reference, flip_counts)
+    return columns_of(signals, reference)
 
 
 class VolumeQuality:
@@ -189,8 +216,17 @@ class VolumeQuality:
         self.inside = self.foreground = self.all_confidence = self.pixels = 0.0
         self.uncertain_near = self.near = self.uncertain_all = 0.0
         self.percentiles: list[np.ndarray] = []
+        self.flip_counts: np.ndarray | None = None
 
-    def add(self, prepared: np.ndarray, classes: np.ndarray, confidence: np.ndarray) -> None:
+    def add(
+        self,
+        prepared: np.ndarray,
+        classes: np.ndarray,
+        confidence: np.ndarray,
+        flip_counts: np.ndarray | None = None,
+    ) -> None:
+        if flip_counts is not None:
+            self.flip_counts = flip_counts + (0 if self.flip_counts is None else self.flip_counts)
         foreground = classes > 0
         self.inside += float(confidence[foreground].sum(dtype=np.float64))
         self.foreground += float(np.count_nonzero(foreground))
@@ -220,15 +256,19 @@ class VolumeQuality:
             "low_confidence": float(low),
             "uncertain_share": float(uncertain),
             **shift_signals(percentiles, log_value, reference),
+            **flip_disagreement(self.flip_counts),
         }
         return columns_of(signals, reference)
 
 
 def columns_of(signals: dict[str, float], reference: QualityReference) -> dict[str, object]:
-    """Report columns: the signals, and ``review``/``review_reasons`` when any signal is
-    calibrated (left empty otherwise: no flag is not the same as ``ok``)."""
+    """Report columns: the signals, and ``review``/``review_reasons`` when any signal among
+    them is calibrated (left empty otherwise: no flag is not the same as ``ok``)."""
     columns: dict[str, object] = {name: round(value, 6) for name, value in signals.items()}
-    if any(signal.threshold is not None for signal in reference.signals.values()):
+    if any(
+        calibration.threshold is not None and name in signals
+        for name, calibration in reference.signals.items()
+    ):
         reasons = review_reasons(signals, reference)
         columns.update(review="review" if reasons else "ok", review_reasons=";".join(reasons))
     return columns
@@ -255,12 +295,21 @@ def best_threshold(signal: np.ndarray, bad: np.ndarray) -> tuple[float | None, f
     return best
 
 
+def target_dice(dice: np.ndarray, empty: np.ndarray) -> float | None:
+    """The Dice under which a case is below target: the :data:`TARGET_QUANTILE` percentile
+    over the cases not ``empty`` in truth and mask (all cases when none says so); None when
+    every case is empty."""
+    scored = dice[~empty]
+    return float(np.percentile(scored, TARGET_QUANTILE * 100)) if len(scored) else None
+
+
 def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityReference:
     """``reference`` with thresholds chosen on validation cases (``table``: one row per case,
-    the signal columns and ``dice``)."""
+    the signal columns, ``dice`` and, optionally, ``empty``: truth and mask both empty)."""
     dice = table["dice"].to_numpy(np.float64)
-    target = float(np.percentile(dice, TARGET_QUANTILE * 100))
-    bad = dice < target
+    empty = table["empty"].to_numpy(bool) if "empty" in table else np.zeros(len(dice), bool)
+    target = target_dice(dice, empty)
+    bad = dice < target if target is not None else np.zeros(len(dice), bool)
     enough = len(table) >= MIN_CALIBRATION_CASES and bad.sum() >= MIN_BELOW_TARGET
     note = (
         ""
@@ -269,7 +318,7 @@ def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityRefere
         f"below target; needs {MIN_CALIBRATION_CASES} and {MIN_BELOW_TARGET}): no flags"
     )
     signals = {}
-    for name in SIGNALS:
+    for name in [name for name in SIGNALS if name in table]:
         values = table[name].to_numpy(np.float64)
         threshold, youden, recall = best_threshold(values, bad)
         used = enough and threshold is not None and youden >= MIN_YOUDEN

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from data_catalog.atomic import write_bytes_atomic, write_text_atomic
+from unet.quality import SIGNALS
 
 THUMBNAIL_SIDE = 128
 THUMBNAIL_DIR = "thumbnails"
 PAGE_FILE = "review.html"
-SIGNAL_COLUMNS = ("low_confidence", "uncertain_share", "intensity_shift", "fraction_shift")
 
 
 def thumbnail_name(mask_name: str | Path) -> str:
@@ -116,7 +116,7 @@ def cell(value, shown: str | None = None) -> str:
     return f'<td data-v="{html.escape(str(text))}">{html.escape(str(label))}</td>'
 
 
-def row_html(row: dict, output_dir: Path) -> str:
+def row_html(row: dict, output_dir: Path, signals: list[str]) -> str:
     review = row.get("review")
     state = "error" if row["status"] == "error" else (review if isinstance(review, str) else "")
     mask = row.get("mask")
@@ -138,7 +138,7 @@ def row_html(row: dict, output_dir: Path) -> str:
         cell(row["input"]),
         f'<td class="badge" data-v="{html.escape(state)}">{label}</td>',
         cell(reasons),
-        *(cell(row.get(name)) for name in SIGNAL_COLUMNS),
+        *(cell(row.get(name)) for name in signals),
         cell(row.get("foreground_fraction")),
         cell(row.get("mean_confidence")),
     ]
@@ -150,14 +150,16 @@ def write_review_page(report: pd.DataFrame, output_dir: Path) -> Path:
     ordered = page_order(report)
     flagged = int((report["review"] == "review").sum())
     errors = int((report["status"] == "error").sum())
-    headers = ["image", "input", "review", "reasons", *SIGNAL_COLUMNS, "foreground", "confidence"]
+    # the signals this run measured (flip_disagreement only with --qc full or --tta)
+    signals = [name for name in SIGNALS if name in report and report[name].notna().any()]
+    headers = ["image", "input", "review", "reasons", *signals, "foreground", "confidence"]
     calibrated = report["review"].notna().any()
     summary = (
         f"{flagged} of {len(report)} masks to review"
         if calibrated
         else "no quality flags (the model has none calibrated)"
     )
-    body = "\n".join(row_html(row, output_dir) for row in ordered.to_dict("records"))
+    body = "\n".join(row_html(row, output_dir, signals) for row in ordered.to_dict("records"))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>segflow review: {html.escape(summary)}</title>
 <style>{PAGE_STYLE}</style></head><body>

@@ -577,14 +577,14 @@ def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tupl
 
 def calibrate_quality(path: Path, info: ModelInfo, data: TrainingData):
     """The quality flags' reference (from the train split) and thresholds (chosen on the val
-    split, segmented with the tuned post-processing, as prediction will); None without
-    validation cases."""
+    split, segmented with the tuned post-processing, as prediction will, and with the flip pass
+    so that ``flip_disagreement`` is calibrated too); None without validation cases."""
     from unet.evaluation import quality_reference, quality_table
     from unet.quality import calibrate
 
     if not data.counts.get("val"):
         return None
-    segmenter = Segmenter(path, info=info)
+    segmenter = Segmenter(path, info=info, flip_check=True)
     reference = quality_reference(segmenter, iterate_cases(data.tfrecord_dir, "train"))
     table = quality_table(segmenter, iterate_cases(data.tfrecord_dir, "val"), reference)
     calibrated = calibrate(table, reference)

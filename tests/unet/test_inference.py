@@ -55,3 +55,38 @@ def test_training_records_its_precision_check_where_bfloat16_pays(trained_run):
 def test_an_unknown_precision_is_refused(trained_run):
     with pytest.raises(ValueError, match="precision must be 'auto', 'float32' or 'bfloat16'"):
         Segmenter(trained_run, precision="fp8")
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_the_flip_check_counts_agreement_of_plain_and_flipped_masks_and_keeps_the_masks(
+    trained_run, tta
+):
+    plain = Segmenter(trained_run, tta=tta, precision="float32")
+    checked = Segmenter(trained_run, tta=tta, precision="float32", flip_check=True)
+    rng = np.random.default_rng(5)
+    images = [plain.prepare(rng.integers(0, 255, (37, 53), dtype=np.uint8)) for _ in range(3)]
+    # without the check there are no counts, except with TTA, whose passes include the flip
+    assert all((result.flip_counts is not None) == tta for result in plain.segment(images))
+    single = Segmenter(trained_run, precision="float32")  # the passes one by one, in numpy
+    pairs = zip(checked.segment(images), plain.segment(images), strict=True)
+    for image, (ours, theirs) in zip(images, pairs, strict=True):
+        assert np.array_equal(ours.classes, theirs.classes)  # the check changes no mask
+        first = classify(single.predict_probabilities([image])[0], single.threshold) > 0
+        # the flipped pass sees the padded image (up to the size multiple) flipped
+        pad_h, pad_w = (-37) % single.multiple, (-53) % single.multiple
+        padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+        mirrored = single.predict_probabilities([np.ascontiguousarray(padded[:, ::-1])])[0]
+        second = classify(mirrored[:, ::-1][:37, :53], single.threshold) > 0
+        expected = [np.sum(first & second), np.sum(first), np.sum(second)]
+        # a pixel on the threshold may fall either way between batch sizes
+        np.testing.assert_allclose(ours.flip_counts, expected, atol=1)
+
+
+def test_the_flip_check_works_through_the_sliding_window(trained_run):
+    checked = Segmenter(trained_run, precision="float32", tile_size=32, flip_check=True)
+    plain = Segmenter(trained_run, precision="float32", tile_size=32)
+    image = checked.prepare(np.random.default_rng(6).integers(0, 255, (80, 70), dtype=np.uint8))
+    (ours,), (theirs,) = checked.segment([image]), plain.segment([image])
+    assert np.array_equal(ours.classes, theirs.classes)
+    both, first, second = ours.flip_counts
+    assert 0 <= both <= min(first, second) and first + second > 0

@@ -10,7 +10,9 @@ import pytest
 from unet.quality import (
     QualityReference,
     calibrate,
+    columns_of,
     flag_summary,
+    flip_disagreement,
     quality_signals,
     reference_from_cases,
     review_reasons,
@@ -135,6 +137,55 @@ def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
     assert len(list((tmp_path / "out" / "thumbnails").glob("*.jpg"))) == len(report)
 
 
+def test_qc_full_adds_flip_disagreement_to_the_report_and_to_the_flags(
+    trained_run, tfrecord_dir, synthetic_dir, tmp_path
+):
+    import shutil
+
+    from data_catalog.tfrecords import iterate_cases
+    from unet.config import PredictConfig
+    from unet.evaluation import evaluate_cases
+    from unet.inference import Segmenter
+    from unet.model_files import ModelInfo
+    from unet.prediction import predict_folder
+    from unet.quality import SignalCalibration
+
+    info = ModelInfo.read(trained_run)
+    flips = SignalCalibration(threshold=0.01, youden=0.5, spearman=-0.5, recall=0.5)
+    calibrated = info.quality.model_copy(update={"signals": {"flip_disagreement": flips}})
+    run = tmp_path / "flip-run"
+    shutil.copytree(trained_run, run)
+    info.model_copy(update={"quality": calibrated}).write(run)
+    reports = {}
+    for qc in ("fast", "full"):
+        config = PredictConfig(
+            model=str(run),
+            input_dir=str(synthetic_dir / "images"),
+            output_dir=str(tmp_path / qc),
+            precision="float32",
+            qc=qc,
+        )
+        reports[qc] = predict_folder(config)
+    # fast: the only calibrated signal was not measured, so no verdict either way
+    assert (
+        "flip_disagreement" not in reports["fast"]
+        or reports["fast"]["flip_disagreement"].isna().all()
+    )
+    assert reports["fast"]["review"].isna().all()
+    full = reports["full"]
+    assert full["flip_disagreement"].between(0, 1).all()
+    assert list(full["review"] == "review") == list(full["flip_disagreement"] > 0.01)
+    # evaluation reports the flags both ways
+    segmenter = Segmenter(run, precision="float32", flip_check=True)
+    metrics = evaluate_cases(segmenter, iterate_cases(tfrecord_dir, "test"), tmp_path / "eval")
+    assert metrics["quality"]["flagged"] == 0  # as prediction flags by default
+    per_image = pd.read_csv(tmp_path / "eval" / "per_image.csv")
+    assert metrics["quality"]["full"]["flagged"] == int(
+        (per_image["flip_disagreement"] > 0.01).sum()
+    )
+    assert "with `--qc full`" in (tmp_path / "eval" / "report.md").read_text()
+
+
 def test_the_review_page_lists_flagged_inputs_first_with_their_thumbnails(tmp_path):
     from unet.review import thumbnail, thumbnail_name, write_review_page, write_thumbnail
 
@@ -176,6 +227,50 @@ def test_the_review_page_lists_flagged_inputs_first_with_their_thumbnails(tmp_pa
     assert page.count('loading="lazy"') == 2 and thumbnail_name("b.png") in page
     assert "low_confidence;fraction_shift" in page and "corrupt or truncated image" in page
     assert (tmp_path / thumbnail_name("a.png")).stat().st_size < 10_000  # small
+
+
+def test_flip_disagreement_is_one_minus_the_dice_of_the_two_passes():
+    assert flip_disagreement(np.array([30.0, 40.0, 20.0]))["flip_disagreement"] == 0.0
+    assert flip_disagreement(np.array([10.0, 40.0, 20.0]))["flip_disagreement"] == (
+        pytest.approx(1 - 20 / 60)
+    )
+    assert flip_disagreement(np.zeros(3))["flip_disagreement"] == 0.0  # both empty: agree
+    assert flip_disagreement(None) == {}  # not measured: no column
+
+
+def test_the_target_ignores_cases_empty_in_truth_and_mask():
+    # most slices of a lesion set are empty and right (Dice 1); the target must come from
+    # the cases with something in them, or "below target" means "any error at all"
+    lesion_dice = RNG.uniform(0.3, 0.95, 40)
+    table = pd.DataFrame(
+        {
+            "dice": np.concatenate([lesion_dice, np.ones(160)]),
+            "empty": [False] * 40 + [True] * 160,
+            "low_confidence": RNG.uniform(0, 1, 200),
+        }
+    )
+    calibrated = calibrate(table, reference())
+    assert calibrated.target_dice == pytest.approx(np.percentile(lesion_dice, 20))
+    everything_empty = table.assign(empty=True)
+    assert calibrate(everything_empty, reference()).target_dice is None
+
+
+def test_a_calibrated_signal_that_was_not_measured_gives_no_verdict():
+    from unet.quality import SignalCalibration
+
+    only_flips = reference().model_copy(
+        update={
+            "signals": {
+                "flip_disagreement": SignalCalibration(
+                    threshold=0.2, youden=0.4, spearman=-0.5, recall=0.6
+                )
+            }
+        }
+    )
+    fast = columns_of({"low_confidence": 0.5}, only_flips)  # --qc fast: no flip pass
+    assert "review" not in fast
+    full = columns_of({"low_confidence": 0.5, "flip_disagreement": 0.3}, only_flips)
+    assert full["review"] == "review" and full["review_reasons"] == "flip_disagreement"
 
 
 def test_too_few_validation_cases_calibrate_no_flags():
