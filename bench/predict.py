@@ -11,7 +11,10 @@ Prints, each as a ratio measured in this run:
       a numpy float32 matrix product's GFLOP/s measured in the same run — target >= 0.75;
   (q) images/s with the review features (quality signals of a model with calibrated flags,
       thumbnails and review.html) against without them (a model without flags,
-      --no-review-page), without --tta — target >= 0.9 (they cost at most 10%).
+      --no-review-page), without --tta — target >= 0.9 (they cost at most 10%);
+  (q') --qc full (the flipped pass for flip_disagreement) against plain prediction (expected
+      about 0.5: twice the model's work), and --tta with the flags against --tta without them
+      (the flip signal reuses a TTA pass: expected near 1).
 The model is a default U-Net (depth 4, base 16) with random weights: speed does not depend on
 the weights.
 
@@ -89,8 +92,9 @@ def add_quality_reference(run_dir: Path, images: list[Path]) -> None:
     )
 
 
-def review_cost(model: Path, scans: Path, tmp: Path, batch_size: int) -> tuple[float, float]:
-    """images/s without and with the review features (see (q))."""
+def review_cost(model: Path, scans: Path, tmp: Path, batch_size: int) -> dict[str, float]:
+    """images/s without the review features, with them (``--qc fast``), with ``--qc full``,
+    and with ``--tta`` without and with the flags (see (q))."""
     import shutil as copier
 
     from unet.config import PredictConfig
@@ -99,21 +103,45 @@ def review_cost(model: Path, scans: Path, tmp: Path, batch_size: int) -> tuple[f
     flagged = tmp / "model-flags"
     copier.copytree(model, flagged)
     add_quality_reference(flagged, sorted(scans.glob("*.png")))
-    rates = []
-    for run_dir, review in ((model, False), (flagged, True)):
+    runs = {
+        "plain": (model, "fast", False),
+        "fast": (flagged, "fast", False),
+        "full": (flagged, "full", False),
+        "tta": (model, "fast", True),
+        "tta+flags": (flagged, "fast", True),
+    }
+    rates = {}
+    for name, (run_dir, qc, tta) in runs.items():
         config = PredictConfig(
             model=str(run_dir),
             input_dir=str(scans),
-            output_dir=str(tmp / f"review-{review}"),
+            output_dir=str(tmp / f"review-{name}"),
             batch_size=batch_size,
             precision="float32",
-            review_page=review,
+            review_page=run_dir == flagged,
+            qc=qc,
+            tta=tta,
         )
         started = time.perf_counter()
         report = predict_folder(config)
-        rates.append(len(report) / (time.perf_counter() - started))
-        assert review == report["review"].notna().all()
-    return rates[0], rates[1]
+        rates[name] = len(report) / (time.perf_counter() - started)
+        assert (run_dir == flagged) == report["review"].notna().all()
+        assert (qc == "full" or tta) == report["flip_disagreement"].notna().all()
+    return rates
+
+
+def print_review_cost(rates: dict[str, float]) -> None:
+    print(
+        f"(q) review features (quality signals, thumbnails, review.html): {rates['fast']:.2f} "
+        f"images/s against {rates['plain']:.2f} without -> ratio "
+        f"{rates['fast'] / rates['plain']:.2f} (target >= 0.9; float32, no --tta)"
+    )
+    print(
+        f"(q') --qc full (adds the flipped pass): {rates['full']:.2f} images/s -> ratio "
+        f"{rates['full'] / rates['plain']:.2f} of plain prediction; with --tta the flip signal "
+        f"comes with the TTA passes: {rates['tta+flags']:.2f} against {rates['tta']:.2f} images/s "
+        f"-> ratio {rates['tta+flags'] / rates['tta']:.2f}"
+    )
 
 
 def make_volume(folder: Path, slices: int, side: int = 512) -> tuple[Path, Path, Path]:
@@ -342,7 +370,7 @@ def main() -> int:
         "(e.g. 8000: about 70 s more)",
     )
     parser.add_argument("--volumes", action="store_true", help="the volume benchmark instead")
-    parser.add_argument("--review-only", action="store_true", help="only (q)")
+    parser.add_argument("--review-only", action="store_true", help="only (q) and (q')")
     parser.add_argument("--slices", type=int, default=200, help="--volumes: slices per volume")
     args = parser.parse_args()
     if args.volumes:
@@ -361,11 +389,7 @@ def main() -> int:
         make_model(tmp / "model")
         paths = copy_images(data, tmp / "scans", args.count)
         if args.review_only:
-            without, with_review = review_cost(tmp / "model", tmp / "scans", tmp, args.batch_size)
-            print(
-                f"(q) review features: {with_review:.2f} images/s against {without:.2f} "
-                f"without -> ratio {with_review / without:.2f} (target >= 0.9)"
-            )
+            print_review_cost(review_cost(tmp / "model", tmp / "scans", tmp, args.batch_size))
             return 0
         ours = {
             precision: segflow_predict(
@@ -394,12 +418,7 @@ def main() -> int:
                 f"(b) end to end ({precision}) {rate:.2f} images/s, forward pass on tensors in "
                 f"memory {forward:.2f} images/s -> ratio {rate / forward:.2f} (target >= 0.85)"
             )
-        without, with_review = review_cost(tmp / "model", tmp / "scans", tmp, args.batch_size)
-        print(
-            f"(q) review features (quality signals, thumbnails, review.html): "
-            f"{with_review:.2f} images/s against {without:.2f} without -> ratio "
-            f"{with_review / without:.2f} (target >= 0.9; float32, no --tta)"
-        )
+        print_review_cost(review_cost(tmp / "model", tmp / "scans", tmp, args.batch_size))
         ours_best = max(ours.values())
         copy_images(data, tmp / "few", 30)
         copy_images(data, tmp / "many", args.many)

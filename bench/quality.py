@@ -2,12 +2,13 @@
 trained once with the defaults (the plan fills every setting not given), one run, CPU.
 
 Training calibrates each signal's threshold on the validation split (target: the 20th
-percentile of Dice over the validation cases with foreground in truth or mask); the evaluation on the test split, which the thresholds were
-not tuned on, is printed: how many test cases were flagged, the mean Dice of flagged and
-unflagged ones, how many below-target test cases the flags caught (recall), and per signal its
-validation Youden J and Spearman correlation with Dice (signals that did not separate are
-reported as unused, not tuned until they do). Printed twice: as prediction flags by default
-(``--qc fast``) and with ``--qc full`` (adds ``flip_disagreement``).
+percentile of Dice over the validation cases with foreground in truth or mask); the evaluation
+on the test split, which the thresholds were not tuned on, is printed: how many test cases were
+flagged, the mean Dice of flagged and unflagged ones, how many below-target test cases the flags
+caught (recall), and per signal its validation Youden J and Spearman correlation with Dice
+(signals that did not separate are reported as unused, not tuned until they do). Printed
+twice: as prediction flags by default (``--qc fast``) and with ``--qc full`` (adds
+``flip_disagreement``).
 
     .venv/bin/python bench/quality.py [--epochs 60] [--folds K] [--only isbi|lgg]
 """

@@ -268,25 +268,33 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
     TFRecord sets."""
     from itertools import chain
 
-    from unet.evaluation import quality_reference, quality_table
+    from unet.evaluation import VolumeTally, quality_reference, quality_table
     from unet.inference import Segmenter
-    from unet.quality import calibrate
+    from unet.quality import calibrate, calibration_table
 
     if any(fold.tfrecord_dir is None for fold in folds):
         return None
     ensemble = Segmenter(model_file(run_dir), info=info)
     first = folds[0].tfrecord_dir
     everyone = chain(iterate_cases(first, "train"), iterate_cases(first, "val"))
-    reference = quality_reference(ensemble, everyone)
+    reference = quality_reference(ensemble, everyone, info.volume_statistics)
+    volumes = VolumeTally(info.num_classes) if info.volume_statistics else None
     tables = []
     for fold in folds:
         member_info = ModelInfo.read(fold.run_dir).model_copy(
             update={"postprocessing": info.postprocessing}
         )
         member = Segmenter(model_file(fold.run_dir), info=member_info, flip_check=True)
-        tables.append(quality_table(member, iterate_cases(fold.tfrecord_dir, "val"), reference))
-    calibrated = calibrate(pd.concat(tables, ignore_index=True), reference)
-    note = f"calibrated on {calibrated.num_val_cases} out-of-fold cases (the fold models' signals)"
+        cases = iterate_cases(fold.tfrecord_dir, "val")
+        tables.append(quality_table(member, cases, reference, volumes))
+    table = calibration_table(
+        pd.concat(tables, ignore_index=True), volumes.table(reference) if volumes else None
+    )
+    calibrated = calibrate(table, reference)
+    note = (
+        f"calibrated on {calibrated.num_val_cases} out-of-fold {calibrated.calibrated_on} "
+        "(the fold models' signals)"
+    )
     return calibrated.model_copy(update={"note": calibrated.note or note})
 
 

@@ -28,7 +28,7 @@ from unet.model_files import PrecisionCheck
 from unet.postprocessing import ThresholdTuner, classify
 from unet.precision import MIN_AGREEMENT
 from unet.quality import quality_columns
-from unet.volume_metrics import SliceInfo, VolumeScores, summarize_volumes
+from unet.volume_metrics import SliceInfo, VolumeScores, summarize_volumes, volume_of
 
 logger = logging.getLogger(__name__)
 
@@ -228,19 +228,35 @@ def model_facts(segmenter: Segmenter) -> dict[str, object]:
     return facts
 
 
-def quality_reference(segmenter: Segmenter, cases: Iterable[Case]):
-    """The training cases' distribution of normalised intensities and mask sizes (no model)."""
-    from unet.quality import intensity_percentiles, log_fraction, reference_from_cases
+def quality_reference(segmenter: Segmenter, cases: Iterable[Case], volumes: bool = False):
+    """The training cases' distribution of normalised intensities and mask sizes (no model);
+    ``volumes``: the cases are volume slices (keys ``volume/z012``), whose volumes' foreground
+    fractions are recorded too."""
+    from unet.quality import (
+        FRACTION_FLOOR,
+        intensity_percentiles,
+        log_fraction,
+        reference_from_cases,
+    )
 
     percentiles, fractions = [], []
+    voxels: dict[str, list[int]] = {}  # volume -> [foreground, all] voxels of its truth
     for key, image, truth, stats in with_stats(cases):
         percentiles.append(intensity_percentiles(segmenter.prepare(image, key, stats)))
         fractions.append(log_fraction(truth))
-    return reference_from_cases(percentiles, fractions)
+        if volumes:
+            counts = voxels.setdefault(volume_of(key), [0, 0])
+            counts[0] += int(np.count_nonzero(truth))
+            counts[1] += truth.size
+    whole = [float(np.log10(max(fg / n, FRACTION_FLOOR))) for fg, n in voxels.values()]
+    return reference_from_cases(percentiles, fractions, whole or None)
 
 
-def quality_table(segmenter: Segmenter, cases: Iterable[Case], reference) -> pd.DataFrame:
-    """Every case's quality signals and foreground Dice, segmented as prediction does."""
+def quality_table(
+    segmenter: Segmenter, cases: Iterable[Case], reference, volumes: VolumeTally | None = None
+) -> pd.DataFrame:
+    """Every case's quality signals, foreground Dice and whether truth and mask are both empty,
+    segmented as prediction does; each volume slice also handed to ``volumes``."""
     from unet.quality import quality_signals
 
     rows = []
@@ -255,7 +271,55 @@ def quality_table(segmenter: Segmenter, cases: Iterable[Case], reference) -> pd.
             empty = not truth.any() and not result.classes.any()
             dice = foreground_dice(result.classes, truth)
             rows.append({"key": key, **signals, "dice": dice, "empty": empty})
+            if volumes is not None:
+                volumes.add(key, image, truth, result)
     return pd.DataFrame(rows)
+
+
+class VolumeTally:
+    """The quality signals of whole volumes, pooled over their slices as prediction pools
+    them (:class:`unet.quality.VolumeQuality`), and each volume's Dice over its voxels: for
+    calibrating the flags on volumes."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.volumes: dict[str, dict] = {}
+
+    def add(self, key: str, prepared: np.ndarray, truth: np.ndarray, result) -> None:
+        from unet.quality import VolumeQuality
+
+        tally = self.volumes.setdefault(
+            volume_of(key),
+            {"quality": VolumeQuality(), "counts": np.zeros((self.num_classes, 3)), "voxels": 0},
+        )
+        tally["quality"].add(prepared, result.classes, result.confidence, result.flip_counts)
+        for label in range(1, self.num_classes):
+            predicted, true = result.classes == label, truth == label
+            both = np.count_nonzero(predicted & true)
+            tally["counts"][label] += (both, np.count_nonzero(predicted), np.count_nonzero(true))
+        tally["voxels"] += truth.size
+
+    def table(self, reference) -> pd.DataFrame:
+        """One row per volume: its pooled signals, Dice (mean over the foreground classes in
+        truth or mask) and ``empty``; ``attrs["unit"]`` is ``volumes``."""
+        rows = []
+        for name, tally in self.volumes.items():
+            counts = tally["counts"][1:]
+            present = counts[:, 1] + counts[:, 2] > 0
+            dice = (2 * counts[present, 0] / (counts[present, 1] + counts[present, 2])).mean()
+            fraction = counts[:, 1].sum() / tally["voxels"]
+            signals = tally["quality"].signals(fraction, reference)
+            rows.append(
+                {
+                    "key": name,
+                    **signals,
+                    "dice": float(dice) if present.any() else 1.0,
+                    "empty": not present.any(),
+                }
+            )
+        table = pd.DataFrame(rows)
+        table.attrs["unit"] = "volumes"
+        return table
 
 
 def foreground_dice(prediction: np.ndarray, truth: np.ndarray) -> float:

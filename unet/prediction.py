@@ -868,7 +868,9 @@ def segment_frames(segmenter: Segmenter, path: Path, target: Path, scale: int) -
     table.attrs.update(
         height=height,
         width=width,
-        quality=quality.columns(fraction, segmenter.info.quality) if quality else {},
+        quality=quality.columns(fraction, segmenter.info.quality, whole_volume=False)
+        if quality
+        else {},
     )
     return table
 

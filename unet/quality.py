@@ -77,6 +77,11 @@ class QualityReference(BaseModel):
     intensity_spread: list[list[float]] = Field(description="Per channel, their robust spread.")
     fraction_median: float
     fraction_spread: float
+    volume_fraction_median: float | None = Field(
+        None, description="Volume models: log10 foreground fraction of the training volumes."
+    )
+    volume_fraction_spread: float | None = None
+    calibrated_on: str = Field("cases", description="'cases' (images, slices) or 'volumes'.")
     target_dice: float | None = None
     signals: dict[str, SignalCalibration] = Field(default_factory=dict)
     num_val_cases: int = 0
@@ -110,18 +115,26 @@ def near_foreground(foreground: np.ndarray) -> np.ndarray:
 
 
 def shift_signals(
-    percentiles: np.ndarray, log_fraction_value: float, reference: QualityReference
+    percentiles: np.ndarray,
+    log_fraction_value: float,
+    reference: QualityReference,
+    whole_volume: bool = False,
 ) -> dict[str, float]:
-    """``intensity_shift`` and ``fraction_shift`` against the training cases (see the module)."""
+    """``intensity_shift`` and ``fraction_shift`` against the training cases (see the module);
+    ``whole_volume``: the fraction is a volume's, compared with the training volumes' where the
+    reference has them (a volume's fraction is not a slice's: most slices of a lesion are
+    empty)."""
+    fraction_median, fraction_spread = reference.fraction_median, reference.fraction_spread
+    if whole_volume and reference.volume_fraction_median is not None:
+        fraction_median = reference.volume_fraction_median
+        fraction_spread = reference.volume_fraction_spread or fraction_spread
     median = np.asarray(reference.intensity_median)
     spread = np.asarray(reference.intensity_spread)
     channels = min(len(median), len(percentiles))
     shifts = np.abs(percentiles[:channels] - median[:channels]) / spread[:channels]
     return {
         "intensity_shift": float(shifts.max()),
-        "fraction_shift": robust_distance(
-            log_fraction_value, reference.fraction_median, reference.fraction_spread
-        ),
+        "fraction_shift": robust_distance(log_fraction_value, fraction_median, fraction_spread),
     }
 
 
@@ -164,17 +177,30 @@ def quality_signals(
     }
 
 
-def reference_from_cases(percentiles: list[np.ndarray], fractions: list[float]) -> QualityReference:
+def reference_from_cases(
+    percentiles: list[np.ndarray],
+    fractions: list[float],
+    volume_fractions: list[float] | None = None,
+) -> QualityReference:
     """The training cases' distribution: per case ``intensity_percentiles`` of its normalised
-    image and the log10 foreground fraction of its mask."""
+    image and the log10 foreground fraction of its mask; for a volume model, the log10
+    foreground fraction of each training volume too."""
     stacked = np.stack(percentiles)  # (cases, C, 3)
     spread = np.apply_along_axis(spread_of, 0, stacked)
     logs = np.asarray(fractions, np.float64)
+    volumes = {}
+    if volume_fractions:
+        volume_logs = np.asarray(volume_fractions, np.float64)
+        volumes = {
+            "volume_fraction_median": float(np.median(volume_logs)),
+            "volume_fraction_spread": spread_of(volume_logs, 0.25),
+        }
     return QualityReference(
         intensity_median=np.median(stacked, axis=0).tolist(),
         intensity_spread=spread.tolist(),
         fraction_median=float(np.median(logs)),
         fraction_spread=spread_of(logs, 0.25),
+        **volumes,
     )
 
 
@@ -239,11 +265,20 @@ class VolumeQuality:
             self.near += float(np.count_nonzero(near))
         self.percentiles.append(intensity_percentiles(prepared))
 
-    def columns(self, fraction: float, reference: QualityReference | None) -> dict[str, object]:
+    def columns(
+        self, fraction: float, reference: QualityReference | None, whole_volume: bool = True
+    ) -> dict[str, object]:
         """The volume's report columns (see :func:`quality_columns`); ``fraction``: the
-        foreground fraction of its final mask."""
+        foreground fraction of its final mask; ``whole_volume``: False for a video's frames
+        (its fraction is compared with the training images')."""
         if reference is None or not self.pixels:
             return {}
+        return columns_of(self.signals(fraction, reference, whole_volume), reference)
+
+    def signals(
+        self, fraction: float, reference: QualityReference, whole_volume: bool = True
+    ) -> dict[str, float]:
+        """The pooled signals (see :meth:`columns`)."""
         if self.foreground:
             low = 1 - self.inside / self.foreground
             uncertain = self.uncertain_near / max(self.near, 1)
@@ -252,13 +287,12 @@ class VolumeQuality:
             uncertain = self.uncertain_all / self.pixels
         percentiles = np.median(np.stack(self.percentiles), axis=0)
         log_value = math.log10(max(fraction, FRACTION_FLOOR))
-        signals = {
+        return {
             "low_confidence": float(low),
             "uncertain_share": float(uncertain),
-            **shift_signals(percentiles, log_value, reference),
+            **shift_signals(percentiles, log_value, reference, whole_volume),
             **flip_disagreement(self.flip_counts),
         }
-        return columns_of(signals, reference)
 
 
 def columns_of(signals: dict[str, float], reference: QualityReference) -> dict[str, object]:
@@ -311,10 +345,11 @@ def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityRefere
     target = target_dice(dice, empty)
     bad = dice < target if target is not None else np.zeros(len(dice), bool)
     enough = len(table) >= MIN_CALIBRATION_CASES and bad.sum() >= MIN_BELOW_TARGET
+    unit = str(table.attrs.get("unit", "cases"))
     note = (
-        ""
+        str(table.attrs.get("note", ""))
         if enough
-        else f"too few validation cases to calibrate ({len(table)} cases, {int(bad.sum())} "
+        else f"too few validation {unit} to calibrate ({len(table)} {unit}, {int(bad.sum())} "
         f"below target; needs {MIN_CALIBRATION_CASES} and {MIN_BELOW_TARGET}): no flags"
     )
     signals = {}
@@ -334,8 +369,26 @@ def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityRefere
             "signals": signals,
             "num_val_cases": len(table),
             "note": note,
+            "calibrated_on": unit,
         }
     )
+
+
+def calibration_table(cases: pd.DataFrame, volumes: pd.DataFrame | None) -> pd.DataFrame:
+    """The table to calibrate on: a volume model's whole volumes (what its prediction flags)
+    when there are :data:`MIN_CALIBRATION_CASES` of them, else its cases (slices), with a note
+    in ``attrs`` that the volumes' pooled signals are held to thresholds chosen on slices."""
+    if volumes is None or volumes.empty:
+        return cases
+    if len(volumes) >= MIN_CALIBRATION_CASES:
+        return volumes
+    chosen = cases.copy()
+    chosen.attrs["note"] = (
+        f"calibrated on {len(cases)} slices: {len(volumes)} validation volumes are too few "
+        f"(needs {MIN_CALIBRATION_CASES}); a volume's flags hold its pooled signals to these "
+        "slice thresholds"
+    )
+    return chosen
 
 
 def flag_summary(table: pd.DataFrame, target: float | None) -> dict[str, object]:

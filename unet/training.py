@@ -579,18 +579,22 @@ def calibrate_quality(path: Path, info: ModelInfo, data: TrainingData):
     """The quality flags' reference (from the train split) and thresholds (chosen on the val
     split, segmented with the tuned post-processing, as prediction will, and with the flip pass
     so that ``flip_disagreement`` is calibrated too); None without validation cases."""
-    from unet.evaluation import quality_reference, quality_table
-    from unet.quality import calibrate
+    from unet.evaluation import VolumeTally, quality_reference, quality_table
+    from unet.quality import calibrate, calibration_table
 
     if not data.counts.get("val"):
         return None
     segmenter = Segmenter(path, info=info, flip_check=True)
-    reference = quality_reference(segmenter, iterate_cases(data.tfrecord_dir, "train"))
-    table = quality_table(segmenter, iterate_cases(data.tfrecord_dir, "val"), reference)
+    train = iterate_cases(data.tfrecord_dir, "train")
+    reference = quality_reference(segmenter, train, data.volumes)
+    volumes = VolumeTally(info.num_classes) if data.volumes else None
+    table = quality_table(segmenter, iterate_cases(data.tfrecord_dir, "val"), reference, volumes)
+    table = calibration_table(table, volumes.table(reference) if volumes else None)
     calibrated = calibrate(table, reference)
     logger.info(
-        "quality flags calibrated on %d val cases (target Dice %.3f): %s",
+        "quality flags calibrated on %d val %s (target Dice %s): %s",
         len(table),
+        calibrated.calibrated_on,
         calibrated.target_dice,
         {name: signal.threshold for name, signal in calibrated.signals.items()},
     )

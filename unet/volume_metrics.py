@@ -98,6 +98,11 @@ def summarize_volumes(table: pd.DataFrame) -> dict[str, object] | None:
     }
 
 
+def volume_of(key: str) -> str:
+    """The volume a slice's key (``volume/z012``) belongs to."""
+    return key.rsplit("/", 1)[0]
+
+
 def slice_infos(manifest: pd.DataFrame) -> dict[str, SliceInfo]:
     """Key -> :class:`SliceInfo` for the volume slices of a manifest (2-D images left out)."""
     if "slice" not in manifest or "voxel_mm" not in manifest:
@@ -105,7 +110,7 @@ def slice_infos(manifest: pd.DataFrame) -> dict[str, SliceInfo]:
     rows = manifest[manifest["slice"] >= 0]
     return {
         str(row["key"]): SliceInfo(
-            str(row["key"]).rsplit("/", 1)[0],
+            volume_of(str(row["key"])),
             int(row["slice"]),
             tuple(float(v) for v in str(row["voxel_mm"]).split("x")),
         )

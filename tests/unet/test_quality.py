@@ -273,6 +273,48 @@ def test_a_calibrated_signal_that_was_not_measured_gives_no_verdict():
     assert full["review"] == "review" and full["review_reasons"] == "flip_disagreement"
 
 
+def test_volumes_are_compared_with_training_volumes_and_calibrated_whole_when_enough():
+    from types import SimpleNamespace
+
+    from unet.evaluation import VolumeTally
+    from unet.quality import VolumeQuality, calibration_table
+
+    # lesion volumes: 2% of each volume is lesion, but 80% of the slices are empty
+    slice_fractions = [np.log10(1e-4)] * 80 + list(np.log10(RNG.uniform(0.05, 0.15, 20)))
+    percentiles = [np.percentile(RNG.normal(0.5, 0.1, (64, 64, 1)), (1, 50, 99), axis=(0, 1)).T]
+    volumes = list(np.log10(RNG.uniform(0.015, 0.025, 12)))
+    ref = reference_from_cases(percentiles * 100, slice_fractions, volumes)
+    assert ref.volume_fraction_median == pytest.approx(np.log10(0.02), abs=0.1)
+    quality = VolumeQuality()
+    image = RNG.normal(0.5, 0.1, (64, 64, 1)).astype(np.float32)
+    quality.add(image, blob(), np.full((64, 64), 0.95, np.float32))
+    as_volume = quality.signals(0.02, ref)["fraction_shift"]
+    as_frames = quality.signals(0.02, ref, whole_volume=False)["fraction_shift"]
+    assert as_volume < 1 < as_frames  # a typical lesion volume is not an odd slice
+
+    tally = VolumeTally(num_classes=2)
+    truth = blob()
+    for number in range(12):  # 12 volumes of 2 slices: one right, one half missed
+        missed = truth.copy()
+        missed[:, 27:] = 0 if number % 3 == 0 else missed[:, 27:]
+        for z, (prediction, confidence) in enumerate(((truth, 0.95), (missed, 0.6))):
+            result = SimpleNamespace(
+                classes=prediction,
+                confidence=np.full((64, 64), confidence, np.float32),
+                flip_counts=None,
+            )
+            tally.add(f"case{number}/z{z:03d}", image, truth, result)
+    volume_table = tally.table(ref)
+    assert len(volume_table) == 12 and volume_table.attrs["unit"] == "volumes"
+    halves = volume_table["key"].isin([f"case{n}" for n in range(0, 12, 3)])
+    assert (volume_table.loc[halves, "dice"] < volume_table.loc[~halves, "dice"].min()).all()
+    assert volume_table.loc[~halves, "dice"].eq(1.0).all()
+    slices = pd.DataFrame({"dice": RNG.uniform(0, 1, 24), "low_confidence": RNG.uniform(0, 1, 24)})
+    assert calibration_table(slices, volume_table) is volume_table
+    few = calibration_table(slices, volume_table.head(4))
+    assert len(few) == 24 and "4 validation volumes are too few" in few.attrs["note"]
+
+
 def test_too_few_validation_cases_calibrate_no_flags():
     table = pd.DataFrame(
         {
