@@ -80,6 +80,8 @@ def add_config_arguments(
             kwargs["help"] = f"{field.description} Default: {field.default}."
         if name in required:
             kwargs["required"] = True
+        if isinstance(kwargs["help"], str):  # argparse formats help with %: "99.9%" must stay
+            kwargs["help"] = kwargs["help"].replace("%", "%%")
         group.add_argument(_flag(name), **kwargs)
 
 

@@ -138,6 +138,17 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     assert "not a model file, run folder or registered version" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "command", ["demo", "prepare", "plan", "train", "evaluate", "predict", "export", "retrain"]
+)
+def test_every_command_prints_its_help(command, capsys):
+    # a "%" in a setting's description once broke argparse's help of predict and train
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: segflow" in capsys.readouterr().out
+
+
 def test_second_prepare_is_served_from_cache_and_deleted_files_are_rebuilt(
     demo_dir, tmp_path, capsys
 ):
