@@ -60,7 +60,7 @@ def review_line(summary: SegmentationSummary) -> str:
     if summary.num_review is None:
         return (
             "no quality flags (the model has none calibrated: trained before them, or too few "
-            "validation cases)"
+            "validation cases; or, with --qc fast, they need the flip pass of --qc full)"
         )
     return f"{summary.num_review} of {summary.num_inputs} masks to review"
 

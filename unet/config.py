@@ -256,12 +256,13 @@ class PredictConfig(BaseModel):
     tta: bool = Field(
         False, description="Test-time augmentation: average over flips (4x the compute)."
     )
-    qc: Literal["fast", "full"] = Field(
-        "fast",
+    qc: Literal["auto", "fast", "full"] = Field(
+        "auto",
         description="Quality signals: 'fast' (confidence, input and mask against the training "
         "data; a few percent of the time); 'full' adds flip_disagreement, the Dice between the "
         "mask and the mask of the image flipped left-right (one more forward pass: about 2x "
-        "the model's time; free with --tta, which runs that pass anyway).",
+        "the model's time; free with --tta, which runs that pass anyway); 'auto': 'full' when "
+        "the model's calibrated flags rest on flip_disagreement alone, else 'fast'.",
     )
     largest_component: bool = Field(
         False,

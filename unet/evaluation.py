@@ -136,10 +136,11 @@ def evaluate_cases(
 
 def quality_metrics(frame: pd.DataFrame, reference, num_classes: int) -> dict[str, object]:
     """The flags on scored cases (see :func:`unet.quality.flag_summary`) as prediction raises
-    them by default (``--qc fast``: every signal but ``flip_disagreement``) and, under
-    ``full``, with ``--qc full`` or ``--tta`` when the flip pass was run; the calibration's
-    note and each signal's validation numbers; no flag counts when none is calibrated."""
-    from unet.quality import flag_summary
+    them by default (``--qc auto``: every signal but ``flip_disagreement``, unless the flags
+    rest on it alone) and, under ``full``, with ``--qc full`` or ``--tta`` when the flip pass
+    was run; the calibration's note and each signal's validation numbers; no flag counts when
+    none is calibrated."""
+    from unet.quality import flag_summary, needs_flip_pass
 
     facts = {
         "note": reference.note,
@@ -156,7 +157,8 @@ def quality_metrics(frame: pd.DataFrame, reference, num_classes: int) -> dict[st
         .map(lambda reasons: [r for r in reasons.split(";") if r and r != "flip_disagreement"])
     )
     fast_flags = scored.assign(review=fast.map(lambda reasons: "review" if reasons else "ok"))
-    metrics = {**flag_summary(fast_flags, reference.target_dice), **facts}
+    default = scored if needs_flip_pass("auto", reference) else fast_flags
+    metrics = {**flag_summary(default, reference.target_dice), **facts}
     if "flip_disagreement" in frame:
         metrics["full"] = flag_summary(scored, reference.target_dice)
     return metrics

@@ -42,8 +42,16 @@ from data_catalog.images import ChannelError, ImageReadError, read_image, write_
 from data_catalog.volumes import is_tiff_stack, is_volume
 from unet.config import PredictConfig
 from unet.inference import Segmentation, Segmenter
+from unet.model_files import ModelInfo
 from unet.postprocessing import keep_largest_component, remove_small_components_3d
-from unet.quality import SIGNALS, QualityReference, VolumeQuality, quality_columns
+from unet.quality import (
+    SIGNALS,
+    QualityReference,
+    VolumeQuality,
+    needs_flip_pass,
+    quality_columns,
+)
+from unet.registry import resolve_model_file
 from unet.review import thumbnail, write_overlay, write_review_page, write_thumbnail
 
 logger = logging.getLogger(__name__)
@@ -229,16 +237,21 @@ def segment_files(
         FileNotFoundError: the model or the input folder does not exist.
         ValueError: a tile size the model cannot use.
     """
+    model = resolve_model_file(config.model)
+    info = ModelInfo.read(model.parent)
     segmenter = Segmenter(
-        config.model,
+        model,
         config.tta,
         config.batch_size,
         config.tile_size,
         config.tile_overlap,
+        info=info,
         precision=config.precision,
         largest_component=config.largest_component,
-        flip_check=config.qc == "full",
+        flip_check=needs_flip_pass(config.qc, info.quality),
     )
+    if config.qc == "auto" and segmenter.flip_check and not config.tta:
+        logger.info("the model's quality flags rest on flip_disagreement: running the flip pass")
     plan = plan_inputs(config, shard)
     scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
     output_format = OutputFormat(

@@ -295,6 +295,21 @@ class VolumeQuality:
         }
 
 
+def needs_flip_pass(qc: str, reference: QualityReference | None) -> bool:
+    """Whether prediction runs the flipped pass: ``full`` always, ``fast`` never, ``auto`` when
+    the model's calibrated signals are ``flip_disagreement`` alone (else it would have no
+    flags at all)."""
+    if qc != "auto":
+        return qc == "full"
+    used = [] if reference is None else calibrated_signals(reference)
+    return used == ["flip_disagreement"]
+
+
+def calibrated_signals(reference: QualityReference) -> list[str]:
+    """The signals with a threshold."""
+    return [name for name, signal in reference.signals.items() if signal.threshold is not None]
+
+
 def columns_of(signals: dict[str, float], reference: QualityReference) -> dict[str, object]:
     """Report columns: the signals, and ``review``/``review_reasons`` when any signal among
     them is calibrated (left empty otherwise: no flag is not the same as ``ok``)."""

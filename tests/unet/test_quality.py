@@ -137,27 +137,34 @@ def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
     assert len(list((tmp_path / "out" / "thumbnails").glob("*.jpg"))) == len(report)
 
 
-def test_qc_full_adds_flip_disagreement_to_the_report_and_to_the_flags(
-    trained_run, tfrecord_dir, synthetic_dir, tmp_path
-):
+def flip_only_model(trained_run, tmp_path, threshold: float = 0.01):
+    """A copy of the trained model whose only calibrated signal is flip_disagreement."""
     import shutil
 
-    from data_catalog.tfrecords import iterate_cases
-    from unet.config import PredictConfig
-    from unet.evaluation import evaluate_cases
-    from unet.inference import Segmenter
     from unet.model_files import ModelInfo
-    from unet.prediction import predict_folder
     from unet.quality import SignalCalibration
 
     info = ModelInfo.read(trained_run)
-    flips = SignalCalibration(threshold=0.01, youden=0.5, spearman=-0.5, recall=0.5)
+    flips = SignalCalibration(threshold=threshold, youden=0.5, spearman=-0.5, recall=0.5)
     calibrated = info.quality.model_copy(update={"signals": {"flip_disagreement": flips}})
     run = tmp_path / "flip-run"
     shutil.copytree(trained_run, run)
     info.model_copy(update={"quality": calibrated}).write(run)
+    return run
+
+
+def test_qc_full_adds_flip_disagreement_to_the_report_and_to_the_flags(
+    trained_run, tfrecord_dir, synthetic_dir, tmp_path
+):
+    from data_catalog.tfrecords import iterate_cases
+    from unet.config import PredictConfig
+    from unet.evaluation import evaluate_cases
+    from unet.inference import Segmenter
+    from unet.prediction import predict_folder
+
+    run = flip_only_model(trained_run, tmp_path)
     reports = {}
-    for qc in ("fast", "full"):
+    for qc in ("fast", "auto", "full"):
         config = PredictConfig(
             model=str(run),
             input_dir=str(synthetic_dir / "images"),
@@ -167,23 +174,37 @@ def test_qc_full_adds_flip_disagreement_to_the_report_and_to_the_flags(
         )
         reports[qc] = predict_folder(config)
     # fast: the only calibrated signal was not measured, so no verdict either way
-    assert (
-        "flip_disagreement" not in reports["fast"]
-        or reports["fast"]["flip_disagreement"].isna().all()
-    )
+    assert reports["fast"]["flip_disagreement"].isna().all()
     assert reports["fast"]["review"].isna().all()
     full = reports["full"]
     assert full["flip_disagreement"].between(0, 1).all()
     assert list(full["review"] == "review") == list(full["flip_disagreement"] > 0.01)
-    # evaluation reports the flags both ways
+    # auto runs the flip pass because the model's flags rest on it alone
+    assert list(reports["auto"]["review"]) == list(full["review"])
+    # evaluation reports the flags as prediction raises them by default and with --qc full
     segmenter = Segmenter(run, precision="float32", flip_check=True)
     metrics = evaluate_cases(segmenter, iterate_cases(tfrecord_dir, "test"), tmp_path / "eval")
-    assert metrics["quality"]["flagged"] == 0  # as prediction flags by default
     per_image = pd.read_csv(tmp_path / "eval" / "per_image.csv")
-    assert metrics["quality"]["full"]["flagged"] == int(
-        (per_image["flip_disagreement"] > 0.01).sum()
-    )
+    expected = int((per_image["flip_disagreement"] > 0.01).sum())
+    assert metrics["quality"]["full"]["flagged"] == expected
+    assert metrics["quality"]["flagged"] == expected  # auto: the flip pass by default here
     assert "with `--qc full`" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_auto_runs_the_flip_pass_only_when_the_flags_rest_on_it_alone():
+    from unet.quality import SignalCalibration, needs_flip_pass
+
+    used = SignalCalibration(threshold=0.1, youden=0.5, spearman=-0.5, recall=0.5)
+    unused = SignalCalibration(threshold=None, youden=0.1, spearman=None, recall=None)
+    flips_only = reference().model_copy(
+        update={"signals": {"low_confidence": unused, "flip_disagreement": used}}
+    )
+    both = reference().model_copy(
+        update={"signals": {"low_confidence": used, "flip_disagreement": used}}
+    )
+    assert needs_flip_pass("auto", flips_only) and not needs_flip_pass("auto", both)
+    assert not needs_flip_pass("auto", None) and not needs_flip_pass("auto", reference())
+    assert needs_flip_pass("full", None) and not needs_flip_pass("fast", flips_only)
 
 
 def test_the_review_page_lists_flagged_inputs_first_with_their_thumbnails(tmp_path):
