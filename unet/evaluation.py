@@ -241,17 +241,18 @@ def quality_reference(segmenter: Segmenter, cases: Iterable[Case], volumes: bool
         reference_from_cases,
     )
 
-    percentiles, fractions = [], []
+    percentiles, fractions, sizes = [], [], []
     voxels: dict[str, list[int]] = {}  # volume -> [foreground, all] voxels of its truth
     for key, image, truth, stats in with_stats(cases):
         percentiles.append(intensity_percentiles(segmenter.prepare(image, key, stats)))
         fractions.append(log_fraction(truth))
+        sizes.append(truth.size)
         if volumes:
             counts = voxels.setdefault(volume_of(key), [0, 0])
             counts[0] += int(np.count_nonzero(truth))
             counts[1] += truth.size
     whole = [float(np.log10(max(fg / n, FRACTION_FLOOR))) for fg, n in voxels.values()]
-    return reference_from_cases(percentiles, fractions, whole or None)
+    return reference_from_cases(percentiles, fractions, whole or None, sizes)
 
 
 def quality_table(

@@ -14,6 +14,8 @@ its normalised image, the mask and the winning class's probability):
 - ``fraction_shift``: the same robust distance for the predicted foreground fraction (log
   scale) against the training masks' fractions: an implausible mask (e.g. an empty one where
   training masks are almost never empty);
+- ``size_shift``: the same robust distance for the input's pixel count (log2; per slice for
+  volumes) against the training cases': an input at another size or magnification;
 - ``flip_disagreement``: 1 - the Dice between the foreground of the plain pass and of the
   left-right flipped pass (flipped back); 0 when both are empty. Only where the flipped pass is
   run (prediction with ``--tta`` or ``--qc full``, and always in calibration and evaluation).
@@ -41,6 +43,7 @@ SIGNALS = (
     "uncertain_share",
     "intensity_shift",
     "fraction_shift",
+    "size_shift",
     "flip_disagreement",
 )
 UNCERTAIN = 0.7  # a winning probability below this is uncertain (two classes: 0.3 < p < 0.7)
@@ -81,6 +84,8 @@ class QualityReference(BaseModel):
         None, description="Volume models: log10 foreground fraction of the training volumes."
     )
     volume_fraction_spread: float | None = None
+    size_median: float | None = Field(None, description="log2 pixels of the training cases.")
+    size_spread: float | None = None
     calibrated_on: str = Field("cases", description="'cases' (images, slices) or 'volumes'.")
     target_dice: float | None = None
     signals: dict[str, SignalCalibration] = Field(default_factory=dict)
@@ -119,8 +124,10 @@ def shift_signals(
     log_fraction_value: float,
     reference: QualityReference,
     whole_volume: bool = False,
+    pixels: int | None = None,
 ) -> dict[str, float]:
-    """``intensity_shift`` and ``fraction_shift`` against the training cases (see the module);
+    """``intensity_shift``, ``fraction_shift`` and, given the input's ``pixels`` (per slice)
+    and a reference that has them, ``size_shift`` against the training cases (see the module);
     ``whole_volume``: the fraction is a volume's, compared with the training volumes' where the
     reference has them (a volume's fraction is not a slice's: most slices of a lesion are
     empty)."""
@@ -132,10 +139,14 @@ def shift_signals(
     spread = np.asarray(reference.intensity_spread)
     channels = min(len(median), len(percentiles))
     shifts = np.abs(percentiles[:channels] - median[:channels]) / spread[:channels]
-    return {
+    signals = {
         "intensity_shift": float(shifts.max()),
         "fraction_shift": robust_distance(log_fraction_value, fraction_median, fraction_spread),
     }
+    if pixels and reference.size_median is not None and reference.size_spread:
+        size = math.log2(pixels)
+        signals["size_shift"] = robust_distance(size, reference.size_median, reference.size_spread)
+    return signals
 
 
 def confidence_signals(classes: np.ndarray, confidence: np.ndarray) -> dict[str, float]:
@@ -172,7 +183,12 @@ def quality_signals(
     """Every signal of one input (see the module); ``flip_disagreement`` with ``flip_counts``."""
     return {
         **confidence_signals(classes, confidence),
-        **shift_signals(intensity_percentiles(prepared), log_fraction(classes), reference),
+        **shift_signals(
+            intensity_percentiles(prepared),
+            log_fraction(classes),
+            reference,
+            pixels=classes.size,
+        ),
         **flip_disagreement(flip_counts),
     }
 
@@ -181,26 +197,29 @@ def reference_from_cases(
     percentiles: list[np.ndarray],
     fractions: list[float],
     volume_fractions: list[float] | None = None,
+    sizes: list[int] | None = None,
 ) -> QualityReference:
     """The training cases' distribution: per case ``intensity_percentiles`` of its normalised
     image and the log10 foreground fraction of its mask; for a volume model, the log10
-    foreground fraction of each training volume too."""
+    foreground fraction of each training volume too; ``sizes``: each case's pixel count."""
     stacked = np.stack(percentiles)  # (cases, C, 3)
     spread = np.apply_along_axis(spread_of, 0, stacked)
     logs = np.asarray(fractions, np.float64)
-    volumes = {}
+    optional: dict[str, float] = {}
     if volume_fractions:
         volume_logs = np.asarray(volume_fractions, np.float64)
-        volumes = {
-            "volume_fraction_median": float(np.median(volume_logs)),
-            "volume_fraction_spread": spread_of(volume_logs, 0.25),
-        }
+        optional["volume_fraction_median"] = float(np.median(volume_logs))
+        optional["volume_fraction_spread"] = spread_of(volume_logs, 0.25)
+    if sizes:  # a spread of at least 0.5 in log2: twice the pixels is a distance of 2
+        size_logs = np.log2(np.asarray(sizes, np.float64))
+        optional["size_median"] = float(np.median(size_logs))
+        optional["size_spread"] = spread_of(size_logs, 0.5)
     return QualityReference(
         intensity_median=np.median(stacked, axis=0).tolist(),
         intensity_spread=spread.tolist(),
         fraction_median=float(np.median(logs)),
         fraction_spread=spread_of(logs, 0.25),
-        **volumes,
+        **optional,
     )
 
 
@@ -243,6 +262,7 @@ class VolumeQuality:
         self.uncertain_near = self.near = self.uncertain_all = 0.0
         self.percentiles: list[np.ndarray] = []
         self.flip_counts: np.ndarray | None = None
+        self.slice_pixels = 0
 
     def add(
         self,
@@ -253,6 +273,7 @@ class VolumeQuality:
     ) -> None:
         if flip_counts is not None:
             self.flip_counts = flip_counts + (0 if self.flip_counts is None else self.flip_counts)
+        self.slice_pixels = classes.size
         foreground = classes > 0
         self.inside += float(confidence[foreground].sum(dtype=np.float64))
         self.foreground += float(np.count_nonzero(foreground))
@@ -290,7 +311,7 @@ class VolumeQuality:
         return {
             "low_confidence": float(low),
             "uncertain_share": float(uncertain),
-            **shift_signals(percentiles, log_value, reference, whole_volume),
+            **shift_signals(percentiles, log_value, reference, whole_volume, self.slice_pixels),
             **flip_disagreement(self.flip_counts),
         }
 

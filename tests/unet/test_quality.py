@@ -250,6 +250,18 @@ def test_the_review_page_lists_flagged_inputs_first_with_their_thumbnails(tmp_pa
     assert (tmp_path / thumbnail_name("a.png")).stat().st_size < 10_000  # small
 
 
+def test_an_input_at_another_size_than_the_training_cases_is_noticed():
+    percentiles = [np.percentile(RNG.normal(0.5, 0.1, (64, 64, 1)), (1, 50, 99), axis=(0, 1)).T]
+    ref = reference_from_cases(percentiles * 30, [np.log10(0.05)] * 30, sizes=[64 * 64] * 30)
+    image = RNG.normal(0.5, 0.1, (64, 64, 1)).astype(np.float32)
+    sure = np.full((64, 64), 0.98, np.float32)
+    same = quality_signals(image, blob(), sure, ref)["size_shift"]
+    big = np.tile(image, (4, 4, 1))  # 16x the pixels: another magnification or device
+    larger = quality_signals(big, np.tile(blob(), (4, 4)), np.tile(sure, (4, 4)), ref)
+    assert same == 0 and larger["size_shift"] == pytest.approx(4 / 0.5)
+    assert "size_shift" not in quality_signals(image, blob(), sure, reference())  # no sizes
+
+
 def test_flip_disagreement_is_one_minus_the_dice_of_the_two_passes():
     assert flip_disagreement(np.array([30.0, 40.0, 20.0]))["flip_disagreement"] == 0.0
     assert flip_disagreement(np.array([10.0, 40.0, 20.0]))["flip_disagreement"] == (
