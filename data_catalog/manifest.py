@@ -251,8 +251,7 @@ def _index_volume(case: CaseFiles, rule: LabelRule, channels: int, axis) -> list
     image_hash = hash_file(case.image) if case.image.is_file() else folder_hash(case.image)
     mask_hashes = [hash_file(path) for path in case.masks]
     width = max(3, len(str(volume.num_slices - 1)))
-    in_plane = [volume.spacing[a] for a in range(3) if a != volume.axis]
-    voxel_mm = "x".join(f"{v:g}" for v in (volume.spacing[volume.axis], *in_plane))
+    voxel_mm = "x".join(f"{v:g}" for v in voxel_size(volume))
     rows = []
     for index in range(volume.num_slices):
         image = volume.slice(index)
@@ -456,6 +455,25 @@ def apply_policy(result: IndexResult, policy: str) -> None:
     """Raise :class:`DatasetValidationError` under ``strict`` when there are problems."""
     if policy == "strict" and len(result.problems):
         raise DatasetValidationError(result.problems)
+
+
+def voxel_size(volume) -> tuple[float, float, float]:
+    """A volume's voxel size in mm: between slices, then along rows and columns (``voxel_mm``)."""
+    in_plane = [volume.spacing[a] for a in range(3) if a != volume.axis]
+    return (float(volume.spacing[volume.axis]), *(float(v) for v in in_plane))
+
+
+def volume_spacings(path: str | Path) -> dict[str, tuple[float, ...]]:
+    """Volume -> voxel size (``voxel_mm``) of the volume slices in a ``manifest.csv``; empty
+    when the file is missing or holds no volumes."""
+    if not Path(path).is_file():
+        return {}
+    table = read_manifest(path)
+    rows = table[(table["slice"] >= 0) & (table["voxel_mm"] != "")]
+    return {
+        str(key).rsplit("/", 1)[0]: tuple(float(v) for v in str(voxel_mm).split("x"))
+        for key, voxel_mm in zip(rows["key"], rows["voxel_mm"], strict=True)
+    }
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

@@ -268,6 +268,7 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
     TFRecord sets."""
     from itertools import chain
 
+    from data_catalog.manifest import volume_spacings
     from unet.evaluation import VolumeTally, quality_reference, quality_table
     from unet.inference import Segmenter
     from unet.quality import calibrate, calibration_table
@@ -277,8 +278,9 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
     ensemble = Segmenter(model_file(run_dir), info=info)
     first = folds[0].tfrecord_dir
     everyone = chain(iterate_cases(first, "train"), iterate_cases(first, "val"))
-    reference = quality_reference(ensemble, everyone, info.volume_statistics)
-    volumes = VolumeTally(info.num_classes) if info.volume_statistics else None
+    spacings = volume_spacings(run_dir / "manifest.csv") if info.volume_statistics else {}
+    reference = quality_reference(ensemble, everyone, info.volume_statistics, spacings)
+    volumes = VolumeTally(info.num_classes, spacings) if info.volume_statistics else None
     tables = []
     for fold in folds:
         member_info = ModelInfo.read(fold.run_dir).model_copy(

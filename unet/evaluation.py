@@ -230,10 +230,16 @@ def model_facts(segmenter: Segmenter) -> dict[str, object]:
     return facts
 
 
-def quality_reference(segmenter: Segmenter, cases: Iterable[Case], volumes: bool = False):
-    """The training cases' distribution of normalised intensities and mask sizes (no model);
-    ``volumes``: the cases are volume slices (keys ``volume/z012``), whose volumes' foreground
-    fractions are recorded too."""
+def quality_reference(
+    segmenter: Segmenter,
+    cases: Iterable[Case],
+    volumes: bool = False,
+    spacings: dict[str, tuple[float, ...]] | None = None,
+):
+    """The training cases' distribution of normalised intensities, sizes and mask sizes (no
+    model); ``volumes``: the cases are volume slices (keys ``volume/z012``), whose volumes'
+    foreground fractions are recorded too, and their voxel sizes where ``spacings`` (volume ->
+    voxel size, from the manifest) has them."""
     from unet.quality import (
         FRACTION_FLOOR,
         intensity_percentiles,
@@ -252,7 +258,8 @@ def quality_reference(segmenter: Segmenter, cases: Iterable[Case], volumes: bool
             counts[0] += int(np.count_nonzero(truth))
             counts[1] += truth.size
     whole = [float(np.log10(max(fg / n, FRACTION_FLOOR))) for fg, n in voxels.values()]
-    return reference_from_cases(percentiles, fractions, whole or None, sizes)
+    known = [spacings[name] for name in voxels if spacings and name in spacings]
+    return reference_from_cases(percentiles, fractions, whole or None, sizes, known or None)
 
 
 def quality_table(
@@ -284,8 +291,9 @@ class VolumeTally:
     them (:class:`unet.quality.VolumeQuality`), and each volume's Dice over its voxels: for
     calibrating the flags on volumes."""
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, spacings: dict[str, tuple[float, ...]] | None = None):
         self.num_classes = num_classes
+        self.spacings = spacings or {}  # volume -> voxel size, for spacing_shift
         self.volumes: dict[str, dict] = {}
 
     def add(self, key: str, prepared: np.ndarray, truth: np.ndarray, result) -> None:
@@ -311,7 +319,7 @@ class VolumeTally:
             present = counts[:, 1] + counts[:, 2] > 0
             dice = (2 * counts[present, 0] / (counts[present, 1] + counts[present, 2])).mean()
             fraction = counts[:, 1].sum() / tally["voxels"]
-            signals = tally["quality"].signals(fraction, reference)
+            signals = tally["quality"].signals(fraction, reference, spacing=self.spacings.get(name))
             rows.append(
                 {
                     "key": name,

@@ -565,6 +565,7 @@ def segment_volume_file(
         ``mean_confidence``); ``attrs`` holds the volume's shape, spacing, slice height and
         width, foreground fraction and millilitres, and its 3-D foreground components.
     """
+    from data_catalog.manifest import voxel_size
     from data_catalog.volumes import volume_stem, write_mask_volume
 
     volume = read_input_volume(segmenter, path, files)
@@ -580,7 +581,11 @@ def segment_volume_file(
     table = volume_table(volume, mask, confidence, count)
     table.attrs["thumbnail"] = volume_thumbnail(segmenter, volume, mask, path)
     fraction = np.count_nonzero(mask) / mask.size
-    table.attrs["quality"] = quality.columns(fraction, segmenter.info.quality) if quality else {}
+    table.attrs["quality"] = (
+        quality.columns(fraction, segmenter.info.quality, spacing=voxel_size(volume))
+        if quality
+        else {}
+    )
     return table
 
 

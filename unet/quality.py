@@ -16,6 +16,8 @@ its normalised image, the mask and the winning class's probability):
   training masks are almost never empty);
 - ``size_shift``: the same robust distance for the input's pixel count (log2; per slice for
   volumes) against the training cases': an input at another size or magnification;
+- ``spacing_shift``: for volumes, the same robust distance for the voxel size (log2, the
+  largest over the three axes) against the training volumes': a scan at another resolution;
 - ``flip_disagreement``: 1 - the Dice between the foreground of the plain pass and of the
   left-right flipped pass (flipped back); 0 when both are empty. Only where the flipped pass is
   run (prediction with ``--tta`` or ``--qc full``, and always in calibration and evaluation).
@@ -44,6 +46,7 @@ SIGNALS = (
     "intensity_shift",
     "fraction_shift",
     "size_shift",
+    "spacing_shift",
     "flip_disagreement",
 )
 UNCERTAIN = 0.7  # a winning probability below this is uncertain (two classes: 0.3 < p < 0.7)
@@ -86,6 +89,10 @@ class QualityReference(BaseModel):
     volume_fraction_spread: float | None = None
     size_median: float | None = Field(None, description="log2 pixels of the training cases.")
     size_spread: float | None = None
+    spacing_median: list[float] | None = Field(
+        None, description="Volume models: log2 voxel size (mm) of the training volumes, per axis."
+    )
+    spacing_spread: list[float] | None = None
     calibrated_on: str = Field("cases", description="'cases' (images, slices) or 'volumes'.")
     target_dice: float | None = None
     signals: dict[str, SignalCalibration] = Field(default_factory=dict)
@@ -125,6 +132,7 @@ def shift_signals(
     reference: QualityReference,
     whole_volume: bool = False,
     pixels: int | None = None,
+    spacing: tuple[float, ...] | None = None,
 ) -> dict[str, float]:
     """``intensity_shift``, ``fraction_shift`` and, given the input's ``pixels`` (per slice)
     and a reference that has them, ``size_shift`` against the training cases (see the module);
@@ -146,6 +154,10 @@ def shift_signals(
     if pixels and reference.size_median is not None and reference.size_spread:
         size = math.log2(pixels)
         signals["size_shift"] = robust_distance(size, reference.size_median, reference.size_spread)
+    if spacing and reference.spacing_median and reference.spacing_spread:
+        logs = np.log2(np.asarray(spacing, np.float64))
+        distances = np.abs(logs - reference.spacing_median) / reference.spacing_spread
+        signals["spacing_shift"] = float(distances.max())
     return signals
 
 
@@ -198,10 +210,12 @@ def reference_from_cases(
     fractions: list[float],
     volume_fractions: list[float] | None = None,
     sizes: list[int] | None = None,
+    spacings: list[tuple[float, ...]] | None = None,
 ) -> QualityReference:
     """The training cases' distribution: per case ``intensity_percentiles`` of its normalised
     image and the log10 foreground fraction of its mask; for a volume model, the log10
-    foreground fraction of each training volume too; ``sizes``: each case's pixel count."""
+    foreground fraction of each training volume too; ``sizes``: each case's pixel count;
+    ``spacings``: each training volume's voxel size."""
     stacked = np.stack(percentiles)  # (cases, C, 3)
     spread = np.apply_along_axis(spread_of, 0, stacked)
     logs = np.asarray(fractions, np.float64)
@@ -214,6 +228,10 @@ def reference_from_cases(
         size_logs = np.log2(np.asarray(sizes, np.float64))
         optional["size_median"] = float(np.median(size_logs))
         optional["size_spread"] = spread_of(size_logs, 0.5)
+    if spacings:  # at least 0.25 in log2: a 1.19x voxel size is a distance of 1
+        spacing_logs = np.log2(np.asarray(spacings, np.float64))
+        optional["spacing_median"] = np.median(spacing_logs, axis=0).tolist()
+        optional["spacing_spread"] = [spread_of(axis, 0.25) for axis in spacing_logs.T]
     return QualityReference(
         intensity_median=np.median(stacked, axis=0).tolist(),
         intensity_spread=spread.tolist(),
@@ -287,17 +305,26 @@ class VolumeQuality:
         self.percentiles.append(intensity_percentiles(prepared))
 
     def columns(
-        self, fraction: float, reference: QualityReference | None, whole_volume: bool = True
+        self,
+        fraction: float,
+        reference: QualityReference | None,
+        whole_volume: bool = True,
+        spacing: tuple[float, ...] | None = None,
     ) -> dict[str, object]:
         """The volume's report columns (see :func:`quality_columns`); ``fraction``: the
         foreground fraction of its final mask; ``whole_volume``: False for a video's frames
-        (its fraction is compared with the training images')."""
+        (its fraction is compared with the training images'); ``spacing``: the volume's voxel
+        size (:func:`data_catalog.manifest.voxel_size`)."""
         if reference is None or not self.pixels:
             return {}
-        return columns_of(self.signals(fraction, reference, whole_volume), reference)
+        return columns_of(self.signals(fraction, reference, whole_volume, spacing), reference)
 
     def signals(
-        self, fraction: float, reference: QualityReference, whole_volume: bool = True
+        self,
+        fraction: float,
+        reference: QualityReference,
+        whole_volume: bool = True,
+        spacing: tuple[float, ...] | None = None,
     ) -> dict[str, float]:
         """The pooled signals (see :meth:`columns`)."""
         if self.foreground:
@@ -311,7 +338,9 @@ class VolumeQuality:
         return {
             "low_confidence": float(low),
             "uncertain_share": float(uncertain),
-            **shift_signals(percentiles, log_value, reference, whole_volume, self.slice_pixels),
+            **shift_signals(
+                percentiles, log_value, reference, whole_volume, self.slice_pixels, spacing
+            ),
             **flip_disagreement(self.flip_counts),
         }
 

@@ -579,6 +579,7 @@ def calibrate_quality(path: Path, info: ModelInfo, data: TrainingData):
     """The quality flags' reference (from the train split) and thresholds (chosen on the val
     split, segmented with the tuned post-processing, as prediction will, and with the flip pass
     so that ``flip_disagreement`` is calibrated too); None without validation cases."""
+    from data_catalog.manifest import volume_spacings
     from unet.evaluation import VolumeTally, quality_reference, quality_table
     from unet.quality import calibrate, calibration_table
 
@@ -586,8 +587,10 @@ def calibrate_quality(path: Path, info: ModelInfo, data: TrainingData):
         return None
     segmenter = Segmenter(path, info=info, flip_check=True)
     train = iterate_cases(data.tfrecord_dir, "train")
-    reference = quality_reference(segmenter, train, data.volumes)
-    volumes = VolumeTally(info.num_classes) if data.volumes else None
+    # the run's manifest (written by the training flow) holds the volumes' voxel sizes
+    spacings = volume_spacings(path.parent / "manifest.csv") if data.volumes else {}
+    reference = quality_reference(segmenter, train, data.volumes, spacings)
+    volumes = VolumeTally(info.num_classes, spacings) if data.volumes else None
     table = quality_table(segmenter, iterate_cases(data.tfrecord_dir, "val"), reference, volumes)
     table = calibration_table(table, volumes.table(reference) if volumes else None)
     calibrated = calibrate(table, reference)

@@ -91,6 +91,10 @@ def test_ct_volumes_predict_as_nifti_and_dicom_series_with_a_dicom_seg(ct_run, c
     # quality signals per volume (the tiny val split calibrates no flag: review stays empty)
     assert report["review"].isna().all()
     assert report["low_confidence"].between(0, 1).all() and report["fraction_shift"].ge(0).all()
+    # a training volume's own voxel size and slice size are typical of the training set
+    assert (report["spacing_shift"] == 0).all() and (report["size_shift"] == 0).all()
+    quality = json.loads((run / "model.json").read_text())["quality"]
+    assert len(quality["spacing_median"]) == 3 and quality["volume_fraction_median"] is not None
     from_nifti = nibabel.load(out / "case_000.nii.gz")
     from_dicom = nibabel.load(out / "patient" / "ct.nii.gz")
     np.testing.assert_allclose(from_nifti.affine, scan.affine, atol=1e-5)

@@ -99,7 +99,8 @@ def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
 
     info = ModelInfo.read(trained_run)
     quality = info.quality
-    assert quality.num_val_cases > 0 and set(quality.signals) == set(SIGNALS)
+    # every signal of a 2-D image (spacing_shift is a volume's)
+    assert quality.num_val_cases > 0 and set(quality.signals) == set(SIGNALS) - {"spacing_shift"}
     assert "too few validation cases" in quality.note  # the tiny split calibrates nothing
     metrics = evaluate_cases(
         Segmenter(trained_run), iterate_cases(tfrecord_dir, "test"), tmp_path / "plain"
@@ -260,6 +261,21 @@ def test_an_input_at_another_size_than_the_training_cases_is_noticed():
     larger = quality_signals(big, np.tile(blob(), (4, 4)), np.tile(sure, (4, 4)), ref)
     assert same == 0 and larger["size_shift"] == pytest.approx(4 / 0.5)
     assert "size_shift" not in quality_signals(image, blob(), sure, reference())  # no sizes
+
+
+def test_a_volume_at_another_voxel_size_than_the_training_volumes_is_noticed():
+    from unet.quality import VolumeQuality
+
+    percentiles = [np.percentile(RNG.normal(0.5, 0.1, (64, 64, 1)), (1, 50, 99), axis=(0, 1)).T]
+    spacings = [(3.0, 0.9, 0.9)] * 8 + [(2.5, 0.8, 0.8)] * 4
+    ref = reference_from_cases(percentiles * 30, [-2.0] * 30, [-2.0] * 12, spacings=spacings)
+    quality = VolumeQuality()
+    image = RNG.normal(0.5, 0.1, (64, 64, 1)).astype(np.float32)
+    quality.add(image, blob(), np.full((64, 64), 0.95, np.float32))
+    typical = quality.signals(0.01, ref, spacing=(3.0, 0.9, 0.9))["spacing_shift"]
+    thick = quality.signals(0.01, ref, spacing=(6.0, 0.9, 0.9))["spacing_shift"]
+    assert typical == 0 and thick > 2  # slices twice as thick: log2 distance 1 over 0.39
+    assert "spacing_shift" not in quality.signals(0.01, ref)  # no spacing known
 
 
 def test_flip_disagreement_is_one_minus_the_dice_of_the_two_passes():
