@@ -14,6 +14,7 @@ deviation inside them, from a seeded sample of each case's foreground, as nnU-Ne
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -181,11 +182,6 @@ def fingerprint_dataset(
         results = list(pool.map(one, manifest.to_dict("records")))
     stats = [case for case, _ in results]
     cases = pd.DataFrame([asdict(s) for s in stats])
-    pixels: dict[str, int] = {}
-    for counts in cases["class_pixels"]:
-        for name, count in counts.items():
-            pixels[name] = pixels.get(name, 0) + count
-    total = sum(pixels.values())
     return {
         "num_cases": len(cases),
         "num_groups": int(cases["group"].nunique()),
@@ -198,7 +194,7 @@ def fingerprint_dataset(
             "median": float(cases["foreground_fraction"].median()),
         },
         "empty_mask_share": float((cases["foreground_fraction"] == 0).mean()),
-        "class_frequencies": {name: count / total for name, count in sorted(pixels.items())},
+        "class_frequencies": class_frequencies(cases["class_pixels"]),
         "channels": summarize_channels(cases, channels),
         "dtypes": dtypes,
         "signed": "int16" in dtypes,
@@ -206,6 +202,16 @@ def fingerprint_dataset(
         "intensity_window": intensity_window([s for _, s in results if s is not None]),
         "cases": [asdict(s) for s in stats],
     }
+
+
+def class_frequencies(class_pixels: Iterable[dict[str, int]]) -> dict[str, float]:
+    """Each class's share of all pixels, from every case's pixel count per class."""
+    pixels: dict[str, int] = {}
+    for counts in class_pixels:
+        for name, count in counts.items():
+            pixels[name] = pixels.get(name, 0) + count
+    total = sum(pixels.values())
+    return {name: count / total for name, count in sorted(pixels.items())}
 
 
 def fingerprint_markdown(fingerprint: dict[str, object]) -> str:

@@ -257,7 +257,7 @@ def _index_volume(case: CaseFiles, rule: LabelRule, channels: int, axis) -> list
         image = volume.slice(index)
         rows.append(
             {
-                "key": f"{case.key}/z{index:0{width}d}",
+                "key": f"{case.key}/z{index:0{width}d}",  # see volume_of
                 "group": case.group,
                 "image": str(case.image),
                 "mask": MASK_SEPARATOR.join(str(path) for path in case.masks),
@@ -463,6 +463,11 @@ def voxel_size(volume) -> tuple[float, float, float]:
     return (float(volume.spacing[volume.axis]), *(float(v) for v in in_plane))
 
 
+def volume_of(key: str) -> str:
+    """The volume a slice's key (``volume/z012``) belongs to."""
+    return key.rsplit("/", 1)[0]
+
+
 def volume_spacings(path: str | Path) -> dict[str, tuple[float, ...]]:
     """Volume -> voxel size (``voxel_mm``) of the volume slices in a ``manifest.csv``; empty
     when the file is missing or holds no volumes."""
@@ -471,7 +476,7 @@ def volume_spacings(path: str | Path) -> dict[str, tuple[float, ...]]:
     table = read_manifest(path)
     rows = table[(table["slice"] >= 0) & (table["voxel_mm"] != "")]
     return {
-        str(key).rsplit("/", 1)[0]: tuple(float(v) for v in str(voxel_mm).split("x"))
+        volume_of(str(key)): tuple(float(v) for v in str(voxel_mm).split("x"))
         for key, voxel_mm in zip(rows["key"], rows["voxel_mm"], strict=True)
     }
 

@@ -22,13 +22,14 @@ import pandas as pd
 
 from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from data_catalog.images import dtype_max, write_png_atomic
+from data_catalog.manifest import volume_of
 from unet.inference import Segmenter
 from unet.metrics import class_scores, overlap_scores
 from unet.model_files import PrecisionCheck
 from unet.postprocessing import ThresholdTuner, classify
 from unet.precision import MIN_AGREEMENT
 from unet.quality import quality_columns
-from unet.volume_metrics import SliceInfo, VolumeScores, summarize_volumes, volume_of
+from unet.volume_metrics import SliceInfo, VolumeScores, summarize_volumes
 
 logger = logging.getLogger(__name__)
 
@@ -317,14 +318,15 @@ class VolumeTally:
         for name, tally in self.volumes.items():
             counts = tally["counts"][1:]
             present = counts[:, 1] + counts[:, 2] > 0
-            dice = (2 * counts[present, 0] / (counts[present, 1] + counts[present, 2])).mean()
+            both, sums = counts[present, 0], counts[present, 1] + counts[present, 2]
+            dice = float((2 * both / sums).mean()) if present.any() else 1.0  # empty: right
             fraction = counts[:, 1].sum() / tally["voxels"]
             signals = tally["quality"].signals(fraction, reference, spacing=self.spacings.get(name))
             rows.append(
                 {
                     "key": name,
                     **signals,
-                    "dice": float(dice) if present.any() else 1.0,
+                    "dice": dice,
                     "empty": not present.any(),
                 }
             )

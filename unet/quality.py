@@ -247,11 +247,8 @@ def review_reasons(signals: dict[str, float], reference: QualityReference | None
         return []
     return [
         name
-        for name, calibration in reference.signals.items()
-        if calibration.threshold is not None
-        and name in signals
-        and signals[name] is not None
-        and signals[name] > calibration.threshold
+        for name in calibrated_signals(reference)
+        if signals.get(name) is not None and signals[name] > reference.signals[name].threshold
     ]
 
 
@@ -364,10 +361,7 @@ def columns_of(signals: dict[str, float], reference: QualityReference) -> dict[s
     """Report columns: the signals, and ``review``/``review_reasons`` when any signal among
     them is calibrated (left empty otherwise: no flag is not the same as ``ok``)."""
     columns: dict[str, object] = {name: round(value, 6) for name, value in signals.items()}
-    if any(
-        calibration.threshold is not None and name in signals
-        for name, calibration in reference.signals.items()
-    ):
+    if any(name in signals for name in calibrated_signals(reference)):
         reasons = review_reasons(signals, reference)
         columns.update(review="review" if reasons else "ok", review_reasons=";".join(reasons))
     return columns

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from data_catalog.manifest import volume_of
 from unet.metrics import hausdorff95
 
 
@@ -96,11 +97,6 @@ def summarize_volumes(table: pd.DataFrame) -> dict[str, object] | None:
         "volume_error_ml_mean_abs": float(table["volume_error_ml"].abs().mean()),
         "worst": table.nsmallest(3, "dice")["volume"].tolist(),
     }
-
-
-def volume_of(key: str) -> str:
-    """The volume a slice's key (``volume/z012``) belongs to."""
-    return key.rsplit("/", 1)[0]
 
 
 def slice_infos(manifest: pd.DataFrame) -> dict[str, SliceInfo]:
