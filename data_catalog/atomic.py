@@ -6,8 +6,10 @@ never a half-written file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -73,3 +75,52 @@ def make_unique_dir(parent: str | Path, name: str) -> Path:
             continue
         return path
     raise FileExistsError(f"{parent}: no free folder name for {name!r} after 9999 tries")
+
+
+class DiskFullError(OSError):
+    """The output folder's disk (or quota) is full: the run stops with one clear message."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def check_disk_full(error: OSError, folder: str | Path) -> None:
+    """Raise :class:`DiskFullError` naming the folder and its free space when ``error`` is
+    "no space left" (or "quota exceeded"); return otherwise.
+
+    Raises:
+        DiskFullError: the disk is full.
+    """
+    if isinstance(error, DiskFullError) or error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(error, DiskFullError):
+            raise error
+        return
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    raise DiskFullError(
+        error.errno,
+        f"{folder}: no space left on the device ({free}); what was finished is kept in the "
+        "journal: free some space and run the same command again to resume",
+    ) from error
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells cannot run as formulas when the CSV is opened in a spreadsheet
+    (OWASP's CSV-injection advice): a cell starting with ``= + - @``, a tab or a carriage
+    return gets a leading ``'``. Numbers are left alone."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(
+                lambda value: (
+                    f"'{value}"
+                    if isinstance(value, str) and value.startswith(FORMULA_STARTS)
+                    else value
+                )
+            )
+    return safe

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_catalog.images import DICOM_EXTENSIONS, ImageReadError
+from data_catalog.images import DICOM_EXTENSIONS, ImageReadError, check_pixels, dicom_number
 from data_catalog.voxels import Volume, as_image_dtype, slice_axis
 
 # Slices whose spacing differs from the median spacing by more than this share leave a gap.
@@ -28,6 +28,8 @@ HEADER_TAGS = [
     "ImagePositionPatient",
     "ImageOrientationPatient",
     "NumberOfFrames",
+    "Rows",
+    "Columns",
 ]
 
 
@@ -40,6 +42,7 @@ class SeriesFiles:
     number: str
     files: tuple[Path, ...]
     has_positions: bool
+    problems: tuple[str, ...] = ()  # files of the series whose header tags are malformed
 
     @property
     def is_volume(self) -> bool:
@@ -62,36 +65,79 @@ def maybe_dicom(path: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class SliceHeader:
+    """What grouping reads of one file's header; ``problem`` when a tag is malformed."""
+
+    path: Path
+    uid: str
+    number: str
+    has_position: bool
+    frames: int
+    problem: str | None = None
+
+
+def read_slice_header(path: Path) -> SliceHeader:
+    """The grouping tags of one DICOM file, each read on its own: a malformed tag is this
+    file's ``problem``, never an exception that stops a batch.
+
+    Raises:
+        ImageReadError: not a valid DICOM file (no series to join).
+    """
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+    except Exception as error:
+        raise ImageReadError(path, f"not a valid DICOM file ({type(error).__name__})") from None
+
+    def text(tag: str) -> str:
+        try:
+            return str(getattr(header, tag, "") or "")
+        except Exception:  # a value pydicom cannot parse
+            return ""
+
+    uid = text("SeriesInstanceUID") or f"no-uid:{path.name}"
+    number = text("SeriesNumber")
+    try:
+        frames = dicom_number(header, "NumberOfFrames", 1, path, integer=True)
+        position = getattr(header, "ImagePositionPatient", None)
+        has_position = position is not None and len([float(v) for v in position]) == 3
+    except ImageReadError as error:
+        return SliceHeader(path, uid, number, True, 1, f"{path.name}: {error.reason}")
+    except Exception as error:
+        reason = f"{path.name}: ImagePositionPatient cannot be read ({error})"
+        return SliceHeader(path, uid, number, True, 1, reason)
+    return SliceHeader(path, uid, number, has_position, frames)
+
+
 def find_series(files: list[Path]) -> tuple[list[SeriesFiles], list[tuple[Path, str]]]:
-    """Group DICOM files by folder and SeriesInstanceUID (headers only, pixels not read).
+    """Group DICOM files by folder and SeriesInstanceUID (headers only, pixels not read; each
+    file's tags on their own, so one malformed header is that series' problem only).
 
     Returns:
         ``(series, unreadable)``: the series sorted by folder and number; files that are not
         valid DICOM, with the reason.
     """
-    import pydicom
-
-    groups: dict[tuple[Path, str], list] = {}
+    groups: dict[tuple[Path, str], list[SliceHeader]] = {}
     unreadable = []
     for path in files:
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-        except Exception as error:
-            unreadable.append((path, f"not a valid DICOM file ({type(error).__name__})"))
+            header = read_slice_header(path)
+        except ImageReadError as error:
+            unreadable.append((path, error.reason))
             continue
-        uid = str(getattr(header, "SeriesInstanceUID", "") or f"no-uid:{path.name}")
-        groups.setdefault((path.parent, uid), []).append(header)
+        groups.setdefault((path.parent, header.uid), []).append(header)
     series = []
     for (folder, uid), headers in groups.items():
-        numbers = {str(getattr(h, "SeriesNumber", "") or "") for h in headers}
         series.append(
             SeriesFiles(
                 folder,
                 uid,
-                sorted(numbers)[0],
-                tuple(sorted(Path(h.filename) for h in headers)),
-                all(getattr(h, "ImagePositionPatient", None) is not None for h in headers)
-                and all(int(getattr(h, "NumberOfFrames", 1) or 1) == 1 for h in headers),
+                sorted({h.number for h in headers})[0],
+                tuple(sorted(h.path for h in headers)),
+                all(h.has_position and h.frames == 1 for h in headers),
+                tuple(h.problem for h in headers if h.problem),
             )
         )
     series.sort(key=lambda s: (str(s.folder), s.number.zfill(8), s.uid))
@@ -115,7 +161,7 @@ def series_hash(files) -> str:
     return hash_records(sorted((Path(path).name, hash_file(path)) for path in files))
 
 
-def read_series_folder(folder: Path) -> Volume:
+def read_series_folder(folder: Path, max_pixels: int | None = None) -> Volume:
     """The one DICOM series in ``folder`` as a volume.
 
     Raises:
@@ -128,22 +174,27 @@ def read_series_folder(folder: Path) -> Volume:
     series, unreadable = find_series(files)
     if unreadable:
         raise ImageReadError(unreadable[0][0], unreadable[0][1])
+    if len(series) == 1 and series[0].problems:
+        raise ImageReadError(folder, "; ".join(series[0].problems))
     if len(series) != 1:
         raise ImageReadError(
             folder,
             f"holds {len(series)} DICOM series (numbers "
             f"{', '.join(s.number or '?' for s in series)}); expected one per folder",
         )
-    return read_series(series[0].files, folder)
+    return read_series(series[0].files, folder, max_pixels)
 
 
-def read_series(files: tuple[Path, ...] | list[Path], name: Path | str) -> Volume:
+def read_series(
+    files: tuple[Path, ...] | list[Path], name: Path | str, max_pixels: int | None = None
+) -> Volume:
     """Read the slices of one series into a volume ``(columns, rows, slices)`` with its
     NIfTI affine; ``name`` names it in errors.
 
     Raises:
-        ImageReadError: mixed orientations or pixel spacings, two slices at one position, a
-            gap (a missing slice), or pixel data that cannot be decoded.
+        ImageReadError: mixed orientations or pixel spacings, no PixelSpacing (the in-plane
+            voxel size is never assumed), two slices at one position, a gap (a missing
+            slice), more pixels than the limit, or pixel data that cannot be decoded.
     """
     import pydicom
 
@@ -153,6 +204,10 @@ def read_series(files: tuple[Path, ...] | list[Path], name: Path | str) -> Volum
             datasets.append(pydicom.dcmread(path))
         except Exception as error:
             raise ImageReadError(path, f"not a valid DICOM file ({error})") from None
+        rows = dicom_number(datasets[-1], "Rows", 0, path, integer=True)
+        columns = dicom_number(datasets[-1], "Columns", 0, path, integer=True)
+        check_pixels(path, (rows, columns), max_pixels)
+    check_pixels(name, (columns, rows, len(files)), max_pixels, volume=True)
     row_dir, col_dir = _common_orientation(datasets, name)
     normal = np.cross(row_dir, col_dir)
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
@@ -208,7 +263,18 @@ def _slice_step(positions: np.ndarray, normal: np.ndarray, name) -> np.ndarray:
 
 
 def _common_value(datasets: list, tag: str, name):
-    values = {tuple(float(v) for v in getattr(ds, tag, (1.0, 1.0))) for ds in datasets}
+    missing = [Path(ds.filename).name for ds in datasets if not getattr(ds, tag, None)]
+    if missing:
+        raise ImageReadError(
+            name,
+            f"{len(missing)} of {len(datasets)} slices have no {tag} (e.g. {missing[0]}): the "
+            "voxel size is unknown, and segflow does not assume 1 mm (volumes in mL and the "
+            "mask's geometry would be wrong)",
+        )
+    try:
+        values = {tuple(float(v) for v in getattr(ds, tag)) for ds in datasets}
+    except (TypeError, ValueError) as error:
+        raise ImageReadError(name, f"{tag} cannot be read as numbers ({error})") from None
     if len(values) > 1:
         raise ImageReadError(name, f"mixed {tag} in one series: {sorted(values)}")
     return values.pop()
@@ -219,8 +285,8 @@ def _pixels(dataset, path: Path) -> np.ndarray:
         pixels = dataset.pixel_array
     except Exception as error:
         raise ImageReadError(path, f"cannot decode DICOM pixel data ({error})") from None
-    slope = float(getattr(dataset, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(dataset, "RescaleIntercept", 0) or 0)
+    slope = dicom_number(dataset, "RescaleSlope", 1, path) or 1
+    intercept = dicom_number(dataset, "RescaleIntercept", 0, path)
     if slope != 1 or intercept != 0:
         pixels = np.rint(pixels.astype(np.float64) * slope + intercept)
     return pixels

@@ -26,6 +26,9 @@ from data_catalog.manifest import load_case, mask_paths
 
 PERCENTILES = (0.5, 50.0, 99.5)
 WINDOW_SAMPLES = 2000  # foreground intensities sampled per case for the intensity window
+# CT by its values: air is -1000 HU, so a CT scan's 0.5th percentile lies near -1000 (or at the
+# padding value below it); MR and other signed data rarely go below this.
+CT_AIR_LEVEL = -500.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ def fingerprint_dataset(
         results = list(pool.map(one, manifest.to_dict("records")))
     stats = [case for case, _ in results]
     cases = pd.DataFrame([asdict(s) for s in stats])
+    lowest = cases["p00_5"].map(min)
     return {
         "num_cases": len(cases),
         "num_groups": int(cases["group"].nunique()),
@@ -197,11 +201,39 @@ def fingerprint_dataset(
         "class_frequencies": class_frequencies(cases["class_pixels"]),
         "channels": summarize_channels(cases, channels),
         "dtypes": dtypes,
-        "signed": "int16" in dtypes,
+        "signed": bool((lowest < 0).any()),  # values below zero, whatever the container
+        "ct_like": bool(lowest.median() <= CT_AIR_LEVEL),
+        "dicom_modalities": dicom_modalities(manifest["image"]),
         "volumes": bool((manifest.get("slice", pd.Series([-1])) >= 0).any()),
         "intensity_window": intensity_window([s for _, s in results if s is not None]),
         "cases": [asdict(s) for s in stats],
     }
+
+
+def dicom_modalities(images: Iterable[str], limit: int = 50) -> list[str]:
+    """The Modality tags (``CT``, ``MR`` ...) of the dataset's DICOM images and series (read
+    from one file of each of the first ``limit``); empty for other formats."""
+    from pathlib import Path
+
+    import pydicom
+
+    from data_catalog.dicom_series import series_files
+    from data_catalog.images import DICOM_EXTENSIONS
+
+    found = set()
+    for image in list(dict.fromkeys(map(str, images)))[:limit]:
+        path = Path(image)
+        if path.is_dir():
+            files = series_files(path)
+            path = files[0] if files else None
+        elif path.suffix.lower() not in DICOM_EXTENSIONS:
+            continue
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+            found.add(str(getattr(header, "Modality", "") or "").upper())
+        except Exception:  # indexing has read these files; a header problem is not ours here
+            continue
+    return sorted(found - {""})
 
 
 def class_frequencies(class_pixels: Iterable[dict[str, int]]) -> dict[str, float]:

@@ -24,6 +24,12 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 
 Kind = Literal["image", "mask"]
+# The most pixels one 2-D image (or one slice or frame) may declare before it is decoded:
+# Pillow's own decompression-bomb limit (2 x 89,478,485), for every reader; volumes may hold
+# VOLUME_PIXELS_FACTOR times as many voxels. Larger images below it are segmented in tiles.
+MAX_PIXELS = 178_956_970
+VOLUME_PIXELS_FACTOR = 8
+Image.MAX_IMAGE_PIXELS = None  # segflow checks the declared size itself (check_pixels)
 # An RGB file whose channels differ by at most this much is grey that went through JPEG.
 NEAR_GREY_SPREAD = 3
 
@@ -46,13 +52,42 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def read_image(path: str | Path, kind: Kind = "image") -> np.ndarray:
+def check_pixels(
+    path: str | Path, shape: tuple[int, ...], limit: int | None = None, volume: bool = False
+) -> None:
+    """Refuse a file whose declared size exceeds the pixel limit, before it is decoded.
+
+    Args:
+        shape: the declared size: ``(H, W)`` of an image, or a volume's voxel axes.
+        limit: the most pixels per image (default :data:`MAX_PIXELS`); a volume may hold
+            :data:`VOLUME_PIXELS_FACTOR` times as many voxels.
+
+    Raises:
+        ImageReadError: the size and the limit, and the flag that raises it.
+    """
+    limit = limit or MAX_PIXELS
+    allowed = limit * VOLUME_PIXELS_FACTOR if volume else limit
+    count = int(np.prod([int(n) for n in shape], dtype=np.float64))
+    if count > allowed:
+        what = "voxels" if volume else "pixels"
+        raise ImageReadError(
+            path,
+            f"declares {'x'.join(str(int(n)) for n in shape)} = {count:,} {what}, above the "
+            f"limit of {allowed:,} {what} (--max-pixels {limit} per image"
+            f"{f', x{VOLUME_PIXELS_FACTOR} per volume' if volume else ''}; raise it for "
+            "files this large)",
+        )
+
+
+def read_image(path: str | Path, kind: Kind = "image", max_pixels: int | None = None) -> np.ndarray:
     """Read an image or mask file with its stored values.
 
     Args:
         path: an image file (PNG, JPEG, BMP, GIF, TIFF, DICOM).
         kind: ``"image"`` turns palette images into their colours; ``"mask"`` keeps palette
             indices (they are the labels).
+        max_pixels: the pixel limit (default :data:`MAX_PIXELS`), checked on the declared
+            size before decoding.
 
     Returns:
         ``(H, W)`` or ``(H, W, C)`` array, uint8 or uint16, or int16 for signed data such as
@@ -61,8 +96,9 @@ def read_image(path: str | Path, kind: Kind = "image") -> np.ndarray:
 
     Raises:
         ImageReadError: the file is missing, empty, truncated, not an image, a multi-frame
-            stack, or holds values segflow cannot store (fractional floats, or values outside
-            both uint16 and int16).
+            stack (an animated GIF included), larger than the pixel limit, or holds values
+            segflow cannot store (fractional floats, or values outside both uint16 and
+            int16).
     """
     path = Path(path)
     if not path.is_file():
@@ -71,11 +107,11 @@ def read_image(path: str | Path, kind: Kind = "image") -> np.ndarray:
         raise ImageReadError(path, "file is empty (0 bytes)")
     suffix = path.suffix.lower()
     if suffix in TIFF_EXTENSIONS:
-        array = _read_tiff(path)
+        array = _read_tiff(path, max_pixels)
     elif suffix in DICOM_EXTENSIONS:
-        array = _read_dicom(path)
+        array = _read_dicom(path, max_pixels)
     else:
-        array = _read_pillow(path, kind)
+        array = _read_pillow(path, kind, max_pixels)
     if array.size == 0 or array.ndim not in (2, 3):
         raise ImageReadError(path, f"expected a 2-D image, got an array of shape {array.shape}")
     if array.dtype == bool:
@@ -85,12 +121,19 @@ def read_image(path: str | Path, kind: Kind = "image") -> np.ndarray:
     return array
 
 
-def _read_pillow(path: Path, kind: Kind) -> np.ndarray:
+def _read_pillow(path: Path, kind: Kind, max_pixels: int | None) -> np.ndarray:
     try:
         with Image.open(path) as image:
+            check_pixels(path, (image.height, image.width), max_pixels)
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                kind_of = "an animated GIF" if image.format == "GIF" else "a multi-frame image"
+                raise ImageReadError(
+                    path,
+                    f"{kind_of} with {frames} frames; expected one image (save the frames as "
+                    "separate images, or as a video)",
+                )
             image.load()
-            if getattr(image, "n_frames", 1) > 1 and path.suffix.lower() != ".gif":
-                raise ImageReadError(path, f"holds {image.n_frames} frames; expected one image")
             return _pil_to_array(image, kind)
     except ImageReadError:
         raise
@@ -117,14 +160,18 @@ def _pil_to_array(image: Image.Image, kind: Kind) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tiff:
             series = tiff.series[0]
-            array = series.asarray()
             axes = series.axes
+            plane = [n for n, axis in zip(series.shape, axes, strict=True) if axis not in "SC"]
+            check_pixels(path, tuple(plane), max_pixels)
+            array = series.asarray()
+    except ImageReadError:
+        raise
     except Exception as error:  # tifffile raises many types for damaged files
         raise ImageReadError(path, f"corrupt or unreadable TIFF ({error})") from None
     if array.ndim == 3 and axes.startswith(("S", "C")) and array.shape[0] in (1, 3, 4):
@@ -138,26 +185,57 @@ def _read_tiff(path: Path) -> np.ndarray:
     return array
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def dicom_number(dataset, tag: str, default: float, path: str | Path, integer: bool = False):
+    """A numeric DICOM tag's value (``default`` when absent or empty), read per file.
+
+    Raises:
+        ImageReadError: the tag holds text that is not a number (e.g. ``NumberOfFrames =
+            'abc'``), naming the tag and the value.
+    """
+    try:
+        value = getattr(dataset, tag, None)
+    except Exception as error:  # pydicom parses the value when it is first accessed
+        raise ImageReadError(path, f"DICOM tag {tag} cannot be parsed ({error})") from None
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+        if integer and number != int(number):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ImageReadError(
+            path,
+            f"DICOM tag {tag} holds {str(value)!r}, not {'a whole' if integer else 'a'} number",
+        ) from None
+    return int(number) if integer else number
+
+
+def _read_dicom(path: Path, max_pixels: int | None) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         dataset = pydicom.dcmread(path)
-        pixels = dataset.pixel_array
     except InvalidDicomError:
         raise ImageReadError(path, "not a valid DICOM file") from None
     except Exception as error:
-        raise ImageReadError(path, f"cannot decode DICOM pixel data ({error})") from None
-    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+        raise ImageReadError(path, f"not a valid DICOM file ({error})") from None
+    frames = dicom_number(dataset, "NumberOfFrames", 1, path, integer=True)
     if frames > 1:
         raise ImageReadError(path, f"DICOM holds {frames} frames; expected one image")
-    slope = float(getattr(dataset, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(dataset, "RescaleIntercept", 0) or 0)
+    rows = dicom_number(dataset, "Rows", 0, path, integer=True)
+    columns = dicom_number(dataset, "Columns", 0, path, integer=True)
+    check_pixels(path, (rows, columns), max_pixels)
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:
+        raise ImageReadError(path, f"cannot decode DICOM pixel data ({error})") from None
+    slope = dicom_number(dataset, "RescaleSlope", 1, path) or 1
+    intercept = dicom_number(dataset, "RescaleIntercept", 0, path)
     if pixels.ndim == 2 and (slope != 1 or intercept != 0):
         pixels = pixels.astype(np.float64) * slope + intercept
     if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
-        bits = int(getattr(dataset, "BitsStored", 16))
+        bits = dicom_number(dataset, "BitsStored", 16, path, integer=True)
         top = pixels.max() if pixels.dtype.kind == "f" else (1 << bits) - 1
         pixels = top - pixels  # MONOCHROME1: 0 is white; flip so higher is brighter
     return pixels
@@ -168,6 +246,10 @@ def _to_unsigned(path: Path, array: np.ndarray) -> np.ndarray:
     (CT in Hounsfield units) int16; anything else is an error."""
     if array.dtype.kind not in "iuf":
         raise ImageReadError(path, f"unsupported pixel type {array.dtype}")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ImageReadError(
+            path, f"{int((~np.isfinite(array)).sum()):,} NaN or infinite pixels ({array.dtype})"
+        )
     low, high = float(array.min()), float(array.max())
     if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
         raise ImageReadError(

@@ -414,6 +414,8 @@ def index_dataset(
     rows = [row for row in results if "key" in row]
     problems = problems + [row for row in results if "key" not in row]
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    if len(manifest) and not (manifest["foreground_fraction"] > 0).any():
+        problems.append(no_foreground_problem(config, len(manifest)))
     problem_frame = pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
     for row in problems:
         logger.warning("problem: %s: %s (%s)", row["file"], row["problem"], row["detail"])
@@ -435,6 +437,18 @@ def index_dataset(
         dataset_hash[:12],
     )
     return IndexResult(manifest, problem_frame, dataset_hash)
+
+
+def no_foreground_problem(config: PrepareConfig, num_cases: int) -> dict[str, str]:
+    """The dataset-level problem of masks that are all empty: a model trained on them learns
+    to predict nothing and scores Dice 0."""
+    rule = config.labels or f"foreground {config.foreground!r}"
+    return {
+        "file": str(config.masks or config.manifest or config.images),
+        "problem": "no case has foreground",
+        "detail": f"all {num_cases} masks are empty under the label rule ({rule}); check "
+        "--foreground (bright/dark) or --labels against the masks' values",
+    }
 
 
 def index_folders(

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import html
+import re
+
 import pandas as pd
 
 from data_catalog.splits import SPLIT_NAMES
 
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]|#~])")
+
+
+def markdown_text(value: object) -> str:
+    """Text from the wild (file names, error messages) safe inside markdown and a table cell:
+    HTML escaped (no tag or script runs in the dashboard), markdown's special characters
+    backslash-escaped, line breaks as spaces (a newline would end the table row)."""
+    text = html.escape(str(value), quote=False)
+    text = re.sub(r"[\r\n]+", " ", text)
+    return MARKDOWN_SPECIALS.sub(r"\\\1", text)
+
 
 def markdown_table(rows: list[dict]) -> str:
-    """Render row dicts as a markdown table (floats to 4 decimals); ``_(none)_`` when empty."""
+    """Render row dicts as a markdown table (floats to 4 decimals, text escaped by
+    :func:`markdown_text`); ``_(none)_`` when empty."""
     if not rows:
         return "_(none)_"
     columns = list(rows[0])
 
     def cell(value: object) -> str:
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        return text.replace("|", "\\|")
+        return f"{value:.4f}" if isinstance(value, float) else markdown_text(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]

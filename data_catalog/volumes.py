@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_catalog.images import ImageReadError
+from data_catalog.images import ImageReadError, check_pixels
 from data_catalog.voxels import Volume, as_image_dtype, slice_axis  # noqa: F401 (re-exported)
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
@@ -43,7 +43,12 @@ def volume_stem(path: str | Path) -> str:
     return Path(name).stem
 
 
-def read_volume(path: str | Path, channels: int | None = None, axis: int | None = None) -> Volume:
+def read_volume(
+    path: str | Path,
+    channels: int | None = None,
+    axis: int | None = None,
+    max_pixels: int | None = None,
+) -> Volume:
     """Read a volume: a NIfTI file, a DICOM series (a folder holding one series, or a list of
     its files) or a multi-page TIFF stack.
 
@@ -52,20 +57,24 @@ def read_volume(path: str | Path, channels: int | None = None, axis: int | None 
         channels: the model's channels per slice; a 4-D NIfTI is read when its 4th axis has
             this many entries (e.g. MR sequences), refused otherwise.
         axis: the slicing axis (0, 1, 2); default: the coarsest spacing.
+        max_pixels: the pixel limit per slice (see :func:`data_catalog.images.check_pixels`),
+            checked on the declared size before the voxels are read.
 
     Raises:
-        ImageReadError: unreadable or truncated, not 3-D, or intensities segflow cannot store
-            (fractional values, or outside int16 and uint16), each naming the file and values.
+        ImageReadError: unreadable or truncated, not 3-D, larger than the pixel limit, no
+            usable geometry (a singular affine), or intensities segflow cannot store
+            (NaN/inf, fractional values, or outside int16 and uint16), each naming the file
+            and values.
     """
     path = Path(path)
     if path.is_dir():
         from data_catalog.dicom_series import read_series_folder
 
-        volume = read_series_folder(path)
+        volume = read_series_folder(path, max_pixels)
     elif path.suffix.lower() in (".tif", ".tiff"):
-        volume = read_tiff_stack(path)
+        volume = read_tiff_stack(path, max_pixels)
     else:
-        volume = read_nifti(path, channels)
+        volume = read_nifti(path, channels, max_pixels)
     if axis is not None:
         if axis not in (0, 1, 2):
             raise ValueError(f"slice axis must be 0, 1 or 2. Received: axis={axis}")
@@ -73,12 +82,21 @@ def read_volume(path: str | Path, channels: int | None = None, axis: int | None 
     return volume
 
 
-def read_nifti(path: Path, channels: int | None = None) -> Volume:
+def read_nifti(path: Path, channels: int | None = None, max_pixels: int | None = None) -> Volume:
     """A ``.nii``/``.nii.gz`` file (see :func:`read_volume`)."""
     import nibabel
 
     try:
         image = nibabel.load(path)
+        shape = image.shape
+    except Exception as error:  # nibabel and gzip raise many types for damaged files
+        raise ImageReadError(path, f"corrupt or truncated NIfTI ({error})") from None
+    if len(shape) >= 3:
+        largest_plane = sorted(int(n) for n in shape[:3])[1:]
+        check_pixels(path, tuple(largest_plane), max_pixels)
+        check_pixels(path, tuple(shape[:3]), max_pixels, volume=True)
+    check_affine(path, image.affine)
+    try:
         data = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel and gzip raise many types for damaged files
         raise ImageReadError(path, f"corrupt or truncated NIfTI ({error})") from None
@@ -114,13 +132,37 @@ def is_tiff_stack(path: str | Path) -> bool:
     return len(shape) == 3 and shape[0] > 1 and not axes.endswith("S") and axes[0] not in "SC"
 
 
-def read_tiff_stack(path: Path) -> Volume:
+def check_affine(path: Path, affine: np.ndarray) -> None:
+    """Refuse a volume whose voxel-to-world matrix is singular or not finite (an all-zero
+    sform, a broken header): no mask could line up with it.
+
+    Raises:
+        ImageReadError: the affine, with the reason.
+    """
+    linear = np.asarray(affine, np.float64)[:3, :3]
+    if not np.all(np.isfinite(affine)) or abs(float(np.linalg.det(linear))) < 1e-9:
+        raise ImageReadError(
+            path,
+            "its affine (voxel-to-world matrix) is singular or not finite "
+            f"({np.round(linear, 4).tolist()}): the volume has no usable geometry, so no mask "
+            "could line up with it; fix the header's sform/qform",
+        )
+
+
+def read_tiff_stack(path: Path, max_pixels: int | None = None) -> Volume:
     """A multi-page TIFF as a z-stack of 2-D pages (spacing 1 mm and an identity affine unless
     the file says otherwise: TIFF has no standard geometry)."""
     import tifffile
 
     try:
+        with tifffile.TiffFile(path) as tiff:
+            shape = tiff.series[0].shape
+        if len(shape) == 3:
+            check_pixels(path, shape[1:], max_pixels)
+            check_pixels(path, shape, max_pixels, volume=True)
         data = tifffile.imread(path)
+    except ImageReadError:
+        raise
     except Exception as error:
         raise ImageReadError(path, f"corrupt or unreadable TIFF ({error})") from None
     if data.ndim != 3:

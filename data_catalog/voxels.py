@@ -88,10 +88,18 @@ def as_image_dtype(data: np.ndarray, path: Path | str) -> np.ndarray:
     Hounsfield units), exactly.
 
     Raises:
-        ImageReadError: fractional values, or values outside int16 (signed) or uint16.
+        ImageReadError: NaN or infinite values, fractional values, or values outside int16
+            (signed) or uint16.
     """
     if data.dtype in (np.uint8, np.uint16, np.int16):
         return data
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+        raise ImageReadError(
+            path,
+            f"{data.dtype} intensities with {nan:,} NaN and {inf:,} infinite voxels of "
+            f"{data.size:,}: not a readable scan (a failed conversion or reconstruction)",
+        )
     low, high = float(data.min()), float(data.max())
     whole = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(data, 1) == 0))
     if not whole:

@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults first)
+from data_catalog.atomic import DiskFullError
 from data_catalog.config import PrepareConfig
 from data_catalog.errors import NameNotFound
 from unet.config import (
@@ -28,9 +29,10 @@ from unet.config import (
     TrainConfig,
 )
 
-# Errors that mean the user's input is wrong (a path, a value, a model name): reported in one
-# line. A KeyError or any other exception is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, ValueError, NameNotFound)
+# Errors that mean the user's input is wrong (a path, a value, a model name) or the disk is
+# full: reported in one line. A KeyError or any other exception is a bug and keeps its
+# traceback.
+USER_ERRORS = (FileNotFoundError, ValueError, NameNotFound, DiskFullError)
 
 DEMO_TRAIN = {"image_size": 128, "depth": 3, "base_filters": 16, "epochs": 15, "batch_size": 8}
 

@@ -10,6 +10,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from data_catalog.summary import markdown_text
 from tasks.reporting import Progress, markdown_table, publish_markdown, publish_table, run_logger
 from unet.config import PredictConfig
 
@@ -95,8 +96,9 @@ def summarize_report(report: pd.DataFrame, config: PredictConfig) -> Segmentatio
     publish_markdown(
         "segmentation-report",
         f"# Bulk segmentation\n\n**{review_line(summary)}**\n\n"
-        f"- input: `{config.input_dir}`\n- output: `{config.output_dir}`\n"
-        f"- model: `{summary.model_version}`\n- inputs: {summary.num_inputs}, "
+        f"- input: {markdown_text(config.input_dir)}\n"
+        f"- output: {markdown_text(config.output_dir)}\n"
+        f"- model: {markdown_text(summary.model_version)}\n- inputs: {summary.num_inputs}, "
         f"ok: {summary.num_ok} ({summary.num_skipped} done by an earlier run), "
         f"errors: {summary.num_errors}\n\n## To review (first 50)\n\n"
         f"{markdown_table(review_rows)}\n\n## Errors\n\n{markdown_table(error_rows)}\n",

@@ -179,7 +179,7 @@ def fingerprint(
             "axis": config.slice_axis,
             "test": test,
             "modality": config.modality,
-            "version": 2,
+            "version": 3,
         }
     )
     path = Path(out_dir) / "fingerprint.json"

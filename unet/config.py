@@ -290,6 +290,13 @@ class PredictConfig(BaseModel):
         description="DICOM series inputs: also write a DICOM SEG object referencing the "
         "source series (<mask>.seg.dcm), which a PACS takes.",
     )
+    max_pixels: int = Field(
+        178_956_970,
+        ge=1,
+        description="The most pixels an image, slice or frame may declare (a volume: 8x as "
+        "many voxels); larger files are error rows before they are decoded. Images below it "
+        "that exceed --tile-size are segmented in tiles.",
+    )
     precision: InferencePrecision = "auto"
     task_runner: Literal["local", "dask"] = Field(
         "local",

@@ -67,19 +67,34 @@ def scale_spread(fingerprint: dict) -> tuple[float, str]:
     return max(spreads, default=(1.0, "cases"), key=lambda spread: spread[0])
 
 
+def ct_evidence(fingerprint: dict, modality: str | None) -> str | None:
+    """Why the data is CT, or None: the dataset's modality, else the DICOM Modality tag, else
+    the values (air near -1000 HU); never the container's dtype (most MR NIfTI files are
+    int16)."""
+    if modality is not None:
+        return "modality: ct" if modality == "ct" else None
+    tags = fingerprint.get("dicom_modalities") or []
+    if tags:
+        return "DICOM Modality CT" if tags == ["CT"] else None
+    if fingerprint.get("ct_like"):
+        return "values reach air at -1000 (Hounsfield units)"
+    return None
+
+
 def plan_normalization(fingerprint: dict, modality: str | None = None) -> list[PlannedSetting]:
-    """CT (the dataset's modality, or signed intensities): the training set's foreground
-    window (nnU-Net's recipe); MR: z-score (per volume for volumes); otherwise per-image
-    z-score when intensity scales vary between cases or groups (multi-site), the dtype's range
-    when they are stable (microscopy)."""
+    """CT (the dataset's modality, its DICOM Modality tag, or values down to air at -1000
+    HU): the training set's foreground window (nnU-Net's recipe); MR: z-score (per volume for
+    volumes); otherwise per-image z-score when intensity scales vary between cases or groups
+    (multi-site) or the data is stored signed, the dtype's range when they are stable
+    (microscopy)."""
     window = fingerprint.get("intensity_window")
-    if modality == "ct" or (modality is None and fingerprint.get("signed")):
+    why = ct_evidence(fingerprint, modality)
+    if why is not None:
         if window is None:
             raise ValueError(
                 "CT normalisation needs foreground voxels outside the test split; the "
                 "training masks are all empty"
             )
-        why = "modality: ct" if modality == "ct" else "signed intensities (Hounsfield units)"
         ranges = ", ".join(
             f"{low:g}..{high:g}" for low, high in zip(window["low"], window["high"], strict=True)
         )
@@ -93,11 +108,23 @@ def plan_normalization(fingerprint: dict, modality: str | None = None) -> list[P
             ),
             PlannedSetting("intensity_window", window, "the training cases' foreground window"),
         ]
-    if modality == "mr":
-        scope = "each volume" if fingerprint.get("volumes") else "each image"
+    scope = "each volume" if fingerprint.get("volumes") else "each image"
+    if modality == "mr" or (
+        modality is None and "MR" in (fingerprint.get("dicom_modalities") or [])
+    ):
+        why = "modality: mr" if modality == "mr" else "DICOM Modality MR"
         return [
             PlannedSetting(
-                "normalization", "zscore", f"modality: mr (no absolute units): {scope} standardised"
+                "normalization", "zscore", f"{why} (no absolute units): {scope} standardised"
+            )
+        ]
+    if "int16" in fingerprint.get("dtypes", []):
+        return [
+            PlannedSetting(
+                "normalization",
+                "zscore",
+                "signed (int16) storage without CT values (no air near -1000): no absolute "
+                f"units and no range to divide by, so {scope} standardised",
             )
         ]
     return [plan_scale_normalization(fingerprint)]

@@ -20,6 +20,7 @@ naming the reason; the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,14 +37,30 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data_catalog.atomic import write_csv_atomic
+from data_catalog.atomic import check_disk_full, spreadsheet_safe, write_csv_atomic
 from data_catalog.hashing import hash_file
-from data_catalog.images import ChannelError, ImageReadError, read_image, write_png_atomic
-from data_catalog.volumes import is_tiff_stack, is_volume
+from data_catalog.images import (
+    ChannelError,
+    ImageReadError,
+    check_pixels,
+    read_image,
+    write_png_atomic,
+)
 from unet.config import PredictConfig
 from unet.inference import Segmentation, Segmenter
+from unet.input_dtype import align_to_training_dtype
 from unet.model_files import ModelInfo
 from unet.postprocessing import keep_largest_component, remove_small_components_3d
+from unet.prediction_plan import (
+    REPORT_FILE,
+    OutputFormat,
+    PlannedInput,
+    PredictionPlan,
+    inside_output,
+    is_video,
+    output_options,
+    plan_inputs,
+)
 from unet.quality import (
     SIGNALS,
     QualityReference,
@@ -56,8 +73,6 @@ from unet.review import thumbnail, write_overlay, write_review_page, write_thumb
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "report.csv"
-JOURNAL_FILE = ".segflow-journal.jsonl"
 REPORT_COLUMNS = [
     "input",
     "mask",
@@ -83,87 +98,9 @@ REPORT_COLUMNS = [
 ProgressCallback = Callable[[int, int], None]
 
 
-def list_inputs(input_dir: Path, output_dir: Path) -> list[Path]:
-    """Every file under ``input_dir`` (recursive, sorted), except hidden files and the output."""
-    output = output_dir.resolve()
-    files = []
-    for path in sorted(input_dir.rglob("*")):
-        if not path.is_file() or any(
-            part.startswith(".") for part in path.relative_to(input_dir).parts
-        ):
-            continue
-        if output == path.resolve() or output in path.resolve().parents:
-            continue
-        files.append(path)
-    return files
-
-
-def mask_names(
-    files: list[Path], input_dir: Path, volumes: set[Path] | frozenset = frozenset()
-) -> dict[Path, Path]:
-    """Relative mask path of each input: ``a/b.tif`` -> ``a/b.png``, ``a/b.tif.png`` on clashes;
-    a volume (NIfTI, TIFF stack: ``volumes``) has a mask of its own name in the output folder."""
-    stems = Counter(path.relative_to(input_dir).with_suffix("") for path in files)
-    names = {}
-    for path in files:
-        relative = path.relative_to(input_dir)
-        if path in volumes:
-            names[path] = relative
-        elif stems[relative.with_suffix("")] > 1:
-            names[path] = relative.with_name(relative.name + ".png")
-        else:
-            names[path] = relative.with_suffix(".png")
-    return names
-
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 # Decoded images read ahead of the model hold at most about this much (besides the count limit
 # of 2 x batch size): a folder of 8000x8000 scans (256 MB each as float32) stays near 1 GB.
 LOOKAHEAD_BYTES = 1 << 30
-
-
-@dataclass(frozen=True)
-class PlannedInput:
-    """One input: its path, its key in the report and journal, its mask's relative path; a
-    DICOM series is one input (its folder as ``path``, its slice files in ``files``)."""
-
-    path: Path
-    relative: str
-    mask_name: Path
-    files: tuple[Path, ...] | None = None
-    volume: bool = False  # a NIfTI file, a DICOM series or a multi-page TIFF stack
-
-
-@dataclass(frozen=True)
-class PredictionPlan:
-    """The inputs of one run (or shard), where their results go, what earlier runs finished."""
-
-    input_dir: Path
-    output_dir: Path
-    inputs: list[PlannedInput]
-    journal_path: Path
-    done: dict[str, dict]
-    config: PredictConfig  # the run's options (DICOM SEG, review page, overlays, colour input)
-
-
-@dataclass(frozen=True)
-class OutputFormat:
-    """What an earlier mask must have been made with to be reused: model, scale, TTA and
-    precision."""
-
-    model_version: str
-    mask_scale: int
-    tta: bool
-    precision: str = "float32"
-
-    def made(self, row: dict) -> bool:
-        """True when a journal row was written by a run with this format."""
-        return (
-            row.get("model_version") == self.model_version
-            and row.get("mask_scale") == self.mask_scale
-            and row.get("tta") == self.tta
-            and row.get("precision", "float32") == self.precision
-        )
 
 
 @dataclass
@@ -177,7 +114,7 @@ class LoadedInput:
     image: np.ndarray | None = None  # (H, W, channels) float32, prepared (kind "image")
     previous: dict | None = None  # the earlier run's row (kind "skipped")
     error: str | None = None  # the reason (kind "error")
-    converted: bool = False  # a coloured scan turned to luminance (--colour-input grey)
+    notes: tuple[str, ...] = ()  # review reasons from reading: colour_converted, stored_as_16bit
 
     @property
     def nbytes(self) -> int:
@@ -194,11 +131,11 @@ def predict_folder(
 
 
 def write_report(rows: list[dict], output_dir: Path, review_page: bool = True) -> pd.DataFrame:
-    """Write the rows as ``report.csv`` atomically, columns ``REPORT_COLUMNS`` (and the review
-    page); return them."""
+    """Write the rows as ``report.csv`` atomically, columns ``REPORT_COLUMNS``, text cells
+    made spreadsheet-safe (and the review page); return them as they are."""
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     report = report.astype({"height": "Int64", "width": "Int64", "components": "Int64"})
-    write_csv_atomic(output_dir / REPORT_FILE, report)
+    write_csv_atomic(output_dir / REPORT_FILE, spreadsheet_safe(report))  # names from the wild
     if review_page:
         write_review_page(report, output_dir)
     counts = report["status"].value_counts().to_dict()
@@ -255,8 +192,13 @@ def segment_files(
     plan = plan_inputs(config, shard)
     scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
     output_format = OutputFormat(
-        segmenter.version, scale, config.tta, segmenter.precision.compute_dtype
+        segmenter.version,
+        scale,
+        config.tta,
+        segmenter.precision.compute_dtype,
+        output_options(config, segmenter.flip_check),
     )
+    report_changed_options(plan, output_format)
     window = 2 * config.batch_size
     logger.info(
         "segmenting %d files from %s into %s", len(plan.inputs), plan.input_dir, plan.output_dir
@@ -274,83 +216,20 @@ def segment_files(
     return sink.ordered_rows()
 
 
-def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> PredictionPlan:
-    """List the inputs, name their masks (over all files, so every shard names alike), take
-    the shard, remove a killed run's temporary files (unsharded runs only) and read the
-    journals of earlier runs.
-
-    Raises:
-        FileNotFoundError: the input folder does not exist.
-    """
-    input_dir, output_dir = Path(config.input_dir), Path(config.output_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"{input_dir}: input folder does not exist")
-    files = list_inputs(input_dir, output_dir)
-    series, files = dicom_volumes(files, input_dir)
-    stacks = {path for path in files if is_volume(path) or is_tiff_stack(path)}
-    names = mask_names(files, input_dir, stacks)
-    inputs = sorted(
-        [
-            PlannedInput(
-                path,
-                path.relative_to(input_dir).as_posix(),
-                names[path],
-                volume=path in stacks,
-            )
-            for path in files
-        ]
-        + series,
-        key=lambda item: item.relative,
+def report_changed_options(plan: PredictionPlan, output_format: OutputFormat) -> None:
+    """Log once which options differ from the earlier run whose masks are in the folder: its
+    inputs are segmented again (their masks would not be what this run's options make)."""
+    changed = Counter(
+        difference
+        for item in plan.inputs
+        if item.relative in plan.done
+        for difference in output_format.differences(plan.done[item.relative])
     )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if shard is None:
-        remove_stale_files(output_dir)
-        journal_path = output_dir / JOURNAL_FILE
-    else:
-        inputs = inputs[shard[0] :: shard[1]]
-        journal_path = output_dir / JOURNAL_FILE.replace(".jsonl", f"-{shard[0]}.jsonl")
-    return PredictionPlan(
-        input_dir, output_dir, inputs, journal_path, load_journal(output_dir), config
-    )
-
-
-def dicom_volumes(files: list[Path], input_dir: Path) -> tuple[list[PlannedInput], list[Path]]:
-    """The DICOM series among the files (two or more slices with positions, grouped by folder
-    and SeriesInstanceUID) as volume inputs, and the other files (2-D images as before).
-
-    A folder with one series gives ``<folder>.nii.gz`` (``series-<number>.nii.gz`` at the top);
-    with several, ``<folder>/series-<number>.nii.gz`` each."""
-    from data_catalog.dicom_series import find_series, maybe_dicom
-
-    candidates = [path for path in files if maybe_dicom(path)]
-    if not candidates:
-        return [], files
-    found, _ = find_series(candidates)  # unreadable files stay 2-D inputs (their error rows)
-    volumes = [s for s in found if s.is_volume]
-    per_folder = Counter(s.folder for s in volumes)
-    inputs, taken = [], set()
-    for number, entry in enumerate(volumes):
-        folder = entry.folder.relative_to(input_dir)
-        label = f"series-{entry.number or number}"
-        if (
-            per_folder[entry.folder] > 1
-            and sum(
-                1
-                for other in volumes
-                if other.folder == entry.folder and other.number == entry.number
-            )
-            > 1
-        ):
-            label += f"-{entry.uid[-8:]}"
-        if per_folder[entry.folder] == 1 and folder.parts:
-            relative = folder.as_posix()
-            mask = folder.with_name(folder.name + ".nii.gz")
-        else:
-            relative = (folder / label).as_posix()
-            mask = folder / f"{label}.nii.gz"
-        inputs.append(PlannedInput(entry.folder, relative, mask, entry.files, volume=True))
-        taken.update(entry.files)
-    return inputs, [path for path in files if path not in taken]
+    if changed:
+        logger.info(
+            "inputs done by an earlier run are segmented again, its options differ: %s",
+            "; ".join(f"{what} ({count} inputs)" for what, count in changed.most_common()),
+        )
 
 
 def load_input(
@@ -358,6 +237,8 @@ def load_input(
 ) -> LoadedInput:
     """Hash, check the journal, decode and prepare one input (runs in a reader thread)."""
     started = time.perf_counter()
+    if item.problem:
+        return LoadedInput("error", item, started, error=item.problem)
     try:
         sha256 = input_hash(item)
         previous = plan.done.get(item.relative)
@@ -372,8 +253,9 @@ def load_input(
             return LoadedInput("video", item, started, sha256)
         if item.volume:  # read whole when segmented: one volume in memory
             return LoadedInput("volume", item, started, sha256)
-        image, converted = prepare_image(segmenter, read_image(item.path), item.path, plan)
-        return LoadedInput("image", item, started, sha256, image=image, converted=converted)
+        image = read_image(item.path, max_pixels=plan.config.max_pixels)
+        image, notes = prepare_image(segmenter, image, item.path, plan)
+        return LoadedInput("image", item, started, sha256, image=image, notes=notes)
     except ImageReadError as error:
         return LoadedInput("error", item, started, error=error.reason)
     except Exception as error:  # any other decode problem is this file's, not the run's
@@ -389,23 +271,28 @@ COLOUR_ADVICE = (
 
 def prepare_image(
     segmenter: Segmenter, image: np.ndarray, path: Path, plan: PredictionPlan
-) -> tuple[np.ndarray, bool]:
-    """The prepared image, and whether a coloured scan was turned to luminance.
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The prepared image, and its review notes: ``stored_as_16bit`` (8-bit values from a
+    wider file, see :func:`align_to_training_dtype`), ``colour_converted`` (a coloured scan
+    turned to luminance).
 
     Raises:
         ImageReadError: a coloured scan for a greyscale model without ``--colour-input grey``
-            (the reason gives the advice that fits prediction).
+            (the reason gives the advice that fits prediction); values in a dtype the model
+            would misread.
     """
+    info = segmenter.info
+    image, notes = align_to_training_dtype(image, info.input_dtype, info.normalization, path)
     try:
-        return segmenter.prepare(image, path), False
+        return segmenter.prepare(image, path), notes
     except ChannelError:
-        if segmenter.info.image_channels != 1 or image.ndim != 3:
+        if info.image_channels != 1 or image.ndim != 3:
             raise
         if plan.config.colour_input != "grey":
             raise ImageReadError(path, COLOUR_ADVICE) from None
     rgb = image[:, :, :3]
     luminance = np.rint(rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(image.dtype)
-    return segmenter.prepare(luminance, path), True
+    return segmenter.prepare(luminance, path), (*notes, "colour_converted")
 
 
 def input_hash(item: PlannedInput) -> str:
@@ -482,16 +369,17 @@ def segment_batch(batch: list[LoadedInput], segmenter: Segmenter, sink: ResultSi
 
 def segment_video(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) -> None:
     """Every frame through the model; a lossless mask video and a per-frame CSV. Any failure
-    becomes the video's error row (its temporary file removed); the run goes on."""
+    becomes the video's error row and leaves neither file behind; the run goes on."""
     relative = item.input.mask_name.with_suffix(".mask.avi")
-    target = sink.plan.output_dir / relative
+    outputs = [relative, relative.with_suffix(".frames.csv")]
     try:
-        frames = segment_frames(segmenter, item.input.path, target, sink.format.mask_scale)
-        write_csv_atomic(target.with_suffix(".frames.csv"), frames)
+        target, table = (inside_output(sink.plan.output_dir, name) for name in outputs)
+        frames = segment_frames(
+            segmenter, item.input.path, target, sink.format.mask_scale, sink.plan.config.max_pixels
+        )
+        write_csv_atomic(table, frames)
     except Exception as error:
-        if not isinstance(error, (OSError, ValueError)):
-            logger.exception("segmenting the video %s failed", item.input.path)
-        sink.failed(item, f"{type(error).__name__}: {error}")
+        sink.failed_output(item, error, outputs)
     else:
         sink.record(
             item,
@@ -508,24 +396,32 @@ def segment_video(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) -> 
 
 
 def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) -> None:
-    """Every slice through the model; a NIfTI mask in the input's geometry and a per-slice
-    CSV. Any failure becomes the volume's error row; the run goes on."""
+    """Every slice through the model; a NIfTI mask in the input's geometry, a per-slice CSV
+    (and the DICOM SEG when asked). Any failure becomes the volume's error row and leaves none
+    of these files behind; the run goes on."""
     from data_catalog.volumes import volume_stem
 
     relative = item.input.mask_name  # case.nii.gz -> OUTPUT_DIR/case.nii.gz (unique)
-    target = sink.plan.output_dir / relative
+    stem = volume_stem(relative)
+    outputs = [relative, relative.with_name(stem + ".slices.csv")]
+    seg = relative.with_name(stem + ".seg.dcm")
+    if sink.plan.config.dicom_seg and item.input.files is not None:
+        outputs.append(seg)
     try:
+        target, table, *seg_target = (inside_output(sink.plan.output_dir, n) for n in outputs)
         slices = segment_volume_file(
-            segmenter, item.input.path, target, item.input.files, sink.plan.config.dicom_seg
+            segmenter,
+            item.input.path,
+            target,
+            item.input.files,
+            bool(seg_target),
+            sink.plan.config.max_pixels,
         )
-        write_csv_atomic(target.with_name(volume_stem(target) + ".slices.csv"), slices)
+        write_csv_atomic(table, slices)
         if sink.plan.config.review_page:
             write_thumbnail(sink.plan.output_dir, relative, slices.attrs["thumbnail"])
     except Exception as error:
-        if not isinstance(error, (OSError, ValueError)):
-            logger.exception("segmenting the volume %s failed", item.input.path)
-        reason = error.reason if isinstance(error, ImageReadError) else str(error)
-        sink.failed(item, f"{type(error).__name__}: {reason}")
+        sink.failed_output(item, error, outputs)
     else:
         facts = slices.attrs
         sink.record(
@@ -551,6 +447,7 @@ def segment_volume_file(
     target: Path,
     files: tuple[Path, ...] | None = None,
     dicom_seg: bool = False,
+    max_pixels: int | None = None,
 ) -> pd.DataFrame:
     """Segment a volume (a NIfTI file, or the DICOM series of ``files``) slice by slice along
     the model's slicing axis (each slice with its context slices when the model reads them,
@@ -568,23 +465,28 @@ def segment_volume_file(
     from data_catalog.manifest import voxel_size
     from data_catalog.volumes import volume_stem, write_mask_volume
 
-    volume = read_input_volume(segmenter, path, files)
+    volume = read_input_volume(segmenter, path, files, max_pixels)
+    info = segmenter.info
+    volume.data, notes = align_to_training_dtype(
+        volume.data, info.input_dtype, info.normalization, path
+    )
     quality = VolumeQuality() if segmenter.info.quality else None
     mask, confidence = segment_slices(segmenter, volume, path, quality)
     mask, count = postprocess_volume(mask, segmenter)
-    write_mask_volume(target, mask, volume)
-    if dicom_seg and files is not None:
+    if dicom_seg and files is not None:  # before the NIfTI: a SEG that fails leaves neither
         from data_catalog.dicom_seg import write_dicom_seg
 
         seg_path = target.with_name(volume_stem(target) + ".seg.dcm")
         write_dicom_seg(seg_path, mask, files, segmenter.version, segmenter.num_classes)
+    write_mask_volume(target, mask, volume)
     table = volume_table(volume, mask, confidence, count)
     table.attrs["thumbnail"] = volume_thumbnail(segmenter, volume, mask, path)
     fraction = np.count_nonzero(mask) / mask.size
-    table.attrs["quality"] = (
+    table.attrs["quality"] = with_notes(
         quality.columns(fraction, segmenter.info.quality, spacing=voxel_size(volume))
         if quality
-        else {}
+        else {},
+        notes,
     )
     return table
 
@@ -601,7 +503,9 @@ def volume_thumbnail(segmenter: Segmenter, volume, mask: np.ndarray, path: Path)
     return thumbnail(segmenter.prepare(image, path), along(mask, index, volume.axis))
 
 
-def read_input_volume(segmenter: Segmenter, path: Path, files: tuple[Path, ...] | None):
+def read_input_volume(
+    segmenter: Segmenter, path: Path, files: tuple[Path, ...] | None, max_pixels: int | None
+):
     """The volume of a NIfTI file or TIFF stack (``path``), or of a DICOM series (``files``),
     with the model's channels and slicing axis."""
     from data_catalog.dicom_series import read_series
@@ -609,8 +513,8 @@ def read_input_volume(segmenter: Segmenter, path: Path, files: tuple[Path, ...] 
 
     info = segmenter.info
     if files is None:
-        return read_volume(path, info.image_channels, info.slice_axis)
-    volume = read_series(files, path)
+        return read_volume(path, info.image_channels, info.slice_axis, max_pixels)
+    volume = read_series(files, path, max_pixels)
     if info.slice_axis is not None:
         volume.axis = info.slice_axis
     return volume
@@ -720,6 +624,8 @@ class ResultSink:
 
     def __enter__(self) -> ResultSink:
         self.journal = open(self.plan.journal_path, "a", encoding="utf-8")  # noqa: SIM115
+        if self.journal.tell() and not self.plan.journal_path.read_bytes().endswith(b"\n"):
+            self.journal.write("\n")  # after a line torn by a kill or a full disk
         self.writer = ThreadPoolExecutor(1)
         return self
 
@@ -744,14 +650,37 @@ class ResultSink:
         }
         self.rows[item.input.relative] = row
         if row["status"] == "ok":
-            journal_row = {**row, "mask_scale": self.format.mask_scale, "tta": self.format.tta}
-            self.journal.write(json.dumps(journal_row) + "\n")
-            self.journal.flush()
+            journal_row = {
+                **row,
+                "mask_scale": self.format.mask_scale,
+                "tta": self.format.tta,
+                "options": self.format.options,
+            }
+            try:
+                self.journal.write(json.dumps(journal_row) + "\n")
+                self.journal.flush()
+            except OSError as error:
+                check_disk_full(error, self.plan.output_dir)
+                raise
 
     def failed(self, item: LoadedInput, reason: str) -> None:
         """An ``error`` row naming the reason (logged once, here)."""
         logger.warning("%s: %s", item.input.path, reason)
         self.record(item, status="error", error=reason, input_sha256=item.sha256)
+
+    def failed_output(self, item: LoadedInput, error: Exception, outputs: list[Path]) -> None:
+        """A video or volume that failed: its error row; the files this attempt may have
+        written are removed (a failed input leaves no output behind). A full disk stops the
+        run instead (:class:`DiskFullError`)."""
+        for relative in outputs:
+            with contextlib.suppress(OSError):
+                inside_output(self.plan.output_dir, relative).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            check_disk_full(error, self.plan.output_dir)
+        if not isinstance(error, (OSError, ValueError)):
+            logger.exception("segmenting %s failed", item.input.path)
+        reason = error.reason if isinstance(error, ImageReadError) else str(error)
+        self.failed(item, f"{type(error).__name__}: {reason}")
 
     def skipped(self, item: LoadedInput) -> None:
         """The earlier run's row, as ``skipped``."""
@@ -767,9 +696,7 @@ class ResultSink:
         quality = quality_columns(
             item.image, result.classes, result.confidence, self.quality, result.flip_counts
         )
-        if item.converted:  # a coloured scan read as grey: always worth a look
-            reasons = [r for r in [quality.get("review_reasons"), "colour_converted"] if r]
-            quality.update(review="review", review_reasons=";".join(reasons))
+        quality = with_notes(quality, item.notes)
         if self.plan.config.review_page:  # small: encoded by the writer thread
             small = thumbnail(item.image, result.classes)
             self.writer.submit(write_thumbnail, self.plan.output_dir, item.input.mask_name, small)
@@ -786,6 +713,7 @@ class ResultSink:
         try:
             height, width, fraction, components = future.result()
         except OSError as error:
+            check_disk_full(error, self.plan.output_dir)
             self.failed(item, f"cannot write mask: {error}")
             return
         self.record(
@@ -809,6 +737,15 @@ class ResultSink:
         return [self.rows[item.relative] for item in self.plan.inputs]
 
 
+def with_notes(quality: dict, notes: tuple[str, ...]) -> dict:
+    """Quality columns with the reading's notes (``colour_converted``, ``stored_as_16bit``)
+    added as review reasons: such an input is always worth a look."""
+    if not notes:
+        return quality
+    reasons = [r for r in [quality.get("review_reasons"), *notes] if r]
+    return {**quality, "review": "review", "review_reasons": ";".join(reasons)}
+
+
 def write_mask(
     target: Path, output_dir: Path, classes: np.ndarray, scale: int
 ) -> tuple[int, int, float, int]:
@@ -816,11 +753,12 @@ def write_mask(
     foreground fraction and component count.
 
     Raises:
-        OSError: it cannot be written, or would lie outside the output folder.
+        OSError: it cannot be written, or would lie outside the output folder
+            (:class:`OutputPathError`).
     """
-    if not target.resolve().is_relative_to(output_dir.resolve()):
-        raise OSError(f"{target} would lie outside the output folder")
-    write_png_atomic(target, classes * np.uint8(scale))
+    write_png_atomic(
+        inside_output(output_dir, target.relative_to(output_dir)), classes * np.uint8(scale)
+    )
     fraction, components = mask_statistics(classes)
     return classes.shape[0], classes.shape[1], fraction, components
 
@@ -831,12 +769,9 @@ def mask_statistics(mask: np.ndarray) -> tuple[float, int]:
     return float(foreground.mean()), cv2.connectedComponents(foreground, connectivity=8)[0] - 1
 
 
-def is_video(path: Path) -> bool:
-    """True for the video file types ``segflow predict`` reads frame by frame."""
-    return path.suffix.lower() in VIDEO_EXTENSIONS
-
-
-def segment_frames(segmenter: Segmenter, path: Path, target: Path, scale: int) -> pd.DataFrame:
+def segment_frames(
+    segmenter: Segmenter, path: Path, target: Path, scale: int, max_pixels: int | None = None
+) -> pd.DataFrame:
     """Segment a video frame by frame (batches of the segmenter's batch size) into a lossless
     FFV1 mask video at ``target`` (written under a temporary name, then renamed; the
     temporary file is removed when anything fails).
@@ -851,6 +786,12 @@ def segment_frames(segmenter: Segmenter, path: Path, target: Path, scale: int) -
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise ValueError("cannot open the video (unknown codec or damaged file)")
+    try:
+        size = (capture.get(cv2.CAP_PROP_FRAME_HEIGHT), capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        check_pixels(path, tuple(int(n) for n in size), max_pixels)
+    except BaseException:
+        capture.release()
+        raise
     fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.avi")
@@ -900,7 +841,13 @@ def frame_batches(capture, segmenter: Segmenter, path: Path) -> Iterator[list[np
         ok, frame = capture.read()
         if not ok:
             break
-        frames.append(segmenter.prepare(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), path))
+        rgb, _ = align_to_training_dtype(
+            cv2.cvtColor(frame, cv2.COLOR_BGR2RGB),
+            segmenter.info.input_dtype,
+            segmenter.info.normalization,
+            path,
+        )
+        frames.append(segmenter.prepare(rgb, path))
         if len(frames) >= segmenter.batch_size:
             yield frames
             frames = []
@@ -954,26 +901,3 @@ def prefetch(
 
 
 _END = object()
-
-
-def remove_stale_files(output_dir: Path) -> None:
-    """Delete temporary files a killed run left behind (never while shards are writing):
-    masks, reports and journals (``.*.tmp``), mask videos (``.*.tmp.avi``) and mask volumes
-    (``.*.tmp.nii.gz``)."""
-    for pattern in (".*.tmp", ".*.tmp.avi", ".*.tmp.nii.gz", ".*.tmp.nii"):
-        for stale in output_dir.rglob(pattern):
-            stale.unlink(missing_ok=True)
-
-
-def load_journal(output_dir: Path) -> dict[str, dict]:
-    """Rows of inputs finished by earlier runs (all journals, shards' included), by input path;
-    a torn last line is ignored."""
-    done: dict[str, dict] = {}
-    for path in sorted(output_dir.glob(".segflow-journal*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # the line a kill cut short
-            done[row["input"]] = row
-    return done

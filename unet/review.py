@@ -57,9 +57,12 @@ def thumbnail(
 def write_overlay(output_dir: Path, mask_name: str | Path, rgb: np.ndarray) -> None:
     """A full-size overlay PNG at ``overlays/<mask name>`` (``--overlays``)."""
     from data_catalog.images import write_png_atomic
+    from unet.prediction_plan import OVERLAY_DIR, inside_output
 
     name = Path(mask_name)
-    write_png_atomic(output_dir / "overlays" / name.with_name(name.name + ".png"), rgb)
+    write_png_atomic(
+        inside_output(output_dir, Path(OVERLAY_DIR) / name.with_name(name.name + ".png")), rgb
+    )
 
 
 def write_thumbnail(output_dir: Path, mask_name: str | Path, rgb: np.ndarray) -> None:
@@ -67,7 +70,9 @@ def write_thumbnail(output_dir: Path, mask_name: str | Path, rgb: np.ndarray) ->
         ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80]
     )
     if ok:
-        write_bytes_atomic(output_dir / thumbnail_name(mask_name), encoded.tobytes())
+        from unet.prediction_plan import inside_output
+
+        write_bytes_atomic(inside_output(output_dir, thumbnail_name(mask_name)), encoded.tobytes())
 
 
 PAGE_STYLE = """

@@ -127,8 +127,10 @@ def test_a_read_failure_is_not_cached(tmp_path):
 
     for folder in ("images", "masks"):
         (tmp_path / folder).mkdir()
+    lesion = np.zeros((8, 8), np.uint8)
+    lesion[2:4, 2:4] = 255  # masks with foreground: a dataset of empty masks is a problem
     for name in ("good", "bad"):
-        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / f"{name}.png")
+        Image.fromarray(lesion).save(tmp_path / "masks" / f"{name}.png")
     Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "images" / "good.png")
     (tmp_path / "images" / "bad.png").write_bytes(b"not yet an image")
     config = PrepareConfig(

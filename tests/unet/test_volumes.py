@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 
-import keras
 import nibabel
 import numpy as np
 import pandas as pd
@@ -13,34 +12,9 @@ import pytest
 
 from data_catalog.images import write_png_atomic
 from unet.config import PredictConfig
-from unet.model_files import ModelInfo
 from unet.prediction import predict_folder
 
 SPACING = (0.8, 0.8, 3.0)  # anisotropic: slices along the last axis
-
-
-@pytest.fixture(scope="module")
-def threshold_model(tmp_path_factory):
-    """A model that is exactly a threshold: foreground where the image is above 0.5 of its
-    range, so the mask must reproduce the blob voxel for voxel."""
-    folder = tmp_path_factory.mktemp("threshold")
-    image = keras.Input((None, None, 1))
-    logits = keras.layers.Conv2D(2, 1, name="head_conv")(image)
-    probabilities = keras.layers.Activation("softmax", dtype="float32", name="head_softmax")(logits)
-    model = keras.Model(image, probabilities)
-    k = 200.0
-    model.get_layer("head_conv").set_weights(
-        [np.array([[[[-k, k]]]], np.float32), np.array([0.5 * k, -0.5 * k], np.float32)]
-    )
-    model.save(folder / "model.keras")
-    ModelInfo(
-        architecture="unet",
-        channels=1,
-        size_multiple=1,
-        num_classes=2,
-        model_version="threshold",
-    ).write(folder)
-    return folder
 
 
 def predict_config(model, inputs, outputs) -> PredictConfig:
@@ -121,7 +95,7 @@ def test_bad_volumes_are_error_rows_and_the_rest_goes_on(threshold_model, tmp_pa
     assert "4-D volume of shape (8, 8, 4, 2)" in rows["four_d.nii.gz"]["error"]
     assert "reads 1 channel(s) per slice" in rows["four_d.nii.gz"]["error"]
     # CT intensities are read, but a model trained on unsigned images cannot normalise them
-    assert "signed (int16) intensities" in rows["ct.nii.gz"]["error"]
+    assert "signed values" in rows["ct.nii.gz"]["error"]
     assert not list((tmp_path / "out").rglob(".*.tmp*"))  # nothing half-written
     assert gzip.decompress((tmp_path / "out" / "good.nii.gz").read_bytes())  # a whole file
 
