@@ -39,7 +39,7 @@ def predict_flow(config: PredictConfig) -> SegmentationSummary:
 @flow(name="predict-dask-flow")
 def predict_on_dask(config: PredictConfig) -> SegmentationSummary:
     """Shards of the input list on the flow's Dask task runner, then one merged report."""
-    from unet.prediction_plan import remove_stale_files
+    from unet.prediction.plan import remove_stale_files
 
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

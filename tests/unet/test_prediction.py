@@ -393,7 +393,7 @@ def test_the_journal_is_written_from_one_thread(trained_run, tmp_path, monkeypat
     import json
     import threading
 
-    import unet.prediction as prediction
+    import unet.prediction.sink as prediction
 
     writers = set()
 

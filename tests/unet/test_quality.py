@@ -209,7 +209,7 @@ def test_auto_runs_the_flip_pass_only_when_the_flags_rest_on_it_alone():
 
 
 def test_the_review_page_lists_flagged_inputs_first_with_their_thumbnails(tmp_path):
-    from unet.review import thumbnail, thumbnail_name, write_review_page, write_thumbnail
+    from unet.prediction.review import thumbnail, thumbnail_name, write_review_page, write_thumbnail
 
     classes = blob()
     image = RNG.normal(0.5, 0.1, (64, 64, 1)).astype(np.float32)

@@ -255,7 +255,7 @@ def test_a_failed_dicom_seg_leaves_no_mask_behind(threshold_model, tmp_path, mon
 def test_a_full_disk_stops_with_one_clear_error_and_the_rerun_resumes(
     threshold_model, tmp_path, monkeypatch
 ):
-    import unet.prediction
+    import unet.prediction.sink
 
     for index in range(6):
         write_png_atomic(tmp_path / "in" / f"{index}.png", two_blobs())
@@ -265,7 +265,7 @@ def test_a_full_disk_stops_with_one_clear_error_and_the_rerun_resumes(
         output_dir=str(tmp_path / "out"),
         batch_size=1,
     )
-    real = unet.prediction.write_png_atomic
+    real = unet.prediction.sink.write_png_atomic
     written = []
 
     def fill_up(path, array):
@@ -274,7 +274,7 @@ def test_a_full_disk_stops_with_one_clear_error_and_the_rerun_resumes(
         written.append(path)
         real(path, array)
 
-    monkeypatch.setattr(unet.prediction, "write_png_atomic", fill_up)
+    monkeypatch.setattr(unet.prediction.sink, "write_png_atomic", fill_up)
     with pytest.raises(DiskFullError) as caught:
         predict_folder(config)
     message = str(caught.value)
@@ -282,7 +282,7 @@ def test_a_full_disk_stops_with_one_clear_error_and_the_rerun_resumes(
     assert "\n" not in message and "run the same command again" in message
     journal = (tmp_path / "out" / ".segflow-journal.jsonl").read_text().splitlines()
     assert len(journal) == 3  # exactly the masks in place, each a whole line
-    monkeypatch.setattr(unet.prediction, "write_png_atomic", real)
+    monkeypatch.setattr(unet.prediction.sink, "write_png_atomic", real)
     report = predict_folder(config)
     assert report["status"].value_counts().to_dict() == {"skipped": 3, "ok": 3}
 

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 
 from data_catalog.atomic import write_bytes_atomic, write_text_atomic
+from unet.prediction.plan import OVERLAY_DIR, PAGE_FILE, THUMBNAIL_DIR, inside_output
 from unet.quality import SIGNALS
 
 THUMBNAIL_SIDE = 128
-THUMBNAIL_DIR = "thumbnails"
-PAGE_FILE = "review.html"
 
 
 def thumbnail_name(mask_name: str | Path) -> str:
@@ -57,7 +56,6 @@ def thumbnail(
 def write_overlay(output_dir: Path, mask_name: str | Path, rgb: np.ndarray) -> None:
     """A full-size overlay PNG at ``overlays/<mask name>`` (``--overlays``)."""
     from data_catalog.images import write_png_atomic
-    from unet.prediction_plan import OVERLAY_DIR, inside_output
 
     name = Path(mask_name)
     write_png_atomic(
@@ -70,8 +68,6 @@ def write_thumbnail(output_dir: Path, mask_name: str | Path, rgb: np.ndarray) ->
         ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80]
     )
     if ok:
-        from unet.prediction_plan import inside_output
-
         write_bytes_atomic(inside_output(output_dir, thumbnail_name(mask_name)), encoded.tobytes())
 
 

@@ -1,0 +1,150 @@
+"""A bulk prediction from start to end: :func:`segment_files` (model, plan, readers, stream,
+sink) and :func:`write_report`."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from data_catalog.atomic import spreadsheet_safe, write_csv_atomic
+from unet.config import PredictConfig
+from unet.inference import Segmenter
+from unet.model_files import ModelInfo
+from unet.prediction.plan import (
+    REPORT_FILE,
+    OutputFormat,
+    PredictionPlan,
+    output_options,
+    plan_inputs,
+)
+from unet.prediction.reading import (
+    read_inputs,
+)
+from unet.prediction.records import REPORT_COLUMNS, ProgressCallback
+from unet.prediction.review import (
+    write_review_page,
+)
+from unet.prediction.sink import ResultSink
+from unet.prediction.stream import segment_stream
+from unet.quality import (
+    needs_flip_pass,
+)
+from unet.registry import resolve_model_file
+
+logger = logging.getLogger(__name__)
+
+
+def predict_folder(
+    config: PredictConfig, on_progress: ProgressCallback | None = None
+) -> pd.DataFrame:
+    """Segment every file under ``config.input_dir`` into ``config.output_dir``, then write
+    ``report.csv`` and ``review.html`` (see :func:`segment_files`)."""
+    rows = segment_files(config, on_progress)
+    return write_report(rows, Path(config.output_dir), config.review_page)
+
+
+def write_report(rows: list[dict], output_dir: Path, review_page: bool = True) -> pd.DataFrame:
+    """Write the rows as ``report.csv`` atomically, columns ``REPORT_COLUMNS``, text cells
+    made spreadsheet-safe (and the review page); return them as they are."""
+    report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    report = report.astype({"height": "Int64", "width": "Int64", "components": "Int64"})
+    write_csv_atomic(output_dir / REPORT_FILE, spreadsheet_safe(report))  # names from the wild
+    if review_page:
+        write_review_page(report, output_dir)
+    counts = report["status"].value_counts().to_dict()
+    logger.info(
+        "%d files: %d segmented, %d skipped (done before), %d errors; report %s",
+        len(report),
+        counts.get("ok", 0),
+        counts.get("skipped", 0),
+        counts.get("error", 0),
+        output_dir / REPORT_FILE,
+    )
+    return report
+
+
+def segment_files(
+    config: PredictConfig,
+    on_progress: ProgressCallback | None = None,
+    shard: tuple[int, int] | None = None,
+) -> list[dict]:
+    """Segment the files under ``config.input_dir`` (or one shard of them) into masks.
+
+    Same-shape images are batched (up to ``config.batch_size``) in file order; images larger
+    than ``config.tile_size`` are segmented with a Gaussian-blended sliding window, so every
+    mask has its input's exact size; videos are segmented frame by frame.
+
+    Args:
+        config: model, folders, batch size, tiles, mask format.
+        on_progress: called as ``(done, total)`` after each batch.
+        shard: ``(index, count)``: only every count-th file from ``index``, with its own
+            journal, so shards can run in parallel processes (Dask workers).
+
+    Returns:
+        One row per input file of the shard, in file order (keys ``REPORT_COLUMNS``).
+
+    Raises:
+        FileNotFoundError: the model or the input folder does not exist.
+        ValueError: a tile size the model cannot use.
+    """
+    model = resolve_model_file(config.model)
+    info = ModelInfo.read(model.parent)
+    segmenter = Segmenter(
+        model,
+        config.tta,
+        config.batch_size,
+        config.tile_size,
+        config.tile_overlap,
+        info=info,
+        precision=config.precision,
+        largest_component=config.largest_component,
+        flip_check=needs_flip_pass(config.qc, info.quality),
+    )
+    if config.qc == "auto" and segmenter.flip_check and not config.tta:
+        logger.info("the model's quality flags rest on flip_disagreement: running the flip pass")
+    plan = plan_inputs(config, shard)
+    scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
+    output_format = OutputFormat(
+        segmenter.version,
+        scale,
+        config.tta,
+        segmenter.precision.compute_dtype,
+        output_options(config, segmenter.flip_check),
+    )
+    report_changed_options(plan, output_format)
+    window = 2 * config.batch_size
+    logger.info(
+        "segmenting %d files from %s into %s", len(plan.inputs), plan.input_dir, plan.output_dir
+    )
+    with (
+        ResultSink(plan, output_format, window, on_progress, segmenter.info.quality) as sink,
+        ThreadPoolExecutor(2) as readers,
+    ):
+        loaded = read_inputs(plan, segmenter, output_format, readers, window)
+        segment_stream(
+            tqdm(loaded, total=len(plan.inputs), desc="segmenting", unit="image", disable=None),
+            segmenter,
+            sink,
+        )
+    return sink.ordered_rows()
+
+
+def report_changed_options(plan: PredictionPlan, output_format: OutputFormat) -> None:
+    """Log once which options differ from the earlier run whose masks are in the folder: its
+    inputs are segmented again (their masks would not be what this run's options make)."""
+    changed = Counter(
+        difference
+        for item in plan.inputs
+        if item.relative in plan.done
+        for difference in output_format.differences(plan.done[item.relative])
+    )
+    if changed:
+        logger.info(
+            "inputs done by an earlier run are segmented again, its options differ: %s",
+            "; ".join(f"{what} ({count} inputs)" for what, count in changed.most_common()),
+        )
