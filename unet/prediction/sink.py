@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_catalog.atomic import check_disk_full
+from data_catalog.atomic import DiskFullError, check_disk_full
 from data_catalog.images import (
     ImageReadError,
     write_png_atomic,
@@ -63,19 +64,34 @@ class ResultSink:
         self.pending: deque[tuple[LoadedInput, Future, float, dict]] = deque()
 
     def __enter__(self) -> ResultSink:
-        self.journal = open(self.plan.journal_path, "a", encoding="utf-8")  # noqa: SIM115
-        if self.journal.tell() and not self.plan.journal_path.read_bytes().endswith(b"\n"):
-            self.journal.write("\n")  # after a line torn by a kill or a full disk
+        # Unbuffered: a line is on disk when write returns, and a full disk fails that write,
+        # never a later flush or close.
+        self.journal = open(self.plan.journal_path, "ab", buffering=0)  # noqa: SIM115
+        if not ends_with_newline(self.plan.journal_path):
+            try:
+                self.journal.write(b"\n")  # after a line torn by a kill or a full disk
+            except OSError as error:
+                self.journal.close()
+                check_disk_full(error, self.plan.output_dir)
+                raise
         self.writer = ThreadPoolExecutor(1)
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, *exc_info) -> None:
+        """Wait for the pending writes and record them. When the run already stops for a full
+        disk, writes that fail the same way are not reported again."""
+        full: DiskFullError | None = None
         try:
             while self.pending:
-                self._collect(*self.pending.popleft())
+                try:
+                    self._collect(*self.pending.popleft())
+                except DiskFullError as error:
+                    full = full or error
         finally:
             self.writer.shutdown(wait=True)
             self.journal.close()
+        if full is not None and exc_type is None:
+            raise full
 
     def record(self, item: LoadedInput, **values: object) -> None:
         """The input's report row (status ``ok`` unless given); journaled when ``ok``."""
@@ -97,8 +113,7 @@ class ResultSink:
                 "options": self.format.options,
             }
             try:
-                self.journal.write(json.dumps(journal_row) + "\n")
-                self.journal.flush()
+                write_all(self.journal, (json.dumps(journal_row) + "\n").encode("utf-8"))
             except OSError as error:
                 check_disk_full(error, self.plan.output_dir)
                 raise
@@ -175,6 +190,25 @@ class ResultSink:
     def ordered_rows(self) -> list[dict]:
         """One row per planned input, in file order."""
         return [self.rows[item.relative] for item in self.plan.inputs]
+
+
+def ends_with_newline(path: Path) -> bool:
+    """True for an empty or missing file, or one whose last byte is a newline."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.seek(0, os.SEEK_END) == 0:
+                return True
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
+    except FileNotFoundError:
+        return True
+
+
+def write_all(handle, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file (a raw write may take only part)."""
+    view = memoryview(data)
+    while view:
+        view = view[handle.write(view) :]
 
 
 def with_notes(quality: dict, notes: tuple[str, ...]) -> dict:
