@@ -95,9 +95,9 @@ def fold_test_scores(run_dir: Path, folds: int, cache: Path) -> list[dict]:
     models the ensemble is compared with, scored by the same evaluation."""
     from data_catalog.manifest import read_manifest
     from data_catalog.tfrecords import iterate_cases
-    from unet.crossval import fold_dir
-    from unet.evaluation import evaluate_cases
-    from unet.inference import Segmenter
+    from unet.evaluation.scoring import evaluate_cases
+    from unet.inference.segmenter import Segmenter
+    from unet.training.crossval import fold_dir
 
     table = read_manifest(run_dir / "manifest.csv")
     groups = dict(zip(table["key"], table["group"].astype(str), strict=True))

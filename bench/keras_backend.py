@@ -1,8 +1,8 @@
 """The model, loss and metric modules on another Keras backend (e.g. JAX on a GPU machine).
 
-``unet/model.py``, ``losses.py`` and ``metrics.py`` are pure Keras 3: this script builds the
-default U-Net, trains it for a few epochs (so the metric is reset between epochs), folds its
-batch norms for inference and times training and the forward pass, on whatever backend
+``unet/model/`` (``builders.py``, ``losses.py``, ``metrics.py``) is pure Keras 3: this script
+builds the default U-Net, trains it for a few epochs (so the metric is reset between epochs),
+folds its batch norms for inference and times training and the forward pass, on whatever backend
 ``KERAS_BACKEND`` names; then builds a three-member ensemble and checks it against the mean of
 its members. It imports no TensorFlow and no Prefect.
 
@@ -40,9 +40,9 @@ def main() -> None:
     import numpy as np
 
     from unet.config import TrainConfig
-    from unet.losses import SegmentationLoss
-    from unet.metrics import OverlapScore
-    from unet.model import build_unet, inference_model
+    from unet.model.builders import build_unet, inference_model
+    from unet.model.losses import SegmentationLoss
+    from unet.model.metrics import OverlapScore
 
     rng = np.random.default_rng(0)
     results: dict[str, object] = {"backend": keras.backend.backend()}
@@ -76,14 +76,14 @@ def main() -> None:
 
 
 def check_ensemble(rng, size: int) -> dict[str, object]:
-    """Three U-Nets as one averaging graph (``unet/ensemble.py``): equal to the mean of the
+    """Three U-Nets as one averaging graph (``unet/training/ensemble.py``): equal to the mean of the
     members, and folded for inference in bfloat16 with the members' softmax kept float32."""
     import keras
     import numpy as np
 
     from unet.config import TrainConfig
-    from unet.ensemble import build_ensemble
-    from unet.model import build_unet, inference_model
+    from unet.model.builders import build_unet, inference_model
+    from unet.training.ensemble import build_ensemble
 
     keras.mixed_precision.set_global_policy("float32")
     members = []

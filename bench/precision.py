@@ -49,7 +49,7 @@ def prepare(dataset: str, data: Path, out: Path) -> Path:
 def train(tfrecords: Path, run_dir: Path, config, mixed_precision: str) -> tuple[object, float]:
     """Train; return the result and training images/s over the epochs' own time."""
     from unet.config import DeviceConfig
-    from unet.training import train_model
+    from unet.training.trainer import train_model
 
     epoch_seconds = []
     result = train_model(
@@ -66,8 +66,8 @@ def train(tfrecords: Path, run_dir: Path, config, mixed_precision: str) -> tuple
 def test_scores(run_dir: Path, tfrecords: Path, precision: str) -> tuple[float, list]:
     """Mean test foreground Dice of a model in one precision, and its test masks."""
     from data_catalog.tfrecords import iterate_cases
-    from unet.inference import Segmenter
-    from unet.metrics import overlap_scores
+    from unet.inference.segmenter import Segmenter
+    from unet.model.metrics import overlap_scores
 
     segmenter = Segmenter(run_dir, precision=precision)
     dice, masks = [], []
@@ -91,8 +91,8 @@ def main() -> int:
         return 0
 
     from unet.config import TrainConfig
-    from unet.model_files import ModelInfo
-    from unet.precision import cached_bf16_probe, read_cpu_info
+    from unet.inference.precision import cached_bf16_probe, read_cpu_info
+    from unet.store.model_files import ModelInfo
 
     cpu = read_cpu_info()
     probe = cached_bf16_probe(cpu) if cpu.bf16_flags else None

@@ -50,8 +50,8 @@ import tasks  # noqa: E402,F401  (quiet TensorFlow)
 def make_model(run_dir: Path, input_dtype: str = "uint8") -> None:
     """A default U-Net with random weights, saved as a run folder (model.keras + model.json)."""
     from unet.config import TrainConfig
-    from unet.model import build_unet
-    from unet.model_files import ModelInfo, model_file
+    from unet.model.builders import build_unet
+    from unet.store.model_files import ModelInfo, model_file
 
     config = TrainConfig(num_classes=2)
     run_dir.mkdir(parents=True)
@@ -70,14 +70,14 @@ def add_quality_reference(run_dir: Path, images: list[Path]) -> None:
     """Give the bench model calibrated-looking quality flags (a reference from a few images,
     every signal used), so prediction computes and applies all of them."""
     from data_catalog.images import read_image
-    from unet.inference import Segmenter
-    from unet.model_files import ModelInfo
-    from unet.quality import (
+    from unet.inference.segmenter import Segmenter
+    from unet.quality.signals import (
         SIGNALS,
         SignalCalibration,
         intensity_percentiles,
         reference_from_cases,
     )
+    from unet.store.model_files import ModelInfo
 
     segmenter = Segmenter(run_dir, precision="float32")
     prepared = [segmenter.prepare(read_image(path), path) for path in images[:4]]
@@ -293,7 +293,7 @@ def segflow_predict(
 def forward_only(model: Path, count: int, batch_size: int, precision: str = "float32") -> float:
     import numpy as np
 
-    from unet.inference import Segmenter
+    from unet.inference.segmenter import Segmenter
 
     segmenter = Segmenter(model, precision=precision)
     batch = [np.random.default_rng(0).random((512, 512, 1), dtype=np.float32)] * batch_size
@@ -380,7 +380,7 @@ def main() -> int:
     if not data.is_dir():
         print(f"skipped: ISBI images not found at {data}")
         return 0
-    from unet.precision import measure_bf16_probe, read_cpu_info
+    from unet.inference.precision import measure_bf16_probe, read_cpu_info
 
     cpu = read_cpu_info()
     precisions = ["float32"] + (["bfloat16"] if cpu.bf16_flags else [])

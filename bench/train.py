@@ -98,8 +98,8 @@ def compiled_model(
 ):
     import keras
 
-    from unet.model import build_unet
-    from unet.training import compile_unet
+    from unet.model.builders import build_unet
+    from unet.training.trainer import compile_unet
 
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(policy)
@@ -170,8 +170,8 @@ def main() -> int:
     from bench.predict import forward_gflop, numpy_gflops
     from data_catalog.tfrecords import load_sidecar, split_files
     from unet.config import TrainConfig
-    from unet.pipeline import training_dataset
-    from unet.precision import measure_bf16_probe, read_cpu_info
+    from unet.data.pipeline import training_dataset
+    from unet.inference.precision import measure_bf16_probe, read_cpu_info
 
     cpu = read_cpu_info()
     print(f"CPU {cpu.model}; bfloat16 units: {', '.join(cpu.bf16_flags) or 'none'}")

@@ -253,7 +253,7 @@ def run_demo(args: argparse.Namespace) -> int:
     data = generate_synthetic_dataset(out / "data", args.num_cases or 120, args.image_size, seed=0)
     prepare = PrepareConfig(images=str(data / "images"), masks=str(data / "masks"))
     train = TrainConfig(**{**DEMO_TRAIN, "epochs": args.epochs, "image_size": args.image_size})
-    from unet import registry
+    from unet.store import registry
 
     models = out / "models"
     summary = train_flow(
@@ -363,7 +363,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
     from data_catalog.atomic import write_json_atomic
     from flows.prepare import prepare_flow
-    from unet.planning import plan_training
+    from unet.training.planning import plan_training
 
     prepared = prepare_flow(config=config_from_args(PrepareConfig, args), out_dir=args.out)
     plan = plan_training(
@@ -379,7 +379,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from flows.train import describe_test_scores, train_flow
-    from unet.registry import registry_root
+    from unet.store.registry import registry_root
 
     summary = train_flow(
         prepare=config_from_args(PrepareConfig, args),
@@ -422,7 +422,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_models(args: argparse.Namespace) -> int:
     import json
 
-    from unet import registry
+    from unet.store import registry
 
     root = registry.registry_root(args.registry)
     if args.action == "list":
@@ -464,7 +464,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from unet.export import export_model
+    from unet.inference.export import export_model
 
     out = export_model(args.model, args.out, args.format)
     print(f"exported {args.model} to {out} ({args.format}; export.json says how to use it)")
@@ -473,7 +473,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_retrain(args: argparse.Namespace) -> int:
     from flows.nightly import nightly_retrain_flow
-    from unet.registry import registry_root
+    from unet.store.registry import registry_root
 
     result = nightly_retrain_flow(
         prepare=config_from_args(PrepareConfig, args),

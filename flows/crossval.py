@@ -32,7 +32,7 @@ def local_gpu_count(crossval: CrossValidationConfig) -> int:
     else 0."""
     if not crossval.local_cluster:
         return 0
-    from unet.precision import physical_gpus
+    from unet.inference.precision import physical_gpus
 
     return len(physical_gpus())
 
@@ -59,7 +59,7 @@ def fold_jobs(
     """The arguments of every fold's task: its split and TFRecord set (prepared here, in
     ``run_dir/folds/fold-K``), config, lineage and the case groups."""
     from data_catalog.manifest import read_manifest
-    from unet.crossval import fold_dir
+    from unet.training.crossval import fold_dir
 
     table = read_manifest(prepared.manifest)
     groups = dict(zip(table["key"], table["group"].astype(str), strict=True))
@@ -109,16 +109,16 @@ def cross_validate(
     ``lineage.json``).
 
     Returns:
-        The ensemble's :class:`unet.training.TrainingResult`.
+        The ensemble's :class:`unet.training.trainer.TrainingResult`.
     """
-    from unet.crossval import (
+    from unet.store.model_files import ModelInfo
+    from unet.training.crossval import (
         OUT_OF_FOLD_DIR,
         combine_out_of_fold,
         ensemble_result,
         finish_ensemble,
         write_ensemble_lineage,
     )
-    from unet.model_files import ModelInfo
 
     started = time.perf_counter()
     jobs = fold_jobs(prepared, train, run_dir, devices, crossval, lineage)

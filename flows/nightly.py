@@ -25,7 +25,7 @@ from tasks.models import configure_training_devices, ensure_training_limit
 from tasks.reporting import publish_markdown, publish_table, run_logger
 from tasks.training import TRAINING_TAG
 from unet.config import CrossValidationConfig, DeviceConfig, PromotionConfig, TrainConfig
-from unet.promotion import (
+from unet.store.promotion import (
     compare_per_image,
     decide,
     decision_markdown,
@@ -54,7 +54,7 @@ def nightly_retrain_flow(
     Returns:
         ``status`` (``promoted``, ``kept``, ``skipped``), the decision, both models' test Dice.
     """
-    from unet import registry as models
+    from unet.store import registry as models
 
     run_dir = make_unique_dir(runs_dir, f"{datetime.now():%Y-%m-%d-%H%M%S}")
     ensure_training_limit(TRAINING_TAG)
@@ -90,7 +90,7 @@ def nightly_retrain_flow(
 
 def night_result(decision, version, champion, registry, paired, run_dir) -> dict[str, object]:
     """What the flow returns: the status, reason, both versions and Dice, the champion now."""
-    from unet import registry as models
+    from unet.store import registry as models
 
     return {
         "status": "promoted" if decision.promote else "kept",
@@ -157,7 +157,7 @@ def skip_reason(
 ):
     """Why tonight needs no training (the champion saw this data, split, config, folds and
     code), or None."""
-    from unet.lineage import code_revision, library_versions
+    from unet.store.lineage import code_revision, library_versions
 
     folds = (crossval or CrossValidationConfig()).folds
     if (champion_lineage.get("crossval") or {}).get("folds", 0) != folds:
@@ -199,7 +199,7 @@ def score_champion(
     Raises:
         RuntimeError: the champion cannot be scored (it stays champion; the message says so).
     """
-    from unet.registry import registry_root
+    from unet.store.registry import registry_root
 
     notes = []
     warning = split_warning(champion_lineage, prepared.config.model_dump())
@@ -242,7 +242,7 @@ def scores_key(prepared: PreparedDataset, model_dir: Path) -> str:
     """A model's scores are the same on the same data and split: their cache key (with the
     model file's own hash, so a model file changed after registration is scored again)."""
     from data_catalog.hashing import hash_file
-    from unet.model_files import model_file
+    from unet.store.model_files import model_file
 
     model_hash = hash_file(model_file(model_dir))[:12]
     return f"{prepared.dataset_hash[:16]}-{prepared.split_hash[:16]}-{model_hash}"
@@ -264,7 +264,7 @@ def publish_decision(
     registry: str,
 ) -> None:
     """The decision, both models' test scores and the registry, as artifacts."""
-    from unet.registry import summary_rows
+    from unet.store.registry import summary_rows
 
     publish_markdown("promotion-decision", text, "Champion/challenger decision of this night")
     rows = []

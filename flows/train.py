@@ -164,7 +164,7 @@ def summarize_run(
 def planned_config(prepared: PreparedDataset, train: TrainConfig, run_dir: str) -> TrainConfig:
     """The training config with the plan (from the dataset's fingerprint) filling every setting
     the user did not give; writes ``plan.json`` and publishes the ``training-plan`` artifact."""
-    from unet.planning import apply_plan, plan_training
+    from unet.training.planning import apply_plan, plan_training
 
     if not prepared.fingerprint:
         return train

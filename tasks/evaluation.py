@@ -120,8 +120,8 @@ def evaluate_split(
     ``role`` names the task run and, unless it is ``model``, prefixes the artifact keys
     (``champion-evaluation-metrics``), so two models scored in one run keep apart."""
     from data_catalog.tfrecords import iterate_cases, load_sidecar
-    from unet.evaluation import evaluate_cases
-    from unet.inference import Segmenter
+    from unet.evaluation.scoring import evaluate_cases
+    from unet.inference.segmenter import Segmenter
 
     sidecar = load_sidecar(tfrecord_dir)
     if sidecar["splits"].get(split, {}).get("num_records", 0) == 0:
@@ -130,7 +130,7 @@ def evaluate_split(
     groups = slices = None
     if manifest:
         from data_catalog.manifest import read_manifest
-        from unet.volume_metrics import slice_infos
+        from unet.evaluation.volume_metrics import slice_infos
 
         table = read_manifest(manifest)
         groups = dict(zip(table["key"], table["group"], strict=True))
@@ -151,9 +151,9 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> dict:
     its slicing axis unless the dataset gives one).
     """
     from data_catalog.splits import split_cases
-    from unet.evaluation import evaluate_cases
-    from unet.inference import Segmenter
-    from unet.volume_metrics import slice_infos
+    from unet.evaluation.scoring import evaluate_cases
+    from unet.evaluation.volume_metrics import slice_infos
+    from unet.inference.segmenter import Segmenter
 
     segmenter = Segmenter(config.model, precision=config.precision, flip_check=True)
     data, manifest = index_for_model(data, segmenter, config.out_dir)

@@ -15,7 +15,7 @@ from unet.config import DeviceConfig
 @task(name="configure-devices", cache_policy=NO_CACHE)
 def configure_training_devices(config: DeviceConfig, run_dir: str) -> dict[str, object]:
     """Apply GPU/CPU settings before anything touches a device; write ``device.json``."""
-    from unet.devices import configure_devices
+    from unet.training.devices import configure_devices
 
     _, report = configure_devices(config)
     write_json_atomic(Path(run_dir) / "device.json", report)
@@ -42,7 +42,7 @@ def configure_training_devices(config: DeviceConfig, run_dir: str) -> dict[str, 
 @task(name="register-model", cache_policy=NO_CACHE)
 def register_run(run_dir: str, registry: str) -> str:
     """Copy the run's model and records into the registry; return its version."""
-    from unet.registry import register_model, summary_rows
+    from unet.store.registry import register_model, summary_rows
 
     version = register_model(run_dir, registry)
     publish_table("model-registry", summary_rows(registry), f"Models in {registry}")

@@ -25,10 +25,11 @@ def train_unet(
     """Train on the TFRecord set, keeping the best epoch by validation foreground Dice.
 
     Returns:
-        The :class:`unet.training.TrainingResult` (model path, version, best epoch and score,
+        The :class:`unet.training.trainer.TrainingResult` (model path, version, best epoch and
+        score,
         seconds).
     """
-    from unet.training import train_model
+    from unet.training.trainer import train_model
 
     progress = Progress("training-progress", "Epochs completed")
     summary = train_model(
@@ -64,9 +65,9 @@ def train_fold_task(
     own GPU (:func:`worker_devices`).
 
     Returns:
-        The :class:`unet.crossval.FoldResult`.
+        The :class:`unet.training.crossval.FoldResult`.
     """
-    from unet.crossval import train_fold
+    from unet.training.crossval import train_fold
 
     devices = worker_devices(devices or DeviceConfig(), gpu_count)
     progress = Progress(f"fold-{fold}-progress", f"Epochs completed by fold {fold}")

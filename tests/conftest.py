@@ -72,7 +72,7 @@ def tiny_train_config():
 @pytest.fixture(scope="session")
 def trained_run(tfrecord_dir, tiny_train_config, tmp_path_factory) -> Path:
     """A run folder with a tiny trained model (2 epochs); quality is not the point."""
-    from unet.training import train_model
+    from unet.training.trainer import train_model
 
     run_dir = tmp_path_factory.mktemp("run")
     train_model(tfrecord_dir, run_dir, tiny_train_config, lineage={"split_hash": "test"})

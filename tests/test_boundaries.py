@@ -41,10 +41,10 @@ def test_package_does_not_import_upward(package, forbidden):
 def test_model_loss_and_metric_modules_are_pure_keras():
     """Backend-agnostic (they run on Keras' JAX backend on GPU machines): no TensorFlow, no
     private Keras attributes, and only backend-free segflow modules imported."""
-    for name in ("model", "losses", "metrics"):
-        path = ROOT / "unet" / f"{name}.py"
+    for name in ("builders", "losses", "metrics"):
+        path = ROOT / "unet" / "model" / f"{name}.py"
         source = path.read_text()
-        imported = imported_top_modules("unet")[f"unet/{name}.py"]
+        imported = imported_top_modules("unet")[f"unet/model/{name}.py"]
         assert "tensorflow" not in imported, path
         for private in ("._inbound_nodes", "._outbound_nodes", "._keras_history"):
             assert private not in source, (path, private)
@@ -59,8 +59,9 @@ def test_model_loss_and_metric_modules_are_pure_keras():
 def test_no_import_circle_inside_the_packages():
     graph = {}
     for package in ("unet", "data_catalog", "tasks", "flows"):
-        for path in (ROOT / package).glob("*.py"):
-            module = f"{package}.{path.stem}"
+        for path in (ROOT / package).rglob("*.py"):  # the stage packages' modules too
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             graph[module] = {
                 node.module
                 for node in ast.walk(ast.parse(path.read_text()))
@@ -86,9 +87,10 @@ def test_importing_the_segmenter_does_not_import_the_training_stack():
     import sys
 
     code = (
-        "import sys, tasks, unet.inference, unet.prediction, unet.evaluation; "
-        "print(sorted(m for m in sys.modules if m in "
-        "('unet.training', 'unet.pipeline', 'unet.augment', 'unet.losses', 'unet.devices')))"
+        "import sys, tasks, unet.inference.segmenter, unet.prediction, unet.evaluation.scoring; "
+        "print(sorted(m for m in sys.modules if m in ("
+        "'unet.training.trainer', 'unet.data.pipeline', 'unet.data.augment', "
+        "'unet.model.losses', 'unet.training.devices')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True

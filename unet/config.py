@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from unet.normalization import IntensityWindow
+from unet.data.normalization import IntensityWindow
 
 
 class TrainConfig(BaseModel):

@@ -18,7 +18,7 @@ from data_catalog.manifest import DatasetValidationError, apply_policy, index_da
 from data_catalog.summary import markdown_table
 from data_catalog.synthetic_volumes import make_synthetic_volumes
 from data_catalog.volumes import read_volume
-from unet.planning import plan_normalization
+from unet.training.planning import plan_normalization
 
 SHAPE = (24, 24, 6)
 

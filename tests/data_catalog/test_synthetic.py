@@ -1,8 +1,8 @@
 import numpy as np
 
 from data_catalog.synthetic import generate_synthetic_dataset, make_synthetic_case
-from unet.evaluation import otsu_foreground
-from unet.metrics import overlap_scores
+from unet.evaluation.scoring import otsu_foreground
+from unet.model.metrics import overlap_scores
 
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path):

@@ -107,7 +107,7 @@ def test_16_bit_range_survives_and_lesions_are_merged_in_tfrecords(messy_folder,
 
 def test_skip_policy_trains_on_the_rest(messy_folder, tmp_path, tiny_train_config):
     from unet.config import TrainConfig
-    from unet.training import train_model
+    from unet.training.trainer import train_model
 
     config = PrepareConfig(images=str(messy_folder), mask_suffix="_mask", policy="skip")
     result = index_dataset(config)

@@ -49,8 +49,8 @@ def _fold_task_runs(flow_run_name_prefix: str | None = None):
 
 
 def test_three_fold_task_runs_and_one_registered_ensemble(local_run):
-    from unet import registry
-    from unet.model_files import ModelInfo
+    from unet.store import registry
+    from unet.store.model_files import ModelInfo
 
     work, summary = local_run
     assert summary.folds == FOLDS and summary.registered == summary.model_version
@@ -70,7 +70,7 @@ def test_three_fold_task_runs_and_one_registered_ensemble(local_run):
 def test_ensemble_output_is_the_mean_of_the_fold_models(local_run):
     import keras
 
-    from unet.inference import Segmenter
+    from unet.inference.segmenter import Segmenter
 
     work, summary = local_run
     run = work / "local"

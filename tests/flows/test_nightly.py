@@ -5,7 +5,7 @@ import json
 import pytest
 
 from data_catalog.config import PrepareConfig
-from unet import registry
+from unet.store import registry
 from unet.config import PromotionConfig
 
 # Small enough for seconds per night, large enough that a trained model clearly beats an

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from unet.model_files import ModelInfo
+from unet.store.model_files import ModelInfo
 
 
 @pytest.fixture(scope="session")

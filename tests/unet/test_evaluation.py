@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unet.evaluation import evaluate_cases
-from unet.inference import Segmentation, Segmenter
-from unet.precision import PrecisionChoice
+from unet.evaluation.scoring import evaluate_cases
+from unet.inference.precision import PrecisionChoice
+from unet.inference.segmenter import Segmentation, Segmenter
 
 
 class _Constant:
@@ -113,7 +113,7 @@ def test_volume_dice_weighs_large_slices_more_than_the_mean_over_slices(tmp_path
 
 
 def test_hausdorff95_known_distance():
-    from unet.metrics import hausdorff95
+    from unet.model.metrics import hausdorff95
 
     a = np.zeros((20, 20), bool)
     a[5:10, 5:10] = True
@@ -123,7 +123,7 @@ def test_hausdorff95_known_distance():
 
 
 def test_postprocessing_removes_small_components_and_thresholds():
-    from unet.postprocessing import postprocess
+    from unet.inference.postprocessing import postprocess
 
     probabilities = np.zeros((10, 10, 2), np.float32)
     probabilities[..., 0] = 1
@@ -145,7 +145,7 @@ def test_multi_sequence_images_get_a_baseline_and_overlays(tmp_path):
 
 
 def test_threshold_tuner_picks_the_best_threshold_and_size_from_running_sums():
-    from unet.postprocessing import ThresholdTuner
+    from unet.inference.postprocessing import ThresholdTuner
 
     truth = np.zeros((8, 8), np.uint8)
     truth[2:6, 2:6] = 1

@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from data_catalog.images import read_image
 from flows.cli import main
-from unet.export import export_model
-from unet.inference import Segmenter
+from unet.inference.export import export_model
+from unet.inference.segmenter import Segmenter
 
 
 def test_the_savedmodel_gives_segmenters_probabilities(trained_run, synthetic_dir, tmp_path):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from unet.inference import Segmenter
-from unet.postprocessing import class_max, classify
+from unet.inference.postprocessing import class_max, classify
+from unet.inference.segmenter import Segmenter
 
 
 @pytest.mark.parametrize("threshold", [None, 0.3, 0.7])
@@ -40,8 +40,8 @@ def test_bfloat16_masks_agree_with_float32(trained_run):
 
 
 def test_training_records_its_precision_check_where_bfloat16_pays(trained_run):
-    from unet.inference import bfloat16_pays_here
-    from unet.model_files import ModelInfo
+    from unet.inference.segmenter import bfloat16_pays_here
+    from unet.store.model_files import ModelInfo
 
     info = ModelInfo.read(trained_run)
     if bfloat16_pays_here():

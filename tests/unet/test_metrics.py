@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from unet.losses import SegmentationLoss
-from unet.metrics import OverlapScore, overlap_scores
+from unet.model.losses import SegmentationLoss
+from unet.model.metrics import OverlapScore, overlap_scores
 
 
 def test_overlap_scores_known_values():

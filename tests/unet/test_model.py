@@ -3,7 +3,7 @@ import pytest
 from pydantic import ValidationError
 
 from unet.config import TrainConfig
-from unet.model import build_unet
+from unet.model.builders import build_unet
 
 
 def test_output_is_per_pixel_softmax_of_any_allowed_size():
@@ -37,7 +37,7 @@ def test_no_batch_norm_means_no_bn_layers_and_biases():
 def test_inference_model_folds_batch_norms_without_changing_outputs(architecture):
     from keras import layers
 
-    from unet.model import inference_model
+    from unet.model.builders import inference_model
 
     config = TrainConfig(architecture=architecture, depth=2, base_filters=4, num_classes=3)
     model = build_unet(config, 1)
@@ -64,7 +64,7 @@ def test_inference_model_folds_batch_norms_without_changing_outputs(architecture
 def test_inference_model_computes_in_float32_after_mixed_precision_training():
     import keras
 
-    from unet.model import inference_model
+    from unet.model.builders import inference_model
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -84,7 +84,7 @@ def test_inference_model_ignores_the_global_policy_of_the_process():
     copy made there must still compute every layer in float32."""
     import keras
 
-    from unet.model import inference_model
+    from unet.model.builders import inference_model
 
     model = build_unet(TrainConfig(depth=2, base_filters=4, num_classes=2), 1)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")

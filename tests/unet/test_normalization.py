@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from data_catalog.tfrecords import encode_example, read_tfrecords
-from unet.normalization import NORMALIZATIONS, IntensityWindow, normalize_array
-from unet.pipeline import normalize_with
+from unet.data.normalization import NORMALIZATIONS, IntensityWindow, normalize_array
+from unet.data.pipeline import normalize_with
 
 RNG = np.random.default_rng(11)
 IMAGES = {

@@ -3,7 +3,7 @@
 import pytest
 
 from unet.config import TrainConfig
-from unet.planning import apply_plan, depth_for, plan_training
+from unet.training.planning import apply_plan, depth_for, plan_training
 
 
 def fingerprint(scale_cases=1.2, scale_groups=1.1, side=512, foreground=0.2, empty=0.0, groups=12):

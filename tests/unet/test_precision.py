@@ -5,8 +5,7 @@ import json
 import pytest
 
 from unet.config import DeviceConfig
-from unet.devices import plan_devices
-from unet.precision import (
+from unet.inference.precision import (
     Bf16Probe,
     CpuInfo,
     GpuInfo,
@@ -15,6 +14,7 @@ from unet.precision import (
     choose_training_precision,
     read_cpu_info,
 )
+from unet.training.devices import plan_devices
 
 ZEN4 = CpuInfo("AMD EPYC 9R14", ("avx512_bf16",))
 SAPPHIRE = CpuInfo("Intel Xeon Platinum 8488C", ("amx_bf16", "avx512_bf16"))

@@ -95,7 +95,7 @@ def test_binary_255_and_name_clashes(trained_run, tmp_path):
 
 def test_large_images_use_a_blended_sliding_window(trained_run, tmp_path):
     from data_catalog.hashing import hash_file
-    from unet.inference import Segmenter
+    from unet.inference.segmenter import Segmenter
 
     rng = np.random.default_rng(2)
     image = rng.integers(0, 255, (150, 250), dtype=np.uint8)
@@ -168,7 +168,7 @@ def test_read_ahead_is_bounded_in_bytes_as_well_as_in_files():
 
 
 def test_gaussian_weights_favour_the_tile_centre():
-    from unet.inference import gaussian_weights
+    from unet.inference.segmenter import gaussian_weights
 
     weights = gaussian_weights(64)
     assert weights.shape == (64, 64) and weights.min() >= 1e-3
@@ -176,7 +176,7 @@ def test_gaussian_weights_favour_the_tile_centre():
 
 
 def test_class_reductions_equal_numpys_including_ties():
-    from unet.postprocessing import class_argmax, class_max
+    from unet.inference.postprocessing import class_argmax, class_max
 
     rng = np.random.default_rng(0)
     for classes in (2, 3, 5):
@@ -289,7 +289,7 @@ def test_mixed_folder_of_formats_and_sizes(trained_run, tmp_path):
 
 
 def test_flip_tta_is_flip_equivariant(trained_run):
-    from unet.inference import Segmenter
+    from unet.inference.segmenter import Segmenter
 
     image = Segmenter(trained_run).prepare(
         np.random.default_rng(5).integers(0, 255, (36, 52), dtype=np.uint8)
@@ -364,7 +364,7 @@ def _write_video(path, frames=5, size=(24, 40)):
 def test_a_failing_video_is_an_error_row_and_leaves_no_temporary_file(
     trained_run, tmp_path, monkeypatch
 ):
-    from unet.inference import Segmenter
+    from unet.inference.segmenter import Segmenter
 
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
@@ -436,8 +436,8 @@ def test_each_prediction_error_is_logged_once(trained_run, tmp_path):
 def test_evaluation_tiles_large_images_as_prediction_does(trained_run, tmp_path):
     """Evaluation and prediction share one path: a large image scored by evaluate_cases gets
     the mask prediction writes for it."""
-    from unet.evaluation import evaluate_cases
-    from unet.inference import Segmenter
+    from unet.evaluation.scoring import evaluate_cases
+    from unet.inference.segmenter import Segmenter
 
     image = np.random.default_rng(4).integers(0, 255, (70, 90), dtype=np.uint8)
     write_png_atomic(tmp_path / "in" / "big.png", image)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from unet import registry
-from unet.promotion import compare_per_image, decide, decision_markdown, unchanged_reason
+from unet.store import registry
+from unet.store.promotion import compare_per_image, decide, decision_markdown, unchanged_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,7 +81,7 @@ def test_unchanged_data_and_config_is_recognised():
 
 
 def test_other_split_settings_are_flagged():
-    from unet.promotion import split_warning
+    from unet.store.promotion import split_warning
 
     lineage = {"prepare_config": {"seed": 0, "test_fraction": 0.15, "images": "a"}}
     assert split_warning(lineage, {"seed": 0, "test_fraction": 0.15, "images": "b"}) is None
@@ -107,7 +107,7 @@ def _killed_at(target: str, marker: str, call: str, tmp_path: Path) -> None:
         textwrap.dedent(
             f"""
             import os, signal, {module}
-            from unet import registry
+            from unet.store import registry
             real = {target}
             def patched(*args, **kwargs):
                 if any(str(arg).endswith({marker!r}) for arg in args):

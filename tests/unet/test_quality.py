@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unet.quality import (
+from unet.quality.signals import (
     QualityReference,
     calibrate,
     columns_of,
@@ -91,11 +91,11 @@ def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
 
     from data_catalog.tfrecords import iterate_cases
     from unet.config import PredictConfig
-    from unet.evaluation import evaluate_cases
-    from unet.inference import Segmenter
-    from unet.model_files import ModelInfo
+    from unet.evaluation.scoring import evaluate_cases
+    from unet.inference.segmenter import Segmenter
     from unet.prediction import predict_folder
-    from unet.quality import SIGNALS, SignalCalibration
+    from unet.quality.signals import SIGNALS, SignalCalibration
+    from unet.store.model_files import ModelInfo
 
     info = ModelInfo.read(trained_run)
     quality = info.quality
@@ -142,8 +142,8 @@ def flip_only_model(trained_run, tmp_path, threshold: float = 0.01):
     """A copy of the trained model whose only calibrated signal is flip_disagreement."""
     import shutil
 
-    from unet.model_files import ModelInfo
-    from unet.quality import SignalCalibration
+    from unet.quality.signals import SignalCalibration
+    from unet.store.model_files import ModelInfo
 
     info = ModelInfo.read(trained_run)
     flips = SignalCalibration(threshold=threshold, youden=0.5, spearman=-0.5, recall=0.5)
@@ -159,8 +159,8 @@ def test_qc_full_adds_flip_disagreement_to_the_report_and_to_the_flags(
 ):
     from data_catalog.tfrecords import iterate_cases
     from unet.config import PredictConfig
-    from unet.evaluation import evaluate_cases
-    from unet.inference import Segmenter
+    from unet.evaluation.scoring import evaluate_cases
+    from unet.inference.segmenter import Segmenter
     from unet.prediction import predict_folder
 
     run = flip_only_model(trained_run, tmp_path)
@@ -193,7 +193,7 @@ def test_qc_full_adds_flip_disagreement_to_the_report_and_to_the_flags(
 
 
 def test_auto_runs_the_flip_pass_only_when_the_flags_rest_on_it_alone():
-    from unet.quality import SignalCalibration, needs_flip_pass
+    from unet.quality.signals import SignalCalibration, needs_flip_pass
 
     used = SignalCalibration(threshold=0.1, youden=0.5, spearman=-0.5, recall=0.5)
     unused = SignalCalibration(threshold=None, youden=0.1, spearman=None, recall=None)
@@ -264,7 +264,7 @@ def test_an_input_at_another_size_than_the_training_cases_is_noticed():
 
 
 def test_a_volume_at_another_voxel_size_than_the_training_volumes_is_noticed():
-    from unet.quality import VolumeQuality
+    from unet.quality.signals import VolumeQuality
 
     percentiles = [np.percentile(RNG.normal(0.5, 0.1, (64, 64, 1)), (1, 50, 99), axis=(0, 1)).T]
     spacings = [(3.0, 0.9, 0.9)] * 8 + [(2.5, 0.8, 0.8)] * 4
@@ -305,7 +305,7 @@ def test_the_target_ignores_cases_empty_in_truth_and_mask():
 
 
 def test_a_calibrated_signal_that_was_not_measured_gives_no_verdict():
-    from unet.quality import SignalCalibration
+    from unet.quality.signals import SignalCalibration
 
     only_flips = reference().model_copy(
         update={
@@ -325,8 +325,8 @@ def test_a_calibrated_signal_that_was_not_measured_gives_no_verdict():
 def test_volumes_are_compared_with_training_volumes_and_calibrated_whole_when_enough():
     from types import SimpleNamespace
 
-    from unet.evaluation import VolumeTally
-    from unet.quality import VolumeQuality, calibration_table
+    from unet.evaluation.scoring import VolumeTally
+    from unet.quality.signals import VolumeQuality, calibration_table
 
     # lesion volumes: 2% of each volume is lesion, but 80% of the slices are empty
     slice_fractions = [np.log10(1e-4)] * 80 + list(np.log10(RNG.uniform(0.05, 0.15, 20)))

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from unet import registry
-from unet.inference import Segmenter
+from unet.store import registry
+from unet.inference.segmenter import Segmenter
 
 
 def test_register_promote_and_predict_with_champion(trained_run, tmp_path, monkeypatch):
@@ -37,7 +37,7 @@ def test_prune_keeps_the_champion_its_predecessor_and_the_newest(tmp_path):
     import os
     import time
 
-    from unet import registry
+    from unet.store import registry
 
     models, runs = tmp_path / "models", tmp_path / "runs"
     now = time.time()

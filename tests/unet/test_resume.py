@@ -9,7 +9,7 @@ import time
 import pandas as pd
 
 from unet.config import TrainConfig
-from unet.training import train_model
+from unet.training.trainer import train_model
 
 CONFIG = dict(
     image_size=32, depth=2, base_filters=4, epochs=5, batch_size=4, steps_per_epoch=8, seed=1
@@ -23,7 +23,7 @@ def test_killed_run_resumes_and_ends_with_the_planned_epochs(tfrecord_dir, tmp_p
         textwrap.dedent(f"""
         import tasks
         from unet.config import TrainConfig
-        from unet.training import train_model
+        from unet.training.trainer import train_model
         train_model({str(tfrecord_dir)!r}, {str(run_dir)!r}, TrainConfig(**{CONFIG!r}))
     """)
     )
@@ -126,7 +126,7 @@ def test_early_stopping(tfrecord_dir, tmp_path):
 def test_a_smoothed_best_epoch_ignores_one_lucky_epoch(tmp_path):
     """With best_epoch_smoothing, the best epoch is where the moving average of validation
     Dice peaks, not a single spike; with 0 it is the raw maximum."""
-    from unet.training import TrainingControl, TrainingState
+    from unet.training.trainer import TrainingControl, TrainingState
 
     scores = [0.50, 0.90, 0.52, 0.70, 0.74, 0.76, 0.77, 0.78]  # epoch 2 is a lucky spike
 

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unet.inference import Segmenter
-from unet.training import train_model
+from unet.inference.segmenter import Segmenter
+from unet.training.trainer import train_model
 
 
 def test_run_folder_holds_best_model_history_and_lineage(trained_run, tfrecord_dir):

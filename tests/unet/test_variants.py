@@ -8,11 +8,11 @@ import pytest
 import tensorflow as tf
 
 from unet.config import DeviceConfig, TrainConfig
-from unet.model import build_unet
+from unet.model.builders import build_unet
 
 
 def _train_step_save_load(model, config, tmp_path, channels):
-    from unet.training import compile_unet
+    from unet.training.trainer import compile_unet
 
     compile_unet(model, config)
     rng = np.random.default_rng(0)
@@ -72,11 +72,11 @@ def test_vgg16_unet_needs_sizes_divisible_by_16_and_real_weight_files(tmp_path):
 
 
 def test_device_report_on_this_machine(tmp_path):
-    from unet.devices import configure_devices
+    from unet.training.devices import configure_devices
 
     strategy, report = configure_devices(DeviceConfig())
     json.dumps(report)
-    from unet.precision import read_cpu_info
+    from unet.inference.precision import read_cpu_info
 
     gpus = tf.config.list_physical_devices("GPU")
     assert report["device"] == ("GPU" if gpus else "CPU")
@@ -91,7 +91,7 @@ def test_device_report_on_this_machine(tmp_path):
 
 
 def test_augmentation_is_seeded_and_keeps_image_and_mask_aligned():
-    from unet.pipeline import augment_sample
+    from unet.data.pipeline import augment_sample
 
     size = 32
     mask = np.zeros((48, 48, 1), np.uint8)

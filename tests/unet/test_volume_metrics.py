@@ -4,7 +4,7 @@ with distances in millimetres and volumes in millilitres."""
 import numpy as np
 import pytest
 
-from unet.volume_metrics import SliceInfo, VolumeScores, summarize_volumes
+from unet.evaluation.volume_metrics import SliceInfo, VolumeScores, summarize_volumes
 
 VOXEL = (3.0, 0.5, 0.5)  # mm between slices, along rows, along columns
 

@@ -153,7 +153,7 @@ def test_a_tiff_stack_gives_a_mask_stack_of_the_same_name(threshold_model, tmp_p
 
 
 def test_volume_post_processing_is_three_dimensional():
-    from unet.postprocessing import keep_largest_component, remove_small_components_3d
+    from unet.inference.postprocessing import keep_largest_component, remove_small_components_3d
 
     mask = np.zeros((10, 10, 6), np.uint8)
     mask[2:5, 2:5, 0:6] = 1  # a column through every slice: 54 voxels, 9 per slice

@@ -17,7 +17,7 @@ from data_catalog.images import (
     ImageReadError,
     read_image,
 )
-from unet.inference import Segmenter
+from unet.inference.segmenter import Segmenter
 from unet.prediction.dtypes import align_to_training_dtype
 from unet.prediction.plan import (
     OutputFormat,

@@ -13,8 +13,7 @@ from tqdm import tqdm
 
 from data_catalog.atomic import spreadsheet_safe, write_csv_atomic
 from unet.config import PredictConfig
-from unet.inference import Segmenter
-from unet.model_files import ModelInfo
+from unet.inference.segmenter import Segmenter
 from unet.prediction.plan import (
     REPORT_FILE,
     OutputFormat,
@@ -31,10 +30,11 @@ from unet.prediction.review import (
 )
 from unet.prediction.sink import ResultSink
 from unet.prediction.stream import segment_stream
-from unet.quality import (
+from unet.quality.signals import (
     needs_flip_pass,
 )
-from unet.registry import resolve_model_file
+from unet.store.model_files import ModelInfo
+from unet.store.registry import resolve_model_file
 
 logger = logging.getLogger(__name__)
 

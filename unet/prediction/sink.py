@@ -20,7 +20,7 @@ from data_catalog.images import (
     ImageReadError,
     write_png_atomic,
 )
-from unet.inference import Segmentation
+from unet.inference.segmenter import Segmentation
 from unet.prediction.plan import (
     OutputFormat,
     PredictionPlan,
@@ -32,7 +32,7 @@ from unet.prediction.review import (
     write_overlay,
     write_thumbnail,
 )
-from unet.quality import (
+from unet.quality.signals import (
     QualityReference,
     quality_columns,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from unet.inference import Segmenter
+from unet.inference.segmenter import Segmenter
 from unet.prediction.records import LoadedInput
 from unet.prediction.sink import ResultSink
 from unet.prediction.video import segment_video

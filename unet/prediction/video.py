@@ -15,14 +15,14 @@ from data_catalog.atomic import write_csv_atomic
 from data_catalog.images import (
     check_pixels,
 )
-from unet.inference import Segmenter
+from unet.inference.segmenter import Segmenter
 from unet.prediction.dtypes import align_to_training_dtype
 from unet.prediction.plan import (
     inside_output,
 )
 from unet.prediction.records import LoadedInput, SegmentedVideo
 from unet.prediction.sink import ResultSink, mask_statistics
-from unet.quality import (
+from unet.quality.signals import (
     VolumeQuality,
 )
 

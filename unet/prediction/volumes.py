@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from data_catalog.atomic import write_csv_atomic
-from unet.inference import Segmenter
-from unet.postprocessing import keep_largest_component, remove_small_components_3d
+from unet.inference.postprocessing import keep_largest_component, remove_small_components_3d
+from unet.inference.segmenter import Segmenter
 from unet.prediction.dtypes import align_to_training_dtype
 from unet.prediction.plan import (
     inside_output,
@@ -22,7 +22,7 @@ from unet.prediction.review import (
     write_thumbnail,
 )
 from unet.prediction.sink import ResultSink, mask_statistics, with_notes
-from unet.quality import (
+from unet.quality.signals import (
     VolumeQuality,
 )
 

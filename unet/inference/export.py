@@ -2,7 +2,7 @@
 SavedModel that TF Serving or ``tf.saved_model.load`` runs, or as ONNX (``model.onnx``,
 converted from that SavedModel by tf2onnx, opset 17) for ONNX Runtime, with ``export.json``
 beside it saying what to do before and after it (normalisation, padding, threshold, smallest
-component), so a server reproduces :class:`unet.inference.Segmenter`'s masks.
+component), so a server reproduces :class:`unet.inference.segmenter.Segmenter`'s masks.
 
 The model takes ``(batch, H, W, C)`` float32 images already normalised, H and W multiples of
 ``size_multiple`` (segflow mirrors the bottom and right edges up to them and crops back), and
@@ -32,7 +32,7 @@ def export_model(model: str | Path, out_dir: str | Path, fmt: str = "savedmodel"
         FileNotFoundError: no such model.
         RuntimeError: the ONNX conversion failed (its output is in the message).
     """
-    from unet.inference import Segmenter
+    from unet.inference.segmenter import Segmenter
 
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}. Received: {fmt!r}")

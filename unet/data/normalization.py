@@ -1,7 +1,7 @@
 """Intensity normalisation of images for the model, in numpy (inference).
 
 The same computation in TensorFlow, for the training pipeline, is
-:func:`unet.pipeline.normalize_with`; ``tests/unet/test_normalization.py`` holds that the two
+:func:`unet.data.pipeline.normalize_with`; ``tests/unet/test_normalization.py`` holds that the two
 agree for every mode in :data:`NORMALIZATIONS`.
 
 - ``range``: divide by the largest value of the stored dtype (255, 65535) -> [0, 1];

@@ -9,8 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from unet.metrics import overlap_scores
-from unet.model_files import PostProcessing
+from unet.model.metrics import overlap_scores
+from unet.store.model_files import PostProcessing
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_COMPONENT_SIZES = (0, 16, 64, 256)

@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_catalog.atomic import write_json_atomic
-from unet.normalization import IntensityWindow
-from unet.quality import QualityReference
+from unet.data.normalization import IntensityWindow
+from unet.quality.signals import QualityReference
 
 MODEL_FILE = "model.keras"
 MODEL_INFO_FILE = "model.json"

@@ -3,7 +3,8 @@
 :func:`build_ensemble` copies every member's layers into one flat functional graph (member
 ``k``'s layers renamed ``fold{k}_...``) that shares one input and ends in an ``Average`` of the
 members' softmax outputs. Saved as ``model.keras`` beside a ``model.json``, it is segmented,
-tiled, folded and put in bfloat16 by :class:`unet.inference.Segmenter` exactly like a single
+tiled, folded and put in bfloat16 by :class:`unet.inference.segmenter.Segmenter` exactly like a
+single
 model: prediction needs no changes.
 """
 
@@ -16,7 +17,7 @@ import keras
 import numpy as np
 
 if TYPE_CHECKING:  # only for annotations: this module runs on any Keras backend alone
-    from unet.model_files import ModelInfo
+    from unet.store.model_files import ModelInfo
 
 ENSEMBLE_OUTPUT = "ensemble_mean"
 # ModelInfo fields every member must share: the ensemble is one model to inference.

@@ -178,7 +178,7 @@ def confidence_signals(classes: np.ndarray, confidence: np.ndarray) -> dict[str,
 
 def flip_disagreement(counts: np.ndarray | None) -> dict[str, float]:
     """``flip_disagreement`` from ``[both, plain, flipped]`` foreground counts (see
-    :class:`unet.inference.Segmentation`); nothing without them."""
+    :class:`unet.inference.segmenter.Segmentation`); nothing without them."""
     if counts is None:
         return {}
     both, plain, flipped = (float(value) for value in counts)

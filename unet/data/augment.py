@@ -6,7 +6,7 @@ in the U-Net paper); images are sampled bilinearly, masks by nearest neighbour. 
 (contrast, brightness, gamma, Gaussian noise) changes the image only, on normalised values.
 Working on batches keeps the per-sample cost small enough that the input pipeline never slows
 training on a 2-core machine (``bench/train.py``). Flips, 90-degree rotations and crops are
-per sample, in :mod:`unet.pipeline`.
+per sample, in :mod:`unet.data.pipeline`.
 """
 
 from __future__ import annotations

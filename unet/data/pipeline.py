@@ -3,7 +3,8 @@
 Normalisation (recorded with every model): ``range`` divides by the largest value of the stored
 dtype (255 or 65535), ``zscore`` standardises each image per channel. Training patches are random
 crops (a share centred on foreground pixels, for small structures) or resized images, flipped
-and turned per sample, then warped and changed in intensity per batch (see :mod:`unet.augment`);
+and turned per sample, then warped and changed in intensity per batch (see
+:mod:`unet.data.augment`);
 every random choice is a stateless op seeded by ``(config.seed, sample index)``, so a run is
 repeatable and a resumed run continues the stream.
 """
@@ -13,9 +14,9 @@ from __future__ import annotations
 import tensorflow as tf
 
 from data_catalog.tfrecords import SIGNED_SHIFT, read_tfrecords
-from unet.augment import adjust_intensity, warp
 from unet.config import TrainConfig
-from unet.normalization import MIN_STD, IntensityWindow, check_mode, value_unit
+from unet.data.augment import adjust_intensity, warp
+from unet.data.normalization import MIN_STD, IntensityWindow, check_mode, value_unit
 
 
 def normalize_with(
@@ -26,7 +27,7 @@ def normalize_with(
     window: IntensityWindow | None = None,
 ) -> tf.Tensor:
     """Normalise stored values (a whole image or a crop of it) as
-    :func:`unet.normalization.normalize_array` does (a test holds they agree).
+    :func:`unet.data.normalization.normalize_array` does (a test holds they agree).
 
     Args:
         values: ``(H, W, C')`` as decoded from a record (int16 sets: shifted uint16).

@@ -4,7 +4,8 @@ Every non-test case lies in exactly one fold's validation split (see
 :func:`data_catalog.splits.split_cases`); the model of that fold never trained on it. So the
 fold models' scores on their own validation cases, put together, score every case by a model
 that did not see it: the out-of-fold estimate of how the method does on new patients, from all
-the data. The registered model is the ensemble of the fold models (:mod:`unet.ensemble`), its
+the data. The registered model is the ensemble of the fold models
+(:mod:`unet.training.ensemble`), its
 post-processing tuned on those out-of-fold probabilities.
 
 Plain Python and Keras (no Prefect): ``flows/train.py`` runs :func:`train_fold` as one Prefect
@@ -28,10 +29,10 @@ from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_
 from data_catalog.hashing import hash_file
 from data_catalog.tfrecords import iterate_cases
 from unet.config import DeviceConfig, TrainConfig
-from unet.evaluation import batched, evaluate_cases, render_report, summarize
-from unet.model_files import EnsembleInfo, ModelInfo, PrecisionCheck, model_file
-from unet.postprocessing import ThresholdTuner, as_postprocessing
-from unet.training import EpochCallback, TrainingResult, train_model
+from unet.evaluation.scoring import batched, evaluate_cases, render_report, summarize
+from unet.inference.postprocessing import ThresholdTuner, as_postprocessing
+from unet.store.model_files import EnsembleInfo, ModelInfo, PrecisionCheck, model_file
+from unet.training.trainer import EpochCallback, TrainingResult, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def score_out_of_fold(
     Returns:
         ``(metrics, tuner)``; the tuner is None for models of more than two classes.
     """
-    from unet.inference import Segmenter
+    from unet.inference.segmenter import Segmenter
 
     segmenter = Segmenter(run_dir, precision=precision)
     out_dir = Path(run_dir) / OUT_OF_FOLD_DIR
@@ -222,7 +223,7 @@ def finish_ensemble(
     Raises:
         ValueError: members that differ in channels, normalisation, size multiple or classes.
     """
-    from unet.ensemble import check_members, save_ensemble
+    from unet.training.ensemble import check_members, save_ensemble
 
     run_dir = Path(run_dir)
     folds = sorted(folds, key=lambda fold: fold.fold)
@@ -269,9 +270,9 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
     from itertools import chain
 
     from data_catalog.manifest import volume_spacings
-    from unet.evaluation import VolumeTally, quality_reference, quality_table
-    from unet.inference import Segmenter
-    from unet.quality import calibrate, calibration_table
+    from unet.evaluation.scoring import VolumeTally, quality_reference, quality_table
+    from unet.inference.segmenter import Segmenter
+    from unet.quality.signals import calibrate, calibration_table
 
     if any(fold.tfrecord_dir is None for fold in folds):
         return None
@@ -332,7 +333,7 @@ def write_ensemble_lineage(
     """``lineage.json`` of the ensemble: its data and config, and each member's own record."""
     import json
 
-    from unet.lineage import code_revision, library_versions
+    from unet.store.lineage import code_revision, library_versions
 
     folds = sorted(folds, key=lambda fold: fold.fold)
     records = [json.loads((Path(fold.run_dir) / "lineage.json").read_text()) for fold in folds]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from data_catalog.atomic import write_json_atomic
 from data_catalog.errors import NameNotFound
-from unet.model_files import MODEL_FILE, MODEL_INFO_FILE, ModelInfo
+from unet.store.model_files import MODEL_FILE, MODEL_INFO_FILE, ModelInfo
 
 logger = logging.getLogger(__name__)
 

@@ -26,17 +26,17 @@ from data_catalog.atomic import write_csv_atomic, write_json_atomic
 from data_catalog.hashing import hash_file
 from data_catalog.tfrecords import iterate_cases, load_sidecar, split_files
 from unet.config import DeviceConfig, TrainConfig
-from unet.devices import configure_devices
-from unet.evaluation import tune_on_cases
-from unet.inference import Segmenter, bfloat16_pays_here
-from unet.lineage import code_revision, library_versions
-from unet.losses import SegmentationLoss
-from unet.metrics import OverlapScore
-from unet.model import build_unet
-from unet.model_files import ModelInfo, checkpoint_files, model_file
-from unet.normalization import check_mode
-from unet.pipeline import training_dataset, validation_dataset
-from unet.postprocessing import as_postprocessing
+from unet.data.normalization import check_mode
+from unet.data.pipeline import training_dataset, validation_dataset
+from unet.evaluation.scoring import tune_on_cases
+from unet.inference.postprocessing import as_postprocessing
+from unet.inference.segmenter import Segmenter, bfloat16_pays_here
+from unet.model.builders import build_unet
+from unet.model.losses import SegmentationLoss
+from unet.model.metrics import OverlapScore
+from unet.store.lineage import code_revision, library_versions
+from unet.store.model_files import ModelInfo, checkpoint_files, model_file
+from unet.training.devices import configure_devices
 
 logger = logging.getLogger(__name__)
 
@@ -580,8 +580,8 @@ def calibrate_quality(path: Path, info: ModelInfo, data: TrainingData):
     split, segmented with the tuned post-processing, as prediction will, and with the flip pass
     so that ``flip_disagreement`` is calibrated too); None without validation cases."""
     from data_catalog.manifest import volume_spacings
-    from unet.evaluation import VolumeTally, quality_reference, quality_table
-    from unet.quality import calibrate, calibration_table
+    from unet.evaluation.scoring import VolumeTally, quality_reference, quality_table
+    from unet.quality.signals import calibrate, calibration_table
 
     if not data.counts.get("val"):
         return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import tensorflow as tf
 
 from unet.config import DeviceConfig
-from unet.precision import (
+from unet.inference.precision import (
     Bf16Probe,
     CpuInfo,
     GpuInfo,

@@ -18,16 +18,14 @@ import numpy as np
 import tensorflow as tf
 
 from data_catalog.images import to_channels
-from unet.model import inference_model
-from unet.model_files import ModelInfo
-from unet.normalization import normalize_array
-from unet.postprocessing import (
+from unet.data.normalization import normalize_array
+from unet.inference.postprocessing import (
     class_max,
     classify,
     keep_largest_component,
     remove_small_components,
 )
-from unet.precision import (
+from unet.inference.precision import (
     CpuInfo,
     PrecisionChoice,
     choose_inference_precision,
@@ -35,7 +33,9 @@ from unet.precision import (
     physical_gpus,
     read_cpu_info,
 )
-from unet.registry import resolve_model_file
+from unet.model.builders import inference_model
+from unet.store.model_files import ModelInfo
+from unet.store.registry import resolve_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ class Segmenter:
         info: the model's :class:`ModelInfo` when it is not (yet) in ``model.json``.
         precision: ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the hardware has units
             for it and the model's validation check passed; see
-            :func:`unet.precision.choose_inference_precision`). ``self.precision`` says what was
+            :func:`unet.inference.precision.choose_inference_precision`). ``self.precision`` says
+            what was
             chosen and why.
         largest_component: keep only the largest foreground component of each mask (of each
             volume, in 3-D, when prediction assembles one).
@@ -206,7 +207,7 @@ class Segmenter:
         self, image: np.ndarray, path: str | Path = "<array>", stats: np.ndarray | None = None
     ) -> np.ndarray:
         """``(H, W[, C])`` uint8/uint16/int16 -> ``(H, W, channels)`` float32, normalised as in
-        training (see :func:`unet.normalization.normalize_array`); ``stats``: the per-volume
+        training (see :func:`unet.data.normalization.normalize_array`); ``stats``: the per-volume
         z-score's statistics of a volume slice (default: the image's own). A model with
         context slices takes the slice and its neighbours already side by side."""
         if self.info.context_slices:
@@ -418,7 +419,8 @@ def gaussian_weights(size: int, sigma_scale: float = 0.125) -> np.ndarray:
 
 def resolve_inference_precision(setting: str, info: ModelInfo) -> PrecisionChoice:
     """The precision a model segments in on this machine (see
-    :func:`unet.precision.choose_inference_precision`); the hardware is only looked at, and
+    :func:`unet.inference.precision.choose_inference_precision`); the hardware is only looked at,
+    and
     the probe only run, for ``auto``."""
     if setting not in ("auto", "float32", "bfloat16"):
         raise ValueError(

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from data_catalog.manifest import volume_of
-from unet.metrics import hausdorff95
+from unet.model.metrics import hausdorff95
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,13 @@ import pandas as pd
 from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from data_catalog.images import dtype_max, write_png_atomic
 from data_catalog.manifest import volume_of
-from unet.inference import Segmenter
-from unet.metrics import class_scores, overlap_scores
-from unet.model_files import PrecisionCheck
-from unet.postprocessing import ThresholdTuner, classify
-from unet.precision import MIN_AGREEMENT
-from unet.quality import quality_columns
-from unet.volume_metrics import SliceInfo, VolumeScores, summarize_volumes
+from unet.evaluation.volume_metrics import SliceInfo, VolumeScores, summarize_volumes
+from unet.inference.postprocessing import ThresholdTuner, classify
+from unet.inference.precision import MIN_AGREEMENT
+from unet.inference.segmenter import Segmenter
+from unet.model.metrics import class_scores, overlap_scores
+from unet.quality.signals import quality_columns
+from unet.store.model_files import PrecisionCheck
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +136,13 @@ def evaluate_cases(
 
 
 def quality_metrics(frame: pd.DataFrame, reference, num_classes: int) -> dict[str, object]:
-    """The flags on scored cases (see :func:`unet.quality.flag_summary`) as prediction raises
+    """The flags on scored cases (see :func:`unet.quality.signals.flag_summary`) as prediction
+    raises
     them by default (``--qc auto``: every signal but ``flip_disagreement``, unless the flags
     rest on it alone) and, under ``full``, with ``--qc full`` or ``--tta`` when the flip pass
     was run; the calibration's note and each signal's validation numbers; no flag counts when
     none is calibrated."""
-    from unet.quality import flag_summary, needs_flip_pass
+    from unet.quality.signals import flag_summary, needs_flip_pass
 
     facts = {
         "note": reference.note,
@@ -241,7 +242,7 @@ def quality_reference(
     model); ``volumes``: the cases are volume slices (keys ``volume/z012``), whose volumes'
     foreground fractions are recorded too, and their voxel sizes where ``spacings`` (volume ->
     voxel size, from the manifest) has them."""
-    from unet.quality import (
+    from unet.quality.signals import (
         FRACTION_FLOOR,
         intensity_percentiles,
         log_fraction,
@@ -268,7 +269,7 @@ def quality_table(
 ) -> pd.DataFrame:
     """Every case's quality signals, foreground Dice and whether truth and mask are both empty,
     segmented as prediction does; each volume slice also handed to ``volumes``."""
-    from unet.quality import quality_signals
+    from unet.quality.signals import quality_signals
 
     rows = []
     for batch in batched(with_stats(cases), segmenter.batch_size):
@@ -289,7 +290,7 @@ def quality_table(
 
 class VolumeTally:
     """The quality signals of whole volumes, pooled over their slices as prediction pools
-    them (:class:`unet.quality.VolumeQuality`), and each volume's Dice over its voxels: for
+    them (:class:`unet.quality.signals.VolumeQuality`), and each volume's Dice over its voxels: for
     calibrating the flags on volumes."""
 
     def __init__(self, num_classes: int, spacings: dict[str, tuple[float, ...]] | None = None):
@@ -298,7 +299,7 @@ class VolumeTally:
         self.volumes: dict[str, dict] = {}
 
     def add(self, key: str, prepared: np.ndarray, truth: np.ndarray, result) -> None:
-        from unet.quality import VolumeQuality
+        from unet.quality.signals import VolumeQuality
 
         tally = self.volumes.setdefault(
             volume_of(key),
@@ -490,7 +491,7 @@ def fmt(value) -> str:
 
 
 def flag_line(flags: dict) -> str:
-    """How many cases were flagged and how well (see :func:`unet.quality.flag_summary`)."""
+    """How many cases were flagged and how well (see :func:`unet.quality.signals.flag_summary`)."""
     return (
         f"{flags['flagged']} of {flags['cases']} cases flagged for review; mean Dice flagged "
         f"{fmt(flags['flagged_mean_dice'])}, unflagged {fmt(flags['unflagged_mean_dice'])}; "
@@ -647,7 +648,8 @@ def tune_on_cases(
 
     With ``bfloat16`` (the same model in bfloat16), the same pass also compares both
     precisions' masks pixel by pixel; the tuning kept is the bfloat16 one when they agree on at
-    least :data:`unet.precision.MIN_AGREEMENT` of the pixels (the precision that will run the
+    least :data:`unet.inference.precision.MIN_AGREEMENT` of the pixels (the precision that will
+    run the
     thresholds tunes them), else the float32 one.
 
     Returns:

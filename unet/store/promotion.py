@@ -3,7 +3,7 @@
 Plain functions: the nightly flow evaluates both models on one fixed test split (the seeded,
 hash-based split keeps every old case on its side as data is added), then calls
 :func:`compare_per_image` and :func:`decide`, and moves the registry's champion pointer only
-when the decision says so (:func:`unet.registry.promote`, one atomic rename).
+when the decision says so (:func:`unet.store.registry.promote`, one atomic rename).
 """
 
 from __future__ import annotations

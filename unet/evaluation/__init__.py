@@ -1,0 +1,2 @@
+"""Scoring a model on labelled cases: per-image and per-volume scores, baselines, overlays,
+reports, tuning."""

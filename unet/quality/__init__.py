@@ -1,0 +1,1 @@
+"""Quality signals per input and their calibration (which masks need a human)."""

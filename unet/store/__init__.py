@@ -1,0 +1,1 @@
+"""Models on disk: model files, the registry and champion, promotion decisions, lineage."""
