@@ -99,7 +99,7 @@ def compiled_model(
     import keras
 
     from unet.model.builders import build_unet
-    from unet.training.trainer import compile_unet
+    from unet.training.optimizer import compile_unet
 
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(policy)

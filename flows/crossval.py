@@ -109,7 +109,7 @@ def cross_validate(
     ``lineage.json``).
 
     Returns:
-        The ensemble's :class:`unet.training.trainer.TrainingResult`.
+        The ensemble's :class:`unet.training.state.TrainingResult`.
     """
     from unet.store.model_files import ModelInfo
     from unet.training.crossval import (

@@ -25,7 +25,7 @@ def train_unet(
     """Train on the TFRecord set, keeping the best epoch by validation foreground Dice.
 
     Returns:
-        The :class:`unet.training.trainer.TrainingResult` (model path, version, best epoch and
+        The :class:`unet.training.state.TrainingResult` (model path, version, best epoch and
         score,
         seconds).
     """

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from data_catalog.config import PrepareConfig
-from unet.store import registry
 from unet.config import PromotionConfig
+from unet.store import registry
 
 # Small enough for seconds per night, large enough that a trained model clearly beats an
 # untrained one (test Dice ~0.7 against ~0.3 here).

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from unet.store import registry
 from unet.inference.segmenter import Segmenter
+from unet.store import registry
 
 
 def test_register_promote_and_predict_with_champion(trained_run, tmp_path, monkeypatch):

@@ -126,7 +126,8 @@ def test_early_stopping(tfrecord_dir, tmp_path):
 def test_a_smoothed_best_epoch_ignores_one_lucky_epoch(tmp_path):
     """With best_epoch_smoothing, the best epoch is where the moving average of validation
     Dice peaks, not a single spike; with 0 it is the raw maximum."""
-    from unet.training.trainer import TrainingControl, TrainingState
+    from unet.training.fitting import TrainingControl
+    from unet.training.state import TrainingState
 
     scores = [0.50, 0.90, 0.52, 0.70, 0.74, 0.76, 0.77, 0.78]  # epoch 2 is a lucky spike
 

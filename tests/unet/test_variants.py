@@ -12,7 +12,7 @@ from unet.model.builders import build_unet
 
 
 def _train_step_save_load(model, config, tmp_path, channels):
-    from unet.training.trainer import compile_unet
+    from unet.training.optimizer import compile_unet
 
     compile_unet(model, config)
     rng = np.random.default_rng(0)

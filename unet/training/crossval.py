@@ -32,7 +32,9 @@ from unet.config import DeviceConfig, TrainConfig
 from unet.evaluation.scoring import batched, evaluate_cases, render_report, summarize
 from unet.inference.postprocessing import ThresholdTuner, as_postprocessing
 from unet.store.model_files import EnsembleInfo, ModelInfo, PrecisionCheck, model_file
-from unet.training.trainer import EpochCallback, TrainingResult, train_model
+from unet.training.fitting import EpochCallback
+from unet.training.state import TrainingResult
+from unet.training.trainer import train_model
 
 logger = logging.getLogger(__name__)
 

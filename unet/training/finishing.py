@@ -1,0 +1,156 @@
+"""After the last epoch: tune post-processing, check bfloat16, calibrate the quality flags, plot
+and record the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from data_catalog.atomic import write_json_atomic
+from data_catalog.hashing import hash_file
+from data_catalog.tfrecords import iterate_cases
+from unet.config import TrainConfig
+from unet.evaluation.scoring import tune_on_cases
+from unet.inference.postprocessing import as_postprocessing
+from unet.inference.segmenter import Segmenter, bfloat16_pays_here
+from unet.store.lineage import code_revision, library_versions
+from unet.store.model_files import ModelInfo, model_file
+from unet.training.state import (
+    TrainingData,
+    TrainingResult,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tuple[ModelInfo, dict]:
+    """Version the best model, tune its post-processing on the val split through the
+    :class:`Segmenter` that prediction uses, and write ``model.json`` (once). Where this
+    machine would segment in bfloat16, the same pass checks bfloat16 masks against float32
+    ones (``precision_check``) and the thresholds are tuned in the precision that passes.
+
+    Returns:
+        ``(model info, tuning result)``.
+    """
+    if not model_file(run_dir).is_file():
+        raise RuntimeError(f"training in {run_dir} ended before a first epoch completed")
+    info = ModelInfo(
+        architecture=config.architecture,
+        channels=data.model_channels,
+        input_dtype=data.dtype,
+        normalization=config.normalization,
+        context_slices=data.context_slices,
+        slice_axis=data.slice_axis,
+        volume_statistics=data.volumes,
+        intensity_window=config.intensity_window,
+        size_multiple=2**config.num_poolings,
+        num_classes=config.num_classes,
+        labels=data.labels,
+        model_version=f"{run_dir.name}-{hash_file(model_file(run_dir))[:12]}",
+        train_config=config.model_dump(),
+    )
+    path = model_file(run_dir)
+    segmenter = Segmenter(path, info=info)
+    bfloat16 = Segmenter(path, info=info, precision="bfloat16") if bfloat16_pays_here() else None
+    tuning, check = tune_on_cases(segmenter, iterate_cases(data.tfrecord_dir, "val"), bfloat16)
+    logger.info("post-processing tuned on val: %s; precision check: %s", tuning, check)
+    info = info.model_copy(
+        update={"postprocessing": as_postprocessing(tuning), "precision_check": check}
+    )
+    info = info.model_copy(update={"quality": calibrate_quality(path, info, data)})
+    info.write(run_dir)
+    return info, tuning
+
+
+def calibrate_quality(path: Path, info: ModelInfo, data: TrainingData):
+    """The quality flags' reference (from the train split) and thresholds (chosen on the val
+    split, segmented with the tuned post-processing, as prediction will, and with the flip pass
+    so that ``flip_disagreement`` is calibrated too); None without validation cases."""
+    from data_catalog.manifest import volume_spacings
+    from unet.evaluation.scoring import VolumeTally, quality_reference, quality_table
+    from unet.quality.signals import calibrate, calibration_table
+
+    if not data.counts.get("val"):
+        return None
+    segmenter = Segmenter(path, info=info, flip_check=True)
+    train = iterate_cases(data.tfrecord_dir, "train")
+    # the run's manifest (written by the training flow) holds the volumes' voxel sizes
+    spacings = volume_spacings(path.parent / "manifest.csv") if data.volumes else {}
+    reference = quality_reference(segmenter, train, data.volumes, spacings)
+    volumes = VolumeTally(info.num_classes, spacings) if data.volumes else None
+    table = quality_table(segmenter, iterate_cases(data.tfrecord_dir, "val"), reference, volumes)
+    table = calibration_table(table, volumes.table(reference) if volumes else None)
+    calibrated = calibrate(table, reference)
+    logger.info(
+        "quality flags calibrated on %d val %s (target Dice %s): %s",
+        len(table),
+        calibrated.calibrated_on,
+        calibrated.target_dice,
+        {name: signal.threshold for name, signal in calibrated.signals.items()},
+    )
+    return calibrated
+
+
+def plot_history(history_csv: Path, out_png: Path) -> None:
+    """Loss and foreground Dice per epoch, training and validation, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = pd.read_csv(history_csv)
+    epochs = history["epoch"] + 1
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for axis, name in ((left, "loss"), (right, "dice_fg")):
+        axis.plot(epochs, history[name], label="train")
+        if f"val_{name}" in history:
+            axis.plot(epochs, history[f"val_{name}"], label="validation")
+        axis.set_xlabel("epoch")
+        axis.set_title("loss" if name == "loss" else "foreground Dice")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    tmp.replace(out_png)
+
+
+def write_records(
+    run_dir: Path,
+    result: TrainingResult,
+    data: TrainingData,
+    config: TrainConfig,
+    device_report: dict,
+    lineage: dict[str, object] | None,
+) -> None:
+    """``device.json`` and ``lineage.json`` (where the model came from); log the outcome."""
+    write_json_atomic(run_dir / "device.json", device_report)
+    write_json_atomic(
+        run_dir / "lineage.json",
+        {
+            "model_version": result.model_version,
+            "dataset_hash": data.identity["dataset_hash"],
+            "tfrecord_address": data.identity["tfrecord_address"],
+            "split_counts": data.counts,
+            "train_config": config.model_dump(),
+            "seed": config.seed,
+            "training": dataclasses.asdict(result),
+            "code": code_revision(),
+            "versions": library_versions(),
+            "device": device_report,
+            **(lineage or {}),
+        },
+    )
+    logger.info(
+        "trained %s in %.0f s on %s: best epoch %d, val foreground Dice %.4f (%s)",
+        result.model_version,
+        result.seconds,
+        result.device,
+        result.best_epoch,
+        result.best_val_dice,
+        result.stop_reason,
+    )

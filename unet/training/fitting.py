@@ -1,0 +1,279 @@
+"""Fitting: epochs with a time budget (warm-up, measure, fit the schedule, go on), checkpoints and
+the per-epoch callback."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import pandas as pd
+
+from data_catalog.atomic import write_csv_atomic
+from data_catalog.tfrecords import split_files
+from unet.config import TrainConfig
+from unet.data.pipeline import training_dataset, validation_dataset
+from unet.store.model_files import checkpoint_files, model_file
+from unet.training.optimizer import WarmupSchedule
+from unet.training.state import (
+    MONITOR,
+    TrainingData,
+    TrainingState,
+    _save_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _truncate_history(path: Path, epochs_done: int) -> None:
+    """Keep the history rows of completed epochs only (a kill may leave one more)."""
+    if path.is_file():
+        history = pd.read_csv(path)
+        write_csv_atomic(path, history[history["epoch"] < epochs_done])
+
+
+MIN_STEPS = 20  # default steps per epoch for small datasets, where one crop per case is tiny
+
+
+BUDGET_MARGIN = 0.95  # share of the remaining budget the fitted epochs are planned to fill
+
+
+EpochCallback = Callable[[int, int, dict[str, float]], None]
+
+
+class TrainingControl(keras.callbacks.Callback):
+    """Per epoch: keep the best model, checkpoint the last one, log, stop early or on time.
+
+    The best model is chosen by ``val_dice_fg`` (higher is better). Files are written to
+    temporary names and renamed, so a kill at any moment leaves complete files behind.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        state: TrainingState,
+        config: TrainConfig,
+        steps: int,
+        on_epoch_end: EpochCallback | None,
+    ):
+        super().__init__()
+        self.run_dir, self.state, self.config, self.steps = run_dir, state, config, steps
+        self.on_epoch_end_callback = on_epoch_end
+        self.started = self.epoch_started = time.perf_counter()
+        self.budget = config.time_budget * 60 if config.time_budget else None
+        self.epochs = state.planned_epochs or config.epochs
+        self.batch_ends: list[float] = []
+        self.validation_seconds = self.save_seconds = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.perf_counter()
+        self.batch_ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch_ends.append(time.perf_counter())
+        if self.budget and time.perf_counter() - self.started > self.budget:
+            self.model.stop_training = True
+            self.state.stop_reason = "time budget"
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def epoch_estimate(self) -> float:
+        """Seconds an epoch takes from now on: the median step of the last epoch times the
+        steps, plus its validation and checkpoint writing."""
+        steps = sorted(b - a for a, b in zip(self.batch_ends, self.batch_ends[1:], strict=False))
+        step = steps[len(steps) // 2] if steps else time.perf_counter() - self.epoch_started
+        return step * self.steps + self.validation_seconds + self.save_seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        numbers = {name: float(value) for name, value in (logs or {}).items()}
+        ended = time.perf_counter()
+        seconds = ended - self.epoch_started
+        self.validation_seconds = ended - (self.batch_ends[-1] if self.batch_ends else ended)
+        score = numbers.get(MONITOR)
+        if score is None:
+            raise KeyError(f"checkpoint metric {MONITOR!r} missing from logs {sorted(numbers)}")
+        self._update_state(epoch, score, seconds)
+        last, state_file = checkpoint_files(self.run_dir)
+        _save_atomic(self.model, last)
+        self.state.write(state_file)  # after the weights it describes
+        self.save_seconds = time.perf_counter() - ended
+        self._log(epoch, numbers, score, seconds)
+
+    def _update_state(self, epoch: int, score: float, seconds: float) -> None:
+        state, config = self.state, self.config
+        keep = config.best_epoch_smoothing
+        state.smoothed = (
+            score if state.smoothed is None else keep * state.smoothed + (1 - keep) * score
+        )
+        if state.smoothed > state.best:  # the epoch's own score when smoothing is 0
+            state.best, state.best_epoch, state.wait = state.smoothed, epoch + 1, 0
+            _save_atomic(self.model, model_file(self.run_dir))
+        else:
+            state.wait += 1
+        state.epoch = epoch + 1
+        state.samples_drawn = (epoch + 1) * self.steps * config.batch_size
+        if config.early_stopping_patience and state.wait >= config.early_stopping_patience:
+            self.model.stop_training = True
+            state.stop_reason = f"no better val Dice for {state.wait} epochs"
+        elapsed = time.perf_counter() - self.started
+        if self.budget and elapsed + seconds > self.budget:
+            self.model.stop_training = True
+            state.stop_reason = "time budget"
+
+    def _log(self, epoch: int, numbers: dict[str, float], score: float, seconds: float) -> None:
+        logger.info(
+            "epoch %d/%d: loss %.4f, dice %.4f, val loss %.4f, val dice %.4f (averaged %.4f)%s "
+            "(%.1f s)",
+            epoch + 1,
+            self.epochs,
+            numbers.get("loss", math.nan),
+            numbers.get("dice_fg", math.nan),
+            numbers.get("val_loss", math.nan),
+            score,
+            self.state.smoothed,
+            " (best)" if self.state.best_epoch == epoch + 1 else "",
+            seconds,
+        )
+        if self.on_epoch_end_callback is not None:
+            self.on_epoch_end_callback(epoch + 1, self.epochs, {**numbers, "seconds": seconds})
+
+
+def fit_epochs(
+    model: keras.Model,
+    state: TrainingState,
+    run_dir: Path,
+    data: TrainingData,
+    config: TrainConfig,
+    steps: int,
+    on_epoch_end: EpochCallback | None,
+) -> None:
+    """Fit from the state's epoch to ``config.epochs`` (or until stopped), checkpointing.
+
+    With ``fit_to_budget`` and a time budget, the warm-up epochs (at least two) run first;
+    then the epoch time is measured, the epochs and the schedule's end are fitted to what is
+    left of the budget (:func:`fit_schedule`), and training goes on to the fitted epoch."""
+    resumed_from = state.epoch
+    if resumed_from:
+        _truncate_history(run_dir / "history.csv", resumed_from)
+    control = TrainingControl(run_dir, state, config, steps, on_epoch_end)
+    end = state.planned_epochs or config.epochs
+    if state.epoch >= end:
+        return
+    logger.info(
+        "training %s: %d train / %d val cases, epochs %d-%d x %d steps, batch %d",
+        model.name,
+        data.counts["train"],
+        data.counts["val"],
+        state.epoch + 1,
+        end,
+        steps,
+        config.batch_size,
+    )
+    # measured after the warm-up and one more epoch than the first (whose time is tracing)
+    warm = max(2, math.ceil(config.warmup_epochs))
+    if resumed_from and state.planned_epochs:  # the fitted schedule, whatever the checkpoint
+        set_schedule(model, config, steps, state.planned_epochs)
+    if config.fit_to_budget and control.budget and not state.planned_epochs and state.epoch < warm:
+        _fit(model, state, run_dir, data, config, steps, control, min(warm, end))
+        if state.stop_reason or state.epoch >= end:
+            return
+        end = fit_schedule(model, state, control, config, steps)
+    _fit(model, state, run_dir, data, config, steps, control, end)
+
+
+def _fit(
+    model: keras.Model,
+    state: TrainingState,
+    run_dir: Path,
+    data: TrainingData,
+    config: TrainConfig,
+    steps: int,
+    control: TrainingControl,
+    end: int,
+) -> None:
+    """One ``model.fit`` from the state's epoch to ``end``, the data stream resumed at the
+    state's sample."""
+    callbacks = [
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=state.epoch > 0),
+        control,  # after the history row
+        keras.callbacks.TensorBoard(
+            str(run_dir / "tensorboard"), write_graph=False, profile_batch=0
+        ),
+    ]
+    model.fit(
+        training_dataset(
+            split_files(data.tfrecord_dir, "train"),
+            config,
+            data.channels,
+            data.dtype,
+            data.counts["train"],
+            first_sample=state.samples_drawn,
+            context_slices=data.context_slices,
+        ),
+        validation_data=validation_dataset(
+            split_files(data.tfrecord_dir, "val"),
+            2**config.num_poolings,
+            data.channels,
+            data.dtype,
+            data.counts["val"],
+            config.normalization,
+            data.context_slices,
+            config.intensity_window,
+        ),
+        initial_epoch=state.epoch,
+        epochs=end,
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        shuffle=False,  # the dataset shuffles itself, seeded
+        verbose=0,
+    )
+
+
+def set_schedule(model: keras.Model, config: TrainConfig, steps: int, epochs: int) -> None:
+    """Give the optimizer the warm-up + decay schedule that ends at ``epochs`` and trace its
+    training step again (the schedule is read inside the compiled step)."""
+    model.optimizer.learning_rate = WarmupSchedule(
+        config.learning_rate,
+        round(config.warmup_epochs * steps),
+        epochs * steps,
+        config.schedule,
+    )
+    model.make_train_function(force=True)
+
+
+def fit_schedule(
+    model: keras.Model,
+    state: TrainingState,
+    control: TrainingControl,
+    config: TrainConfig,
+    steps: int,
+) -> int:
+    """Fit the epochs to the rest of the time budget and end the learning-rate schedule there
+    (the optimizer gets the refitted schedule and its training step is traced again).
+
+    Returns:
+        The fitted number of epochs: at least one more, at most ``config.epochs``.
+    """
+    per_epoch = control.epoch_estimate()
+    remaining = control.budget - control.elapsed()
+    more = int(BUDGET_MARGIN * remaining / max(per_epoch, 1e-6)) - 1  # one for the retrace
+    epochs = max(state.epoch + 1, min(config.epochs, state.epoch + more))
+    set_schedule(model, config, steps, epochs)
+    state.planned_epochs = control.epochs = epochs
+    state.write(checkpoint_files(control.run_dir)[1])  # a resume keeps the fitted epochs
+    logger.info(
+        "schedule fitted to the time budget: %d epochs (%.1f s each, %.0f s of %.0f s left; at "
+        "most %d), the %s decay ends at epoch %d",
+        epochs,
+        per_epoch,
+        remaining,
+        control.budget,
+        config.epochs,
+        config.schedule,
+        epochs,
+    )
+    return epochs

@@ -1,0 +1,81 @@
+"""The optimiser and loss a U-Net is compiled with: warm-up schedule, optimizer, compile."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+from unet.config import TrainConfig
+from unet.model.losses import SegmentationLoss
+from unet.model.metrics import OverlapScore
+
+
+@keras.saving.register_keras_serializable(package="segflow")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak``, then constant or cosine decay to 0 at ``total_steps``."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, kind: str = "cosine"):
+        self.peak, self.warmup_steps, self.total_steps, self.kind = (
+            float(peak),
+            int(warmup_steps),
+            int(total_steps),
+            kind,
+        )
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warmup = self.peak * (step + 1) / max(self.warmup_steps, 1)
+        if self.kind == "cosine":
+            span = max(self.total_steps - self.warmup_steps, 1)
+            progress = keras.ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+            after = 0.5 * self.peak * (1 + keras.ops.cos(math.pi * progress))
+        else:
+            after = keras.ops.convert_to_tensor(self.peak)
+        return keras.ops.where(step < self.warmup_steps, warmup, after)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "kind": self.kind,
+        }
+
+
+def foreground_classes(num_classes: int) -> list[int]:
+    """Class ids that count as foreground: every class but background 0."""
+    return list(range(1, num_classes))
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam, AdamW or SGD with Nesterov momentum, on the warm-up + decay schedule."""
+    schedule = WarmupSchedule(
+        config.learning_rate,
+        round(config.warmup_epochs * steps_per_epoch),
+        config.epochs * steps_per_epoch,
+        config.schedule,
+    )
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True)
+    return keras.optimizers.Adam(schedule)
+
+
+def compile_unet(
+    model: keras.Model, config: TrainConfig, steps_per_epoch: int = 1, jit_compile: bool = False
+):
+    """Compile with the configured optimizer, loss and foreground Dice/IoU metrics (training
+    steps compiled with XLA when ``jit_compile``)."""
+    classes = foreground_classes(config.num_classes)
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=SegmentationLoss(config.num_classes, config.loss, config.class_weights),
+        metrics=[
+            OverlapScore(classes, "dice", config.num_classes, name="dice_fg"),
+            OverlapScore(classes, "iou", config.num_classes, name="iou_fg"),
+        ],
+        jit_compile=jit_compile,
+    )
+    return model
