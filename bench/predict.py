@@ -71,7 +71,7 @@ def add_quality_reference(run_dir: Path, images: list[Path]) -> None:
     every signal used), so prediction computes and applies all of them."""
     from data_catalog.images import read_image
     from unet.inference.segmenter import Segmenter
-    from unet.quality.signals import (
+    from unet.quality.reference import (
         SIGNALS,
         SignalCalibration,
         intensity_percentiles,

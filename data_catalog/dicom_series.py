@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data_catalog.images import DICOM_EXTENSIONS, ImageReadError, check_pixels, dicom_number
+from data_catalog.images import (
+    DICOM_EXTENSIONS,
+    ImageReadError,
+    check_pixels,
+    dicom_number,
+    rescaled_pixels,
+)
 from data_catalog.voxels import Volume, as_image_dtype, slice_axis
 
 # Slices whose spacing differs from the median spacing by more than this share leave a gap.
@@ -216,7 +222,9 @@ def read_series(
     step = _slice_step(positions, normal, name)
     pixel_spacing = _common_value(datasets, "PixelSpacing", name)
     column_spacing, row_spacing = float(pixel_spacing[1]), float(pixel_spacing[0])
-    data = np.stack([_pixels(ds, Path(ds.filename)) for ds in datasets], axis=-1)  # (R, C, S)
+    data = np.stack(
+        [rescaled_pixels(ds, Path(ds.filename), rounded=True) for ds in datasets], axis=-1
+    )  # (R, C, S)
     data = np.transpose(data, (1, 0, 2))  # (columns, rows, slices): i along the row direction
     lps = np.eye(4)
     lps[:3, 0] = row_dir * column_spacing
@@ -278,15 +286,3 @@ def _common_value(datasets: list, tag: str, name):
     if len(values) > 1:
         raise ImageReadError(name, f"mixed {tag} in one series: {sorted(values)}")
     return values.pop()
-
-
-def _pixels(dataset, path: Path) -> np.ndarray:
-    try:
-        pixels = dataset.pixel_array
-    except Exception as error:
-        raise ImageReadError(path, f"cannot decode DICOM pixel data ({error})") from None
-    slope = dicom_number(dataset, "RescaleSlope", 1, path) or 1
-    intercept = dicom_number(dataset, "RescaleIntercept", 0, path)
-    if slope != 1 or intercept != 0:
-        pixels = np.rint(pixels.astype(np.float64) * slope + intercept)
-    return pixels

@@ -185,7 +185,6 @@ def fingerprint_dataset(
         results = list(pool.map(one, manifest.to_dict("records")))
     stats = [case for case, _ in results]
     cases = pd.DataFrame([asdict(s) for s in stats])
-    lowest = cases["p00_5"].map(min)
     return {
         "num_cases": len(cases),
         "num_groups": int(cases["group"].nunique()),
@@ -201,12 +200,22 @@ def fingerprint_dataset(
         "class_frequencies": class_frequencies(cases["class_pixels"]),
         "channels": summarize_channels(cases, channels),
         "dtypes": dtypes,
-        "signed": bool((lowest < 0).any()),  # values below zero, whatever the container
-        "ct_like": bool(lowest.median() <= CT_AIR_LEVEL),
-        "dicom_modalities": dicom_modalities(manifest["image"]),
+        **value_kind(cases, manifest),
         "volumes": bool((manifest.get("slice", pd.Series([-1])) >= 0).any()),
         "intensity_window": intensity_window([s for _, s in results if s is not None]),
         "cases": [asdict(s) for s in stats],
+    }
+
+
+def value_kind(cases: pd.DataFrame, manifest: pd.DataFrame) -> dict[str, object]:
+    """What the values say about the data, whatever the container: ``signed`` (values below
+    zero), ``ct_like`` (the cases' 0.5th percentiles reach air, :data:`CT_AIR_LEVEL`) and the
+    DICOM ``dicom_modalities``."""
+    lowest = cases["p00_5"].map(min)
+    return {
+        "signed": bool((lowest < 0).any()),
+        "ct_like": bool(lowest.median() <= CT_AIR_LEVEL),
+        "dicom_modalities": dicom_modalities(manifest["image"]),
     }
 
 

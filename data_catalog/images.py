@@ -210,6 +210,25 @@ def dicom_number(dataset, tag: str, default: float, path: str | Path, integer: b
     return int(number) if integer else number
 
 
+def rescaled_pixels(dataset, path: str | Path, rounded: bool = False) -> np.ndarray:
+    """A DICOM dataset's decoded pixels with RescaleSlope/RescaleIntercept applied (float64
+    when they change the values; ``rounded``: to whole numbers, as a volume stores them).
+
+    Raises:
+        ImageReadError: the pixel data cannot be decoded, or a rescale tag is not a number.
+    """
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:
+        raise ImageReadError(path, f"cannot decode DICOM pixel data ({error})") from None
+    slope = dicom_number(dataset, "RescaleSlope", 1, path) or 1
+    intercept = dicom_number(dataset, "RescaleIntercept", 0, path)
+    if pixels.ndim == 2 and (slope != 1 or intercept != 0):
+        pixels = pixels.astype(np.float64) * slope + intercept
+        return np.rint(pixels) if rounded else pixels
+    return pixels
+
+
 def _read_dicom(path: Path, max_pixels: int | None) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -226,14 +245,7 @@ def _read_dicom(path: Path, max_pixels: int | None) -> np.ndarray:
     rows = dicom_number(dataset, "Rows", 0, path, integer=True)
     columns = dicom_number(dataset, "Columns", 0, path, integer=True)
     check_pixels(path, (rows, columns), max_pixels)
-    try:
-        pixels = dataset.pixel_array
-    except Exception as error:
-        raise ImageReadError(path, f"cannot decode DICOM pixel data ({error})") from None
-    slope = dicom_number(dataset, "RescaleSlope", 1, path) or 1
-    intercept = dicom_number(dataset, "RescaleIntercept", 0, path)
-    if pixels.ndim == 2 and (slope != 1 or intercept != 0):
-        pixels = pixels.astype(np.float64) * slope + intercept
+    pixels = rescaled_pixels(dataset, path)
     if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
         bits = dicom_number(dataset, "BitsStored", 16, path, integer=True)
         top = pixels.max() if pixels.dtype.kind == "f" else (1 << bits) - 1

@@ -67,7 +67,7 @@ def nightly_retrain_flow(
     if skip:
         return report_skip(skip, champion, run_dir)
 
-    configure_training_devices(devices, str(run_dir))
+    configure_training_devices(devices)
     challenger, challenger_metrics = train_evaluate_register(
         prepared, train, str(run_dir), registry, "challenger", devices, crossval
     )

@@ -99,7 +99,7 @@ def train_flow(
     run_path = Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
     check_crossval(prepare, crossval)
-    configure_training_devices(devices, run_dir)  # before anything touches a device
+    configure_training_devices(devices)  # before anything touches a device
     prepared = run_prepare(prepare, run_dir)
     train = planned_config(prepared, train, run_dir)
     summary, _ = train_evaluate_register(

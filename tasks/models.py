@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from data_catalog.atomic import write_json_atomic
 from tasks.reporting import in_run, markdown_table, publish_markdown, publish_table, run_logger
 from unet.config import DeviceConfig
 
 
 @task(name="configure-devices", cache_policy=NO_CACHE)
-def configure_training_devices(config: DeviceConfig, run_dir: str) -> dict[str, object]:
-    """Apply GPU/CPU settings before anything touches a device; write ``device.json``."""
+def configure_training_devices(config: DeviceConfig) -> dict[str, object]:
+    """Apply GPU/CPU settings before anything touches a device, and publish what was chosen
+    (training reuses the same configuration and writes ``device.json`` once, with its
+    records)."""
     from unet.training.devices import configure_devices
 
     _, report = configure_devices(config)
-    write_json_atomic(Path(run_dir) / "device.json", report)
     rows = [
         {"setting": key, "value": str(value)} for key, value in report.items() if key != "notes"
     ]

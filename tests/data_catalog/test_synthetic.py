@@ -1,7 +1,7 @@
 import numpy as np
 
 from data_catalog.synthetic import generate_synthetic_dataset, make_synthetic_case
-from unet.evaluation.scoring import otsu_foreground
+from unet.evaluation.overlays import otsu_foreground
 from unet.model.metrics import overlap_scores
 
 

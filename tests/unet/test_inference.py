@@ -40,7 +40,7 @@ def test_bfloat16_masks_agree_with_float32(trained_run):
 
 
 def test_training_records_its_precision_check_where_bfloat16_pays(trained_run):
-    from unet.inference.segmenter import bfloat16_pays_here
+    from unet.inference.precision import bfloat16_pays_here
     from unet.store.model_files import ModelInfo
 
     info = ModelInfo.read(trained_run)

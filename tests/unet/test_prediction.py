@@ -168,7 +168,7 @@ def test_read_ahead_is_bounded_in_bytes_as_well_as_in_files():
 
 
 def test_gaussian_weights_favour_the_tile_centre():
-    from unet.inference.segmenter import gaussian_weights
+    from unet.inference.tiling import gaussian_weights
 
     weights = gaussian_weights(64)
     assert weights.shape == (64, 64) and weights.min() >= 1e-3

@@ -7,16 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unet.quality.signals import (
-    QualityReference,
-    calibrate,
-    columns_of,
-    flag_summary,
-    flip_disagreement,
-    quality_signals,
-    reference_from_cases,
-    review_reasons,
-)
+from unet.quality.calibration import calibrate, flag_summary
+from unet.quality.reference import QualityReference, reference_from_cases
+from unet.quality.signals import columns_of, flip_disagreement, quality_signals, review_reasons
 
 RNG = np.random.default_rng(4)
 
@@ -94,7 +87,7 @@ def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
     from unet.evaluation.scoring import evaluate_cases
     from unet.inference.segmenter import Segmenter
     from unet.prediction import predict_folder
-    from unet.quality.signals import SIGNALS, SignalCalibration
+    from unet.quality.reference import SIGNALS, SignalCalibration
     from unet.store.model_files import ModelInfo
 
     info = ModelInfo.read(trained_run)
@@ -142,7 +135,7 @@ def flip_only_model(trained_run, tmp_path, threshold: float = 0.01):
     """A copy of the trained model whose only calibrated signal is flip_disagreement."""
     import shutil
 
-    from unet.quality.signals import SignalCalibration
+    from unet.quality.reference import SignalCalibration
     from unet.store.model_files import ModelInfo
 
     info = ModelInfo.read(trained_run)
@@ -193,7 +186,8 @@ def test_qc_full_adds_flip_disagreement_to_the_report_and_to_the_flags(
 
 
 def test_auto_runs_the_flip_pass_only_when_the_flags_rest_on_it_alone():
-    from unet.quality.signals import SignalCalibration, needs_flip_pass
+    from unet.quality.reference import SignalCalibration
+    from unet.quality.signals import needs_flip_pass
 
     used = SignalCalibration(threshold=0.1, youden=0.5, spearman=-0.5, recall=0.5)
     unused = SignalCalibration(threshold=None, youden=0.1, spearman=None, recall=None)
@@ -305,7 +299,7 @@ def test_the_target_ignores_cases_empty_in_truth_and_mask():
 
 
 def test_a_calibrated_signal_that_was_not_measured_gives_no_verdict():
-    from unet.quality.signals import SignalCalibration
+    from unet.quality.reference import SignalCalibration
 
     only_flips = reference().model_copy(
         update={
@@ -325,8 +319,9 @@ def test_a_calibrated_signal_that_was_not_measured_gives_no_verdict():
 def test_volumes_are_compared_with_training_volumes_and_calibrated_whole_when_enough():
     from types import SimpleNamespace
 
-    from unet.evaluation.scoring import VolumeTally
-    from unet.quality.signals import VolumeQuality, calibration_table
+    from unet.evaluation.scores import VolumeTally
+    from unet.quality.calibration import calibration_table
+    from unet.quality.signals import VolumeQuality
 
     # lesion volumes: 2% of each volume is lesion, but 80% of the slices are empty
     slice_fractions = [np.log10(1e-4)] * 80 + list(np.log10(RNG.uniform(0.05, 0.15, 20)))

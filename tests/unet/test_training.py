@@ -81,3 +81,22 @@ def test_schedule_is_fitted_to_the_time_budget(tfrecord_dir, tiny_train_config, 
     if result.stop_reason == "completed":  # run again: the fitted epochs are done, not 500
         again = train_model(tfrecord_dir, tmp_path / "run", config)
         assert again.epochs_run == result.epochs_run and again.epochs == result.epochs
+
+
+def test_training_reads_the_trained_model_from_disk_once(
+    tfrecord_dir, tiny_train_config, tmp_path, monkeypatch
+):
+    """Tuning, the bfloat16 check and the quality calibration share one read of the best
+    epoch's model (they used to read it three times)."""
+    import keras
+
+    reads = []
+    real = keras.models.load_model
+
+    def counting(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.models, "load_model", counting)
+    train_model(tfrecord_dir, tmp_path / "run", tiny_train_config, lineage={"split_hash": "t"})
+    assert reads == [str(tmp_path / "run" / "model.keras")]

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data_catalog.atomic import write_json_atomic
+from unet.store.model_files import ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -274,3 +275,32 @@ def hardware_probe() -> Callable[[], Bf16Probe]:
     """The bfloat16 probe of this machine (measured once per machine, then cached)."""
     cpu = read_cpu_info()
     return lambda: cached_bf16_probe(cpu)
+
+
+def resolve_inference_precision(setting: str, info: ModelInfo) -> PrecisionChoice:
+    """The precision a model segments in on this machine (see
+    :func:`choose_inference_precision`); the hardware is only looked at, and the probe only
+    run, for ``auto``."""
+    if setting not in ("auto", "float32", "bfloat16"):
+        raise ValueError(
+            f"precision must be 'auto', 'float32' or 'bfloat16'. Received: precision={setting!r}"
+        )
+    if setting != "auto":
+        return choose_inference_precision(setting, [], CpuInfo("not read"), lambda: None, None)
+    check = info.precision_check
+    return choose_inference_precision(
+        "auto",
+        physical_gpus(),
+        read_cpu_info(),
+        hardware_probe(),
+        None if check is None else check.bfloat16_agreement,
+    )
+
+
+def bfloat16_pays_here() -> bool:
+    """True when this machine's hardware would segment in bfloat16 (units present and, on a
+    CPU, confirmed by the probe): training then checks the model's bfloat16 masks."""
+    choice = choose_inference_precision(
+        "auto", physical_gpus(), read_cpu_info(), hardware_probe(), agreement=1.0
+    )
+    return choice.policy == "mixed_bfloat16"

@@ -26,13 +26,9 @@ from unet.inference.postprocessing import (
     remove_small_components,
 )
 from unet.inference.precision import (
-    CpuInfo,
-    PrecisionChoice,
-    choose_inference_precision,
-    hardware_probe,
-    physical_gpus,
-    read_cpu_info,
+    resolve_inference_precision,
 )
+from unet.inference.tiling import sliding_window_bands
 from unet.model.builders import inference_model
 from unet.store.model_files import ModelInfo
 from unet.store.registry import resolve_model_file
@@ -89,6 +85,9 @@ class Segmenter:
             masks agree (``Segmentation.flip_counts``; one more forward pass, 2x the compute);
             the masks stay the plain (or TTA) ones. With ``tta`` the flipped pass is there
             already and the counts come at no extra model cost.
+        loaded: the model at ``model`` already in memory (as training holds it): not read
+            from disk again. Each Segmenter makes its own folded copy, so one loaded model
+            serves several (float32, bfloat16, with the flip check).
 
     Raises:
         FileNotFoundError: no model there. ValueError: a tile size or overlap it cannot use.
@@ -105,6 +104,7 @@ class Segmenter:
         precision: str = "float32",
         largest_component: bool = False,
         flip_check: bool = False,
+        loaded: keras.Model | None = None,
     ):
         self.tta = tta
         self.flip_check = flip_check or tta
@@ -131,9 +131,9 @@ class Segmenter:
         self.batch_size, self.tile_size, self.tile_overlap = batch_size, tile_size, tile_overlap
         self.precision = resolve_inference_precision(precision, self.info)
         # batch norms folded into their convolutions; computing in the chosen precision
-        self.model = inference_model(
-            keras.models.load_model(self.model_path, compile=False), self.precision.policy
-        )
+        if loaded is None:
+            loaded = keras.models.load_model(self.model_path, compile=False)
+        self.model = inference_model(loaded, self.precision.policy)
         spec = tf.TensorSpec([None, None, None, self.channels], tf.float32)
         self._probabilities = tf.function(self._probabilities_graph, input_signature=[spec])
         threshold_spec = tf.TensorSpec([], tf.float32)
@@ -359,89 +359,14 @@ class Segmenter:
     def _tiled_bands(
         self, image: np.ndarray, counts: np.ndarray | None = None
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """Sliding window over one prepared image: blended probabilities, band by band.
-
-        Tiles of ``tile_size`` (traced once) overlap by ``tile_overlap``; their probabilities
-        are blended with Gaussian weights (centre counts most). Rows are yielded as soon as no
-        later tile reaches them, so memory grows with the image's width, not its area.
-        ``counts``: where the flip check's counts of every tile are summed.
-        """
-        tile = self.tile_size
-        height, width = image.shape[:2]
-        pad_h, pad_w = max(tile - height, 0), max(tile - width, 0)
-        if pad_h or pad_w:
-            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-        full_h, full_w = image.shape[:2]
-        stride = max(
-            self.multiple, int(tile * (1 - self.tile_overlap)) // self.multiple * self.multiple
+        """The sliding window over one prepared image (:func:`sliding_window_bands`) with this
+        model's tiles; ``counts``: where the flip check's counts of every tile are summed."""
+        return sliding_window_bands(
+            image,
+            lambda tiles: self._tile_probabilities(tiles, counts),
+            self.tile_size,
+            self.tile_overlap,
+            self.multiple,
+            self.batch_size,
+            self.num_classes,
         )
-        weights = gaussian_weights(tile)[..., None]
-        band = np.zeros((tile, full_w, self.num_classes), np.float32)
-        band_weight = np.zeros((tile, full_w, 1), np.float32)
-        band_top = 0
-        columns = tile_starts(full_w, tile, stride)
-        for row in tile_starts(full_h, tile, stride):
-            if row > band_top:  # rows above `row` get no more tiles: yield and shift the band
-                done = row - band_top
-                yield from _band_rows(band, band_weight, band_top, done, height, width)
-                band[:-done], band[-done:] = band[done:].copy(), 0
-                band_weight[:-done], band_weight[-done:] = band_weight[done:].copy(), 0
-                band_top = row
-            for first in range(0, len(columns), self.batch_size):
-                chunk = columns[first : first + self.batch_size]
-                tiles = [image[row : row + tile, col : col + tile] for col in chunk]
-                predicted = self._tile_probabilities(tiles, counts)
-                for col, probabilities in zip(chunk, predicted, strict=True):
-                    band[:, col : col + tile] += probabilities * weights
-                    band_weight[:, col : col + tile] += weights
-        yield from _band_rows(band, band_weight, band_top, full_h - band_top, height, width)
-
-
-def _band_rows(band, band_weight, top: int, rows: int, height: int, width: int):
-    """The first ``rows`` rows of a band, normalised, without the padding rows and columns."""
-    valid = max(0, min(rows, height - top))
-    if valid:
-        yield top, band[:valid, :width] / np.maximum(band_weight[:valid, :width], 1e-8)
-
-
-def tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """First rows (or columns) of the tiles covering ``size`` pixels, the last one flush."""
-    return sorted(set(list(range(0, size - tile, stride)) + [size - tile]))
-
-
-def gaussian_weights(size: int, sigma_scale: float = 0.125) -> np.ndarray:
-    """``(size, size)`` Gaussian blending weights, sigma = size / 8, never below 1e-3."""
-    axis = np.arange(size, dtype=np.float32) - (size - 1) / 2
-    one_d = np.exp(-(axis**2) / (2 * (size * sigma_scale) ** 2))
-    weights = np.outer(one_d, one_d)
-    return np.maximum(weights / weights.max(), 1e-3).astype(np.float32)
-
-
-def resolve_inference_precision(setting: str, info: ModelInfo) -> PrecisionChoice:
-    """The precision a model segments in on this machine (see
-    :func:`unet.inference.precision.choose_inference_precision`); the hardware is only looked at,
-    and
-    the probe only run, for ``auto``."""
-    if setting not in ("auto", "float32", "bfloat16"):
-        raise ValueError(
-            f"precision must be 'auto', 'float32' or 'bfloat16'. Received: precision={setting!r}"
-        )
-    if setting != "auto":
-        return choose_inference_precision(setting, [], CpuInfo("not read"), lambda: None, None)
-    check = info.precision_check
-    return choose_inference_precision(
-        "auto",
-        physical_gpus(),
-        read_cpu_info(),
-        hardware_probe(),
-        None if check is None else check.bfloat16_agreement,
-    )
-
-
-def bfloat16_pays_here() -> bool:
-    """True when this machine's hardware would segment in bfloat16 (units present and, on a
-    CPU, confirmed by the probe): training then checks the model's bfloat16 masks."""
-    choice = choose_inference_precision(
-        "auto", physical_gpus(), read_cpu_info(), hardware_probe(), agreement=1.0
-    )
-    return choice.policy == "mixed_bfloat16"

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from unet.prediction.plan import PlannedInput
-from unet.quality.signals import SIGNALS
+from unet.quality.reference import SIGNALS
 
 REPORT_COLUMNS = [
     "input",

@@ -19,7 +19,7 @@ import pandas as pd
 
 from data_catalog.atomic import write_bytes_atomic, write_text_atomic
 from unet.prediction.plan import OVERLAY_DIR, PAGE_FILE, THUMBNAIL_DIR, inside_output
-from unet.quality.signals import SIGNALS
+from unet.quality.reference import SIGNALS
 
 THUMBNAIL_SIDE = 128
 

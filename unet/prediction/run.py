@@ -30,9 +30,7 @@ from unet.prediction.review import (
 )
 from unet.prediction.sink import ResultSink
 from unet.prediction.stream import segment_stream
-from unet.quality.signals import (
-    needs_flip_pass,
-)
+from unet.quality.signals import needs_flip_pass
 from unet.store.model_files import ModelInfo
 from unet.store.registry import resolve_model_file
 
@@ -92,30 +90,9 @@ def segment_files(
         FileNotFoundError: the model or the input folder does not exist.
         ValueError: a tile size the model cannot use.
     """
-    model = resolve_model_file(config.model)
-    info = ModelInfo.read(model.parent)
-    segmenter = Segmenter(
-        model,
-        config.tta,
-        config.batch_size,
-        config.tile_size,
-        config.tile_overlap,
-        info=info,
-        precision=config.precision,
-        largest_component=config.largest_component,
-        flip_check=needs_flip_pass(config.qc, info.quality),
-    )
-    if config.qc == "auto" and segmenter.flip_check and not config.tta:
-        logger.info("the model's quality flags rest on flip_disagreement: running the flip pass")
+    segmenter = load_segmenter(config)
     plan = plan_inputs(config, shard)
-    scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
-    output_format = OutputFormat(
-        segmenter.version,
-        scale,
-        config.tta,
-        segmenter.precision.compute_dtype,
-        output_options(config, segmenter.flip_check),
-    )
+    output_format = output_format_of(config, segmenter)
     report_changed_options(plan, output_format)
     window = 2 * config.batch_size
     logger.info(
@@ -132,6 +109,39 @@ def segment_files(
             sink,
         )
     return sink.ordered_rows()
+
+
+def load_segmenter(config: PredictConfig) -> Segmenter:
+    """The run's model, with the inference options of ``config`` (the flip pass as ``--qc``
+    asks, resolved against the model's calibrated flags)."""
+    model = resolve_model_file(config.model)
+    info = ModelInfo.read(model.parent)
+    segmenter = Segmenter(
+        model,
+        config.tta,
+        config.batch_size,
+        config.tile_size,
+        config.tile_overlap,
+        info=info,
+        precision=config.precision,
+        largest_component=config.largest_component,
+        flip_check=needs_flip_pass(config.qc, info.quality),
+    )
+    if config.qc == "auto" and segmenter.flip_check and not config.tta:
+        logger.info("the model's quality flags rest on flip_disagreement: running the flip pass")
+    return segmenter
+
+
+def output_format_of(config: PredictConfig, segmenter: Segmenter) -> OutputFormat:
+    """What this run's outputs are made with (the journal key of every input)."""
+    scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
+    return OutputFormat(
+        segmenter.version,
+        scale,
+        config.tta,
+        segmenter.precision.compute_dtype,
+        output_options(config, segmenter.flip_check),
+    )
 
 
 def report_changed_options(plan: PredictionPlan, output_format: OutputFormat) -> None:

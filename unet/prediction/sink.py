@@ -32,10 +32,8 @@ from unet.prediction.review import (
     write_overlay,
     write_thumbnail,
 )
-from unet.quality.signals import (
-    QualityReference,
-    quality_columns,
-)
+from unet.quality.reference import QualityReference
+from unet.quality.signals import quality_columns
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,7 @@ from unet.prediction.plan import (
 )
 from unet.prediction.records import LoadedInput, SegmentedVideo
 from unet.prediction.sink import ResultSink, mask_statistics
-from unet.quality.signals import (
-    VolumeQuality,
-)
+from unet.quality.signals import VolumeQuality
 
 
 def segment_video(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) -> None:

@@ -22,9 +22,7 @@ from unet.prediction.review import (
     write_thumbnail,
 )
 from unet.prediction.sink import ResultSink, mask_statistics, with_notes
-from unet.quality.signals import (
-    VolumeQuality,
-)
+from unet.quality.signals import VolumeQuality
 
 
 def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) -> None:

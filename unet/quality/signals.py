@@ -37,87 +37,16 @@ import math
 
 import cv2
 import numpy as np
-import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
-SIGNALS = (
-    "low_confidence",
-    "uncertain_share",
-    "intensity_shift",
-    "fraction_shift",
-    "size_shift",
-    "spacing_shift",
-    "flip_disagreement",
+from unet.quality.reference import (
+    BORDER,
+    FRACTION_FLOOR,
+    UNCERTAIN,
+    QualityReference,
+    intensity_percentiles,
+    log_fraction,
+    robust_distance,
 )
-UNCERTAIN = 0.7  # a winning probability below this is uncertain (two classes: 0.3 < p < 0.7)
-BORDER = 3  # pixels around the predicted foreground that count for uncertain_share
-PERCENTILES = (1.0, 50.0, 99.0)
-TARGET_QUANTILE = 0.2
-MIN_YOUDEN = 0.2
-# Fewer validation cases (or below-target ones) than this calibrate nothing: with 2 cases any
-# signal "separates" them perfectly.
-MIN_CALIBRATION_CASES = 10
-MIN_BELOW_TARGET = 3
-FRACTION_FLOOR = 1e-4  # log10 of fractions below this (an empty mask) counts as -4
-SAMPLE_STRIDE = 4  # intensity percentiles on every 4th pixel along each axis
-
-
-class SignalCalibration(BaseModel):
-    """One signal's threshold and how well it separated validation cases."""
-
-    model_config = ConfigDict(frozen=True)
-
-    threshold: float | None = Field(description="Flag above this; None: the signal is not used.")
-    youden: float = Field(description="Flagged share of below-target cases minus of the others.")
-    spearman: float | None = Field(description="Rank correlation with Dice on validation.")
-    recall: float | None = Field(description="Below-target validation cases flagged.")
-
-
-class QualityReference(BaseModel):
-    """The training cases' distribution the shift signals compare an input with, and the
-    calibrated thresholds (stored in ``model.json``)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    intensity_median: list[list[float]] = Field(description="Per channel, p1/p50/p99 medians.")
-    intensity_spread: list[list[float]] = Field(description="Per channel, their robust spread.")
-    fraction_median: float
-    fraction_spread: float
-    volume_fraction_median: float | None = Field(
-        None, description="Volume models: log10 foreground fraction of the training volumes."
-    )
-    volume_fraction_spread: float | None = None
-    size_median: float | None = Field(None, description="log2 pixels of the training cases.")
-    size_spread: float | None = None
-    spacing_median: list[float] | None = Field(
-        None, description="Volume models: log2 voxel size (mm) of the training volumes, per axis."
-    )
-    spacing_spread: list[float] | None = None
-    calibrated_on: str = Field("cases", description="'cases' (images, slices) or 'volumes'.")
-    target_dice: float | None = None
-    signals: dict[str, SignalCalibration] = Field(default_factory=dict)
-    num_val_cases: int = 0
-    note: str = ""
-
-
-def robust_distance(value: float, median: float, spread: float) -> float:
-    return abs(value - median) / spread
-
-
-def spread_of(values: np.ndarray, floor: float = 0.05) -> float:
-    """1.5 x the interquartile range, at least ``floor``."""
-    low, high = np.percentile(values, (25, 75))
-    return max(1.5 * float(high - low), floor)
-
-
-def intensity_percentiles(prepared: np.ndarray) -> np.ndarray:
-    """``(C, 3)``: p1, p50, p99 of each channel of a normalised image (subsampled)."""
-    sample = prepared[::SAMPLE_STRIDE, ::SAMPLE_STRIDE].reshape(-1, prepared.shape[-1])
-    return np.percentile(sample, PERCENTILES, axis=0).T
-
-
-def log_fraction(classes: np.ndarray) -> float:
-    return math.log10(max(float(np.count_nonzero(classes)) / classes.size, FRACTION_FLOOR))
 
 
 def near_foreground(foreground: np.ndarray) -> np.ndarray:
@@ -203,42 +132,6 @@ def quality_signals(
         ),
         **flip_disagreement(flip_counts),
     }
-
-
-def reference_from_cases(
-    percentiles: list[np.ndarray],
-    fractions: list[float],
-    volume_fractions: list[float] | None = None,
-    sizes: list[int] | None = None,
-    spacings: list[tuple[float, ...]] | None = None,
-) -> QualityReference:
-    """The training cases' distribution: per case ``intensity_percentiles`` of its normalised
-    image and the log10 foreground fraction of its mask; for a volume model, the log10
-    foreground fraction of each training volume too; ``sizes``: each case's pixel count;
-    ``spacings``: each training volume's voxel size."""
-    stacked = np.stack(percentiles)  # (cases, C, 3)
-    spread = np.apply_along_axis(spread_of, 0, stacked)
-    logs = np.asarray(fractions, np.float64)
-    optional: dict[str, float] = {}
-    if volume_fractions:
-        volume_logs = np.asarray(volume_fractions, np.float64)
-        optional["volume_fraction_median"] = float(np.median(volume_logs))
-        optional["volume_fraction_spread"] = spread_of(volume_logs, 0.25)
-    if sizes:  # a spread of at least 0.5 in log2: twice the pixels is a distance of 2
-        size_logs = np.log2(np.asarray(sizes, np.float64))
-        optional["size_median"] = float(np.median(size_logs))
-        optional["size_spread"] = spread_of(size_logs, 0.5)
-    if spacings:  # at least 0.25 in log2: a 1.19x voxel size is a distance of 1
-        spacing_logs = np.log2(np.asarray(spacings, np.float64))
-        optional["spacing_median"] = np.median(spacing_logs, axis=0).tolist()
-        optional["spacing_spread"] = [spread_of(axis, 0.25) for axis in spacing_logs.T]
-    return QualityReference(
-        intensity_median=np.median(stacked, axis=0).tolist(),
-        intensity_spread=spread.tolist(),
-        fraction_median=float(np.median(logs)),
-        fraction_spread=spread_of(logs, 0.25),
-        **optional,
-    )
 
 
 def review_reasons(signals: dict[str, float], reference: QualityReference | None) -> list[str]:
@@ -365,107 +258,3 @@ def columns_of(signals: dict[str, float], reference: QualityReference) -> dict[s
         reasons = review_reasons(signals, reference)
         columns.update(review="review" if reasons else "ok", review_reasons=";".join(reasons))
     return columns
-
-
-def spearman(signal: np.ndarray, dice: np.ndarray) -> float | None:
-    if len(signal) < 3 or np.ptp(signal) == 0 or np.ptp(dice) == 0:
-        return None
-    ranks = pd.DataFrame({"s": signal, "d": dice}).rank()
-    return float(np.corrcoef(ranks["s"], ranks["d"])[0, 1])
-
-
-def best_threshold(signal: np.ndarray, bad: np.ndarray) -> tuple[float | None, float, float]:
-    """The threshold (flag above it) with the largest Youden J: ``(threshold, J, recall)``."""
-    if not bad.any() or bad.all():
-        return None, 0.0, 0.0
-    best = (None, 0.0, 0.0)
-    for threshold in np.unique(np.percentile(signal, np.arange(40, 100, 2.5))):
-        flagged = signal > threshold
-        recall = float(flagged[bad].mean())
-        youden = recall - float(flagged[~bad].mean())
-        if youden > best[1]:
-            best = (float(threshold), youden, recall)
-    return best
-
-
-def target_dice(dice: np.ndarray, empty: np.ndarray) -> float | None:
-    """The Dice under which a case is below target: the :data:`TARGET_QUANTILE` percentile
-    over the cases not ``empty`` in truth and mask (all cases when none says so); None when
-    every case is empty."""
-    scored = dice[~empty]
-    return float(np.percentile(scored, TARGET_QUANTILE * 100)) if len(scored) else None
-
-
-def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityReference:
-    """``reference`` with thresholds chosen on validation cases (``table``: one row per case,
-    the signal columns, ``dice`` and, optionally, ``empty``: truth and mask both empty)."""
-    dice = table["dice"].to_numpy(np.float64)
-    empty = table["empty"].to_numpy(bool) if "empty" in table else np.zeros(len(dice), bool)
-    target = target_dice(dice, empty)
-    bad = dice < target if target is not None else np.zeros(len(dice), bool)
-    enough = len(table) >= MIN_CALIBRATION_CASES and bad.sum() >= MIN_BELOW_TARGET
-    unit = str(table.attrs.get("unit", "cases"))
-    note = (
-        str(table.attrs.get("note", ""))
-        if enough
-        else f"too few validation {unit} to calibrate ({len(table)} {unit}, {int(bad.sum())} "
-        f"below target; needs {MIN_CALIBRATION_CASES} and {MIN_BELOW_TARGET}): no flags"
-    )
-    signals = {}
-    for name in [name for name in SIGNALS if name in table]:
-        values = table[name].to_numpy(np.float64)
-        threshold, youden, recall = best_threshold(values, bad)
-        used = enough and threshold is not None and youden >= MIN_YOUDEN
-        signals[name] = SignalCalibration(
-            threshold=threshold if used else None,
-            youden=round(youden, 4),
-            spearman=spearman(values, dice),
-            recall=recall if used else None,
-        )
-    return reference.model_copy(
-        update={
-            "target_dice": target,
-            "signals": signals,
-            "num_val_cases": len(table),
-            "note": note,
-            "calibrated_on": unit,
-        }
-    )
-
-
-def calibration_table(cases: pd.DataFrame, volumes: pd.DataFrame | None) -> pd.DataFrame:
-    """The table to calibrate on: a volume model's whole volumes (what its prediction flags)
-    when there are :data:`MIN_CALIBRATION_CASES` of them, else its cases (slices), with a note
-    in ``attrs`` that the volumes' pooled signals are held to thresholds chosen on slices."""
-    if volumes is None or volumes.empty:
-        return cases
-    if len(volumes) >= MIN_CALIBRATION_CASES:
-        return volumes
-    chosen = cases.copy()
-    chosen.attrs["note"] = (
-        f"calibrated on {len(cases)} slices: {len(volumes)} validation volumes are too few "
-        f"(needs {MIN_CALIBRATION_CASES}); a volume's flags hold its pooled signals to these "
-        "slice thresholds"
-    )
-    return chosen
-
-
-def flag_summary(table: pd.DataFrame, target: float | None) -> dict[str, object]:
-    """Flagged against unflagged cases of a scored table (``review``, ``dice``): their mean
-    Dice and how many below-target cases were flagged (the flags' recall)."""
-    flagged = table["review"] == "review"
-    summary: dict[str, object] = {
-        "cases": len(table),
-        "flagged": int(flagged.sum()),
-        "flagged_mean_dice": float(table.loc[flagged, "dice"].mean()) if flagged.any() else None,
-        "unflagged_mean_dice": float(table.loc[~flagged, "dice"].mean())
-        if (~flagged).any()
-        else None,
-        "target_dice": target,
-    }
-    if target is not None:
-        below = table["dice"] < target
-        summary["below_target"] = int(below.sum())
-        summary["below_target_flagged"] = int((below & flagged).sum())
-        summary["recall"] = float((below & flagged).sum() / below.sum()) if below.any() else None
-    return summary

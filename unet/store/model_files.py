@@ -19,8 +19,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_catalog.atomic import write_json_atomic
+from data_catalog.hashing import hash_file
 from unet.data.normalization import IntensityWindow
-from unet.quality.signals import QualityReference
+from unet.quality.reference import QualityReference
 
 MODEL_FILE = "model.keras"
 MODEL_INFO_FILE = "model.json"
@@ -130,6 +131,13 @@ class ModelInfo(BaseModel):
     def write(self, folder: str | Path) -> Path:
         """Write ``folder/model.json`` atomically; return its path."""
         return write_json_atomic(Path(folder) / MODEL_INFO_FILE, self.model_dump(mode="json"))
+
+
+def model_version(run_dir: str | Path) -> str:
+    """A trained model's version: its run folder's name and the first 12 hex digits of the
+    model file's sha256 (the same weights give the same version)."""
+    run_dir = Path(run_dir)
+    return f"{run_dir.name}-{hash_file(model_file(run_dir))[:12]}"
 
 
 def model_file(folder: str | Path) -> Path:

@@ -26,12 +26,20 @@ from pathlib import Path
 import pandas as pd
 
 from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
-from data_catalog.hashing import hash_file
 from data_catalog.tfrecords import iterate_cases
 from unet.config import DeviceConfig, TrainConfig
-from unet.evaluation.scoring import batched, evaluate_cases, render_report, summarize
+from unet.evaluation.cases import case_probabilities
+from unet.evaluation.report import render_report
+from unet.evaluation.scores import summarize
+from unet.evaluation.scoring import evaluate_cases
 from unet.inference.postprocessing import ThresholdTuner, as_postprocessing
-from unet.store.model_files import EnsembleInfo, ModelInfo, PrecisionCheck, model_file
+from unet.store.model_files import (
+    EnsembleInfo,
+    ModelInfo,
+    PrecisionCheck,
+    model_file,
+    model_version,
+)
 from unet.training.fitting import EpochCallback
 from unet.training.state import TrainingResult
 from unet.training.trainer import train_model
@@ -110,10 +118,8 @@ def score_out_of_fold(
     if segmenter.num_classes != 2:
         return metrics, None
     tuner = ThresholdTuner()
-    for batch in batched(iterate_cases(tfrecord_dir, "val"), segmenter.batch_size):
-        images = [segmenter.prepare(image, key, stats) for key, image, _, stats in batch]
-        for (_, _, truth, _), maps in zip(batch, segmenter.probability_maps(images), strict=True):
-            tuner.add(maps, truth)
+    for truth, (maps,) in case_probabilities([segmenter], iterate_cases(tfrecord_dir, "val")):
+        tuner.add(maps, truth)
     return metrics, tuner
 
 
@@ -244,7 +250,7 @@ def finish_ensemble(
         update={
             "postprocessing": as_postprocessing(tuning),
             "precision_check": members_check([info.precision_check for info in infos]),
-            "model_version": f"{run_dir.name}-{hash_file(model_file(run_dir))[:12]}",
+            "model_version": model_version(run_dir),
             "ensemble": EnsembleInfo(
                 folds=len(folds),
                 members=[str(info.model_version) for info in infos],
@@ -272,9 +278,8 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
     from itertools import chain
 
     from data_catalog.manifest import volume_spacings
-    from unet.evaluation.scoring import VolumeTally, quality_reference, quality_table
+    from unet.evaluation.quality_passes import calibrate_flags
     from unet.inference.segmenter import Segmenter
-    from unet.quality.signals import calibrate, calibration_table
 
     if any(fold.tfrecord_dir is None for fold in folds):
         return None
@@ -282,20 +287,18 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
     first = folds[0].tfrecord_dir
     everyone = chain(iterate_cases(first, "train"), iterate_cases(first, "val"))
     spacings = volume_spacings(run_dir / "manifest.csv") if info.volume_statistics else {}
-    reference = quality_reference(ensemble, everyone, info.volume_statistics, spacings)
-    volumes = VolumeTally(info.num_classes, spacings) if info.volume_statistics else None
-    tables = []
-    for fold in folds:
-        member_info = ModelInfo.read(fold.run_dir).model_copy(
-            update={"postprocessing": info.postprocessing}
-        )
-        member = Segmenter(model_file(fold.run_dir), info=member_info, flip_check=True)
-        cases = iterate_cases(fold.tfrecord_dir, "val")
-        tables.append(quality_table(member, cases, reference, volumes))
-    table = calibration_table(
-        pd.concat(tables, ignore_index=True), volumes.table(reference) if volumes else None
+
+    def members():  # one fold model in memory at a time
+        for fold in folds:
+            member_info = ModelInfo.read(fold.run_dir).model_copy(
+                update={"postprocessing": info.postprocessing}
+            )
+            member = Segmenter(model_file(fold.run_dir), info=member_info, flip_check=True)
+            yield member, iterate_cases(fold.tfrecord_dir, "val")
+
+    calibrated = calibrate_flags(
+        ensemble, everyone, members(), info.num_classes, info.volume_statistics, spacings
     )
-    calibrated = calibrate(table, reference)
     note = (
         f"calibrated on {calibrated.num_val_cases} out-of-fold {calibrated.calibrated_on} "
         "(the fold models' signals)"
@@ -367,3 +370,5 @@ def write_ensemble_lineage(
             **(lineage or {}),
         },
     )
+    if first.get("device"):  # the members trained alike; the ensemble's record as a run's
+        write_json_atomic(Path(run_dir) / "device.json", first["device"])

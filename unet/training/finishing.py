@@ -7,17 +7,18 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import keras
 import pandas as pd
 
 from data_catalog.atomic import write_json_atomic
-from data_catalog.hashing import hash_file
 from data_catalog.tfrecords import iterate_cases
 from unet.config import TrainConfig
-from unet.evaluation.scoring import tune_on_cases
+from unet.evaluation.tuning import tune_on_cases
 from unet.inference.postprocessing import as_postprocessing
-from unet.inference.segmenter import Segmenter, bfloat16_pays_here
+from unet.inference.precision import bfloat16_pays_here
+from unet.inference.segmenter import Segmenter
 from unet.store.lineage import code_revision, library_versions
-from unet.store.model_files import ModelInfo, model_file
+from unet.store.model_files import ModelInfo, model_file, model_version
 from unet.training.state import (
     TrainingData,
     TrainingResult,
@@ -49,44 +50,52 @@ def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tupl
         size_multiple=2**config.num_poolings,
         num_classes=config.num_classes,
         labels=data.labels,
-        model_version=f"{run_dir.name}-{hash_file(model_file(run_dir))[:12]}",
+        model_version=model_version(run_dir),
         train_config=config.model_dump(),
     )
     path = model_file(run_dir)
-    segmenter = Segmenter(path, info=info)
-    bfloat16 = Segmenter(path, info=info, precision="bfloat16") if bfloat16_pays_here() else None
+    best = keras.models.load_model(path, compile=False)  # the one read of the best epoch
+    segmenter = Segmenter(path, info=info, loaded=best)
+    bfloat16 = (
+        Segmenter(path, info=info, precision="bfloat16", loaded=best)
+        if bfloat16_pays_here()
+        else None
+    )
     tuning, check = tune_on_cases(segmenter, iterate_cases(data.tfrecord_dir, "val"), bfloat16)
     logger.info("post-processing tuned on val: %s; precision check: %s", tuning, check)
     info = info.model_copy(
         update={"postprocessing": as_postprocessing(tuning), "precision_check": check}
     )
-    info = info.model_copy(update={"quality": calibrate_quality(path, info, data)})
+    info = info.model_copy(update={"quality": calibrate_quality(path, info, data, best)})
     info.write(run_dir)
     return info, tuning
 
 
-def calibrate_quality(path: Path, info: ModelInfo, data: TrainingData):
+def calibrate_quality(
+    path: Path, info: ModelInfo, data: TrainingData, loaded: keras.Model | None = None
+):
     """The quality flags' reference (from the train split) and thresholds (chosen on the val
     split, segmented with the tuned post-processing, as prediction will, and with the flip pass
     so that ``flip_disagreement`` is calibrated too); None without validation cases."""
     from data_catalog.manifest import volume_spacings
-    from unet.evaluation.scoring import VolumeTally, quality_reference, quality_table
-    from unet.quality.signals import calibrate, calibration_table
+    from unet.evaluation.quality_passes import calibrate_flags
 
     if not data.counts.get("val"):
         return None
-    segmenter = Segmenter(path, info=info, flip_check=True)
-    train = iterate_cases(data.tfrecord_dir, "train")
+    segmenter = Segmenter(path, info=info, flip_check=True, loaded=loaded)
     # the run's manifest (written by the training flow) holds the volumes' voxel sizes
     spacings = volume_spacings(path.parent / "manifest.csv") if data.volumes else {}
-    reference = quality_reference(segmenter, train, data.volumes, spacings)
-    volumes = VolumeTally(info.num_classes, spacings) if data.volumes else None
-    table = quality_table(segmenter, iterate_cases(data.tfrecord_dir, "val"), reference, volumes)
-    table = calibration_table(table, volumes.table(reference) if volumes else None)
-    calibrated = calibrate(table, reference)
+    calibrated = calibrate_flags(
+        segmenter,
+        iterate_cases(data.tfrecord_dir, "train"),
+        [(segmenter, iterate_cases(data.tfrecord_dir, "val"))],
+        info.num_classes,
+        data.volumes,
+        spacings,
+    )
     logger.info(
         "quality flags calibrated on %d val %s (target Dice %s): %s",
-        len(table),
+        calibrated.num_val_cases,
         calibrated.calibrated_on,
         calibrated.target_dice,
         {name: signal.threshold for name, signal in calibrated.signals.items()},

@@ -1,0 +1,76 @@
+"""Labelled cases through a Segmenter: the one loop that evaluation, post-processing tuning,
+quality calibration and cross-validation share (prepare a batch as training normalised it,
+segment it as prediction does, hand each case on with its result)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from unet.inference.segmenter import Segmentation, Segmenter
+
+Case = tuple  # key, (H, W[, C]) image, (H, W) class indices, normalisation stats or None
+
+
+@dataclass(frozen=True)
+class SegmentedCase:
+    """A labelled case after segmenting: as stored, as the model saw it, and the result."""
+
+    key: str
+    image: np.ndarray  # (H, W[, C]) as stored
+    truth: np.ndarray  # (H, W) class indices
+    prepared: np.ndarray  # (H, W, channels) float32, normalised
+    result: Segmentation
+
+
+def with_stats(cases: Iterable[Case]) -> Iterator[tuple]:
+    """Cases as ``(key, image, truth, stats)``; a ``(key, image, truth)`` triple gets None
+    (the image is normalised by its own statistics)."""
+    for case in cases:
+        yield case if len(case) == 4 else (*case, None)
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of up to ``size`` consecutive items."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def prepared_batches(segmenter: Segmenter, cases: Iterable[Case]) -> Iterator[tuple[list, list]]:
+    """``(cases, prepared images)`` of up to the segmenter's batch size, one batch in memory.
+
+    Raises:
+        ValueError: a case whose image and truth differ in size, naming it.
+    """
+    for batch in batched(with_stats(cases), segmenter.batch_size):
+        for key, image, truth, _ in batch:
+            if image.shape[:2] != truth.shape:
+                raise ValueError(f"case {key!r}: image is {image.shape[:2]}, truth {truth.shape}")
+        yield batch, [segmenter.prepare(image, key, stats) for key, image, _, stats in batch]
+
+
+def segment_cases(segmenter: Segmenter, cases: Iterable[Case]) -> Iterator[SegmentedCase]:
+    """Every case segmented through :meth:`Segmenter.segment` (the path prediction ships)."""
+    for batch, prepared in prepared_batches(segmenter, cases):
+        results = segmenter.segment(prepared)
+        for (key, image, truth, _), ready, result in zip(batch, prepared, results, strict=True):
+            yield SegmentedCase(key, image, truth, ready, result)
+
+
+def case_probabilities(
+    segmenters: Sequence[Segmenter], cases: Iterable[Case]
+) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """Every case's truth and class probabilities from each segmenter (models that share
+    their preprocessing, e.g. one model in float32 and in bfloat16), prepared once."""
+    for batch, prepared in prepared_batches(segmenters[0], cases):
+        maps = [segmenter.probability_maps(prepared) for segmenter in segmenters]
+        for index, (_, _, truth, _) in enumerate(batch):
+            yield truth, [found[index] for found in maps]

@@ -1,0 +1,161 @@
+"""The evaluation's markdown report (``report.md``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def fmt(value) -> str:
+    """A score with 4 decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def flag_line(flags: dict) -> str:
+    """How many cases were flagged and how well (see
+    :func:`unet.quality.calibration.flag_summary`)."""
+    return (
+        f"{flags['flagged']} of {flags['cases']} cases flagged for review; mean Dice flagged "
+        f"{fmt(flags['flagged_mean_dice'])}, unflagged {fmt(flags['unflagged_mean_dice'])}; "
+        f"below-target cases flagged: {flags.get('below_target_flagged')} of "
+        f"{flags.get('below_target')} (recall {fmt(flags.get('recall'))})"
+    )
+
+
+def quality_lines(quality: dict | None) -> list[str]:
+    """The quality flags on these cases: flagged against unflagged Dice, recall of the flags,
+    and each signal's validation calibration."""
+    if not quality:
+        return []
+    if quality.get("flagged") is None:
+        note = quality.get("note")
+        return [f"- quality flags: none calibrated{f' ({note})' if note else ''}"]
+    lines = [
+        f"- quality flags (thresholds from the validation split, target Dice "
+        f"{fmt(quality['target_dice'])}), as prediction raises them by default: "
+        + flag_line(quality)
+    ]
+    if quality.get("full"):
+        lines.append("- with `--qc full` (adds flip_disagreement): " + flag_line(quality["full"]))
+    for name, signal in quality["signals"].items():
+        used = (
+            "not used (did not separate)"
+            if signal["threshold"] is None
+            else (f"flag above {signal['threshold']:.4g}")
+        )
+        lines.append(
+            f"  - `{name}`: {used}; on validation Youden J {signal['youden']:.2f}, Spearman "
+            f"with Dice {fmt(signal['spearman'])}"
+        )
+    return lines
+
+
+def volume_lines(volumes: dict | None) -> list[str]:
+    """The per-volume headline of the report (none for 2-D data)."""
+    if not volumes:
+        return []
+    return [
+        f"- volumes: {volumes['num_volumes']}, Dice pooled over each volume's voxels "
+        f"**{volumes['dice_mean']:.4f}**, IoU {volumes['iou_mean']:.4f}, HD95 "
+        f"{fmt(volumes['hd95_mm_mean'])} mm (undefined for {volumes['hd95_undefined']}), mean "
+        f"absolute volume error {volumes['volume_error_ml_mean_abs']:.2f} mL; worst: "
+        f"{', '.join(volumes['worst'])} (per_volume.csv)",
+    ]
+
+
+def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
+    """The evaluation as markdown: headline, per-class table, empty-mask table, per-group
+    table, overlays."""
+    lines = [
+        f"# Evaluation of `{metrics['model_version']}`",
+        "",
+        f"- images: {metrics['num_images']}",
+        f"- foreground Dice **{metrics['foreground_dice']:.4f}**, IoU "
+        f"{metrics['foreground_iou']:.4f} (all images; an image with no foreground in truth and "
+        "prediction scores 1)",
+        f"- foreground Dice on the images whose truth has foreground: "
+        f"{fmt(metrics['foreground_dice_present'])}",
+        f"- Otsu baseline Dice {metrics['otsu_baseline']['foreground_dice']:.4f} "
+        f"({metrics['otsu_baseline']['note']})",
+        f"- post-processing: {metrics.get('postprocessing')}",
+        f"- precision: {(metrics.get('precision') or {}).get('compute', 'float32')} "
+        f"({(metrics.get('precision') or {}).get('reason', 'not recorded')})",
+        *volume_lines(metrics.get("volumes")),
+        *quality_lines(metrics.get("quality")),
+        "",
+        "| class | Dice | Dice where present (images) | IoU | precision | recall | HD95 (px) "
+        "| HD95 undefined |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for class_id, s in metrics["classes"].items():
+        lines.append(
+            f"| {class_id} | {fmt(s['dice_mean'])} +- {fmt(s['dice_std'])} | "
+            f"{fmt(s['dice_mean_present'])} ({s['images_present']}) | {fmt(s['iou_mean'])} | "
+            f"{fmt(s['precision_mean'])} | {fmt(s['recall_mean'])} | "
+            f"{fmt(s['hd95_mean'])} | {s['hd95_undefined']} |"
+        )
+    lines += out_of_fold_lines(metrics.get("out_of_fold"))
+    lines += empty_mask_lines(metrics["empty_table"])
+    if metrics.get("groups"):
+        lines += group_lines(metrics)
+    overlays = sorted((out_dir / "overlays").glob("*.png"))
+    if overlays:
+        lines += ["", "## Examples (image | truth | prediction, truth outline in green)", ""]
+        lines += [f"![{path.stem}](overlays/{path.name})" for path in overlays]
+    return "\n".join(lines) + "\n"
+
+
+def out_of_fold_lines(out_of_fold: dict | None) -> list[str]:
+    """For an ensemble: its out-of-fold estimate, and which of today's cases it trained on."""
+    if not out_of_fold:
+        return []
+    volume = out_of_fold.get("group_volume_dice_mean")
+    return [
+        "",
+        "## Out-of-fold estimate (recorded by training)",
+        "",
+        f"This model is the ensemble of {out_of_fold['num_folds']} cross-validation fold models. "
+        f"Scored by the fold model that never saw it, each of its {out_of_fold['num_images']} "
+        f"non-test training images gave foreground Dice {fmt(out_of_fold['foreground_dice'])}"
+        + ("" if volume is None else f", mean per-group volume Dice {fmt(volume)}")
+        + ": the estimate for new patients. The ensemble itself trained on all of those images, "
+        "so scores above on them (split all, train or val) are optimistic; the test split's "
+        "are not.",
+    ]
+
+
+def empty_mask_lines(empty: dict[str, int]) -> list[str]:
+    """The empty-truth / empty-prediction table as markdown lines."""
+    return [
+        "",
+        "## Empty and non-empty masks (images)",
+        "",
+        "| truth \\ prediction | empty | foreground |",
+        "|---|---|---|",
+        f"| empty | {empty['both_empty']} | {empty['false_positive_images']} (false positive) |",
+        f"| foreground | {empty['missed_images']} (missed) | {empty['both_foreground']} |",
+    ]
+
+
+def group_lines(metrics: dict) -> list[str]:
+    """The per-group section: mean volume Dice, the worst groups, one row per group."""
+    groups = metrics["groups"]
+    worst = ", ".join(f"{g} ({groups[g]['volume_dice']:.4f})" for g in metrics["worst_groups"])
+    lines = [
+        "",
+        "## Per group",
+        "",
+        f"Mean per-group volume Dice **{metrics['group_volume_dice_mean']:.4f}** (each "
+        f"group's pixels pooled over its images). Worst groups: {worst}.",
+        "",
+        "| group | images | volume Dice | mean Dice over images | with foreground | Dice there |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group, entry in sorted(groups.items()):
+        lines.append(
+            f"| {group} | {entry['images']} | {entry['volume_dice']:.4f} | "
+            f"{entry['foreground_dice']:.4f} | {entry['images_with_foreground']} | "
+            f"{fmt(entry['foreground_dice_present'])} |"
+        )
+    return lines

@@ -1,0 +1,122 @@
+"""Calibrating the signals on labelled cases (validation, or out of fold): the Dice target, each
+signal's Youden-best threshold and its rank correlation with Dice, and the flags' summary on
+scored cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from unet.quality.reference import (
+    MIN_BELOW_TARGET,
+    MIN_CALIBRATION_CASES,
+    MIN_YOUDEN,
+    SIGNALS,
+    TARGET_QUANTILE,
+    QualityReference,
+    SignalCalibration,
+)
+
+
+def spearman(signal: np.ndarray, dice: np.ndarray) -> float | None:
+    if len(signal) < 3 or np.ptp(signal) == 0 or np.ptp(dice) == 0:
+        return None
+    ranks = pd.DataFrame({"s": signal, "d": dice}).rank()
+    return float(np.corrcoef(ranks["s"], ranks["d"])[0, 1])
+
+
+def best_threshold(signal: np.ndarray, bad: np.ndarray) -> tuple[float | None, float, float]:
+    """The threshold (flag above it) with the largest Youden J: ``(threshold, J, recall)``."""
+    if not bad.any() or bad.all():
+        return None, 0.0, 0.0
+    best = (None, 0.0, 0.0)
+    for threshold in np.unique(np.percentile(signal, np.arange(40, 100, 2.5))):
+        flagged = signal > threshold
+        recall = float(flagged[bad].mean())
+        youden = recall - float(flagged[~bad].mean())
+        if youden > best[1]:
+            best = (float(threshold), youden, recall)
+    return best
+
+
+def target_dice(dice: np.ndarray, empty: np.ndarray) -> float | None:
+    """The Dice under which a case is below target: the :data:`TARGET_QUANTILE` percentile
+    over the cases not ``empty`` in truth and mask (all cases when none says so); None when
+    every case is empty."""
+    scored = dice[~empty]
+    return float(np.percentile(scored, TARGET_QUANTILE * 100)) if len(scored) else None
+
+
+def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityReference:
+    """``reference`` with thresholds chosen on validation cases (``table``: one row per case,
+    the signal columns, ``dice`` and, optionally, ``empty``: truth and mask both empty)."""
+    dice = table["dice"].to_numpy(np.float64)
+    empty = table["empty"].to_numpy(bool) if "empty" in table else np.zeros(len(dice), bool)
+    target = target_dice(dice, empty)
+    bad = dice < target if target is not None else np.zeros(len(dice), bool)
+    enough = len(table) >= MIN_CALIBRATION_CASES and bad.sum() >= MIN_BELOW_TARGET
+    unit = str(table.attrs.get("unit", "cases"))
+    note = (
+        str(table.attrs.get("note", ""))
+        if enough
+        else f"too few validation {unit} to calibrate ({len(table)} {unit}, {int(bad.sum())} "
+        f"below target; needs {MIN_CALIBRATION_CASES} and {MIN_BELOW_TARGET}): no flags"
+    )
+    signals = {}
+    for name in [name for name in SIGNALS if name in table]:
+        values = table[name].to_numpy(np.float64)
+        threshold, youden, recall = best_threshold(values, bad)
+        used = enough and threshold is not None and youden >= MIN_YOUDEN
+        signals[name] = SignalCalibration(
+            threshold=threshold if used else None,
+            youden=round(youden, 4),
+            spearman=spearman(values, dice),
+            recall=recall if used else None,
+        )
+    return reference.model_copy(
+        update={
+            "target_dice": target,
+            "signals": signals,
+            "num_val_cases": len(table),
+            "note": note,
+            "calibrated_on": unit,
+        }
+    )
+
+
+def calibration_table(cases: pd.DataFrame, volumes: pd.DataFrame | None) -> pd.DataFrame:
+    """The table to calibrate on: a volume model's whole volumes (what its prediction flags)
+    when there are :data:`MIN_CALIBRATION_CASES` of them, else its cases (slices), with a note
+    in ``attrs`` that the volumes' pooled signals are held to thresholds chosen on slices."""
+    if volumes is None or volumes.empty:
+        return cases
+    if len(volumes) >= MIN_CALIBRATION_CASES:
+        return volumes
+    chosen = cases.copy()
+    chosen.attrs["note"] = (
+        f"calibrated on {len(cases)} slices: {len(volumes)} validation volumes are too few "
+        f"(needs {MIN_CALIBRATION_CASES}); a volume's flags hold its pooled signals to these "
+        "slice thresholds"
+    )
+    return chosen
+
+
+def flag_summary(table: pd.DataFrame, target: float | None) -> dict[str, object]:
+    """Flagged against unflagged cases of a scored table (``review``, ``dice``): their mean
+    Dice and how many below-target cases were flagged (the flags' recall)."""
+    flagged = table["review"] == "review"
+    summary: dict[str, object] = {
+        "cases": len(table),
+        "flagged": int(flagged.sum()),
+        "flagged_mean_dice": float(table.loc[flagged, "dice"].mean()) if flagged.any() else None,
+        "unflagged_mean_dice": float(table.loc[~flagged, "dice"].mean())
+        if (~flagged).any()
+        else None,
+        "target_dice": target,
+    }
+    if target is not None:
+        below = table["dice"] < target
+        summary["below_target"] = int(below.sum())
+        summary["below_target_flagged"] = int((below & flagged).sum())
+        summary["recall"] = float((below & flagged).sum() / below.sum()) if below.any() else None
+    return summary
