@@ -333,3 +333,32 @@ def test_prefect_run_logs_drop_the_traceback_of_user_errors_only():
     user, bug = record(ValueError("bad flag")), record(KeyError("bug"))
     assert UserErrorTracebacks().filter(user) and user.exc_info is None
     assert UserErrorTracebacks().filter(bug) and bug.exc_info is not None
+
+
+def test_every_command_keeps_its_flags():
+    """The CLI's flags are a contract (scripts and deployments call them): every command's
+    option list equals the recorded one (tests/flows/cli_options.json). A deliberate change
+    updates that file in the same commit."""
+    import argparse
+    from pathlib import Path
+
+    from flows.cli import build_parser
+
+    found = {}
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*prefix, name])
+        options = sorted(o for a in parser._actions for o in a.option_strings)
+        positional = sorted(
+            a.dest
+            for a in parser._actions
+            if not a.option_strings and not isinstance(a, argparse._SubParsersAction)
+        )
+        found[" ".join(prefix) or "segflow"] = options + positional
+
+    walk(build_parser(), [])
+    recorded = json.loads((Path(__file__).parent / "cli_options.json").read_text())
+    assert found == recorded

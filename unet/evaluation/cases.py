@@ -71,6 +71,7 @@ def case_probabilities(
     """Every case's truth and class probabilities from each segmenter (models that share
     their preprocessing, e.g. one model in float32 and in bfloat16), prepared once."""
     for batch, prepared in prepared_batches(segmenters[0], cases):
-        maps = [segmenter.probability_maps(prepared) for segmenter in segmenters]
-        for index, (_, _, truth, _) in enumerate(batch):
-            yield truth, [found[index] for found in maps]
+        # lazily, one image's maps at a time (a large image's maps are large)
+        streams = [segmenter.probability_maps(prepared) for segmenter in segmenters]
+        for (_, _, truth, _), *maps in zip(batch, *streams, strict=True):
+            yield truth, maps
