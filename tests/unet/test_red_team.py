@@ -343,3 +343,33 @@ def test_every_kind_of_input_writes_inside_the_output_folder_under_unique_names(
     written = [p for p in out.rglob("*") if p.is_file()]
     assert all(p.resolve().is_relative_to(out.resolve()) for p in written)
     assert len(report.filter(like="study/", axis=0)) == 4  # four series, four masks
+
+
+@pytest.mark.parametrize("case_insensitive_disk", [False, True])
+def test_names_that_differ_only_in_case_clash_on_a_disk_that_ignores_case(
+    threshold_model, tmp_path, monkeypatch, case_insensitive_disk
+):
+    import unet.prediction.plan
+
+    monkeypatch.setattr(unet.prediction.plan, "ignores_case", lambda folder: case_insensitive_disk)
+    write_png_atomic(tmp_path / "in" / "Scan.png", two_blobs())
+    write_png_atomic(tmp_path / "in" / "scan.png", two_blobs())
+    config = PredictConfig(
+        model=str(threshold_model), input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out")
+    )
+    rows = predict_folder(config).set_index("input")
+    if case_insensitive_disk:  # one file on such a disk: both are error rows naming the other
+        assert rows["status"].tolist() == ["error", "error"]
+        assert "would also be written for scan.png" in rows.loc["Scan.png", "error"]
+    else:  # two files on Linux's usual file systems
+        assert rows["status"].tolist() == ["ok", "ok"]
+
+
+def test_the_case_probe_reads_this_disk(tmp_path):
+    from unet.prediction.plan import ignores_case
+
+    probe = tmp_path / "probe"
+    probe.touch()
+    expected = (tmp_path / "PROBE").exists()
+    assert ignores_case(tmp_path) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe"]  # the probe file is gone

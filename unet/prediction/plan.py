@@ -167,11 +167,25 @@ def output_paths(item: PlannedInput, config: PredictConfig) -> list[Path]:
     return [mask, *thumbnails, *overlays]
 
 
+def ignores_case(folder: Path) -> bool:
+    """True when the file system of ``folder`` (which exists) treats ``A`` and ``a`` as one
+    name (macOS and Windows defaults): output names must then differ in more than case."""
+    probe = folder / f".segflow-case-probe-{os.getpid()}"
+    try:
+        probe.touch()
+        return probe.with_name(probe.name.upper()).exists()
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def check_outputs(
-    inputs: list[PlannedInput], output_dir: Path, config: PredictConfig
+    inputs: list[PlannedInput], output_dir: Path, config: PredictConfig, fold_case: bool = False
 ) -> list[PlannedInput]:
     """The inputs, with a ``problem`` for each whose outputs would lie outside the output
-    folder or be written by another input too (both inputs named)."""
+    folder or be written by another input too (both inputs named; with ``fold_case``, names
+    that differ only in case are one name, as on a case-insensitive disk)."""
     owners: dict[str, set[str]] = {name: {f"segflow's own {name}"} for name in RESERVED_OUTPUTS}
     problems: dict[str, str] = {}
     for item in inputs:
@@ -182,7 +196,8 @@ def check_outputs(
                 inside_output(output_dir, relative)
             except OutputPathError as error:
                 problems[item.relative] = str(error)
-            owners.setdefault(relative.as_posix(), set()).add(item.relative)
+            name = relative.as_posix()
+            owners.setdefault(name.casefold() if fold_case else name, set()).add(item.relative)
     for name, sharing in owners.items():
         if len(sharing) < 2:
             continue
@@ -281,8 +296,8 @@ def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> 
         for path in files
     ]
     inputs = sorted(planned + series + special, key=lambda item: item.relative)
-    inputs = check_outputs(inputs, output_dir, config)
     output_dir.mkdir(parents=True, exist_ok=True)
+    inputs = check_outputs(inputs, output_dir, config, ignores_case(output_dir))
     if shard is None:
         remove_stale_files(output_dir)
         journal_path = output_dir / JOURNAL_FILE
