@@ -32,7 +32,7 @@ def library_versions() -> dict[str, str | None]:
 
 def code_revision() -> dict[str, object]:
     """The git commit of segflow's source tree and whether it had uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout: unet/store/lineage.py
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
