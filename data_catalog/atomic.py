@@ -91,9 +91,9 @@ def check_disk_full(error: OSError, folder: str | Path) -> None:
     Raises:
         DiskFullError: the disk is full.
     """
-    if isinstance(error, DiskFullError) or error.errno not in (errno.ENOSPC, errno.EDQUOT):
-        if isinstance(error, DiskFullError):
-            raise error
+    if isinstance(error, DiskFullError):
+        raise error
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
         return
     try:
         free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"

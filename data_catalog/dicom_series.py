@@ -109,7 +109,7 @@ def read_slice_header(path: Path) -> SliceHeader:
         frames = dicom_number(header, "NumberOfFrames", 1, path, integer=True)
         position = getattr(header, "ImagePositionPatient", None)
         has_position = position is not None and len([float(v) for v in position]) == 3
-    except ImageReadError as error:
+    except ImageReadError as error:  # counted as a slice, so its series is an error row
         return SliceHeader(path, uid, number, True, 1, f"{path.name}: {error.reason}")
     except Exception as error:
         reason = f"{path.name}: ImagePositionPatient cannot be read ({error})"

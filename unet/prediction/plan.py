@@ -152,19 +152,45 @@ def inside_output(output_dir: Path, relative: str | Path) -> Path:
     return target
 
 
+def thumbnail_name(mask_name: str | Path) -> str:
+    """``a/b.png`` -> ``thumbnails/a/b.png.jpg`` (relative to the output folder)."""
+    return f"{THUMBNAIL_DIR}/{Path(mask_name).as_posix()}.jpg"
+
+
+def overlay_name(mask_name: str | Path) -> Path:
+    """``a/b.png`` -> ``overlays/a/b.png.png`` (``--overlays``)."""
+    mask = Path(mask_name)
+    return Path(OVERLAY_DIR) / mask.with_name(mask.name + ".png")
+
+
+def video_outputs(mask_name: Path) -> list[Path]:
+    """A video's mask video and per-frame CSV: ``clip.mask.avi``, ``clip.mask.frames.csv``."""
+    video = mask_name.with_suffix(".mask.avi")
+    return [video, video.with_suffix(".frames.csv")]
+
+
+def volume_outputs(mask_name: Path, dicom_seg: bool) -> list[Path]:
+    """A volume's mask, per-slice CSV and, with ``dicom_seg``, its DICOM SEG:
+    ``case.nii.gz``, ``case.slices.csv``, ``case.seg.dcm``."""
+    stem = volume_stem(mask_name)
+    seg = [mask_name.with_name(stem + ".seg.dcm")] if dicom_seg else []
+    return [mask_name, mask_name.with_name(stem + ".slices.csv"), *seg]
+
+
+def writes_seg(item: PlannedInput, config: PredictConfig) -> bool:
+    """A DICOM SEG is written for DICOM series inputs with ``--dicom-seg``."""
+    return config.dicom_seg and item.files is not None
+
+
 def output_paths(item: PlannedInput, config: PredictConfig) -> list[Path]:
     """Every file the input writes, relative to the output folder."""
     mask = item.mask_name
     if is_video(item.path):
-        video = mask.with_suffix(".mask.avi")
-        return [video, video.with_suffix(".frames.csv")]
-    thumbnails = [Path(THUMBNAIL_DIR) / f"{mask.as_posix()}.jpg"] if config.review_page else []
+        return video_outputs(mask)
+    thumbnails = [Path(thumbnail_name(mask))] if config.review_page else []
     if item.volume:
-        slices = mask.with_name(volume_stem(mask) + ".slices.csv")
-        seg = [mask.with_name(volume_stem(mask) + ".seg.dcm")] if config.dicom_seg else []
-        return [mask, slices, *seg, *thumbnails]
-    overlays = [Path(OVERLAY_DIR) / mask.with_name(mask.name + ".png")] if config.overlays else []
-    return [mask, *thumbnails, *overlays]
+        return [*volume_outputs(mask, writes_seg(item, config)), *thumbnails]
+    return [mask, *thumbnails, *([overlay_name(mask)] if config.overlays else [])]
 
 
 def ignores_case(folder: Path) -> bool:

@@ -18,15 +18,15 @@ import numpy as np
 import pandas as pd
 
 from data_catalog.atomic import write_bytes_atomic, write_text_atomic
-from unet.prediction.plan import OVERLAY_DIR, PAGE_FILE, THUMBNAIL_DIR, inside_output
+from unet.prediction.plan import (
+    PAGE_FILE,
+    inside_output,
+    overlay_name,
+    thumbnail_name,
+)
 from unet.quality.reference import SIGNALS
 
 THUMBNAIL_SIDE = 128
-
-
-def thumbnail_name(mask_name: str | Path) -> str:
-    """``a/b.png`` -> ``thumbnails/a/b.png.jpg`` (relative to the output folder)."""
-    return f"{THUMBNAIL_DIR}/{Path(mask_name).as_posix()}.jpg"
 
 
 def thumbnail(
@@ -57,10 +57,7 @@ def write_overlay(output_dir: Path, mask_name: str | Path, rgb: np.ndarray) -> N
     """A full-size overlay PNG at ``overlays/<mask name>`` (``--overlays``)."""
     from data_catalog.images import write_png_atomic
 
-    name = Path(mask_name)
-    write_png_atomic(
-        inside_output(output_dir, Path(OVERLAY_DIR) / name.with_name(name.name + ".png")), rgb
-    )
+    write_png_atomic(inside_output(output_dir, overlay_name(mask_name)), rgb)
 
 
 def write_thumbnail(output_dir: Path, mask_name: str | Path, rgb: np.ndarray) -> None:

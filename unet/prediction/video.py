@@ -19,6 +19,7 @@ from unet.inference.segmenter import Segmenter
 from unet.prediction.dtypes import align_to_training_dtype
 from unet.prediction.plan import (
     inside_output,
+    video_outputs,
 )
 from unet.prediction.records import LoadedInput, SegmentedVideo
 from unet.prediction.sink import ResultSink, mask_statistics
@@ -28,8 +29,8 @@ from unet.quality.signals import VolumeQuality
 def segment_video(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) -> None:
     """Every frame through the model; a lossless mask video and a per-frame CSV. Any failure
     becomes the video's error row and leaves neither file behind; the run goes on."""
-    relative = item.input.mask_name.with_suffix(".mask.avi")
-    outputs = [relative, relative.with_suffix(".frames.csv")]
+    outputs = video_outputs(item.input.mask_name)
+    relative = outputs[0]
     try:
         target, table = (inside_output(sink.plan.output_dir, name) for name in outputs)
         video = segment_frames(

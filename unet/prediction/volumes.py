@@ -15,6 +15,8 @@ from unet.inference.segmenter import Segmenter
 from unet.prediction.dtypes import align_to_training_dtype
 from unet.prediction.plan import (
     inside_output,
+    volume_outputs,
+    writes_seg,
 )
 from unet.prediction.records import LoadedInput, SegmentedVolume
 from unet.prediction.review import (
@@ -29,22 +31,16 @@ def segment_volume(item: LoadedInput, segmenter: Segmenter, sink: ResultSink) ->
     """Every slice through the model; a NIfTI mask in the input's geometry, a per-slice CSV
     (and the DICOM SEG when asked). Any failure becomes the volume's error row and leaves none
     of these files behind; the run goes on."""
-    from data_catalog.volumes import volume_stem
-
     relative = item.input.mask_name  # case.nii.gz -> OUTPUT_DIR/case.nii.gz (unique)
-    stem = volume_stem(relative)
-    outputs = [relative, relative.with_name(stem + ".slices.csv")]
-    seg = relative.with_name(stem + ".seg.dcm")
-    if sink.plan.config.dicom_seg and item.input.files is not None:
-        outputs.append(seg)
+    outputs = volume_outputs(relative, writes_seg(item.input, sink.plan.config))
     try:
-        target, table, *seg_target = (inside_output(sink.plan.output_dir, n) for n in outputs)
+        target, table, *seg = (inside_output(sink.plan.output_dir, n) for n in outputs)
         volume = segment_volume_file(
             segmenter,
             item.input.path,
             target,
             item.input.files,
-            bool(seg_target),
+            seg[0] if seg else None,
             sink.plan.config.max_pixels,
         )
         write_csv_atomic(table, volume.slices)
@@ -63,14 +59,14 @@ def segment_volume_file(
     path: Path,
     target: Path,
     files: tuple[Path, ...] | None = None,
-    dicom_seg: bool = False,
+    seg_target: Path | None = None,
     max_pixels: int | None = None,
 ) -> SegmentedVolume:
     """Segment a volume (a NIfTI file, or the DICOM series of ``files``) slice by slice along
     the model's slicing axis (each slice with its context slices when the model reads them,
     normalised with the volume's statistics), in batches of the segmenter's batch size, into a
     NIfTI mask volume at ``target`` with the input's affine (a multi-page TIFF mask for a
-    TIFF stack; with ``dicom_seg``, a DICOM series also gives a DICOM SEG beside it).
+    TIFF stack; with ``seg_target``, a DICOM series also gives a DICOM SEG there).
     Components are removed in 3-D (26-connected, smaller than the model's smallest component
     in voxels), then, with the segmenter's ``largest_component``, all but the largest.
 
@@ -79,7 +75,7 @@ def segment_volume_file(
         fraction and millilitres, 3-D components, thumbnail, pooled quality columns).
     """
     from data_catalog.manifest import voxel_size
-    from data_catalog.volumes import volume_stem, write_mask_volume
+    from data_catalog.volumes import write_mask_volume
 
     volume = read_input_volume(segmenter, path, files, max_pixels)
     info = segmenter.info
@@ -89,11 +85,10 @@ def segment_volume_file(
     quality = VolumeQuality() if segmenter.info.quality else None
     mask, confidence = segment_slices(segmenter, volume, path, quality)
     mask, count = postprocess_volume(mask, segmenter)
-    if dicom_seg and files is not None:  # before the NIfTI: a SEG that fails leaves neither
+    if seg_target is not None and files is not None:  # before the NIfTI: a failed SEG, neither
         from data_catalog.dicom_seg import write_dicom_seg
 
-        seg_path = target.with_name(volume_stem(target) + ".seg.dcm")
-        write_dicom_seg(seg_path, mask, files, segmenter.version, segmenter.num_classes)
+        write_dicom_seg(seg_target, mask, files, segmenter.version, segmenter.num_classes)
     write_mask_volume(target, mask, volume)
     foreground = np.count_nonzero(mask)
     signals = (
