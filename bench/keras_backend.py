@@ -39,7 +39,7 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from unet.config import TrainConfig
+    from unet.config import ModelSpec
     from unet.model.builders import build_unet, inference_model
     from unet.model.losses import SegmentationLoss
     from unet.model.metrics import OverlapScore
@@ -48,7 +48,7 @@ def main() -> None:
     results: dict[str, object] = {"backend": keras.backend.backend()}
     for policy, batch in (("float32", 8), ("mixed_bfloat16", 8), ("mixed_bfloat16", 32)):
         keras.mixed_precision.set_global_policy(policy)
-        model = build_unet(TrainConfig(num_classes=2), 1)
+        model = build_unet(ModelSpec(num_classes=2), 1)
         dice = OverlapScore([1], "dice", 2, name="dice_fg")
         model.compile(keras.optimizers.Adam(1e-3), SegmentationLoss(2), metrics=[dice])
         images = rng.random((batch, args.size, args.size, 1), dtype=np.float32)
@@ -81,7 +81,7 @@ def check_ensemble(rng, size: int) -> dict[str, object]:
     import keras
     import numpy as np
 
-    from unet.config import TrainConfig
+    from unet.config import ModelSpec
     from unet.model.builders import build_unet, inference_model
     from unet.training.ensemble import build_ensemble
 
@@ -89,7 +89,7 @@ def check_ensemble(rng, size: int) -> dict[str, object]:
     members = []
     for seed in range(3):
         keras.utils.set_random_seed(seed)
-        members.append(build_unet(TrainConfig(num_classes=2), 1))
+        members.append(build_unet(ModelSpec(num_classes=2), 1))
     ensemble = build_ensemble(members)
     images = rng.random((2, size, size, 1), dtype=np.float32)
     mean = np.mean([np.asarray(m.predict_on_batch(images)) for m in members], axis=0)

@@ -59,7 +59,7 @@ def train(tfrecords: Path, run_dir: Path, config, mixed_precision: str) -> tuple
         on_epoch_end=lambda epoch, epochs, numbers: epoch_seconds.append(numbers["seconds"]),
         devices=DeviceConfig(mixed_precision=mixed_precision),
     )
-    images = result.steps_per_epoch * config.batch_size * len(epoch_seconds)
+    images = result.steps_per_epoch * config.optimisation.batch_size * len(epoch_seconds)
     return result, images / sum(epoch_seconds)
 
 

@@ -55,7 +55,7 @@ def make_model(run_dir: Path, input_dtype: str = "uint8") -> None:
 
     config = TrainConfig(num_classes=2)
     run_dir.mkdir(parents=True)
-    build_unet(config, 1).save(model_file(run_dir))
+    build_unet(config.model, 1).save(model_file(run_dir))
     ModelInfo(
         architecture="unet",
         channels=1,

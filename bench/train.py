@@ -104,7 +104,7 @@ def compiled_model(
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(policy)
     try:
-        model = compile_unet(build_unet(config, channels), config, steps, jit_compile)
+        model = compile_unet(build_unet(config.model, channels), config, steps, jit_compile)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # warm-up
@@ -228,7 +228,7 @@ def main() -> int:
         print(
             f"(c) XLA: {median['xla']:.3f} steps/s with, {median['memory']:.3f} without -> "
             f"ratio {median['xla'] / median['memory']:.2f}x (range {spread['xla']}; U-Net "
-            f"depth {config.depth}, base {config.base_filters}, {args.image_size}px, "
+            f"depth {config.model.depth}, base {config.model.base_filters}, {args.image_size}px, "
             f"batch {args.batch_size})"
         )
         print(

@@ -28,6 +28,7 @@ from unet.config import (
     PromotionConfig,
     TrainConfig,
 )
+from unet.config.parts import StagedConfig
 
 # Errors that mean the user's input is wrong (a path, a value, a model name) or the disk is
 # full: reported in one line. A KeyError or any other exception is a bug and keeps its
@@ -60,7 +61,7 @@ def add_config_arguments(
 ) -> None:
     """Add one flag per field of a pydantic config, with its type, choices and description."""
     group = parser.add_argument_group(config_class.__name__)
-    for name, field in config_class.model_fields.items():
+    for name, field in config_fields(config_class).items():
         if name in skip or any(_flag(name) in action.option_strings for action in parser._actions):
             continue
         annotation = field.annotation
@@ -87,11 +88,18 @@ def add_config_arguments(
         group.add_argument(_flag(name), **kwargs)
 
 
+def config_fields(config_class: type) -> dict:
+    """A config's settings by flag name: a :class:`StagedConfig`'s parts' fields flat."""
+    if issubclass(config_class, StagedConfig):
+        return config_class.flat_fields()
+    return config_class.model_fields
+
+
 def config_from_args(config_class: type, args: argparse.Namespace, **values: object):
     """Build a config from the flags that were given (others keep the config's defaults)."""
     given = {
         name: getattr(args, name)
-        for name in config_class.model_fields
+        for name in config_fields(config_class)
         if getattr(args, name, None) is not None
     }
     return config_class(**{**given, **values})

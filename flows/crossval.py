@@ -21,16 +21,16 @@ from unet.config import CrossValidationConfig, DeviceConfig, TrainConfig
 def fold_config(train: TrainConfig, crossval: CrossValidationConfig) -> TrainConfig:
     """Each fold's training config: the time budget is the whole run's, so each fold gets
     it divided by the rounds of folds that train one after another."""
-    if not train.time_budget:
+    if not train.optimisation.time_budget:
         return train
     rounds = math.ceil(crossval.folds / crossval.parallel)
-    return train.model_copy(update={"time_budget": train.time_budget / rounds})
+    return train.updated(time_budget=train.optimisation.time_budget / rounds)
 
 
 def local_gpu_count(crossval: CrossValidationConfig) -> int:
     """GPUs of this machine when the folds train on a local Dask cluster (one per worker),
     else 0."""
-    if not crossval.local_cluster:
+    if not crossval.execution.local_cluster:
         return 0
     from unet.inference.precision import physical_gpus
 
@@ -42,7 +42,7 @@ def fold_devices(
 ) -> DeviceConfig:
     """Folds side by side on one machine's local cluster share its cores (unless the user
     set the threads, or each fold has a GPU)."""
-    if not crossval.local_cluster or devices.cpu_threads or gpu_count:
+    if not crossval.execution.local_cluster or devices.cpu_threads or gpu_count:
         return devices
     threads = max(1, (os.cpu_count() or 1) // crossval.parallel)
     return devices.model_copy(update={"cpu_threads": threads})
@@ -125,11 +125,11 @@ def cross_validate(
     run_logger().info(
         "cross-validation: %d folds, %s (%d at a time)",
         crossval.folds,
-        crossval.fold_runner,
+        crossval.execution.runner,
         crossval.parallel,
     )
-    if crossval.fold_runner == "dask":
-        runner = dask_task_runner(crossval.dask_address, crossval.dask_workers)
+    if crossval.execution.runner == "dask":
+        runner = dask_task_runner(crossval.execution)
         folds = train_folds_on_dask.with_options(task_runner=runner)(jobs)
     else:
         folds = [train_fold_task(**job) for job in jobs]
@@ -138,7 +138,7 @@ def cross_validate(
     info, tuning = finish_ensemble(folds, run_dir, out_of_fold)
     result = ensemble_result(folds, info, tuning, Path(run_dir), time.perf_counter() - started)
     write_ensemble_lineage(
-        run_dir, result, folds, train, {**lineage, "crossval": crossval.model_dump()}
+        run_dir, result, folds, train, {**lineage, "crossval": crossval.flat(mode="json")}
     )
     publish_out_of_fold(out_of_fold, Path(run_dir) / OUT_OF_FOLD_DIR)
     return result

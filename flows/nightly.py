@@ -166,7 +166,7 @@ def skip_reason(
     return unchanged_reason(
         champion_lineage,
         prepared.dataset_hash,
-        train.model_dump(),
+        train.flat(mode="json"),
         prepared.split_hash,
         code_revision()["git_commit"],
         library_versions(),

@@ -23,15 +23,15 @@ from unet.config import EvaluateConfig, PredictConfig
 def predict_flow(config: PredictConfig) -> SegmentationSummary:
     """Write one mask per input under ``config.output_dir`` and ``report.csv``.
 
-    With ``config.task_runner == "dask"`` the input list is cut into shards segmented by Dask
-    workers (a local cluster, or the one at ``config.dask_address``); the masks and the report
+    With ``config.execution.runner == "dask"`` the input list is cut into shards segmented by
+    Dask workers (a local cluster, or the one at its address); the masks and the report
     are the same as a local run's.
 
     Returns:
         The ``report`` path and counts of inputs, successes, skipped and errors.
     """
-    if config.task_runner == "dask":
-        runner = dask_task_runner(config.dask_address, config.dask_workers)
+    if config.execution.runner == "dask":
+        runner = dask_task_runner(config.execution)
         return predict_on_dask.with_options(task_runner=runner)(config)
     return segment_folder(config)
 
@@ -44,7 +44,7 @@ def predict_on_dask(config: PredictConfig) -> SegmentationSummary:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_files(output_dir)  # before any shard writes
-    count = config.num_shards or 2 * config.dask_workers
+    count = config.execution.shards()
     futures = segment_shard.map(unmapped(config), list(range(count)), unmapped(count))
     return merge_shard_reports([future.result() for future in futures], config)
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from unet.config import ExecutionConfig
 
-def dask_task_runner(address: str | None, workers: int):
-    """A Prefect ``DaskTaskRunner``: the cluster at ``address``, else a local one of
-    ``workers`` single-threaded worker processes (no dashboard)."""
+
+def dask_task_runner(execution: ExecutionConfig):
+    """A Prefect ``DaskTaskRunner``: the cluster at ``execution.dask_address``, else a local
+    one of ``execution.dask_workers`` single-threaded worker processes (no dashboard)."""
     from prefect_dask import DaskTaskRunner
 
-    if address:
-        return DaskTaskRunner(address=address)
+    if execution.dask_address:
+        return DaskTaskRunner(address=execution.dask_address)
     return DaskTaskRunner(
         cluster_kwargs={
-            "n_workers": workers,
+            "n_workers": execution.dask_workers,
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,

@@ -81,7 +81,7 @@ def train_flow(
     """Train a U-Net on a folder pair and evaluate it on the held-out test split.
 
     With ``crossval.folds`` = K >= 2, K models are trained on group-aware folds of the non-test
-    data (K task runs, on Dask workers with ``crossval.fold_runner`` 'dask'), every non-test
+    data (K task runs, on Dask workers with ``--fold-runner dask``), every non-test
     case is scored by the fold model that did not train on it (``out_of_fold/``), and the
     model evaluated and registered is their ensemble.
 
@@ -170,7 +170,7 @@ def planned_config(prepared: PreparedDataset, train: TrainConfig, run_dir: str) 
         return train
     plan = plan_training(
         json.loads(Path(prepared.fingerprint).read_text()),
-        train.time_budget,
+        train.optimisation.time_budget,
         prepared.config.modality,
     )
     resolved, kept = apply_plan(train, plan)
@@ -234,9 +234,9 @@ def train_evaluate_register(
     devices, crossval = devices or DeviceConfig(), crossval or CrossValidationConfig()
     configs = {
         "prepare": prepared.config.model_dump(),
-        "train": train.model_dump(),
+        "train": train.flat(mode="json"),
         "devices": devices.model_dump(),
-        "crossval": crossval.model_dump(),
+        "crossval": crossval.flat(mode="json"),
     }
     write_json_atomic(run_path / "config.json", configs)
     lineage = {

@@ -14,7 +14,9 @@ from unet.config import DeviceConfig, TrainConfig
 TRAINING_TAG = "segflow-training"
 
 
-@task(name="train-unet", tags=[TRAINING_TAG], task_run_name="train-unet-{config.architecture}")
+@task(
+    name="train-unet", tags=[TRAINING_TAG], task_run_name="train-unet-{config.model.architecture}"
+)
 def train_unet(
     tfrecord_dir: str,
     run_dir: str,

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from unet.config import TrainConfig
+from unet.config import ModelSpec, TrainConfig
 from unet.model.builders import build_unet
 
 
 def test_output_is_per_pixel_softmax_of_any_allowed_size():
-    model = build_unet(TrainConfig(image_size=32, depth=2, base_filters=4, num_classes=3), 2)
+    model = build_unet(ModelSpec(depth=2, base_filters=4, num_classes=3), 2)
     for height, width in ((32, 32), (16, 48)):
         out = model.predict_on_batch(np.random.rand(2, height, width, 2).astype("float32"))
         assert out.shape == (2, height, width, 3)
@@ -15,7 +15,7 @@ def test_output_is_per_pixel_softmax_of_any_allowed_size():
 
 
 def test_layers_are_named_by_position():
-    model = build_unet(TrainConfig(image_size=32, depth=2, base_filters=4))
+    model = build_unet(ModelSpec(depth=2, base_filters=4))
     names = {layer.name for layer in model.layers}
     assert {"enc1_conv1", "enc2_pool", "bottleneck_conv2", "dec1_up", "head_softmax"} <= names
     assert model.get_layer("enc2_conv1").filters == 8
@@ -28,7 +28,7 @@ def test_image_size_must_survive_every_pooling():
 
 
 def test_no_batch_norm_means_no_bn_layers_and_biases():
-    model = build_unet(TrainConfig(image_size=16, depth=1, base_filters=2, batch_norm=False))
+    model = build_unet(ModelSpec(depth=1, base_filters=2, batch_norm=False))
     assert not [layer for layer in model.layers if "bn" in layer.name]
     assert model.get_layer("enc1_conv1").use_bias
 
@@ -40,7 +40,7 @@ def test_inference_model_folds_batch_norms_without_changing_outputs(architecture
     from unet.model.builders import inference_model
 
     config = TrainConfig(architecture=architecture, depth=2, base_filters=4, num_classes=3)
-    model = build_unet(config, 1)
+    model = build_unet(config.model, 1)
     rng = np.random.default_rng(0)
     for layer in model.layers:  # trained-looking statistics, far from the identity
         if isinstance(layer, layers.BatchNormalization):
@@ -68,7 +68,7 @@ def test_inference_model_computes_in_float32_after_mixed_precision_training():
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = build_unet(TrainConfig(depth=2, base_filters=4, num_classes=2), 1)
+        model = build_unet(ModelSpec(depth=2, base_filters=4, num_classes=2), 1)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert model.get_layer("enc1_conv1").compute_dtype == "float16"
@@ -86,7 +86,7 @@ def test_inference_model_ignores_the_global_policy_of_the_process():
 
     from unet.model.builders import inference_model
 
-    model = build_unet(TrainConfig(depth=2, base_filters=4, num_classes=2), 1)
+    model = build_unet(ModelSpec(depth=2, base_filters=4, num_classes=2), 1)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         folded = inference_model(model, "float32")

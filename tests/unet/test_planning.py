@@ -52,11 +52,11 @@ def test_plan_rules(data, expected):
 def test_settings_the_user_gave_are_kept_and_the_rest_planned():
     plan = plan_training(fingerprint(scale_cases=3.0, foreground=0.01))
     config, kept = apply_plan(TrainConfig(normalization="range", epochs=5), plan)
-    assert config.normalization == "range" and kept == ["normalization"]
-    assert config.foreground_patch_fraction == 0.5 and config.epochs == 5
+    assert config.input.normalization == "range" and kept == ["normalization"]
+    assert config.input.foreground_patch_fraction == 0.5 and config.optimisation.epochs == 5
     assert "(you set it: not used)" in plan.markdown(kept)
     config, _ = apply_plan(TrainConfig(image_size=48), plan)  # depth follows the user's patches
-    assert (config.image_size, config.depth) == (48, 2)
+    assert (config.input.image_size, config.model.depth) == (48, 2)
 
 
 def test_depth_leaves_an_exact_bottleneck_of_at_least_8_pixels():
@@ -67,7 +67,7 @@ def test_a_time_budget_fits_the_schedule_unless_the_user_says_no():
     assert "fit_to_budget" not in plan_training(fingerprint()).values()
     plan = plan_training(fingerprint(), time_budget=30)
     config, _ = apply_plan(TrainConfig(time_budget=30), plan)
-    assert config.fit_to_budget is True
+    assert config.optimisation.fit_to_budget is True
     assert "30-minute budget" in plan.markdown()
     config, kept = apply_plan(TrainConfig(time_budget=30, fit_to_budget=False), plan)
-    assert config.fit_to_budget is False and kept == ["fit_to_budget"]
+    assert config.optimisation.fit_to_budget is False and kept == ["fit_to_budget"]

@@ -60,7 +60,7 @@ def test_resume_refuses_other_settings_and_finished_runs_do_nothing(tfrecord_dir
     again = train_model(tfrecord_dir, tmp_path, config)
     assert again.resumed_from == 1 and again.epochs_run == 1
     with pytest.raises(ValueError, match="base_filters differ"):
-        train_model(tfrecord_dir, tmp_path, config.model_copy(update={"base_filters": 8}))
+        train_model(tfrecord_dir, tmp_path, config.updated(base_filters=8))
 
 
 def test_a_folder_trained_on_other_data_is_refused_not_resumed(
@@ -94,7 +94,7 @@ def test_other_device_settings_do_not_block_a_resume(tfrecord_dir, tmp_path):
     from unet.config import DeviceConfig
 
     config = TrainConfig(**{**CONFIG, "epochs": 2, "steps_per_epoch": 2})
-    train_model(tfrecord_dir, tmp_path, config.model_copy(update={"epochs": 1}))
+    train_model(tfrecord_dir, tmp_path, config.updated(epochs=1))
     moved = DeviceConfig(mixed_precision="off", visible_gpus="", gpu_memory_growth=False)
     summary = train_model(tfrecord_dir, tmp_path, config, devices=moved)
     assert summary.resumed_from == 1 and summary.epochs_run == 2
@@ -149,3 +149,39 @@ def test_a_smoothed_best_epoch_ignores_one_lucky_epoch(tmp_path):
 
     assert best_epoch(0.0) == 2
     assert best_epoch(0.5) == 8
+
+
+# TrainConfig's settings as a run folder written before the config had parts holds them
+# (state.json's "config", model.json's "train_config"): flat, by the command line's names.
+FLAT_RECORD = {
+    "architecture": "unet", "encoder_weights": None, "depth": 2, "base_filters": 4,
+    "batch_norm": True, "dropout": 0.0, "num_classes": 2, "image_size": 32,
+    "resize_mode": "crop", "foreground_patch_fraction": 0.3, "normalization": "range",
+    "intensity_window": None, "flips": True, "rotate90": True, "rotation_degrees": 10.0,
+    "scale_range": 0.1, "elastic_displacement": 4.0, "brightness": 0.05, "contrast": 0.1,
+    "gamma": 0.1, "noise_std": 0.01, "loss": "dice_ce", "class_weights": None,
+    "optimizer": "adam", "learning_rate": 0.001, "weight_decay": 0.0001, "momentum": 0.9,
+    "schedule": "cosine", "warmup_epochs": 1.0, "epochs": 1, "batch_size": 4,
+    "steps_per_epoch": 2, "early_stopping_patience": 0, "best_epoch_smoothing": 0.0,
+    "time_budget": None, "fit_to_budget": False, "seed": 1,
+}  # fmt: skip
+
+
+def test_a_run_folder_of_flat_records_still_resumes_and_predicts(tfrecord_dir, tmp_path):
+    import numpy as np
+
+    from unet.inference.segmenter import Segmenter
+
+    config = TrainConfig(**{**CONFIG, "epochs": 1, "steps_per_epoch": 2})
+    assert TrainConfig.model_validate(FLAT_RECORD) == config.updated(num_classes=2)
+    train_model(tfrecord_dir, tmp_path, config)
+    state_path, info_path = tmp_path / "checkpoint" / "state.json", tmp_path / "model.json"
+    for path, key in ((state_path, "config"), (info_path, "train_config")):
+        record = json.loads(path.read_text())
+        assert record[key] == FLAT_RECORD  # today's records keep the old form
+        path.write_text(json.dumps({**record, key: dict(sorted(FLAT_RECORD.items()))}))
+    resumed = train_model(tfrecord_dir, tmp_path, config.updated(epochs=2))
+    assert resumed.resumed_from == 1 and resumed.epochs_run == 2
+    segmenter = Segmenter(tmp_path)
+    mask = segmenter.segment([segmenter.prepare(np.zeros((32, 48), np.uint8))])[0]
+    assert mask.classes.shape == (32, 48)

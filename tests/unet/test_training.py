@@ -64,9 +64,7 @@ def test_schedule_is_fitted_to_the_time_budget(tfrecord_dir, tiny_train_config, 
     import keras
 
     cap = 500  # far more epochs than 20 seconds allow
-    config = tiny_train_config.model_copy(
-        update={"epochs": cap, "time_budget": 20 / 60, "fit_to_budget": True}
-    )
+    config = tiny_train_config.updated(epochs=cap, time_budget=20 / 60, fit_to_budget=True)
     result = train_model(tfrecord_dir, tmp_path / "run", config)
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert 2 <= state["planned_epochs"] < cap

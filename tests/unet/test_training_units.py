@@ -28,7 +28,7 @@ def test_the_ensemble_outputs_the_mean_of_its_members():
     members = []
     for seed in range(3):
         keras.utils.set_random_seed(seed)
-        members.append(build_unet(config, 1))
+        members.append(build_unet(config.model, 1))
     ensemble = build_ensemble(members)
     images = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)
     expected = np.mean([member.predict_on_batch(images) for member in members], axis=0)

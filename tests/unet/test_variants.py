@@ -17,7 +17,7 @@ def _train_step_save_load(model, config, tmp_path, channels):
     compile_unet(model, config)
     rng = np.random.default_rng(0)
     images = rng.random((2, 32, 32, channels)).astype("float32")
-    masks = rng.integers(0, config.num_classes, (2, 32, 32, 1))
+    masks = rng.integers(0, config.model.num_classes, (2, 32, 32, 1))
     before = [w.copy() for w in model.get_weights()[:2]]
     model.train_on_batch(images, masks)
     assert any(
@@ -32,7 +32,7 @@ def _train_step_save_load(model, config, tmp_path, channels):
 
 def test_classic_unet_multichannel_multiclass(tmp_path):
     config = TrainConfig(image_size=32, depth=2, base_filters=4, num_classes=3, dropout=0.2)
-    _train_step_save_load(build_unet(config, 3), config, tmp_path, 3)
+    _train_step_save_load(build_unet(config.model, 3), config, tmp_path, 3)
 
 
 def test_vgg16_unet_with_encoder_weights_from_a_file(tmp_path):
@@ -44,7 +44,7 @@ def test_vgg16_unet_with_encoder_weights_from_a_file(tmp_path):
     config = TrainConfig(
         architecture="vgg16-unet", image_size=32, num_classes=2, encoder_weights=str(weights)
     )
-    model = build_unet(config, 1)
+    model = build_unet(config.model, 1)
     assert model.output_shape == (None, None, None, 2)
     kernel = reference.get_layer("block1_conv1").get_weights()[0]
     np.testing.assert_allclose(
@@ -56,7 +56,7 @@ def test_vgg16_unet_with_encoder_weights_from_a_file(tmp_path):
         model.get_layer("block5_conv3").get_weights()[0],
         reference.get_layer("block5_conv3").get_weights()[0],
     )
-    _train_step_save_load(model, config.model_copy(update={"num_classes": 2}), tmp_path, 1)
+    _train_step_save_load(model, config.updated(num_classes=2), tmp_path, 1)
 
 
 def test_vgg16_unet_needs_sizes_divisible_by_16_and_real_weight_files(tmp_path):
@@ -68,7 +68,7 @@ def test_vgg16_unet_needs_sizes_divisible_by_16_and_real_weight_files(tmp_path):
         architecture="vgg16-unet", image_size=32, encoder_weights=str(tmp_path / "missing.h5")
     )
     with pytest.raises(FileNotFoundError, match="never downloads weights"):
-        build_unet(config, 3)
+        build_unet(config.model, 3)
 
 
 def test_device_report_on_this_machine(tmp_path):

@@ -96,13 +96,13 @@ def crop_and_flip(index: tf.Tensor, case: dict, config: TrainConfig, dtype: str)
     """
     image, mask = case["image"], case["mask"]
     seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(index, tf.int64)])
-    size = config.image_size
-    window = config.intensity_window
+    size = config.input.image_size
+    window = config.input.intensity_window
 
     def normalize(values: tf.Tensor) -> tf.Tensor:
-        return normalize_with(values, case["stats"], config.normalization, dtype, window)
+        return normalize_with(values, case["stats"], config.input.normalization, dtype, window)
 
-    if config.resize_mode == "resize":
+    if config.input.resize_mode == "resize":
         patch = tf.image.resize(normalize(image), (size, size))
         both = tf.concat(
             [patch, tf.image.resize(tf.cast(mask, tf.float32), (size, size), method="nearest")], -1
@@ -112,14 +112,14 @@ def crop_and_flip(index: tf.Tensor, case: dict, config: TrainConfig, dtype: str)
             tf.concat([image, tf.cast(mask, image.dtype)], -1),
             size,
             seed,
-            config.foreground_patch_fraction,
+            config.input.foreground_patch_fraction,
         )
         patch = normalize(crop[..., :-1])
         both = tf.concat([patch, tf.cast(crop[..., -1:], tf.float32)], -1)
-    if config.flips:
+    if config.augmentation.flips:
         both = tf.image.stateless_random_flip_left_right(both, seed=seed + 4)
         both = tf.image.stateless_random_flip_up_down(both, seed=seed + 5)
-    if config.rotate90:
+    if config.augmentation.rotate90:
         turns = tf.random.stateless_uniform((), seed + 6, 0, 4, tf.int32)
         both = tf.image.rot90(both, k=turns)
     both = tf.ensure_shape(both, (size, size, None))
@@ -134,17 +134,26 @@ def augment_batch(images: tf.Tensor, masks: tf.Tensor, indices: tf.Tensor, confi
         ``(images (B, S, S, C) float32, masks (B, S, S, 1) int32)``.
     """
     seed = tf.stack([tf.cast(config.seed, tf.int64) + 7919, tf.cast(indices[0], tf.int64)])
-    if config.rotation_degrees or config.scale_range or config.elastic_displacement:
+    if (
+        config.augmentation.rotation_degrees
+        or config.augmentation.scale_range
+        or config.augmentation.elastic_displacement
+    ):
         images, masks = warp(
             images,
             masks,
             seed,
-            config.rotation_degrees,
-            config.scale_range,
-            config.elastic_displacement,
+            config.augmentation.rotation_degrees,
+            config.augmentation.scale_range,
+            config.augmentation.elastic_displacement,
         )
     images = adjust_intensity(
-        images, seed, config.brightness, config.contrast, config.gamma, config.noise_std
+        images,
+        seed,
+        config.augmentation.brightness,
+        config.augmentation.contrast,
+        config.augmentation.gamma,
+        config.augmentation.noise_std,
     )
     return images, masks
 
@@ -184,7 +193,7 @@ def training_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    batches = samples.batch(config.batch_size, drop_remainder=True).map(
+    batches = samples.batch(config.optimisation.batch_size, drop_remainder=True).map(
         lambda images, masks, indices: augment_batch(images, masks, indices, config),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,

@@ -1,7 +1,7 @@
 """U-Net builders: the classic U-Net and the VGG16-encoder U-Net, from small blocks.
 
 Both are fully convolutional and accept any ``(H, W)`` that is a multiple of
-``2**config.num_poolings``. The softmax output stays float32 under mixed precision.
+``2**spec.num_poolings``. The softmax output stays float32 under mixed precision.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from unet.config import TrainConfig
+from unet.config import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -56,27 +56,27 @@ def segmentation_head(x, num_classes: int):
     return layers.Activation("softmax", dtype="float32", name="head_softmax")(x)
 
 
-def build_classic_unet(config: TrainConfig, num_channels: int) -> keras.Model:
+def build_classic_unet(spec: ModelSpec, num_channels: int) -> keras.Model:
     """The classic U-Net (Ronneberger et al. 2015) with 'same' padding."""
     inputs = keras.Input(shape=(None, None, num_channels), name="image")
     x, skips = inputs, []
-    for level in range(1, config.depth + 1):
+    for level in range(1, spec.depth + 1):
         # H/2**(level-1) -> H/2**level, filters base * 2**(level-1)
-        skip, x = encoder_block(x, config.base_filters * 2 ** (level - 1), level, config.batch_norm)
+        skip, x = encoder_block(x, spec.base_filters * 2 ** (level - 1), level, spec.batch_norm)
         skips.append(skip)
-    x = conv_block(x, config.base_filters * 2**config.depth, "bottleneck", config.batch_norm)
-    if config.dropout:
-        x = layers.Dropout(config.dropout, name="bottleneck_dropout")(x)
-    for level in range(config.depth, 0, -1):
+    x = conv_block(x, spec.base_filters * 2**spec.depth, "bottleneck", spec.batch_norm)
+    if spec.dropout:
+        x = layers.Dropout(spec.dropout, name="bottleneck_dropout")(x)
+    for level in range(spec.depth, 0, -1):
         # H/2**level + skip H/2**(level-1) -> H/2**(level-1)
         x = decoder_block(
-            x, skips[level - 1], config.base_filters * 2 ** (level - 1), level, config.batch_norm
+            x, skips[level - 1], spec.base_filters * 2 ** (level - 1), level, spec.batch_norm
         )
-    outputs = segmentation_head(x, config.num_classes or 2)
-    return keras.Model(inputs, outputs, name=f"unet_d{config.depth}_f{config.base_filters}")
+    outputs = segmentation_head(x, spec.num_classes or 2)
+    return keras.Model(inputs, outputs, name=f"unet_d{spec.depth}_f{spec.base_filters}")
 
 
-def build_vgg16_unet(config: TrainConfig, num_channels: int) -> keras.Model:
+def build_vgg16_unet(spec: ModelSpec, num_channels: int) -> keras.Model:
     """The seed project's U-Net with a VGG16 encoder.
 
     Encoder layers carry Keras VGG16's names (``block1_conv1`` ... ``block5_conv3``) so its
@@ -96,15 +96,15 @@ def build_vgg16_unet(config: TrainConfig, num_channels: int) -> keras.Model:
             x = layers.Conv2D(
                 filters, 3, padding="same", activation="relu", name=f"block{block}_conv{index}"
             )(x)
-    if config.dropout:
-        x = layers.Dropout(config.dropout, name="bottleneck_dropout")(x)
+    if spec.dropout:
+        x = layers.Dropout(spec.dropout, name="bottleneck_dropout")(x)
     for level, filters in zip((4, 3, 2, 1), (512, 256, 128, 64), strict=True):
         x = layers.UpSampling2D(2, name=f"dec{level}_up")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level - 1]])
-        x = conv_block(x, filters, f"dec{level}", config.batch_norm)
-    model = keras.Model(inputs, segmentation_head(x, config.num_classes or 2), name="vgg16_unet")
-    if config.encoder_weights:
-        load_vgg16_weights(model, config.encoder_weights, num_channels)
+        x = conv_block(x, filters, f"dec{level}", spec.batch_norm)
+    model = keras.Model(inputs, segmentation_head(x, spec.num_classes or 2), name="vgg16_unet")
+    if spec.encoder_weights:
+        load_vgg16_weights(model, spec.encoder_weights, num_channels)
     return model
 
 
@@ -142,11 +142,12 @@ def load_vgg16_weights(model: keras.Model, path: str, num_channels: int) -> None
     logger.info("loaded VGG16 encoder weights from %s", path)
 
 
-def build_unet(config: TrainConfig, num_channels: int = 1) -> keras.Model:
-    """Build the model ``config.architecture`` names.
+def build_unet(spec: ModelSpec, num_channels: int = 1) -> keras.Model:
+    """Build the model ``spec.architecture`` names.
 
     Args:
-        config: architecture and its settings; ``num_classes`` (None: 2).
+        spec: the model part of a training config: architecture and its settings;
+            ``num_classes`` (None: 2).
         num_channels: input channels.
 
     Returns:
@@ -155,9 +156,9 @@ def build_unet(config: TrainConfig, num_channels: int = 1) -> keras.Model:
     """
     if num_channels < 1:
         raise ValueError(f"num_channels must be positive. Received: num_channels={num_channels}")
-    if config.architecture == "vgg16-unet":
-        return build_vgg16_unet(config, num_channels)
-    return build_classic_unet(config, num_channels)
+    if spec.architecture == "vgg16-unet":
+        return build_vgg16_unet(spec, num_channels)
+    return build_classic_unet(spec, num_channels)
 
 
 class _Folded(layers.Layer):

@@ -120,7 +120,7 @@ def output_options(config: PredictConfig, flip_check: bool) -> dict:
     flip pass as resolved for the model (``qc auto``)."""
     options = {
         name: value
-        for name, value in config.model_dump(mode="json").items()
+        for name, value in config.flat(mode="json").items()
         if name not in LAYOUT_ONLY_OPTIONS
     }
     return {**options, "flip_check": flip_check}

@@ -360,7 +360,7 @@ def write_ensemble_lineage(
             "model_version": result.model_version,
             "dataset_hash": first["dataset_hash"],
             "tfrecord_address": first.get("tfrecord_address"),
-            "train_config": config.model_dump(),
+            "train_config": config.flat(mode="json"),
             "seed": config.seed,
             "training": dataclasses.asdict(result),
             "ensemble_members": members,

@@ -39,19 +39,19 @@ def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tupl
     if not model_file(run_dir).is_file():
         raise RuntimeError(f"training in {run_dir} ended before a first epoch completed")
     info = ModelInfo(
-        architecture=config.architecture,
+        architecture=config.model.architecture,
         channels=data.model_channels,
         input_dtype=data.dtype,
-        normalization=config.normalization,
+        normalization=config.input.normalization,
         context_slices=data.context_slices,
         slice_axis=data.slice_axis,
         volume_statistics=data.volumes,
-        intensity_window=config.intensity_window,
-        size_multiple=2**config.num_poolings,
-        num_classes=config.num_classes,
+        intensity_window=config.input.intensity_window,
+        size_multiple=2**config.model.num_poolings,
+        num_classes=config.model.num_classes,
         labels=data.labels,
         model_version=model_version(run_dir),
-        train_config=config.model_dump(),
+        train_config=config.flat(mode="json"),
     )
     path = model_file(run_dir)
     best = keras.models.load_model(path, compile=False)  # the one read of the best epoch
@@ -145,7 +145,7 @@ def write_records(
             "dataset_hash": data.identity["dataset_hash"],
             "tfrecord_address": data.identity["tfrecord_address"],
             "split_counts": data.counts,
-            "train_config": config.model_dump(),
+            "train_config": config.flat(mode="json"),
             "seed": config.seed,
             "training": dataclasses.asdict(result),
             "code": code_revision(),

@@ -63,8 +63,10 @@ class TrainingControl(keras.callbacks.Callback):
         self.run_dir, self.state, self.config, self.steps = run_dir, state, config, steps
         self.on_epoch_end_callback = on_epoch_end
         self.started = self.epoch_started = time.perf_counter()
-        self.budget = config.time_budget * 60 if config.time_budget else None
-        self.epochs = state.planned_epochs or config.epochs
+        self.budget = (
+            config.optimisation.time_budget * 60 if config.optimisation.time_budget else None
+        )
+        self.epochs = state.planned_epochs or config.optimisation.epochs
         self.batch_ends: list[float] = []
         self.validation_seconds = self.save_seconds = 0.0
 
@@ -105,7 +107,7 @@ class TrainingControl(keras.callbacks.Callback):
 
     def _update_state(self, epoch: int, score: float, seconds: float) -> None:
         state, config = self.state, self.config
-        keep = config.best_epoch_smoothing
+        keep = config.optimisation.best_epoch_smoothing
         state.smoothed = (
             score if state.smoothed is None else keep * state.smoothed + (1 - keep) * score
         )
@@ -115,8 +117,11 @@ class TrainingControl(keras.callbacks.Callback):
         else:
             state.wait += 1
         state.epoch = epoch + 1
-        state.samples_drawn = (epoch + 1) * self.steps * config.batch_size
-        if config.early_stopping_patience and state.wait >= config.early_stopping_patience:
+        state.samples_drawn = (epoch + 1) * self.steps * config.optimisation.batch_size
+        if (
+            config.optimisation.early_stopping_patience
+            and state.wait >= config.optimisation.early_stopping_patience
+        ):
             self.model.stop_training = True
             state.stop_reason = f"no better val Dice for {state.wait} epochs"
         elapsed = time.perf_counter() - self.started
@@ -151,7 +156,8 @@ def fit_epochs(
     steps: int,
     on_epoch_end: EpochCallback | None,
 ) -> None:
-    """Fit from the state's epoch to ``config.epochs`` (or until stopped), checkpointing.
+    """Fit from the state's epoch to ``config.optimisation.epochs`` (or until stopped),
+    checkpointing.
 
     With ``fit_to_budget`` and a time budget, the warm-up epochs (at least two) run first;
     then the epoch time is measured, the epochs and the schedule's end are fitted to what is
@@ -160,7 +166,7 @@ def fit_epochs(
     if resumed_from:
         _truncate_history(run_dir / "history.csv", resumed_from)
     control = TrainingControl(run_dir, state, config, steps, on_epoch_end)
-    end = state.planned_epochs or config.epochs
+    end = state.planned_epochs or config.optimisation.epochs
     if state.epoch >= end:
         return
     logger.info(
@@ -171,13 +177,18 @@ def fit_epochs(
         state.epoch + 1,
         end,
         steps,
-        config.batch_size,
+        config.optimisation.batch_size,
     )
     # measured after the warm-up and one more epoch than the first (whose time is tracing)
-    warm = max(2, math.ceil(config.warmup_epochs))
+    warm = max(2, math.ceil(config.optimisation.warmup_epochs))
     if resumed_from and state.planned_epochs:  # the fitted schedule, whatever the checkpoint
         set_schedule(model, config, steps, state.planned_epochs)
-    if config.fit_to_budget and control.budget and not state.planned_epochs and state.epoch < warm:
+    if (
+        config.optimisation.fit_to_budget
+        and control.budget
+        and not state.planned_epochs
+        and state.epoch < warm
+    ):
         _fit(model, state, run_dir, data, config, steps, control, min(warm, end))
         if state.stop_reason or state.epoch >= end:
             return
@@ -216,13 +227,13 @@ def _fit(
         ),
         validation_data=validation_dataset(
             split_files(data.tfrecord_dir, "val"),
-            2**config.num_poolings,
+            2**config.model.num_poolings,
             data.channels,
             data.dtype,
             data.counts["val"],
-            config.normalization,
+            config.input.normalization,
             data.context_slices,
-            config.intensity_window,
+            config.input.intensity_window,
         ),
         initial_epoch=state.epoch,
         epochs=end,
@@ -237,10 +248,10 @@ def set_schedule(model: keras.Model, config: TrainConfig, steps: int, epochs: in
     """Give the optimizer the warm-up + decay schedule that ends at ``epochs`` and trace its
     training step again (the schedule is read inside the compiled step)."""
     model.optimizer.learning_rate = WarmupSchedule(
-        config.learning_rate,
-        round(config.warmup_epochs * steps),
+        config.optimisation.learning_rate,
+        round(config.optimisation.warmup_epochs * steps),
         epochs * steps,
-        config.schedule,
+        config.optimisation.schedule,
     )
     model.make_train_function(force=True)
 
@@ -256,12 +267,12 @@ def fit_schedule(
     (the optimizer gets the refitted schedule and its training step is traced again).
 
     Returns:
-        The fitted number of epochs: at least one more, at most ``config.epochs``.
+        The fitted number of epochs: at least one more, at most ``config.optimisation.epochs``.
     """
     per_epoch = control.epoch_estimate()
     remaining = control.budget - control.elapsed()
     more = int(BUDGET_MARGIN * remaining / max(per_epoch, 1e-6)) - 1  # one for the retrace
-    epochs = max(state.epoch + 1, min(config.epochs, state.epoch + more))
+    epochs = max(state.epoch + 1, min(config.optimisation.epochs, state.epoch + more))
     set_schedule(model, config, steps, epochs)
     state.planned_epochs = control.epochs = epochs
     state.write(checkpoint_files(control.run_dir)[1])  # a resume keeps the fitted epochs
@@ -272,8 +283,8 @@ def fit_schedule(
         per_epoch,
         remaining,
         control.budget,
-        config.epochs,
-        config.schedule,
+        config.optimisation.epochs,
+        config.optimisation.schedule,
         epochs,
     )
     return epochs

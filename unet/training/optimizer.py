@@ -51,15 +51,15 @@ def foreground_classes(num_classes: int) -> list[int]:
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """Adam, AdamW or SGD with Nesterov momentum, on the warm-up + decay schedule."""
     schedule = WarmupSchedule(
-        config.learning_rate,
-        round(config.warmup_epochs * steps_per_epoch),
-        config.epochs * steps_per_epoch,
-        config.schedule,
+        config.optimisation.learning_rate,
+        round(config.optimisation.warmup_epochs * steps_per_epoch),
+        config.optimisation.epochs * steps_per_epoch,
+        config.optimisation.schedule,
     )
-    if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True)
+    if config.optimisation.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=config.optimisation.weight_decay)
+    if config.optimisation.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=config.optimisation.momentum, nesterov=True)
     return keras.optimizers.Adam(schedule)
 
 
@@ -68,13 +68,15 @@ def compile_unet(
 ):
     """Compile with the configured optimizer, loss and foreground Dice/IoU metrics (training
     steps compiled with XLA when ``jit_compile``)."""
-    classes = foreground_classes(config.num_classes)
+    classes = foreground_classes(config.model.num_classes)
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
-        loss=SegmentationLoss(config.num_classes, config.loss, config.class_weights),
+        loss=SegmentationLoss(
+            config.model.num_classes, config.optimisation.loss, config.optimisation.class_weights
+        ),
         metrics=[
-            OverlapScore(classes, "dice", config.num_classes, name="dice_fg"),
-            OverlapScore(classes, "iou", config.num_classes, name="iou_fg"),
+            OverlapScore(classes, "dice", config.model.num_classes, name="dice_fg"),
+            OverlapScore(classes, "iou", config.model.num_classes, name="iou_fg"),
         ],
         jit_compile=jit_compile,
     )

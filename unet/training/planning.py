@@ -282,12 +282,12 @@ def apply_plan(config: TrainConfig, plan: TrainingPlan) -> tuple[TrainConfig, li
     Returns:
         ``(config, kept)``: the resolved config and the planned settings the user overrode.
     """
-    given = config.model_fields_set
+    given = config.given()
     kept = [name for name in plan.values() if name in given]
     planned = {name: value for name, value in plan.values().items() if name not in given}
     if "image_size" in given and "depth" not in given:  # fit the depth to the user's patches
-        planned["depth"] = depth_for(config.image_size)
-    resolved = TrainConfig(**{**config.model_dump(), **planned})
+        planned["depth"] = depth_for(config.input.image_size)
+    resolved = config.updated(**planned)
     return resolved, kept
 
 

@@ -103,7 +103,7 @@ class TrainingResult:
 
 
 def _comparable(config: TrainConfig) -> dict:
-    return {k: v for k, v in config.model_dump().items() if k not in RESUMABLE_CHANGES}
+    return {k: v for k, v in config.flat(mode="json").items() if k not in RESUMABLE_CHANGES}
 
 
 def load_state(run_dir: Path, config: TrainConfig, data: TrainingData) -> TrainingState | None:
@@ -146,7 +146,7 @@ def read_training_data(
 
     Raises:
         ValueError: an empty train or val split, or more classes in the data than
-            ``config.num_classes``.
+            ``config.model.num_classes``.
     """
     sidecar = load_sidecar(tfrecord_dir)
     counts = {name: split["num_records"] for name, split in sidecar["splits"].items()}
@@ -157,12 +157,13 @@ def read_training_data(
                 "change val_fraction/test_fraction"
             )
     data_classes = int(sidecar["num_classes"])
-    if config.num_classes is None:
-        config = config.model_copy(update={"num_classes": data_classes})
-    elif data_classes > config.num_classes:
+    if config.model.num_classes is None:
+        config = config.updated(num_classes=data_classes)
+    elif data_classes > config.model.num_classes:
         raise ValueError(
             f"the data has {data_classes} classes (label rule {sidecar['labels']}) but "
-            f"num_classes={config.num_classes}; leave num_classes unset to take it from the data"
+            f"num_classes={config.model.num_classes}; leave num_classes unset to take it from "
+            "the data"
         )
     identity = {
         "dataset_hash": sidecar["dataset_hash"],
@@ -182,7 +183,7 @@ def read_training_data(
         sidecar.get("slice_axis"),
         bool(sidecar.get("volumes", False)),
     )
-    check_mode(config.normalization, data.dtype, config.intensity_window)
+    check_mode(config.input.normalization, data.dtype, config.input.intensity_window)
     return data, config
 
 
@@ -206,7 +207,7 @@ def open_run(run_dir: Path, config: TrainConfig, data: TrainingData, steps: int,
                 state.best_epoch,
             )
         else:
-            model = compile_unet(build_unet(config, data.model_channels), config, steps, jit)
+            model = compile_unet(build_unet(config.model, data.model_channels), config, steps, jit)
     state = state or TrainingState()
-    state.config, state.data, state.stop_reason = config.model_dump(), data.identity, None
+    state.config, state.data, state.stop_reason = config.flat(mode="json"), data.identity, None
     return model, state

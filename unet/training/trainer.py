@@ -54,12 +54,14 @@ def train_model(
 
     Raises:
         ValueError: an empty train or val split, more classes in the data than
-            ``config.num_classes``, or a checkpoint of other settings or data in ``run_dir``.
+            ``config.model.num_classes``, or a checkpoint of other settings or data in ``run_dir``.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
     data, config = read_training_data(tfrecord_dir, config, (lineage or {}).get("split_hash"))
-    steps = config.steps_per_epoch or max(MIN_STEPS, -(-data.counts["train"] // config.batch_size))
+    steps = config.optimisation.steps_per_epoch or max(
+        MIN_STEPS, -(-data.counts["train"] // config.optimisation.batch_size)
+    )
     devices = devices or DeviceConfig()
     strategy, device_report = configure_devices(devices)
     model, state = open_run(run_dir, config, data, steps, strategy, devices.jit_compile)
@@ -74,7 +76,7 @@ def train_model(
         best_epoch=state.best_epoch,
         best_val_dice=state.best,
         epochs_run=state.epoch,
-        epochs=state.planned_epochs or config.epochs,
+        epochs=state.planned_epochs or config.optimisation.epochs,
         stop_reason=state.stop_reason or "completed",
         resumed_from=resumed_from,
         steps_per_epoch=steps,

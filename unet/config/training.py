@@ -1,22 +1,22 @@
-"""Configurations of the training, evaluation and prediction stages."""
+"""The training stage's config, in parts: the model, its input, augmentation, optimisation."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from unet.config.execution import ExecutionConfig
+from unet.config.parts import StagedConfig
 from unet.data.normalization import IntensityWindow
 
 
-class TrainConfig(BaseModel):
-    """How a U-Net is built and trained. Saved as JSON beside every model; the machine it runs
-    on is a :class:`DeviceConfig`, apart, so a run moved to another machine still resumes and
-    the nightly flow does not retrain because of it."""
+class ModelSpec(BaseModel):
+    """The network: which U-Net, how deep and wide, how many classes (all ``build_unet``
+    reads)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # Model
     architecture: Literal["unet", "vgg16-unet"] = Field(
         "unet",
         description="'unet' (classic U-Net) or 'vgg16-unet' (VGG16 encoder, 5 poolings, heavy: "
@@ -36,7 +36,27 @@ class TrainConfig(BaseModel):
     num_classes: int | None = Field(
         None, ge=2, description="Classes including background (class 0); default: from the data."
     )
-    # Input pipeline
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> ModelSpec:
+        if self.encoder_weights and self.architecture != "vgg16-unet":
+            raise ValueError(
+                "encoder_weights is for architecture 'vgg16-unet'. Received: "
+                f"architecture={self.architecture!r}"
+            )
+        return self
+
+    @property
+    def num_poolings(self) -> int:
+        """How many times the encoder halves the resolution."""
+        return 4 if self.architecture == "vgg16-unet" else self.depth
+
+
+class InputConfig(BaseModel):
+    """How training cases reach the network: patch size, crops and intensity normalisation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     image_size: int = Field(128, ge=16, description="Training patch height and width (pixels).")
     resize_mode: Literal["crop", "resize"] = Field(
         "crop",
@@ -62,6 +82,13 @@ class TrainConfig(BaseModel):
         description="'ct' normalisation: the training split's foreground intensity window "
         "(computed by the plan from the fingerprint; recorded with the model).",
     )
+
+
+class AugmentConfig(BaseModel):
+    """Random augmentation of training patches (none at evaluation or prediction)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     flips: bool = Field(True, description="Random horizontal and vertical flips.")
     rotate90: bool = Field(True, description="Random 90-degree rotations.")
     rotation_degrees: float = Field(10.0, ge=0, le=180, description="Random rotation, +- degrees.")
@@ -73,7 +100,13 @@ class TrainConfig(BaseModel):
     contrast: float = Field(0.1, ge=0, lt=1, description="Random contrast factor, 1 +- this.")
     gamma: float = Field(0.1, ge=0, description="Random gamma, exp(+- this).")
     noise_std: float = Field(0.01, ge=0, description="Gaussian noise standard deviation.")
-    # Optimisation
+
+
+class OptimConfig(BaseModel):
+    """Loss, optimiser, learning-rate schedule, epochs and the time budget."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     loss: Literal["dice_ce", "ce", "dice", "focal"] = Field(
         "dice_ce", description="Loss: Dice + cross-entropy, cross-entropy, Dice, or focal."
     )
@@ -116,29 +149,34 @@ class TrainConfig(BaseModel):
         "epochs (at most `epochs`) so the learning-rate schedule ends when the budget does, "
         "instead of the budget cutting it. The plan turns it on when a budget is given.",
     )
+
+
+class TrainConfig(StagedConfig):
+    """How a U-Net is built and trained: one part per stage that reads it. Saved as JSON
+    beside every model. Every setting is also accepted by its flat name, as the command line
+    gives it and as run folders written before the parts existed hold it
+    (``TrainConfig(depth=3)``, ``config.flat()["depth"]``). The machine it runs on is a
+    :class:`DeviceConfig`, apart, so a run moved to another machine still resumes and the
+    nightly flow does not retrain because of it."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    input: InputConfig = Field(default_factory=InputConfig)
+    augmentation: AugmentConfig = Field(default_factory=AugmentConfig)
+    optimisation: OptimConfig = Field(default_factory=OptimConfig)
     seed: int = Field(0, description="Seed of weights, shuffling and augmentation.")
 
     @model_validator(mode="after")
     def _check_size(self) -> TrainConfig:
-        factor = 2**self.num_poolings
-        if self.image_size % factor:
+        factor = 2**self.model.num_poolings
+        size = self.input.image_size
+        if size % factor:
             raise ValueError(
-                f"image_size must be a multiple of {factor} (2**{self.num_poolings} poolings of "
-                f"{self.architecture}) so every pooling halves it exactly. Received: "
-                f"image_size={self.image_size}; try image_size="
-                f"{max(factor, round(self.image_size / factor) * factor)}"
-            )
-        if self.encoder_weights and self.architecture != "vgg16-unet":
-            raise ValueError(
-                "encoder_weights is for architecture 'vgg16-unet'. Received: "
-                f"architecture={self.architecture!r}"
+                f"image_size must be a multiple of {factor} (2**{self.model.num_poolings} "
+                f"poolings of {self.model.architecture}) so every pooling halves it exactly. "
+                f"Received: image_size={size}; try image_size="
+                f"{max(factor, round(size / factor) * factor)}"
             )
         return self
-
-    @property
-    def num_poolings(self) -> int:
-        """How many times the encoder halves the resolution."""
-        return 4 if self.architecture == "vgg16-unet" else self.depth
 
 
 class DeviceConfig(BaseModel):
@@ -170,11 +208,12 @@ class DeviceConfig(BaseModel):
     )
 
 
-class CrossValidationConfig(BaseModel):
+class CrossValidationConfig(StagedConfig):
     """Cross-validated training: K models on group-aware folds of the non-test data, and
-    their ensemble registered as the model; where the fold trainings run."""
+    their ensemble registered as the model; where the fold trainings run
+    (``--fold-runner`` is ``execution.runner``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    FLAT_NAMES: ClassVar[dict[str, tuple[str, str]]] = {"fold_runner": ("execution", "runner")}
 
     folds: int = Field(
         0,
@@ -183,17 +222,7 @@ class CrossValidationConfig(BaseModel):
         "groups, score every case out of fold and register their ensemble (one model); 0: one "
         "model on the train/val split.",
     )
-    fold_runner: Literal["local", "dask"] = Field(
-        "local",
-        description="'local': the folds one after another; 'dask': concurrently on Dask "
-        "workers (a local cluster, or the one at --dask-address).",
-    )
-    dask_address: str | None = Field(
-        None, description="Scheduler of an existing Dask cluster; default: a local cluster."
-    )
-    dask_workers: int = Field(
-        2, ge=1, description="Workers of the local Dask cluster (one fold each at a time)."
-    )
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     @model_validator(mode="after")
     def _check(self) -> CrossValidationConfig:
@@ -202,145 +231,6 @@ class CrossValidationConfig(BaseModel):
         return self
 
     @property
-    def local_cluster(self) -> bool:
-        """True when the folds train on a Dask cluster started on this machine."""
-        return self.fold_runner == "dask" and not self.dask_address
-
-    @property
     def parallel(self) -> int:
         """How many folds train at once."""
-        if self.fold_runner == "local":
-            return 1
-        return self.folds if self.dask_address else min(self.dask_workers, self.folds)
-
-
-InferencePrecision = Annotated[
-    Literal["auto", "float32", "bfloat16"],
-    Field(
-        description="Inference precision. 'auto': bfloat16 where the hardware has bfloat16 "
-        "units and the model's bfloat16 masks agreed with float32 on >= 99.9% of its "
-        "validation pixels (checked by training), else float32."
-    ),
-]
-
-ModelReference = Annotated[
-    str,
-    Field(
-        description="A run folder (holding model.keras), a .keras file, a registered version, "
-        "or 'champion' (of the registry in $SEGFLOW_REGISTRY, else ./models)."
-    ),
-]
-
-
-class PredictConfig(BaseModel):
-    """Bulk prediction of a folder of images."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: ModelReference = "champion"
-    input_dir: str = Field(description="Folder of images, searched recursively.")
-    output_dir: str = Field(description="Folder for the masks and report.csv.")
-    batch_size: int = Field(4, ge=1, description="Images (or tiles) per forward pass.")
-    tile_size: int = Field(
-        512,
-        ge=16,
-        description="Images larger than this are segmented with a sliding window of this size "
-        "(a multiple of the model's size multiple).",
-    )
-    tile_overlap: float = Field(
-        0.25, ge=0.0, lt=1.0, description="Sliding window: share of a tile its neighbour overlaps."
-    )
-    binary_255: bool = Field(
-        False, description="Write binary masks as 0/255 instead of class indices 0/1."
-    )
-    tta: bool = Field(
-        False, description="Test-time augmentation: average over flips (4x the compute)."
-    )
-    qc: Literal["auto", "fast", "full"] = Field(
-        "auto",
-        description="Quality signals: 'fast' (confidence, input and mask against the training "
-        "data; a few percent of the time); 'full' adds flip_disagreement, the Dice between the "
-        "mask and the mask of the image flipped left-right (one more forward pass: about 2x "
-        "the model's time; free with --tta, which runs that pass anyway); 'auto': 'full' when "
-        "the model's calibrated flags rest on flip_disagreement alone, else 'fast'.",
-    )
-    largest_component: bool = Field(
-        False,
-        description="Keep only the largest foreground component of each mask (26-connected "
-        "in 3-D for volumes), for structures that are one piece.",
-    )
-    overlays: bool = Field(
-        False,
-        description="Also write a full-size overlay PNG per image (the image with its mask in "
-        "red) under OUTPUT_DIR/overlays/.",
-    )
-    colour_input: Literal["error", "grey"] = Field(
-        "error",
-        description="A coloured scan (e.g. with burnt-in coloured markers) for a greyscale "
-        "model: 'error' gives it an error row; 'grey' converts it to luminance, segments it "
-        "and flags it for review (reason colour_converted).",
-    )
-    review_page: bool = Field(
-        True,
-        description="Write OUTPUT_DIR/review.html and its small thumbnails (image + mask); "
-        "--no-review-page skips both.",
-    )
-    dicom_seg: bool = Field(
-        False,
-        description="DICOM series inputs: also write a DICOM SEG object referencing the "
-        "source series (<mask>.seg.dcm), which a PACS takes.",
-    )
-    max_pixels: int = Field(
-        178_956_970,
-        ge=1,
-        description="The most pixels an image, slice or frame may declare (a volume: 8x as "
-        "many voxels); larger files are error rows before they are decoded. Images below it "
-        "that exceed --tile-size are segmented in tiles.",
-    )
-    precision: InferencePrecision = "auto"
-    task_runner: Literal["local", "dask"] = Field(
-        "local",
-        description="'local': one process; 'dask': shards of the input list on Dask workers.",
-    )
-    dask_address: str | None = Field(
-        None,
-        description="Scheduler of an existing Dask cluster, e.g. tcp://host:8786; "
-        "default: start a local cluster.",
-    )
-    dask_workers: int = Field(2, ge=1, description="Workers of the local Dask cluster.")
-    num_shards: int | None = Field(
-        None, ge=1, description="Dask: shards of the input list; default: 2 per worker."
-    )
-
-
-class EvaluateConfig(BaseModel):
-    """Scoring a trained model on a labelled dataset (given by a PrepareConfig)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: ModelReference = "champion"
-    out_dir: str = Field(description="Folder for metrics.json, per_image.csv and overlays.")
-    split: Literal["all", "train", "val", "test"] = Field(
-        "all", description="Cases to score: all, or one split of the dataset's seeded split."
-    )
-    num_overlays: int = Field(4, ge=0, description="Overlay PNGs to write (the first cases).")
-    precision: InferencePrecision = "auto"
-
-
-class PromotionConfig(BaseModel):
-    """When a nightly challenger replaces the champion."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    tolerance: float = Field(
-        0.01,
-        ge=0.0,
-        le=1.0,
-        description="Promote when the challenger's mean test foreground Dice is no lower than "
-        "the champion's minus this.",
-    )
-    skip_unchanged: bool = Field(
-        True,
-        description="Skip training when the dataset and the training config are those the "
-        "champion was trained with (nothing new to learn from).",
-    )
+        return self.execution.concurrent(self.folds)
