@@ -97,7 +97,7 @@ def fold_test_scores(run_dir: Path, folds: int, cache: Path) -> list[dict]:
     from data_catalog.tfrecords import iterate_cases
     from unet.evaluation.scoring import evaluate_cases
     from unet.inference.segmenter import Segmenter
-    from unet.training.crossval import fold_dir
+    from unet.training.folds import fold_dir
 
     table = read_manifest(run_dir / "manifest.csv")
     groups = dict(zip(table["key"], table["group"].astype(str), strict=True))

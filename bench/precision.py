@@ -71,9 +71,9 @@ def test_scores(run_dir: Path, tfrecords: Path, precision: str) -> tuple[float, 
 
     segmenter = Segmenter(run_dir, precision=precision)
     dice, masks = [], []
-    for key, image, truth, stats in iterate_cases(tfrecords, "test"):
-        (result,) = segmenter.segment([segmenter.prepare(image, key, stats)])
-        dice.append(overlap_scores(result.classes, truth, 1)[0])
+    for case in iterate_cases(tfrecords, "test"):
+        (result,) = segmenter.segment([segmenter.prepare(case.image, case.key, case.stats)])
+        dice.append(overlap_scores(result.classes, case.truth, 1)[0])
         masks.append(result.classes)
     return sum(dice) / len(dice), masks
 

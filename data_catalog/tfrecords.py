@@ -23,6 +23,7 @@ import pandas as pd
 import tensorflow as tf
 
 from data_catalog.atomic import write_json_atomic
+from data_catalog.cases import Case
 from data_catalog.errors import NameNotFound
 from data_catalog.hashing import hash_json
 from data_catalog.images import encode_png
@@ -365,12 +366,13 @@ def iterate_cases(tfrecord_dir: str | Path, split: str):
     """The cases of one split as numpy, read with the set's own channels, dtype and context.
 
     Yields:
-        ``(key, image (H, W, C') uint8|uint16|int16, mask (H, W) uint8 class indices,
-        stats (2C,) float32)``.
+        :class:`~data_catalog.cases.Case` records: image ``(H, W, C')`` uint8, uint16 or
+        int16, truth ``(H, W)`` uint8 class indices, stats ``(2C,)`` float32.
     """
+
     signed = load_sidecar(tfrecord_dir)["dtype"] == "int16"
     for record in read_set(tfrecord_dir, split).as_numpy_iterator():
         image = record["image"]
         if signed:
             image = (image.astype(np.int32) - SIGNED_SHIFT).astype(np.int16)
-        yield record["key"].decode(), image, record["mask"][..., 0], record["stats"]
+        yield Case(record["key"].decode(), image, record["mask"][..., 0], record["stats"])

@@ -411,11 +411,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         config=config_from_args(EvaluateConfig, args), data=config_from_args(PrepareConfig, args)
     )
     print(
-        f"foreground Dice {metrics['foreground_dice']:.4f} on {metrics['num_images']} images "
-        f"(Otsu baseline {metrics['otsu_baseline']['foreground_dice']:.4f}); "
+        f"foreground Dice {metrics.foreground_dice:.4f} on {metrics.num_images} images "
+        f"(Otsu baseline {metrics.otsu_dice:.4f}); "
         f"metrics: {args.out_dir}/metrics.json"
     )
-    out_of_fold = metrics.get("out_of_fold")
+    out_of_fold = metrics.out_of_fold
     if out_of_fold:
         volume, folds = out_of_fold.get("group_volume_dice_mean"), out_of_fold["num_folds"]
         print(
@@ -493,8 +493,8 @@ def run_retrain(args: argparse.Namespace) -> int:
         crossval=config_from_args(CrossValidationConfig, args),
     )
     print(
-        f"{result['status']}: {result['reason']}\nchampion: {result['champion']}\n"
-        f"decision: {result['run_dir']}/decision.md"
+        f"{result.status}: {result.reason}\nchampion: {result.champion}\n"
+        f"decision: {result.run_dir}/decision.md"
     )
     return 0
 

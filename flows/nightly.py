@@ -9,8 +9,6 @@ any point leaves the old champion in place.
 
 from __future__ import annotations
 
-import json
-import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -25,13 +23,16 @@ from tasks.models import configure_training_devices, ensure_training_limit
 from tasks.reporting import publish_markdown, publish_table, run_logger
 from tasks.training import TRAINING_TAG
 from unet.config import CrossValidationConfig, DeviceConfig, PromotionConfig, TrainConfig
+from unet.evaluation.result import EvaluationResult
 from unet.store.promotion import (
+    NightResult,
     compare_per_image,
     decide,
     decision_markdown,
     split_warning,
     unchanged_reason,
 )
+from unet.store.score_cache import keep_scores, restore_scores, scores_folder
 
 
 @flow(name="nightly-retrain", flow_run_name=training_run_name, log_prints=True)
@@ -43,7 +44,7 @@ def nightly_retrain_flow(
     runs_dir: str = "runs/nightly",
     devices: DeviceConfig = DeviceConfig(),  # noqa: B008
     crossval: CrossValidationConfig = CrossValidationConfig(),  # noqa: B008
-) -> dict[str, object]:
+) -> NightResult:
     """Retrain on the dataset as it is tonight and promote the result only if it is not worse.
 
     Each night writes a run folder ``runs_dir/<date-time>/`` (unique, even for two nights
@@ -88,21 +89,21 @@ def nightly_retrain_flow(
     return night_result(decision, version, champion, registry, paired, run_dir)
 
 
-def night_result(decision, version, champion, registry, paired, run_dir) -> dict[str, object]:
+def night_result(decision, version, champion, registry, paired, run_dir) -> NightResult:
     """What the flow returns: the status, reason, both versions and Dice, the champion now."""
     from unet.store import registry as models
 
-    return {
-        "status": "promoted" if decision.promote else "kept",
-        "reason": decision.reason,
-        "challenger": version,
-        "challenger_dice": decision.challenger_dice,
-        "champion_before": champion,
-        "champion_dice": decision.champion_dice,
-        "champion": models.champion_version(registry),
-        "paired": paired,
-        "run_dir": str(run_dir),
-    }
+    return NightResult(
+        status="promoted" if decision.promote else "kept",
+        reason=decision.reason,
+        champion=models.champion_version(registry),
+        run_dir=str(run_dir),
+        challenger=version,
+        challenger_dice=decision.challenger_dice,
+        champion_before=champion,
+        champion_dice=decision.champion_dice,
+        paired=paired,
+    )
 
 
 def require_test_split(prepared: PreparedDataset) -> PreparedDataset:
@@ -122,9 +123,9 @@ def require_test_split(prepared: PreparedDataset) -> PreparedDataset:
 
 def record_decision(
     version: str,
-    challenger_metrics: dict,
+    challenger_metrics: EvaluationResult,
     champion: str | None,
-    champion_metrics: dict | None,
+    champion_metrics: EvaluationResult | None,
     paired: dict | None,
     notes: list[str],
     promotion: PromotionConfig,
@@ -137,9 +138,9 @@ def record_decision(
     """
     decision = decide(
         version,
-        float(challenger_metrics["foreground_dice"]),
+        challenger_metrics.foreground_dice,
         champion,
-        None if champion_metrics is None else float(champion_metrics["foreground_dice"]),
+        None if champion_metrics is None else champion_metrics.foreground_dice,
         promotion.tolerance,
     )
     text = decision_markdown(decision, challenger_metrics, champion_metrics, paired, notes)
@@ -173,13 +174,13 @@ def skip_reason(
     )
 
 
-def report_skip(reason: str, champion: str | None, run_dir: Path) -> dict[str, object]:
+def report_skip(reason: str, champion: str | None, run_dir: Path) -> NightResult:
     """Say why the night was skipped (log, ``decision.md``, artifact)."""
     run_logger().info("skipping training: %s", reason)
     text = f"# Nightly retraining skipped\n\n{reason}.\n\nThe champion stays `{champion}`.\n"
     write_text_atomic(run_dir / "decision.md", text)
     publish_markdown("promotion-decision", text, "Why tonight's retraining was skipped")
-    return {"status": "skipped", "reason": reason, "champion": champion, "run_dir": str(run_dir)}
+    return NightResult(status="skipped", reason=reason, champion=champion, run_dir=str(run_dir))
 
 
 def score_champion(
@@ -189,7 +190,7 @@ def score_champion(
     prepared: PreparedDataset,
     registry: str,
     run_dir: Path,
-) -> tuple[dict, dict, list[str]]:
+) -> tuple[EvaluationResult, dict, list[str]]:
     """Score the champion on tonight's test split and compare it with the challenger image by
     image.
 
@@ -208,11 +209,10 @@ def score_champion(
         notes.append(warning)
     target = run_dir / "champion-evaluation"
     champion_dir = registry_root(registry) / champion
-    cache = champion_dir / "scores" / scores_key(prepared, champion_dir)
     try:
-        if (cache / "metrics.json").is_file() and (cache / "per_image.csv").is_file():
-            shutil.copytree(cache, target, dirs_exist_ok=True)
-            metrics = json.loads((target / "metrics.json").read_text())
+        cache = scores_folder(champion_dir, prepared.dataset_hash, prepared.split_hash)
+        if restore_scores(cache, target):
+            metrics = EvaluationResult.read(target / "metrics.json")
             run_logger().info(
                 "champion %s: scores on this test split reused from %s", champion, cache
             )
@@ -238,29 +238,10 @@ def score_champion(
     return metrics, paired, notes
 
 
-def scores_key(prepared: PreparedDataset, model_dir: Path) -> str:
-    """A model's scores are the same on the same data and split: their cache key (with the
-    model file's own hash, so a model file changed after registration is scored again)."""
-    from data_catalog.hashing import hash_file
-    from unet.store.model_files import model_file
-
-    model_hash = hash_file(model_file(model_dir))[:12]
-    return f"{prepared.dataset_hash[:16]}-{prepared.split_hash[:16]}-{model_hash}"
-
-
-def keep_scores(evaluation: Path, cache: Path) -> None:
-    """Copy an evaluation folder into the champion's score cache (complete or not at all)."""
-    tmp = cache.with_name(f".{cache.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(evaluation, tmp)
-    shutil.rmtree(cache, ignore_errors=True)
-    tmp.rename(cache)
-
-
 def publish_decision(
     text: str,
-    challenger: tuple[str, dict],
-    champion: tuple[str | None, dict | None],
+    challenger: tuple[str, EvaluationResult],
+    champion: tuple[str | None, EvaluationResult | None],
     registry: str,
 ) -> None:
     """The decision, both models' test scores and the registry, as artifacts."""
@@ -273,9 +254,9 @@ def publish_decision(
             {
                 "role": role,
                 "version": name,
-                "test_dice": None if metrics is None else metrics["foreground_dice"],
-                "test_iou": None if metrics is None else metrics["foreground_iou"],
-                "images": None if metrics is None else metrics["num_images"],
+                "test_dice": None if metrics is None else metrics.foreground_dice,
+                "test_iou": None if metrics is None else metrics.foreground_iou,
+                "images": None if metrics is None else metrics.num_images,
             }
         )
     publish_table("promotion-comparison", rows, "Challenger and champion on the same test split")

@@ -19,6 +19,7 @@ from tasks.models import configure_training_devices, register_run
 from tasks.reporting import markdown_table, publish_markdown, publish_table, run_logger
 from tasks.training import train_unet
 from unet.config import CrossValidationConfig, DeviceConfig, TrainConfig
+from unet.evaluation.result import EvaluationResult
 
 GENERIC_FOLDERS = ("images", "image", "imgs", "scans", "data")
 
@@ -130,12 +131,16 @@ def check_crossval(prepare: PrepareConfig, crossval: CrossValidationConfig) -> N
 
 
 def summarize_run(
-    run_path: Path, prepared: PreparedDataset, training, metrics: dict, registered: str | None
+    run_path: Path,
+    prepared: PreparedDataset,
+    training,
+    metrics: EvaluationResult | None,
+    registered: str | None,
 ) -> TrainRunSummary:
     """The key numbers of a run from what preparing, training and the test evaluation gave."""
-    out_of_fold, counts = {}, dict(prepared.split_counts)
+    out_of_fold, counts = None, dict(prepared.split_counts)
     if (run_path / "out_of_fold" / "metrics.json").is_file():
-        out_of_fold = json.loads((run_path / "out_of_fold" / "metrics.json").read_text())
+        out_of_fold = EvaluationResult.read(run_path / "out_of_fold" / "metrics.json")
         # with folds every non-test case is trained on (by K-1 folds) and validated (by one)
         counts["train"] = counts["val"] = counts["train"] + counts["val"]
     return TrainRunSummary(
@@ -149,15 +154,15 @@ def summarize_run(
         test_cases=counts["test"],
         best_epoch=training.best_epoch,
         val_dice=training.best_val_dice,
-        test_dice=metrics.get("foreground_dice"),
-        test_iou=metrics.get("foreground_iou"),
-        otsu_dice=(metrics.get("otsu_baseline") or {}).get("foreground_dice"),
+        test_dice=None if metrics is None else metrics.foreground_dice,
+        test_iou=None if metrics is None else metrics.foreground_iou,
+        otsu_dice=None if metrics is None else metrics.otsu_dice,
         training_seconds=training.seconds,
         stop_reason=training.stop_reason,
         registered=registered,
-        folds=len(out_of_fold.get("folds", [])),
-        out_of_fold_dice=out_of_fold.get("foreground_dice"),
-        out_of_fold_volume_dice=out_of_fold.get("group_volume_dice_mean"),
+        folds=len(out_of_fold.folds or []) if out_of_fold else 0,
+        out_of_fold_dice=None if out_of_fold is None else out_of_fold.foreground_dice,
+        out_of_fold_volume_dice=None if out_of_fold is None else out_of_fold.group_volume_dice_mean,
     )
 
 
@@ -227,8 +232,8 @@ def train_evaluate_register(
         role: names the evaluation task run and prefixes its artifact keys.
 
     Returns:
-        ``(summary, metrics)``: key numbers and the full test-split metrics document ({} when
-        the dataset has no test split: the model is trained and registered unscored).
+        ``(summary, metrics)``: key numbers and the test split's scores (None when the
+        dataset has no test split: the model is trained and registered unscored).
     """
     run_path = Path(run_dir)
     devices, crossval = devices or DeviceConfig(), crossval or CrossValidationConfig()
@@ -250,7 +255,7 @@ def train_evaluate_register(
         training = cross_validate(prepared, train, run_dir, devices, crossval, lineage)
     else:
         training = train_unet(prepared.tfrecords, run_dir, train, lineage, devices)
-    metrics = {}
+    metrics = None
     if prepared.split_counts.get("test", 0):
         metrics = evaluate_split(
             training.model,
@@ -259,7 +264,7 @@ def train_evaluate_register(
             manifest=prepared.manifest,
             role=role,
         )
-        write_json_atomic(run_path / "metrics.json", metrics)
+        write_json_atomic(run_path / "metrics.json", metrics.to_json())
     registered = register_run(run_dir, registry) if registry else None
     summary = summarize_run(run_path, prepared, training, metrics, registered)
     return summary, metrics

@@ -10,6 +10,7 @@ from data_catalog.atomic import write_csv_atomic
 from data_catalog.config import PrepareConfig
 from tasks.reporting import publish_image, publish_markdown, publish_table, run_logger
 from unet.config import EvaluateConfig
+from unet.evaluation.result import EvaluationResult
 
 
 def index_for_model(data: PrepareConfig, segmenter, out_dir: str):
@@ -40,31 +41,7 @@ def index_for_model(data: PrepareConfig, segmenter, out_dir: str):
     return data, index.manifest
 
 
-def dataset_cases(manifest, data: PrepareConfig, info):
-    """``(key, image, truth, stats)`` of every manifest row, read as the model (``info``, its
-    :class:`ModelInfo`) reads them: volume slices with its context slices, and with their
-    volume's statistics when it was trained so (else each slice's own)."""
-    from data_catalog.labels import LabelRule
-    from data_catalog.manifest import load_case, mask_paths, volume_stats
-
-    rule = LabelRule.build(data.foreground, data.labels)
-    for row in manifest.to_dict("records"):
-        image, truth = load_case(
-            row["image"],
-            mask_paths(row),
-            rule,
-            data.channels,
-            row["slice"],
-            info.context_slices,
-            data.slice_axis,
-        )
-        stats = (
-            volume_stats(row, data.channels, data.slice_axis) if info.volume_statistics else None
-        )
-        yield row["key"], image, truth, stats
-
-
-def _publish(metrics: dict[str, object], out_dir: str, prefix: str = "") -> None:
+def _publish(result: EvaluationResult, out_dir: str, prefix: str = "") -> None:
     """Artifacts ``{prefix}evaluation-metrics``, ``-groups``, ``-report``, ``-overlay``."""
     rows = [
         {
@@ -72,17 +49,17 @@ def _publish(metrics: dict[str, object], out_dir: str, prefix: str = "") -> None
             **{k: v for k, v in scores.items() if k.endswith("_mean")},
             "hd95_undefined": scores["hd95_undefined"],
         }
-        for class_id, scores in metrics["classes"].items()
+        for class_id, scores in result.classes.items()
     ]
     publish_table(
         f"{prefix}evaluation-metrics",
         rows,
-        f"Per-class scores over {metrics['num_images']} images (means over images)",
+        f"Per-class scores over {result.num_images} images (means over images)",
     )
-    if metrics.get("groups"):
+    if result.groups:
         publish_table(
             f"{prefix}evaluation-groups",
-            [{"group": g, **v} for g, v in sorted(metrics["groups"].items())],
+            [{"group": g, **v.model_dump()} for g, v in sorted(result.groups.items())],
             "Foreground Dice per group (patient)",
         )
     report = Path(out_dir) / "report.md"
@@ -98,10 +75,10 @@ def _publish(metrics: dict[str, object], out_dir: str, prefix: str = "") -> None
         )
     run_logger().info(
         "%s: foreground Dice %.4f (Otsu baseline %.4f) on %d images",
-        metrics.get("model_version"),
-        metrics["foreground_dice"],
-        metrics["otsu_baseline"]["foreground_dice"],
-        metrics["num_images"],
+        result.model_version,
+        result.foreground_dice,
+        result.otsu_dice,
+        result.num_images,
     )
 
 
@@ -113,7 +90,7 @@ def evaluate_split(
     split: str = "test",
     manifest: str | None = None,
     role: str = "model",
-) -> dict:
+) -> EvaluationResult:
     """Score ``model`` on one split of a TFRecord set; write metrics.json, per_image.csv,
     report.md and overlays. With the run's ``manifest.csv``, scores per group too.
 
@@ -143,13 +120,14 @@ def evaluate_split(
 
 
 @task(name="evaluate-dataset")
-def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> dict:
+def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> EvaluationResult:
     """Score a model on a labelled dataset: every valid case, or one split of it.
 
     The dataset is indexed and validated with its own rules (problems listed in
     ``validation.csv``; policy ``strict`` stops), with the model's channels (and, for volumes,
     its slicing axis unless the dataset gives one).
     """
+    from data_catalog.cases import manifest_cases
     from data_catalog.splits import split_cases
     from unet.evaluation.scoring import evaluate_cases
     from unet.evaluation.volume_metrics import slice_infos
@@ -165,7 +143,8 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> dict:
         if manifest.empty:
             raise ValueError(f"the {config.split} split of this dataset is empty")
     groups = dict(zip(manifest["key"], manifest["group"], strict=True))
-    cases = dataset_cases(manifest, data, segmenter.info)
+    info = segmenter.info
+    cases = manifest_cases(manifest, data, info.context_slices, info.volume_statistics)
     metrics = evaluate_cases(
         segmenter, cases, config.out_dir, config.num_overlays, groups, slice_infos(manifest)
     )

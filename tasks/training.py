@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from prefect import task
 
 from tasks.reporting import Progress, publish_table, run_logger
 from unet.config import DeviceConfig, TrainConfig
+
+if TYPE_CHECKING:  # the training stack imports TensorFlow: deferred to the task's run
+    from unet.training.folds import FoldJob
 
 # Training tasks carry this tag; a concurrency limit of 1 on it (created by the nightly flow
 # when missing, or `prefect concurrency-limit create segflow-training 1`) runs one at a time.
@@ -48,17 +52,8 @@ def train_unet(
     return summary
 
 
-@task(name="train-fold", task_run_name="train-fold-{fold}")
-def train_fold_task(
-    fold: int,
-    tfrecord_dir: str,
-    run_dir: str,
-    config: TrainConfig,
-    lineage: dict[str, object],
-    devices: DeviceConfig | None = None,
-    groups: dict[str, str] | None = None,
-    gpu_count: int = 0,
-):
+@task(name="train-fold", task_run_name="train-fold-{job.fold}")
+def train_fold_task(job: FoldJob):
     """One fold of a cross-validated training: train its model (resumably), then score it on
     the fold's validation cases, which it never trained on (out of fold).
 
@@ -67,20 +62,14 @@ def train_fold_task(
     own GPU (:func:`worker_devices`).
 
     Returns:
-        The :class:`unet.training.crossval.FoldResult`.
+        The :class:`unet.training.folds.FoldResult`.
     """
-    from unet.training.crossval import train_fold
+    from unet.training.folds import train_fold
 
-    devices = worker_devices(devices or DeviceConfig(), gpu_count)
+    fold = job.fold
     progress = Progress(f"fold-{fold}-progress", f"Epochs completed by fold {fold}")
     result = train_fold(
-        fold,
-        tfrecord_dir,
-        run_dir,
-        config,
-        lineage,
-        devices,
-        groups,
+        dataclasses.replace(job, devices=worker_devices(job.devices, job.gpu_count)),
         on_epoch_end=lambda epoch, epochs, _numbers: progress.update(epoch, epochs),
     )
     run_logger().info(

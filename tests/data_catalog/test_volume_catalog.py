@@ -170,7 +170,7 @@ def test_slices_with_context_and_ct_values_survive_tfrecords(tmp_path):
     write_tfrecords(result.manifest, splits, tmp_path / "tfr", "bright", 1, "h", context_slices=1)
     volume = read_volume(images / "case_001.nii.gz")
     records = {
-        key: (image, stats) for key, image, _, stats in iterate_cases(tmp_path / "tfr", "train")
+        case.key: (case.image, case.stats) for case in iterate_cases(tmp_path / "tfr", "train")
     }
     image, stats = records["case_001/z000"]
     assert image.dtype == np.int16 and image.shape == (*SHAPE[:2], 3)

@@ -36,28 +36,28 @@ def nights(prefect_server, tmp_path_factory):
 
 def test_first_night_promotes_then_unchanged_data_skips(nights):
     work, (first, second, _) = nights
-    assert first["status"] == "promoted" and first["champion_before"] is None
-    assert registry.champion_version(work / "models") == first["challenger"]
-    assert second["status"] == "skipped" and "no new data" in second["reason"]
-    assert second["champion"] == first["challenger"]
+    assert first.status == "promoted" and first.champion_before is None
+    assert registry.champion_version(work / "models") == first.challenger
+    assert second.status == "skipped" and "no new data" in second.reason
+    assert second.champion == first.challenger
 
 
 def test_a_worse_challenger_is_registered_but_not_promoted(nights):
     work, (first, _, third) = nights
-    assert third["status"] == "kept", third
-    assert third["challenger_dice"] < first["challenger_dice"] - 0.1
-    assert registry.champion_version(work / "models") == first["challenger"]
+    assert third.status == "kept", third
+    assert third.challenger_dice < first.challenger_dice - 0.1
+    assert registry.champion_version(work / "models") == first.challenger
     assert set(registry.list_versions(work / "models")) == {
-        first["challenger"],
-        third["challenger"],
+        first.challenger,
+        third.challenger,
     }
     decision = json.loads(
-        (work / "runs" / third["run_dir"].split("/")[-1] / "decision.json").read_text()
+        (work / "runs" / third.run_dir.split("/")[-1] / "decision.json").read_text()
     )
-    assert decision["promote"] is False and decision["champion"] == first["challenger"]
+    assert decision["promote"] is False and decision["champion"] == first.challenger
     assert decision["paired"]["images"] > 0
     # both models were scored on the same test images, the champion again tonight
-    text = (work / "runs" / third["run_dir"].split("/")[-1] / "decision.md").read_text()
+    text = (work / "runs" / third.run_dir.split("/")[-1] / "decision.md").read_text()
     assert "not promoted" in text and "Paired per-image comparison" in text
 
 
@@ -98,7 +98,7 @@ def test_a_night_that_cannot_score_the_champion_fails_and_keeps_it(nights, tmp_p
     models = tmp_path / "models"
     shutil.copytree(work / "models", models)
     pointer = (models / "champion.json").read_text()
-    (models / first["challenger"] / "model.keras").write_bytes(b"not a model any more")
+    (models / first.challenger / "model.keras").write_bytes(b"not a model any more")
     prepare = PrepareConfig(
         images=str(work / "synthetic" / "images"),
         masks=str(work / "synthetic" / "masks"),
@@ -121,9 +121,9 @@ def test_champion_scores_are_cached_by_data_and_split_and_reused(nights, tmp_pat
     import flows.nightly as nightly
 
     work, (first, _, third) = nights
-    cached = list((work / "models" / first["challenger"] / "scores").iterdir())
+    cached = list((work / "models" / first.challenger / "scores").iterdir())
     assert len(cached) == 1 and (cached[0] / "per_image.csv").is_file()
-    night = work / "runs" / third["run_dir"].split("/")[-1]
+    night = work / "runs" / third.run_dir.split("/")[-1]
     tonight = (night / "champion-evaluation" / "per_image.csv").read_text()
     assert (cached[0] / "per_image.csv").read_text() == tonight
 
@@ -139,6 +139,6 @@ def test_champion_scores_are_cached_by_data_and_split_and_reused(nights, tmp_pat
     (tmp_path / "evaluation" / "per_image.csv").write_text(tonight)
     lineage = {"prepare_config": PrepareConfig().model_dump()}
     metrics, paired, _ = nightly.score_champion(
-        first["challenger"], "other", lineage, prepared, str(work / "models"), tmp_path
+        first.challenger, "other", lineage, prepared, str(work / "models"), tmp_path
     )
-    assert metrics["model_version"] == first["challenger"] and paired["images"] > 0
+    assert metrics.model_version == first.challenger and paired["images"] > 0

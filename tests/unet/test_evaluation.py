@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from data_catalog.cases import Case
 from unet.evaluation.scoring import evaluate_cases
 from unet.inference.precision import PrecisionChoice
 from unet.inference.segmenter import Segmentation, Segmenter
@@ -39,9 +40,9 @@ def test_scores_per_image_and_empty_semantics(tmp_path):
     half = np.zeros((4, 4), np.uint8)
     half[:2, :] = 1
     cases = [
-        ("exact", np.full((4, 4), 9, np.uint8), prediction.copy()),
-        ("half", np.full((4, 4), 9, np.uint8), half),
-        ("empty-truth", np.full((4, 4), 9, np.uint8), np.zeros((4, 4), np.uint8)),
+        Case("exact", np.full((4, 4), 9, np.uint8), prediction.copy()),
+        Case("half", np.full((4, 4), 9, np.uint8), half),
+        Case("empty-truth", np.full((4, 4), 9, np.uint8), np.zeros((4, 4), np.uint8)),
     ]
     metrics = evaluate_cases(_Constant(prediction), cases, tmp_path, num_overlays=1)
     per_image = pd.read_csv(tmp_path / "per_image.csv").set_index("key")
@@ -50,10 +51,10 @@ def test_scores_per_image_and_empty_semantics(tmp_path):
     assert per_image.loc["empty-truth", "dice_1"] == 0.0
     assert per_image.loc["half", "precision_1"] == 1.0 and per_image.loc["half", "recall_1"] == 0.5
     assert np.isnan(per_image.loc["empty-truth", "hd95_1"])
-    assert metrics["classes"]["1"]["hd95_undefined"] == 1
+    assert metrics.classes["1"]["hd95_undefined"] == 1
     assert (tmp_path / "report.md").read_text().startswith("# Evaluation of `constant`")
-    assert metrics["foreground_dice"] == pytest.approx((1 + 2 / 3 + 0) / 3)
-    assert metrics["foreground_dice_present"] == pytest.approx((1 + 2 / 3) / 2)
+    assert metrics.foreground_dice == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert metrics.foreground_dice_present == pytest.approx((1 + 2 / 3) / 2)
     assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 3
     assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["exact.png"]
 
@@ -62,17 +63,18 @@ def test_trained_model_is_evaluated_with_otsu_for_context(trained_run, tfrecord_
     from data_catalog.tfrecords import read_tfrecords, split_files
 
     records = read_tfrecords(split_files(tfrecord_dir, "test"), 1).as_numpy_iterator()
-    cases = [(r["key"].decode(), r["image"], r["mask"][..., 0]) for r in records]
+    cases = [Case(r["key"].decode(), r["image"], r["mask"][..., 0]) for r in records]
     metrics = evaluate_cases(Segmenter(trained_run), cases, tmp_path)
-    assert metrics["num_images"] == len(cases) > 0
-    assert 0.0 <= metrics["otsu_baseline"]["foreground_dice"] <= 1.0
-    assert metrics["otsu_baseline"]["polarity"] in ("above", "below")
+    assert metrics.num_images == len(cases) > 0
+    assert 0.0 <= metrics.otsu_baseline.foreground_dice <= 1.0
+    assert metrics.otsu_baseline.polarity in ("above", "below")
 
 
 def test_per_group_scores(tmp_path):
     prediction = np.ones((2, 2), np.uint8)
     cases = [
-        (f"c{i}", np.zeros((2, 2), np.uint8), np.full((2, 2), i % 2, np.uint8)) for i in range(4)
+        Case(f"c{i}", np.zeros((2, 2), np.uint8), np.full((2, 2), i % 2, np.uint8))
+        for i in range(4)
     ]
     groups = {"c0": "p1", "c1": "p1", "c2": "p2", "c3": "p2"}
     metrics = evaluate_cases(_Constant(prediction), cases, tmp_path, 0, groups)
@@ -83,11 +85,14 @@ def test_per_group_scores(tmp_path):
         "images_with_foreground": 1,
         "foreground_dice_present": 1.0,
     }
-    assert metrics["groups"] == {"p1": expected, "p2": expected}
-    assert metrics["foreground_dice_present"] == 1.0
-    assert metrics["group_volume_dice_mean"] == pytest.approx(2 / 3)
+    assert {g: s.model_dump() for g, s in metrics.groups.items()} == {
+        "p1": expected,
+        "p2": expected,
+    }
+    assert metrics.foreground_dice_present == 1.0
+    assert metrics.group_volume_dice_mean == pytest.approx(2 / 3)
     # every image predicts foreground: the empty-truth ones are false positives, none missed
-    assert metrics["empty_table"] == {
+    assert metrics.empty_table.model_dump() == {
         "both_empty": 0,
         "false_positive_images": 2,
         "missed_images": 0,
@@ -104,12 +109,12 @@ def test_volume_dice_weighs_large_slices_more_than_the_mean_over_slices(tmp_path
     small_truth = np.zeros((10, 10), np.uint8)
     small_truth[9, 9] = 1  # 1 pixel, missed: the prediction holds 50 other pixels
     prediction = big_truth.copy()
-    cases = [("big", np.zeros((10, 10), np.uint8), big_truth)]
-    cases += [("small", np.zeros((10, 10), np.uint8), small_truth)]
+    cases = [Case("big", np.zeros((10, 10), np.uint8), big_truth)]
+    cases += [Case("small", np.zeros((10, 10), np.uint8), small_truth)]
     metrics = evaluate_cases(_Constant(prediction), cases, tmp_path, 0, {"big": "p", "small": "p"})
-    group = metrics["groups"]["p"]
-    assert group["foreground_dice"] == pytest.approx((1.0 + 0.0) / 2)
-    assert group["volume_dice"] == pytest.approx(2 * 50 / (51 + 100))
+    group = metrics.groups["p"]
+    assert group.foreground_dice == pytest.approx((1.0 + 0.0) / 2)
+    assert group.volume_dice == pytest.approx(2 * 50 / (51 + 100))
 
 
 def test_hausdorff95_known_distance():
@@ -139,8 +144,8 @@ def test_multi_sequence_images_get_a_baseline_and_overlays(tmp_path):
     image = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)  # three different MR sequences
     truth = np.zeros((8, 8), np.uint8)
     truth[2:5, 2:5] = 1
-    metrics = evaluate_cases(_Constant(truth), [("slice", image, truth)], tmp_path, 1)
-    assert metrics["foreground_dice"] == 1.0
+    metrics = evaluate_cases(_Constant(truth), [Case("slice", image, truth)], tmp_path, 1)
+    assert metrics.foreground_dice == 1.0
     assert (tmp_path / "overlays" / "slice.png").is_file()
 
 

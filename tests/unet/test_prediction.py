@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from data_catalog.cases import Case
 from data_catalog.images import write_png_atomic
 from unet.config import PredictConfig
 from unet.prediction import REPORT_COLUMNS, predict_folder
@@ -446,6 +447,6 @@ def test_evaluation_tiles_large_images_as_prediction_does(trained_run, tmp_path)
     segmenter = Segmenter(trained_run, tile_size=32)
     (result,) = segmenter.segment([segmenter.prepare(image)])
     assert np.array_equal(result.classes, predicted)
-    evaluate_cases(segmenter, [("big", image, predicted)], tmp_path / "eval")
+    evaluate_cases(segmenter, [Case("big", image, predicted)], tmp_path / "eval")
     scores = pd.read_csv(tmp_path / "eval" / "per_image.csv")
     assert scores.loc[0, "dice_0"] == 1.0 and scores.loc[0, "dice_1"] == 1.0

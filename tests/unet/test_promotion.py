@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from unet.evaluation.result import EvaluationResult
 from unet.store import registry
 from unet.store.promotion import compare_per_image, decide, decision_markdown, unchanged_reason
 
@@ -43,12 +44,10 @@ def test_paired_comparison_counts_wins_and_losses(tmp_path):
     assert paired["mean_difference"] == pytest.approx(0.0)
     assert paired["worst_image"] == "y" and paired["worst_difference"] == pytest.approx(-0.2)
     assert 0 < paired["p_value"] <= 1
-    text = decision_markdown(
-        decide("A", 0.675, "B", 0.675, 0.01),
-        {"foreground_dice": 0.675, "foreground_iou": 0.5, "num_images": 4},
-        {"foreground_dice": 0.675, "foreground_iou": 0.5, "num_images": 4},
-        paired,
+    scores = EvaluationResult.model_construct(
+        foreground_dice=0.675, foreground_iou=0.5, num_images=4, foreground_dice_present=None
     )
+    text = decision_markdown(decide("A", 0.675, "B", 0.675, 0.01), scores, scores, paired)
     assert "**promoted**" in text and "largest drop: -0.2000 on `y`" in text
 
     other = _per_image(tmp_path / "c.csv", {"x": 0.9, "q": 0.5})

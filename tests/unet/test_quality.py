@@ -98,7 +98,7 @@ def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
     metrics = evaluate_cases(
         Segmenter(trained_run), iterate_cases(tfrecord_dir, "test"), tmp_path / "plain"
     )
-    assert metrics["quality"]["flagged"] is None
+    assert metrics.quality["flagged"] is None
     assert "none calibrated" in (tmp_path / "plain" / "report.md").read_text()
     # the same model with a calibrated low-confidence threshold flags what it should
     flagged_run = tmp_path / "flagged-run"
@@ -115,7 +115,7 @@ def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
     per_image = pd.read_csv(tmp_path / "eval" / "per_image.csv")
     expected = per_image["low_confidence"] > 0.05
     assert list(per_image["review"] == "review") == list(expected)
-    assert metrics["quality"]["flagged"] == int(expected.sum())
+    assert metrics.quality["flagged"] == int(expected.sum())
     assert "quality flags (thresholds" in (tmp_path / "eval" / "report.md").read_text()
     config = PredictConfig(
         model=str(flagged_run),
@@ -180,8 +180,8 @@ def test_qc_full_adds_flip_disagreement_to_the_report_and_to_the_flags(
     metrics = evaluate_cases(segmenter, iterate_cases(tfrecord_dir, "test"), tmp_path / "eval")
     per_image = pd.read_csv(tmp_path / "eval" / "per_image.csv")
     expected = int((per_image["flip_disagreement"] > 0.01).sum())
-    assert metrics["quality"]["full"]["flagged"] == expected
-    assert metrics["quality"]["flagged"] == expected  # auto: the flip pass by default here
+    assert metrics.quality["full"]["flagged"] == expected
+    assert metrics.quality["flagged"] == expected  # auto: the flip pass by default here
     assert "with `--qc full`" in (tmp_path / "eval" / "report.md").read_text()
 
 

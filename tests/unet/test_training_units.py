@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from data_catalog.cases import Case
 from data_catalog.images import ImageReadError
 from data_catalog.voxels import along, as_image_dtype, slice_axis
 from unet.config import TrainConfig
@@ -16,8 +17,9 @@ from unet.evaluation.scoring import evaluate_cases
 from unet.inference.segmenter import Segmenter
 from unet.model.builders import build_unet
 from unet.store.lineage import code_revision, library_versions
-from unet.training.crossval import FoldResult, combine_out_of_fold
 from unet.training.ensemble import build_ensemble, ensemble_members
+from unet.training.folds import FoldResult
+from unet.training.out_of_fold import combine_out_of_fold
 from unet.training.state import TrainingResult
 
 
@@ -60,7 +62,7 @@ def cases(keys):
     rng = np.random.default_rng(len(keys))
     for key in keys:
         image = rng.integers(0, 255, (16, 16), dtype=np.uint8)
-        yield key, image[..., None], (image > 127).astype(np.uint8)
+        yield Case(key, image[..., None], (image > 127).astype(np.uint8))
 
 
 @pytest.mark.parametrize(
@@ -71,7 +73,7 @@ def cases(keys):
     ],
 )
 def test_out_of_fold_rows_are_combined_once_each(threshold_model, tmp_path, fold_keys, overlap):
-    from unet.training.crossval import OUT_OF_FOLD_DIR
+    from unet.training.folds import OUT_OF_FOLD_DIR
 
     segmenter = Segmenter(threshold_model, precision="float32")
     folds = []
@@ -87,7 +89,7 @@ def test_out_of_fold_rows_are_combined_once_each(threshold_model, tmp_path, fold
     table = pd.read_csv(tmp_path / "oof" / "per_image.csv")
     assert sorted(table["key"]) == ["a", "b", "c"]
     assert table.set_index("key")["fold"].to_dict() == {"a": 0, "b": 0, "c": 1}
-    assert [fold["cases"] for fold in metrics["folds"]] == [2, 1]
+    assert [fold.cases for fold in metrics.folds] == [2, 1]
     assert (tmp_path / "oof" / "report.md").read_text().startswith("# Out-of-fold scores of")
 
 

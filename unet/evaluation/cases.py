@@ -9,9 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data_catalog.cases import Case
 from unet.inference.segmenter import Segmentation, Segmenter
-
-Case = tuple  # key, (H, W[, C]) image, (H, W) class indices, normalisation stats or None
 
 
 @dataclass(frozen=True)
@@ -23,13 +22,6 @@ class SegmentedCase:
     truth: np.ndarray  # (H, W) class indices
     prepared: np.ndarray  # (H, W, channels) float32, normalised
     result: Segmentation
-
-
-def with_stats(cases: Iterable[Case]) -> Iterator[tuple]:
-    """Cases as ``(key, image, truth, stats)``; a ``(key, image, truth)`` triple gets None
-    (the image is normalised by its own statistics)."""
-    for case in cases:
-        yield case if len(case) == 4 else (*case, None)
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -50,19 +42,21 @@ def prepared_batches(segmenter: Segmenter, cases: Iterable[Case]) -> Iterator[tu
     Raises:
         ValueError: a case whose image and truth differ in size, naming it.
     """
-    for batch in batched(with_stats(cases), segmenter.batch_size):
-        for key, image, truth, _ in batch:
-            if image.shape[:2] != truth.shape:
-                raise ValueError(f"case {key!r}: image is {image.shape[:2]}, truth {truth.shape}")
-        yield batch, [segmenter.prepare(image, key, stats) for key, image, _, stats in batch]
+    for batch in batched(cases, segmenter.batch_size):
+        for case in batch:
+            if case.image.shape[:2] != case.truth.shape:
+                raise ValueError(
+                    f"case {case.key!r}: image is {case.image.shape[:2]}, truth {case.truth.shape}"
+                )
+        yield batch, [segmenter.prepare(case.image, case.key, case.stats) for case in batch]
 
 
 def segment_cases(segmenter: Segmenter, cases: Iterable[Case]) -> Iterator[SegmentedCase]:
     """Every case segmented through :meth:`Segmenter.segment` (the path prediction ships)."""
     for batch, prepared in prepared_batches(segmenter, cases):
         results = segmenter.segment(prepared)
-        for (key, image, truth, _), ready, result in zip(batch, prepared, results, strict=True):
-            yield SegmentedCase(key, image, truth, ready, result)
+        for case, ready, result in zip(batch, prepared, results, strict=True):
+            yield SegmentedCase(case.key, case.image, case.truth, ready, result)
 
 
 def case_probabilities(
@@ -73,5 +67,5 @@ def case_probabilities(
     for batch, prepared in prepared_batches(segmenters[0], cases):
         # lazily, one image's maps at a time (a large image's maps are large)
         streams = [segmenter.probability_maps(prepared) for segmenter in segmenters]
-        for (_, _, truth, _), *maps in zip(batch, *streams, strict=True):
-            yield truth, maps
+        for case, *maps in zip(batch, *streams, strict=True):
+            yield case.truth, maps

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from data_catalog.cases import Case
 from data_catalog.manifest import volume_of
-from unet.evaluation.cases import Case, segment_cases, with_stats
+from unet.evaluation.cases import segment_cases
 from unet.evaluation.scores import VolumeTally, foreground_dice
 from unet.inference.segmenter import Segmenter
 
@@ -65,14 +66,16 @@ def quality_reference(
 
     percentiles, fractions, sizes = [], [], []
     voxels: dict[str, list[int]] = {}  # volume -> [foreground, all] voxels of its truth
-    for key, image, truth, stats in with_stats(cases):
-        percentiles.append(intensity_percentiles(segmenter.prepare(image, key, stats)))
-        fractions.append(log_fraction(truth))
-        sizes.append(truth.size)
+    for case in cases:
+        percentiles.append(
+            intensity_percentiles(segmenter.prepare(case.image, case.key, case.stats))
+        )
+        fractions.append(log_fraction(case.truth))
+        sizes.append(case.truth.size)
         if volumes:
-            counts = voxels.setdefault(volume_of(key), [0, 0])
-            counts[0] += int(np.count_nonzero(truth))
-            counts[1] += truth.size
+            counts = voxels.setdefault(volume_of(case.key), [0, 0])
+            counts[0] += int(np.count_nonzero(case.truth))
+            counts[1] += case.truth.size
     whole = [float(np.log10(max(fg / n, FRACTION_FLOOR))) for fg, n in voxels.values()]
     known = [spacings[name] for name in voxels if spacings and name in spacings]
     return reference_from_cases(percentiles, fractions, whole or None, sizes, known or None)

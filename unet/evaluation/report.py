@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from unet.evaluation.result import EmptyTable, EvaluationResult
+
 
 def fmt(value) -> str:
     """A score with 4 decimals, or n/a."""
@@ -64,41 +66,41 @@ def volume_lines(volumes: dict | None) -> list[str]:
     ]
 
 
-def render_report(metrics: dict, per_image: pd.DataFrame, out_dir: Path) -> str:
+def render_report(result: EvaluationResult, per_image: pd.DataFrame, out_dir: Path) -> str:
     """The evaluation as markdown: headline, per-class table, empty-mask table, per-group
     table, overlays."""
+    precision = result.precision
     lines = [
-        f"# Evaluation of `{metrics['model_version']}`",
+        f"# Evaluation of `{result.model_version}`",
         "",
-        f"- images: {metrics['num_images']}",
-        f"- foreground Dice **{metrics['foreground_dice']:.4f}**, IoU "
-        f"{metrics['foreground_iou']:.4f} (all images; an image with no foreground in truth and "
+        f"- images: {result.num_images}",
+        f"- foreground Dice **{result.foreground_dice:.4f}**, IoU "
+        f"{result.foreground_iou:.4f} (all images; an image with no foreground in truth and "
         "prediction scores 1)",
         f"- foreground Dice on the images whose truth has foreground: "
-        f"{fmt(metrics['foreground_dice_present'])}",
-        f"- Otsu baseline Dice {metrics['otsu_baseline']['foreground_dice']:.4f} "
-        f"({metrics['otsu_baseline']['note']})",
-        f"- post-processing: {metrics.get('postprocessing')}",
-        f"- precision: {(metrics.get('precision') or {}).get('compute', 'float32')} "
-        f"({(metrics.get('precision') or {}).get('reason', 'not recorded')})",
-        *volume_lines(metrics.get("volumes")),
-        *quality_lines(metrics.get("quality")),
+        f"{fmt(result.foreground_dice_present)}",
+        f"- Otsu baseline Dice {result.otsu_dice:.4f} ({result.otsu_baseline.note})",
+        f"- post-processing: {result.postprocessing}",
+        f"- precision: {precision.compute if precision else 'float32'} "
+        f"({precision.reason if precision else 'not recorded'})",
+        *volume_lines(result.volumes),
+        *quality_lines(result.quality),
         "",
         "| class | Dice | Dice where present (images) | IoU | precision | recall | HD95 (px) "
         "| HD95 undefined |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for class_id, s in metrics["classes"].items():
+    for class_id, s in result.classes.items():
         lines.append(
             f"| {class_id} | {fmt(s['dice_mean'])} +- {fmt(s['dice_std'])} | "
             f"{fmt(s['dice_mean_present'])} ({s['images_present']}) | {fmt(s['iou_mean'])} | "
             f"{fmt(s['precision_mean'])} | {fmt(s['recall_mean'])} | "
             f"{fmt(s['hd95_mean'])} | {s['hd95_undefined']} |"
         )
-    lines += out_of_fold_lines(metrics.get("out_of_fold"))
-    lines += empty_mask_lines(metrics["empty_table"])
-    if metrics.get("groups"):
-        lines += group_lines(metrics)
+    lines += out_of_fold_lines(result.out_of_fold)
+    lines += empty_mask_lines(result.empty_table)
+    if result.groups:
+        lines += group_lines(result)
     overlays = sorted((out_dir / "overlays").glob("*.png"))
     if overlays:
         lines += ["", "## Examples (image | truth | prediction, truth outline in green)", ""]
@@ -125,7 +127,7 @@ def out_of_fold_lines(out_of_fold: dict | None) -> list[str]:
     ]
 
 
-def empty_mask_lines(empty: dict[str, int]) -> list[str]:
+def empty_mask_lines(empty: EmptyTable) -> list[str]:
     """The empty-truth / empty-prediction table as markdown lines."""
     return [
         "",
@@ -133,20 +135,20 @@ def empty_mask_lines(empty: dict[str, int]) -> list[str]:
         "",
         "| truth \\ prediction | empty | foreground |",
         "|---|---|---|",
-        f"| empty | {empty['both_empty']} | {empty['false_positive_images']} (false positive) |",
-        f"| foreground | {empty['missed_images']} (missed) | {empty['both_foreground']} |",
+        f"| empty | {empty.both_empty} | {empty.false_positive_images} (false positive) |",
+        f"| foreground | {empty.missed_images} (missed) | {empty.both_foreground} |",
     ]
 
 
-def group_lines(metrics: dict) -> list[str]:
+def group_lines(result: EvaluationResult) -> list[str]:
     """The per-group section: mean volume Dice, the worst groups, one row per group."""
-    groups = metrics["groups"]
-    worst = ", ".join(f"{g} ({groups[g]['volume_dice']:.4f})" for g in metrics["worst_groups"])
+    groups = result.groups
+    worst = ", ".join(f"{g} ({groups[g].volume_dice:.4f})" for g in result.worst_groups)
     lines = [
         "",
         "## Per group",
         "",
-        f"Mean per-group volume Dice **{metrics['group_volume_dice_mean']:.4f}** (each "
+        f"Mean per-group volume Dice **{result.group_volume_dice_mean:.4f}** (each "
         f"group's pixels pooled over its images). Worst groups: {worst}.",
         "",
         "| group | images | volume Dice | mean Dice over images | with foreground | Dice there |",
@@ -154,8 +156,8 @@ def group_lines(metrics: dict) -> list[str]:
     ]
     for group, entry in sorted(groups.items()):
         lines.append(
-            f"| {group} | {entry['images']} | {entry['volume_dice']:.4f} | "
-            f"{entry['foreground_dice']:.4f} | {entry['images_with_foreground']} | "
-            f"{fmt(entry['foreground_dice_present'])} |"
+            f"| {group} | {entry.images} | {entry.volume_dice:.4f} | "
+            f"{entry.foreground_dice:.4f} | {entry.images_with_foreground} | "
+            f"{fmt(entry.foreground_dice_present)} |"
         )
     return lines

@@ -19,12 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from data_catalog.cases import Case
 from unet.evaluation.quality_passes import quality_metrics
 from unet.evaluation.report import (
     render_report,
 )
+from unet.evaluation.result import EvaluationResult
 from unet.evaluation.scores import (
-    Case,
     model_facts,
     score_cases,
     summarize,
@@ -42,23 +43,22 @@ def evaluate_cases(
     num_overlays: int = 4,
     groups: dict[str, str] | None = None,
     slices: dict[str, SliceInfo] | None = None,
-) -> dict[str, object]:
+) -> EvaluationResult:
     """Segment every case (through :meth:`Segmenter.segment`, the path prediction ships), score
     it; write ``per_image.csv``, ``metrics.json``, ``report.md`` and overlay PNGs
     (image | truth | prediction).
 
     Args:
         segmenter: the model.
-        cases: ``(key, image, truth[, stats])``: truth holds class indices; stats (or None)
-            the image's normalisation statistics (a volume slice's are its volume's).
+        cases: the labelled cases (:class:`~data_catalog.cases.Case`).
         out_dir: destination folder.
         num_overlays: how many cases (the first ones) get an overlay PNG under ``overlays/``.
         groups: optional case key -> group (patient), for per-group scores.
         slices: optional case key -> :class:`SliceInfo` of volume slices: each volume is
-            scored whole too (``per_volume.csv``, ``metrics["volumes"]``).
+            scored whole too (``per_volume.csv``, ``EvaluationResult.volumes``).
 
     Returns:
-        The metrics document (also written to ``metrics.json``).
+        The scores (also written to ``metrics.json``).
 
     Raises:
         ValueError: no cases, or an image and its truth differ in size.
@@ -70,19 +70,22 @@ def evaluate_cases(
         raise ValueError("no cases to evaluate")
     frame = pd.DataFrame(rows)
     write_csv_atomic(out_dir / "per_image.csv", frame)
-    metrics = {**summarize(frame, segmenter.num_classes), **model_facts(segmenter)}
-    if segmenter.info.quality is not None:
-        metrics["quality"] = quality_metrics(frame, segmenter.info.quality, segmenter.num_classes)
+    quality = segmenter.info.quality
     per_volume = volumes.table()
     if not per_volume.empty:
         write_csv_atomic(out_dir / "per_volume.csv", per_volume)
-        metrics["volumes"] = summarize_volumes(per_volume)
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    write_text_atomic(out_dir / "report.md", render_report(metrics, frame, out_dir))
+    result = EvaluationResult(
+        **summarize(frame, segmenter.num_classes),
+        **model_facts(segmenter),
+        quality=None if quality is None else quality_metrics(frame, quality, segmenter.num_classes),
+        volumes=None if per_volume.empty else summarize_volumes(per_volume),
+    )
+    write_json_atomic(out_dir / "metrics.json", result.to_json())
+    write_text_atomic(out_dir / "report.md", render_report(result, frame, out_dir))
     logger.info(
         "evaluated %d images: foreground Dice %.4f (Otsu %.4f)",
         len(frame),
-        metrics["foreground_dice"],
-        metrics["otsu_baseline"]["foreground_dice"],
+        result.foreground_dice,
+        result.otsu_dice,
     )
-    return metrics
+    return result

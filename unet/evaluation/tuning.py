@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from unet.evaluation.cases import Case, case_probabilities
+from data_catalog.cases import Case
+from unet.evaluation.cases import case_probabilities
 from unet.inference.postprocessing import ThresholdTuner, classify
 from unet.inference.precision import MIN_AGREEMENT
 from unet.inference.segmenter import Segmenter

@@ -14,8 +14,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from unet.evaluation.result import EvaluationResult
+
 # Per-image foreground Dice differences below this count as ties in the paired comparison.
 TIE = 1e-6
+
+
+@dataclass(frozen=True)
+class NightResult:
+    """What a night of retraining did: ``status`` 'promoted', 'kept' or 'skipped' (then only
+    the reason, the champion and the run folder are set)."""
+
+    status: str
+    reason: str
+    champion: str | None
+    run_dir: str
+    challenger: str | None = None
+    challenger_dice: float | None = None
+    champion_before: str | None = None
+    champion_dice: float | None = None
+    paired: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -188,8 +206,8 @@ def split_warning(champion_lineage: dict, prepare_config: dict[str, object]) -> 
 
 def decision_markdown(
     decision: Decision,
-    challenger_metrics: dict | None,
-    champion_metrics: dict | None,
+    challenger_metrics: EvaluationResult | None,
+    champion_metrics: EvaluationResult | None,
     paired: dict | None,
     notes: list[str] | None = None,
 ) -> str:
@@ -211,9 +229,9 @@ def decision_markdown(
             lines.append(f"| {role} | {name or '(none)'} | | | | |")
             continue
         lines.append(
-            f"| {role} | {name} | {metrics['foreground_dice']:.4f} | "
-            f"{_fmt(metrics.get('foreground_dice_present'))} | "
-            f"{_fmt(metrics.get('foreground_iou'))} | {metrics['num_images']} |"
+            f"| {role} | {name} | {metrics.foreground_dice:.4f} | "
+            f"{_fmt(metrics.foreground_dice_present)} | "
+            f"{_fmt(metrics.foreground_iou)} | {metrics.num_images} |"
         )
     lines.append("")
     if paired:

@@ -8,9 +8,10 @@ the data. The registered model is the ensemble of the fold models
 (:mod:`unet.training.ensemble`), its
 post-processing tuned on those out-of-fold probabilities.
 
-Plain Python and Keras (no Prefect): ``flows/train.py`` runs :func:`train_fold` as one Prefect
-task per fold, then :func:`combine_out_of_fold` and :func:`finish_ensemble`. A run folder of
-a cross-validated training holds ``folds/fold-K/`` (each a complete training run with its
+Plain Python and Keras (no Prefect): ``flows/crossval.py`` runs
+:func:`unet.training.folds.train_fold` as one Prefect task per fold, then
+:func:`unet.training.out_of_fold.combine_out_of_fold` and :func:`finish_ensemble` (here). A run
+folder of a cross-validated training holds ``folds/fold-K/`` (each a complete training run with its
 ``out_of_fold/`` scores), ``out_of_fold/`` (all of them together) and the ensemble's
 ``model.keras`` and ``model.json``.
 """
@@ -20,18 +21,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
-from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from data_catalog.atomic import write_json_atomic
 from data_catalog.tfrecords import iterate_cases
-from unet.config import DeviceConfig, TrainConfig
-from unet.evaluation.cases import case_probabilities
-from unet.evaluation.report import render_report
-from unet.evaluation.scores import summarize
-from unet.evaluation.scoring import evaluate_cases
+from unet.config import TrainConfig
 from unet.inference.postprocessing import ThresholdTuner, as_postprocessing
 from unet.store.model_files import (
     EnsembleInfo,
@@ -40,168 +34,11 @@ from unet.store.model_files import (
     model_file,
     model_version,
 )
-from unet.training.fitting import EpochCallback
+from unet.training.folds import FoldResult
+from unet.training.out_of_fold import out_of_fold_summary
 from unet.training.state import TrainingResult
-from unet.training.trainer import train_model
 
 logger = logging.getLogger(__name__)
-
-FOLDS_DIR = "folds"
-OUT_OF_FOLD_DIR = "out_of_fold"
-
-
-def fold_dir(run_dir: str | Path, fold: int) -> Path:
-    """``run_dir/folds/fold-{fold}``: the run folder of one fold's model."""
-    return Path(run_dir) / FOLDS_DIR / f"fold-{fold}"
-
-
-@dataclass(frozen=True)
-class FoldResult:
-    """One fold: its training run and its scores on the cases it did not train on."""
-
-    fold: int
-    run_dir: str
-    training: TrainingResult
-    foreground_dice: float
-    group_volume_dice: float | None
-    tuner: ThresholdTuner | None  # running sums for the ensemble's threshold (binary models)
-    tfrecord_dir: str | None = None  # the fold's TFRecord set (its val split: the fold's cases)
-
-    @property
-    def per_image(self) -> Path:
-        """The fold's out-of-fold ``per_image.csv``."""
-        return Path(self.run_dir) / OUT_OF_FOLD_DIR / "per_image.csv"
-
-
-def train_fold(
-    fold: int,
-    tfrecord_dir: str | Path,
-    run_dir: str | Path,
-    config: TrainConfig,
-    lineage: dict[str, object] | None = None,
-    devices: DeviceConfig | None = None,
-    groups: dict[str, str] | None = None,
-    on_epoch_end: EpochCallback | None = None,
-) -> FoldResult:
-    """Train fold ``fold``'s model on its TFRecord set (resumable, as :func:`train_model`),
-    then score it on that set's val split: the fold's out-of-fold cases."""
-    training = train_model(tfrecord_dir, run_dir, config, lineage, on_epoch_end, devices)
-    metrics, tuner = score_out_of_fold(run_dir, tfrecord_dir, groups)
-    return FoldResult(
-        fold=fold,
-        run_dir=str(run_dir),
-        training=training,
-        foreground_dice=float(metrics["foreground_dice"]),
-        group_volume_dice=metrics.get("group_volume_dice_mean"),
-        tuner=tuner,
-        tfrecord_dir=str(tfrecord_dir),
-    )
-
-
-def score_out_of_fold(
-    run_dir: str | Path,
-    tfrecord_dir: str | Path,
-    groups: dict[str, str] | None = None,
-    precision: str = "auto",
-) -> tuple[dict, ThresholdTuner | None]:
-    """Score a fold's model on its val split (``run_dir/out_of_fold/``) as prediction would
-    segment it, and collect the threshold tuner's sums on the same cases' probabilities.
-
-    Returns:
-        ``(metrics, tuner)``; the tuner is None for models of more than two classes.
-    """
-    from unet.inference.segmenter import Segmenter
-
-    segmenter = Segmenter(run_dir, precision=precision)
-    out_dir = Path(run_dir) / OUT_OF_FOLD_DIR
-    metrics = evaluate_cases(segmenter, iterate_cases(tfrecord_dir, "val"), out_dir, 2, groups)
-    if segmenter.num_classes != 2:
-        return metrics, None
-    tuner = ThresholdTuner()
-    for truth, (maps,) in case_probabilities([segmenter], iterate_cases(tfrecord_dir, "val")):
-        tuner.add(maps, truth)
-    return metrics, tuner
-
-
-def combine_out_of_fold(folds: list[FoldResult], out_dir: str | Path, num_classes: int) -> dict:
-    """Every fold's out-of-fold rows as one table (``per_image.csv`` with a ``fold`` column),
-    scored together: ``metrics.json`` and ``report.md`` in ``out_dir``.
-
-    Raises:
-        ValueError: a case scored by two folds (the folds overlap), naming it.
-    """
-    frames = [pd.read_csv(fold.per_image).assign(fold=fold.fold) for fold in folds]
-    frame = pd.concat(frames, ignore_index=True)
-    twice = frame.loc[frame["key"].duplicated(), "key"].tolist()
-    if twice:
-        raise ValueError(f"cases scored by more than one fold (the folds overlap): {twice[:5]}")
-    out_dir = Path(out_dir)
-    write_csv_atomic(out_dir / "per_image.csv", frame)
-    metrics = summarize(frame.assign(group=frame["group"].astype(str)), num_classes)
-    metrics["model_version"] = f"out of fold: {len(folds)} fold models"
-    metrics["postprocessing"] = "each fold model's own"
-    metrics["precision"] = {"compute": "each fold model's", "reason": "as prediction chose"}
-    metrics["folds"] = [
-        {
-            "fold": fold.fold,
-            "cases": int((frame["fold"] == fold.fold).sum()),
-            "foreground_dice": fold.foreground_dice,
-            "group_volume_dice": fold.group_volume_dice,
-            "best_epoch": fold.training.best_epoch,
-            "best_val_dice": fold.training.best_val_dice,
-            "model_version": fold.training.model_version,
-        }
-        for fold in folds
-    ]
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    report = render_report(metrics, frame, out_dir).replace(
-        "# Evaluation of", "# Out-of-fold scores of", 1
-    )
-    write_text_atomic(out_dir / "report.md", report + fold_lines(metrics["folds"]))
-    logger.info(
-        "out of fold (%d folds, %d cases): foreground Dice %.4f, mean group volume Dice %s",
-        len(folds),
-        len(frame),
-        metrics["foreground_dice"],
-        metrics["group_volume_dice_mean"],
-    )
-    return metrics
-
-
-def fold_lines(folds: list[dict]) -> str:
-    """The per-fold table of the out-of-fold report (markdown)."""
-    lines = [
-        "",
-        "## Folds (each scored on the cases it never trained on)",
-        "",
-        "| fold | cases | foreground Dice | mean group volume Dice | best epoch | its val Dice | "
-        "model |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for fold in folds:
-        volume = fold["group_volume_dice"]
-        lines.append(
-            f"| {fold['fold']} | {fold['cases']} | {fold['foreground_dice']:.4f} | "
-            f"{'n/a' if volume is None else f'{volume:.4f}'} | {fold['best_epoch']} | "
-            f"{fold['best_val_dice']:.4f} | `{fold['model_version']}` |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def out_of_fold_summary(metrics: dict) -> dict[str, object]:
-    """The headline of the out-of-fold scores, as stored in the ensemble's ``model.json``."""
-    return {
-        "num_images": metrics["num_images"],
-        "foreground_dice": metrics["foreground_dice"],
-        "foreground_dice_present": metrics["foreground_dice_present"],
-        "group_volume_dice_mean": metrics["group_volume_dice_mean"],
-        "num_groups": len(metrics["groups"] or {}) or None,
-        "worst_groups": metrics["worst_groups"],
-        "folds": [
-            {k: fold[k] for k in ("fold", "cases", "foreground_dice", "group_volume_dice")}
-            for fold in metrics["folds"]
-        ],
-    }
 
 
 def members_check(checks: list[PrecisionCheck | None]) -> PrecisionCheck | None:

@@ -1,0 +1,55 @@
+"""A labelled case as a model reads it, from a TFRecord set or straight from a dataset's
+files: the record evaluation, tuning, calibration and cross-validation take."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from data_catalog.config import PrepareConfig
+from data_catalog.labels import LabelRule
+from data_catalog.manifest import load_case, mask_paths, volume_stats
+
+
+@dataclass(frozen=True)
+class Case:
+    """One labelled image (or volume slice).
+
+    Attributes:
+        key: the case's key (a volume slice's is ``volume/z012``).
+        image: ``(H, W[, C])`` as stored (uint8, uint16 or int16; context slices as channels).
+        truth: ``(H, W)`` uint8 class indices.
+        stats: the normalisation statistics to use (a volume slice's are its volume's), or
+            None: the image's own.
+    """
+
+    key: str
+    image: np.ndarray
+    truth: np.ndarray
+    stats: np.ndarray | None = None
+
+
+def manifest_cases(
+    manifest: pd.DataFrame,
+    data: PrepareConfig,
+    context_slices: int = 0,
+    volume_statistics: bool = False,
+) -> Iterator[Case]:
+    """Every manifest row read as a model of ``context_slices`` reads it: volume slices with
+    their neighbours as channels and, with ``volume_statistics``, their volume's statistics."""
+    rule = LabelRule.build(data.foreground, data.labels)
+    for row in manifest.to_dict("records"):
+        image, truth = load_case(
+            row["image"],
+            mask_paths(row),
+            rule,
+            data.channels,
+            row["slice"],
+            context_slices,
+            data.slice_axis,
+        )
+        stats = volume_stats(row, data.channels, data.slice_axis) if volume_statistics else None
+        yield Case(row["key"], image, truth, stats)
