@@ -132,8 +132,10 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> EvaluationR
     from unet.evaluation.scoring import evaluate_cases
     from unet.evaluation.volume_metrics import slice_infos
     from unet.inference.segmenter import Segmenter
+    from unet.store.registry import resolve_model_file
 
-    segmenter = Segmenter(config.model, precision=config.precision, flip_check=True)
+    model = resolve_model_file(config.model)
+    segmenter = Segmenter(model, precision=config.precision, flip_check=True)
     data, manifest = index_for_model(data, segmenter, config.out_dir)
     if config.split != "all":
         splits = split_cases(

@@ -27,7 +27,7 @@ def test_bfloat16_masks_agree_with_float32(trained_run):
     bfloat16 = Segmenter(trained_run, precision="bfloat16")
     assert float32.precision.compute_dtype == "float32"
     assert bfloat16.precision.compute_dtype == "bfloat16"
-    assert bfloat16.model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
+    assert bfloat16.graphs.model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
     rng = np.random.default_rng(4)
     images = [float32.prepare(rng.integers(0, 255, (64, 64), dtype=np.uint8)) for _ in range(4)]
     full = float32.predict_probabilities(images)

@@ -4,6 +4,7 @@ import pytest
 
 from unet.inference.segmenter import Segmenter
 from unet.store import registry
+from unet.store.registry import resolve_model_file
 
 
 def test_register_promote_and_predict_with_champion(trained_run, tmp_path, monkeypatch):
@@ -20,8 +21,8 @@ def test_register_promote_and_predict_with_champion(trained_run, tmp_path, monke
     assert record == {**record, "version": version, "previous": None, "reason": "test"}
     assert registry.summary_rows(root)[0]["champion"] == "*"
     monkeypatch.setenv(registry.REGISTRY_ENV, str(root))
-    assert Segmenter("champion").version == version
-    assert Segmenter(version).version == version
+    assert Segmenter(resolve_model_file("champion")).version == version
+    assert Segmenter(resolve_model_file(version)).version == version
     assert not list(root.glob(".*.tmp"))
 
 
@@ -29,7 +30,7 @@ def test_unknown_versions_are_named(tmp_path):
     with pytest.raises(KeyError, match="no model version 'nope'"):
         registry.promote("nope", tmp_path)
     with pytest.raises(FileNotFoundError, match="not a model file, run folder or registered"):
-        Segmenter(str(tmp_path / "missing"))
+        resolve_model_file(str(tmp_path / "missing"))
 
 
 def test_prune_keeps_the_champion_its_predecessor_and_the_newest(tmp_path):

@@ -33,15 +33,16 @@ def export_model(model: str | Path, out_dir: str | Path, fmt: str = "savedmodel"
         RuntimeError: the ONNX conversion failed (its output is in the message).
     """
     from unet.inference.segmenter import Segmenter
+    from unet.store.registry import resolve_model_file
 
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}. Received: {fmt!r}")
-    segmenter = Segmenter(model, precision="float32")
+    segmenter = Segmenter(resolve_model_file(model), precision="float32")
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     saved = tmp / "savedmodel" if fmt == "onnx" else tmp
-    segmenter.model.export(str(saved), format="tf_saved_model", verbose=False)
+    segmenter.graphs.model.export(str(saved), format="tf_saved_model", verbose=False)
     if fmt == "onnx":
         to_onnx(saved, tmp / ONNX_FILE)
         shutil.rmtree(saved)

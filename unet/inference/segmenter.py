@@ -3,7 +3,9 @@
 :class:`Segmenter` is the one way an image becomes a mask: evaluation, post-processing tuning
 and bulk prediction all call :meth:`Segmenter.segment`, which batches images of one shape
 through one compiled graph and segments images larger than the tile size with a
-Gaussian-blended sliding window. Importing this module does not import the training stack.
+Gaussian-blended sliding window. Importing this module does not import the training stack,
+nor the registry: a registered version or ``champion`` is resolved to its model file by the
+caller (:func:`unet.store.registry.resolve_model_file`).
 """
 
 from __future__ import annotations
@@ -15,23 +17,20 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from data_catalog.images import to_channels
 from unet.data.normalization import normalize_array
+from unet.inference.graphs import ModelGraphs
 from unet.inference.postprocessing import (
     class_max,
     classify,
     keep_largest_component,
     remove_small_components,
 )
-from unet.inference.precision import (
-    resolve_inference_precision,
-)
+from unet.inference.precision import resolve_inference_precision
 from unet.inference.tiling import sliding_window_bands
 from unet.model.builders import inference_model
-from unet.store.model_files import ModelInfo
-from unet.store.registry import resolve_model_file
+from unet.store.model_files import ModelInfo, find_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +64,7 @@ class Segmenter:
     has exactly the input's height and width.
 
     Args:
-        model: a run folder, a ``.keras`` file with ``model.json`` beside it, a registered
-            version or ``champion``.
+        model: a run folder, or a ``.keras`` file with ``model.json`` beside it.
         tta: test-time augmentation: average the probabilities of the image and its
             horizontal, vertical and double flips (4x the compute).
         batch_size: images (or tiles) per forward pass.
@@ -74,20 +72,16 @@ class Segmenter:
             positive multiple of the model's size multiple.
         tile_overlap: share of a tile its neighbour overlaps, in [0, 1).
         info: the model's :class:`ModelInfo` when it is not (yet) in ``model.json``.
-        precision: ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the hardware has units
-            for it and the model's validation check passed; see
-            :func:`unet.inference.precision.choose_inference_precision`). ``self.precision`` says
-            what was
-            chosen and why.
+        precision: ``float32``, ``bfloat16`` or ``auto`` (see
+            :func:`unet.inference.precision.choose_inference_precision`); ``self.precision``
+            says what was chosen and why.
         largest_component: keep only the largest foreground component of each mask (of each
             volume, in 3-D, when prediction assembles one).
         flip_check: also segment each image flipped left-right and count how far the two
-            masks agree (``Segmentation.flip_counts``; one more forward pass, 2x the compute);
-            the masks stay the plain (or TTA) ones. With ``tta`` the flipped pass is there
-            already and the counts come at no extra model cost.
+            masks agree (``Segmentation.flip_counts``; one more forward pass); the masks stay
+            the plain (or TTA) ones. With ``tta`` the flipped pass is there already.
         loaded: the model at ``model`` already in memory (as training holds it): not read
-            from disk again. Each Segmenter makes its own folded copy, so one loaded model
-            serves several (float32, bfloat16, with the flip check).
+            from disk again. Each Segmenter makes its own folded copy.
 
     Raises:
         FileNotFoundError: no model there. ValueError: a tile size or overlap it cannot use.
@@ -106,42 +100,29 @@ class Segmenter:
         flip_check: bool = False,
         loaded: keras.Model | None = None,
     ):
-        self.tta = tta
-        self.flip_check = flip_check or tta
-        self.model_path = resolve_model_file(model, need_info=info is None)
-        self.info = info or ModelInfo.read(self.model_path.parent)
-        self.channels = self.info.channels
-        self.multiple = self.info.size_multiple
-        self.normalization = self.info.normalization
-        self.threshold = self.info.postprocessing.threshold
-        self.min_component_size = self.info.postprocessing.min_component_size
-        self.num_classes = self.info.num_classes
-        self.version = self.info.model_version or self.model_path.parent.name
-        self.ensemble = self.info.ensemble  # EnsembleInfo of a cross-validated model, or None
-        self.largest_component = largest_component  # keep only the largest component
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
-        if tile_size % self.multiple or tile_size < self.multiple:
-            raise ValueError(
-                f"tile size must be a positive multiple of {self.multiple} (the model's size "
-                f"multiple). Received: tile_size={tile_size}"
-            )
-        if not 0 <= tile_overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1). Received: overlap={tile_overlap}")
+        self.model_path = find_model_file(model, need_info=info is None)
+        self.info = info = info or ModelInfo.read(self.model_path.parent)
+        self.channels, self.multiple, self.num_classes = (
+            info.channels,
+            info.size_multiple,
+            info.num_classes,
+        )
+        self.threshold = info.postprocessing.threshold
+        self.min_component_size = info.postprocessing.min_component_size
+        self.version = info.model_version or self.model_path.parent.name
+        self.ensemble = info.ensemble  # EnsembleInfo of a cross-validated model, or None
+        self.largest_component = largest_component
+        check_window(batch_size, tile_size, tile_overlap, self.multiple)
         self.batch_size, self.tile_size, self.tile_overlap = batch_size, tile_size, tile_overlap
-        self.precision = resolve_inference_precision(precision, self.info)
-        # batch norms folded into their convolutions; computing in the chosen precision
+        self.precision = resolve_inference_precision(precision, info)
         if loaded is None:
             loaded = keras.models.load_model(self.model_path, compile=False)
-        self.model = inference_model(loaded, self.precision.policy)
-        spec = tf.TensorSpec([None, None, None, self.channels], tf.float32)
-        self._probabilities = tf.function(self._probabilities_graph, input_signature=[spec])
-        threshold_spec = tf.TensorSpec([], tf.float32)
-        size_spec = tf.TensorSpec([], tf.int32)
-        self._classes = tf.function(
-            self._classes_graph, input_signature=[spec, threshold_spec, size_spec, size_spec]
+        # batch norms folded into their convolutions; computing in the chosen precision
+        folded = inference_model(loaded, self.precision.policy)
+        self.graphs = ModelGraphs(
+            folded, self.channels, self.num_classes, self.multiple, tta, flip_check
         )
-        self._checked = tf.function(self._checked_graph, input_signature=[spec, threshold_spec])
+        self.tta, self.flip_check = tta, self.graphs.flip_check
         logger.info(
             "loaded model %s (%d channels, %d classes, %s: %s)",
             self.version,
@@ -150,58 +131,6 @@ class Segmenter:
             self.precision.compute_dtype,
             self.precision.reason,
         )
-
-    def _passes(self, batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
-        """The probabilities the masks come from (averaged over flips with TTA), the plain
-        pass, and with the flip check the left-right flipped pass flipped back."""
-        plain = self.model(batch, training=False)
-        if not self.flip_check:
-            return plain, plain, None
-        mirrored = tf.reverse(self.model(tf.reverse(batch, [2]), training=False), [2])
-        if not self.tta:
-            return plain, plain, mirrored
-        total = plain + mirrored  # and the vertically and doubly flipped passes, flipped back
-        for axes in ([1], [1, 2]):
-            total += tf.reverse(self.model(tf.reverse(batch, axes), training=False), axes)
-        return total / 4, plain, mirrored
-
-    def _probabilities_graph(self, batch: tf.Tensor) -> tf.Tensor:
-        """Class probabilities, averaged over flips with TTA (compiled)."""
-        return self._passes(batch)[0]
-
-    def _foreground(self, probabilities: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
-        """Where a class other than background wins (two classes: the threshold, when >= 0)."""
-        if self.num_classes == 2:  # a tie goes to background, as in numpy's class_argmax
-            foreground = probabilities[..., 1]
-            above = foreground > probabilities[..., 0]
-            return tf.where(threshold >= 0, foreground >= threshold, above)
-        return tf.argmax(probabilities, axis=-1) > 0
-
-    def _flip_counts(self, plain, mirrored, threshold, height=None, width=None) -> tf.Tensor:
-        """``(B, 3)`` float32: foreground pixels in both passes, in the plain one, in the
-        flipped one (inside the first ``height`` x ``width`` pixels); zeros without the check."""
-        if mirrored is None:
-            return tf.zeros([tf.shape(plain)[0], 3], tf.float32)
-        first = self._foreground(plain, threshold)[:, :height, :width]
-        second = self._foreground(mirrored, threshold)[:, :height, :width]
-        counts = [tf.logical_and(first, second), first, second]
-        return tf.stack([tf.reduce_sum(tf.cast(c, tf.float32), axis=[1, 2]) for c in counts], 1)
-
-    def _classes_graph(self, batch: tf.Tensor, threshold: tf.Tensor, height, width):
-        """Class indices (uint8), confidence (float32) and the flip counts, reduced inside the
-        graph so only they leave it. ``threshold`` < 0: argmax (ties to the lower class)."""
-        probabilities, plain, mirrored = self._passes(batch)
-        if self.num_classes == 2:
-            classes = tf.cast(self._foreground(probabilities, threshold), tf.uint8)
-        else:
-            classes = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
-        counts = self._flip_counts(plain, mirrored, threshold, height, width)
-        return classes, tf.reduce_max(probabilities, axis=-1), counts
-
-    def _checked_graph(self, batch: tf.Tensor, threshold: tf.Tensor):
-        """Probabilities and flip counts of whole tiles (the sliding window with the check)."""
-        probabilities, plain, mirrored = self._passes(batch)
-        return probabilities, self._flip_counts(plain, mirrored, threshold)
 
     def prepare(
         self, image: np.ndarray, path: str | Path = "<array>", stats: np.ndarray | None = None
@@ -219,7 +148,7 @@ class Segmenter:
                 )
         else:
             image = to_channels(image, self.channels, path)
-        return normalize_array(image, self.normalization, stats, self.info.intensity_window)
+        return normalize_array(image, self.info.normalization, stats, self.info.intensity_window)
 
     def is_large(self, image: np.ndarray) -> bool:
         """True when ``image`` is segmented with the sliding window, not whole."""
@@ -236,19 +165,13 @@ class Segmenter:
         on the validation split) is applied: for two classes, foreground where its probability
         reaches ``threshold``; foreground components smaller than ``min_component_size``
         pixels are removed, and with ``largest_component`` only the largest one is kept.
-
-        Args:
-            images: ``(H, W, channels)`` float32 arrays from :meth:`prepare`.
-            per_image_postprocessing: False for the slices of a volume: its components are
-                removed in 3-D once it is whole.
-
-        Returns:
-            One :class:`Segmentation` per image, in order.
+        ``per_image_postprocessing`` False (the slices of a volume) leaves the components to
+        be removed in 3-D once the volume is whole.
         """
         results = []
-        for run in self._runs(images):
+        for run in shape_runs(images, self.batch_size, self.is_large):
             if len(run) == 1 and self.is_large(run[0]):
-                triples = [self._segment_tiled(run[0])]
+                triples = [segment_tiled(self, run[0])]
             else:
                 triples = zip(*self.predict_classes(run, with_counts=True), strict=True)
             for classes, confidence, counts in triples:
@@ -263,110 +186,91 @@ class Segmenter:
     def probability_maps(self, images: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         """``(H, W, num_classes)`` float32 class probabilities of prepared images, through the
         same batching and sliding window as :meth:`segment`, one run at a time."""
-        for run in self._runs(images):
+        for run in shape_runs(images, self.batch_size, self.is_large):
             if len(run) == 1 and self.is_large(run[0]):
                 height, width = run[0].shape[:2]
                 full = np.zeros((height, width, self.num_classes), np.float32)
-                for top, probabilities in self._tiled_bands(run[0]):
+                for top, probabilities in tiled_bands(self, run[0]):
                     full[top : top + len(probabilities)] = probabilities
                 yield full
             else:
                 yield from self.predict_probabilities(run)
 
-    def _runs(self, images: Sequence[np.ndarray]) -> Iterator[list[np.ndarray]]:
-        """Consecutive images that go through the model together: up to ``batch_size`` of one
-        shape, or one large image alone."""
-        start = 0
-        while start < len(images):
-            end = start + 1
-            if not self.is_large(images[start]):
-                while (
-                    end < len(images)
-                    and end - start < self.batch_size
-                    and images[end].shape == images[start].shape
-                ):
-                    end += 1
-            yield list(images[start:end])
-            start = end
-
-    def _padded(self, images: list[np.ndarray]) -> tuple[tf.Tensor, int, int]:
-        """One batch of same-shape images, mirrored up to the size multiple; their height and
-        width."""
-        shapes = {image.shape for image in images}
-        if len(shapes) != 1:
-            raise ValueError(f"a batch must hold images of one shape; got {sorted(shapes)}")
-        height, width = images[0].shape[:2]
-        pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
-        batch = np.stack(images)
-        if pad_h or pad_w:
-            batch = np.pad(batch, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-        return tf.constant(batch), height, width
-
     def predict_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
-        """Class probabilities of prepared images that share one shape (one forward pass).
-
-        Args:
-            images: list of ``(H, W, channels)`` float32 arrays, all the same shape.
-
-        Returns:
-            ``(B, H, W, num_classes)`` float32.
-        """
-        batch, height, width = self._padded(images)
-        return self._probabilities(batch).numpy()[:, :height, :width, :]
+        """``(B, H, W, num_classes)`` float32 probabilities of prepared images of one shape."""
+        return self.graphs.probabilities(images)
 
     def predict_classes(self, images: list[np.ndarray], with_counts: bool = False) -> tuple:
         """Class indices (after the threshold, before component removal) and confidence of
-        prepared images that share one shape; only these leave the compiled graph.
+        prepared images of one shape, ``((B, H, W) uint8, (B, H, W) float32)``; with
+        ``with_counts`` also the ``(B, 3)`` flip counts (zeros without the flip check)."""
+        classes, confidence, counts = self.graphs.classes(images, self.threshold)
+        return (classes, confidence, counts) if with_counts else (classes, confidence)
 
-        Returns:
-            ``((B, H, W) uint8, (B, H, W) float32)``, and with ``with_counts`` the ``(B, 3)``
-            flip counts (see :class:`Segmentation`; zeros without the flip check).
-        """
-        batch, height, width = self._padded(images)
-        classes, confidence, counts = self._classes(
-            batch, self._threshold_tensor(), tf.constant(height), tf.constant(width)
+
+def segment_tiled(segmenter: Segmenter, image: np.ndarray) -> tuple:
+    """Classes, confidence and flip counts (summed over the tiles, so overlaps count more
+    than once) of one large prepared image, assembled from the sliding window's bands."""
+    height, width = image.shape[:2]
+    classes = np.zeros((height, width), np.uint8)
+    confidence = np.zeros((height, width), np.float32)
+    counts = np.zeros(3, np.float32)
+    for top, probabilities in tiled_bands(segmenter, image, counts):
+        rows = slice(top, top + len(probabilities))
+        classes[rows] = classify(probabilities, segmenter.threshold)
+        confidence[rows] = class_max(probabilities)
+    return classes, confidence, counts
+
+
+def tiled_bands(
+    segmenter: Segmenter, image: np.ndarray, counts: np.ndarray | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The sliding window over one prepared image (:func:`sliding_window_bands`) with the
+    segmenter's tiles; ``counts``: where the flip check's counts of every tile are summed."""
+
+    def predict(tiles: list[np.ndarray]) -> np.ndarray:
+        if counts is None or not segmenter.flip_check:
+            return segmenter.predict_probabilities(tiles)
+        probabilities, tile_counts = segmenter.graphs.checked_tiles(tiles, segmenter.threshold)
+        counts[:] += tile_counts
+        return probabilities
+
+    return sliding_window_bands(
+        image,
+        predict,
+        segmenter.tile_size,
+        segmenter.tile_overlap,
+        segmenter.multiple,
+        segmenter.batch_size,
+        segmenter.num_classes,
+    )
+
+
+def check_window(batch_size: int, tile_size: int, overlap: float, multiple: int) -> None:
+    """Refuse a batch size, tile size or overlap the model cannot use (the values named)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
+    if tile_size % multiple or tile_size < multiple:
+        raise ValueError(
+            f"tile size must be a positive multiple of {multiple} (the model's size "
+            f"multiple). Received: tile_size={tile_size}"
         )
-        found = classes.numpy()[:, :height, :width], confidence.numpy()[:, :height, :width]
-        return (*found, counts.numpy()) if with_counts else found
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1). Received: overlap={overlap}")
 
-    def _threshold_tensor(self) -> tf.Tensor:
-        return tf.constant(-1.0 if self.threshold is None else float(self.threshold), tf.float32)
 
-    def _segment_tiled(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Classes, confidence and flip counts (summed over the tiles, so overlaps count more
-        than once) of one large image, assembled from the sliding window's bands."""
-        height, width = image.shape[:2]
-        classes = np.zeros((height, width), np.uint8)
-        confidence = np.zeros((height, width), np.float32)
-        counts = np.zeros(3, np.float32)
-        for top, probabilities in self._tiled_bands(image, counts):
-            rows = slice(top, top + len(probabilities))
-            classes[rows] = classify(probabilities, self.threshold)
-            confidence[rows] = class_max(probabilities)
-        return classes, confidence, counts
-
-    def _tile_probabilities(self, tiles: list[np.ndarray], counts: np.ndarray | None):
-        """Probabilities of whole tiles; with the flip check, their flip counts are added to
-        ``counts``."""
-        if counts is None or not self.flip_check:
-            return self.predict_probabilities(tiles)
-        probabilities, tile_counts = self._checked(
-            tf.constant(np.stack(tiles)), self._threshold_tensor()
-        )
-        counts += tile_counts.numpy().sum(axis=0)
-        return probabilities.numpy()
-
-    def _tiled_bands(
-        self, image: np.ndarray, counts: np.ndarray | None = None
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """The sliding window over one prepared image (:func:`sliding_window_bands`) with this
-        model's tiles; ``counts``: where the flip check's counts of every tile are summed."""
-        return sliding_window_bands(
-            image,
-            lambda tiles: self._tile_probabilities(tiles, counts),
-            self.tile_size,
-            self.tile_overlap,
-            self.multiple,
-            self.batch_size,
-            self.num_classes,
-        )
+def shape_runs(images: Sequence[np.ndarray], batch_size: int, is_large) -> Iterator[list]:
+    """Consecutive images that go through the model together: up to ``batch_size`` of one
+    shape, or one large image alone."""
+    start = 0
+    while start < len(images):
+        end = start + 1
+        if not is_large(images[start]):
+            while (
+                end < len(images)
+                and end - start < batch_size
+                and images[end].shape == images[start].shape
+            ):
+                end += 1
+        yield list(images[start:end])
+        start = end

@@ -149,3 +149,25 @@ def checkpoint_files(run_dir: str | Path) -> tuple[Path, Path]:
     """``(last.keras, state.json)`` of a run folder's checkpoint."""
     checkpoint = Path(run_dir) / CHECKPOINT_DIR
     return checkpoint / LAST_CHECKPOINT, checkpoint / STATE_FILE
+
+
+def find_model_file(path: str | Path, need_info: bool = True) -> Path:
+    """A run folder or a ``.keras`` file -> the model file (with its ``model.json`` beside it
+    when ``need_info``).
+
+    Raises:
+        FileNotFoundError: nothing usable is there; the message says what was looked for.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no model file; pass a run folder holding {MODEL_FILE} or a .keras file"
+        )
+    if need_info and not (path.parent / MODEL_INFO_FILE).is_file():
+        raise FileNotFoundError(
+            f"{path.parent / MODEL_INFO_FILE}: missing; segflow needs the {MODEL_INFO_FILE} "
+            "written beside the model by training (channels, normalisation, depth)"
+        )
+    return path

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from data_catalog.atomic import write_json_atomic
 from data_catalog.errors import NameNotFound
-from unet.store.model_files import MODEL_FILE, MODEL_INFO_FILE, ModelInfo
+from unet.store.model_files import MODEL_FILE, MODEL_INFO_FILE, ModelInfo, find_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -317,15 +317,4 @@ def resolve_model_file(reference: str | Path, need_info: bool = True) -> Path:
         raise FileNotFoundError(
             f"{reference}: not a model file, run folder or registered version ({error.args[0]})"
         ) from None
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no model file; pass a run folder holding {MODEL_FILE} or a .keras file"
-        )
-    if need_info and not (path.parent / MODEL_INFO_FILE).is_file():
-        raise FileNotFoundError(
-            f"{path.parent / MODEL_INFO_FILE}: missing; segflow needs the {MODEL_INFO_FILE} "
-            "written beside the model by training (channels, normalisation, depth)"
-        )
-    return path
+    return find_model_file(path, need_info)
