@@ -93,7 +93,7 @@ def train(prepare, train_settings: dict, run_dir: Path, folds: int):
 def fold_test_scores(run_dir: Path, folds: int, cache: Path) -> list[dict]:
     """Each fold model alone on the run's test split (the same in every fold): the single
     models the ensemble is compared with, scored by the same evaluation."""
-    from data_catalog.manifest import read_manifest
+    from data_catalog.manifest_file import read_manifest
     from data_catalog.tfrecords import iterate_cases
     from unet.evaluation.scoring import evaluate_cases
     from unet.inference.segmenter import Segmenter

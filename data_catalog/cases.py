@@ -11,7 +11,8 @@ import pandas as pd
 
 from data_catalog.config import PrepareConfig
 from data_catalog.labels import LabelRule
-from data_catalog.manifest import load_case, mask_paths, volume_stats
+from data_catalog.manifest_file import mask_paths, volume_stats
+from data_catalog.reading import load_case
 
 
 @dataclass(frozen=True)

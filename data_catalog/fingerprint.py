@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from data_catalog.labels import LabelRule
-from data_catalog.manifest import load_case, mask_paths
+from data_catalog.manifest_file import mask_paths
+from data_catalog.reading import load_case
 
 PERCENTILES = (0.5, 50.0, 99.5)
 WINDOW_SAMPLES = 2000  # foreground intensities sampled per case for the intensity window

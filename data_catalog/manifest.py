@@ -1,8 +1,8 @@
 """Indexing a dataset: pair its files, read and check every case, hash it, list every problem.
 
-The manifest has one row per usable case; every file left out is a row of the problems table
-(``validation.csv``) with the reason. Reading a case (:func:`load_case`) is the one place where
-images get their channels and masks their class indices, for indexing and TFRecords alike.
+The manifest has one row per usable case (:mod:`data_catalog.manifest_file`); every file left
+out is a row of the problems table (``validation.csv``) with the reason. Cases are read by
+:func:`data_catalog.reading.load_case`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,23 @@ import pandas as pd
 from data_catalog.atomic import write_json_atomic
 from data_catalog.config import PrepareConfig
 from data_catalog.hashing import hash_file, hash_records
-from data_catalog.images import ChannelError, ImageReadError, read_image, to_channels
+from data_catalog.images import ChannelError, ImageReadError
 from data_catalog.labels import Foreground, LabelRule
+from data_catalog.manifest_file import (
+    MANIFEST_COLUMNS,
+    MASK_SEPARATOR,
+    voxel_size,
+)
 from data_catalog.pairing import CaseFiles, Problem, pair_cases, problem
+from data_catalog.reading import (
+    MaskValueError,
+    SizeMismatchError,
+    is_volume_input,
+    load_case,
+    slice_image,
+    volume_classes,
+)
 from data_catalog.volumes import (
-    VOLUMES,
-    Volume,
-    is_tiff_stack,
-    is_volume,
     read_volume,
     same_geometry,
 )
@@ -36,24 +45,8 @@ from data_catalog.voxels import along
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = [
-    "key",
-    "group",
-    "image",
-    "mask",
-    "num_masks",
-    "image_sha256",
-    "mask_sha256",
-    "height",
-    "width",
-    "channels",
-    "dtype",
-    "foreground_fraction",
-    "slice",  # volumes: the slice's index along the slicing axis; -1 for a 2-D image
-    "voxel_mm",  # volumes: voxel size between slices x along rows x along columns, e.g. 3x1x1
-]
+
 PROBLEM_COLUMNS = ["file", "problem", "detail"]
-MASK_SEPARATOR = ";"
 
 
 class EmptyDatasetError(ValueError):
@@ -117,108 +110,6 @@ class IndexResult:
     manifest: pd.DataFrame
     problems: pd.DataFrame
     dataset_hash: str
-
-
-def is_volume_input(path: str | Path) -> bool:
-    """A volume file (NIfTI), a folder (a DICOM series) or a multi-page TIFF stack."""
-    return is_volume(path) or Path(path).is_dir() or is_tiff_stack(path)
-
-
-def load_case(
-    image_path: str | Path,
-    mask_paths: list[str] | tuple,
-    rule: LabelRule,
-    channels: int,
-    slice_index: int = -1,
-    context: int = 0,
-    axis: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read one case as the model will see it.
-
-    Args:
-        image_path: the image file, or a volume (NIfTI file, DICOM series folder).
-        mask_paths: one or more mask files; several are merged (per pixel, the highest class).
-        rule: the label rule.
-        channels: channels the image is brought to (1 or 3).
-        slice_index: volumes: the slice (along ``axis``) that is the case.
-        context: volumes: neighbouring slices on each side added as channels.
-        axis: volumes: the slicing axis (default: the coarsest spacing).
-
-    Returns:
-        ``(image, classes)``: ``(H, W, channels * (2 * context + 1))`` uint8/uint16/int16 and
-        ``(H, W)`` uint8.
-
-    Raises:
-        ImageReadError: a file cannot be read (ChannelError: channels do not fit).
-        ValueError: a mask's values are not covered by the rule, or sizes differ; the message
-            names the file.
-    """
-    if slice_index >= 0:
-        return load_slice(image_path, mask_paths, rule, channels, slice_index, context, axis)
-    image = to_channels(read_image(image_path), channels, image_path)
-    merged = None
-    for mask_path in mask_paths:
-        try:
-            classes = rule.to_classes(read_image(mask_path, kind="mask"))
-        except ImageReadError:
-            raise
-        except ValueError as error:
-            raise MaskValueError(mask_path, str(error)) from None
-        if classes.shape != image.shape[:2]:
-            raise SizeMismatchError(
-                mask_path,
-                f"mask is {classes.shape[1]}x{classes.shape[0]} (WxH), image "
-                f"{Path(image_path).name} is {image.shape[1]}x{image.shape[0]}",
-            )
-        merged = classes if merged is None else np.maximum(merged, classes)
-    return image, merged
-
-
-def slice_image(volume: Volume, index: int, channels: int, context: int, path) -> np.ndarray:
-    """One slice of a volume with its context, each part brought to ``channels``."""
-    stacked = volume.with_context(index, context)
-    per_slice = stacked.shape[2] // (2 * context + 1)
-    parts = [
-        to_channels(stacked[:, :, i : i + per_slice], channels, path)
-        for i in range(0, stacked.shape[2], per_slice)
-    ]
-    return np.concatenate(parts, axis=2)
-
-
-def load_slice(
-    image_path, mask_paths, rule: LabelRule, channels: int, index: int, context: int, axis
-) -> tuple[np.ndarray, np.ndarray]:
-    """One slice of a volume case (see :func:`load_case`); volumes come from the shared
-    :data:`data_catalog.volumes.VOLUMES` cache, so a volume's slices read it once."""
-    volume = VOLUMES.get(image_path, channels, axis)
-    image = slice_image(volume, index, channels, context, image_path)
-    merged = None
-    for mask_path in mask_paths:
-        classes = volume_classes(VOLUMES.get(mask_path, None, volume.axis), rule, mask_path)
-        part = np.ascontiguousarray(along(classes, index, volume.axis))
-        merged = part if merged is None else np.maximum(merged, part)
-    return image, merged
-
-
-def volume_classes(mask: Volume, rule: LabelRule, path) -> np.ndarray:
-    """A mask volume's class indices (the label rule over all its voxels)."""
-    try:
-        data = mask.data if mask.data.ndim == 3 else mask.data[..., 0]
-        return rule.to_classes(data.reshape(data.shape[0], -1)).reshape(data.shape)
-    except ValueError as error:
-        raise MaskValueError(path, str(error)) from None
-
-
-class MaskValueError(ValueError):
-    """A mask holds values the label rule does not cover."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
-
-
-class SizeMismatchError(MaskValueError):
-    """A mask's size differs from its image's."""
 
 
 def _read_problem(error: Exception, case: CaseFiles) -> Problem:
@@ -469,51 +360,3 @@ def apply_policy(result: IndexResult, policy: str) -> None:
     """Raise :class:`DatasetValidationError` under ``strict`` when there are problems."""
     if policy == "strict" and len(result.problems):
         raise DatasetValidationError(result.problems)
-
-
-def voxel_size(volume) -> tuple[float, float, float]:
-    """A volume's voxel size in mm: between slices, then along rows and columns (``voxel_mm``)."""
-    in_plane = [volume.spacing[a] for a in range(3) if a != volume.axis]
-    return (float(volume.spacing[volume.axis]), *(float(v) for v in in_plane))
-
-
-def volume_of(key: str) -> str:
-    """The volume a slice's key (``volume/z012``) belongs to."""
-    return key.rsplit("/", 1)[0]
-
-
-def volume_spacings(path: str | Path) -> dict[str, tuple[float, ...]]:
-    """Volume -> voxel size (``voxel_mm``) of the volume slices in a ``manifest.csv``; empty
-    when the file is missing or holds no volumes."""
-    if not Path(path).is_file():
-        return {}
-    table = read_manifest(path)
-    rows = table[(table["slice"] >= 0) & (table["voxel_mm"] != "")]
-    return {
-        volume_of(str(key)): tuple(float(v) for v in str(voxel_mm).split("x"))
-        for key, voxel_mm in zip(rows["key"], rows["voxel_mm"], strict=True)
-    }
-
-
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a ``manifest.csv`` written by segflow (keys and groups stay strings)."""
-    table = pd.read_csv(
-        path, dtype={"key": str, "group": str, "mask": str, "voxel_mm": str}, keep_default_na=False
-    )
-    if "slice" not in table:  # written before volumes
-        table["slice"] = -1
-    return table
-
-
-def volume_stats(row, channels: int, axis: int | None = None) -> np.ndarray | None:
-    """The per-volume normalisation statistics of a slice row (per channel means then
-    standard deviations); None for a 2-D image (it is normalised by its own)."""
-    if int(row.get("slice", -1)) < 0:
-        return None
-    mean, std = VOLUMES.get(row["image"], channels, axis).stats()
-    return np.concatenate([mean, std])
-
-
-def mask_paths(row) -> list[str]:
-    """The mask files of a manifest row."""
-    return str(row["mask"]).split(MASK_SEPARATOR)

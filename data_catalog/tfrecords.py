@@ -28,7 +28,8 @@ from data_catalog.errors import NameNotFound
 from data_catalog.hashing import hash_json
 from data_catalog.images import encode_png
 from data_catalog.labels import LabelRule
-from data_catalog.manifest import load_case, mask_paths
+from data_catalog.manifest_file import mask_paths
+from data_catalog.reading import load_case
 from data_catalog.volumes import VOLUMES
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The ``segflow`` command line: demo, train, evaluate, predict.
 
-Each command's flags map one to one onto the fields of its stage's config
-(``--val-fraction`` -> ``PrepareConfig.val_fraction``); ``--seed`` sets the seed of both the
+Each command's flags map one to one onto the fields of its stage's config (:mod:`flows.cli_args`:
+``--val-fraction`` -> ``PrepareConfig.val_fraction``); ``--seed`` sets the seed of both the
 split and the training. Flows run in Prefect's ephemeral mode when no ``PREFECT_API_URL`` is set,
 and against that server when it is.
 """
@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
-import types
-import typing
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults first)
 from data_catalog.atomic import DiskFullError
 from data_catalog.config import PrepareConfig
 from data_catalog.errors import NameNotFound
+from flows.cli_args import (
+    add_config_arguments,
+    config_from_args,
+)
+from flows.cli_demo import add_demo_command, run_demo
 from unet.config import (
     CrossValidationConfig,
     DeviceConfig,
@@ -28,81 +30,14 @@ from unet.config import (
     PromotionConfig,
     TrainConfig,
 )
-from unet.config.parts import StagedConfig
+
+logger = logging.getLogger(__name__)
+
 
 # Errors that mean the user's input is wrong (a path, a value, a model name) or the disk is
 # full: reported in one line. A KeyError or any other exception is a bug and keeps its
 # traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, NameNotFound, DiskFullError)
-
-DEMO_TRAIN = {"image_size": 128, "depth": 3, "base_filters": 16, "epochs": 15, "batch_size": 8}
-
-
-def parse_label_table(text: str) -> dict[int, int]:
-    """``"0:0,128:1,255:2"`` -> ``{0: 0, 128: 1, 255: 2}``."""
-    try:
-        pairs = [item.split(":") for item in text.split(",") if item.strip()]
-        return {int(value): int(cls) for value, cls in pairs}
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected stored-value:class pairs like 0:0,128:1,255:2. Received: {text!r}"
-        ) from None
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_config_arguments(
-    parser: argparse.ArgumentParser,
-    config_class: type,
-    skip: tuple[str, ...] = (),
-    required: tuple[str, ...] = (),
-) -> None:
-    """Add one flag per field of a pydantic config, with its type, choices and description."""
-    group = parser.add_argument_group(config_class.__name__)
-    for name, field in config_fields(config_class).items():
-        if name in skip or any(_flag(name) in action.option_strings for action in parser._actions):
-            continue
-        annotation = field.annotation
-        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-        kwargs: dict[str, object] = {"dest": name, "default": None, "help": field.description}
-        if annotation is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(annotation) is dict:
-            kwargs["type"] = parse_label_table
-        elif typing.get_origin(annotation) is list:
-            kwargs.update(type=typing.get_args(annotation)[0], nargs="+")
-        elif typing.get_origin(annotation) is typing.Literal:
-            choices = typing.get_args(annotation)
-            kwargs.update(choices=choices, type=type(choices[0]))
-        else:
-            kwargs["type"] = annotation
-        if not field.is_required() and field.default is not None:
-            kwargs["help"] = f"{field.description} Default: {field.default}."
-        if name in required:
-            kwargs["required"] = True
-        if isinstance(kwargs["help"], str):  # argparse formats help with %: "99.9%" must stay
-            kwargs["help"] = kwargs["help"].replace("%", "%%")
-        group.add_argument(_flag(name), **kwargs)
-
-
-def config_fields(config_class: type) -> dict:
-    """A config's settings by flag name: a :class:`StagedConfig`'s parts' fields flat."""
-    if issubclass(config_class, StagedConfig):
-        return config_class.flat_fields()
-    return config_class.model_fields
-
-
-def config_from_args(config_class: type, args: argparse.Namespace, **values: object):
-    """Build a config from the flags that were given (others keep the config's defaults)."""
-    given = {
-        name: getattr(args, name)
-        for name in config_fields(config_class)
-        if getattr(args, name, None) is not None
-    }
-    return config_class(**{**given, **values})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,41 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_commands(commands)
     return parser
-
-
-def add_demo_command(commands) -> None:
-    """``segflow demo`` and its options."""
-    demo = commands.add_parser("demo", help="Generate a synthetic dataset, train, predict.")
-    demo.add_argument(
-        "--out",
-        default=None,
-        help="Output folder. Default: segflow-demo (segflow-demo-volumes with --volumes).",
-    )
-    demo.add_argument(
-        "--num-cases",
-        type=int,
-        default=None,
-        help="Synthetic cases. Default: 120 images, or 16 volumes with --volumes.",
-    )
-    demo.add_argument(
-        "--volumes",
-        action="store_true",
-        help="The volume demo: synthetic MR volumes (anisotropic, rotated) as NIfTI, trained "
-        "with one context slice, the test volumes predicted as NIfTI and one as a DICOM series "
-        "(shuffled file names) with a DICOM SEG.",
-    )
-    demo.add_argument(
-        "--epochs",
-        type=int,
-        default=DEMO_TRAIN["epochs"],
-        help=f"Training epochs. Default: {DEMO_TRAIN['epochs']}.",
-    )
-    demo.add_argument(
-        "--image-size",
-        type=int,
-        default=DEMO_TRAIN["image_size"],
-        help=f"Image size. Default: {DEMO_TRAIN['image_size']}.",
-    )
 
 
 def add_registry_commands(commands) -> None:
@@ -248,107 +148,6 @@ def add_model_commands(commands) -> None:
     add_config_arguments(retrain, DeviceConfig)
     add_config_arguments(retrain, CrossValidationConfig)
     add_config_arguments(retrain, PromotionConfig)
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from data_catalog.synthetic import generate_synthetic_dataset
-    from flows.predict import predict_flow
-    from flows.train import train_flow
-
-    if args.volumes:
-        return run_volume_demo(args)
-    out = Path(args.out or "segflow-demo")
-    data = generate_synthetic_dataset(out / "data", args.num_cases or 120, args.image_size, seed=0)
-    prepare = PrepareConfig(images=str(data / "images"), masks=str(data / "masks"))
-    train = TrainConfig(**{**DEMO_TRAIN, "epochs": args.epochs, "image_size": args.image_size})
-    from unet.store import registry
-
-    models = out / "models"
-    summary = train_flow(
-        prepare=prepare, train=train, run_dir=str(out / "run"), registry=str(models)
-    )
-    if registry.champion_version(models) is None:
-        registry.promote(summary.registered, models, "first demo model")
-
-    test_images = out / "test-images"
-    shutil.rmtree(test_images, ignore_errors=True)
-    test_images.mkdir(parents=True)
-    import json
-
-    for key in json.loads((out / "run" / "splits.json").read_text())["test"]:
-        shutil.copy2(data / "images" / f"{key}.png", test_images / f"{key}.png")
-    predicted = predict_flow(
-        PredictConfig(
-            model=summary.run_dir,
-            input_dir=str(test_images),
-            output_dir=str(out / "predictions"),
-            binary_255=True,
-        )
-    )
-    print(
-        f"\nsegflow demo finished\n"
-        f"  data:        {data}\n"
-        f"  model:       {summary.model} ({summary.model_version}, registered in "
-        f"{out / 'models'})\n"
-        f"  evaluation:  {out / 'run' / 'evaluation'} (metrics.json, per_image.csv, overlays/)\n"
-        f"  masks:       {out / 'predictions'} ({predicted.num_ok} of "
-        f"{predicted.num_inputs} test images)\n"
-        f"  report:      {predicted.report}\n"
-        f"  test Dice (U-Net, foreground):  {summary.test_dice:.4f}\n"
-        f"  test Dice (Otsu threshold):     {summary.otsu_dice:.4f}\n"
-    )
-    return 0 if predicted.num_errors == 0 else 1
-
-
-def run_volume_demo(args: argparse.Namespace) -> int:
-    """``segflow demo --volumes`` (see its help)."""
-    import json
-
-    import nibabel
-    import numpy as np
-
-    from data_catalog.synthetic_volumes import make_synthetic_volumes, write_dicom_series
-    from flows.predict import predict_flow
-    from flows.train import train_flow
-
-    out = Path(args.out or "segflow-demo-volumes")
-    images, masks = make_synthetic_volumes(out / "data", args.num_cases or 16, seed=0)
-    prepare = PrepareConfig(images=str(images), masks=str(masks), context_slices=1)
-    train = TrainConfig(**{**DEMO_TRAIN, "epochs": args.epochs, "image_size": 64})
-    summary = train_flow(
-        prepare=prepare, train=train, run_dir=str(out / "run"), registry=str(out / "models")
-    )
-    test = sorted(
-        {key.split("/")[0] for key in json.loads((out / "run" / "splits.json").read_text())["test"]}
-    )
-    scans = out / "test-scans"
-    shutil.rmtree(scans, ignore_errors=True)
-    scans.mkdir(parents=True)
-    for name in test:
-        shutil.copy2(images / f"{name}.nii.gz", scans / f"{name}.nii.gz")
-    first = nibabel.load(images / f"{test[0]}.nii.gz")
-    write_dicom_series(np.asarray(first.dataobj), first.affine, scans / "dicom" / test[0], seed=1)
-    predicted = predict_flow(
-        PredictConfig(
-            model=summary.run_dir,
-            input_dir=str(scans),
-            output_dir=str(out / "predictions"),
-            dicom_seg=True,
-        )
-    )
-    volumes = json.loads((out / "run" / "metrics.json").read_text()).get("volumes") or {}
-    print(
-        f"\nsegflow volume demo finished\n"
-        f"  data:        {images.parent} (NIfTI volumes, 0.9x0.9x3 mm, rotated affines)\n"
-        f"  model:       {summary.model} ({summary.model_version}; 1 context slice each side)\n"
-        f"  evaluation:  {out / 'run' / 'evaluation'} (per_volume.csv, per_image.csv)\n"
-        f"  masks:       {out / 'predictions'} ({predicted.num_ok} of {predicted.num_inputs} "
-        f"test volumes: NIfTI masks in each scan's geometry; dicom/{test[0]}.seg.dcm)\n"
-        f"  report:      {predicted.report}\n"
-        f"  test per-volume Dice: {volumes.get('dice_mean', float('nan')):.4f}, HD95 "
-        f"{volumes.get('hd95_mm_mean') or float('nan'):.2f} mm\n"
-    )
-    return 0 if predicted.num_errors == 0 else 1
 
 
 def run_prepare_command(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from data_catalog.manifest import read_manifest
+from data_catalog.manifest_file import read_manifest
 from flows.prepare import PreparedDataset, prepare_fold
 from flows.runners import dask_task_runner
 from tasks.reporting import markdown_table, publish_markdown, publish_table, run_logger

@@ -106,7 +106,7 @@ def evaluate_split(
     cases = iterate_cases(tfrecord_dir, split)
     groups = slices = None
     if manifest:
-        from data_catalog.manifest import read_manifest
+        from data_catalog.manifest_file import read_manifest
         from unet.evaluation.volume_metrics import slice_infos
 
         table = read_manifest(manifest)

@@ -10,7 +10,8 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from data_catalog.atomic import write_csv_atomic, write_text_atomic
 from data_catalog.config import PrepareConfig
-from data_catalog.manifest import EmptyDatasetError, apply_policy, index_dataset, read_manifest
+from data_catalog.manifest import EmptyDatasetError, apply_policy, index_dataset
+from data_catalog.manifest_file import read_manifest
 from data_catalog.splits import load_splits, save_splits, split_cases
 from data_catalog.summary import split_rows, summarize_dataset
 from tasks.reporting import publish_markdown, publish_table, run_logger

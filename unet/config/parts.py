@@ -54,6 +54,16 @@ class StagedConfig(BaseModel):
             where[flat] = (part, inner)
         return where
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler) -> dict[str, Any]:
+        """The JSON schema (Prefect checks deployment parameters against it) admits every
+        setting by its flat name too, as ``prefect.yaml`` gives them; pydantic checks their
+        values when the flow starts."""
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        for flat, field in cls.flat_fields().items():
+            schema["properties"].setdefault(flat, {"description": field.description or flat})
+        return schema
+
     @model_validator(mode="before")
     @classmethod
     def _gather_flat(cls, data: Any) -> Any:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from data_catalog.cases import Case
-from data_catalog.manifest import volume_of
+from data_catalog.manifest_file import volume_of
 from unet.evaluation.cases import segment_cases
 from unet.evaluation.scores import VolumeTally, foreground_dice
 from unet.inference.segmenter import Segmenter

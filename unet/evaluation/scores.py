@@ -11,7 +11,7 @@ import pandas as pd
 
 from data_catalog.cases import Case
 from data_catalog.images import write_png_atomic
-from data_catalog.manifest import volume_of
+from data_catalog.manifest_file import volume_of
 from unet.evaluation.cases import segment_cases
 from unet.evaluation.overlays import centre_slice, make_overlay, otsu_foreground
 from unet.evaluation.volume_metrics import VolumeScores

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from data_catalog.manifest import volume_of
+from data_catalog.manifest_file import volume_of
 from unet.model.metrics import hausdorff95
 
 

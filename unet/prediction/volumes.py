@@ -74,7 +74,7 @@ def segment_volume_file(
         The slices' table and the volume's facts (shape, spacing, slice size, foreground
         fraction and millilitres, 3-D components, thumbnail, pooled quality columns).
     """
-    from data_catalog.manifest import voxel_size
+    from data_catalog.manifest_file import voxel_size
     from data_catalog.volumes import write_mask_volume
 
     volume = read_input_volume(segmenter, path, files, max_pixels)
@@ -113,7 +113,7 @@ def segment_volume_file(
 
 def volume_thumbnail(segmenter: Segmenter, volume, mask: np.ndarray, path: Path) -> np.ndarray:
     """The review page's thumbnail of a volume: its slice with the most foreground."""
-    from data_catalog.manifest import slice_image
+    from data_catalog.reading import slice_image
     from data_catalog.voxels import along
 
     axes = tuple(a for a in range(3) if a != volume.axis)
@@ -147,7 +147,7 @@ def segment_slices(
     was trained so) through the model in batches, the next batch prepared on a thread while
     the model runs (as reader threads do for images): the class volume (no components removed
     yet) and each slice's mean confidence."""
-    from data_catalog.manifest import slice_image
+    from data_catalog.reading import slice_image
     from data_catalog.voxels import along
 
     info = segmenter.info

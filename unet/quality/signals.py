@@ -204,7 +204,7 @@ class VolumeQuality:
         """The volume's report columns (see :func:`quality_columns`); ``fraction``: the
         foreground fraction of its final mask; ``whole_volume``: False for a video's frames
         (its fraction is compared with the training images'); ``spacing``: the volume's voxel
-        size (:func:`data_catalog.manifest.voxel_size`)."""
+        size (:func:`data_catalog.manifest_file.voxel_size`)."""
         if reference is None or not self.pixels:
             return {}
         return columns_of(self.signals(fraction, reference, whole_volume, spacing), reference)

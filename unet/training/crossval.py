@@ -114,7 +114,7 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
     TFRecord sets."""
     from itertools import chain
 
-    from data_catalog.manifest import volume_spacings
+    from data_catalog.manifest_file import volume_spacings
     from unet.evaluation.quality_passes import calibrate_flags
     from unet.inference.segmenter import Segmenter
 

@@ -77,7 +77,7 @@ def calibrate_quality(
     """The quality flags' reference (from the train split) and thresholds (chosen on the val
     split, segmented with the tuned post-processing, as prediction will, and with the flip pass
     so that ``flip_disagreement`` is calibrated too); None without validation cases."""
-    from data_catalog.manifest import volume_spacings
+    from data_catalog.manifest_file import volume_spacings
     from unet.evaluation.quality_passes import calibrate_flags
 
     if not data.counts.get("val"):
