@@ -2,9 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StemPairing(_Rule):
+    """An image and its mask share their file stem, in two folders."""
+
+    kind: Literal["stem"] = "stem"
+    images: str
+    masks: str
+
+
+class SuffixPairing(_Rule):
+    """The mask lies beside its image (or in ``masks``) with a suffix: a.tif + a_mask.tif."""
+
+    kind: Literal["suffix"] = "suffix"
+    images: str
+    masks: str
+    suffix: str
+
+
+class PatternPairing(_Rule):
+    """A regular expression's ``key`` group pairs image and mask file names."""
+
+    kind: Literal["pattern"] = "pattern"
+    images: str
+    masks: str
+    key_pattern: str
+    mask_key_pattern: str
+
+
+class ManifestPairing(_Rule):
+    """A CSV lists every image with its masks (and group)."""
+
+    kind: Literal["manifest"] = "manifest"
+    manifest: str
+
+
+PairingRule = Annotated[
+    StemPairing | SuffixPairing | PatternPairing | ManifestPairing, Field(discriminator="kind")
+]
 
 
 class PrepareConfig(BaseModel):
@@ -125,3 +168,35 @@ class PrepareConfig(BaseModel):
         if self.key_pattern:
             return "pattern"
         return "stem"
+
+    def pairing_rule(self) -> PairingRule:
+        """The pairing rule as one explicit choice, with the folders it needs.
+
+        Raises:
+            ValueError: the rule is incomplete (no images folder, or no masks folder where
+                the rule needs one).
+        """
+        kind = self.pairing
+        if kind == "manifest":
+            return ManifestPairing(manifest=self.manifest)
+        if not self.images:
+            raise ValueError(
+                "no images folder: give images (and masks, mask_suffix or key_pattern), "
+                "a manifest, or a dataset name from the catalog"
+            )
+        if kind == "suffix":
+            masks = self.masks or self.images
+            return SuffixPairing(images=self.images, masks=masks, suffix=self.mask_suffix)
+        if not self.masks:
+            raise ValueError(
+                f"pairing by {kind} needs a masks folder; give masks (or mask_suffix "
+                "for masks beside their images)"
+            )
+        if kind == "pattern":
+            return PatternPairing(
+                images=self.images,
+                masks=self.masks,
+                key_pattern=self.key_pattern,
+                mask_key_pattern=self.mask_key_pattern or self.key_pattern,
+            )
+        return StemPairing(images=self.images, masks=self.masks)

@@ -12,7 +12,9 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
+import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from data_catalog.atomic import write_bytes_atomic
@@ -161,8 +163,6 @@ def _pil_to_array(image: Image.Image, kind: Kind) -> np.ndarray:
 
 
 def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
-    import tifffile
-
     try:
         with tifffile.TiffFile(path) as tiff:
             series = tiff.series[0]
@@ -230,7 +230,10 @@ def rescaled_pixels(dataset, path: str | Path, rounded: bool = False) -> np.ndar
 
 
 def _read_dicom(path: Path, max_pixels: int | None) -> np.ndarray:
+    # deferred: DICOM inputs only; 0.3-0.5 s to import
     import pydicom
+
+    # deferred: DICOM inputs only; 0.3-0.5 s to import
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -352,7 +355,6 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
 
 def encode_png(array: np.ndarray) -> bytes:
     """Encode ``(H, W)`` uint8/uint16 or ``(H, W, 3)`` RGB uint8/uint16 as PNG bytes."""
-    import cv2
 
     if array.ndim == 3 and array.shape[2] == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)

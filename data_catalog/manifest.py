@@ -20,6 +20,7 @@ import pandas as pd
 
 from data_catalog.atomic import write_json_atomic
 from data_catalog.config import PrepareConfig
+from data_catalog.dicom_series import series_files, series_hash
 from data_catalog.hashing import hash_file, hash_records
 from data_catalog.images import ChannelError, ImageReadError
 from data_catalog.labels import Foreground, LabelRule
@@ -171,7 +172,6 @@ def _index_volume(case: CaseFiles, rule: LabelRule, channels: int, axis) -> list
 
 def folder_hash(folder: Path) -> str:
     """A DICOM series folder's hash (see :func:`data_catalog.dicom_series.series_hash`)."""
-    from data_catalog.dicom_series import series_files, series_hash
 
     return series_hash(series_files(folder))
 
@@ -272,8 +272,6 @@ class CachedReader:
 def _case_files(case: CaseFiles) -> list[Path]:
     """The files a case is read from (a DICOM series folder: its files)."""
     if case.image.is_dir():
-        from data_catalog.dicom_series import series_files
-
         return [*series_files(case.image), *case.masks]
     return [case.image, *case.masks]
 

@@ -20,7 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_catalog.config import PrepareConfig
+from data_catalog.config import (
+    ManifestPairing,
+    PatternPairing,
+    PrepareConfig,
+    StemPairing,
+    SuffixPairing,
+)
 from data_catalog.images import DICOM_EXTENSIONS, is_image_file
 from data_catalog.volumes import is_volume, volume_stem
 
@@ -91,34 +97,21 @@ def pair_cases(config: PrepareConfig) -> tuple[list[CaseFiles], list[Problem]]:
         FileNotFoundError: a folder or the manifest does not exist.
         ValueError: the rule is incomplete (e.g. no image folder) or a pattern is invalid.
     """
-    rule = config.pairing
-    if rule == "manifest":
+    rule = config.pairing_rule()
+    if isinstance(rule, ManifestPairing):
         return _pair_manifest(config)
-    if not config.images:
-        raise ValueError(
-            "no images folder: give images (and masks, mask_suffix or key_pattern), "
-            "a manifest, or a dataset name from the catalog"
-        )
-    images_root = Path(config.images)
-    if rule == "suffix":
-        masks_root = Path(config.masks) if config.masks else images_root
-        return _pair_suffix(images_root, masks_root, config.mask_suffix, config.group_by)
-    if not config.masks:
-        raise ValueError(
-            f"pairing by {rule} needs a masks folder; give masks (or mask_suffix "
-            "for masks beside their images)"
-        )
-    masks_root = Path(config.masks)
-    if rule == "pattern":
-        image_keys, problems = _keys_by_pattern(images_root, config.key_pattern, "image")
-        mask_keys, mask_problems = _keys_by_pattern(
-            masks_root, config.mask_key_pattern or config.key_pattern, "mask"
-        )
-        problems += mask_problems
-    else:
-        image_keys = _group_paths(_image_files(images_root), images_root)
-        mask_keys = _group_paths(_image_files(masks_root), masks_root)
-        problems = []
+    images_root, masks_root = Path(rule.images), Path(rule.masks)
+    match rule:
+        case SuffixPairing(suffix=suffix):
+            return _pair_suffix(images_root, masks_root, suffix, config.group_by)
+        case PatternPairing(key_pattern=pattern, mask_key_pattern=mask_pattern):
+            image_keys, problems = _keys_by_pattern(images_root, pattern, "image")
+            mask_keys, mask_problems = _keys_by_pattern(masks_root, mask_pattern, "mask")
+            problems += mask_problems
+        case StemPairing():
+            image_keys = _group_paths(_image_files(images_root), images_root)
+            mask_keys = _group_paths(_image_files(masks_root), masks_root)
+            problems = []
     image_keys = series_folders(image_keys, mask_keys, images_root)
     return _join(image_keys, mask_keys, images_root, config.group_by, problems)
 

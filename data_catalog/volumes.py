@@ -19,7 +19,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
+from data_catalog.dicom_series import read_series_folder
 from data_catalog.images import ImageReadError, check_pixels
 from data_catalog.voxels import Volume, as_image_dtype, slice_axis  # noqa: F401 (re-exported)
 
@@ -68,8 +70,6 @@ def read_volume(
     """
     path = Path(path)
     if path.is_dir():
-        from data_catalog.dicom_series import read_series_folder
-
         volume = read_series_folder(path, max_pixels)
     elif path.suffix.lower() in (".tif", ".tiff"):
         volume = read_tiff_stack(path, max_pixels)
@@ -84,6 +84,7 @@ def read_volume(
 
 def read_nifti(path: Path, channels: int | None = None, max_pixels: int | None = None) -> Volume:
     """A ``.nii``/``.nii.gz`` file (see :func:`read_volume`)."""
+    # deferred: NIfTI inputs only; 0.35 s to import
     import nibabel
 
     try:
@@ -121,7 +122,6 @@ def is_tiff_stack(path: str | Path) -> bool:
     colour samples); False for anything unreadable (its reader names the problem)."""
     if Path(path).suffix.lower() not in (".tif", ".tiff"):
         return False
-    import tifffile
 
     try:
         with tifffile.TiffFile(path) as tiff:
@@ -152,7 +152,6 @@ def check_affine(path: Path, affine: np.ndarray) -> None:
 def read_tiff_stack(path: Path, max_pixels: int | None = None) -> Volume:
     """A multi-page TIFF as a z-stack of 2-D pages (spacing 1 mm and an identity affine unless
     the file says otherwise: TIFF has no standard geometry)."""
-    import tifffile
 
     try:
         with tifffile.TiffFile(path) as tiff:
@@ -234,6 +233,7 @@ def write_mask_volume(target: Path, mask: np.ndarray, volume: Volume) -> None:
     """Write ``mask`` (the volume's shape, class indices) as NIfTI with the volume's affine
     (and header for a NIfTI input; data type uint8, no scaling), under a temporary name, then
     renamed. The same mask and geometry give the same bytes."""
+    # deferred: NIfTI inputs only; 0.35 s to import
     import nibabel
 
     if mask.shape != volume.shape:
@@ -266,7 +266,6 @@ def write_mask_volume(target: Path, mask: np.ndarray, volume: Volume) -> None:
 def write_tiff_stack(target: Path, mask: np.ndarray) -> None:
     """A ``(H, W, pages)`` mask as a multi-page uint8 TIFF (pages in the input's order),
     written under a temporary name, then renamed."""
-    import tifffile
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")

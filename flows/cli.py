@@ -9,12 +9,13 @@ and against that server when it is.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults first)
-from data_catalog.atomic import DiskFullError
+from data_catalog.atomic import DiskFullError, write_json_atomic
 from data_catalog.config import PrepareConfig
 from data_catalog.errors import NameNotFound
 from flows.cli_args import (
@@ -30,6 +31,10 @@ from unet.config import (
     PromotionConfig,
     TrainConfig,
 )
+from unet.inference.export import export_model
+from unet.store import registry
+from unet.store.registry import registry_root
+from unet.training.planning import plan_training
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +156,7 @@ def add_model_commands(commands) -> None:
 
 
 def run_prepare_command(args: argparse.Namespace) -> int:
+    # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.prepare import prepare_flow
 
     result = prepare_flow(config=config_from_args(PrepareConfig, args), out_dir=args.out)
@@ -166,11 +172,8 @@ def run_prepare_command(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    import json
-
-    from data_catalog.atomic import write_json_atomic
+    # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.prepare import prepare_flow
-    from unet.training.planning import plan_training
 
     prepared = prepare_flow(config=config_from_args(PrepareConfig, args), out_dir=args.out)
     plan = plan_training(
@@ -185,8 +188,8 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.train import describe_test_scores, train_flow
-    from unet.store.registry import registry_root
 
     summary = train_flow(
         prepare=config_from_args(PrepareConfig, args),
@@ -204,7 +207,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from flows.predict import evaluate_flow
+    # deferred: imports Prefect (2 s): --help and argument errors answer without it
+    from flows.evaluate import evaluate_flow
 
     metrics = evaluate_flow(
         config=config_from_args(EvaluateConfig, args), data=config_from_args(PrepareConfig, args)
@@ -227,10 +231,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    import json
-
-    from unet.store import registry
-
     root = registry.registry_root(args.registry)
     if args.action == "list":
         rows = registry.summary_rows(root)
@@ -247,10 +247,8 @@ def run_models(args: argparse.Namespace) -> int:
     elif args.action == "prune":
         removed = registry.prune(root, args.keep, args.runs_dir, args.older_than_days, args.dry_run)
         verb = "would remove" if args.dry_run else "removed"
-        print(
-            f"{verb} {len(removed['versions'])} versions: {', '.join(removed['versions']) or '-'}"
-        )
-        print(f"{verb} {len(removed['runs'])} run folders: {', '.join(removed['runs']) or '-'}")
+        print(f"{verb} {len(removed.versions)} versions: {', '.join(removed.versions) or '-'}")
+        print(f"{verb} {len(removed.runs)} run folders: {', '.join(removed.runs) or '-'}")
     else:
         record = registry.promote(args.version, root, args.reason)
         print(f"champion: {record['version']} (was {record['previous']})")
@@ -258,7 +256,10 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.predict import predict_flow
+
+    # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from tasks.prediction import review_line
 
     summary = predict_flow(config_from_args(PredictConfig, args))
@@ -271,16 +272,14 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from unet.inference.export import export_model
-
     out = export_model(args.model, args.out, args.format)
     print(f"exported {args.model} to {out} ({args.format}; export.json says how to use it)")
     return 0
 
 
 def run_retrain(args: argparse.Namespace) -> int:
+    # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.nightly import nightly_retrain_flow
-    from unet.store.registry import registry_root
 
     result = nightly_retrain_flow(
         prepare=config_from_args(PrepareConfig, args),

@@ -35,7 +35,9 @@ def add_config_arguments(
     """Add one flag per field of a pydantic config, with its type, choices and description."""
     group = parser.add_argument_group(config_class.__name__)
     for name, field in config_fields(config_class).items():
-        if name in skip or any(flag_name(name) in action.option_strings for action in parser._actions):
+        if name in skip or any(
+            flag_name(name) in action.option_strings for action in parser._actions
+        ):
             continue
         annotation = field.annotation
         if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:

@@ -24,6 +24,8 @@ from tasks.reporting import publish_markdown, publish_table, run_logger
 from tasks.training import TRAINING_TAG
 from unet.config import CrossValidationConfig, DeviceConfig, PromotionConfig, TrainConfig
 from unet.evaluation.result import EvaluationResult
+from unet.store import registry as models
+from unet.store.lineage import code_revision, library_versions
 from unet.store.promotion import (
     NightResult,
     compare_per_image,
@@ -32,6 +34,7 @@ from unet.store.promotion import (
     split_warning,
     unchanged_reason,
 )
+from unet.store.registry import registry_root, summary_rows
 from unet.store.score_cache import keep_scores, restore_scores, scores_folder
 
 
@@ -55,7 +58,6 @@ def nightly_retrain_flow(
     Returns:
         ``status`` (``promoted``, ``kept``, ``skipped``), the decision, both models' test Dice.
     """
-    from unet.store import registry as models
 
     run_dir = make_unique_dir(runs_dir, f"{datetime.now():%Y-%m-%d-%H%M%S}")
     ensure_training_limit(TRAINING_TAG)
@@ -91,7 +93,6 @@ def nightly_retrain_flow(
 
 def night_result(decision, version, champion, registry, paired, run_dir) -> NightResult:
     """What the flow returns: the status, reason, both versions and Dice, the champion now."""
-    from unet.store import registry as models
 
     return NightResult(
         status="promoted" if decision.promote else "kept",
@@ -158,7 +159,6 @@ def skip_reason(
 ):
     """Why tonight needs no training (the champion saw this data, split, config, folds and
     code), or None."""
-    from unet.store.lineage import code_revision, library_versions
 
     folds = (crossval or CrossValidationConfig()).folds
     if (champion_lineage.get("crossval") or {}).get("folds", 0) != folds:
@@ -200,7 +200,6 @@ def score_champion(
     Raises:
         RuntimeError: the champion cannot be scored (it stays champion; the message says so).
     """
-    from unet.store.registry import registry_root
 
     notes = []
     warning = split_warning(champion_lineage, prepared.config.model_dump())
@@ -245,7 +244,6 @@ def publish_decision(
     registry: str,
 ) -> None:
     """The decision, both models' test scores and the registry, as artifacts."""
-    from unet.store.registry import summary_rows
 
     publish_markdown("promotion-decision", text, "Champion/challenger decision of this night")
     rows = []

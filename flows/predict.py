@@ -1,4 +1,4 @@
-"""predict-flow: segment every image in a folder (locally or on Dask); evaluate-flow."""
+"""predict-flow: segment every image in a folder (locally or on Dask)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ from pathlib import Path
 
 from prefect import flow, unmapped
 
-from data_catalog.config import PrepareConfig
 from flows.runners import dask_task_runner
-from tasks.evaluation import evaluate_dataset
 from tasks.prediction import (
     SegmentationSummary,
     merge_shard_reports,
     segment_folder,
     segment_shard,
 )
-from unet.config import EvaluateConfig, PredictConfig
+from unet.config import PredictConfig
 
 
 @flow(name="predict-flow", flow_run_name=lambda: f"predict-{datetime.now():%Y-%m-%d-%H%M%S}")
@@ -39,6 +37,7 @@ def predict_flow(config: PredictConfig) -> SegmentationSummary:
 @flow(name="predict-dask-flow")
 def predict_on_dask(config: PredictConfig) -> SegmentationSummary:
     """Shards of the input list on the flow's Dask task runner, then one merged report."""
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.prediction.plan import remove_stale_files
 
     output_dir = Path(config.output_dir)
@@ -47,9 +46,3 @@ def predict_on_dask(config: PredictConfig) -> SegmentationSummary:
     count = config.execution.shards()
     futures = segment_shard.map(unmapped(config), list(range(count)), unmapped(count))
     return merge_shard_reports([future.result() for future in futures], config)
-
-
-@flow(name="evaluate-flow", flow_run_name=lambda: f"evaluate-{datetime.now():%Y-%m-%d-%H%M%S}")
-def evaluate_flow(config: EvaluateConfig, data: PrepareConfig) -> dict[str, object]:
-    """Score a model on a labelled dataset; write metrics.json, per_image.csv, overlays."""
-    return evaluate_dataset(config, data)

@@ -12,6 +12,7 @@ from prefect import flow
 from data_catalog.atomic import write_json_atomic
 from data_catalog.catalog import resolve_dataset
 from data_catalog.config import PrepareConfig
+from data_catalog.labels import LabelRule
 from data_catalog.splits import load_splits
 from tasks.prepare import (
     IndexSummary,
@@ -85,8 +86,7 @@ def split_and_store(
     Returns:
         ``(splits path, splits document, TFRecord folder, reused from the cache)``.
     """
-    from data_catalog.labels import LabelRule
-    from data_catalog.splits import load_splits
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from data_catalog.tfrecords import is_complete, tfrecord_address
 
     splits_path = split_dataset(index.manifest, index.dataset_hash, config, out_dir)

@@ -8,6 +8,7 @@ from unet.config import ExecutionConfig
 def dask_task_runner(execution: ExecutionConfig):
     """A Prefect ``DaskTaskRunner``: the cluster at ``execution.dask_address``, else a local
     one of ``execution.dask_workers`` single-threaded worker processes (no dashboard)."""
+    # deferred: Dask runs only
     from prefect_dask import DaskTaskRunner
 
     if execution.dask_address:

@@ -20,6 +20,7 @@ from tasks.reporting import markdown_table, publish_markdown, publish_table, run
 from tasks.training import train_unet
 from unet.config import CrossValidationConfig, DeviceConfig, TrainConfig
 from unet.evaluation.result import EvaluationResult
+from unet.training.planning import apply_plan, plan_training
 
 GENERIC_FOLDERS = ("images", "image", "imgs", "scans", "data")
 
@@ -64,6 +65,7 @@ def dataset_label(prepare: PrepareConfig | dict | None) -> str:
 def training_run_name() -> str:
     """``train-{dataset}-{date-time}``, e.g. ``train-isbi-2026-11-25-020000`` (train-flow and
     nightly-retrain)."""
+    # deferred: Prefect's client, only inside a run
     from prefect.runtime import flow_run
 
     label = dataset_label(flow_run.parameters.get("prepare"))
@@ -169,7 +171,6 @@ def summarize_run(
 def planned_config(prepared: PreparedDataset, train: TrainConfig, run_dir: str) -> TrainConfig:
     """The training config with the plan (from the dataset's fingerprint) filling every setting
     the user did not give; writes ``plan.json`` and publishes the ``training-plan`` artifact."""
-    from unet.training.planning import apply_plan, plan_training
 
     if not prepared.fingerprint:
         return train
@@ -250,6 +251,7 @@ def train_evaluate_register(
         "prepare_config": configs["prepare"],
     }
     if crossval.folds:
+        # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
         from flows.crossval import cross_validate
 
         training = cross_validate(prepared, train, run_dir, devices, crossval, lineage)

@@ -7,10 +7,16 @@ from pathlib import Path
 from prefect import task
 
 from data_catalog.atomic import write_csv_atomic
+from data_catalog.cases import manifest_cases
+from data_catalog.catalog import resolve_dataset
 from data_catalog.config import PrepareConfig
+from data_catalog.manifest import apply_policy, index_dataset
+from data_catalog.manifest_file import read_manifest
+from data_catalog.splits import split_cases
 from tasks.reporting import publish_image, publish_markdown, publish_table, run_logger
 from unet.config import EvaluateConfig
 from unet.evaluation.result import EvaluationResult
+from unet.store.registry import resolve_model_file
 
 
 def index_for_model(data: PrepareConfig, segmenter, out_dir: str):
@@ -20,8 +26,6 @@ def index_for_model(data: PrepareConfig, segmenter, out_dir: str):
     Returns:
         ``(the dataset's resolved config, its manifest)``.
     """
-    from data_catalog.catalog import resolve_dataset
-    from data_catalog.manifest import apply_policy, index_dataset
 
     data = resolve_dataset(data)
     channels = segmenter.info.image_channels
@@ -96,8 +100,13 @@ def evaluate_split(
 
     ``role`` names the task run and, unless it is ``model``, prefixes the artifact keys
     (``champion-evaluation-metrics``), so two models scored in one run keep apart."""
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from data_catalog.tfrecords import iterate_cases, load_sidecar
+
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.evaluation.scoring import evaluate_cases
+
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.inference.segmenter import Segmenter
 
     sidecar = load_sidecar(tfrecord_dir)
@@ -106,7 +115,7 @@ def evaluate_split(
     cases = iterate_cases(tfrecord_dir, split)
     groups = slices = None
     if manifest:
-        from data_catalog.manifest_file import read_manifest
+        # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
         from unet.evaluation.volume_metrics import slice_infos
 
         table = read_manifest(manifest)
@@ -127,12 +136,14 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> EvaluationR
     ``validation.csv``; policy ``strict`` stops), with the model's channels (and, for volumes,
     its slicing axis unless the dataset gives one).
     """
-    from data_catalog.cases import manifest_cases
-    from data_catalog.splits import split_cases
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.evaluation.scoring import evaluate_cases
+
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.evaluation.volume_metrics import slice_infos
+
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.inference.segmenter import Segmenter
-    from unet.store.registry import resolve_model_file
 
     model = resolve_model_file(config.model)
     segmenter = Segmenter(model, precision=config.precision, flip_check=True)

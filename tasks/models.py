@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.reporting import in_run, markdown_table, publish_markdown, publish_table, run_logger
 from unet.config import DeviceConfig
+from unet.store.registry import register_model, summary_rows
 
 
 @task(name="configure-devices", cache_policy=NO_CACHE)
@@ -14,6 +15,7 @@ def configure_training_devices(config: DeviceConfig) -> dict[str, object]:
     """Apply GPU/CPU settings before anything touches a device, and publish what was chosen
     (training reuses the same configuration and writes ``device.json`` once, with its
     records)."""
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.training.devices import configure_devices
 
     _, report = configure_devices(config)
@@ -40,7 +42,6 @@ def configure_training_devices(config: DeviceConfig) -> dict[str, object]:
 @task(name="register-model", cache_policy=NO_CACHE)
 def register_run(run_dir: str, registry: str) -> str:
     """Copy the run's model and records into the registry; return its version."""
-    from unet.store.registry import register_model, summary_rows
 
     version = register_model(run_dir, registry)
     publish_table("model-registry", summary_rows(registry), f"Models in {registry}")
@@ -52,7 +53,10 @@ def ensure_training_limit(tag: str, limit: int = 1) -> int | None:
     """Create the tag concurrency limit that keeps training tasks one at a time, unless one
     exists (an operator's own setting, e.g. 2 for two GPUs, is kept). Returns the limit in
     force, or None outside a Prefect run (nothing to limit against)."""
+    # deferred: Prefect's client, only inside a run
     from prefect.client.orchestration import get_client
+
+    # deferred: Prefect's client, only inside a run
     from prefect.exceptions import ObjectNotFound
 
     if not in_run():

@@ -31,6 +31,7 @@ class SegmentationSummary:
 @task(name="segment-folder", cache_policy=NO_CACHE)
 def segment_folder(config: PredictConfig) -> SegmentationSummary:
     """Segment every file under ``config.input_dir``; write masks and ``report.csv``."""
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.prediction import predict_folder
 
     progress = Progress("segmentation-progress", "Inputs processed")
@@ -40,6 +41,7 @@ def segment_folder(config: PredictConfig) -> SegmentationSummary:
 @task(name="segment-shard", cache_policy=NO_CACHE, task_run_name="segment-shard-{index}")
 def segment_shard(config: PredictConfig, index: int, count: int) -> list[dict]:
     """Segment every ``count``-th input from ``index`` (runs on a Dask worker); return rows."""
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.prediction import segment_files
 
     return segment_files(config, shard=(index, count))
@@ -49,6 +51,7 @@ def segment_shard(config: PredictConfig, index: int, count: int) -> list[dict]:
 def merge_shard_reports(shards: list[list[dict]], config: PredictConfig) -> SegmentationSummary:
     """Merge the shards' rows into one ``report.csv`` in the plan's order (inputs by relative
     path; a DICOM series is one input named by its folder)."""
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.prediction import write_report
 
     rows = sorted((row for shard in shards for row in shard), key=lambda row: row["input"])
@@ -68,6 +71,7 @@ def review_line(summary: SegmentationSummary) -> str:
 
 def summarize_report(report: pd.DataFrame, config: PredictConfig) -> SegmentationSummary:
     """Totals of a report, logged and published as table and markdown artifacts."""
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.prediction import REPORT_FILE
 
     errors = report[report["status"] == "error"]

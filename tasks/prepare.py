@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
-from data_catalog.atomic import write_csv_atomic, write_text_atomic
+from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from data_catalog.config import PrepareConfig
+from data_catalog.fingerprint import fingerprint_dataset, fingerprint_markdown
+from data_catalog.hashing import hash_json
+from data_catalog.labels import LabelRule
 from data_catalog.manifest import EmptyDatasetError, apply_policy, index_dataset
 from data_catalog.manifest_file import read_manifest
 from data_catalog.splits import load_splits, save_splits, split_cases
@@ -129,7 +134,7 @@ def write_tfrecord_set(
     run over unchanged data is served from the cache. The caller re-runs it with
     ``refresh_cache=True`` when the files are gone.
     """
-    from data_catalog.labels import LabelRule
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from data_catalog.tfrecords import write_tfrecords
 
     manifest = read_manifest(manifest_path)
@@ -163,12 +168,6 @@ def fingerprint(
     dataset hash, label rule, channels, slicing axis and test split, then reused from the cache
     folder. The foreground intensity window (for ``ct`` normalisation) leaves the test split
     out."""
-    import json
-
-    from data_catalog.atomic import write_json_atomic
-    from data_catalog.fingerprint import fingerprint_dataset
-    from data_catalog.hashing import hash_json
-    from data_catalog.labels import LabelRule
 
     rule = LabelRule.build(config.foreground, config.labels)
     test = sorted(load_splits(splits_path)["test"]) if splits_path else []
@@ -220,11 +219,6 @@ def summarize(
 ) -> str:
     """Write ``summary.md`` (with the fingerprint's section when given) and publish it with a
     per-split table."""
-    import json
-
-    import pandas as pd
-
-    from data_catalog.fingerprint import fingerprint_markdown
 
     manifest = read_manifest(index.manifest)
     problems = pd.read_csv(index.validation, dtype=str)

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
+import numpy as np
 import prefect.logging.configuration  # noqa: F401  (Prefect sets up its handlers on import)
 from prefect.artifacts import (
     create_image_artifact,
@@ -80,8 +82,6 @@ ARTIFACT_IMAGE_SIDE = 768  # px: an inlined image stays far below Prefect's even
 def artifact_jpeg(path: str | Path, side: int = ARTIFACT_IMAGE_SIDE) -> bytes:
     """An image file as a JPEG of at most ``side`` pixels a side (an overlay of 512x512 retinal
     images as a PNG data URL was 2-3 MB, over the limit of the server's events)."""
-    import cv2
-    import numpy as np
 
     image = cv2.imdecode(np.frombuffer(Path(path).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     scale = side / max(image.shape[:2])

@@ -35,6 +35,7 @@ def train_unet(
         score,
         seconds).
     """
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.training.trainer import train_model
 
     progress = Progress("training-progress", "Epochs completed")
@@ -64,6 +65,7 @@ def train_fold_task(job: FoldJob):
     Returns:
         The :class:`unet.training.folds.FoldResult`.
     """
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.training.folds import train_fold
 
     fold = job.fold
@@ -90,6 +92,7 @@ def worker_devices(devices: DeviceConfig, gpu_count: int) -> DeviceConfig:
     if devices.visible_gpus is not None or gpu_count < 2:
         return devices
     try:
+        # deferred: on Dask workers only
         from distributed import get_worker
 
         name = get_worker().name

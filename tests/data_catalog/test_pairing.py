@@ -97,3 +97,31 @@ def test_group_by_regular_expression(tmp_path):
 def test_two_pairing_rules_at_once_are_refused():
     with pytest.raises(ValueError, match="choose one pairing rule"):
         PrepareConfig(images="i", mask_suffix="_mask", key_pattern="(?P<key>.*)")
+
+
+@pytest.mark.parametrize(
+    "given, kind, message",
+    [
+        ({"images": "i", "masks": "m"}, "stem", None),
+        ({"images": "i", "mask_suffix": "_mask"}, "suffix", None),
+        ({"images": "i", "masks": "m", "key_pattern": "(?P<key>\\d+)"}, "pattern", None),
+        ({"manifest": "cases.csv"}, "manifest", None),
+        ({"masks": "m"}, None, "no images folder"),
+        ({"images": "i"}, None, "pairing by stem needs a masks folder"),
+        ({"images": "i", "key_pattern": "(?P<key>\\d+)"}, None, "pairing by pattern needs"),
+    ],
+)
+def test_the_pairing_rule_is_one_explicit_choice(given, kind, message):
+    from data_catalog.config import PrepareConfig
+
+    config = PrepareConfig(**given)
+    if message:
+        with pytest.raises(ValueError, match=message):
+            config.pairing_rule()
+        return
+    rule = config.pairing_rule()
+    assert rule.kind == kind == config.pairing
+    if kind == "suffix":
+        assert (rule.masks, rule.suffix) == ("i", "_mask")  # masks beside their images
+    if kind == "pattern":
+        assert rule.mask_key_pattern == rule.key_pattern  # one pattern for both by default

@@ -55,11 +55,11 @@ def test_prune_keeps_the_champion_its_predecessor_and_the_newest(tmp_path):
     registry.promote("v2", models)
     registry.promote("v3", models)  # champion v3, its predecessor v2
     preview = registry.prune(models, keep=1, runs_dir=runs, older_than_days=15, dry_run=True)
-    assert sorted(preview["versions"]) == ["v1", "v4", "v5"]
+    assert sorted(preview.versions) == ["v1", "v4", "v5"]
     assert (models / "v1").is_dir()  # a dry run removes nothing
     removed = registry.prune(models, keep=1, runs_dir=runs, older_than_days=15)
     assert sorted(registry.list_versions(models)) == ["v2", "v3", "v6"]
     assert registry.champion_version(models) == "v3"
     # runs older than 15 days (v4, v3, v2, v1) go, except those the kept versions came from
-    assert sorted(removed["runs"]) == ["run-v1", "run-v4"]
+    assert sorted(removed.runs) == ["run-v1", "run-v4"]
     assert sorted(p.name for p in runs.iterdir()) == ["run-v2", "run-v3", "run-v5", "run-v6"]

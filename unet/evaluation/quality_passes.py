@@ -13,6 +13,14 @@ from data_catalog.manifest_file import volume_of
 from unet.evaluation.cases import segment_cases
 from unet.evaluation.scores import VolumeTally, foreground_dice
 from unet.inference.segmenter import Segmenter
+from unet.quality.calibration import calibrate, calibration_table, flag_summary
+from unet.quality.reference import (
+    FRACTION_FLOOR,
+    intensity_percentiles,
+    log_fraction,
+    reference_from_cases,
+)
+from unet.quality.signals import needs_flip_pass, quality_signals
 
 
 def quality_metrics(frame: pd.DataFrame, reference, num_classes: int) -> dict[str, object]:
@@ -22,8 +30,6 @@ def quality_metrics(frame: pd.DataFrame, reference, num_classes: int) -> dict[st
     rest on it alone) and, under ``full``, with ``--qc full`` or ``--tta`` when the flip pass
     was run; the calibration's note and each signal's validation numbers; no flag counts when
     none is calibrated."""
-    from unet.quality.calibration import flag_summary
-    from unet.quality.signals import needs_flip_pass
 
     facts = {
         "note": reference.note,
@@ -57,12 +63,6 @@ def quality_reference(
     model); ``volumes``: the cases are volume slices (keys ``volume/z012``), whose volumes'
     foreground fractions are recorded too, and their voxel sizes where ``spacings`` (volume ->
     voxel size, from the manifest) has them."""
-    from unet.quality.reference import (
-        FRACTION_FLOOR,
-        intensity_percentiles,
-        log_fraction,
-        reference_from_cases,
-    )
 
     percentiles, fractions, sizes = [], [], []
     voxels: dict[str, list[int]] = {}  # volume -> [foreground, all] voxels of its truth
@@ -86,7 +86,6 @@ def quality_table(
 ) -> pd.DataFrame:
     """Every case's quality signals, foreground Dice and whether truth and mask are both empty,
     segmented as prediction does; each volume slice also handed to ``volumes``."""
-    from unet.quality.signals import quality_signals
 
     rows = []
     for case in segment_cases(segmenter, cases):
@@ -119,7 +118,6 @@ def calibrate_flags(
     Returns:
         The calibrated :class:`~unet.quality.reference.QualityReference`.
     """
-    from unet.quality.calibration import calibrate, calibration_table
 
     spacings = spacings or {}
     reference = quality_reference(reference_segmenter, reference_cases, volumes, spacings)

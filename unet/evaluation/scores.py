@@ -17,7 +17,7 @@ from unet.evaluation.overlays import centre_slice, make_overlay, otsu_foreground
 from unet.evaluation.volume_metrics import VolumeScores
 from unet.inference.segmenter import Segmenter
 from unet.model.metrics import class_scores, overlap_scores
-from unet.quality.signals import quality_columns
+from unet.quality.signals import VolumeQuality, quality_columns
 
 
 def foreground_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -215,8 +215,6 @@ class VolumeTally:
         self.volumes: dict[str, dict] = {}
 
     def add(self, key: str, prepared: np.ndarray, truth: np.ndarray, result) -> None:
-        from unet.quality.signals import VolumeQuality
-
         tally = self.volumes.setdefault(
             volume_of(key),
             {"quality": VolumeQuality(), "counts": np.zeros((self.num_classes, 3)), "voxels": 0},

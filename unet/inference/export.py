@@ -13,9 +13,12 @@ signature; ONNX: input ``image``).
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from data_catalog.atomic import write_json_atomic
+from unet.store.registry import resolve_model_file
 
 EXPORT_FORMATS = ("savedmodel", "onnx")
 EXPORT_INFO = "export.json"
@@ -32,8 +35,8 @@ def export_model(model: str | Path, out_dir: str | Path, fmt: str = "savedmodel"
         FileNotFoundError: no such model.
         RuntimeError: the ONNX conversion failed (its output is in the message).
     """
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.inference.segmenter import Segmenter
-    from unet.store.registry import resolve_model_file
 
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}. Received: {fmt!r}")
@@ -55,8 +58,6 @@ def export_model(model: str | Path, out_dir: str | Path, fmt: str = "savedmodel"
 def to_onnx(saved_model: Path, target: Path) -> None:
     """Convert a SavedModel with tf2onnx (its command line, in a child process: the converter
     changes TensorFlow's global state)."""
-    import subprocess
-    import sys
 
     command = [
         sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model),

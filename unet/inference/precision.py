@@ -23,6 +23,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from data_catalog.atomic import write_json_atomic
@@ -126,8 +127,6 @@ def cached_bf16_probe(
 
 
 def _tensorflow_version() -> str:
-    from importlib import metadata
-
     for name in ("tensorflow", "tensorflow-cpu"):
         try:
             return metadata.version(name)
@@ -139,6 +138,7 @@ def _tensorflow_version() -> str:
 def measure_bf16_probe(size: int = 1024, repeats: int = 4) -> Bf16Probe:
     """Time a ``size``-square matrix product in float32 and in bfloat16 (TensorFlow, CPU);
     about a second in all."""
+    # deferred: TensorFlow loads only when a GPU or probe asks
     import tensorflow as tf
 
     def rate(dtype) -> float:
@@ -259,6 +259,7 @@ def choose_inference_precision(
 
 def physical_gpus() -> list[GpuInfo]:
     """The GPUs TensorFlow sees, with model and compute capability."""
+    # deferred: TensorFlow loads only when a GPU or probe asks
     import tensorflow as tf
 
     found = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -81,7 +82,6 @@ def build_vgg16_unet(spec: ModelSpec, num_channels: int) -> keras.Model:
 
     Encoder layers carry Keras VGG16's names (``block1_conv1`` ... ``block5_conv3``) so its
     weights load by name. Feature maps of blocks 1-4 are the skips, block 5 the bottom::
-
         512, 512, C -> block1 512, 512, 64 -> pool -> block2 256, 256, 128 -> pool
         -> block3 128, 128, 256 -> pool -> block4 64, 64, 512 -> pool -> block5 32, 32, 512
         # 32, 32, 512 -> up 64, 64, 512 + 64, 64, 512 -> 64, 64, 512 ... -> 512, 512, 64
@@ -117,7 +117,6 @@ def load_vgg16_weights(model: keras.Model, path: str, num_channels: int) -> None
     Raises:
         FileNotFoundError: no such file. ValueError: the file is not VGG16 no-top weights.
     """
-    from pathlib import Path
 
     if not Path(path).is_file():
         raise FileNotFoundError(

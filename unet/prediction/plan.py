@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from data_catalog.dicom_series import find_series, maybe_dicom
 from data_catalog.volumes import is_tiff_stack, is_volume, volume_stem
 from unet.config import PredictConfig
 
@@ -343,7 +344,6 @@ def dicom_volumes(files: list[Path], input_dir: Path) -> tuple[list[PlannedInput
     with several, ``<folder>/series-<number>.nii.gz`` each. The number is the SeriesNumber tag
     reduced to safe characters (:func:`safe_component`). A series with a file whose header
     tags are malformed is an input with that problem."""
-    from data_catalog.dicom_series import find_series, maybe_dicom
 
     candidates = [path for path in files if maybe_dicom(path)]
     if not candidates:

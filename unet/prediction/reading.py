@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_catalog.dicom_series import series_hash
 from data_catalog.hashing import hash_file
 from data_catalog.images import (
     ChannelError,
@@ -100,7 +101,6 @@ def input_hash(item: PlannedInput) -> str:
     same series copied elsewhere hashes alike)."""
     if item.files is None:
         return hash_file(item.path)
-    from data_catalog.dicom_series import series_hash
 
     return series_hash(item.files)
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from data_catalog.atomic import write_bytes_atomic, write_text_atomic
+from data_catalog.images import write_png_atomic
 from unet.prediction.plan import (
     PAGE_FILE,
     inside_output,
@@ -55,7 +56,6 @@ def thumbnail(
 
 def write_overlay(output_dir: Path, mask_name: str | Path, rgb: np.ndarray) -> None:
     """A full-size overlay PNG at ``overlays/<mask name>`` (``--overlays``)."""
-    from data_catalog.images import write_png_atomic
 
     write_png_atomic(inside_output(output_dir, overlay_name(mask_name)), rgb)
 

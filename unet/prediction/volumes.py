@@ -10,6 +10,12 @@ import numpy as np
 import pandas as pd
 
 from data_catalog.atomic import write_csv_atomic
+from data_catalog.dicom_seg import write_dicom_seg
+from data_catalog.dicom_series import read_series
+from data_catalog.manifest_file import voxel_size
+from data_catalog.reading import slice_image
+from data_catalog.volumes import read_volume, write_mask_volume
+from data_catalog.voxels import along
 from unet.inference.postprocessing import keep_largest_component, remove_small_components_3d
 from unet.inference.segmenter import Segmenter
 from unet.prediction.dtypes import align_to_training_dtype
@@ -74,8 +80,6 @@ def segment_volume_file(
         The slices' table and the volume's facts (shape, spacing, slice size, foreground
         fraction and millilitres, 3-D components, thumbnail, pooled quality columns).
     """
-    from data_catalog.manifest_file import voxel_size
-    from data_catalog.volumes import write_mask_volume
 
     volume = read_input_volume(segmenter, path, files, max_pixels)
     info = segmenter.info
@@ -86,8 +90,6 @@ def segment_volume_file(
     mask, confidence = segment_slices(segmenter, volume, path, quality)
     mask, count = postprocess_volume(mask, segmenter)
     if seg_target is not None and files is not None:  # before the NIfTI: a failed SEG, neither
-        from data_catalog.dicom_seg import write_dicom_seg
-
         write_dicom_seg(seg_target, mask, files, segmenter.version, segmenter.num_classes)
     write_mask_volume(target, mask, volume)
     foreground = np.count_nonzero(mask)
@@ -113,8 +115,6 @@ def segment_volume_file(
 
 def volume_thumbnail(segmenter: Segmenter, volume, mask: np.ndarray, path: Path) -> np.ndarray:
     """The review page's thumbnail of a volume: its slice with the most foreground."""
-    from data_catalog.reading import slice_image
-    from data_catalog.voxels import along
 
     axes = tuple(a for a in range(3) if a != volume.axis)
     index = int(np.argmax(np.count_nonzero(mask, axis=axes)))
@@ -128,8 +128,6 @@ def read_input_volume(
 ):
     """The volume of a NIfTI file or TIFF stack (``path``), or of a DICOM series (``files``),
     with the model's channels and slicing axis."""
-    from data_catalog.dicom_series import read_series
-    from data_catalog.volumes import read_volume
 
     info = segmenter.info
     if files is None:
@@ -147,8 +145,6 @@ def segment_slices(
     was trained so) through the model in batches, the next batch prepared on a thread while
     the model runs (as reader threads do for images): the class volume (no components removed
     yet) and each slice's mean confidence."""
-    from data_catalog.reading import slice_image
-    from data_catalog.voxels import along
 
     info = segmenter.info
     stats = np.concatenate(volume.stats()) if info.volume_statistics else None
@@ -185,7 +181,6 @@ def segment_slices(
 def slice_table(volume, mask: np.ndarray, confidence: list[float]) -> pd.DataFrame:
     """One row per slice of the final mask: ``slice``, ``foreground_fraction``,
     ``components``, ``mean_confidence``."""
-    from data_catalog.voxels import along
 
     rows = [
         (index, *mask_statistics(along(mask, index, volume.axis)), confidence[index])

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -164,13 +165,22 @@ def protected_versions(root: Path) -> set[str]:
     return {name for name in (record.get("version"), record.get("previous")) if name}
 
 
+@dataclass(frozen=True)
+class PruneResult:
+    """What a prune removed (with ``dry_run``: would remove): version names, run folder names."""
+
+    versions: list[str]
+    runs: list[str]
+    dry_run: bool = False
+
+
 def prune(
     root: str | Path | None = None,
     keep: int = 5,
     runs_dir: str | Path | None = None,
     older_than_days: float | None = None,
     dry_run: bool = False,
-) -> dict[str, list[str]]:
+) -> PruneResult:
     """Remove old registered versions and old run folders.
 
     Kept always: the champion, its predecessor, the ``keep`` newest versions, and the run
@@ -179,12 +189,12 @@ def prune(
     Versions are removed under the registry's lock, so a promotion never races a removal.
 
     Returns:
-        ``{"versions": [...], "runs": [...]}``: what was (with ``dry_run``: would be) removed.
+        What was (with ``dry_run``: would be) removed.
     """
     root = registry_root(root)
     if keep < 0:
         raise ValueError(f"keep must be at least 0. Received: keep={keep}")
-    removed: dict[str, list[str]] = {"versions": [], "runs": []}
+    removed, runs = [], []
     with _locked(root):
         versions = list_versions(root)
         kept = protected_versions(root) | set(versions[len(versions) - keep :] if keep else [])
@@ -195,13 +205,13 @@ def prune(
         }
         for version in versions:
             if version not in kept:
-                removed["versions"].append(version)
+                removed.append(version)
                 if not dry_run:
                     shutil.rmtree(root / version)
     if runs_dir is not None and older_than_days is not None:
-        removed["runs"] = prune_runs(Path(runs_dir), older_than_days, sources, dry_run)
-    logger.info("pruned %d versions and %d run folders", *map(len, removed.values()))
-    return removed
+        runs = prune_runs(Path(runs_dir), older_than_days, sources, dry_run)
+    logger.info("pruned %d versions and %d run folders", len(removed), len(runs))
+    return PruneResult(removed, runs, dry_run)
 
 
 def prune_runs(runs_dir: Path, older_than_days: float, protected: set, dry_run: bool) -> list[str]:

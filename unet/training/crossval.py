@@ -19,14 +19,18 @@ folder of a cross-validated training holds ``folds/fold-K/`` (each a complete tr
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import statistics
+from itertools import chain
 from pathlib import Path
 
 from data_catalog.atomic import write_json_atomic
+from data_catalog.manifest_file import volume_spacings
 from data_catalog.tfrecords import iterate_cases
 from unet.config import TrainConfig
 from unet.inference.postprocessing import ThresholdTuner, as_postprocessing
+from unet.store.lineage import code_revision, library_versions
 from unet.store.model_files import (
     EnsembleInfo,
     ModelInfo,
@@ -68,6 +72,7 @@ def finish_ensemble(
     Raises:
         ValueError: members that differ in channels, normalisation, size multiple or classes.
     """
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.training.ensemble import check_members, save_ensemble
 
     run_dir = Path(run_dir)
@@ -112,10 +117,11 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
     the ensemble's post-processing). The ensemble itself is usually a little more confident
     than its members, so its flags are, if anything, raised less often. None without folds'
     TFRecord sets."""
-    from itertools import chain
 
-    from data_catalog.manifest_file import volume_spacings
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.evaluation.quality_passes import calibrate_flags
+
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.inference.segmenter import Segmenter
 
     if any(fold.tfrecord_dir is None for fold in folds):
@@ -173,9 +179,6 @@ def write_ensemble_lineage(
     lineage: dict[str, object] | None,
 ) -> None:
     """``lineage.json`` of the ensemble: its data and config, and each member's own record."""
-    import json
-
-    from unet.store.lineage import code_revision, library_versions
 
     folds = sorted(folds, key=lambda fold: fold.fold)
     records = [json.loads((Path(fold.run_dir) / "lineage.json").read_text()) for fold in folds]

@@ -91,6 +91,7 @@ def configure_devices(
         ``mixed_precision``, ``precision_reason``, ``bf16_probe``, ``strategy``, ``replicas``,
         ``jit_compile``, threads, ``notes``).
     """
+    # deferred: TensorFlow loads only when a GPU or probe asks
     import keras
 
     config = config or DeviceConfig()

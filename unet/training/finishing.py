@@ -11,8 +11,10 @@ import keras
 import pandas as pd
 
 from data_catalog.atomic import write_json_atomic
+from data_catalog.manifest_file import volume_spacings
 from data_catalog.tfrecords import iterate_cases
 from unet.config import TrainConfig
+from unet.evaluation.quality_passes import calibrate_flags
 from unet.evaluation.tuning import tune_on_cases
 from unet.inference.postprocessing import as_postprocessing
 from unet.inference.precision import bfloat16_pays_here
@@ -77,8 +79,6 @@ def calibrate_quality(
     """The quality flags' reference (from the train split) and thresholds (chosen on the val
     split, segmented with the tuned post-processing, as prediction will, and with the flip pass
     so that ``flip_disagreement`` is calibrated too); None without validation cases."""
-    from data_catalog.manifest_file import volume_spacings
-    from unet.evaluation.quality_passes import calibrate_flags
 
     if not data.counts.get("val"):
         return None
@@ -105,9 +105,11 @@ def calibrate_quality(
 
 def plot_history(history_csv: Path, out_png: Path) -> None:
     """Loss and foreground Dice per epoch, training and validation, as a PNG."""
+    # deferred: plots only; 0.5 s to import
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: plots only; 0.5 s to import
     import matplotlib.pyplot as plt
 
     history = pd.read_csv(history_csv)

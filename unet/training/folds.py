@@ -119,6 +119,7 @@ def score_out_of_fold(
     Returns:
         ``(metrics, tuner)``; the tuner is None for models of more than two classes.
     """
+    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.inference.segmenter import Segmenter
 
     segmenter = Segmenter(run_dir, precision=precision)
