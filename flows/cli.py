@@ -12,15 +12,20 @@ import argparse
 import json
 import logging
 import sys
+from importlib import metadata
 from pathlib import Path
+
+from pydantic import ValidationError
 
 import flows  # noqa: F401  (environment defaults first)
 from data_catalog.atomic import DiskFullError, write_json_atomic
 from data_catalog.config import PrepareConfig
 from data_catalog.errors import NameNotFound
+from data_catalog.preflight import check_dataset, check_path
 from flows.cli_args import (
     add_config_arguments,
     config_from_args,
+    flag_name,
 )
 from flows.cli_demo import add_demo_command, run_demo
 from unet.config import (
@@ -33,7 +38,8 @@ from unet.config import (
 )
 from unet.inference.export import export_model
 from unet.store import registry
-from unet.store.registry import registry_root
+from unet.store.lineage import code_revision, library_versions
+from unet.store.registry import registry_root, resolve_model_file
 from unet.training.planning import plan_training
 
 logger = logging.getLogger(__name__)
@@ -48,6 +54,9 @@ USER_ERRORS = (FileNotFoundError, ValueError, NameNotFound, DiskFullError)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segflow", description="U-Net segmentation for medical images, as Prefect flows."
+    )
+    parser.add_argument(
+        "--version", action=PrintVersion, nargs=0, help="Print the versions and exit."
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -156,10 +165,12 @@ def add_model_commands(commands) -> None:
 
 
 def run_prepare_command(args: argparse.Namespace) -> int:
+    config = config_from_args(PrepareConfig, args)
+    check_dataset(config)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.prepare import prepare_flow
 
-    result = prepare_flow(config=config_from_args(PrepareConfig, args), out_dir=args.out)
+    result = prepare_flow(config=config, out_dir=args.out)
     index = result.index
     print(
         f"{index.num_cases} cases in {index.num_groups} groups, "
@@ -172,10 +183,12 @@ def run_prepare_command(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    config = config_from_args(PrepareConfig, args)
+    check_dataset(config)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.prepare import prepare_flow
 
-    prepared = prepare_flow(config=config_from_args(PrepareConfig, args), out_dir=args.out)
+    prepared = prepare_flow(config=config, out_dir=args.out)
     plan = plan_training(
         json.loads(Path(prepared.fingerprint).read_text()), None, prepared.config.modality
     )
@@ -188,16 +201,20 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    configs = {
+        "prepare": config_from_args(PrepareConfig, args),
+        "train": config_from_args(TrainConfig, args),
+        "devices": config_from_args(DeviceConfig, args),
+        "crossval": config_from_args(CrossValidationConfig, args),
+    }
+    check_dataset(configs["prepare"])
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.train import describe_test_scores, train_flow
 
     summary = train_flow(
-        prepare=config_from_args(PrepareConfig, args),
-        train=config_from_args(TrainConfig, args),
+        **configs,
         run_dir=args.out,
         registry=None if args.no_register else str(registry_root(args.registry)),
-        devices=config_from_args(DeviceConfig, args),
-        crossval=config_from_args(CrossValidationConfig, args),
     )
     print(
         f"model: {summary.model} ({summary.model_version})\n{describe_test_scores(summary)}\n"
@@ -207,12 +224,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    config, data = config_from_args(EvaluateConfig, args), config_from_args(PrepareConfig, args)
+    resolve_model_file(config.model)
+    check_dataset(data)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.evaluate import evaluate_flow
 
-    metrics = evaluate_flow(
-        config=config_from_args(EvaluateConfig, args), data=config_from_args(PrepareConfig, args)
-    )
+    metrics = evaluate_flow(config=config, data=data)
     print(
         f"foreground Dice {metrics.foreground_dice:.4f} on {metrics.num_images} images "
         f"(Otsu baseline {metrics.otsu_dice:.4f}); "
@@ -256,13 +274,16 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    config = config_from_args(PredictConfig, args)
+    resolve_model_file(config.model)
+    check_path(config.input_dir, "input folder")
+    if Path(config.output_dir).is_file():
+        raise FileNotFoundError(f"output folder {config.output_dir} is a file, not a folder")
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.predict import predict_flow
-
-    # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from tasks.prediction import review_line
 
-    summary = predict_flow(config_from_args(PredictConfig, args))
+    summary = predict_flow(config)
     print(
         f"{review_line(summary)}; {summary.num_ok} of {summary.num_inputs} inputs segmented, "
         f"{summary.num_errors} errors ({summary.num_skipped} done by an earlier run); "
@@ -278,17 +299,19 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
+    configs = {
+        "prepare": config_from_args(PrepareConfig, args),
+        "train": config_from_args(TrainConfig, args),
+        "promotion": config_from_args(PromotionConfig, args),
+        "devices": config_from_args(DeviceConfig, args),
+        "crossval": config_from_args(CrossValidationConfig, args),
+    }
+    check_dataset(configs["prepare"])
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.nightly import nightly_retrain_flow
 
     result = nightly_retrain_flow(
-        prepare=config_from_args(PrepareConfig, args),
-        train=config_from_args(TrainConfig, args),
-        promotion=config_from_args(PromotionConfig, args),
-        registry=str(registry_root(args.registry)),
-        runs_dir=args.runs_dir,
-        devices=config_from_args(DeviceConfig, args),
-        crossval=config_from_args(CrossValidationConfig, args),
+        **configs, registry=str(registry_root(args.registry)), runs_dir=args.runs_dir
     )
     print(
         f"{result.status}: {result.reason}\nchampion: {result.champion}\n"
@@ -318,11 +341,45 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except USER_ERRORS as error:  # one line, exit 2; anything else is a bug: traceback, exit 1
-        print(f"segflow {args.command}: error: {error}", file=sys.stderr)
+        print(f"segflow {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     finally:
         for logger in run_loggers:
             logger.removeFilter(quiet)
+
+
+class PrintVersion(argparse.Action):
+    """``--version``: the versions, looked up only when asked."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
+def version_line() -> str:
+    """``segflow 0.1.0 (commit 1a2b3c4d, TensorFlow 2.21.0, Prefect 3.4.0)``."""
+    versions = library_versions()
+    commit = code_revision()["git_commit"]
+    where = f"commit {str(commit)[:8]}, " if commit else ""
+    return (
+        f"segflow {versions.get('segflow') or 'unknown'} ({where}TensorFlow "
+        f"{versions.get('tensorflow')}, Keras {versions.get('keras')}, Prefect "
+        f"{metadata.version('prefect')})"
+    )
+
+
+def one_line(error: Exception) -> str:
+    """A user error in one line; a config's validation error names the flags it is about."""
+    if not isinstance(error, ValidationError):
+        return str(error)
+    problems = []
+    for item in error.errors():
+        names = [str(part) for part in item["loc"] if isinstance(part, str)]
+        message = item["msg"].removeprefix("Value error, ")
+        if names:
+            message = f"{flag_name(names[-1])}: {message} (received {item.get('input')!r})"
+        problems.append(message)
+    return "; ".join(problems)
 
 
 # Prefect's loggers that report a failed flow or task run with the exception's traceback.

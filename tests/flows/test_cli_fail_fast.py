@@ -1,0 +1,78 @@
+"""A user's mistake is one line on stderr, exit status 2, within seconds (before Prefect or
+TensorFlow start), and leaves nothing behind; --version answers at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BOUND_SECONDS = 8  # generous: the errors came after 65-107 s when they waited for Prefect
+
+
+def _segflow(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    return done, time.monotonic() - started
+
+
+@pytest.fixture
+def folders(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "a-file.png").write_bytes(b"x")
+    (tmp_path / "catalog.yaml").write_text("skin:\n  images: images\n  masks: masks\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--images", "nope", "--masks", "masks"], "images folder nope does not exist"),
+        (["train", "--images", "a-file.png", "--masks", "masks"], "a-file.png is a file, not a"),
+        (["train", "--images", "images"], "pairing by stem needs a masks folder"),
+        (["train", "--dataset", "skn", "--catalog", "catalog.yaml"], "Did you mean 'skin'"),
+        (["train", "--images", "images", "--masks", "masks", "--val-fraction", "2"],
+         "--val-fraction: Input should be less than 1 (received 2.0)"),
+        (["train", "--images", "images", "--masks", "masks", "--image-size", "60"],
+         "image_size must be a multiple of 16"),
+        (["prepare", "--manifest", "cases.csv"], "manifest cases.csv does not exist"),
+        (["predict", "--model", "images", "nope", "out"], "no model file"),
+    ],
+)  # fmt: skip
+def test_mistakes_are_one_line_in_seconds_and_write_nothing(folders, args, message):
+    if args[0] in ("train", "prepare"):
+        args = [*args, "--out", "run"]
+    done, seconds = _segflow(*args, cwd=folders)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert lines[0].startswith(f"segflow {args[0]}: error: ")
+    assert seconds < BOUND_SECONDS
+    assert not (folders / "run").exists() and not (folders / "out").exists()
+
+
+def test_predict_names_a_missing_input_folder(folders):
+    (folders / "run").mkdir()
+    (folders / "run" / "model.keras").write_bytes(b"")  # only looked for, not read, here
+    (folders / "run" / "model.json").write_text("{}")
+    done, _ = _segflow("predict", "--model", "run", "nope", "out", cwd=folders)
+    assert done.returncode == 2 and "input folder nope does not exist" in done.stderr
+    assert not (folders / "out").exists()
+
+
+def test_version(folders):
+    done, seconds = _segflow("--version", cwd=folders)
+    assert done.returncode == 0 and done.stdout.startswith("segflow 0.1.0 (")
+    assert "TensorFlow" in done.stdout and "Prefect" in done.stdout and seconds < BOUND_SECONDS
