@@ -103,8 +103,12 @@ def add_registry_commands(commands) -> None:
     show = actions.add_parser("show", help="Metrics and lineage of a version.")
     show.add_argument("version", help="A version name or 'champion'.")
     promote = actions.add_parser("promote", help="Make a version the champion (atomically).")
-    promote.add_argument("version")
-    promote.add_argument("--reason", default="manual promotion")
+    promote.add_argument("version", help="The version to make champion (see `models list`).")
+    promote.add_argument(
+        "--reason",
+        default="manual promotion",
+        help="Recorded in promotions.jsonl. Default: manual promotion.",
+    )
     prune = actions.add_parser(
         "prune",
         help="Remove old versions (never the champion or its predecessor) and old run folders.",
@@ -141,7 +145,13 @@ def add_model_commands(commands) -> None:
     export.add_argument(
         "--model", default="champion", help="Run folder, version or champion. Default: champion."
     )
-    export.add_argument("--format", default="savedmodel", choices=("savedmodel", "onnx"))
+    export.add_argument(
+        "--format",
+        default="savedmodel",
+        choices=("savedmodel", "onnx"),
+        help="savedmodel (TensorFlow Serving, TF-Lite converters) or onnx (ONNX Runtime, "
+        "OpenVINO). Default: savedmodel.",
+    )
     export.add_argument("--out", required=True, help="Folder to write (replaced when complete).")
 
     retrain = commands.add_parser(
@@ -220,7 +230,20 @@ def run_train(args: argparse.Namespace) -> int:
         f"model: {summary.model} ({summary.model_version})\n{describe_test_scores(summary)}\n"
         f"records: {args.out}"
     )
+    if summary.registered:
+        registry = registry_root(args.registry)
+        print(champion_line(summary.registered, summary.champion, str(registry)))
     return 0
+
+
+def champion_line(version: str, champion: str | None, registry: str) -> str:
+    """Which model ``predict --model champion`` now takes, and how to make it this one."""
+    if champion == version:
+        return f"champion: {version} (the first model of {registry}; predict uses it by default)"
+    return (
+        f"champion stays {champion}; to use this model by default: segflow models "
+        f"--registry {registry} promote {version}"
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -45,8 +45,9 @@ def add_config_arguments(
         kwargs: dict[str, object] = {"dest": name, "default": None, "help": field.description}
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(annotation) is dict:
-            kwargs["type"] = parse_label_table
+        elif typing.get_origin(annotation) is dict:  # on the command line: 0:0,128:1
+            kwargs.update(type=parse_label_table, metavar="VALUE:CLASS,...")
+            kwargs["help"] = f"{field.description} On the command line: 0:0,128:1."
         elif typing.get_origin(annotation) is list:
             kwargs.update(type=typing.get_args(annotation)[0], nargs="+")
         elif typing.get_origin(annotation) is typing.Literal:

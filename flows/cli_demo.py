@@ -18,7 +18,6 @@ from unet.config import (
     PredictConfig,
     TrainConfig,
 )
-from unet.store import registry
 
 DEMO_TRAIN = {"image_size": 128, "depth": 3, "base_filters": 16, "epochs": 15, "batch_size": 8}
 
@@ -76,8 +75,6 @@ def run_demo(args: argparse.Namespace) -> int:
     summary = train_flow(
         prepare=prepare, train=train, run_dir=str(out / "run"), registry=str(models)
     )
-    if registry.champion_version(models) is None:
-        registry.promote(summary.registered, models, "first demo model")
 
     test_images = out / "test-images"
     shutil.rmtree(test_images, ignore_errors=True)

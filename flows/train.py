@@ -15,7 +15,7 @@ from data_catalog.atomic import write_json_atomic
 from data_catalog.config import PrepareConfig
 from flows.prepare import PreparedDataset, run_prepare
 from tasks.evaluation import evaluate_split
-from tasks.models import configure_training_devices, register_run
+from tasks.models import configure_training_devices, promote_first_model, register_run
 from tasks.reporting import markdown_table, publish_markdown, publish_table, run_logger
 from tasks.training import train_unet
 from unet.config import CrossValidationConfig, DeviceConfig, TrainConfig
@@ -48,6 +48,7 @@ class TrainRunSummary:
     folds: int = 0  # cross-validation folds; the model is their ensemble (0: one model)
     out_of_fold_dice: float | None = None  # every non-test case, by a model that never saw it
     out_of_fold_volume_dice: float | None = None  # mean per-group volume Dice, out of fold
+    champion: str | None = None  # the registry's champion after the run
 
 
 def dataset_label(prepare: PrepareConfig | dict | None) -> str:
@@ -93,7 +94,8 @@ def train_flow(
     elsewhere), ``model.keras``, ``model.json``, ``history.csv``, ``lineage.json``,
     ``metrics.json`` and ``evaluation/`` (``metrics.json``, ``per_image.csv``, overlays).
 
-    The model is then registered in ``registry`` (``None``: not registered). ``devices`` says
+    The model is then registered in ``registry`` (``None``: not registered), and becomes its
+    champion when the registry has none (its first model). ``devices`` says
     how this machine trains (GPUs, precision, XLA, threads); it is not part of the model.
 
     Returns:
@@ -108,6 +110,9 @@ def train_flow(
     summary, _ = train_evaluate_register(
         prepared, train, run_dir, registry, devices=devices, crossval=crossval
     )
+    if summary.registered:
+        champion = promote_first_model(summary.registered, registry)
+        summary = dataclasses.replace(summary, champion=champion)
     rows = [dataclasses.asdict(summary)]
     publish_table("train-summary", rows, "Key numbers of this training run")
     publish_markdown(

@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.reporting import in_run, markdown_table, publish_markdown, publish_table, run_logger
 from unet.config import DeviceConfig
-from unet.store.registry import register_model, summary_rows
+from unet.store.registry import champion_version, promote_if_first, register_model, summary_rows
 
 
 @task(name="configure-devices", cache_policy=NO_CACHE)
@@ -47,6 +47,15 @@ def register_run(run_dir: str, registry: str) -> str:
     publish_table("model-registry", summary_rows(registry), f"Models in {registry}")
     run_logger().info("registered %s in %s", version, registry)
     return version
+
+
+@task(name="promote-first-model")
+def promote_first_model(version: str, registry: str) -> str:
+    """The registry's champion after ``version`` was registered: ``version`` itself when the
+    registry had none."""
+    if promote_if_first(version, registry):
+        run_logger().info("%s is the first model of %s: now its champion", version, registry)
+    return champion_version(registry)
 
 
 def ensure_training_limit(tag: str, limit: int = 1) -> int | None:

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
+from unet.store import registry
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +265,9 @@ def test_no_test_split_trains_and_registers_unscored_and_the_nightly_refuses_it(
     assert (tmp_path / "run" / "model.keras").is_file()
     assert not (tmp_path / "run" / "evaluation").exists()
     assert len([p for p in models.iterdir() if p.is_dir()]) == 1
+    (version,) = registry.list_versions(models)  # the first model is the champion at once
+    assert registry.champion_version(models) == version
+    assert f"champion: {version} (the first model of {models}" in out
 
     status = main(
         ["retrain", *data, *tiny, "--registry", str(models), "--runs-dir"]

@@ -104,7 +104,7 @@ def test_a_night_that_cannot_score_the_champion_fails_and_keeps_it(nights, tmp_p
         masks=str(work / "synthetic" / "masks"),
         cache_dir=str(work / "cache"),
     )
-    with pytest.raises(RuntimeError, match=f"cannot score champion {first['challenger']}"):
+    with pytest.raises(RuntimeError, match=f"cannot score champion {first.challenger}"):
         nightly_retrain_flow(
             prepare=prepare,
             train=TrainConfig(**{**GOOD, "epochs": 1}),

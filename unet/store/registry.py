@@ -101,6 +101,17 @@ def champion_version(root: str | Path | None = None) -> str | None:
     return json.loads(path.read_text())["version"] if path.is_file() else None
 
 
+def promote_if_first(version: str, root: str | Path | None = None) -> bool:
+    """Make ``version`` the champion when the registry has none yet (its first model), so
+    ``predict --model champion`` works after the first training. True when it did; an existing
+    champion is never replaced here (promotion is the nightly rule's or the user's)."""
+    try:
+        promote(version, root, "first model of this registry", expected=None)
+    except RuntimeError:  # a champion exists (or appeared meanwhile): it stays
+        return False
+    return True
+
+
 def promote(
     version: str,
     root: str | Path | None = None,
