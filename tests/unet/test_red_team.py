@@ -230,12 +230,12 @@ def test_adding_dicom_seg_on_a_rerun_writes_the_seg(threshold_model, tmp_path):
 
 
 def test_a_failed_dicom_seg_leaves_no_mask_behind(threshold_model, tmp_path, monkeypatch):
-    import data_catalog.dicom_seg
+    import unet.prediction.volumes
 
     def broken(*args, **kwargs):
         raise AttributeError("a tag the SEG needs is missing")
 
-    monkeypatch.setattr(data_catalog.dicom_seg, "write_dicom_seg", broken)
+    monkeypatch.setattr(unet.prediction.volumes, "write_dicom_seg", broken)
     dicom(tmp_path / "in" / "ct", seed=6)
     config = PredictConfig(
         model=str(threshold_model),
