@@ -87,7 +87,6 @@ def run_demo(args: argparse.Namespace) -> int:
             model=summary.run_dir,
             input_dir=str(test_images),
             output_dir=str(out / "predictions"),
-            binary_255=True,
         )
     )
     print(

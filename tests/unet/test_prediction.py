@@ -31,6 +31,7 @@ def test_every_input_gets_a_same_size_mask_or_an_error_row(trained_run, tmp_path
             input_dir=str(inputs),
             output_dir=str(tmp_path / "out"),
             batch_size=2,
+            mask_values="index",
         )
     )
     assert list(report.columns) == REPORT_COLUMNS
@@ -69,7 +70,7 @@ def test_every_input_gets_a_same_size_mask_or_an_error_row(trained_run, tmp_path
     assert not list((tmp_path / "out").rglob(".*.tmp"))
 
 
-def test_binary_255_and_name_clashes(trained_run, tmp_path):
+def test_masks_0_255_and_name_clashes(trained_run, tmp_path):
     inputs = tmp_path / "in"
     image = np.random.default_rng(1).integers(0, 255, (32, 32), dtype=np.uint8)
     write_png_atomic(inputs / "x.png", image)
@@ -79,7 +80,7 @@ def test_binary_255_and_name_clashes(trained_run, tmp_path):
             model=str(trained_run),
             input_dir=str(inputs),
             output_dir=str(inputs / "masks"),
-            binary_255=True,
+            mask_values="255",
         )
     )
     assert sorted(report["mask"]) == ["x.png.png", "x.tif.png"]
@@ -323,7 +324,7 @@ def test_video_gives_a_mask_video_and_per_frame_rows(trained_run, tmp_path):
             input_dir=str(inputs),
             output_dir=str(tmp_path / "out"),
             batch_size=3,
-            binary_255=True,
+            mask_values="255",
         )
     )
     rows = report.set_index("input")
@@ -442,7 +443,7 @@ def test_evaluation_tiles_large_images_as_prediction_does(trained_run, tmp_path)
 
     image = np.random.default_rng(4).integers(0, 255, (70, 90), dtype=np.uint8)
     write_png_atomic(tmp_path / "in" / "big.png", image)
-    _predict(trained_run, tmp_path / "in", tmp_path / "out", tile_size=32)
+    _predict(trained_run, tmp_path / "in", tmp_path / "out", tile_size=32, mask_values="index")
     predicted = np.asarray(Image.open(tmp_path / "out" / "big.png"))
     segmenter = Segmenter(trained_run, tile_size=32)
     (result,) = segmenter.segment([segmenter.prepare(image)])
@@ -450,3 +451,16 @@ def test_evaluation_tiles_large_images_as_prediction_does(trained_run, tmp_path)
     evaluate_cases(segmenter, [Case("big", image, predicted)], tmp_path / "eval")
     scores = pd.read_csv(tmp_path / "eval" / "per_image.csv")
     assert scores.loc[0, "dice_0"] == 1.0 and scores.loc[0, "dice_1"] == 1.0
+
+
+def test_binary_masks_are_visible_by_default_and_indices_on_request(threshold_model, tmp_path):
+    image = np.zeros((16, 16), np.uint8)
+    image[4:9, 4:9] = 255
+    write_png_atomic(tmp_path / "in" / "a.png", image)
+    _predict(threshold_model, tmp_path / "in", tmp_path / "default", precision="float32")
+    visible = np.asarray(Image.open(tmp_path / "default" / "a.png"))
+    assert set(np.unique(visible)) == {0, 255} and np.count_nonzero(visible) == 25
+    _predict(threshold_model, tmp_path / "in", tmp_path / "index", mask_values="index")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "index" / "a.png")), visible // 255)
+    old = PredictConfig(input_dir="in", output_dir="out", binary_255=False)  # an old config
+    assert old.mask_values == "index"

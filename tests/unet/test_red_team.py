@@ -195,7 +195,7 @@ def test_report_cells_cannot_run_as_spreadsheet_formulas(red_team_run):
     [
         ({"largest_component": True}, "largest_component"),
         ({"tile_size": 16, "tile_overlap": 0.5}, "tile_size"),
-        ({"binary_255": True}, "mask_scale"),
+        ({"mask_values": "index"}, "mask_scale"),
         ({"qc": "full"}, "qc"),
         ({"overlays": True}, "overlays"),
     ],
@@ -213,8 +213,8 @@ def test_a_rerun_with_other_options_segments_again(threshold_model, tmp_path, ex
     mask = np.asarray(Image.open(tmp_path / "out" / "two.png"))
     if changed == "largest_component":
         assert other["components"] == 1 and np.count_nonzero(mask) == 36
-    if changed == "mask_scale":
-        assert set(np.unique(mask)) == {0, 255}
+    if changed == "mask_scale":  # the default 0/255, then class indices
+        assert set(np.unique(mask)) == {0, 1}
     if changed == "overlays":
         assert (tmp_path / "out" / "overlays" / "two.png.png").is_file()
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from unet.config.execution import ExecutionConfig
 from unet.config.parts import StagedConfig
@@ -33,6 +33,15 @@ class PredictConfig(StagedConfig):
 
     FLAT_NAMES: ClassVar[dict[str, tuple[str, str]]] = {"task_runner": ("execution", "runner")}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_binary_255(cls, data: Any) -> Any:
+        """``binary_255`` (before ``mask_values``): True was '255', False 'index'."""
+        if isinstance(data, dict) and "binary_255" in data:
+            data = dict(data)
+            data.setdefault("mask_values", "255" if data.pop("binary_255") else "index")
+        return data
+
     model: ModelReference = "champion"
     input_dir: str = Field(description="Folder of images, searched recursively.")
     output_dir: str = Field(description="Folder for the masks and report.csv.")
@@ -46,8 +55,11 @@ class PredictConfig(StagedConfig):
     tile_overlap: float = Field(
         0.25, ge=0.0, lt=1.0, description="Sliding window: share of a tile its neighbour overlaps."
     )
-    binary_255: bool = Field(
-        False, description="Write binary masks as 0/255 instead of class indices 0/1."
+    mask_values: Literal["255", "index"] = Field(
+        "255",
+        description="Binary models' PNG masks and mask videos: '255' (background 0, foreground "
+        "255: visible in any image viewer) or 'index' (class indices 0/1, as pipelines want). "
+        "Models of more classes, NIfTI masks and DICOM SEGs always hold class indices.",
     )
     tta: bool = Field(
         False, description="Test-time augmentation: average over flips (4x the compute)."

@@ -134,7 +134,7 @@ def load_segmenter(config: PredictConfig) -> Segmenter:
 
 def output_format_of(config: PredictConfig, segmenter: Segmenter) -> OutputFormat:
     """What this run's outputs are made with (the journal key of every input)."""
-    scale = 255 if config.binary_255 and segmenter.num_classes == 2 else 1
+    scale = 255 if config.mask_values == "255" and segmenter.num_classes == 2 else 1
     return OutputFormat(
         segmenter.version,
         scale,
