@@ -464,3 +464,26 @@ def test_binary_masks_are_visible_by_default_and_indices_on_request(threshold_mo
     assert np.array_equal(np.asarray(Image.open(tmp_path / "index" / "a.png")), visible // 255)
     old = PredictConfig(input_dir="in", output_dir="out", binary_255=False)  # an old config
     assert old.mask_values == "index"
+
+
+def test_the_training_masks_beside_the_scans_are_not_inputs(threshold_model, tmp_path, caplog):
+    import json
+    import logging
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(threshold_model, model)
+    (model / "lineage.json").write_text(json.dumps({"prepare_config": {"mask_suffix": "_mask"}}))
+    image = np.zeros((16, 16), np.uint8)
+    for name in ("a.png", "a_mask.png", "a_mask_2.png", "b.png", "roi/b_roi.png", "c.tif"):
+        write_png_atomic(tmp_path / "in" / name, image)
+    with caplog.at_level(logging.INFO, logger="unet.prediction.selection"):
+        report = _predict(model, tmp_path / "in", tmp_path / "out")
+    assert sorted(report["input"]) == ["a.png", "b.png", "c.tif", "roi/b_roi.png"]
+    assert "2 files left out of the inputs: excluded *_mask.* *_mask_*" in caplog.text
+    chosen = _predict(
+        model, tmp_path / "in", tmp_path / "o2", include=["*.png"], exclude=["*_roi*"]
+    )
+    assert sorted(chosen["input"]) == ["a.png", "a_mask.png", "a_mask_2.png", "b.png"]
+    everything = _predict(model, tmp_path / "in", tmp_path / "o3", exclude=[""])
+    assert len(everything) == 6

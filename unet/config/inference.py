@@ -105,6 +105,17 @@ class PredictConfig(StagedConfig):
         "many voxels); larger files are error rows before they are decoded. Images below it "
         "that exceed --tile-size are segmented in tiles.",
     )
+    include: list[str] | None = Field(
+        None,
+        description="Glob patterns: only inputs whose path under INPUT_DIR (or file name) "
+        "matches one are segmented, e.g. '*.dcm' 'scans/**'; default: every file.",
+    )
+    exclude: list[str] | None = Field(
+        None,
+        description="Glob patterns of files that are not inputs, e.g. '*_roi.*'; default: the "
+        "masks of the model's training data when they were named by a suffix ('*_mask.*', "
+        "'*_mask_*'); --exclude '' excludes nothing.",
+    )
     precision: InferencePrecision = "auto"
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from data_catalog.dicom_series import find_series, maybe_dicom
 from data_catalog.volumes import is_tiff_stack, is_volume, volume_stem
 from unet.config import PredictConfig
+from unet.prediction.selection import InputSelection
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ LAYOUT_ONLY_OPTIONS = frozenset(
         "dask_workers",
         "num_shards",
         "max_pixels",  # decides which inputs are read, not what their masks hold
+        "include",  # which files are inputs, likewise
+        "exclude",
     }
 )
 
@@ -301,7 +304,11 @@ def mask_names(
     return names
 
 
-def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> PredictionPlan:
+def plan_inputs(
+    config: PredictConfig,
+    shard: tuple[int, int] | None = None,
+    selection: InputSelection | None = None,
+) -> PredictionPlan:
     """List the inputs, name their outputs and check them (over all files, so every shard names
     alike), take the shard, remove a killed run's temporary files (unsharded runs only) and
     read the journals of earlier runs.
@@ -313,6 +320,8 @@ def plan_inputs(config: PredictConfig, shard: tuple[int, int] | None = None) -> 
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
     files, special = list_inputs(input_dir, output_dir)
+    if selection is not None:
+        files = selection.select(files, input_dir)
     series, files = dicom_volumes(files, input_dir)
     stacks = {path for path in files if is_volume(path) or is_tiff_stack(path)}
     names = mask_names(files, input_dir, stacks)

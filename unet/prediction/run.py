@@ -28,6 +28,7 @@ from unet.prediction.records import REPORT_COLUMNS, ProgressCallback
 from unet.prediction.review import (
     write_review_page,
 )
+from unet.prediction.selection import input_selection
 from unet.prediction.sink import ResultSink
 from unet.prediction.stream import segment_stream
 from unet.quality.signals import needs_flip_pass
@@ -91,7 +92,8 @@ def segment_files(
         ValueError: a tile size the model cannot use.
     """
     segmenter = load_segmenter(config)
-    plan = plan_inputs(config, shard)
+    selection = input_selection(config, segmenter.model_path.parent)
+    plan = plan_inputs(config, shard, selection)
     output_format = output_format_of(config, segmenter)
     report_changed_options(plan, output_format)
     window = 2 * config.batch_size
