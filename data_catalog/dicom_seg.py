@@ -33,8 +33,6 @@ def write_dicom_seg(
     """
     # deferred: DICOM inputs only; 0.3-0.5 s to import
     import highdicom as hd
-
-    # deferred: DICOM inputs only; 0.3-0.5 s to import
     import pydicom
 
     sources = sorted_sources([with_type2(pydicom.dcmread(path)) for path in files])
@@ -72,8 +70,6 @@ def segment_descriptions(classes, model_version: str) -> list:
     """One automatic segment per foreground class, named ``class N``, made by segflow."""
     # deferred: DICOM inputs only; 0.3-0.5 s to import
     import highdicom as hd
-
-    # deferred: DICOM inputs only; 0.3-0.5 s to import
     from pydicom.sr.codedict import codes
 
     algorithm = hd.AlgorithmIdentificationSequence(

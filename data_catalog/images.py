@@ -232,8 +232,6 @@ def rescaled_pixels(dataset, path: str | Path, rounded: bool = False) -> np.ndar
 def _read_dicom(path: Path, max_pixels: int | None) -> np.ndarray:
     # deferred: DICOM inputs only; 0.3-0.5 s to import
     import pydicom
-
-    # deferred: DICOM inputs only; 0.3-0.5 s to import
     from pydicom.errors import InvalidDicomError
 
     try:

@@ -109,11 +109,7 @@ def write_dicom_series(
     ``skip_slices`` leaves slices out (a gap). Returns the files."""
     # deferred: DICOM inputs only; 0.3-0.5 s to import
     import pydicom
-
-    # deferred: DICOM inputs only; 0.3-0.5 s to import
     from pydicom.dataset import FileDataset, FileMetaDataset
-
-    # deferred: DICOM inputs only; 0.3-0.5 s to import
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     rng = np.random.default_rng(seed)

@@ -248,7 +248,11 @@ def champion_line(version: str, champion: str | None, registry: str) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     config, data = config_from_args(EvaluateConfig, args), config_from_args(PrepareConfig, args)
-    resolve_model_file(config.model)
+    model = resolve_model_file(config.model)
+    if not data.model_fields_set - {"seed"}:  # no dataset given: the model's own, its test split
+        data = trained_on(model.parent)
+        config = config.model_copy(update={"split": config.split or "test"})
+        print(f"scoring the {config.split} split of the data {config.model} was trained on")
     check_dataset(data)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.evaluate import evaluate_flow
@@ -269,6 +273,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
             + ("" if volume is None else f", mean per-group volume Dice {volume:.4f}")
         )
     return 0
+
+
+def trained_on(model_dir: Path) -> PrepareConfig:
+    """The prepare config a model was trained with (its ``lineage.json``).
+
+    Raises:
+        FileNotFoundError: the model records none; the message says to give the dataset.
+    """
+    lineage = model_dir / "lineage.json"
+    try:
+        recorded = json.loads(lineage.read_text())["prepare_config"]
+    except (OSError, ValueError, KeyError):
+        raise FileNotFoundError(
+            f"{lineage}: no record of the data this model was trained on; give the dataset "
+            "(--dataset, or --images with --masks, --mask-suffix or --key-pattern)"
+        ) from None
+    return PrepareConfig(**recorded)
 
 
 def run_models(args: argparse.Namespace) -> int:

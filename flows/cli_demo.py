@@ -60,8 +60,6 @@ def add_demo_command(commands) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.predict import predict_flow
-
-    # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.train import train_flow
 
     if args.volumes:
@@ -112,8 +110,6 @@ def run_volume_demo(args: argparse.Namespace) -> int:
 
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.predict import predict_flow
-
-    # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.train import train_flow
 
     out = Path(args.out or "segflow-demo-volumes")

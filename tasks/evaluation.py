@@ -102,11 +102,7 @@ def evaluate_split(
     (``champion-evaluation-metrics``), so two models scored in one run keep apart."""
     # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from data_catalog.tfrecords import iterate_cases, load_sidecar
-
-    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.evaluation.scoring import evaluate_cases
-
-    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.inference.segmenter import Segmenter
 
     sidecar = load_sidecar(tfrecord_dir)
@@ -138,23 +134,20 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> EvaluationR
     """
     # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.evaluation.scoring import evaluate_cases
-
-    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.evaluation.volume_metrics import slice_infos
-
-    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.inference.segmenter import Segmenter
 
     model = resolve_model_file(config.model)
     segmenter = Segmenter(model, precision=config.precision, flip_check=True)
     data, manifest = index_for_model(data, segmenter, config.out_dir)
-    if config.split != "all":
+    split = config.split or "all"
+    if split != "all":
         splits = split_cases(
             manifest, data.val_fraction, data.test_fraction, data.seed, data.num_folds, data.fold
         )
-        manifest = manifest[manifest["key"].isin(splits[config.split])]
+        manifest = manifest[manifest["key"].isin(splits[split])]
         if manifest.empty:
-            raise ValueError(f"the {config.split} split of this dataset is empty")
+            raise ValueError(f"the {split} split of this dataset is empty")
     groups = dict(zip(manifest["key"], manifest["group"], strict=True))
     info = segmenter.info
     cases = manifest_cases(manifest, data, info.context_slices, info.volume_statistics)

@@ -64,8 +64,6 @@ def ensure_training_limit(tag: str, limit: int = 1) -> int | None:
     force, or None outside a Prefect run (nothing to limit against)."""
     # deferred: Prefect's client, only inside a run
     from prefect.client.orchestration import get_client
-
-    # deferred: Prefect's client, only inside a run
     from prefect.exceptions import ObjectNotFound
 
     if not in_run():

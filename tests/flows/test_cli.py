@@ -133,6 +133,16 @@ def test_evaluate_scores_a_folder_pair(demo_dir, tmp_path, capsys):
     assert "foreground Dice" in capsys.readouterr().out
 
 
+def test_evaluate_without_data_flags_scores_the_models_own_test_split(demo_dir, tmp_path, capsys):
+    run = demo_dir / "run"
+    status = main(["evaluate", "--model", str(run), "--out", str(tmp_path / "eval")])
+    assert status == 0, capsys.readouterr().err
+    test_keys = json.loads((run / "splits.json").read_text())["test"]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_images"] == len(test_keys) < 16
+    assert "scoring the test split of the data" in capsys.readouterr().out
+
+
 def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     status = main(["predict", "--model", str(tmp_path / "missing"), str(tmp_path), str(tmp_path)])
     assert status == 2

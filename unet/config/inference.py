@@ -127,8 +127,11 @@ class EvaluateConfig(BaseModel):
 
     model: ModelReference = "champion"
     out_dir: str = Field(description="Folder for metrics.json, per_image.csv and overlays.")
-    split: Literal["all", "train", "val", "test"] = Field(
-        "all", description="Cases to score: all, or one split of the dataset's seeded split."
+    split: Literal["all", "train", "val", "test"] | None = Field(
+        None,
+        description="Cases to score: all, or one split of the dataset's seeded split; default: "
+        "the test split of the data the model was trained on (no dataset flags given), all "
+        "cases of another dataset.",
     )
     num_overlays: int = Field(4, ge=0, description="Overlay PNGs to write (the first cases).")
     precision: InferencePrecision = "auto"

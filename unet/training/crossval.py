@@ -120,8 +120,6 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
 
     # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.evaluation.quality_passes import calibrate_flags
-
-    # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.inference.segmenter import Segmenter
 
     if any(fold.tfrecord_dir is None for fold in folds):
