@@ -30,6 +30,7 @@ from data_catalog.manifest_file import (
     voxel_size,
 )
 from data_catalog.pairing import CaseFiles, Problem, pair_cases, problem
+from data_catalog.pairing_hints import suggest_rule
 from data_catalog.reading import (
     MaskValueError,
     SizeMismatchError,
@@ -69,7 +70,26 @@ PROBLEM_HINTS = {
 }
 
 
-def describe_problems(problems: list[dict], num_files: int) -> str:
+def log_problems(problems: list[dict], examples: int = 3) -> None:
+    """One warning line per kind of problem, with its count and a few files (every file and
+    its detail is in ``validation.csv``)."""
+    by_kind: dict[str, list[dict]] = {}
+    for row in problems:
+        by_kind.setdefault(row["problem"], []).append(row)
+    for kind, rows in sorted(by_kind.items(), key=lambda item: -len(item[1])):
+        shown = ", ".join(Path(row["file"]).name for row in rows[:examples])
+        more = f" and {len(rows) - examples} more" if len(rows) > examples else ""
+        logger.warning(
+            "%d file(s): %s, e.g. %s (%s)%s (all in validation.csv)",
+            len(rows),
+            kind,
+            shown,
+            rows[0]["detail"],
+            more,
+        )
+
+
+def describe_problems(problems: list[dict], num_files: int, hint: str | None = None) -> str:
     """The problems by kind, most frequent first, each with a count and an example, and the
     hint for the most frequent: ``20 of 20 files: inconsistent channels (a.png: ...)``."""
     if not problems:
@@ -81,8 +101,7 @@ def describe_problems(problems: list[dict], num_files: int) -> str:
         parts.append(
             f"{count} of {num_files} files: {kind} (e.g. {example['file']}: {example['detail']})"
         )
-    top = counts.most_common(1)[0][0]
-    hint = PROBLEM_HINTS.get(top)
+    hint = hint or PROBLEM_HINTS.get(counts.most_common(1)[0][0])
     return "; ".join(parts) + (f". Hint: {hint}" if hint else "")
 
 
@@ -306,13 +325,16 @@ def index_dataset(
     if len(manifest) and not (manifest["foreground_fraction"] > 0).any():
         problems.append(no_foreground_problem(config, len(manifest)))
     problem_frame = pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
-    for row in problems:
-        logger.warning("problem: %s: %s (%s)", row["file"], row["problem"], row["detail"])
+    log_problems(problems)
+    unpaired = sum(row["problem"] in ("no mask", "no image") for row in problems)
+    hint = suggest_rule(config) if unpaired > len(manifest) else None
+    if hint:
+        logger.warning("most images did not pair: %s", hint)
     if manifest.empty:
         raise EmptyDatasetError(
             f"no usable cases for images={config.images} masks={config.masks} "
             f"manifest={config.manifest} (pairing rule {config.pairing}): "
-            f"{describe_problems(problems, max(len(cases), len(problems)))}",
+            f"{describe_problems(problems, max(len(cases), len(problems)), hint)}",
             problem_frame,
         )
     dataset_hash = hash_records(

@@ -48,7 +48,7 @@ def problem(path: Path | str, kind: str, detail: str) -> Problem:
     return {"file": str(path), "problem": kind, "detail": detail}
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Image files under ``folder``, recursively (following symlinked folders), hidden ones out."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a directory")
@@ -109,8 +109,8 @@ def pair_cases(config: PrepareConfig) -> tuple[list[CaseFiles], list[Problem]]:
             mask_keys, mask_problems = _keys_by_pattern(masks_root, mask_pattern, "mask")
             problems += mask_problems
         case StemPairing():
-            image_keys = _group_paths(_image_files(images_root), images_root)
-            mask_keys = _group_paths(_image_files(masks_root), masks_root)
+            image_keys = _group_paths(image_files(images_root), images_root)
+            mask_keys = _group_paths(image_files(masks_root), masks_root)
             problems = []
     image_keys = series_folders(image_keys, mask_keys, images_root)
     return _join(image_keys, mask_keys, images_root, config.group_by, problems)
@@ -153,7 +153,7 @@ def _keys_by_pattern(root: Path, pattern: str, kind: str) -> tuple[dict[str, lis
         raise ValueError(f"key pattern {pattern!r} needs a named group 'key', e.g. (?P<key>\\d+)")
     found: dict[str, list[Path]] = {}
     problems = []
-    for path in _image_files(root):
+    for path in image_files(root):
         match = regex.search(path.name)
         if not match:
             problems.append(
@@ -213,13 +213,13 @@ def _pair_suffix(
     mask_name = re.compile(rf"^(?P<base>.+?){re.escape(suffix)}(?:_(?P<index>\d+))?$")
     image_keys: dict[str, list[Path]] = {}
     mask_keys: dict[str, list[Path]] = {}
-    for path in _image_files(masks_root):
+    for path in image_files(masks_root):
         match = mask_name.match(file_stem(path))
         if match:
             parent = path.relative_to(masks_root).parent
             mask_keys.setdefault((parent / match["base"]).as_posix(), []).append(path)
     mask_files = {path for paths in mask_keys.values() for path in paths}
-    for path in _image_files(images_root):
+    for path in image_files(images_root):
         if path not in mask_files:
             image_keys.setdefault(_stem_key(path, images_root), []).append(path)
     return _join(image_keys, mask_keys, images_root, group_by, [], several_masks=True)

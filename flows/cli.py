@@ -431,13 +431,25 @@ RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 
 class UserErrorTracebacks(logging.Filter):
-    """Drops the traceback from Prefect's failed-run records when the exception is a user
-    error: the run's log keeps its one-line message, the user sees one clear error."""
+    """Prefect's records of a run failed by a user error: the first keeps its one-line message
+    without the traceback; the records that only repeat it (task finished, flow exception,
+    flow finished) are dropped, so the user reads the error once in the run's log and once
+    from the CLI. Any other exception keeps its traceback."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            text = str(record.exc_info[1])
             record.exc_info, record.exc_text = None, None
-        return True
+            if text in self.seen:
+                return False
+            self.seen.append(text)
+            return True
+        message = record.getMessage()
+        return not any(text and text in message for text in self.seen)
 
 
 if __name__ == "__main__":

@@ -347,6 +347,14 @@ def test_prefect_run_logs_drop_the_traceback_of_user_errors_only():
     user, bug = record(ValueError("bad flag")), record(KeyError("bug"))
     assert UserErrorTracebacks().filter(user) and user.exc_info is None
     assert UserErrorTracebacks().filter(bug) and bug.exc_info is not None
+    quiet = UserErrorTracebacks()
+    assert quiet.filter(record(ValueError("bad flag")))  # the first report of it stays
+    repeat = logging.LogRecord("prefect.flow_runs", 20, "", 0, "Finished in state Failed(%r)",
+                               ("bad flag",), None)  # fmt: skip
+    assert not quiet.filter(repeat) and not quiet.filter(record(ValueError("bad flag")))
+    other = logging.LogRecord("prefect.flow_runs", 20, "", 0, "Finished in state Completed()",
+                              (), None)  # fmt: skip
+    assert quiet.filter(other)
 
 
 def test_every_command_keeps_its_flags():

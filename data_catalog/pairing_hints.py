@@ -1,0 +1,57 @@
+"""When images and masks do not pair, a look at the file names: which rule would pair the most
+(``437 of 437 images would pair with --mask-suffix _mask``)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+from data_catalog.config import PrepareConfig
+from data_catalog.pairing import file_stem, image_files
+
+INDEX_TAIL = re.compile(r"_\d+$")  # case_mask_2: the second mask of a case
+
+
+def _stems(root: Path) -> dict[str, set[str]]:
+    """Folder (relative) -> the file stems in it."""
+    stems: dict[str, set[str]] = {}
+    for path in image_files(root):
+        stems.setdefault(path.relative_to(root).parent.as_posix(), set()).add(file_stem(path))
+    return stems
+
+
+def suffix_counts(images: dict[str, set[str]], masks: dict[str, set[str]]) -> Counter:
+    """Suffix -> how many images a mask of that suffix would pair with."""
+    pairs: dict[str, set[str]] = {}
+    for folder, names in masks.items():
+        candidates = images.get(folder, set())
+        for name in names:
+            for cut in range(1, len(name)):
+                base, suffix = name[:cut], INDEX_TAIL.sub("", name[cut:])
+                if base in candidates and suffix and not suffix[0].isalnum():
+                    pairs.setdefault(suffix, set()).add(f"{folder}/{base}")
+    return Counter({suffix: len(paired) for suffix, paired in pairs.items()})
+
+
+def suggest_rule(config: PrepareConfig) -> str | None:
+    """A sentence naming the suffix rule that would pair the most images, or None."""
+    if not config.images or not Path(config.images).is_dir():
+        return None
+    images_root = Path(config.images)
+    masks_root = Path(config.masks) if config.masks else images_root
+    if not masks_root.is_dir():
+        return None
+    images, masks = _stems(images_root), _stems(masks_root)
+    counts = suffix_counts(images, masks)
+    if not counts:
+        return None
+    suffix, paired = counts.most_common(1)[0]
+    beside = masks_root == images_root  # then the masks are among the image files
+
+    def is_mask(name: str) -> bool:
+        return beside and INDEX_TAIL.sub("", name).endswith(suffix)
+
+    total = sum(not is_mask(name) for names in images.values() for name in names)
+    where = "" if beside else f" --masks {masks_root}"
+    return f"{paired} of {total} images would pair with --mask-suffix {suffix}{where}"
