@@ -38,7 +38,7 @@ class TrainRunSummary:
     val_cases: int  # with folds: the same cases, each validated once (out of fold)
     test_cases: int
     best_epoch: int  # with folds: the median of the folds' best epochs
-    val_dice: float  # with folds: the mean of the folds' best val Dice
+    val_dice: float  # the chosen epoch's own val Dice; with folds: the folds' mean
     test_dice: float | None  # None: no test split (--test-fraction 0), nothing was scored
     test_iou: float | None
     otsu_dice: float | None
@@ -49,6 +49,7 @@ class TrainRunSummary:
     out_of_fold_dice: float | None = None  # every non-test case, by a model that never saw it
     out_of_fold_volume_dice: float | None = None  # mean per-group volume Dice, out of fold
     champion: str | None = None  # the registry's champion after the run
+    val_dice_tuned: float | None = None  # with the post-processing tuned on validation
 
 
 def dataset_label(prepare: PrepareConfig | dict | None) -> str:
@@ -160,7 +161,10 @@ def summarize_run(
         val_cases=counts["val"],
         test_cases=counts["test"],
         best_epoch=training.best_epoch,
-        val_dice=training.best_val_dice,
+        val_dice=training.best_val_dice
+        if training.best_epoch_val_dice is None
+        else training.best_epoch_val_dice,
+        val_dice_tuned=training.tuned_val_dice,
         test_dice=None if metrics is None else metrics.foreground_dice,
         test_iou=None if metrics is None else metrics.foreground_iou,
         otsu_dice=None if metrics is None else metrics.otsu_dice,
@@ -200,6 +204,14 @@ def describe_test_scores(summary: TrainRunSummary) -> str:
     """On the test split's scores, or on why there are none; with folds, the out-of-fold
     estimate first."""
     lines = []
+    if not summary.folds:
+        tuned = summary.val_dice_tuned
+        lines.append(
+            f"Validation foreground Dice {summary.val_dice:.4f} at the chosen epoch "
+            f"{summary.best_epoch}"
+            + ("" if tuned is None else f", {tuned:.4f} with the tuned post-processing")
+            + "."
+        )
     if summary.folds:
         volume = summary.out_of_fold_volume_dice
         lines.append(

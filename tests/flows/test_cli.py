@@ -272,6 +272,7 @@ def test_no_test_split_trains_and_registers_unscored_and_the_nightly_refuses_it(
     )
     out = capsys.readouterr().out
     assert status == 0 and "No test split (test_fraction 0)" in out
+    assert "Validation foreground Dice " in out and "with the tuned post-processing" in out
     assert (tmp_path / "run" / "model.keras").is_file()
     assert not (tmp_path / "run" / "evaluation").exists()
     assert len([p for p in models.iterdir() if p.is_dir()]) == 1

@@ -157,11 +157,22 @@ def write_records(
         },
     )
     logger.info(
-        "trained %s in %.0f s on %s: best epoch %d, val foreground Dice %.4f (%s)",
+        "trained %s in %.0f s on %s: %s (%s)",
         result.model_version,
         result.seconds,
         result.device,
-        result.best_epoch,
-        result.best_val_dice,
+        validation_line(result),
         result.stop_reason,
     )
+
+
+def validation_line(result: TrainingResult) -> str:
+    """``best epoch 7 of 8: val foreground Dice 0.8123 (moving average 0.7501), 0.8345 with the
+    tuned post-processing``."""
+    raw = result.best_epoch_val_dice
+    line = f"best epoch {result.best_epoch} of {result.epochs_run}: val foreground Dice "
+    line += f"{result.best_val_dice if raw is None else raw:.4f}"
+    if raw is not None and abs(raw - result.best_val_dice) > 1e-9:
+        line += f" (moving average {result.best_val_dice:.4f})"
+    tuned = result.tuned_val_dice
+    return line + ("" if tuned is None else f", {tuned:.4f} with the tuned post-processing")

@@ -111,8 +111,11 @@ class TrainingControl(keras.callbacks.Callback):
         state.smoothed = (
             score if state.smoothed is None else keep * state.smoothed + (1 - keep) * score
         )
+        if keep and epoch == math.ceil(config.optimisation.warmup_epochs):
+            state.best = -math.inf  # the first epoch after the warm-up wins over the warm-up's
         if state.smoothed > state.best:  # the epoch's own score when smoothing is 0
             state.best, state.best_epoch, state.wait = state.smoothed, epoch + 1, 0
+            state.best_raw = score
             _save_atomic(self.model, model_file(self.run_dir))
         else:
             state.wait += 1

@@ -49,6 +49,7 @@ class TrainingState:
     samples_drawn: int = 0
     stop_reason: str | None = None
     smoothed: float | None = None  # moving average of val Dice (best_epoch_smoothing)
+    best_raw: float | None = None  # the best epoch's own val Dice (best: its moving average)
     planned_epochs: int | None = None  # epochs fitted to the time budget (fit_to_budget)
     config: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
@@ -91,7 +92,7 @@ class TrainingResult:
     model: str
     model_version: str
     best_epoch: int
-    best_val_dice: float
+    best_val_dice: float  # what chose the epoch: its val Dice, or their moving average
     epochs_run: int
     epochs: int
     stop_reason: str
@@ -100,6 +101,12 @@ class TrainingResult:
     seconds: float
     device: str
     postprocessing: dict[str, object]
+    best_epoch_val_dice: float | None = None  # the chosen epoch's own val Dice
+
+    @property
+    def tuned_val_dice(self) -> float | None:
+        """Validation Dice after post-processing tuning (threshold, small components)."""
+        return self.postprocessing.get("val_dice") if self.postprocessing else None
 
 
 def _comparable(config: TrainConfig) -> dict:

@@ -83,6 +83,7 @@ def train_model(
         seconds=round(time.perf_counter() - started, 1),
         device=device_report["device"],
         postprocessing=tuning,
+        best_epoch_val_dice=state.best if state.best_raw is None else state.best_raw,
     )
     write_records(run_dir, result, data, config, device_report, lineage)
     return result
