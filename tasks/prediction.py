@@ -26,6 +26,7 @@ class SegmentationSummary:
     num_errors: int
     model_version: str | None
     num_review: int | None = None  # flagged for review; None: the model has no quality flags
+    review_page: str | None = None  # review.html, when written
 
 
 @task(name="segment-folder", cache_policy=NO_CACHE)
@@ -72,7 +73,7 @@ def review_line(summary: SegmentationSummary) -> str:
 def summarize_report(report: pd.DataFrame, config: PredictConfig) -> SegmentationSummary:
     """Totals of a report, logged and published as table and markdown artifacts."""
     # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
-    from unet.prediction import REPORT_FILE
+    from unet.prediction import PAGE_FILE, REPORT_FILE
 
     errors = report[report["status"] == "error"]
     flagged = report["review"] == "review"
@@ -84,6 +85,7 @@ def summarize_report(report: pd.DataFrame, config: PredictConfig) -> Segmentatio
         num_errors=len(errors),
         model_version=str(report["model_version"].iloc[0]) if len(report) else None,
         num_review=int(flagged.sum()) if report["review"].notna().any() else None,
+        review_page=f"{config.output_dir}/{PAGE_FILE}" if config.review_page else None,
     )
     logger = run_logger()  # each error was logged once, by unet.prediction
     logger.info(
@@ -104,7 +106,9 @@ def summarize_report(report: pd.DataFrame, config: PredictConfig) -> Segmentatio
         f"- output: {markdown_text(config.output_dir)}\n"
         f"- model: {markdown_text(summary.model_version)}\n- inputs: {summary.num_inputs}, "
         f"ok: {summary.num_ok} ({summary.num_skipped} done by an earlier run), "
-        f"errors: {summary.num_errors}\n\n## To review (first 50)\n\n"
+        f"errors: {summary.num_errors}\n"
+        + (f"- review page: {markdown_text(summary.review_page)}\n" if summary.review_page else "")
+        + "\n## To review (first 50)\n\n"
         f"{markdown_table(review_rows)}\n\n## Errors\n\n{markdown_table(error_rows)}\n",
         "Bulk segmentation summary",
     )

@@ -110,7 +110,9 @@ def test_predict_reports_a_corrupt_file_and_exits_nonzero(demo_dir, tmp_path, ca
     report = pd.read_csv(tmp_path / "out" / "report.csv").set_index("input")
     assert len(report) == 3 and report.loc["corrupt.png", "status"] == "error"
     assert (report.drop(index="corrupt.png")["status"] == "ok").all()
-    assert "2 of 3 inputs segmented, 1 errors" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 of 3 inputs segmented, 1 errors" in out
+    assert out.rstrip().endswith(f"review page: {tmp_path / 'out'}/review.html")
 
 
 def test_evaluate_scores_a_folder_pair(demo_dir, tmp_path, capsys):

@@ -21,13 +21,14 @@ and are written atomically, never outside the output folder. A file that cannot 
 segmented becomes an ``error`` row naming the reason; the run goes on.
 """
 
-from unet.prediction.plan import JOURNAL_FILE, REPORT_FILE
+from unet.prediction.plan import JOURNAL_FILE, PAGE_FILE, REPORT_FILE
 from unet.prediction.reading import prefetch
 from unet.prediction.records import REPORT_COLUMNS
 from unet.prediction.run import predict_folder, segment_files, write_report
 
 __all__ = [
     "JOURNAL_FILE",
+    "PAGE_FILE",
     "REPORT_COLUMNS",
     "REPORT_FILE",
     "predict_folder",

@@ -1,11 +1,12 @@
 """The review page: ``OUTPUT_DIR/review.html``, one static page (no server; it opens from the
-file system) listing every input, the ones flagged for review first, each with a small
-thumbnail of the image with its mask overlaid, its reasons and signals; a click on a column
-header sorts by it.
+file system) listing every input, the ones flagged for review first, each with a thumbnail of
+the image (in colour for a colour model) with its mask's outline, a link to the mask file, its
+reasons and signals. A click on a column header sorts by it, a click on a thumbnail shows it
+larger, a checkbox shows only the masks to review.
 
-Thumbnails are small JPEG files under ``OUTPUT_DIR/thumbnails/`` (at most
-:data:`THUMBNAIL_SIDE` pixels a side, a few kB each), loaded lazily by the browser, so a page
-for 10,000 inputs is a few MB of HTML and opens quickly. Plain numpy, OpenCV and pandas.
+Thumbnails are JPEG files under ``OUTPUT_DIR/thumbnails/`` (at most :data:`THUMBNAIL_SIDE`
+pixels a side, shown at half that in the table, ~10 kB each), loaded lazily by the browser, so
+a page for 10,000 inputs is a few MB of HTML and opens quickly. Plain numpy, OpenCV, pandas.
 """
 
 from __future__ import annotations
@@ -27,30 +28,34 @@ from unet.prediction.plan import (
 )
 from unet.quality.reference import SIGNALS
 
-THUMBNAIL_SIDE = 128
+THUMBNAIL_SIDE = 256
+OUTLINE = (255, 220, 0)  # yellow: seen on grey scans and on colour photographs alike
 
 
 def thumbnail(
-    prepared: np.ndarray, classes: np.ndarray, side: int | None = THUMBNAIL_SIDE
+    prepared: np.ndarray,
+    classes: np.ndarray,
+    side: int | None = THUMBNAIL_SIDE,
+    colour: bool = False,
 ) -> np.ndarray:
-    """An RGB picture of a normalised image (channels averaged, 1-99% stretched) with the
-    foreground tinted red and outlined, at most ``side`` pixels a side (None: full size, the
-    ``--overlays`` images)."""
-    grey = prepared.mean(axis=2) if prepared.ndim == 3 else prepared
-    scale = (side or max(grey.shape)) / max(grey.shape)
+    """An RGB picture of a normalised image (1-99% stretched) with the outline of its mask
+    (the image stays visible inside it), at most ``side`` pixels a side (None: full size, the
+    ``--overlays`` images). ``colour``: the three channels are red, green, blue; otherwise a
+    multi-channel image shows its middle channel (a volume slice amid its context slices)."""
+    if prepared.ndim == 3 and not (colour and prepared.shape[2] == 3):
+        prepared = prepared[:, :, prepared.shape[2] // 2]
+    scale = (side or max(prepared.shape[:2])) / max(prepared.shape[:2])
     if scale < 1:
-        size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
-        grey = cv2.resize(grey.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        size = (max(1, round(prepared.shape[1] * scale)), max(1, round(prepared.shape[0] * scale)))
+        prepared = cv2.resize(prepared.astype(np.float32), size, interpolation=cv2.INTER_AREA)
         classes = cv2.resize(classes, size, interpolation=cv2.INTER_NEAREST)
-    low, high = np.percentile(grey, (1, 99))
-    grey = np.clip((grey - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
-    rgb = np.repeat(grey[:, :, None], 3, axis=2)
-    foreground = classes > 0
-    rgb[foreground] = (0.55 * rgb[foreground] + [115, 0, 0]).astype(np.uint8)
+    low, high = np.percentile(prepared, (1, 99))
+    scaled = np.clip((prepared - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
+    rgb = np.ascontiguousarray(scaled if scaled.ndim == 3 else np.repeat(scaled[:, :, None], 3, 2))
     contours, _ = cv2.findContours(
-        foreground.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+        (classes > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
     )
-    cv2.drawContours(rgb, contours, -1, (255, 40, 40), 1)
+    cv2.drawContours(rgb, contours, -1, OUTLINE, max(1, round(max(rgb.shape[:2]) / 256)))
     return rgb
 
 
@@ -75,7 +80,12 @@ th{background:#eee;cursor:pointer;position:sticky;top:0;padding:4px 8px;text-ali
 td{border-top:1px solid #ddd;padding:3px 8px;vertical-align:middle}
 tr.review td{background:#fff4e5} tr.error td{background:#fdecea}
 .badge{font-weight:600} .review .badge{color:#b45309} .error .badge{color:#b91c1c}
-img{display:block;image-rendering:auto}
+td img{display:block;max-width:128px;max-height:128px;cursor:zoom-in}
+#view{display:none;position:fixed;inset:0;background:rgba(0,0,0,.8);align-items:center;
+justify-content:center;flex-direction:column;color:#fff;cursor:zoom-out}
+#view img{width:min(80vw,80vh);height:auto;image-rendering:pixelated}
+body.review-only tbody tr:not(.review){display:none}
+a{color:#1d4ed8}
 """
 
 SORT_SCRIPT = """
@@ -94,6 +104,18 @@ document.querySelectorAll('th').forEach(function(th, column){
     rows.forEach(function(r){ body.appendChild(r); });
   });
 });
+document.getElementById('only').addEventListener('change', function(event){
+  document.body.classList.toggle('review-only', event.target.checked);
+});
+var view = document.getElementById('view');
+document.querySelectorAll('td img').forEach(function(img){
+  img.addEventListener('click', function(){
+    view.querySelector('img').src = img.src;
+    view.querySelector('p').textContent = img.alt;
+    view.style.display = 'flex';
+  });
+});
+view.addEventListener('click', function(){ view.style.display = 'none'; });
 """
 
 
@@ -118,10 +140,12 @@ def row_html(row: dict, output_dir: Path, signals: list[str]) -> str:
     review = row.get("review")
     state = "error" if row["status"] == "error" else (review if isinstance(review, str) else "")
     mask = row.get("mask")
-    thumb = ""
-    if isinstance(mask, str) and mask and (output_dir / thumbnail_name(mask)).is_file():
-        source = html.escape(thumbnail_name(mask))
-        thumb = f'<img loading="lazy" src="{source}" alt="">'
+    thumb, mask_link = "", ""
+    if isinstance(mask, str) and mask:
+        mask_link = f'<a href="{html.escape(mask)}">{html.escape(mask)}</a>'
+        if (output_dir / thumbnail_name(mask)).is_file():
+            source = html.escape(thumbnail_name(mask))
+            thumb = f'<img loading="lazy" src="{source}" alt="{html.escape(str(row["input"]))}">'
     reasons = next(
         (
             text
@@ -130,10 +154,11 @@ def row_html(row: dict, output_dir: Path, signals: list[str]) -> str:
         ),
         "",
     )
-    label = html.escape(state or row["status"])
+    label = html.escape(state or ("no flags" if row["status"] != "error" else "error"))
     cells = [
         f'<td data-v="{html.escape(str(row["input"]))}">{thumb}</td>',
         cell(row["input"]),
+        f'<td data-v="{html.escape(str(mask or ""))}">{mask_link}</td>',
         f'<td class="badge" data-v="{html.escape(state)}">{label}</td>',
         cell(reasons),
         *(cell(row.get(name)) for name in signals),
@@ -150,7 +175,8 @@ def write_review_page(report: pd.DataFrame, output_dir: Path) -> Path:
     errors = int((report["status"] == "error").sum())
     # the signals this run measured (flip_disagreement only with --qc full or --tta)
     signals = [name for name in SIGNALS if name in report and report[name].notna().any()]
-    headers = ["image", "input", "review", "reasons", *signals, "foreground", "confidence"]
+    headers = ["image", "input", "mask", "review", "reasons", *signals, "foreground"]
+    headers.append("confidence")
     calibrated = report["review"].notna().any()
     summary = (
         f"{flagged} of {len(report)} masks to review"
@@ -164,11 +190,13 @@ def write_review_page(report: pd.DataFrame, output_dir: Path) -> Path:
 <h1>{html.escape(summary)}</h1>
 <p>{errors} error(s). Flagged masks first; each reason is a quality signal above the threshold
 calibrated on the model's validation (or out-of-fold) cases (see model.json).
-Click a column to sort. Red: the predicted mask.</p>
+Click a column to sort, a thumbnail to see it larger. Yellow: the outline of the predicted
+mask. <label><input type="checkbox" id="only"> only the masks to review</label></p>
 <table><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in headers)}</tr></thead>
 <tbody>
 {body}
 </tbody></table>
+<div id="view"><img alt=""><p></p></div>
 <script>{SORT_SCRIPT}</script>
 </body></html>
 """

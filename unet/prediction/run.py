@@ -101,7 +101,14 @@ def segment_files(
         "segmenting %d files from %s into %s", len(plan.inputs), plan.input_dir, plan.output_dir
     )
     with (
-        ResultSink(plan, output_format, window, on_progress, segmenter.info.quality) as sink,
+        ResultSink(
+            plan,
+            output_format,
+            window,
+            on_progress,
+            segmenter.info.quality,
+            colour=segmenter.channels == 3 and not segmenter.info.context_slices,
+        ) as sink,
         ThreadPoolExecutor(2) as readers,
     ):
         loaded = read_inputs(plan, segmenter, output_format, readers, window)

@@ -54,8 +54,10 @@ class ResultSink:
         window: int,
         on_progress: ProgressCallback | None = None,
         quality: QualityReference | None = None,
+        colour: bool = False,
     ):
         self.plan, self.format, self.window = plan, output_format, window
+        self.colour = colour  # the model reads colour images: thumbnails in colour
         self.on_progress = on_progress
         self.quality = quality  # the model's calibrated quality flags, or None
         self.rows: dict[str, dict[str, object]] = {}
@@ -151,10 +153,10 @@ class ResultSink:
         )
         quality = with_notes(quality, item.notes)
         if self.plan.config.review_page:  # small: encoded by the writer thread
-            small = thumbnail(item.image, result.classes)
+            small = thumbnail(item.image, result.classes, colour=self.colour)
             self.writer.submit(write_thumbnail, self.plan.output_dir, item.input.mask_name, small)
         if self.plan.config.overlays:
-            full = thumbnail(item.image, result.classes, side=None)
+            full = thumbnail(item.image, result.classes, side=None, colour=self.colour)
             self.writer.submit(write_overlay, self.plan.output_dir, item.input.mask_name, full)
         self.pending.append((item, future, result.mean_confidence, quality))
         while len(self.pending) > self.window:  # bounded: memory does not grow with the folder
