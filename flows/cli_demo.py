@@ -96,6 +96,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"  masks:       {out / 'predictions'} ({predicted.num_ok} of "
         f"{predicted.num_inputs} test images)\n"
         f"  report:      {predicted.report}\n"
+        f"  review page: {predicted.review_page} (open it in a browser)\n"
         f"  test Dice (U-Net, foreground):  {summary.test_dice:.4f}\n"
         f"  test Dice (Otsu threshold):     {summary.otsu_dice:.4f}\n"
     )
@@ -146,6 +147,7 @@ def run_volume_demo(args: argparse.Namespace) -> int:
         f"  masks:       {out / 'predictions'} ({predicted.num_ok} of {predicted.num_inputs} "
         f"test volumes: NIfTI masks in each scan's geometry; dicom/{test[0]}.seg.dcm)\n"
         f"  report:      {predicted.report}\n"
+        f"  review page: {predicted.review_page}\n"
         f"  test per-volume Dice: {volumes.get('dice_mean', float('nan')):.4f}, HD95 "
         f"{volumes.get('hd95_mm_mean') or float('nan'):.2f} mm\n"
     )
