@@ -26,6 +26,7 @@ from flows.cli_args import (
     add_config_arguments,
     config_from_args,
     flag_name,
+    start_tensorflow,
 )
 from flows.cli_demo import add_demo_command, run_demo
 from unet.config import (
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--version", action=PrintVersion, nargs=0, help="Print the versions and exit."
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Show everything the libraries print (TensorFlow's start-up lines are hidden "
+        "otherwise).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -177,6 +184,7 @@ def add_model_commands(commands) -> None:
 def run_prepare_command(args: argparse.Namespace) -> int:
     config = config_from_args(PrepareConfig, args)
     check_dataset(config)
+    start_tensorflow(args)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.prepare import prepare_flow
 
@@ -195,6 +203,7 @@ def run_prepare_command(args: argparse.Namespace) -> int:
 def run_plan(args: argparse.Namespace) -> int:
     config = config_from_args(PrepareConfig, args)
     check_dataset(config)
+    start_tensorflow(args)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.prepare import prepare_flow
 
@@ -218,6 +227,7 @@ def run_train(args: argparse.Namespace) -> int:
         "crossval": config_from_args(CrossValidationConfig, args),
     }
     check_dataset(configs["prepare"])
+    start_tensorflow(args)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.train import describe_test_scores, train_flow
 
@@ -254,6 +264,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"split": config.split or "test"})
         print(f"scoring the {config.split} split of the data {config.model} was trained on")
     check_dataset(data)
+    start_tensorflow(args)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.evaluate import evaluate_flow
 
@@ -323,6 +334,7 @@ def run_predict(args: argparse.Namespace) -> int:
     check_path(config.input_dir, "input folder")
     if Path(config.output_dir).is_file():
         raise FileNotFoundError(f"output folder {config.output_dir} is a file, not a folder")
+    start_tensorflow(args)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.predict import predict_flow
     from tasks.prediction import review_line
@@ -338,6 +350,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    start_tensorflow(args)
     out = export_model(args.model, args.out, args.format)
     print(f"exported {args.model} to {out} ({args.format}; export.json says how to use it)")
     return 0
@@ -352,6 +365,7 @@ def run_retrain(args: argparse.Namespace) -> int:
         "crossval": config_from_args(CrossValidationConfig, args),
     }
     check_dataset(configs["prepare"])
+    start_tensorflow(args)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.nightly import nightly_retrain_flow
 

@@ -4,6 +4,8 @@ default and description (``--val-fraction`` -> ``PrepareConfig.val_fraction``)."
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import types
 import typing
 
@@ -79,3 +81,23 @@ def config_from_args(config_class: type, args: argparse.Namespace, **values: obj
         if getattr(args, name, None) is not None
     }
     return config_class(**{**given, **values})
+
+
+def start_tensorflow(args: argparse.Namespace) -> None:
+    """Import TensorFlow once the command's arguments are checked: with file descriptor 2
+    pointed at /dev/null meanwhile (its C++ start-up lines, oneDNN and CUDA drivers, bypass
+    every log setting), unless ``--verbose``. An import error still reaches the user."""
+    if getattr(args, "verbose", False) or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                # deferred: imports TensorFlow (4 s), only for the commands that need it
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)

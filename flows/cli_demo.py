@@ -14,6 +14,7 @@ import flows  # noqa: F401  (environment defaults first)
 from data_catalog.config import PrepareConfig
 from data_catalog.synthetic import generate_synthetic_dataset
 from data_catalog.synthetic_volumes import make_synthetic_volumes, write_dicom_series
+from flows.cli_args import start_tensorflow
 from unet.config import (
     PredictConfig,
     TrainConfig,
@@ -58,6 +59,7 @@ def add_demo_command(commands) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    start_tensorflow(args)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
     from flows.predict import predict_flow
     from flows.train import train_flow

@@ -12,6 +12,9 @@ _DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "TF_CPP_MIN_LOG_LEVEL": "3",
+    # library loggers (data_catalog, unet) log outside flow runs too (the demo's data, the
+    # CLI's checks): no "attempted to send logs to the API without a flow run id" warnings.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     # oneDNN: 1.2-1.5x faster training on CPUs where TensorFlow leaves it off by default.
     "TF_ENABLE_ONEDNN_OPTS": "1",
 }

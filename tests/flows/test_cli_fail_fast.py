@@ -76,3 +76,21 @@ def test_version(folders):
     done, seconds = _segflow("--version", cwd=folders)
     assert done.returncode == 0 and done.stdout.startswith("segflow 0.1.0 (")
     assert "TensorFlow" in done.stdout and "Prefect" in done.stdout and seconds < BOUND_SECONDS
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_tensorflows_start_up_lines_are_hidden_unless_verbose(folders, verbose):
+    code = (
+        "import argparse; from flows.cli_args import start_tensorflow; "
+        f"start_tensorflow(argparse.Namespace(verbose={verbose})); import tensorflow"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=folders,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("oneDNN custom operations" in done.stderr) == verbose
