@@ -26,6 +26,7 @@ from data_catalog.dicom_series import series_files
 from data_catalog.images import DICOM_EXTENSIONS
 from data_catalog.labels import LabelRule
 from data_catalog.manifest_file import mask_paths
+from data_catalog.progress import progress
 from data_catalog.reading import load_case
 
 PERCENTILES = (0.5, 50.0, 99.5)
@@ -186,7 +187,8 @@ def fingerprint_dataset(
         return case_stats(row["key"], str(row["group"]), image, classes), sample
 
     with ThreadPoolExecutor(num_workers) as pool:
-        results = list(pool.map(one, manifest.to_dict("records")))
+        rows = pool.map(one, manifest.to_dict("records"))
+        results = list(progress(rows, "fingerprint", len(manifest)))
     stats = [case for case, _ in results]
     cases = pd.DataFrame([asdict(s) for s in stats])
     return {

@@ -31,6 +31,7 @@ from data_catalog.manifest_file import (
 )
 from data_catalog.pairing import CaseFiles, Problem, pair_cases, problem
 from data_catalog.pairing_hints import suggest_rule
+from data_catalog.progress import progress
 from data_catalog.reading import (
     MaskValueError,
     SizeMismatchError,
@@ -317,7 +318,8 @@ def index_dataset(
     cases, problems = pair_cases(config)
     reader = CachedReader(config, Path(cache_path) if cache_path else None)
     with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
-        results = [row for rows in pool.map(reader.index, cases) for row in rows]
+        indexed = progress(pool.map(reader.index, cases), "indexing", len(cases))
+        results = [row for rows in indexed for row in rows]
     reader.save()
     rows = [row for row in results if "key" in row]
     problems = problems + [row for row in results if "key" not in row]

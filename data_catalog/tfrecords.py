@@ -29,6 +29,7 @@ from data_catalog.hashing import hash_json
 from data_catalog.images import encode_png
 from data_catalog.labels import LabelRule
 from data_catalog.manifest_file import mask_paths
+from data_catalog.progress import progress
 from data_catalog.reading import load_case
 from data_catalog.volumes import VOLUMES
 
@@ -238,7 +239,8 @@ def write_tfrecords(
     jobs = shard_jobs(by_key, splits, out_dir, num_shards, sidecar["splits"])
     settings = (rule, channels, dtype, context_slices, slice_axis)
     with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
-        written = sum(pool.map(lambda job: _write_shard(*job, *settings), jobs))
+        shards = pool.map(lambda job: _write_shard(*job, *settings), jobs)
+        written = sum(progress(shards, "writing TFRecords", len(jobs), unit="shard"))
     write_json_atomic(out_dir / SIDECAR_NAME, sidecar)
     logger.info("wrote %d records in %d shards to %s", written, len(jobs), out_dir)
     return sidecar

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_catalog.cases import Case
+from data_catalog.progress import progress
 from unet.inference.segmenter import Segmentation, Segmenter
 
 
@@ -36,13 +37,16 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def prepared_batches(segmenter: Segmenter, cases: Iterable[Case]) -> Iterator[tuple[list, list]]:
-    """``(cases, prepared images)`` of up to the segmenter's batch size, one batch in memory.
+def prepared_batches(
+    segmenter: Segmenter, cases: Iterable[Case], step: str = "segmenting cases"
+) -> Iterator[tuple[list, list]]:
+    """``(cases, prepared images)`` of up to the segmenter's batch size, one batch in memory;
+    a progress bar named ``step`` counts the cases.
 
     Raises:
         ValueError: a case whose image and truth differ in size, naming it.
     """
-    for batch in batched(cases, segmenter.batch_size):
+    for batch in batched(progress(cases, step), segmenter.batch_size):
         for case in batch:
             if case.image.shape[:2] != case.truth.shape:
                 raise ValueError(
@@ -51,20 +55,22 @@ def prepared_batches(segmenter: Segmenter, cases: Iterable[Case]) -> Iterator[tu
         yield batch, [segmenter.prepare(case.image, case.key, case.stats) for case in batch]
 
 
-def segment_cases(segmenter: Segmenter, cases: Iterable[Case]) -> Iterator[SegmentedCase]:
+def segment_cases(
+    segmenter: Segmenter, cases: Iterable[Case], step: str = "segmenting cases"
+) -> Iterator[SegmentedCase]:
     """Every case segmented through :meth:`Segmenter.segment` (the path prediction ships)."""
-    for batch, prepared in prepared_batches(segmenter, cases):
+    for batch, prepared in prepared_batches(segmenter, cases, step):
         results = segmenter.segment(prepared)
         for case, ready, result in zip(batch, prepared, results, strict=True):
             yield SegmentedCase(case.key, case.image, case.truth, ready, result)
 
 
 def case_probabilities(
-    segmenters: Sequence[Segmenter], cases: Iterable[Case]
+    segmenters: Sequence[Segmenter], cases: Iterable[Case], step: str = "segmenting cases"
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
     """Every case's truth and class probabilities from each segmenter (models that share
     their preprocessing, e.g. one model in float32 and in bfloat16), prepared once."""
-    for batch, prepared in prepared_batches(segmenters[0], cases):
+    for batch, prepared in prepared_batches(segmenters[0], cases, step):
         # lazily, one image's maps at a time (a large image's maps are large)
         streams = [segmenter.probability_maps(prepared) for segmenter in segmenters]
         for case, *maps in zip(batch, *streams, strict=True):

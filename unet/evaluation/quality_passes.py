@@ -88,7 +88,7 @@ def quality_table(
     segmented as prediction does; each volume slice also handed to ``volumes``."""
 
     rows = []
-    for case in segment_cases(segmenter, cases):
+    for case in segment_cases(segmenter, cases, "calibrating quality flags"):
         result = case.result
         signals = quality_signals(
             case.prepared, result.classes, result.confidence, reference, result.flip_counts

@@ -75,7 +75,7 @@ def score_cases(
     rows = []
     context = segmenter.info.context_slices
     quality = segmenter.info.quality
-    for case in segment_cases(segmenter, cases):
+    for case in segment_cases(segmenter, cases, "evaluating"):
         key, truth, result = case.key, case.truth, case.result
         volumes.add(key, truth, result.classes)
         shown = centre_slice(case.image, context)

@@ -38,7 +38,7 @@ def tune_on_cases(
     binary = segmenter.num_classes == 2
     agreeing = total = 0
     segmenters = [segmenter, bfloat16] if bfloat16 is not None else [segmenter]
-    for truth, (full, *others) in case_probabilities(segmenters, cases):
+    for truth, (full, *others) in case_probabilities(segmenters, cases, "tuning"):
         if binary:
             tuners["float32"].add(full, truth)
         for low in others:  # the bfloat16 maps

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from data_catalog.atomic import spreadsheet_safe, write_csv_atomic
+from data_catalog.progress import progress
 from unet.config import PredictConfig
 from unet.inference.segmenter import Segmenter
 from unet.prediction.plan import (
@@ -113,7 +113,7 @@ def segment_files(
     ):
         loaded = read_inputs(plan, segmenter, output_format, readers, window)
         segment_stream(
-            tqdm(loaded, total=len(plan.inputs), desc="segmenting", unit="image", disable=None),
+            progress(loaded, "segmenting", len(plan.inputs), unit="input"),
             segmenter,
             sink,
         )

@@ -13,6 +13,7 @@ import keras
 import pandas as pd
 
 from data_catalog.atomic import write_csv_atomic
+from data_catalog.progress import bar
 from data_catalog.tfrecords import split_files
 from unet.config import TrainConfig
 from unet.data.pipeline import training_dataset, validation_dataset
@@ -69,13 +70,17 @@ class TrainingControl(keras.callbacks.Callback):
         self.epochs = state.planned_epochs or config.optimisation.epochs
         self.batch_ends: list[float] = []
         self.validation_seconds = self.save_seconds = 0.0
+        self.bar = None  # the epoch's progress bar over its steps
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.perf_counter()
         self.batch_ends = []
+        self.bar = bar(self.steps, f"epoch {epoch + 1}/{self.epochs}")
 
     def on_train_batch_end(self, batch, logs=None):
         self.batch_ends.append(time.perf_counter())
+        if self.bar is not None:
+            self.bar.update(1)
         if self.budget and time.perf_counter() - self.started > self.budget:
             self.model.stop_training = True
             self.state.stop_reason = "time budget"
@@ -91,6 +96,8 @@ class TrainingControl(keras.callbacks.Callback):
         return step * self.steps + self.validation_seconds + self.save_seconds
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.close()
         numbers = {name: float(value) for name, value in (logs or {}).items()}
         ended = time.perf_counter()
         seconds = ended - self.epoch_started
@@ -133,9 +140,10 @@ class TrainingControl(keras.callbacks.Callback):
             state.stop_reason = "time budget"
 
     def _log(self, epoch: int, numbers: dict[str, float], score: float, seconds: float) -> None:
+        left = (self.epochs - epoch - 1) * self.epoch_estimate()
         logger.info(
             "epoch %d/%d: loss %.4f, dice %.4f, val loss %.4f, val dice %.4f (averaged %.4f)%s "
-            "(%.1f s)",
+            "(%.1f s%s)",
             epoch + 1,
             self.epochs,
             numbers.get("loss", math.nan),
@@ -145,6 +153,7 @@ class TrainingControl(keras.callbacks.Callback):
             self.state.smoothed,
             " (best)" if self.state.best_epoch == epoch + 1 else "",
             seconds,
+            f"; about {left / 60:.1f} min to the last epoch" if left > 0 else "",
         )
         if self.on_epoch_end_callback is not None:
             self.on_epoch_end_callback(epoch + 1, self.epochs, {**numbers, "seconds": seconds})
