@@ -34,6 +34,7 @@ VOLUME_PIXELS_FACTOR = 8
 Image.MAX_IMAGE_PIXELS = None  # segflow checks the declared size itself (check_pixels)
 # An RGB file whose channels differ by at most this much is grey that went through JPEG.
 NEAR_GREY_SPREAD = 3
+MARKED_GREY_SHARE = 0.05  # below this share of coloured pixels: a grey scan with marks
 
 
 class ImageReadError(ValueError):
@@ -321,13 +322,28 @@ def to_channels(image: np.ndarray, num_channels: int, path: str | Path = "<array
         if spread <= NEAR_GREY_SPREAD:  # grey saved through a lossy colour codec (JPEG)
             grey = image.astype(np.float64).mean(axis=2)
             return np.rint(grey).astype(image.dtype)[:, :, None]
-        raise ChannelError(
-            path,
-            f"has 3 different channels (up to {spread} levels apart) but the dataset is "
-            "greyscale (channels: 1); use channels: 3 for colour or multi-sequence images",
-        )
+        raise ChannelError(path, colour_advice(image, spread))
     raise ChannelError(
         path, f"cannot convert an image with {channels} channels to {num_channels} channels"
+    )
+
+
+def colour_advice(image: np.ndarray, spread: int) -> str:
+    """Why a colour image cannot be read as grey, and what to do: a grey scan with a few
+    coloured marks (calipers, annotations burnt in) is told apart from a colour image."""
+    coloured = (image.max(axis=2).astype(np.int64) - image.min(axis=2)) > NEAR_GREY_SPREAD
+    share = float(coloured.mean())
+    if share < MARKED_GREY_SHARE:
+        return (
+            f"a grey scan with coloured marks on {share:.1%} of its pixels (e.g. calipers or "
+            "annotations burnt in by the scanner) for a greyscale dataset (channels 1); "
+            "segflow predict --colour-input grey reads such scans as grey, or remove the marks "
+            "from the training images"
+        )
+    return (
+        f"has 3 different channels (up to {spread} levels apart, on {share:.0%} of its pixels) "
+        "but the dataset is greyscale (channels 1); use --channels 3 for colour or "
+        "multi-sequence images"
     )
 
 

@@ -70,3 +70,12 @@ def test_colour_in_a_greyscale_dataset_is_an_error_not_a_silent_conversion():
 def test_alpha_is_dropped():
     rgba = np.zeros((2, 2, 4), np.uint8)
     assert to_channels(rgba, 3).shape == (2, 2, 3)
+
+
+def test_a_grey_scan_with_coloured_calipers_is_told_so_not_to_train_on_colour():
+    scan = np.repeat(np.random.default_rng(2).integers(0, 255, (40, 40, 1), dtype=np.uint8), 3, 2)
+    scan[5, 5:15] = (0, 255, 0)  # a green caliper line: 10 of 1600 pixels
+    with pytest.raises(ChannelError, match="grey scan with coloured marks on 0.6% of its pixels"):
+        to_channels(scan, 1, "us.png")
+    with pytest.raises(ChannelError, match="--colour-input grey"):
+        to_channels(scan, 1, "us.png")
