@@ -166,3 +166,16 @@ def test_threshold_tuner_picks_the_best_threshold_and_size_from_running_sums():
     assert result["val_dice"] == 1.0 and result["num_cases"] == 2
     assert result["val_dice_argmax"] == pytest.approx(0.0)  # argmax keeps only the stray
     assert ThresholdTuner().result()["threshold"] is None
+
+
+def test_overlays_show_cases_with_foreground_and_are_named_by_the_key(tmp_path):
+    from unet.evaluation.scores import overlay_file
+
+    empty = np.zeros((4, 4), np.uint8)
+    lesion = empty.copy()
+    lesion[1:3, 1:3] = 1
+    cases = [Case(f"/abs/path/vol/z00{k}", np.zeros((4, 4), np.uint8), empty) for k in range(3)]
+    cases.append(Case("/abs/path/vol/z003", np.zeros((4, 4), np.uint8), lesion))
+    evaluate_cases(_Constant(empty), cases, tmp_path, num_overlays=1)
+    assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["vol__z003.png"]
+    assert overlay_file("TCGA_1/TCGA_1_12") == "TCGA_1__TCGA_1_12.png"

@@ -4,7 +4,7 @@ per-volume tallies, the model's facts."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -72,7 +72,7 @@ def score_cases(
 ) -> list[dict]:
     """Segment the cases batch by batch; one :func:`score_case` row each, the first
     ``num_overlays`` overlays written, every volume slice handed to ``volumes``."""
-    rows = []
+    rows, written = [], 0
     context = segmenter.info.context_slices
     quality = segmenter.info.quality
     for case in segment_cases(segmenter, cases, "evaluating"):
@@ -86,12 +86,19 @@ def score_cases(
             case.prepared, result.classes, result.confidence, quality, result.flip_counts
         )
         rows.append({**row, **signals})
-        if len(rows) <= num_overlays:
-            name = key.replace("/", "__") + ".png"
+        if written < num_overlays and (truth.any() or result.classes.any()):
+            written += 1  # overlays of cases with something to see (not empty slices)
             write_png_atomic(
-                out_dir / "overlays" / name, make_overlay(shown, truth, result.classes)
+                out_dir / "overlays" / overlay_file(key), make_overlay(shown, truth, result.classes)
             )
     return rows
+
+
+def overlay_file(key: str) -> str:
+    """An overlay's file name from its case key: its last two parts (``volume/z012`` ->
+    ``volume__z012.png``), never a flattened absolute path."""
+    parts = [part for part in PurePosixPath(key).parts if part not in ("/", "..", ".")]
+    return "__".join(parts[-2:]) + ".png"
 
 
 SCORES = ("dice", "iou", "precision", "recall", "hd95")
