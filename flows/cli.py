@@ -41,7 +41,7 @@ from unet.inference.export import export_model
 from unet.store import registry
 from unet.store.lineage import code_revision, library_versions
 from unet.store.registry import registry_root, resolve_model_file
-from unet.training.planning import plan_training
+from unet.training.planning import PLANNED_SETTINGS, plan_training
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-register", action="store_true", help="Do not register the model.")
     add_config_arguments(train, PrepareConfig)
-    add_config_arguments(train, TrainConfig, skip=("intensity_window",))
+    add_config_arguments(train, TrainConfig, skip=("intensity_window",), planned=PLANNED_SETTINGS)
     add_config_arguments(train, DeviceConfig)
     add_config_arguments(train, CrossValidationConfig)
 
@@ -175,7 +175,7 @@ def add_model_commands(commands) -> None:
         "--runs-dir", default="runs/nightly", help="Folder of nightly run folders."
     )
     add_config_arguments(retrain, PrepareConfig)
-    add_config_arguments(retrain, TrainConfig, skip=("intensity_window",))
+    add_config_arguments(retrain, TrainConfig, skip=("intensity_window",), planned=PLANNED_SETTINGS)
     add_config_arguments(retrain, DeviceConfig)
     add_config_arguments(retrain, CrossValidationConfig)
     add_config_arguments(retrain, PromotionConfig)

@@ -33,6 +33,7 @@ def add_config_arguments(
     config_class: type,
     skip: tuple[str, ...] = (),
     required: tuple[str, ...] = (),
+    planned: frozenset[str] = frozenset(),
 ) -> None:
     """Add one flag per field of a pydantic config, with its type, choices and description."""
     group = parser.add_argument_group(config_class.__name__)
@@ -57,7 +58,9 @@ def add_config_arguments(
             kwargs.update(choices=choices, type=type(choices[0]))
         else:
             kwargs["type"] = annotation
-        if not field.is_required() and field.default is not None:
+        if name in planned:
+            kwargs["help"] = f"{field.description} Default: planned from the data (segflow plan)."
+        elif not field.is_required() and field.default is not None:
             kwargs["help"] = f"{field.description} Default: {field.default}."
         if name in required:
             kwargs["required"] = True

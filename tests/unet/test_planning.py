@@ -3,7 +3,7 @@
 import pytest
 
 from unet.config import TrainConfig
-from unet.training.planning import apply_plan, depth_for, plan_training
+from unet.training.planning import PLANNED_SETTINGS, apply_plan, depth_for, plan_training
 
 
 def fingerprint(scale_cases=1.2, scale_groups=1.1, side=512, foreground=0.2, empty=0.0, groups=12):
@@ -47,6 +47,7 @@ def test_plan_rules(data, expected):
         assert values[name] == value, (name, plan.markdown())
     assert all(setting.reason for setting in plan.settings)
     TrainConfig(**values)  # every plan is a valid config
+    assert set(values) <= PLANNED_SETTINGS  # the help says "planned" for each of them
 
 
 def test_settings_the_user_gave_are_kept_and_the_rest_planned():

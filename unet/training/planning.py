@@ -26,6 +26,25 @@ STEP_PIXELS = 8 * 128 * 128  # pixels per training step: 8 patches of 128 px
 FEW_GROUPS = 50  # below this many groups (patients), geometric augmentation is stronger
 
 
+# The training settings the plan chooses from the data when the user does not give them.
+PLANNED_SETTINGS = frozenset(
+    {
+        "image_size",
+        "depth",
+        "batch_size",
+        "normalization",
+        "intensity_window",
+        "foreground_patch_fraction",
+        "rotation_degrees",
+        "scale_range",
+        "contrast",
+        "gamma",
+        "best_epoch_smoothing",
+        "fit_to_budget",
+    }
+)
+
+
 @dataclass(frozen=True)
 class PlannedSetting:
     """One training setting chosen from the data, and why."""
