@@ -21,6 +21,8 @@ import flows  # noqa: F401  (environment defaults first)
 from data_catalog.atomic import DiskFullError, write_json_atomic
 from data_catalog.config import PrepareConfig
 from data_catalog.errors import NameNotFound
+from data_catalog.manifest import EmptyDatasetError, index_dataset
+from data_catalog.pairing_hints import suggest_rule
 from data_catalog.preflight import check_dataset, check_path
 from flows.cli_args import (
     add_config_arguments,
@@ -74,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument("--out", required=True, help="Folder for manifest, splits, TFRecords.")
     add_config_arguments(prepare, PrepareConfig)
+
+    check = commands.add_parser(
+        "check",
+        help="Pair and validate a dataset in seconds (no training, nothing written): cases, "
+        "groups, every problem by kind, a suggested pairing rule when files do not pair.",
+    )
+    add_config_arguments(check, PrepareConfig)
 
     plan = commands.add_parser(
         "plan",
@@ -198,6 +207,32 @@ def run_prepare_command(args: argparse.Namespace) -> int:
         f"{result.tfrecords}\nsummary: {result.summary}"
     )
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``segflow check``: index the dataset as ``prepare`` would, without Prefect or
+    TensorFlow, and say what it found; exit 1 when a case has a problem."""
+    config = check_dataset(config_from_args(PrepareConfig, args))
+    logging.getLogger("data_catalog").setLevel(logging.ERROR)  # said below, once
+    try:
+        index = index_dataset(config)
+    except EmptyDatasetError as error:
+        print(f"segflow check: {error}")
+        return 1
+    manifest, problems = index.manifest, index.problems
+    print(
+        f"{len(manifest)} cases in {manifest['group'].nunique()} groups (pairing rule "
+        f"{config.pairing}), mean foreground fraction "
+        f"{manifest['foreground_fraction'].mean():.4f}; {len(problems)} problem(s)"
+    )
+    for kind, count in problems["problem"].value_counts().items():
+        example = problems[problems["problem"] == kind].iloc[0]
+        print(f"  {count} x {kind}: e.g. {example['file']} ({example['detail']})")
+    unpaired = problems["problem"].isin(["no mask", "no image"]).any()
+    hint = suggest_rule(config) if unpaired else None
+    if hint:
+        print(f"from the file names: {hint}")
+    return 0 if problems.empty else 1
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -385,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "prepare": run_prepare_command,
         "plan": run_plan,
+        "check": run_check,
         "demo": run_demo,
         "train": run_train,
         "evaluate": run_evaluate,

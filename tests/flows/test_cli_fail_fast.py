@@ -94,3 +94,21 @@ def test_tensorflows_start_up_lines_are_hidden_unless_verbose(folders, verbose):
     )
     assert done.returncode == 0, done.stderr
     assert ("oneDNN custom operations" in done.stderr) == verbose
+
+
+def test_check_pairs_and_validates_in_seconds_and_suggests_a_rule(folders):
+    from PIL import Image
+
+    for index in range(3):
+        Image.new("L", (8, 8)).save(folders / "images" / f"us ({index}).png")
+        mask = Image.new("L", (8, 8))
+        mask.putpixel((2, 2), 255)
+        mask.save(folders / "masks" / f"us ({index})_mask.png")
+    done, seconds = _segflow("check", "--images", "images", "--masks", "masks", cwd=folders)
+    assert done.returncode == 1 and seconds < BOUND_SECONDS
+    assert "3 of 3 images would pair with --mask-suffix _mask --masks masks" in done.stdout
+    good = ["check", "--images", "images", "--masks", "masks", "--mask-suffix", "_mask"]
+    done, _ = _segflow(*good, cwd=folders)
+    assert done.returncode == 0 and done.stdout.startswith("3 cases in 3 groups")
+    assert sorted(p.name for p in folders.iterdir()) == ["a-file.png", "catalog.yaml", "images",
+                                                         "masks"]  # fmt: skip
