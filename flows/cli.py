@@ -154,6 +154,13 @@ def add_model_commands(commands) -> None:
     predict.add_argument("input_dir", help="Folder of images, searched recursively.")
     predict.add_argument("output_dir", help="Folder for the masks and report.csv.")
     add_config_arguments(predict, PredictConfig, skip=("input_dir", "output_dir"))
+    predict.add_argument(
+        "--binary-255",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Before --mask-values: --binary-255 is now the default (--mask-values 255), "
+        "--no-binary-255 is --mask-values index.",
+    )
 
     export = commands.add_parser(
         "export", help="Write a model for serving (SavedModel or ONNX, with export.json)."
@@ -364,7 +371,8 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    config = config_from_args(PredictConfig, args)
+    old = {} if args.binary_255 is None else {"binary_255": args.binary_255}
+    config = config_from_args(PredictConfig, args, **old)
     resolve_model_file(config.model)
     check_path(config.input_dir, "input folder")
     if Path(config.output_dir).is_file():

@@ -112,3 +112,28 @@ def test_check_pairs_and_validates_in_seconds_and_suggests_a_rule(folders):
     assert done.returncode == 0 and done.stdout.startswith("3 cases in 3 groups")
     assert sorted(p.name for p in folders.iterdir()) == ["a-file.png", "catalog.yaml", "images",
                                                          "masks"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [([], "255"), (["--no-binary-255"], "index"), (["--binary-255"], "255"),
+     (["--mask-values", "index"], "index")],
+)  # fmt: skip
+def test_the_old_binary_255_flag_still_means_what_it_did(folders, monkeypatch, flags, expected):
+    import flows.predict
+    from flows.cli import main
+    from tasks.prediction import SegmentationSummary
+
+    (folders / "run").mkdir()
+    (folders / "run" / "model.keras").write_bytes(b"")
+    (folders / "run" / "model.json").write_text("{}")
+    seen = []
+
+    def fake_flow(config):
+        seen.append(config)
+        return SegmentationSummary("report.csv", 0, 0, 0, 0, None)
+
+    monkeypatch.setattr(flows.predict, "predict_flow", fake_flow)
+    monkeypatch.chdir(folders)
+    assert main(["--verbose", "predict", "--model", "run", "images", "out", *flags]) == 0
+    assert seen[0].mask_values == expected
