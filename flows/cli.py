@@ -12,25 +12,28 @@ import argparse
 import json
 import logging
 import sys
-from importlib import metadata
 from pathlib import Path
 
-from pydantic import ValidationError
-
 import flows  # noqa: F401  (environment defaults first)
-from data_catalog.atomic import DiskFullError, write_json_atomic
+from data_catalog.atomic import write_json_atomic
 from data_catalog.config import PrepareConfig
-from data_catalog.errors import NameNotFound
 from data_catalog.manifest import EmptyDatasetError, index_dataset
 from data_catalog.pairing_hints import suggest_rule
 from data_catalog.preflight import check_dataset, check_path
 from flows.cli_args import (
     add_config_arguments,
     config_from_args,
-    flag_name,
     start_tensorflow,
 )
 from flows.cli_demo import add_demo_command, run_demo
+from flows.cli_messages import (
+    RUN_LOGGERS,
+    USER_ERRORS,
+    PrintVersion,
+    UserErrorTracebacks,
+    one_line,
+)
+from flows.cli_models import add_registry_commands, champion_line, run_models
 from unet.config import (
     CrossValidationConfig,
     DeviceConfig,
@@ -40,18 +43,10 @@ from unet.config import (
     TrainConfig,
 )
 from unet.inference.export import export_model
-from unet.store import registry
-from unet.store.lineage import code_revision, library_versions
 from unet.store.registry import registry_root, resolve_model_file
 from unet.training.planning import PLANNED_SETTINGS, plan_training
 
 logger = logging.getLogger(__name__)
-
-
-# Errors that mean the user's input is wrong (a path, a value, a model name) or the disk is
-# full: reported in one line. A KeyError or any other exception is a bug and keeps its
-# traceback.
-USER_ERRORS = (FileNotFoundError, ValueError, NameNotFound, DiskFullError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,39 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_commands(commands)
     return parser
-
-
-def add_registry_commands(commands) -> None:
-    """``segflow models list|show|promote|prune``."""
-    models = commands.add_parser("models", help="The model registry: list, show, promote, prune.")
-    models.add_argument(
-        "--registry", default=None, help="Registry folder. Default: $SEGFLOW_REGISTRY or ./models."
-    )
-    actions = models.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="Registered versions; * marks the champion.")
-    show = actions.add_parser("show", help="Metrics and lineage of a version.")
-    show.add_argument("version", help="A version name or 'champion'.")
-    promote = actions.add_parser("promote", help="Make a version the champion (atomically).")
-    promote.add_argument("version", help="The version to make champion (see `models list`).")
-    promote.add_argument(
-        "--reason",
-        default="manual promotion",
-        help="Recorded in promotions.jsonl. Default: manual promotion.",
-    )
-    prune = actions.add_parser(
-        "prune",
-        help="Remove old versions (never the champion or its predecessor) and old run folders.",
-    )
-    prune.add_argument("--keep", type=int, default=5, help="Newest versions kept. Default: 5.")
-    prune.add_argument("--runs-dir", default=None, help="Folder of run folders, e.g. runs/nightly.")
-    prune.add_argument(
-        "--older-than-days",
-        type=float,
-        default=None,
-        help="With --runs-dir: remove run folders "
-        "unchanged for this many days (never those of kept versions).",
-    )
-    prune.add_argument("--dry-run", action="store_true", help="Only say what would go.")
 
 
 def add_model_commands(commands) -> None:
@@ -288,16 +250,6 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def champion_line(version: str, champion: str | None, registry: str) -> str:
-    """Which model ``predict --model champion`` now takes, and how to make it this one."""
-    if champion == version:
-        return f"champion: {version} (the first model of {registry}; predict uses it by default)"
-    return (
-        f"champion stays {champion}; to use this model by default: segflow models "
-        f"--registry {registry} promote {version}"
-    )
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     config, data = config_from_args(EvaluateConfig, args), config_from_args(PrepareConfig, args)
     model = resolve_model_file(config.model)
@@ -343,31 +295,6 @@ def trained_on(model_dir: Path) -> PrepareConfig:
             "(--dataset, or --images with --masks, --mask-suffix or --key-pattern)"
         ) from None
     return PrepareConfig(**recorded)
-
-
-def run_models(args: argparse.Namespace) -> int:
-    root = registry.registry_root(args.registry)
-    if args.action == "list":
-        rows = registry.summary_rows(root)
-        if not rows:
-            print(f"no models in {root}")
-        for row in rows:
-            dice = "n/a" if row["test_dice"] is None else f"{row['test_dice']:.4f}"
-            print(
-                f"{row['champion']:1} {row['version']}  test Dice {dice}  "
-                f"{row['architecture']}  data {row['dataset_hash']}  {row['registered_at']}"
-            )
-    elif args.action == "show":
-        print(json.dumps(registry.describe(args.version, root), indent=2, default=str))
-    elif args.action == "prune":
-        removed = registry.prune(root, args.keep, args.runs_dir, args.older_than_days, args.dry_run)
-        verb = "would remove" if args.dry_run else "removed"
-        print(f"{verb} {len(removed.versions)} versions: {', '.join(removed.versions) or '-'}")
-        print(f"{verb} {len(removed.runs)} run folders: {', '.join(removed.runs) or '-'}")
-    else:
-        record = registry.promote(args.version, root, args.reason)
-        print(f"champion: {record['version']} (was {record['previous']})")
-    return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -449,66 +376,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for logger in run_loggers:
             logger.removeFilter(quiet)
-
-
-class PrintVersion(argparse.Action):
-    """``--version``: the versions, looked up only when asked."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(version_line())
-        parser.exit()
-
-
-def version_line() -> str:
-    """``segflow 0.1.0 (commit 1a2b3c4d, TensorFlow 2.21.0, Prefect 3.4.0)``."""
-    versions = library_versions()
-    commit = code_revision()["git_commit"]
-    where = f"commit {str(commit)[:8]}, " if commit else ""
-    return (
-        f"segflow {versions.get('segflow') or 'unknown'} ({where}TensorFlow "
-        f"{versions.get('tensorflow')}, Keras {versions.get('keras')}, Prefect "
-        f"{metadata.version('prefect')})"
-    )
-
-
-def one_line(error: Exception) -> str:
-    """A user error in one line; a config's validation error names the flags it is about."""
-    if not isinstance(error, ValidationError):
-        return str(error)
-    problems = []
-    for item in error.errors():
-        names = [str(part) for part in item["loc"] if isinstance(part, str)]
-        message = item["msg"].removeprefix("Value error, ")
-        if names:
-            message = f"{flag_name(names[-1])}: {message} (received {item.get('input')!r})"
-        problems.append(message)
-    return "; ".join(problems)
-
-
-# Prefect's loggers that report a failed flow or task run with the exception's traceback.
-RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
-
-
-class UserErrorTracebacks(logging.Filter):
-    """Prefect's records of a run failed by a user error: the first keeps its one-line message
-    without the traceback; the records that only repeat it (task finished, flow exception,
-    flow finished) are dropped, so the user reads the error once in the run's log and once
-    from the CLI. Any other exception keeps its traceback."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: list[str] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
-            text = str(record.exc_info[1])
-            record.exc_info, record.exc_text = None, None
-            if text in self.seen:
-                return False
-            self.seen.append(text)
-            return True
-        message = record.getMessage()
-        return not any(text and text in message for text in self.seen)
 
 
 if __name__ == "__main__":

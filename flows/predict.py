@@ -38,7 +38,7 @@ def predict_flow(config: PredictConfig) -> SegmentationSummary:
 def predict_on_dask(config: PredictConfig) -> SegmentationSummary:
     """Shards of the input list on the flow's Dask task runner, then one merged report."""
     # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
-    from unet.prediction.plan import remove_stale_files
+    from unet.prediction.journal import remove_stale_files
 
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -339,7 +339,7 @@ def test_prefect_run_logs_drop_the_traceback_of_user_errors_only():
     import logging
     import sys
 
-    from flows.cli import UserErrorTracebacks
+    from flows.cli_messages import UserErrorTracebacks
 
     def record(error):
         try:

@@ -11,7 +11,6 @@ error row without being opened.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 from data_catalog.dicom_series import find_series, maybe_dicom
 from data_catalog.volumes import is_tiff_stack, is_volume, volume_stem
 from unet.config import PredictConfig
+from unet.prediction.journal import load_journal, remove_stale_files
 from unet.prediction.selection import InputSelection
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,6 @@ THUMBNAIL_DIR = "thumbnails"
 OVERLAY_DIR = "overlays"
 RESERVED_OUTPUTS = (REPORT_FILE, PAGE_FILE, JOURNAL_FILE)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
-# Temporary files of the atomic writers: ``.<name>.<pid>.tmp[.<suffix>]`` (masks, reports,
-# journals, mask videos, NIfTI volumes, TIFF stacks; older versions wrote no pid).
-TEMPORARY_NAME = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+){0,2}$")
 # PredictConfig fields that do not change what an input's outputs hold: a rerun that differs
 # only in these reuses earlier masks. Every other field is part of the journal key.
 LAYOUT_ONLY_OPTIONS = frozenset(
@@ -377,28 +374,3 @@ def dicom_volumes(files: list[Path], input_dir: Path) -> tuple[list[PlannedInput
         inputs.append(PlannedInput(entry.folder, relative, mask, entry.files, True, problem))
         taken.update(entry.files)
     return inputs, [path for path in files if path not in taken]
-
-
-def remove_stale_files(output_dir: Path) -> None:
-    """Delete temporary files a killed run left behind (never while shards are writing):
-    ``.<name>.<pid>.tmp[.<suffix>]`` of masks, reports, journals, mask videos, volumes and
-    stacks."""
-    for folder, _, names in os.walk(output_dir):
-        for name in names:
-            if TEMPORARY_NAME.match(name):
-                (Path(folder) / name).unlink(missing_ok=True)
-
-
-def load_journal(output_dir: Path) -> dict[str, dict]:
-    """Rows of inputs finished by earlier runs (all journals, shards' included), by input path;
-    a torn line (a kill, a full disk) is ignored."""
-    done: dict[str, dict] = {}
-    for path in sorted(output_dir.glob(".segflow-journal*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # the line a kill cut short
-            if isinstance(row, dict) and "input" in row:
-                done[row["input"]] = row
-    return done

@@ -152,12 +152,7 @@ class ResultSink:
             item.image, result.classes, result.confidence, self.quality, result.flip_counts
         )
         quality = with_notes(quality, item.notes)
-        if self.plan.config.review_page:  # small: encoded by the writer thread
-            small = thumbnail(item.image, result.classes, colour=self.colour)
-            self.writer.submit(write_thumbnail, self.plan.output_dir, item.input.mask_name, small)
-        if self.plan.config.overlays:
-            full = thumbnail(item.image, result.classes, side=None, colour=self.colour)
-            self.writer.submit(write_overlay, self.plan.output_dir, item.input.mask_name, full)
+        submit_pictures(self, item, result)
         self.pending.append((item, future, result.mean_confidence, quality))
         while len(self.pending) > self.window:  # bounded: memory does not grow with the folder
             self._collect(*self.pending.popleft())
@@ -241,3 +236,15 @@ def mask_statistics(mask: np.ndarray) -> tuple[float, int]:
     """Foreground pixel fraction and number of 8-connected foreground components of a mask."""
     foreground = (mask > 0).astype(np.uint8)
     return float(foreground.mean()), cv2.connectedComponents(foreground, connectivity=8)[0] - 1
+
+
+def submit_pictures(sink: ResultSink, item: LoadedInput, result: Segmentation) -> None:
+    """The input's review-page thumbnail and (``--overlays``) full-size overlay, handed to the
+    sink's writer thread, which encodes them."""
+    config, output_dir, name = sink.plan.config, sink.plan.output_dir, item.input.mask_name
+    if config.review_page:
+        small = thumbnail(item.image, result.classes, colour=sink.colour)
+        sink.writer.submit(write_thumbnail, output_dir, name, small)
+    if config.overlays:
+        full = thumbnail(item.image, result.classes, side=None, colour=sink.colour)
+        sink.writer.submit(write_overlay, output_dir, name, full)
