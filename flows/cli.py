@@ -314,6 +314,7 @@ def run_predict(args: argparse.Namespace) -> int:
         f"{review_line(summary)}; {summary.num_ok} of {summary.num_inputs} inputs segmented, "
         f"{summary.num_errors} errors ({summary.num_skipped} done by an earlier run); "
         f"report: {summary.report}"
+        + (f"\n{summary.left_out}" if summary.left_out else "")
         + (f"\nreview page: {summary.review_page}" if summary.review_page else "")
     )
     return 0 if summary.num_errors == 0 else 1

@@ -27,6 +27,7 @@ class SegmentationSummary:
     model_version: str | None
     num_review: int | None = None  # flagged for review; None: the model has no quality flags
     review_page: str | None = None  # review.html, when written
+    left_out: str = ""  # files under the input folder that were not inputs, and why
 
 
 @task(name="segment-folder", cache_policy=NO_CACHE)
@@ -36,7 +37,9 @@ def segment_folder(config: PredictConfig) -> SegmentationSummary:
     from unet.prediction import predict_folder
 
     progress = Progress("segmentation-progress", "Inputs processed")
-    return summarize_report(predict_folder(config, on_progress=progress.update), config)
+    plans = []
+    report = predict_folder(config, on_progress=progress.update, on_plan=plans.append)
+    return summarize_report(report, config, plans[0].left_out if plans else "")
 
 
 @task(name="segment-shard", cache_policy=NO_CACHE, task_run_name="segment-shard-{index}")
@@ -70,7 +73,9 @@ def review_line(summary: SegmentationSummary) -> str:
     return f"{summary.num_review} of {summary.num_inputs} masks to review"
 
 
-def summarize_report(report: pd.DataFrame, config: PredictConfig) -> SegmentationSummary:
+def summarize_report(
+    report: pd.DataFrame, config: PredictConfig, left_out: str = ""
+) -> SegmentationSummary:
     """Totals of a report, logged and published as table and markdown artifacts."""
     # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.prediction import PAGE_FILE, REPORT_FILE
@@ -86,6 +91,7 @@ def summarize_report(report: pd.DataFrame, config: PredictConfig) -> Segmentatio
         model_version=str(report["model_version"].iloc[0]) if len(report) else None,
         num_review=int(flagged.sum()) if report["review"].notna().any() else None,
         review_page=f"{config.output_dir}/{PAGE_FILE}" if config.review_page else None,
+        left_out=left_out,
     )
     logger = run_logger()  # each error was logged once, by unet.prediction
     logger.info(

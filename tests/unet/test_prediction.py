@@ -481,6 +481,16 @@ def test_the_training_masks_beside_the_scans_are_not_inputs(threshold_model, tmp
         report = _predict(model, tmp_path / "in", tmp_path / "out")
     assert sorted(report["input"]) == ["a.png", "b.png", "c.tif", "roi/b_roi.png"]
     assert "2 files left out of the inputs: excluded *_mask.* *_mask_*" in caplog.text
+    plans = []
+    predict_folder(
+        PredictConfig(
+            model=str(model), input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "o4")
+        ),
+        on_plan=plans.append,
+    )
+    assert plans[0].left_out.startswith(
+        "2 files left out (excluded *_mask.* *_mask_* (the training"
+    )
     chosen = _predict(
         model, tmp_path / "in", tmp_path / "o2", include=["*.png"], exclude=["*_roi*"]
     )

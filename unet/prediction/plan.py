@@ -81,6 +81,7 @@ class PredictionPlan:
     journal_path: Path
     done: dict[str, dict]
     config: PredictConfig  # the run's options (DICOM SEG, review page, overlays, colour input)
+    left_out: str = ""  # files under the input folder that are not inputs, and why
 
 
 @dataclass(frozen=True)
@@ -317,8 +318,11 @@ def plan_inputs(
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
     files, special = list_inputs(input_dir, output_dir)
+    left_out = ""
     if selection is not None:
-        files = selection.select(files, input_dir)
+        kept = selection.select(files, input_dir)
+        left_out = f"{len(files) - len(kept)} files left out ({selection})" if kept != files else ""
+        files = kept
     series, files = dicom_volumes(files, input_dir)
     stacks = {path for path in files if is_volume(path) or is_tiff_stack(path)}
     names = mask_names(files, input_dir, stacks)
@@ -338,7 +342,7 @@ def plan_inputs(
         inputs = inputs[shard[0] :: shard[1]]
         journal_path = output_dir / JOURNAL_FILE.replace(".jsonl", f"-{shard[0]}.jsonl")
     return PredictionPlan(
-        input_dir, output_dir, inputs, journal_path, load_journal(output_dir), config
+        input_dir, output_dir, inputs, journal_path, load_journal(output_dir), config, left_out
     )
 
 

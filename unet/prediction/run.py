@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,11 +40,14 @@ logger = logging.getLogger(__name__)
 
 
 def predict_folder(
-    config: PredictConfig, on_progress: ProgressCallback | None = None
+    config: PredictConfig,
+    on_progress: ProgressCallback | None = None,
+    on_plan: Callable[[PredictionPlan], None] | None = None,
 ) -> pd.DataFrame:
     """Segment every file under ``config.input_dir`` into ``config.output_dir``, then write
-    ``report.csv`` and ``review.html`` (see :func:`segment_files`)."""
-    rows = segment_files(config, on_progress)
+    ``report.csv`` and ``review.html`` (see :func:`segment_files`); ``on_plan`` is handed the
+    run's plan once it is made."""
+    rows = segment_files(config, on_progress, on_plan=on_plan)
     return write_report(rows, Path(config.output_dir), config.review_page)
 
 
@@ -71,6 +75,7 @@ def segment_files(
     config: PredictConfig,
     on_progress: ProgressCallback | None = None,
     shard: tuple[int, int] | None = None,
+    on_plan: Callable[[PredictionPlan], None] | None = None,
 ) -> list[dict]:
     """Segment the files under ``config.input_dir`` (or one shard of them) into masks.
 
@@ -94,6 +99,8 @@ def segment_files(
     segmenter = load_segmenter(config)
     selection = input_selection(config, segmenter.model_path.parent)
     plan = plan_inputs(config, shard, selection)
+    if on_plan is not None:
+        on_plan(plan)
     output_format = output_format_of(config, segmenter)
     report_changed_options(plan, output_format)
     window = 2 * config.batch_size
