@@ -34,7 +34,7 @@ def prepare_once(config: PrepareConfig, out: Path) -> tuple[float, int, bool]:
     started = time.perf_counter()
     result = index_dataset(config, cache_path=out / "index-cache.csv")
     splits = split_cases(result.manifest, config.val_fraction, config.test_fraction, config.seed)
-    rule = LabelRule.build(config.foreground, config.labels)
+    rule = LabelRule.build(config.foreground, config.labels, config.label_names)
     address = tfrecord_address(
         result.dataset_hash, hash_json(splits), rule, config.channels, config.num_shards
     )

@@ -41,7 +41,7 @@ def manifest_cases(
 ) -> Iterator[Case]:
     """Every manifest row read as a model of ``context_slices`` reads it: volume slices with
     their neighbours as channels and, with ``volume_statistics``, their volume's statistics."""
-    rule = LabelRule.build(data.foreground, data.labels)
+    rule = LabelRule.build(data.foreground, data.labels, data.label_names)
     for row in manifest.to_dict("records"):
         image, truth = load_case(
             row["image"],

@@ -99,6 +99,11 @@ class PrepareConfig(BaseModel):
     labels: dict[int, int] | None = Field(
         None, description="Multi-class masks: stored value -> class index, e.g. {0: 0, 128: 1}."
     )
+    label_names: list[str] | None = Field(
+        None,
+        description="Names of the foreground classes, class 1 first (e.g. lesion): recorded "
+        "with the model, used in reports and DICOM SEG segments; default: 'class N'.",
+    )
     channels: Literal[1, 3] = Field(1, description="Image channels the model reads (1 or 3).")
     modality: Literal["ct", "mr", "other"] | None = Field(
         None,

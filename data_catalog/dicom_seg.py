@@ -23,6 +23,7 @@ def write_dicom_seg(
     files: tuple[Path, ...] | list[Path],
     model_version: str = "unknown",
     num_classes: int | None = None,
+    names: list[str] | None = None,
 ) -> None:
     """Write ``mask`` (the series volume's voxel order: columns, rows, slices) as a binary
     DICOM SEG at ``target`` (temporary name, then renamed).
@@ -30,6 +31,7 @@ def write_dicom_seg(
     Args:
         files: the series' slice files (any order; sorted by position here as when read).
         num_classes: classes including background; default: the largest class present + 1.
+        names: the segments' labels, class 1 first; default ``class N``.
     """
     # deferred: DICOM inputs only; 0.3-0.5 s to import
     import highdicom as hd
@@ -45,7 +47,7 @@ def write_dicom_seg(
         source_images=sources,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segment_descriptions(classes, model_version),
+        segment_descriptions=segment_descriptions(classes, model_version, names),
         series_instance_uid=hd.UID(),
         series_number=number + 1000,
         sop_instance_uid=hd.UID(),
@@ -66,8 +68,9 @@ def write_dicom_seg(
         raise
 
 
-def segment_descriptions(classes, model_version: str) -> list:
-    """One automatic segment per foreground class, named ``class N``, made by segflow."""
+def segment_descriptions(classes, model_version: str, names: list[str] | None = None) -> list:
+    """One automatic segment per foreground class, named by ``names`` (class 1 first) or
+    ``class N``, made by segflow."""
     # deferred: DICOM inputs only; 0.3-0.5 s to import
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -78,7 +81,9 @@ def segment_descriptions(classes, model_version: str) -> list:
     return [
         hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=f"class {number}",
+            segment_label=names[number - 1]
+            if names and number <= len(names)
+            else f"class {number}",
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
             segmented_property_type=codes.SCT.Lesion,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,

@@ -46,17 +46,25 @@ class LabelRule:
     Attributes:
         foreground: ``"bright"`` or ``"dark"``, used when ``table`` is None.
         table: optional ``{stored value: class}`` for multi-class masks.
+        names: optional names of the foreground classes, class 1 first (``lesion``).
     """
 
     foreground: Foreground = "bright"
     table: tuple[tuple[int, int], ...] | None = None
+    names: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, foreground: Foreground = "bright", table: dict[int, int] | None = None):
+    def build(
+        cls,
+        foreground: Foreground = "bright",
+        table: dict[int, int] | None = None,
+        names: list[str] | tuple[str, ...] | None = None,
+    ):
         if foreground not in ("bright", "dark"):
             raise ValueError(
                 f"foreground must be 'bright' or 'dark'. Received: foreground={foreground!r}"
             )
+        rule = cls(foreground, None)
         if table is not None:
             if not table:
                 raise ValueError("the label table is empty; give at least {0: 0, 255: 1}")
@@ -64,8 +72,13 @@ class LabelRule:
                 raise ValueError(
                     f"the label table must map some value to background class 0. Received: {table}"
                 )
-            return cls(foreground, tuple(sorted((int(k), int(v)) for k, v in table.items())))
-        return cls(foreground, None)
+            rule = cls(foreground, tuple(sorted((int(k), int(v)) for k, v in table.items())))
+        if names and len(names) != rule.num_classes - 1:
+            raise ValueError(
+                f"label_names names the {rule.num_classes - 1} foreground class(es), class 1 "
+                f"first. Received {len(names)}: {list(names)}"
+            )
+        return cls(rule.foreground, rule.table, tuple(names or ()))
 
     @property
     def num_classes(self) -> int:
@@ -73,9 +86,10 @@ class LabelRule:
 
     def describe(self) -> dict[str, object]:
         """A JSON-able description, recorded with TFRecords and models."""
+        named = {"names": list(self.names)} if self.names else {}
         if self.table is None:
-            return {"foreground": self.foreground}
-        return {"table": {str(value): cls for value, cls in self.table}}
+            return {"foreground": self.foreground, **named}
+        return {"table": {str(value): cls for value, cls in self.table}, **named}
 
     def to_classes(self, mask: np.ndarray) -> np.ndarray:
         """Map a stored mask to ``(H, W)`` uint8 class indices.

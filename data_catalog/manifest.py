@@ -253,7 +253,7 @@ class CachedReader:
     installed since)."""
 
     def __init__(self, config: PrepareConfig, cache_path: Path | None):
-        self.rule = LabelRule.build(config.foreground, config.labels)
+        self.rule = LabelRule.build(config.foreground, config.labels, config.label_names)
         self.channels = config.channels
         self.axis = config.slice_axis
         self.cache_path = cache_path

@@ -94,7 +94,7 @@ def split_and_store(
     address = tfrecord_address(
         index.dataset_hash,
         str(splits["split_hash"]),
-        LabelRule.build(config.foreground, config.labels),
+        LabelRule.build(config.foreground, config.labels, config.label_names),
         config.channels,
         config.num_shards,
         config.context_slices,

@@ -144,7 +144,7 @@ def write_tfrecord_set(
         manifest,
         splits,
         tfrecord_dir,
-        LabelRule.build(config.foreground, config.labels),
+        LabelRule.build(config.foreground, config.labels, config.label_names),
         config.channels,
         str(document["dataset_hash"]),
         config.num_shards,
@@ -169,7 +169,7 @@ def fingerprint(
     folder. The foreground intensity window (for ``ct`` normalisation) leaves the test split
     out."""
 
-    rule = LabelRule.build(config.foreground, config.labels)
+    rule = LabelRule.build(config.foreground, config.labels, config.label_names)
     test = sorted(load_splits(splits_path)["test"]) if splits_path else []
     key = hash_json(
         {

@@ -66,9 +66,10 @@ def test_each_frame_lies_on_the_source_slice_whose_mask_it_holds(tmp_path):
 def test_one_segment_per_foreground_class(tmp_path):
     files = _series(tmp_path / "ct", seed=1)
     mask = _mask() * 2  # class 2 only: class 1 still gets its (empty) segment
-    write_dicom_seg(tmp_path / "seg.dcm", mask, files, num_classes=3)
+    write_dicom_seg(tmp_path / "seg.dcm", mask, files, num_classes=3, names=["edema", "core"])
     seg = pydicom.dcmread(tmp_path / "seg.dcm")
     assert [s.SegmentNumber for s in seg.SegmentSequence] == [1, 2]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["edema", "core"]
 
 
 def test_absent_patient_attributes_are_written_empty(tmp_path):

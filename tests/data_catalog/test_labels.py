@@ -58,3 +58,18 @@ def test_value_table_maps_multi_class_masks_and_rejects_uncovered_values():
 def test_unknown_rule_is_rejected():
     with pytest.raises(ValueError, match="Received: foreground='middle'"):
         mask_to_classes(np.zeros((2, 2), np.uint8), "middle")
+
+
+def test_label_names_name_each_foreground_class_and_travel_with_the_rule():
+    from unet.store.model_files import ModelInfo
+
+    rule = LabelRule.build("bright", None, ["lesion"])
+    assert rule.describe() == {"foreground": "bright", "names": ["lesion"]}
+    assert LabelRule.build("bright").describe() == {"foreground": "bright"}  # addresses kept
+    with pytest.raises(ValueError, match="names the 2 foreground class"):
+        LabelRule.build(table={0: 0, 128: 1, 255: 2}, names=["tumour"])
+    named = LabelRule.build(table={0: 0, 1: 1, 2: 2}, names=["edema", "core"])
+    base = {"architecture": "unet", "channels": 1, "size_multiple": 1, "num_classes": 3}
+    info = ModelInfo(**base, labels=named.describe())
+    assert [info.class_name(c) for c in (1, 2)] == ["edema", "core"]
+    assert ModelInfo(**base).class_name(1) == "class 1"

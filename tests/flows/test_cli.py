@@ -267,6 +267,7 @@ def test_no_test_split_trains_and_registers_unscored_and_the_nightly_refuses_it(
 ):
     data = ["--images", str(demo_dir / "data" / "images"), "--masks"]
     data += [str(demo_dir / "data" / "masks"), "--test-fraction", "0", "--val-fraction", "0.3"]
+    data += ["--label-names", "cell"]
     tiny = ["--image-size", "32", "--depth", "2", "--base-filters", "4", "--epochs", "1"]
     models = tmp_path / "models"
     status = main(
@@ -276,6 +277,8 @@ def test_no_test_split_trains_and_registers_unscored_and_the_nightly_refuses_it(
     assert status == 0 and "No test split (test_fraction 0)" in out
     assert "Validation foreground Dice " in out and "with the tuned post-processing" in out
     assert (tmp_path / "run" / "model.keras").is_file()
+    labels = json.loads((tmp_path / "run" / "model.json").read_text())["labels"]
+    assert labels == {"foreground": "bright", "names": ["cell"]}  # carried to SEGs, reports
     assert not (tmp_path / "run" / "evaluation").exists()
     assert len([p for p in models.iterdir() if p.is_dir()]) == 1
     (version,) = registry.list_versions(models)  # the first model is the champion at once

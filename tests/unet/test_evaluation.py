@@ -24,7 +24,7 @@ class _Constant:
 
     def __init__(self, prediction):
         self.prediction = prediction
-        self.info = SimpleNamespace(context_slices=0, quality=None)
+        self.info = SimpleNamespace(context_slices=0, quality=None, class_name="class {}".format)
 
     def prepare(self, image, path="<array>", stats=None):
         return image

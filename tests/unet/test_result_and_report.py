@@ -55,13 +55,13 @@ def test_the_report_shows_the_headline_groups_and_empty_masks(tmp_path):
     classes = {"dice_mean": 0.75, "dice_std": 0.1, "dice_mean_present": 0.5}
     classes.update(images_present=1, iou_mean=0.6, precision_mean=0.7, recall_mean=0.8)
     classes.update(hd95_mean=None, hd95_undefined=1)
-    result = _result(classes={"1": classes})
+    result = _result(classes={"1": classes}, class_names={"1": "lesion"})
     text = render_report(result, pd.DataFrame(), tmp_path)
     assert text.startswith("# Evaluation of `run-1`")
     assert "foreground Dice **0.7500**" in text and "Otsu baseline Dice 0.2000" in text
     assert "Worst groups: p1 (0.2500), p2 (0.7500)" in text
     assert "| foreground | 1 (missed) | 0 |" in text
-    assert "| 1 | 0.7500 +- 0.1000 | 0.5000 (1) |" in text
+    assert "| 1 lesion | 0.7500 +- 0.1000 | 0.5000 (1) |" in text
 
 
 def test_fold_scores_are_records():

@@ -90,9 +90,11 @@ def render_report(result: EvaluationResult, per_image: pd.DataFrame, out_dir: Pa
         "| HD95 undefined |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    names = result.class_names or {}
     for class_id, s in result.classes.items():
+        shown = f"{class_id} {names[class_id]}" if class_id in names else class_id
         lines.append(
-            f"| {class_id} | {fmt(s['dice_mean'])} +- {fmt(s['dice_std'])} | "
+            f"| {shown} | {fmt(s['dice_mean'])} +- {fmt(s['dice_std'])} | "
             f"{fmt(s['dice_mean_present'])} ({s['images_present']}) | {fmt(s['iou_mean'])} | "
             f"{fmt(s['precision_mean'])} | {fmt(s['recall_mean'])} | "
             f"{fmt(s['hd95_mean'])} | {s['hd95_undefined']} |"

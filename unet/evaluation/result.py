@@ -60,7 +60,7 @@ class FoldScore(_Record):
 
 
 # Sections that only some evaluations have: left out of metrics.json when absent.
-OPTIONAL = ("out_of_fold", "quality", "volumes", "folds")
+OPTIONAL = ("out_of_fold", "quality", "volumes", "folds", "class_names")
 
 
 class EvaluationResult(_Record):
@@ -89,6 +89,7 @@ class EvaluationResult(_Record):
     quality: dict[str, object] | None = None
     volumes: dict[str, object] | None = None
     folds: list[FoldScore] | None = None
+    class_names: dict[str, str] | None = None  # class index -> name ('class N' unless named)
 
     @property
     def otsu_dice(self) -> float:

@@ -202,6 +202,9 @@ def model_facts(segmenter: Segmenter) -> dict[str, object]:
             "compute": segmenter.precision.compute_dtype,
             "reason": segmenter.precision.reason,
         },
+        "class_names": {
+            str(c): segmenter.info.class_name(c) for c in range(1, segmenter.num_classes)
+        },
     }
     if segmenter.ensemble is not None:
         facts["out_of_fold"] = {

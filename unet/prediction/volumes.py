@@ -90,7 +90,9 @@ def segment_volume_file(
     mask, confidence = segment_slices(segmenter, volume, path, quality)
     mask, count = postprocess_volume(mask, segmenter)
     if seg_target is not None and files is not None:  # before the NIfTI: a failed SEG, neither
-        write_dicom_seg(seg_target, mask, files, segmenter.version, segmenter.num_classes)
+        info = segmenter.info
+        names = [info.class_name(c) for c in range(1, segmenter.num_classes)]
+        write_dicom_seg(seg_target, mask, files, segmenter.version, segmenter.num_classes, names)
     write_mask_volume(target, mask, volume)
     foreground = np.count_nonzero(mask)
     signals = (

@@ -97,6 +97,13 @@ class ModelInfo(BaseModel):
     size_multiple: int = Field(ge=1)
     num_classes: int = Field(ge=2)
     labels: Any = None
+
+    def class_name(self, index: int) -> str:
+        """The name of class ``index`` (1: the first foreground class): its label name when
+        the dataset gave them (``--label-names``), else ``class N``."""
+        names = self.labels.get("names") if isinstance(self.labels, dict) else None
+        return names[index - 1] if names and 0 < index <= len(names) else f"class {index}"
+
     postprocessing: PostProcessing = PostProcessing()
     precision_check: PrecisionCheck | None = None
     model_version: str | None = None
