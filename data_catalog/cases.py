@@ -51,6 +51,7 @@ def manifest_cases(
             row["slice"],
             context_slices,
             data.slice_axis,
+            data.colour_input,
         )
         stats = volume_stats(row, data.channels, data.slice_axis) if volume_statistics else None
         yield Case(row["key"], image, truth, stats)

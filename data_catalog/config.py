@@ -105,6 +105,12 @@ class PrepareConfig(BaseModel):
         "with the model, used in reports and DICOM SEG segments; default: 'class N'.",
     )
     channels: Literal[1, 3] = Field(1, description="Image channels the model reads (1 or 3).")
+    colour_input: Literal["error", "grey"] = Field(
+        "error",
+        description="A coloured image in a greyscale dataset (channels 1), e.g. grey "
+        "ultrasound with coloured calipers burnt in: 'error' makes it a problem row; 'grey' "
+        "reads it as its luminance.",
+    )
     modality: Literal["ct", "mr", "other"] | None = Field(
         None,
         description="How intensities are normalised: 'ct' (Hounsfield units: the training "

@@ -160,6 +160,7 @@ def fingerprint_dataset(
     axis: int | None = None,
     exclude: set[str] | frozenset = frozenset(),
     window: bool = False,
+    colour_input: str = "error",
 ) -> dict[str, object]:
     """Read every case of a manifest and fingerprint the dataset.
 
@@ -181,7 +182,9 @@ def fingerprint_dataset(
 
     def one(row: dict) -> tuple[CaseStats, np.ndarray | None]:
         index = int(row.get("slice", -1))
-        image, classes = load_case(row["image"], mask_paths(row), rule, channels, index, 0, axis)
+        image, classes = load_case(
+            row["image"], mask_paths(row), rule, channels, index, 0, axis, colour_input
+        )
         sampled = window and row["key"] not in exclude
         sample = foreground_sample(row["key"], image, classes) if sampled else None
         return case_stats(row["key"], str(row["group"]), image, classes), sample

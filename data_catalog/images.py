@@ -282,7 +282,17 @@ def _to_unsigned(path: Path, array: np.ndarray) -> np.ndarray:
     return array.astype(np.uint8 if high <= 255 and array.dtype.itemsize == 1 else np.uint16)
 
 
-def to_channels(image: np.ndarray, num_channels: int, path: str | Path = "<array>") -> np.ndarray:
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` -> ``(H, W)`` luminance (ITU-R BT.601 weights), in the input's dtype."""
+    return np.rint(rgb[:, :, :3].astype(np.float64) @ [0.299, 0.587, 0.114]).astype(rgb.dtype)
+
+
+def to_channels(
+    image: np.ndarray,
+    num_channels: int,
+    path: str | Path = "<array>",
+    colour_input: str = "error",
+) -> np.ndarray:
     """Bring an image to ``num_channels`` channels without inventing or hiding information.
 
     Alpha channels are dropped. An RGB image whose three channels are equal is greyscale and
@@ -293,6 +303,8 @@ def to_channels(image: np.ndarray, num_channels: int, path: str | Path = "<array
         image: ``(H, W)`` or ``(H, W, C)`` array.
         num_channels: 1 or 3.
         path: the file it came from, for error messages.
+        colour_input: a coloured image asked for as greyscale: ``error`` (the default), or
+            ``grey``: read as its luminance (scans with coloured marks burnt in).
 
     Returns:
         ``(H, W, num_channels)`` array of the input's dtype.
@@ -322,6 +334,8 @@ def to_channels(image: np.ndarray, num_channels: int, path: str | Path = "<array
         if spread <= NEAR_GREY_SPREAD:  # grey saved through a lossy colour codec (JPEG)
             grey = image.astype(np.float64).mean(axis=2)
             return np.rint(grey).astype(image.dtype)[:, :, None]
+        if colour_input == "grey":
+            return luminance(image)[:, :, None]
         raise ChannelError(path, colour_advice(image, spread))
     raise ChannelError(
         path, f"cannot convert an image with {channels} channels to {num_channels} channels"
@@ -337,8 +351,7 @@ def colour_advice(image: np.ndarray, spread: int) -> str:
         return (
             f"a grey scan with coloured marks on {share:.1%} of its pixels (e.g. calipers or "
             "annotations burnt in by the scanner) for a greyscale dataset (channels 1); "
-            "segflow predict --colour-input grey reads such scans as grey, or remove the marks "
-            "from the training images"
+            "--colour-input grey reads such scans as grey (train and predict alike)"
         )
     return (
         f"has 3 different channels (up to {spread} levels apart, on {share:.0%} of its pixels) "

@@ -62,7 +62,8 @@ class EmptyDatasetError(ValueError):
 
 # What a user can do about the most common problem, when every case has it.
 PROBLEM_HINTS = {
-    "inconsistent channels": "set --channels to the images' channel count (1 or 3)",
+    "inconsistent channels": "set --channels to the images' channel count (1 or 3), or "
+    "--colour-input grey for grey scans with coloured marks",
     "no mask": "check the pairing rule (--mask-suffix, --key-pattern, --masks)",
     "no image": "check the pairing rule (--mask-suffix, --key-pattern, --images)",
     "unexpected mask values": "check --foreground (bright/dark) or give --labels",
@@ -197,12 +198,18 @@ def folder_hash(folder: Path) -> str:
 
 
 def _index_case(
-    case: CaseFiles, rule: LabelRule, channels: int, axis: int | None = None
+    case: CaseFiles,
+    rule: LabelRule,
+    channels: int,
+    axis: int | None = None,
+    colour_input: str = "error",
 ) -> list[dict] | Problem:
     if is_volume_input(case.image):
         return _index_volume(case, rule, channels, axis)
     try:
-        image, classes = load_case(case.image, case.masks, rule, channels)
+        image, classes = load_case(
+            case.image, case.masks, rule, channels, colour_input=colour_input
+        )
     except (ImageReadError, MaskValueError) as error:
         return _read_problem(error, case)
     mask_hashes = [hash_file(path) for path in case.masks]
@@ -256,10 +263,12 @@ class CachedReader:
         self.rule = LabelRule.build(config.foreground, config.labels, config.label_names)
         self.channels = config.channels
         self.axis = config.slice_axis
+        self.colour_input = config.colour_input
         self.cache_path = cache_path
         self.cache = _load_index_cache(cache_path)
         self.settings = json.dumps(
-            [self.rule.describe(), config.channels, config.slice_axis], sort_keys=True
+            [self.rule.describe(), config.channels, config.slice_axis, config.colour_input],
+            sort_keys=True,
         )
         self.fresh: dict[str, dict] = {}
 
@@ -272,7 +281,7 @@ class CachedReader:
         if stats is not None and entry is not None and entry["stats"] == stats:
             result = [dict(row) for row in entry["result"]]
         else:
-            result = _index_case(case, self.rule, self.channels, self.axis)
+            result = _index_case(case, self.rule, self.channels, self.axis, self.colour_input)
         if isinstance(result, dict):  # a problem
             return [result]
         if stats is not None:

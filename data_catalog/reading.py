@@ -31,6 +31,7 @@ def load_case(
     slice_index: int = -1,
     context: int = 0,
     axis: int | None = None,
+    colour_input: str = "error",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read one case as the model will see it.
 
@@ -42,6 +43,8 @@ def load_case(
         slice_index: volumes: the slice (along ``axis``) that is the case.
         context: volumes: neighbouring slices on each side added as channels.
         axis: volumes: the slicing axis (default: the coarsest spacing).
+        colour_input: 2-D images: ``grey`` reads a coloured image for a greyscale dataset as
+            its luminance (see :func:`~data_catalog.images.to_channels`).
 
     Returns:
         ``(image, classes)``: ``(H, W, channels * (2 * context + 1))`` uint8/uint16/int16 and
@@ -54,7 +57,7 @@ def load_case(
     """
     if slice_index >= 0:
         return load_slice(image_path, mask_paths, rule, channels, slice_index, context, axis)
-    image = to_channels(read_image(image_path), channels, image_path)
+    image = to_channels(read_image(image_path), channels, image_path, colour_input)
     merged = None
     for mask_path in mask_paths:
         try:

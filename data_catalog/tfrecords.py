@@ -112,8 +112,11 @@ def tfrecord_address(
     num_shards: int,
     context_slices: int = 0,
     slice_axis: int | None = None,
+    colour_input: str = "error",
 ) -> str:
-    """Content address of a TFRecord set: same data, split and settings -> same address."""
+    """Content address of a TFRecord set: same data, split and settings -> same address (the
+    default colour handling leaves the addresses of earlier sets as they were)."""
+    grey = {"colour_input": colour_input} if colour_input != "error" else {}
     return hash_json(
         {
             "format": FORMAT_VERSION,
@@ -124,6 +127,7 @@ def tfrecord_address(
             "num_shards": num_shards,
             "context_slices": context_slices,
             "slice_axis": slice_axis,
+            **grey,
         }
     )
 
@@ -144,22 +148,30 @@ def is_complete(tfrecord_dir: str | Path, address: str | None = None) -> bool:
     )
 
 
-def _write_shard(
-    path: Path, rows: list[dict], rule: LabelRule, channels: int, dtype: str, context: int, axis
-) -> int:
+def _write_shard(path: Path, rows: list[dict], *settings) -> int:
     tmp = path.with_name(f".{path.name}.tmp")
     with tf.io.TFRecordWriter(str(tmp)) as writer:
         for row in rows:
-            writer.write(encode_row(row, rule, channels, dtype, context, axis))
+            writer.write(encode_row(row, *settings))
     tmp.replace(path)
     return len(rows)
 
 
-def encode_row(row: dict, rule: LabelRule, channels: int, dtype: str, context: int, axis) -> bytes:
+def encode_row(
+    row: dict,
+    rule: LabelRule,
+    channels: int,
+    dtype: str,
+    context: int,
+    axis,
+    colour_input: str = "error",
+) -> bytes:
     """One manifest row as a record: a 2-D image with its own statistics, or a volume slice
     (with its context) with the volume's."""
     index = int(row.get("slice", -1))
-    image, classes = load_case(row["image"], mask_paths(row), rule, channels, index, context, axis)
+    image, classes = load_case(
+        row["image"], mask_paths(row), rule, channels, index, context, axis, colour_input
+    )
     if dtype == "uint16" and image.dtype == np.uint8:
         image = image.astype(np.uint16) * 257  # same [0, 1] after normalisation
     elif dtype == "int16" and image.dtype != np.int16:
@@ -203,6 +215,7 @@ def write_tfrecords(
     num_workers: int | None = None,
     context_slices: int = 0,
     slice_axis: int | None = None,
+    colour_input: str = "error",
 ) -> dict[str, object]:
     """Write every split's cases into shards under ``out_dir``, then the JSON sidecar.
 
@@ -224,6 +237,7 @@ def write_tfrecords(
         num_workers: writer threads; default: the CPU count.
         context_slices: volume slices: neighbours on each side stored with each slice.
         slice_axis: volume slices: the axis they were cut along (default: the coarsest).
+        colour_input: ``grey``: coloured images of a greyscale set stored as their luminance.
 
     Returns:
         The sidecar document.
@@ -237,7 +251,7 @@ def write_tfrecords(
     sidecar.update(address=address, dataset_hash=dataset_hash)
     by_key = manifest.set_index("key", drop=False)
     jobs = shard_jobs(by_key, splits, out_dir, num_shards, sidecar["splits"])
-    settings = (rule, channels, dtype, context_slices, slice_axis)
+    settings = (rule, channels, dtype, context_slices, slice_axis, colour_input)
     with ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
         shards = pool.map(lambda job: _write_shard(*job, *settings), jobs)
         written = sum(progress(shards, "writing TFRecords", len(jobs), unit="shard"))

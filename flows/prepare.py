@@ -99,6 +99,7 @@ def split_and_store(
         config.num_shards,
         config.context_slices,
         config.slice_axis,
+        config.colour_input,
     )
     cache_root = Path(config.cache_dir) if config.cache_dir else Path(out_dir) / "tfrecords"
     tfrecord_dir = cache_root / address[:16]

@@ -151,6 +151,7 @@ def write_tfrecord_set(
         address=address,
         context_slices=config.context_slices,
         slice_axis=config.slice_axis,
+        colour_input=config.colour_input,
     )
     rows = [
         {"split": name, "cases": split["num_records"], "shards": len(split["files"])}
@@ -180,6 +181,7 @@ def fingerprint(
             "test": test,
             "modality": config.modality,
             "version": 3,
+            **({"colour": config.colour_input} if config.colour_input != "error" else {}),
         }
     )
     path = Path(out_dir) / "fingerprint.json"
@@ -196,6 +198,7 @@ def fingerprint(
                 axis=config.slice_axis,
                 exclude=set(test),
                 window=config.modality == "ct",
+                colour_input=config.colour_input,
             ),
         }
         write_json_atomic(cached, document)

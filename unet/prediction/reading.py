@@ -16,6 +16,7 @@ from data_catalog.hashing import hash_file
 from data_catalog.images import (
     ChannelError,
     ImageReadError,
+    luminance,
     read_image,
 )
 from unet.inference.segmenter import Segmenter
@@ -91,9 +92,7 @@ def prepare_image(
             raise
         if plan.config.colour_input != "grey":
             raise ImageReadError(path, COLOUR_ADVICE) from None
-    rgb = image[:, :, :3]
-    luminance = np.rint(rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(image.dtype)
-    return segmenter.prepare(luminance, path), (*notes, "colour_converted")
+    return segmenter.prepare(luminance(image), path), (*notes, "colour_converted")
 
 
 def input_hash(item: PlannedInput) -> str:
