@@ -95,7 +95,7 @@ def predict_and_score(run_dir: Path, images: Path, masks: Path, out: Path) -> di
 
     import nibabel
 
-    from flows.predict import predict_flow
+    from flows.predict import segment_inputs
     from unet.config import PredictConfig
 
     test_groups = json.loads((run_dir / "splits.json").read_text())["test"]
@@ -105,7 +105,7 @@ def predict_and_score(run_dir: Path, images: Path, masks: Path, out: Path) -> di
     for name in volumes:
         shutil.copy(images / f"{name}.nii.gz", inputs / f"{name}.nii.gz")
     started = time.perf_counter()
-    predict_flow(
+    segment_inputs(
         PredictConfig(model=str(run_dir), input_dir=str(inputs), output_dir=str(out / "masks"))
     )
     seconds = time.perf_counter() - started

@@ -306,10 +306,10 @@ def run_predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"output folder {config.output_dir} is a file, not a folder")
     start_tensorflow(args)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
-    from flows.predict import predict_flow
+    from flows.predict import segment_inputs
     from tasks.prediction import review_line
 
-    summary = predict_flow(config)
+    summary = segment_inputs(config)
     print(
         f"{review_line(summary)}; {summary.num_ok} of {summary.num_inputs} inputs segmented, "
         f"{summary.num_errors} errors ({summary.num_skipped} done by an earlier run); "

@@ -61,7 +61,7 @@ def add_demo_command(commands) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     start_tensorflow(args)
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
-    from flows.predict import predict_flow
+    from flows.predict import segment_inputs
     from flows.train import train_flow
 
     if args.volumes:
@@ -82,7 +82,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     for key in json.loads((out / "run" / "splits.json").read_text())["test"]:
         shutil.copy2(data / "images" / f"{key}.png", test_images / f"{key}.png")
-    predicted = predict_flow(
+    predicted = segment_inputs(
         PredictConfig(
             model=summary.run_dir,
             input_dir=str(test_images),
@@ -112,7 +112,7 @@ def run_volume_demo(args: argparse.Namespace) -> int:
     import nibabel
 
     # deferred: imports Prefect (2 s): --help and argument errors answer without it
-    from flows.predict import predict_flow
+    from flows.predict import segment_inputs
     from flows.train import train_flow
 
     out = Path(args.out or "segflow-demo-volumes")
@@ -132,7 +132,7 @@ def run_volume_demo(args: argparse.Namespace) -> int:
         shutil.copy2(images / f"{name}.nii.gz", scans / f"{name}.nii.gz")
     first = nibabel.load(images / f"{test[0]}.nii.gz")
     write_dicom_series(np.asarray(first.dataobj), first.affine, scans / "dicom" / test[0], seed=1)
-    predicted = predict_flow(
+    predicted = segment_inputs(
         PredictConfig(
             model=summary.run_dir,
             input_dir=str(scans),

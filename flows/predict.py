@@ -6,6 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, unmapped
+from prefect.states import Failed
 
 from flows.runners import dask_task_runner
 from tasks.prediction import (
@@ -26,12 +27,31 @@ def predict_flow(config: PredictConfig) -> SegmentationSummary:
     are the same as a local run's.
 
     Returns:
-        The ``report`` path and counts of inputs, successes, skipped and errors.
+        The ``report`` path and counts of inputs, successes, skipped and errors; a run with
+        error rows ends in a Failed state holding them (red in the dashboard, its message
+        counting the errors): call it through :func:`segment_inputs` for the summary either way.
     """
     if config.execution.runner == "dask":
         runner = dask_task_runner(config.execution)
-        return predict_on_dask.with_options(task_runner=runner)(config)
-    return segment_folder(config)
+        summary = predict_on_dask.with_options(task_runner=runner)(config)
+    else:
+        summary = segment_folder(config)
+    if summary.num_errors:
+        message = (
+            f"{summary.num_errors} of {summary.num_inputs} inputs are error rows; the rest "
+            f"were segmented ({summary.report})"
+        )
+        return Failed(message=message, data=summary)
+    return summary
+
+
+def segment_inputs(config: PredictConfig) -> SegmentationSummary:
+    """Run :func:`predict_flow` and return its summary, with error rows or without; an
+    exception that stopped the run is raised."""
+    result = predict_flow(config, return_state=True).result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 @flow(name="predict-dask-flow")

@@ -133,7 +133,7 @@ def test_the_old_binary_255_flag_still_means_what_it_did(folders, monkeypatch, f
         seen.append(config)
         return SegmentationSummary("report.csv", 0, 0, 0, 0, None)
 
-    monkeypatch.setattr(flows.predict, "predict_flow", fake_flow)
+    monkeypatch.setattr(flows.predict, "segment_inputs", fake_flow)
     monkeypatch.chdir(folders)
     assert main(["--verbose", "predict", "--model", "run", "images", "out", *flags]) == 0
     assert seen[0].mask_values == expected

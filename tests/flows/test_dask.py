@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from data_catalog.images import write_png_atomic
-from flows.predict import predict_flow
+from flows.predict import segment_inputs
 from unet.config import PredictConfig
 from unet.prediction import REPORT_COLUMNS
 
@@ -24,8 +24,8 @@ def test_dask_run_equals_local_run(prefect_server, trained_run, tmp_path):
     (inputs / "broken.png").write_bytes(b"")
     base = dict(model=str(trained_run), input_dir=str(inputs), batch_size=2)
 
-    local = predict_flow(PredictConfig(**base, output_dir=str(tmp_path / "local")))
-    dask = predict_flow(
+    local = segment_inputs(PredictConfig(**base, output_dir=str(tmp_path / "local")))
+    dask = segment_inputs(
         PredictConfig(
             **base,
             output_dir=str(tmp_path / "dask"),
@@ -36,6 +36,13 @@ def test_dask_run_equals_local_run(prefect_server, trained_run, tmp_path):
     )
     assert local.num_inputs == dask.num_inputs == 8
     assert local.num_errors == dask.num_errors == 1
+    # a run with error rows is red in the dashboard, its message counting them
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        states = [run.state for run in client.read_flow_runs() if run.name.startswith("predict-")]
+    failed = [s for s in states if "1 of 8 inputs are error rows" in (s.message or "")]
+    assert len(failed) == 2 and all(s.type.value == "FAILED" for s in failed)
     local_report = pd.read_csv(tmp_path / "local" / "report.csv")
     dask_report = pd.read_csv(tmp_path / "dask" / "report.csv")
     pd.testing.assert_frame_equal(local_report[COMPARED], dask_report[COMPARED])
