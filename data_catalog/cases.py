@@ -3,7 +3,7 @@ files: the record evaluation, tuning, calibration and cross-validation take."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,16 +33,38 @@ class Case:
     stats: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class CaseStream:
+    """Cases read one at a time, with their count known before the first is read (for the
+    progress of the steps that go through them)."""
+
+    cases: Iterable[Case]
+    count: int
+
+    def __iter__(self) -> Iterator[Case]:
+        return iter(self.cases)
+
+    def __len__(self) -> int:
+        return self.count
+
+
 def manifest_cases(
     manifest: pd.DataFrame,
     data: PrepareConfig,
     context_slices: int = 0,
     volume_statistics: bool = False,
-) -> Iterator[Case]:
+) -> CaseStream:
     """Every manifest row read as a model of ``context_slices`` reads it: volume slices with
     their neighbours as channels and, with ``volume_statistics``, their volume's statistics."""
+    rows = manifest.to_dict("records")
+    return CaseStream(_read_rows(rows, data, context_slices, volume_statistics), len(rows))
+
+
+def _read_rows(
+    rows: list[dict], data: PrepareConfig, context_slices: int, volume_statistics: bool
+) -> Iterator[Case]:
     rule = LabelRule.build(data.foreground, data.labels, data.label_names)
-    for row in manifest.to_dict("records"):
+    for row in rows:
         image, truth = load_case(
             row["image"],
             mask_paths(row),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import pandas as pd
 import tensorflow as tf
 
 from data_catalog.atomic import write_json_atomic
-from data_catalog.cases import Case
+from data_catalog.cases import Case, CaseStream
 from data_catalog.errors import NameNotFound
 from data_catalog.hashing import hash_json
 from data_catalog.images import encode_png
@@ -379,15 +380,17 @@ def read_set(tfrecord_dir: str | Path, split: str) -> tf.data.Dataset:
     )
 
 
-def iterate_cases(tfrecord_dir: str | Path, split: str):
-    """The cases of one split as numpy, read with the set's own channels, dtype and context.
+def iterate_cases(tfrecord_dir: str | Path, split: str) -> CaseStream:
+    """The cases of one split as numpy, read with the set's own channels, dtype and context:
+    :class:`~data_catalog.cases.Case` records (image ``(H, W, C')`` uint8, uint16 or int16,
+    truth ``(H, W)`` uint8 class indices, stats ``(2C,)`` float32), read lazily, their count
+    known from the sidecar."""
+    sidecar = load_sidecar(tfrecord_dir)
+    count = int(sidecar["splits"].get(split, {}).get("num_records", 0))
+    return CaseStream(_read_cases(tfrecord_dir, split, sidecar["dtype"] == "int16"), count)
 
-    Yields:
-        :class:`~data_catalog.cases.Case` records: image ``(H, W, C')`` uint8, uint16 or
-        int16, truth ``(H, W)`` uint8 class indices, stats ``(2C,)`` float32.
-    """
 
-    signed = load_sidecar(tfrecord_dir)["dtype"] == "int16"
+def _read_cases(tfrecord_dir: str | Path, split: str, signed: bool) -> Iterator[Case]:
     for record in read_set(tfrecord_dir, split).as_numpy_iterator():
         image = record["image"]
         if signed:

@@ -13,7 +13,13 @@ from data_catalog.config import PrepareConfig
 from data_catalog.manifest import apply_policy, index_dataset
 from data_catalog.manifest_file import read_manifest
 from data_catalog.splits import split_cases
-from tasks.reporting import publish_image, publish_markdown, publish_table, run_logger
+from tasks.reporting import (
+    publish_image,
+    publish_markdown,
+    publish_table,
+    run_logger,
+    shows_progress,
+)
 from unet.config import EvaluateConfig
 from unet.evaluation.result import EvaluationResult
 from unet.store.registry import resolve_model_file
@@ -87,6 +93,7 @@ def _publish(result: EvaluationResult, out_dir: str, prefix: str = "") -> None:
 
 
 @task(name="evaluate-split", task_run_name="evaluate-{role}-on-{split}")
+@shows_progress
 def evaluate_split(
     model: str,
     tfrecord_dir: str,
@@ -125,6 +132,7 @@ def evaluate_split(
 
 
 @task(name="evaluate-dataset")
+@shows_progress
 def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> EvaluationResult:
     """Score a model on a labelled dataset: every valid case, or one split of it.
 

@@ -19,7 +19,7 @@ from data_catalog.manifest import EmptyDatasetError, apply_policy, index_dataset
 from data_catalog.manifest_file import read_manifest
 from data_catalog.splits import load_splits, save_splits, split_cases
 from data_catalog.summary import split_rows, summarize_dataset
-from tasks.reporting import publish_markdown, publish_table, run_logger
+from tasks.reporting import publish_markdown, publish_table, run_logger, shows_progress
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class IndexSummary:
 
 
 @task(name="index-dataset")
+@shows_progress
 def index_cases(config: PrepareConfig, out_dir: str) -> IndexSummary:
     """Pair, read, check and hash every case; write ``manifest.csv`` and ``validation.csv``.
 
@@ -125,6 +126,7 @@ def _tfrecord_cache_key(context, parameters) -> str:
     name="write-tfrecords",
     cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_tfrecord_cache_key),
 )
+@shows_progress
 def write_tfrecord_set(
     manifest_path: str, splits_path: str, config: PrepareConfig, tfrecord_dir: str, address: str
 ) -> str:
@@ -162,6 +164,7 @@ def write_tfrecord_set(
 
 
 @task(name="fingerprint-dataset")
+@shows_progress
 def fingerprint(
     index: IndexSummary, config: PrepareConfig, out_dir: str, splits_path: str | None = None
 ) -> str:

@@ -7,8 +7,11 @@ attach artifacts to then, so they are skipped and messages go to the standard lo
 from __future__ import annotations
 
 import base64
+import functools
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -25,6 +28,7 @@ from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
+from data_catalog.progress import reporting
 from data_catalog.summary import markdown_table  # noqa: F401  (re-exported for tasks)
 
 _fallback = logging.getLogger("segflow")
@@ -114,3 +118,33 @@ class Progress:
     def update(self, done: int, total: int) -> None:
         if self.artifact_id is not None and total > 0:
             update_progress_artifact(self.artifact_id, progress=100.0 * done / total)
+
+
+@contextmanager
+def dashboard_progress() -> Iterator[None]:
+    """While the block runs, each long step of the libraries with a known length (indexing,
+    writing TFRecords, evaluating, tuning ...) keeps a progress artifact ``{step}-progress``
+    in the dashboard (a no-op outside a run)."""
+    artifacts: dict[str, Progress] = {}
+
+    def report(step: str, done: int, total: int | None) -> None:
+        if not total:
+            return
+        if step not in artifacts:
+            key = re.sub(r"[^a-z0-9-]+", "-", step.lower()).strip("-") + "-progress"
+            artifacts[step] = Progress(key, f"{step.capitalize()}: done")
+        artifacts[step].update(done, total)
+
+    with reporting(report):
+        yield
+
+
+def shows_progress(function: Callable) -> Callable:
+    """A task body run inside :func:`dashboard_progress`."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        with dashboard_progress():
+            return function(*args, **kwargs)
+
+    return run

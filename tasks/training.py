@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from prefect import task
 
-from tasks.reporting import Progress, publish_table, run_logger
+from tasks.reporting import Progress, publish_table, run_logger, shows_progress
 from unet.config import DeviceConfig, TrainConfig
 
 if TYPE_CHECKING:  # the training stack imports TensorFlow: deferred to the task's run
@@ -21,6 +21,7 @@ TRAINING_TAG = "segflow-training"
 @task(
     name="train-unet", tags=[TRAINING_TAG], task_run_name="train-unet-{config.model.architecture}"
 )
+@shows_progress
 def train_unet(
     tfrecord_dir: str,
     run_dir: str,
@@ -54,6 +55,7 @@ def train_unet(
 
 
 @task(name="train-fold", task_run_name="train-fold-{job.fold}")
+@shows_progress
 def train_fold_task(job: FoldJob):
     """One fold of a cross-validated training: train its model (resumably), then score it on
     the fold's validation cases, which it never trained on (out of fold).

@@ -85,6 +85,11 @@ def test_flow_runs_publish_artifacts(demo_dir):
         "model-registry",
         "training-progress",
         "segmentation-progress",
+        "indexing-progress",  # every long step of known length has its progress artifact
+        "writing-tfrecords-progress",
+        "fingerprint-progress",
+        "evaluating-progress",
+        "tuning-progress",
     } <= keys
     assert {"train", "predict"} <= completed  # the demo's runs (other tests fail some on purpose)
 

@@ -30,3 +30,15 @@ def test_a_demo_run_shows_every_steps_progress(tmp_path):
         assert f"{step}: " in output or f"{step}:" in output, step
     assert "min to the last epoch" in output
     assert "oneDNN custom operations" not in output  # TensorFlow's start-up lines hidden
+
+
+def test_steps_report_their_counts_to_listeners_throttled_with_the_end():
+    from data_catalog.cases import CaseStream
+    from data_catalog.progress import progress, reporting
+
+    heard = []
+    with reporting(lambda step, done, total: heard.append((step, done, total))):
+        assert list(progress(CaseStream(iter(range(5)), 5), "tuning")) == [0, 1, 2, 3, 4]
+    assert heard[0] == ("tuning", 1, 5) and heard[-1] == ("tuning", 5, 5)
+    assert len(heard) == 2  # the first and the last: the rest within the throttle
+    assert list(progress(range(3), "evaluating")) == [0, 1, 2]  # nobody listening
