@@ -45,7 +45,7 @@ def old_defaults(**overrides) -> dict:
     keeps them all (a planned setting the user gives is kept as given)."""
     from unet.config import TrainConfig
 
-    return {**TrainConfig().model_dump(), **overrides}
+    return {**TrainConfig().flat(), **overrides}
 
 
 def lgg_prepare(data_root: Path, cache: Path):
@@ -90,7 +90,7 @@ def train(prepare, train_settings: dict, run_dir: Path, folds: int):
     return summary, time.perf_counter() - started
 
 
-def fold_test_scores(run_dir: Path, folds: int, cache: Path) -> list[dict]:
+def fold_test_scores(run_dir: Path, folds: int, cache: Path) -> list:
     """Each fold model alone on the run's test split (the same in every fold): the single
     models the ensemble is compared with, scored by the same evaluation."""
     from data_catalog.manifest_file import read_manifest
@@ -138,8 +138,8 @@ def run_lgg(args, scratch: Path) -> dict:
         summary, seconds = train(prepare, settings, run_dir, args.folds)
         rows[name] = describe(name, summary, seconds, run_dir)
         alone = fold_test_scores(run_dir, args.folds, scratch / "cache")
-        rows[name]["test_volume_dice_fold_models"] = [m["group_volume_dice_mean"] for m in alone]
-        rows[name]["test_dice_fold_models"] = [m["foreground_dice"] for m in alone]
+        rows[name]["test_volume_dice_fold_models"] = [m.group_volume_dice_mean for m in alone]
+        rows[name]["test_dice_fold_models"] = [m.foreground_dice for m in alone]
     return rows
 
 
