@@ -27,8 +27,10 @@ from flows.cli_args import (
 )
 from flows.cli_demo import add_demo_command, run_demo
 from flows.cli_messages import (
+    PREFECT_LOGGERS,
     RUN_LOGGERS,
     USER_ERRORS,
+    PrefectBoilerplate,
     PrintVersion,
     UserErrorTracebacks,
     one_line,
@@ -350,6 +352,9 @@ def run_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+BOILERPLATE_FILTER = PrefectBoilerplate()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segflow`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -365,9 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         "models": run_models,
         "retrain": run_retrain,
     }
-    quiet = UserErrorTracebacks()
-    run_loggers = [logging.getLogger(name) for name in RUN_LOGGERS]
-    for logger in run_loggers:
+    filters = [(logging.getLogger(name), UserErrorTracebacks()) for name in RUN_LOGGERS]
+    for name in PREFECT_LOGGERS:  # kept to the process's end: the server stops after main
+        prefect_logger = logging.getLogger(name)
+        if args.verbose:
+            prefect_logger.removeFilter(BOILERPLATE_FILTER)
+        else:
+            prefect_logger.addFilter(BOILERPLATE_FILTER)  # once: a Filter is added only once
+    for logger, quiet in filters:
         logger.addFilter(quiet)
     try:
         return handlers[args.command](args)
@@ -375,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segflow {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     finally:
-        for logger in run_loggers:
+        for logger, quiet in filters:
             logger.removeFilter(quiet)
 
 

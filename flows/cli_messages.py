@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from importlib import metadata
 
 from pydantic import ValidationError
@@ -81,3 +82,19 @@ class UserErrorTracebacks(logging.Filter):
             return True
         message = record.getMessage()
         return not any(text and text in message for text in self.seen)
+
+
+# Prefect's lines about its own machinery, which every command would open and close with:
+# kept with --verbose, dropped otherwise (the run's own messages, warnings and errors stay).
+BOILERPLATE = re.compile(
+    r"^(Finished in state Completed\(\)|Beginning flow run|Created task run|Executing '|"
+    r"Starting temporary server|Stopping temporary server|Starting a new flow run)"
+)
+PREFECT_LOGGERS = ("prefect", "prefect.flow_runs", "prefect.task_runs")
+
+
+class PrefectBoilerplate(logging.Filter):
+    """Drops Prefect's INFO lines about starting servers, runs and tasks (:data:`BOILERPLATE`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not BOILERPLATE.match(record.getMessage())

@@ -30,6 +30,9 @@ def test_a_demo_run_shows_every_steps_progress(tmp_path):
         assert f"{step}: " in output or f"{step}:" in output, step
     assert "min to the last epoch" in output
     assert "oneDNN custom operations" not in output  # TensorFlow's start-up lines hidden
+    assert "Finished in state Completed()" not in output  # Prefect's machinery, also hidden
+    assert "Starting temporary server" not in output and "Beginning flow run" not in output
+    assert "indexed 16 cases" in output  # the run's own messages stay
 
 
 def test_steps_report_their_counts_to_listeners_throttled_with_the_end():
