@@ -8,6 +8,7 @@ from pathlib import Path
 
 from data_catalog.catalog import resolve_dataset
 from data_catalog.config import ManifestPairing, PrepareConfig
+from data_catalog.pairing_hints import suggest_rule
 
 
 def check_path(path: str | Path, what: str, kind: str = "folder") -> Path:
@@ -36,7 +37,14 @@ def check_dataset(config: PrepareConfig) -> PrepareConfig:
         FileNotFoundError: a folder or file that is not there.
     """
     resolved = resolve_dataset(config)
-    rule = resolved.pairing_rule()
+    try:
+        rule = resolved.pairing_rule()
+    except ValueError as error:  # no masks folder: perhaps the masks lie beside the images
+        if resolved.images and Path(resolved.images).is_dir():
+            hint = suggest_rule(resolved)
+            if hint:
+                raise ValueError(f"{error}; from the file names: {hint}") from None
+        raise
     if isinstance(rule, ManifestPairing):
         check_path(rule.manifest, "manifest", "file")
     else:

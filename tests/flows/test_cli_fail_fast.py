@@ -137,3 +137,15 @@ def test_the_old_binary_255_flag_still_means_what_it_did(folders, monkeypatch, f
     monkeypatch.chdir(folders)
     assert main(["--verbose", "predict", "--model", "run", "images", "out", *flags]) == 0
     assert seen[0].mask_values == expected
+
+
+def test_masks_beside_the_images_without_a_rule_get_the_rule_named(folders):
+    from PIL import Image
+
+    for index in range(2):
+        Image.new("L", (8, 8)).save(folders / "images" / f"s{index}.tif")
+        Image.new("L", (8, 8)).save(folders / "images" / f"s{index}_mask.tif")
+    done, seconds = _segflow("train", "--images", "images", "--out", "run", cwd=folders)
+    assert done.returncode == 2 and seconds < BOUND_SECONDS
+    assert "2 of 2 images would pair with --mask-suffix _mask" in done.stderr
+    assert not (folders / "run").exists()
