@@ -62,8 +62,8 @@ class EmptyDatasetError(ValueError):
 
 # What a user can do about the most common problem, when every case has it.
 PROBLEM_HINTS = {
-    "inconsistent channels": "set --channels to the images' channel count (1 or 3), or "
-    "--colour-input grey for grey scans with coloured marks",
+    "inconsistent channels": "set --channels to the images' channel count (1 or 3); for grey "
+    "scans with coloured marks, --colour-input grey (each file's detail says which)",
     "no mask": "check the pairing rule (--mask-suffix, --key-pattern, --masks)",
     "no image": "check the pairing rule (--mask-suffix, --key-pattern, --images)",
     "unexpected mask values": "check --foreground (bright/dark) or give --labels",

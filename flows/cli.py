@@ -370,23 +370,24 @@ def main(argv: list[str] | None = None) -> int:
         "models": run_models,
         "retrain": run_retrain,
     }
-    filters = [(logging.getLogger(name), UserErrorTracebacks()) for name in RUN_LOGGERS]
+    quiet = UserErrorTracebacks()  # one for all run loggers: a repeat is seen across them
+    filters = [(logging.getLogger(name), quiet) for name in RUN_LOGGERS]
     for name in PREFECT_LOGGERS:  # kept to the process's end: the server stops after main
         prefect_logger = logging.getLogger(name)
         if args.verbose:
             prefect_logger.removeFilter(BOILERPLATE_FILTER)
         else:
             prefect_logger.addFilter(BOILERPLATE_FILTER)  # once: a Filter is added only once
-    for logger, quiet in filters:
-        logger.addFilter(quiet)
+    for logger, each in filters:
+        logger.addFilter(each)
     try:
         return handlers[args.command](args)
     except USER_ERRORS as error:  # one line, exit 2; anything else is a bug: traceback, exit 1
         print(f"segflow {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     finally:
-        for logger, quiet in filters:
-            logger.removeFilter(quiet)
+        for logger, each in filters:
+            logger.removeFilter(each)
 
 
 if __name__ == "__main__":

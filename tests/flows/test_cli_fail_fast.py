@@ -149,3 +149,16 @@ def test_masks_beside_the_images_without_a_rule_get_the_rule_named(folders):
     assert done.returncode == 2 and seconds < BOUND_SECONDS
     assert "2 of 2 images would pair with --mask-suffix _mask" in done.stderr
     assert not (folders / "run").exists()
+
+
+def test_a_run_stopped_by_the_data_says_so_once_in_the_log_and_once_from_the_cli(folders):
+    from PIL import Image
+
+    for index in range(2):
+        Image.new("L", (8, 8)).save(folders / "images" / f"scan{index}.png")
+        Image.new("L", (8, 8)).save(folders / "masks" / f"other{index}.png")
+    done, _ = _segflow("prepare", "--images", "images", "--masks", "masks", "--out", "out",
+                       cwd=folders)  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and output.count("no usable cases for images=") == 2, output
+    assert "Traceback" not in output
