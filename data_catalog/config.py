@@ -180,34 +180,35 @@ class PrepareConfig(BaseModel):
             return "pattern"
         return "stem"
 
-    def pairing_rule(self) -> PairingRule:
-        """The pairing rule as one explicit choice, with the folders it needs.
 
-        Raises:
-            ValueError: the rule is incomplete (no images folder, or no masks folder where
-                the rule needs one).
-        """
-        kind = self.pairing
-        if kind == "manifest":
-            return ManifestPairing(manifest=self.manifest)
-        if not self.images:
-            raise ValueError(
-                "no images folder: give images (and masks, mask_suffix or key_pattern), "
-                "a manifest, or a dataset name from the catalog"
-            )
-        if kind == "suffix":
-            masks = self.masks or self.images
-            return SuffixPairing(images=self.images, masks=masks, suffix=self.mask_suffix)
-        if not self.masks:
-            raise ValueError(
-                f"pairing by {kind} needs a masks folder; give masks (or mask_suffix "
-                "for masks beside their images)"
-            )
-        if kind == "pattern":
-            return PatternPairing(
-                images=self.images,
-                masks=self.masks,
-                key_pattern=self.key_pattern,
-                mask_key_pattern=self.mask_key_pattern or self.key_pattern,
-            )
-        return StemPairing(images=self.images, masks=self.masks)
+def pairing_rule(config: PrepareConfig) -> PairingRule:
+    """The pairing rule as one explicit choice, with the folders it needs.
+
+    Raises:
+        ValueError: the rule is incomplete (no images folder, or no masks folder where
+            the rule needs one).
+    """
+    kind = config.pairing
+    if kind == "manifest":
+        return ManifestPairing(manifest=config.manifest)
+    if not config.images:
+        raise ValueError(
+            "no images folder: give images (and masks, mask_suffix or key_pattern), "
+            "a manifest, or a dataset name from the catalog"
+        )
+    if kind == "suffix":
+        masks = config.masks or config.images
+        return SuffixPairing(images=config.images, masks=masks, suffix=config.mask_suffix)
+    if not config.masks:
+        raise ValueError(
+            f"pairing by {kind} needs a masks folder; give masks (or mask_suffix "
+            "for masks beside their images)"
+        )
+    if kind == "pattern":
+        return PatternPairing(
+            images=config.images,
+            masks=config.masks,
+            key_pattern=config.key_pattern,
+            mask_key_pattern=config.mask_key_pattern or config.key_pattern,
+        )
+    return StemPairing(images=config.images, masks=config.masks)

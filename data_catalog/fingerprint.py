@@ -152,6 +152,9 @@ def intensity_window(samples: list[np.ndarray]) -> dict[str, list[float]] | None
     }
 
 
+SIDES = ("height", "width")
+
+
 def fingerprint_dataset(
     manifest: pd.DataFrame,
     rule: LabelRule,
@@ -176,7 +179,6 @@ def fingerprint_dataset(
         ``class_frequencies``, ``channels`` (see :func:`summarize_channels`) and ``cases``
         (one :class:`CaseStats` each).
     """
-
     dtypes = sorted(set(map(str, manifest["dtype"])))
     window = window or "int16" in dtypes
 
@@ -197,10 +199,7 @@ def fingerprint_dataset(
     return {
         "num_cases": len(cases),
         "num_groups": int(cases["group"].nunique()),
-        "sizes": {
-            "height": np.percentile(cases["height"], (0, 50, 100)).tolist(),
-            "width": np.percentile(cases["width"], (0, 50, 100)).tolist(),
-        },
+        "sizes": {side: np.percentile(cases[side], (0, 50, 100)).tolist() for side in SIDES},
         "foreground_fraction": {
             "mean": float(cases["foreground_fraction"].mean()),
             "median": float(cases["foreground_fraction"].median()),

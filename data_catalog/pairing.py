@@ -26,6 +26,7 @@ from data_catalog.config import (
     PrepareConfig,
     StemPairing,
     SuffixPairing,
+    pairing_rule,
 )
 from data_catalog.images import DICOM_EXTENSIONS, is_image_file
 from data_catalog.volumes import is_volume, volume_stem
@@ -97,7 +98,7 @@ def pair_cases(config: PrepareConfig) -> tuple[list[CaseFiles], list[Problem]]:
         FileNotFoundError: a folder or the manifest does not exist.
         ValueError: the rule is incomplete (e.g. no image folder) or a pattern is invalid.
     """
-    rule = config.pairing_rule()
+    rule = pairing_rule(config)
     if isinstance(rule, ManifestPairing):
         return _pair_manifest(config)
     images_root, masks_root = Path(rule.images), Path(rule.masks)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_catalog.catalog import resolve_dataset
-from data_catalog.config import ManifestPairing, PrepareConfig
+from data_catalog.config import ManifestPairing, PrepareConfig, pairing_rule
 from data_catalog.pairing_hints import suggest_rule
 
 
@@ -38,7 +38,7 @@ def check_dataset(config: PrepareConfig) -> PrepareConfig:
     """
     resolved = resolve_dataset(config)
     try:
-        rule = resolved.pairing_rule()
+        rule = pairing_rule(resolved)
     except ValueError as error:  # no masks folder: perhaps the masks lie beside the images
         if resolved.images and Path(resolved.images).is_dir():
             hint = suggest_rule(resolved)

@@ -112,14 +112,14 @@ def test_two_pairing_rules_at_once_are_refused():
     ],
 )
 def test_the_pairing_rule_is_one_explicit_choice(given, kind, message):
-    from data_catalog.config import PrepareConfig
+    from data_catalog.config import PrepareConfig, pairing_rule
 
     config = PrepareConfig(**given)
     if message:
         with pytest.raises(ValueError, match=message):
-            config.pairing_rule()
+            pairing_rule(config)
         return
-    rule = config.pairing_rule()
+    rule = pairing_rule(config)
     assert rule.kind == kind == config.pairing
     if kind == "suffix":
         assert (rule.masks, rule.suffix) == ("i", "_mask")  # masks beside their images
