@@ -45,6 +45,7 @@ from unet.config import (
     TrainConfig,
 )
 from unet.inference.export import export_model
+from unet.store.lineage import trained_prepare_config
 from unet.store.registry import registry_root, resolve_model_file
 from unet.training.planning import PLANNED_SETTINGS, plan_training
 
@@ -288,14 +289,13 @@ def trained_on(model_dir: Path) -> PrepareConfig:
     Raises:
         FileNotFoundError: the model records none; the message says to give the dataset.
     """
-    lineage = model_dir / "lineage.json"
-    try:
-        recorded = json.loads(lineage.read_text())["prepare_config"]
-    except (OSError, ValueError, KeyError):
+    recorded = trained_prepare_config(model_dir)
+    if recorded is None:
         raise FileNotFoundError(
-            f"{lineage}: no record of the data this model was trained on; give the dataset "
-            "(--dataset, or --images with --masks, --mask-suffix or --key-pattern)"
-        ) from None
+            f"{model_dir / 'lineage.json'}: no record of the data this model was trained on; "
+            "give the dataset (--dataset, or --images with --masks, --mask-suffix or "
+            "--key-pattern)"
+        )
     return PrepareConfig(**recorded)
 
 

@@ -320,9 +320,7 @@ def plan_inputs(
     files, special = list_inputs(input_dir, output_dir)
     left_out = ""
     if selection is not None:
-        kept = selection.select(files, input_dir)
-        left_out = f"{len(files) - len(kept)} files left out ({selection})" if kept != files else ""
-        files = kept
+        files, left_out = selection.select(files, input_dir)
     series, files = dicom_volumes(files, input_dir)
     stacks = {path for path in files if is_volume(path) or is_tiff_stack(path)}
     names = mask_names(files, input_dir, stacks)

@@ -4,13 +4,13 @@ and by default not the masks that sit beside the scans under the training data's
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 
 from unet.config import PredictConfig
+from unet.store.lineage import trained_prepare_config
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +25,13 @@ class InputSelection:
     exclude: tuple[str, ...] = ()
     reason: str = ""
 
-    def select(self, files: list[Path], input_dir: Path) -> list[Path]:
-        """The files kept; how many were left out, and why, is logged once."""
+    def select(self, files: list[Path], input_dir: Path) -> tuple[list[Path], str]:
+        """The files kept, and how many were left out and why ("" when none; logged once)."""
         kept = [path for path in files if self.keeps(path.relative_to(input_dir).as_posix())]
-        if len(kept) < len(files):
-            logger.info("%d files left out of the inputs: %s", len(files) - len(kept), self)
-        return kept
+        gone = len(files) - len(kept)
+        if gone:
+            logger.info("%d files left out of the inputs: %s", gone, self)
+        return kept, f"{gone} files left out ({self})" if gone else ""
 
     def __str__(self) -> str:
         parts = [f"--include {' '.join(self.include)}"] if self.include else []
@@ -52,11 +53,7 @@ class InputSelection:
 def training_mask_patterns(model_dir: Path) -> tuple[str, ...]:
     """``*_mask.*`` and ``*_mask_*`` when the model was trained on masks named by the suffix
     ``_mask`` (its lineage's prepare config); none otherwise."""
-    lineage = model_dir / "lineage.json"
-    try:
-        suffix = (json.loads(lineage.read_text()).get("prepare_config") or {}).get("mask_suffix")
-    except (OSError, ValueError):
-        return ()
+    suffix = (trained_prepare_config(model_dir) or {}).get("mask_suffix")
     return (f"*{suffix}.*", f"*{suffix}_*") if suffix else ()
 
 

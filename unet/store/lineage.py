@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 from importlib import metadata
@@ -51,3 +52,12 @@ def code_revision() -> dict[str, object]:
         return {"git_commit": commit, "git_dirty": bool(status)}
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
+
+
+def trained_prepare_config(model_dir: str | Path) -> dict | None:
+    """The prepare config a model was trained with (its ``lineage.json``), or None when the
+    model records none."""
+    try:
+        return json.loads((Path(model_dir) / "lineage.json").read_text())["prepare_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
