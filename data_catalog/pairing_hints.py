@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from data_catalog.config import PrepareConfig
 from data_catalog.pairing import file_stem, image_files
@@ -55,3 +55,23 @@ def suggest_rule(config: PrepareConfig) -> str | None:
     total = sum(not is_mask(name) for names in images.values() for name in names)
     where = "" if beside else f" --masks {masks_root}"
     return f"{paired} of {total} images would pair with --mask-suffix {suffix}{where}"
+
+
+def grouping_hint(groups: list[str], group_by: str) -> str | None:
+    """A sentence suggesting ``--group-by parent`` when cases are grouped one by one although
+    they sit in folders of several (one folder per patient is the common layout: grouped by
+    case, one patient's slices land in training and test alike, and the test Dice overstates
+    what a new patient gets); None when it does not apply."""
+    if group_by != "case":
+        return None
+    folders = Counter(PurePosixPath(group).parent.as_posix() for group in sorted(set(groups)))
+    shared = {folder: count for folder, count in folders.items() if folder != "." and count > 1}
+    if len(shared) < 2 or sum(shared.values()) < len(set(groups)) / 2:
+        return None
+    example, count = max(shared.items(), key=lambda item: item[1])
+    return (
+        f"the {len(set(groups))} cases sit in {len(folders)} folders (e.g. {count} in "
+        f"{example}/) but each is its own group in the split: if a folder is one patient or "
+        "scan, --group-by parent keeps its cases on one side of the split (else the test "
+        "Dice measures slices of patients the model trained on)"
+    )

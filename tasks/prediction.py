@@ -42,25 +42,36 @@ def segment_folder(config: PredictConfig) -> SegmentationSummary:
     return summarize_report(report, config, plans[0].left_out if plans else "")
 
 
+@dataclass(frozen=True)
+class ShardResult:
+    """One shard's report rows, and the files its plan left out of the inputs (every shard
+    plans over all files, so each says the same)."""
+
+    rows: list[dict]
+    left_out: str = ""
+
+
 @task(name="segment-shard", cache_policy=NO_CACHE, task_run_name="segment-shard-{index}")
-def segment_shard(config: PredictConfig, index: int, count: int) -> list[dict]:
-    """Segment every ``count``-th input from ``index`` (runs on a Dask worker); return rows."""
+def segment_shard(config: PredictConfig, index: int, count: int) -> ShardResult:
+    """Segment every ``count``-th input from ``index`` (runs on a Dask worker)."""
     # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.prediction import segment_files
 
-    return segment_files(config, shard=(index, count))
+    plans = []
+    rows = segment_files(config, shard=(index, count), on_plan=plans.append)
+    return ShardResult(rows, plans[0].left_out if plans else "")
 
 
 @task(name="write-segmentation-report", cache_policy=NO_CACHE)
-def merge_shard_reports(shards: list[list[dict]], config: PredictConfig) -> SegmentationSummary:
+def merge_shard_reports(shards: list[ShardResult], config: PredictConfig) -> SegmentationSummary:
     """Merge the shards' rows into one ``report.csv`` in the plan's order (inputs by relative
     path; a DICOM series is one input named by its folder)."""
     # deferred: imports TensorFlow (4 s): importing flows and tasks stays light
     from unet.prediction import write_report
 
-    rows = sorted((row for shard in shards for row in shard), key=lambda row: row["input"])
+    rows = sorted((row for shard in shards for row in shard.rows), key=lambda row: row["input"])
     report = write_report(rows, Path(config.output_dir), config.review_page)
-    return summarize_report(report, config)
+    return summarize_report(report, config, next((s.left_out for s in shards if s.left_out), ""))
 
 
 def review_line(summary: SegmentationSummary) -> str:

@@ -51,3 +51,27 @@ def test_a_dataset_that_does_not_pair_says_which_rule_would(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "data_catalog.manifest"]
     assert len(lines) == 3  # no mask, no image (each once, with a count), the suggestion
     assert lines[0].startswith("5 file(s): ") and "and 2 more (all in validation.csv)" in lines[0]
+
+
+def test_slices_in_patient_folders_grouped_one_by_one_are_told_of_group_by_parent(tmp_path, caplog):
+    from data_catalog.pairing_hints import grouping_hint
+
+    for patient in ("p1", "p2", "p3"):
+        for index in range(3):
+            _png(tmp_path / patient / f"{patient}_{index}.png")
+            mask = np.zeros((8, 8), np.uint8)
+            mask[2, 2] = 255
+            path = tmp_path / patient / f"{patient}_{index}_mask.png"
+            Image.fromarray(mask).save(path)
+    config = PrepareConfig(images=str(tmp_path), mask_suffix="_mask")
+    with caplog.at_level(logging.WARNING, logger="data_catalog.manifest"):
+        index = index_dataset(config)
+    assert index.manifest["group"].nunique() == 9
+    assert "the 9 cases sit in 3 folders" in caplog.text and "--group-by parent" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="data_catalog.manifest"):
+        parent = index_dataset(config.model_copy(update={"group_by": "parent"}))
+    assert parent.manifest["group"].nunique() == 3 and "--group-by" not in caplog.text
+    # flat folders, or folders of one case each, have nothing to suggest
+    assert grouping_hint(["a", "b", "c"], "case") is None
+    assert grouping_hint(["a/x", "b/y", "c/z"], "case") is None

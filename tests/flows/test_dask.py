@@ -22,7 +22,8 @@ def test_dask_run_equals_local_run(prefect_server, trained_run, tmp_path):
             rng.integers(0, 255, size, dtype=np.uint8),
         )
     (inputs / "broken.png").write_bytes(b"")
-    base = dict(model=str(trained_run), input_dir=str(inputs), batch_size=2)
+    (inputs / "notes.txt").write_text("not a scan")
+    base = dict(model=str(trained_run), input_dir=str(inputs), batch_size=2, exclude=["*.txt"])
 
     local = segment_inputs(PredictConfig(**base, output_dir=str(tmp_path / "local")))
     dask = segment_inputs(
@@ -36,6 +37,8 @@ def test_dask_run_equals_local_run(prefect_server, trained_run, tmp_path):
     )
     assert local.num_inputs == dask.num_inputs == 8
     assert local.num_errors == dask.num_errors == 1
+    assert local.left_out == dask.left_out
+    assert local.left_out.startswith("1 file left out (excluded *.txt")
     # a run with error rows is red in the dashboard, its message counting them
     from prefect.client.orchestration import get_client
 

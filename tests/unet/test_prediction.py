@@ -497,3 +497,25 @@ def test_the_training_masks_beside_the_scans_are_not_inputs(threshold_model, tmp
     assert sorted(chosen["input"]) == ["a.png", "a_mask.png", "a_mask_2.png", "b.png"]
     everything = _predict(model, tmp_path / "in", tmp_path / "o3", exclude=[""])
     assert len(everything) == 6
+
+
+def test_a_model_trained_on_coloured_scans_as_grey_reads_them_so_at_prediction(
+    threshold_model, tmp_path
+):
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(threshold_model, model)
+    (model / "lineage.json").write_text(json.dumps({"prepare_config": {"colour_input": "grey"}}))
+    grey = np.zeros((16, 16), np.uint8)
+    grey[4:9, 4:9] = 255
+    marked = np.repeat(grey[:, :, None], 3, axis=2)
+    marked[0, 0:3] = (255, 255, 0)  # a yellow caliper burnt in
+    write_png_atomic(tmp_path / "in" / "marked.png", marked)
+    report = _predict(model, tmp_path / "in", tmp_path / "out").set_index("input")
+    assert report.loc["marked.png", "status"] == "ok"
+    assert "colour_converted" in report.loc["marked.png", "review_reasons"]
+    refused = _predict(model, tmp_path / "in", tmp_path / "o2", colour_input="error")
+    assert refused.iloc[0]["status"] == "error"
+    assert "--colour-input grey" in refused.iloc[0]["error"]

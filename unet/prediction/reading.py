@@ -3,6 +3,7 @@ threads with a bounded look-ahead (in files and in bytes)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from data_catalog.images import (
     luminance,
     read_image,
 )
+from unet.config import PredictConfig
 from unet.inference.segmenter import Segmenter
 from unet.prediction.dtypes import align_to_training_dtype
 from unet.prediction.plan import (
@@ -28,6 +30,9 @@ from unet.prediction.plan import (
     is_video,
 )
 from unet.prediction.records import LoadedInput
+from unet.store.lineage import trained_prepare_config
+
+logger = logging.getLogger(__name__)
 
 # Decoded images read ahead of the model hold at most about this much (besides the count limit
 # of 2 x batch size): a folder of 8000x8000 scans (256 MB each as float32) stays near 1 GB.
@@ -69,6 +74,22 @@ COLOUR_ADVICE = (
     "scanner) for a greyscale model; --colour-input grey converts such scans to luminance and "
     "flags them for review"
 )
+
+
+def trained_colour_input(config: PredictConfig, model_dir: Path) -> PredictConfig:
+    """``config`` with ``colour_input`` ``grey`` when the user did not set it and the model was
+    trained with ``--colour-input grey`` (its lineage's prepare config): the scans it learned
+    from had coloured ones among them, so prediction reads them alike (each still flagged
+    ``colour_converted``); ``--colour-input error`` refuses them."""
+    if "colour_input" in config.model_fields_set:
+        return config
+    if (trained_prepare_config(model_dir) or {}).get("colour_input") != "grey":
+        return config
+    logger.info(
+        "the model was trained with --colour-input grey: coloured scans are read as grey and "
+        "flagged colour_converted (--colour-input error refuses them)"
+    )
+    return config.model_copy(update={"colour_input": "grey"})
 
 
 def prepare_image(

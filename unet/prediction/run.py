@@ -22,9 +22,7 @@ from unet.prediction.plan import (
     output_options,
     plan_inputs,
 )
-from unet.prediction.reading import (
-    read_inputs,
-)
+from unet.prediction.reading import read_inputs, trained_colour_input
 from unet.prediction.records import REPORT_COLUMNS, ProgressCallback
 from unet.prediction.review import (
     write_review_page,
@@ -97,6 +95,7 @@ def segment_files(
         ValueError: a tile size the model cannot use.
     """
     segmenter = load_segmenter(config)
+    config = trained_colour_input(config, segmenter.model_path.parent)
     selection = input_selection(config, segmenter.model_path.parent)
     plan = plan_inputs(config, shard, selection)
     if on_plan is not None:

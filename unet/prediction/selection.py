@@ -29,9 +29,10 @@ class InputSelection:
         """The files kept, and how many were left out and why ("" when none; logged once)."""
         kept = [path for path in files if self.keeps(path.relative_to(input_dir).as_posix())]
         gone = len(files) - len(kept)
+        files_word = f"{gone} file{'' if gone == 1 else 's'}"
         if gone:
-            logger.info("%d files left out of the inputs: %s", gone, self)
-        return kept, f"{gone} files left out ({self})" if gone else ""
+            logger.info("%s left out of the inputs: %s", files_word, self)
+        return kept, f"{files_word} left out ({self})" if gone else ""
 
     def __str__(self) -> str:
         parts = [f"--include {' '.join(self.include)}"] if self.include else []
