@@ -70,7 +70,10 @@ def resolve_dataset(config: PrepareConfig) -> PrepareConfig:
         )
     entry = dict(catalog[config.dataset])
     for field in PATH_FIELDS:
-        if entry.get(field) is not None:
-            entry[field] = str((path.parent / entry[field]).resolve())
+        value = entry.get(field)
+        if isinstance(value, list):  # several folders
+            entry[field] = [str((path.parent / part).resolve()) for part in value]
+        elif value is not None:
+            entry[field] = str((path.parent / value).resolve())
     explicit = {name: getattr(config, name) for name in config.model_fields_set}
     return PrepareConfig(**{**entry, **explicit, "catalog": str(path)})

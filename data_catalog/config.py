@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Rule(BaseModel):
@@ -64,9 +64,16 @@ class PrepareConfig(BaseModel):
     catalog: str | None = Field(
         None, description="Catalog file (YAML); default: catalog.yaml in the working directory."
     )
-    images: str | None = Field(None, description="Folder of images (searched recursively).")
-    masks: str | None = Field(
-        None, description="Folder of masks (default with --mask-suffix: beside the images)."
+    images: list[str] | str | None = Field(
+        None,
+        description="Folder of images (searched recursively); several folders (e.g. one per "
+        "site) make one dataset, their cases keyed by their paths under their folder, which "
+        "must not repeat across folders.",
+    )
+    masks: list[str] | str | None = Field(
+        None,
+        description="Folder of masks (default with --mask-suffix: beside the images); with "
+        "several image folders, one masks folder for each, in the same order.",
     )
     mask_suffix: str | None = Field(
         None,
@@ -152,6 +159,17 @@ class PrepareConfig(BaseModel):
         "are unchanged; default: OUT/tfrecords.",
     )
 
+    @field_validator("images", "masks", mode="before")
+    @classmethod
+    def _one_folder_as_text(cls, value: object) -> object:
+        """One folder given as a list (the flags take several) is that folder, so a
+        one-folder dataset's records read as they always did."""
+        if isinstance(value, (list, tuple)):
+            if not value:
+                return None
+            return str(value[0]) if len(value) == 1 else [str(part) for part in value]
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> PrepareConfig:
         if self.num_folds == 0 and self.val_fraction + self.test_fraction >= 1.0:
@@ -167,7 +185,35 @@ class PrepareConfig(BaseModel):
         rules = [name for name in ("mask_suffix", "key_pattern", "manifest") if getattr(self, name)]
         if len(rules) > 1:
             raise ValueError(f"choose one pairing rule; got {', '.join(rules)}")
+        if isinstance(self.masks, list) and len(self.masks) != len(self.image_folders):
+            raise ValueError(
+                "give one masks folder per images folder, in the same order. Received: "
+                f"images={self.images}, masks={self.masks}"
+            )
+        if isinstance(self.images, list) and self.masks is not None and isinstance(self.masks, str):
+            raise ValueError(
+                "several images folders need one masks folder each (or --mask-suffix with the "
+                f"masks beside the images). Received: images={self.images}, masks={self.masks!r}"
+            )
         return self
+
+    @property
+    def image_folders(self) -> list[str]:
+        """The images folders (none, one, or several)."""
+        if self.images is None:
+            return []
+        return [self.images] if isinstance(self.images, str) else list(self.images)
+
+    def per_folder(self) -> list[PrepareConfig]:
+        """One config per images folder (with its masks folder), the rest alike; the config
+        itself when it has one folder or a manifest."""
+        if not isinstance(self.images, list):
+            return [self]
+        masks = self.masks if isinstance(self.masks, list) else [None] * len(self.images)
+        return [
+            self.model_copy(update={"images": images, "masks": mask})
+            for images, mask in zip(self.images, masks, strict=True)
+        ]
 
     @property
     def pairing(self) -> str:
@@ -191,6 +237,11 @@ def pairing_rule(config: PrepareConfig) -> PairingRule:
     kind = config.pairing
     if kind == "manifest":
         return ManifestPairing(manifest=config.manifest)
+    if isinstance(config.images, list):
+        raise ValueError(
+            f"a dataset of several folders has one pairing rule per folder: use "
+            f"config.per_folder() (images={config.images})"
+        )
     if not config.images:
         raise ValueError(
             "no images folder: give images (and masks, mask_suffix or key_pattern), "

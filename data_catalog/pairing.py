@@ -98,6 +98,39 @@ def pair_cases(config: PrepareConfig) -> tuple[list[CaseFiles], list[Problem]]:
         FileNotFoundError: a folder or the manifest does not exist.
         ValueError: the rule is incomplete (e.g. no image folder) or a pattern is invalid.
     """
+    folders = config.per_folder()
+    if len(folders) == 1:
+        return _pair_folder(config)
+    found = [_pair_folder(folder) for folder in folders]
+    return _merge_folders([cases for cases, _ in found], [p for _, ps in found for p in ps])
+
+
+def _merge_folders(
+    per_folder: list[list[CaseFiles]], problems: list[Problem]
+) -> tuple[list[CaseFiles], list[Problem]]:
+    """The cases of several folders as one dataset: keys (paths under their folder) must not
+    repeat across folders, or neither case is taken (which one is meant is not known)."""
+    by_key: dict[str, list[CaseFiles]] = {}
+    for cases in per_folder:
+        for case in cases:
+            by_key.setdefault(case.key, []).append(case)
+    merged = []
+    for key, cases in sorted(by_key.items()):
+        if len(cases) == 1:
+            merged.append(cases[0])
+            continue
+        paths = ", ".join(str(case.image) for case in cases)
+        for case in cases:
+            detail = (
+                f"key {key!r} is in several image folders ({paths}): rename one, or put each "
+                "folder's cases in a subfolder of their own"
+            )
+            problems.append(problem(case.image, "duplicate key", detail))
+    return merged, problems
+
+
+def _pair_folder(config: PrepareConfig) -> tuple[list[CaseFiles], list[Problem]]:
+    """:func:`pair_cases` for one images folder (or a manifest)."""
     rule = pairing_rule(config)
     if isinstance(rule, ManifestPairing):
         return _pair_manifest(config)

@@ -35,7 +35,14 @@ def suffix_counts(images: dict[str, set[str]], masks: dict[str, set[str]]) -> Co
 
 
 def suggest_rule(config: PrepareConfig) -> str | None:
-    """A sentence naming the suffix rule that would pair the most images, or None."""
+    """A sentence naming the suffix rule that would pair the most images, or None (for a
+    dataset of several folders: the first folder's that has one)."""
+    if isinstance(config.images, list):
+        for folder in config.per_folder():
+            hint = suggest_rule(folder)
+            if hint:
+                return f"{hint} (in {folder.images})"
+        return None
     if not config.images or not Path(config.images).is_dir():
         return None
     images_root = Path(config.images)

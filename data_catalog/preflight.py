@@ -37,11 +37,18 @@ def check_dataset(config: PrepareConfig) -> PrepareConfig:
         FileNotFoundError: a folder or file that is not there.
     """
     resolved = resolve_dataset(config)
+    for folder in resolved.per_folder():
+        check_folder_rule(folder)
+    return resolved
+
+
+def check_folder_rule(config: PrepareConfig) -> None:
+    """:func:`check_dataset` for one images folder (or a manifest)."""
     try:
-        rule = pairing_rule(resolved)
+        rule = pairing_rule(config)
     except ValueError as error:  # no masks folder: perhaps the masks lie beside the images
-        if resolved.images and Path(resolved.images).is_dir():
-            hint = suggest_rule(resolved)
+        if config.images and Path(config.images).is_dir():
+            hint = suggest_rule(config)
             if hint:
                 raise ValueError(f"{error}; from the file names: {hint}") from None
         raise
@@ -50,4 +57,3 @@ def check_dataset(config: PrepareConfig) -> PrepareConfig:
     else:
         check_path(rule.images, "images folder")
         check_path(rule.masks, "masks folder")
-    return resolved
