@@ -6,8 +6,11 @@ from unet.config import TrainConfig
 from unet.training.planning import PLANNED_SETTINGS, apply_plan, depth_for, plan_training
 
 
-def fingerprint(scale_cases=1.2, scale_groups=1.1, side=512, foreground=0.2, empty=0.0, groups=12):
+def fingerprint(
+    scale_cases=1.2, scale_groups=1.1, side=512, foreground=0.2, empty=0.0, groups=12, cases=100
+):
     return {
+        "num_cases": cases,
         "num_groups": groups,
         "sizes": {"height": [side, side, side], "width": [side, side, side]},
         "foreground_fraction": {"mean": foreground, "median": foreground},
@@ -38,6 +41,10 @@ def fingerprint(scale_cases=1.2, scale_groups=1.1, side=512, foreground=0.2, emp
         (fingerprint(groups=400), {"rotation_degrees": 10.0, "scale_range": 0.1}),
         (fingerprint(scale_groups=3.0), {"contrast": 0.2, "gamma": 0.2}),  # several sites
         (fingerprint(), {"contrast": 0.1, "gamma": 0.1}),
+        # validation after each epoch costs ~10% of it: LGG-48 (1,640 slices of 256 px, 144
+        # steps of 8 x 128 px) scores 87 val slices; small datasets keep at least 32
+        (fingerprint(side=256, cases=1640, groups=48), {"val_cases_per_epoch": 87}),
+        (fingerprint(side=512, cases=30), {"val_cases_per_epoch": 32}),
     ],
 )
 def test_plan_rules(data, expected):

@@ -181,10 +181,52 @@ def test_a_run_folder_of_flat_records_still_resumes_and_predicts(tfrecord_dir, t
     state_path, info_path = tmp_path / "checkpoint" / "state.json", tmp_path / "model.json"
     for path, key in ((state_path, "config"), (info_path, "train_config")):
         record = json.loads(path.read_text())
-        assert record[key] == FLAT_RECORD  # today's records keep the old form
+        # today's records keep the old form (with the settings added since)
+        assert record[key] == {**FLAT_RECORD, "val_cases_per_epoch": 0}
         path.write_text(json.dumps({**record, key: dict(sorted(FLAT_RECORD.items()))}))
     resumed = train_model(tfrecord_dir, tmp_path, config.updated(epochs=2))
     assert resumed.resumed_from == 1 and resumed.epochs_run == 2
     segmenter = Segmenter(tmp_path)
     mask = segmenter.segment([segmenter.prepare(np.zeros((32, 48), np.uint8))])[0]
     assert mask.classes.shape == (32, 48)
+
+
+def test_the_budget_keeps_time_for_the_work_after_the_last_epoch(tmp_path, monkeypatch):
+    """The budget is the whole run's: after each epoch, the time the final passes over val and
+    test will take (scaled from this epoch's validation per case) is kept back, and training
+    stops when an epoch would run into it."""
+    import pytest
+
+    from unet.training import fitting
+    from unet.training.fitting import TrainingControl
+    from unet.training.state import TrainingState
+
+    class Model:
+        stop_training = False
+
+        def save(self, path):
+            open(path, "w").close()
+
+    clock = [1000.0]
+    monkeypatch.setattr(fitting.time, "perf_counter", lambda: clock[0])
+    config = TrainConfig(**{**CONFIG, "time_budget": 2.0, "val_cases_per_epoch": 5})  # 120 s
+    control = TrainingControl(
+        tmp_path, TrainingState(), config, 1, None, cases={"train": 40, "val": 10, "test": 10}
+    )
+    control.set_model(Model())
+    (tmp_path / "checkpoint").mkdir()
+    control.on_epoch_begin(0)
+    clock[0] += 10.0
+    control.on_train_batch_end(0)  # 10 s of steps
+    clock[0] += 2.0  # validation: 5 cases in 2 s
+    control.on_epoch_end(0, {"val_dice_fg": 0.5})
+    expected = 0.4 * (fitting.FINISH_VAL_PASSES * 10 + fitting.FINISH_TEST_PASSES * 10)
+    assert control.reserve == pytest.approx(expected)  # 26 s of the 120
+    assert not control.model.stop_training
+    clock[0] += 70.0
+    control.on_epoch_begin(1)
+    clock[0] += 10.0
+    control.on_train_batch_end(0)
+    clock[0] += 2.0  # 94 s in: a third 12 s epoch would end at 106 s, within 120 but past 94
+    control.on_epoch_end(1, {"val_dice_fg": 0.6})
+    assert control.model.stop_training and control.state.stop_reason == "time budget"

@@ -129,6 +129,14 @@ class OptimConfig(BaseModel):
         description="Steps per epoch; default: training cases / batch size, rounded up, at "
         "least 20.",
     )
+    val_cases_per_epoch: int = Field(
+        0,
+        ge=0,
+        description="Validation cases scored after each epoch: a fixed seeded subset of the "
+        "val split (the same cases every epoch: the best-epoch choice and early stopping "
+        "compare like with like), so validation does not eat the epoch; 0: every val case. "
+        "The whole val split is still segmented once at the end (tuning, calibration).",
+    )
     early_stopping_patience: int = Field(
         0, ge=0, description="Stop after this many epochs without a better val Dice; 0: never."
     )

@@ -11,6 +11,7 @@ repeatable and a resumed run continues the stream.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from data_catalog.tfrecords import SIGNED_SHIFT, read_tfrecords
@@ -209,6 +210,16 @@ def pad_to_multiple(tensor: tf.Tensor, multiple: int) -> tf.Tensor:
     return tf.pad(tensor, [[0, pad_h], [0, pad_w], [0, 0]], mode="SYMMETRIC")
 
 
+def validation_subset(num_cases: int, subset: int, seed: int) -> np.ndarray:
+    """Which of ``num_cases`` validation cases (in record order) are scored after each epoch:
+    all when ``subset`` is 0 or not below the count, else ``subset`` of them, seeded."""
+    if not subset or subset >= num_cases:
+        return np.ones(num_cases, bool)
+    chosen = np.zeros(num_cases, bool)
+    chosen[np.random.default_rng([seed, 7]).choice(num_cases, subset, replace=False)] = True
+    return chosen
+
+
 def validation_dataset(
     files: list[str],
     multiple: int,
@@ -218,8 +229,11 @@ def validation_dataset(
     normalization: str = "range",
     context_slices: int = 0,
     window: IntensityWindow | None = None,
+    subset: int = 0,
+    seed: int = 0,
 ) -> tf.data.Dataset:
-    """Whole validation images, one per batch, mirrored up to a multiple of ``multiple``.
+    """Whole validation images, one per batch, mirrored up to a multiple of ``multiple``;
+    with ``subset``, only that many of them (:func:`validation_subset`), decoded once.
 
     Returns:
         Batches ``(image (1, H', W', C) float32, mask (1, H', W', 1) int32)``.
@@ -231,7 +245,15 @@ def validation_dataset(
         mask = pad_to_multiple(tf.cast(case["mask"], tf.int32), multiple)
         return image, mask
 
-    dataset = read_tfrecords(files, channels, dtype, context_slices).map(prepare).cache()
+    chosen = validation_subset(num_cases, subset, seed)
+    keep = tf.constant(chosen)
+    dataset = (
+        read_tfrecords(files, channels, dtype, context_slices)
+        .enumerate()
+        .filter(lambda index, _case: keep[index])
+        .map(lambda _index, case: prepare(case))
+        .cache()
+    )
     # A known length lets Keras run validation to the end without an "out of data" warning.
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_cases))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(int(chosen.sum())))
     return dataset.batch(1).prefetch(tf.data.AUTOTUNE)

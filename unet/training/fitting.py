@@ -36,10 +36,13 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
         write_csv_atomic(path, history[history["epoch"] < epochs_done])
 
 
-MIN_STEPS = 20  # default steps per epoch for small datasets, where one crop per case is tiny
-
-
 BUDGET_MARGIN = 0.95  # share of the remaining budget the fitted epochs are planned to fill
+# The work after the last epoch, in passes over the val split and the test split, each pass as
+# long as scoring a val case after an epoch takes: post-processing tuning (float32 and, where
+# it pays, bfloat16), quality calibration (with the flip pass), the test evaluation.
+FINISH_VAL_PASSES = 5.0
+FINISH_TEST_PASSES = 1.5
+MAX_RESERVE = 0.5  # of the budget, at most, kept for the work after the last epoch
 
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]
@@ -59,9 +62,12 @@ class TrainingControl(keras.callbacks.Callback):
         config: TrainConfig,
         steps: int,
         on_epoch_end: EpochCallback | None,
+        cases: dict[str, int] | None = None,
     ):
         super().__init__()
         self.run_dir, self.state, self.config, self.steps = run_dir, state, config, steps
+        self.cases = cases or {}  # split -> number of cases
+        self.reserve = 0.0  # seconds of the budget kept for the work after the last epoch
         self.on_epoch_end_callback = on_epoch_end
         self.started = self.epoch_started = time.perf_counter()
         self.budget = (
@@ -81,7 +87,7 @@ class TrainingControl(keras.callbacks.Callback):
         self.batch_ends.append(time.perf_counter())
         if self.bar is not None:
             self.bar.update(1)
-        if self.budget and time.perf_counter() - self.started > self.budget:
+        if self.budget and time.perf_counter() - self.started > self.budget - self.reserve:
             self.model.stop_training = True
             self.state.stop_reason = "time budget"
 
@@ -95,6 +101,16 @@ class TrainingControl(keras.callbacks.Callback):
         step = steps[len(steps) // 2] if steps else time.perf_counter() - self.epoch_started
         return step * self.steps + self.validation_seconds + self.save_seconds
 
+    def finishing_estimate(self) -> float:
+        """Seconds the work after the last epoch will take: :data:`FINISH_VAL_PASSES` over the
+        val split and :data:`FINISH_TEST_PASSES` over the test split, at the time a val case
+        took to score after the last epoch."""
+        val = self.cases.get("val", 0)
+        subset = self.config.optimisation.val_cases_per_epoch
+        scored = min(subset, val) if subset else val
+        per_case = self.validation_seconds / max(scored, 1)
+        return per_case * (FINISH_VAL_PASSES * val + FINISH_TEST_PASSES * self.cases.get("test", 0))
+
     def on_epoch_end(self, epoch, logs=None):
         if self.bar is not None:
             self.bar.close()
@@ -102,6 +118,8 @@ class TrainingControl(keras.callbacks.Callback):
         ended = time.perf_counter()
         seconds = ended - self.epoch_started
         self.validation_seconds = ended - (self.batch_ends[-1] if self.batch_ends else ended)
+        if self.budget:
+            self.reserve = min(MAX_RESERVE * self.budget, self.finishing_estimate())
         score = numbers.get(MONITOR)
         if score is None:
             raise KeyError(f"checkpoint metric {MONITOR!r} missing from logs {sorted(numbers)}")
@@ -135,7 +153,7 @@ class TrainingControl(keras.callbacks.Callback):
             self.model.stop_training = True
             state.stop_reason = f"no better val Dice for {state.wait} epochs"
         elapsed = time.perf_counter() - self.started
-        if self.budget and elapsed + seconds > self.budget:
+        if self.budget and elapsed + seconds > self.budget - self.reserve:
             self.model.stop_training = True
             state.stop_reason = "time budget"
 
@@ -156,7 +174,15 @@ class TrainingControl(keras.callbacks.Callback):
             f"; about {left / 60:.1f} min to the last epoch" if left > 0 else "",
         )
         if self.on_epoch_end_callback is not None:
-            self.on_epoch_end_callback(epoch + 1, self.epochs, {**numbers, "seconds": seconds})
+            last_step = self.batch_ends[-1] if self.batch_ends else self.epoch_started + seconds
+            steps_seconds = last_step - self.epoch_started
+            timings = {
+                "seconds": seconds,  # steps and validation
+                "steps_seconds": steps_seconds,
+                "validation_seconds": self.validation_seconds,
+                "checkpoint_seconds": self.save_seconds,
+            }
+            self.on_epoch_end_callback(epoch + 1, self.epochs, {**numbers, **timings})
 
 
 def fit_epochs(
@@ -177,15 +203,18 @@ def fit_epochs(
     resumed_from = state.epoch
     if resumed_from:
         _truncate_history(run_dir / "history.csv", resumed_from)
-    control = TrainingControl(run_dir, state, config, steps, on_epoch_end)
+    control = TrainingControl(run_dir, state, config, steps, on_epoch_end, data.counts)
     end = state.planned_epochs or config.optimisation.epochs
     if state.epoch >= end:
         return
+    subset = config.optimisation.val_cases_per_epoch
+    scored = f" ({subset} scored each epoch)" if 0 < subset < data.counts["val"] else ""
     logger.info(
-        "training %s: %d train / %d val cases, epochs %d-%d x %d steps, batch %d",
+        "training %s: %d train / %d val cases%s, epochs %d-%d x %d steps, batch %d",
         model.name,
         data.counts["train"],
         data.counts["val"],
+        scored,
         state.epoch + 1,
         end,
         steps,
@@ -246,6 +275,8 @@ def _fit(
             config.input.normalization,
             data.context_slices,
             config.input.intensity_window,
+            config.optimisation.val_cases_per_epoch,
+            config.seed,
         ),
         initial_epoch=state.epoch,
         epochs=end,
@@ -282,19 +313,21 @@ def fit_schedule(
         The fitted number of epochs: at least one more, at most ``config.optimisation.epochs``.
     """
     per_epoch = control.epoch_estimate()
-    remaining = control.budget - control.elapsed()
+    remaining = control.budget - control.reserve - control.elapsed()
     more = int(BUDGET_MARGIN * remaining / max(per_epoch, 1e-6)) - 1  # one for the retrace
     epochs = max(state.epoch + 1, min(config.optimisation.epochs, state.epoch + more))
     set_schedule(model, config, steps, epochs)
     state.planned_epochs = control.epochs = epochs
     state.write(checkpoint_files(control.run_dir)[1])  # a resume keeps the fitted epochs
     logger.info(
-        "schedule fitted to the time budget: %d epochs (%.1f s each, %.0f s of %.0f s left; at "
-        "most %d), the %s decay ends at epoch %d",
+        "schedule fitted to the time budget: %d epochs (%.1f s each, %.0f s of %.0f s left "
+        "after keeping %.0f s for the work after the last epoch; at most %d), the %s decay "
+        "ends at epoch %d",
         epochs,
         per_epoch,
         remaining,
         control.budget,
+        control.reserve,
         config.optimisation.epochs,
         config.optimisation.schedule,
         epochs,

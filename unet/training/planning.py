@@ -24,6 +24,10 @@ MANY_EMPTY = 0.3  # share of empty masks above which foreground patches are favo
 MAX_PATCH = 128  # on a CPU; the default U-Net at 128 px trains at ~30 images/s on 2 cores
 STEP_PIXELS = 8 * 128 * 128  # pixels per training step: 8 patches of 128 px
 FEW_GROUPS = 50  # below this many groups (patients), geometric augmentation is stronger
+VALIDATION_SHARE = 0.1  # of an epoch's compute that validating after it may take
+MIN_VAL_CASES = 32  # fewer make a best-epoch choice by noise
+TRAIN_SHARE = 0.7  # of the cases, for the planned steps per epoch (default val/test 0.15 each)
+MIN_STEPS = 20  # default steps per epoch for small datasets, where one crop per case is tiny
 
 
 # The training settings the plan chooses from the data when the user does not give them.
@@ -41,6 +45,7 @@ PLANNED_SETTINGS = frozenset(
         "gamma",
         "best_epoch_smoothing",
         "fit_to_budget",
+        "val_cases_per_epoch",
     }
 )
 
@@ -260,6 +265,23 @@ def plan_best_epoch(fingerprint: dict) -> PlannedSetting:
     )
 
 
+def plan_validation(fingerprint: dict, patch: int, batch: int) -> PlannedSetting:
+    """Validate each epoch on as many val cases as cost about :data:`VALIDATION_SHARE` of the
+    epoch's training compute (a training sample costs ~3x its forward pass; a val case is a
+    forward pass over a median-sized image), at least :data:`MIN_VAL_CASES`."""
+    height, width = fingerprint["sizes"]["height"][1], fingerprint["sizes"]["width"][1]
+    steps = max(MIN_STEPS, math.ceil(TRAIN_SHARE * fingerprint["num_cases"] / batch))
+    training_pixels = 3 * steps * batch * patch * patch
+    cases = max(MIN_VAL_CASES, math.ceil(VALIDATION_SHARE * training_pixels / (height * width)))
+    return PlannedSetting(
+        "val_cases_per_epoch",
+        cases,
+        f"about {steps} steps of {batch} x {patch} px per epoch: scoring {cases} val cases of "
+        f"{height:.0f}x{width:.0f} px after each costs ~{VALIDATION_SHARE:.0%} of the epoch "
+        "(a fixed seeded subset, the same every epoch; every val case is segmented at the end)",
+    )
+
+
 def plan_schedule(time_budget: float | None) -> list[PlannedSetting]:
     """With a time budget, the epochs and the cosine schedule are fitted to it."""
     if not time_budget:
@@ -281,11 +303,13 @@ def plan_training(
     """The plan for a dataset, from its fingerprint (``fingerprint.json``) and modality (the
     catalog's, when given), and for a time budget in minutes when one is given."""
     patch = plan_patch(fingerprint)
+    batch = plan_batch(int(patch[0].value))
     return TrainingPlan(
         [
             *plan_normalization(fingerprint, modality),
             *patch,
-            plan_batch(int(patch[0].value)),
+            batch,
+            plan_validation(fingerprint, int(patch[0].value), int(batch.value)),
             plan_sampling(fingerprint),
             *plan_augmentation(fingerprint),
             plan_best_epoch(fingerprint),

@@ -124,7 +124,10 @@ def load_state(run_dir: Path, config: TrainConfig, data: TrainingData) -> Traini
     if not state_file.is_file() or not last.is_file():
         return None
     state = TrainingState.read(state_file)
-    changed = sorted(k for k, v in _comparable(config).items() if state.config.get(k) != v)
+    defaults = TrainConfig().flat(mode="json")  # a setting added since: its default then
+    changed = sorted(
+        k for k, v in _comparable(config).items() if state.config.get(k, defaults.get(k)) != v
+    )
     if changed:
         raise ValueError(
             f"{run_dir} holds a training run with other settings ({', '.join(changed)} differ); "

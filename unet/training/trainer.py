@@ -17,11 +17,8 @@ from unet.config import DeviceConfig, TrainConfig
 from unet.store.model_files import model_file
 from unet.training.devices import configure_devices
 from unet.training.finishing import finish_model, plot_history, write_records
-from unet.training.fitting import (
-    MIN_STEPS,
-    EpochCallback,
-    fit_epochs,
-)
+from unet.training.fitting import EpochCallback, fit_epochs
+from unet.training.planning import MIN_STEPS
 from unet.training.state import (
     TrainingResult,
     open_run,
