@@ -30,7 +30,7 @@ from data_catalog.manifest_file import (
     voxel_size,
 )
 from data_catalog.pairing import CaseFiles, Problem, pair_cases, problem
-from data_catalog.pairing_hints import grouping_hint, suggest_rule
+from data_catalog.pairing_hints import foreground_hint, grouping_hint, suggest_rule
 from data_catalog.progress import progress
 from data_catalog.reading import (
     MaskValueError,
@@ -351,9 +351,12 @@ def index_dataset(
     dataset_hash = hash_records(
         zip(manifest["key"], manifest["image_sha256"], manifest["mask_sha256"], strict=True)
     )
-    grouping = grouping_hint(list(manifest["group"]), config.group_by)
-    if grouping:
-        logger.warning("%s", grouping)
+    for hint in (
+        grouping_hint(list(manifest["group"]), config.group_by),
+        foreground_hint(list(manifest["foreground_fraction"]), config),
+    ):
+        if hint:
+            logger.warning("%s", hint)
     logger.info(
         "indexed %d cases in %d groups, %d problems, dataset %s",
         len(manifest),

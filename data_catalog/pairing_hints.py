@@ -1,5 +1,6 @@
-"""When images and masks do not pair, a look at the file names: which rule would pair the most
-(``437 of 437 images would pair with --mask-suffix _mask``)."""
+"""Hints from the file names and the data: when images and masks do not pair, which rule would
+pair the most (``437 of 437 images would pair with --mask-suffix _mask``); cases in patient
+folders grouped one by one; masks whose foreground covers most pixels."""
 
 from __future__ import annotations
 
@@ -81,4 +82,24 @@ def grouping_hint(groups: list[str], group_by: str) -> str | None:
         f"{example}/) but each is its own group in the split: if a folder is one patient or "
         "scan, --group-by parent keeps its cases on one side of the split (else the test "
         "Dice measures slices of patients the model trained on)"
+    )
+
+
+MOSTLY_FOREGROUND = 0.5  # mean foreground share above which the mask's polarity is in doubt
+
+
+def foreground_hint(fractions: list[float], config: PrepareConfig) -> str | None:
+    """A sentence suggesting ``--foreground dark`` when, under the default rule (the brighter
+    mask value is foreground, not given explicitly), the foreground covers most of the
+    pixels: masks that draw the structure dark on white (EM membranes) would otherwise train
+    a model of the background; None when it does not apply."""
+    if config.labels or config.foreground != "bright" or "foreground" in config.model_fields_set:
+        return None
+    mean = sum(fractions) / max(len(fractions), 1)
+    if mean <= MOSTLY_FOREGROUND:
+        return None
+    return (
+        f"the foreground (the brighter mask value) covers {mean:.0%} of the pixels on average: "
+        "if the structure to segment is the darker value of the masks (drawn dark on white), "
+        "give --foreground dark; --foreground bright says this is meant"
     )

@@ -18,7 +18,7 @@ import flows  # noqa: F401  (environment defaults first)
 from data_catalog.atomic import write_json_atomic
 from data_catalog.config import PrepareConfig
 from data_catalog.manifest import EmptyDatasetError, index_dataset
-from data_catalog.pairing_hints import grouping_hint, suggest_rule
+from data_catalog.pairing_hints import foreground_hint, grouping_hint, suggest_rule
 from data_catalog.preflight import check_dataset, check_path
 from flows.cli_args import (
     add_config_arguments,
@@ -207,6 +207,9 @@ def run_check(args: argparse.Namespace) -> int:
     grouping = grouping_hint(list(manifest["group"]), config.group_by)
     if grouping:
         print(f"grouping: {grouping}")
+    polarity = foreground_hint(list(manifest["foreground_fraction"]), config)
+    if polarity:
+        print(f"masks: {polarity}")
     return 0 if problems.empty else 1
 
 

@@ -94,14 +94,14 @@ def summarize_report(
     errors = report[report["status"] == "error"]
     flagged = report["review"] == "review"
     summary = SegmentationSummary(
-        report=f"{config.output_dir}/{REPORT_FILE}",
+        report=str(Path(config.output_dir) / REPORT_FILE),
         num_inputs=len(report),
         num_ok=int(report["status"].isin(["ok", "skipped"]).sum()),
         num_skipped=int((report["status"] == "skipped").sum()),
         num_errors=len(errors),
         model_version=str(report["model_version"].iloc[0]) if len(report) else None,
         num_review=int(flagged.sum()) if report["review"].notna().any() else None,
-        review_page=f"{config.output_dir}/{PAGE_FILE}" if config.review_page else None,
+        review_page=str(Path(config.output_dir) / PAGE_FILE) if config.review_page else None,
         left_out=left_out,
     )
     logger = run_logger()  # each error was logged once, by unet.prediction

