@@ -52,6 +52,33 @@ def test_training_records_its_precision_check_where_bfloat16_pays(trained_run):
         assert info.precision_check is None
 
 
+def test_the_precision_check_runs_float32_on_the_first_cases_only(trained_run):
+    """Tuning runs bfloat16 (the precision that will run the thresholds) on every case and
+    the slow float32 pass only on the first ``check_cases``; a failed check tunes again."""
+    from data_catalog.cases import Case
+    from unet.evaluation.tuning import tune_in_float32_if_needed, tune_on_cases
+    from unet.store.model_files import PrecisionCheck
+
+    rng = np.random.default_rng(5)
+    cases = []
+    for index in range(5):
+        image = rng.integers(0, 255, (32, 40), dtype=np.uint8)
+        cases.append(Case(f"c{index}", image, (image > 128).astype(np.uint8), None))
+    float32 = Segmenter(trained_run, precision="float32", batch_size=2)
+    bfloat16 = Segmenter(trained_run, precision="bfloat16", batch_size=2)
+    calls = []
+    original = float32.probability_maps
+    float32.probability_maps = lambda images: calls.append(len(images)) or original(images)
+    tuning, check = tune_on_cases(float32, cases, bfloat16, check_cases=3)
+    assert sum(calls) == 3 and check.cases == 3 and check.pixels == 3 * 32 * 40
+    assert tuning["num_cases"] == 5
+    failed = PrecisionCheck(bfloat16_agreement=0.9, pixels=10, tuned_with="float32", cases=1)
+    again = tune_in_float32_if_needed(tuning, failed, float32, cases)
+    assert sum(calls) == 3 + 5 and again["num_cases"] == 5
+    if check.tuned_with == "bfloat16":  # a passed check keeps the bfloat16 tuning
+        assert tune_in_float32_if_needed(tuning, check, float32, cases) is tuning
+
+
 def test_an_unknown_precision_is_refused(trained_run):
     with pytest.raises(ValueError, match="precision must be 'auto', 'float32' or 'bfloat16'"):
         Segmenter(trained_run, precision="fp8")

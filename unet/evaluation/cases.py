@@ -66,12 +66,26 @@ def segment_cases(
 
 
 def case_probabilities(
-    segmenters: Sequence[Segmenter], cases: Iterable[Case], step: str = "segmenting cases"
+    segmenters: Sequence[Segmenter],
+    cases: Iterable[Case],
+    step: str = "segmenting cases",
+    others_for: int | None = None,
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
     """Every case's truth and class probabilities from each segmenter (models that share
-    their preprocessing, e.g. one model in float32 and in bfloat16), prepared once."""
+    their preprocessing, e.g. one model in bfloat16 and in float32), prepared once; with
+    ``others_for``, the segmenters after the first only for the first ``others_for`` cases
+    (the maps list holds the first segmenter's alone after them)."""
+    done = 0
     for batch, prepared in prepared_batches(segmenters[0], cases, step):
         # lazily, one image's maps at a time (a large image's maps are large)
-        streams = [segmenter.probability_maps(prepared) for segmenter in segmenters]
-        for case, *maps in zip(batch, *streams, strict=True):
+        with_others = others_for is None or done < others_for
+        count = len(batch) if others_for is None else min(len(batch), max(others_for - done, 0))
+        streams = [segmenters[0].probability_maps(prepared)]
+        if with_others:
+            streams += [s.probability_maps(prepared[:count]) for s in segmenters[1:]]
+        for index, case in enumerate(batch):
+            maps = [next(streams[0])]
+            if with_others and index < count:
+                maps += [next(stream) for stream in streams[1:]]
             yield case.truth, maps
+        done += len(batch)

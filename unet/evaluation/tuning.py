@@ -14,43 +14,71 @@ from unet.inference.precision import MIN_AGREEMENT
 from unet.inference.segmenter import Segmenter
 from unet.store.model_files import PrecisionCheck
 
+# Validation cases the bfloat16 masks are checked against float32 on: float32 is the slow
+# pass (2.3x bfloat16 on a CPU with bfloat16 units), and a few million pixels measure an
+# agreement of 99.9% to well within its margin.
+PRECISION_CHECK_CASES = 64
+
 
 def tune_on_cases(
-    segmenter: Segmenter, cases: Iterable[Case], bfloat16: Segmenter | None = None
+    segmenter: Segmenter,
+    cases: Iterable[Case],
+    bfloat16: Segmenter | None = None,
+    check_cases: int = PRECISION_CHECK_CASES,
 ) -> tuple[dict[str, object], PrecisionCheck | None]:
     """Tune the threshold and smallest kept component (:class:`ThresholdTuner`) on labelled
     cases, with probabilities from :meth:`Segmenter.probability_maps` (batched, tiled where
     large, as prediction runs), one batch in memory at a time. Binary models only; others keep
     argmax.
 
-    With ``bfloat16`` (the same model in bfloat16), the same pass also compares both
-    precisions' masks pixel by pixel; the tuning kept is the bfloat16 one when they agree on at
-    least :data:`unet.inference.precision.MIN_AGREEMENT` of the pixels (the precision that will
-    run the
-    thresholds tunes them), else the float32 one.
+    With ``bfloat16`` (the same model in bfloat16), the thresholds are tuned on bfloat16's
+    probabilities (the precision that will run them) over every case, and the first
+    ``check_cases`` cases also go through ``segmenter`` (float32), whose masks the bfloat16 ones
+    are compared with pixel by pixel. The tuning is kept when they agree on at least
+    :data:`unet.inference.precision.MIN_AGREEMENT` of the pixels; else the check says
+    ``tuned_with="float32"`` and the caller tunes again in float32
+    (:func:`tune_in_float32_if_needed`).
 
     Returns:
         ``(tuning, check)``: ``{"threshold", "min_component_size", "val_dice",
         "val_dice_argmax", "num_cases"}`` and the :class:`PrecisionCheck` (None without
         ``bfloat16``).
     """
-    tuners = {"float32": ThresholdTuner(), "bfloat16": ThresholdTuner()}
+    tuner = ThresholdTuner()
     binary = segmenter.num_classes == 2
-    agreeing = total = 0
-    segmenters = [segmenter, bfloat16] if bfloat16 is not None else [segmenter]
-    for truth, (full, *others) in case_probabilities(segmenters, cases, "tuning"):
-        if binary:
-            tuners["float32"].add(full, truth)
-        for low in others:  # the bfloat16 maps
+    if bfloat16 is None:
+        for truth, (maps,) in case_probabilities([segmenter], cases, "tuning"):
             if binary:
-                tuners["bfloat16"].add(low, truth)
-            agreeing += int(np.count_nonzero(classify(full) == classify(low)))
+                tuner.add(maps, truth)
+        return (tuner.result() if binary else ARGMAX), None
+    agreeing = total = checked = 0
+    for truth, maps in case_probabilities([bfloat16, segmenter], cases, "tuning", check_cases):
+        low, *full = maps
+        if binary:
+            tuner.add(low, truth)
+        if full:
+            agreeing += int(np.count_nonzero(classify(full[0]) == classify(low)))
             total += truth.size
-    check, chosen = None, "float32"
-    if bfloat16 is not None:
-        agreement = agreeing / max(total, 1)
-        chosen = "bfloat16" if agreement >= MIN_AGREEMENT else "float32"
-        check = PrecisionCheck(bfloat16_agreement=agreement, pixels=total, tuned_with=chosen)
-    if not binary:
-        return {"threshold": None, "min_component_size": 0}, check
-    return tuners[chosen].result(), check
+            checked += 1
+    agreement = agreeing / max(total, 1)
+    chosen = "bfloat16" if agreement >= MIN_AGREEMENT else "float32"
+    check = PrecisionCheck(
+        bfloat16_agreement=agreement, pixels=total, tuned_with=chosen, cases=checked
+    )
+    return (tuner.result() if binary else ARGMAX), check
+
+
+ARGMAX = {"threshold": None, "min_component_size": 0}
+
+
+def tune_in_float32_if_needed(
+    tuning: dict[str, object],
+    check: PrecisionCheck | None,
+    segmenter: Segmenter,
+    cases: Iterable[Case],
+) -> dict[str, object]:
+    """``tuning``, or, when the precision check chose float32 (bfloat16 masks disagreed),
+    the thresholds tuned again on ``segmenter``'s float32 probabilities (a second pass)."""
+    if check is None or check.tuned_with == "bfloat16":
+        return tuning
+    return tune_on_cases(segmenter, cases)[0]

@@ -55,6 +55,9 @@ class PrecisionCheck(BaseModel):
     )
     pixels: int = Field(ge=0, description="Validation pixels compared.")
     tuned_with: str = Field(description="Precision the post-processing was tuned with.")
+    cases: int | None = Field(
+        None, description="Validation cases compared (the first ones; None: all, older runs)."
+    )
 
 
 class EnsembleInfo(BaseModel):

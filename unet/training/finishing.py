@@ -15,7 +15,7 @@ from data_catalog.manifest_file import volume_spacings
 from data_catalog.tfrecords import iterate_cases
 from unet.config import TrainConfig
 from unet.evaluation.quality_passes import calibrate_flags
-from unet.evaluation.tuning import tune_on_cases
+from unet.evaluation.tuning import tune_in_float32_if_needed, tune_on_cases
 from unet.inference.postprocessing import as_postprocessing
 from unet.inference.precision import bfloat16_pays_here
 from unet.inference.segmenter import Segmenter
@@ -64,6 +64,9 @@ def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tupl
         else None
     )
     tuning, check = tune_on_cases(segmenter, iterate_cases(data.tfrecord_dir, "val"), bfloat16)
+    tuning = tune_in_float32_if_needed(
+        tuning, check, segmenter, iterate_cases(data.tfrecord_dir, "val")
+    )
     logger.info("post-processing tuned on val: %s; precision check: %s", tuning, check)
     info = info.model_copy(
         update={"postprocessing": as_postprocessing(tuning), "precision_check": check}
