@@ -6,7 +6,8 @@ Per case and channel: intensity percentiles (0.5, 50, 99.5) and mean/std over th
 and over the foreground; then, over the dataset, how much those vary between cases and between
 groups (sites, scanners, patients): the spread of the cases' 99.5th percentiles (``scale
 ratio``: 95th over 5th percentile of them) and the coefficient of variation of their means.
-Also image sizes, foreground fraction, class frequencies and the share of empty masks, the
+Also image sizes, foreground fraction, class frequencies, the share of empty masks, the sizes
+of the objects (each foreground component's larger bounding-box side: ``object_sizes``), the
 image dtype, and the foreground intensity window over the non-test cases (``ct``
 normalisation: 0.5-99.5 percentiles of foreground intensities, and the mean and standard
 deviation inside them, from a seeded sample of each case's foreground, as nnU-Net does).
@@ -26,6 +27,7 @@ from data_catalog.dicom_series import series_files
 from data_catalog.images import DICOM_EXTENSIONS
 from data_catalog.labels import LabelRule
 from data_catalog.manifest_file import mask_paths
+from data_catalog.objects import object_shapes, summarize_objects
 from data_catalog.progress import progress
 from data_catalog.reading import load_case
 
@@ -53,6 +55,7 @@ class CaseStats:
     foreground_std: list[float | None]
     foreground_fraction: float
     class_pixels: dict[str, int]
+    objects: list[tuple[int, float]]  # each foreground component's (extent, width) in px
 
 
 def case_stats(key: str, group: str, image: np.ndarray, classes: np.ndarray) -> CaseStats:
@@ -80,6 +83,7 @@ def case_stats(key: str, group: str, image: np.ndarray, classes: np.ndarray) -> 
         foreground_std=foreground.std(axis=0).tolist() if present else [None] * image.shape[-1],
         foreground_fraction=float(len(foreground) / len(values)),
         class_pixels={str(c): int(n) for c, n in enumerate(counts) if n},
+        objects=object_shapes(classes),
     )
 
 
@@ -205,6 +209,7 @@ def fingerprint_dataset(
             "median": float(cases["foreground_fraction"].median()),
         },
         "empty_mask_share": float((cases["foreground_fraction"] == 0).mean()),
+        "object_sizes": summarize_objects(cases["objects"]),
         "class_frequencies": class_frequencies(cases["class_pixels"]),
         "channels": summarize_channels(cases, channels),
         "dtypes": dtypes,

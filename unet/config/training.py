@@ -60,6 +60,16 @@ class InputConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     image_size: int = Field(128, ge=16, description="Training patch height and width (pixels).")
+    input_scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Resampling factor the network works at: images are resized by it for "
+        "training, evaluation and prediction, and masks come back at the input's size. "
+        "Below 1 when the typical object is too large for the patch and the network's "
+        "receptive field (lesions of 100-300 px in 500x600 images). The plan chooses it "
+        "from the objects' sizes.",
+    )
     resize_mode: Literal["crop", "resize"] = Field(
         "crop",
         description="How training images reach image_size: random 'crop' (padded when smaller) "

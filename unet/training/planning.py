@@ -27,6 +27,10 @@ FEW_GROUPS = 50  # below this many groups (patients), geometric augmentation is 
 VALIDATION_SHARE = 0.1  # of an epoch's compute that validating after it may take
 MIN_VAL_CASES = 32  # fewer make a best-epoch choice by noise
 TRAIN_SHARE = 0.7  # of the cases, for the planned steps per epoch (default val/test 0.15 each)
+OBJECT_FIT = 0.75  # of the patch side, the most the typical object (p75 extent) may span
+COMPACT = 0.3  # objects' median width over extent above which they are compact (resampled)
+MIN_SCALE = 0.125  # the plan never shrinks images more than 8x
+BUDGET_EPOCHS = 1000  # the epochs cap under a time budget: the budget decides
 MIN_STEPS = 20  # default steps per epoch for small datasets, where one crop per case is tiny
 
 
@@ -34,6 +38,7 @@ MIN_STEPS = 20  # default steps per epoch for small datasets, where one crop per
 PLANNED_SETTINGS = frozenset(
     {
         "image_size",
+        "input_scale",
         "depth",
         "batch_size",
         "normalization",
@@ -45,6 +50,7 @@ PLANNED_SETTINGS = frozenset(
         "gamma",
         "best_epoch_smoothing",
         "fit_to_budget",
+        "epochs",
         "val_cases_per_epoch",
     }
 )
@@ -173,17 +179,57 @@ def plan_scale_normalization(fingerprint: dict) -> PlannedSetting:
     )
 
 
-def plan_patch(fingerprint: dict) -> list[PlannedSetting]:
-    """Patch size: the largest power of two within the median image side, at most
-    :data:`MAX_PATCH`; depth: as many poolings as leave a bottleneck of at least 8 pixels."""
-    side = min(fingerprint["sizes"]["height"][1], fingerprint["sizes"]["width"][1])
+def plan_scale(fingerprint: dict) -> PlannedSetting:
+    """The resampling factor from the objects' sizes: compact objects (median width over
+    extent at least :data:`COMPACT`) whose typical extent (75th percentile) spans more than
+    :data:`OBJECT_FIT` of the largest patch are shrunk until it fits (nnU-Net resamples to a
+    target spacing for the same reason); thin or branching structures (membranes, vessels) and
+    objects that fit stay at full resolution."""
+    objects = fingerprint.get("object_sizes")
+    fits = OBJECT_FIT * MAX_PATCH
+    if not objects:
+        return PlannedSetting(
+            "input_scale", 1.0, "no foreground objects in the masks: full resolution"
+        )
+    typical, compactness = objects["p75"], objects["compactness_p50"]
+    if compactness < COMPACT:
+        return PlannedSetting(
+            "input_scale",
+            1.0,
+            f"thin or branching structures (median width {objects['width_p50']:.0f} px, "
+            f"{compactness:.2f} of their extent): full resolution keeps them",
+        )
+    if typical <= fits:
+        return PlannedSetting(
+            "input_scale",
+            1.0,
+            f"the typical object spans {typical:.0f} px (75th percentile of {objects['count']} "
+            f"objects), within {OBJECT_FIT:.0%} of a {MAX_PATCH} px patch: full resolution",
+        )
+    scale = max(MIN_SCALE, math.floor(20 * fits / typical) / 20)
+    return PlannedSetting(
+        "input_scale",
+        scale,
+        f"the typical object spans {typical:.0f} px (75th percentile of {objects['count']} "
+        f"compact objects): at {scale:g}x it spans {typical * scale:.0f} px, so a "
+        f"{MAX_PATCH} px patch and the network's receptive field see it whole (masks come "
+        "back at the input's size)",
+    )
+
+
+def plan_patch(fingerprint: dict, scale: float = 1.0) -> list[PlannedSetting]:
+    """Patch size: the largest power of two within the median image side at the planned
+    scale, at most :data:`MAX_PATCH`; depth: as many poolings as leave a bottleneck of at least
+    8 pixels."""
+    side = min(fingerprint["sizes"]["height"][1], fingerprint["sizes"]["width"][1]) * scale
     patch = max(16, min(MAX_PATCH, 2 ** int(math.log2(max(side, 16)))))
     depth = depth_for(patch)
+    at = f" at {scale:g}x" if scale != 1 else ""
     return [
         PlannedSetting(
             "image_size",
             patch,
-            f"median image side {side:.0f} px; patches of at most {MAX_PATCH} px keep a CPU "
+            f"median image side {side:.0f} px{at}; patches of at most {MAX_PATCH} px keep a CPU "
             "epoch short (sliding-window inference covers the full images)",
         ),
         PlannedSetting(
@@ -265,11 +311,14 @@ def plan_best_epoch(fingerprint: dict) -> PlannedSetting:
     )
 
 
-def plan_validation(fingerprint: dict, patch: int, batch: int) -> PlannedSetting:
+def plan_validation(
+    fingerprint: dict, patch: int, batch: int, scale: float = 1.0
+) -> PlannedSetting:
     """Validate each epoch on as many val cases as cost about :data:`VALIDATION_SHARE` of the
     epoch's training compute (a training sample costs ~3x its forward pass; a val case is a
     forward pass over a median-sized image), at least :data:`MIN_VAL_CASES`."""
-    height, width = fingerprint["sizes"]["height"][1], fingerprint["sizes"]["width"][1]
+    height = fingerprint["sizes"]["height"][1] * scale
+    width = fingerprint["sizes"]["width"][1] * scale
     steps = max(MIN_STEPS, math.ceil(TRAIN_SHARE * fingerprint["num_cases"] / batch))
     training_pixels = 3 * steps * batch * patch * patch
     cases = max(MIN_VAL_CASES, math.ceil(VALIDATION_SHARE * training_pixels / (height * width)))
@@ -293,7 +342,13 @@ def plan_schedule(time_budget: float | None) -> list[PlannedSetting]:
             f"a {time_budget:g}-minute budget: after the warm-up epoch training measures its "
             "epoch time and sets the epochs (at most `epochs`) so the cosine decay ends when "
             "the budget does, rather than the budget cutting a longer schedule",
-        )
+        ),
+        PlannedSetting(
+            "epochs",
+            BUDGET_EPOCHS,
+            f"at most {BUDGET_EPOCHS}: the {time_budget:g}-minute budget decides how many run "
+            "(the default 60 would end a long budget early on a small or fast dataset)",
+        ),
     ]
 
 
@@ -302,14 +357,16 @@ def plan_training(
 ) -> TrainingPlan:
     """The plan for a dataset, from its fingerprint (``fingerprint.json``) and modality (the
     catalog's, when given), and for a time budget in minutes when one is given."""
-    patch = plan_patch(fingerprint)
+    scale = plan_scale(fingerprint)
+    patch = plan_patch(fingerprint, float(scale.value))
     batch = plan_batch(int(patch[0].value))
     return TrainingPlan(
         [
             *plan_normalization(fingerprint, modality),
+            scale,
             *patch,
             batch,
-            plan_validation(fingerprint, int(patch[0].value), int(batch.value)),
+            plan_validation(fingerprint, int(patch[0].value), int(batch.value), float(scale.value)),
             plan_sampling(fingerprint),
             *plan_augmentation(fingerprint),
             plan_best_epoch(fingerprint),
