@@ -309,9 +309,11 @@ def test_plan_prints_explained_settings_and_train_uses_them(demo_dir, tmp_path, 
     names = [setting["name"] for setting in planned["settings"]]
     assert names == [
         "normalization",
+        "input_scale",
         "image_size",
         "depth",
         "batch_size",
+        "val_cases_per_epoch",
         "foreground_patch_fraction",
         "rotation_degrees",
         "scale_range",

@@ -79,3 +79,27 @@ def test_a_time_budget_fits_the_schedule_unless_the_user_says_no():
     assert "30-minute budget" in plan.markdown()
     config, kept = apply_plan(TrainConfig(time_budget=30, fit_to_budget=False), plan)
     assert config.optimisation.fit_to_budget is False and kept == ["fit_to_budget"]
+
+
+def _with_objects(p75, compactness, side=(500, 600), cases=200):
+    data = fingerprint(cases=cases)
+    data["sizes"] = {"height": [side[0]] * 3, "width": [side[1]] * 3}
+    data["object_sizes"] = {"count": 300, "p25": p75 / 2, "p50": p75 * 0.7, "p75": p75,
+                            "p95": p75 * 1.2, "width_p50": p75 * compactness,
+                            "compactness_p50": compactness}  # fmt: skip
+    return data
+
+
+def test_the_scale_fits_compact_objects_to_the_patch_and_keeps_thin_ones():
+    # breast ultrasound: lesions of 100-300 px in 500x600 images -> resampled until the
+    # typical lesion spans at most 96 px of a 128 px patch
+    values = plan_training(_with_objects(300, 0.7)).values()
+    assert values["input_scale"] == 0.3 and values["image_size"] == 128
+    # EM membranes: one network across the image, thin -> full resolution
+    assert plan_training(_with_objects(512, 0.05, (512, 512))).values()["input_scale"] == 1.0
+    # LGG tumours: ~80 px in 256 px slices fit the patch -> full resolution
+    assert plan_training(_with_objects(80, 0.5, (256, 256))).values()["input_scale"] == 1.0
+    assert plan_training(fingerprint()).values()["input_scale"] == 1.0  # no object sizes
+    # small images at a scale get a patch that fits them
+    small = plan_training(_with_objects(200, 0.8, (160, 160))).values()
+    assert small["input_scale"] == 0.45 and small["image_size"] == 64

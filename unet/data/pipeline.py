@@ -11,6 +11,8 @@ repeatable and a resumed run continues the stream.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -166,6 +168,22 @@ def augment_sample(index: tf.Tensor, case: dict, config: TrainConfig, dtype: str
     return images[0], masks[0]
 
 
+def rescale_case(case: dict, scale: float) -> dict:
+    """A decoded case resized by ``scale`` (the model's ``input_scale``): the image
+    area-averaged and rounded back to its stored dtype, the mask by nearest neighbour."""
+    if scale == 1:
+        return case
+    image, mask = case["image"], case["mask"]
+    size = tf.shape(image)[:2]
+    scaled = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
+    resized = tf.image.resize(tf.cast(image, tf.float32), scaled, method="area")
+    return {
+        **case,
+        "image": tf.cast(tf.round(resized), image.dtype),
+        "mask": tf.cast(tf.image.resize(mask, scaled, method="nearest"), mask.dtype),
+    }
+
+
 def training_dataset(
     files: list[str],
     config: TrainConfig,
@@ -174,10 +192,12 @@ def training_dataset(
     num_cases: int,
     first_sample: int = 0,
     context_slices: int = 0,
+    scale: float = 1.0,
 ) -> tf.data.Dataset:
     """Endless, shuffled, augmented batches for ``model.fit``.
 
-    Decoded images are cached in memory after the first pass.
+    Decoded images (resized by ``scale``, the model's ``input_scale``) are cached in memory
+    after the first pass.
 
     Args:
         first_sample: index of the first sample's random stream (a resumed run passes the
@@ -186,7 +206,8 @@ def training_dataset(
     Returns:
         Batches ``(image (B, S, S, C) float32, mask (B, S, S, 1) int32)``, S = image_size.
     """
-    cases = read_tfrecords(files, channels, dtype, context_slices).cache()
+    cases = read_tfrecords(files, channels, dtype, context_slices)
+    cases = cases.map(functools.partial(rescale_case, scale=scale)).cache()
     cases = cases.shuffle(max(1, num_cases), seed=config.seed, reshuffle_each_iteration=True)
     indexed = tf.data.Dataset.zip(tf.data.Dataset.counter(start=first_sample), cases.repeat())
     samples = indexed.map(
@@ -231,15 +252,18 @@ def validation_dataset(
     window: IntensityWindow | None = None,
     subset: int = 0,
     seed: int = 0,
+    scale: float = 1.0,
 ) -> tf.data.Dataset:
-    """Whole validation images, one per batch, mirrored up to a multiple of ``multiple``;
-    with ``subset``, only that many of them (:func:`validation_subset`), decoded once.
+    """Whole validation images (resized by ``scale``), one per batch, mirrored up to a
+    multiple of ``multiple``; with ``subset``, only that many of them
+    (:func:`validation_subset`), decoded once.
 
     Returns:
         Batches ``(image (1, H', W', C) float32, mask (1, H', W', 1) int32)``.
     """
 
     def prepare(case: dict) -> tuple[tf.Tensor, tf.Tensor]:
+        case = rescale_case(case, scale)
         image = normalize_with(case["image"], case["stats"], normalization, dtype, window)
         image = pad_to_multiple(image, multiple)
         mask = pad_to_multiple(tf.cast(case["mask"], tf.int32), multiple)
@@ -247,13 +271,15 @@ def validation_dataset(
 
     chosen = validation_subset(num_cases, subset, seed)
     keep = tf.constant(chosen)
-    dataset = (
-        read_tfrecords(files, channels, dtype, context_slices)
-        .enumerate()
-        .filter(lambda index, _case: keep[index])
-        .map(lambda _index, case: prepare(case))
-        .cache()
-    )
+
+    def scored(index: tf.Tensor, _case: dict) -> tf.Tensor:
+        return keep[index]
+
+    def prepare_scored(_index: tf.Tensor, case: dict) -> tuple[tf.Tensor, tf.Tensor]:
+        return prepare(case)
+
+    records = read_tfrecords(files, channels, dtype, context_slices)
+    dataset = records.enumerate().filter(scored).map(prepare_scored).cache()
     # A known length lets Keras run validation to the end without an "out of data" warning.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(int(chosen.sum())))
     return dataset.batch(1).prefetch(tf.data.AUTOTUNE)

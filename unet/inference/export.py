@@ -76,6 +76,7 @@ def export_info(segmenter) -> dict[str, object]:
         "signature": "serving_default (endpoint serve): float32 (batch, H, W, channels) -> "
         "float32 (batch, H, W, num_classes) probabilities",
         "channels": info.channels,
+        "input_scale": info.input_scale,  # resize images by it first, probabilities back after
         "image_channels": info.image_channels,
         "context_slices": info.context_slices,
         "input_dtype": info.input_dtype,

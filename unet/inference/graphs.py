@@ -17,6 +17,9 @@ class ModelGraphs:
             (batches are mirrored at the bottom/right up to it).
         tta: average the probabilities over the horizontal, vertical and double flips.
         flip_check: also run the left-right flipped pass and count how far its mask agrees.
+        scale: the model works at this resampling factor: each pass resizes the batch by it
+            (area-averaged, to a multiple of ``multiple``) and the probabilities back to the
+            batch's size (bilinear), so no padding is needed.
     """
 
     def __init__(
@@ -27,8 +30,11 @@ class ModelGraphs:
         multiple: int,
         tta: bool = False,
         flip_check: bool = False,
+        scale: float = 1.0,
     ):
-        self.model, self.num_classes, self.multiple = model, num_classes, multiple
+        self.model, self.num_classes, self.scale = model, num_classes, scale
+        self.model_multiple = multiple
+        self.multiple = multiple if scale == 1 else 1  # mirrored up to it before a pass
         self.tta, self.flip_check = tta, flip_check or tta
         spec = tf.TensorSpec([None, None, None, channels], tf.float32)
         scalar, size = tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)
@@ -36,18 +42,29 @@ class ModelGraphs:
         self._classes = tf.function(self._classes_graph, input_signature=[spec, scalar, size, size])
         self._checked = tf.function(self._checked_graph, input_signature=[spec, scalar])
 
+    def _run(self, batch: tf.Tensor) -> tf.Tensor:
+        """The model's probabilities for a batch, at the model's scale and back."""
+        if self.scale == 1:
+            return self.model(batch, training=False)
+        size = tf.shape(batch)[1:3]
+        multiple = self.model_multiple
+        scaled = tf.cast(tf.round(tf.cast(size, tf.float32) * self.scale / multiple), tf.int32)
+        small = tf.image.resize(batch, tf.maximum(scaled, 1) * multiple, method="area")
+        probabilities = tf.cast(self.model(small, training=False), tf.float32)
+        return tf.image.resize(probabilities, size, method="bilinear")
+
     def _passes(self, batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
         """The probabilities the masks come from (averaged over flips with TTA), the plain
         pass, and with the flip check the left-right flipped pass flipped back."""
-        plain = self.model(batch, training=False)
+        plain = self._run(batch)
         if not self.flip_check:
             return plain, plain, None
-        mirrored = tf.reverse(self.model(tf.reverse(batch, [2]), training=False), [2])
+        mirrored = tf.reverse(self._run(tf.reverse(batch, [2])), [2])
         if not self.tta:
             return plain, plain, mirrored
         total = plain + mirrored  # and the vertically and doubly flipped passes, flipped back
         for axes in ([1], [1, 2]):
-            total += tf.reverse(self.model(tf.reverse(batch, axes), training=False), axes)
+            total += tf.reverse(self._run(tf.reverse(batch, axes)), axes)
         return total / 4, plain, mirrored
 
     def _probabilities_graph(self, batch: tf.Tensor) -> tf.Tensor:

@@ -120,8 +120,9 @@ class Segmenter:
         # batch norms folded into their convolutions; computing in the chosen precision
         folded = inference_model(loaded, self.precision.policy)
         self.graphs = ModelGraphs(
-            folded, self.channels, self.num_classes, self.multiple, tta, flip_check
-        )
+            folded, self.channels, self.num_classes, self.multiple, tta, flip_check,
+            scale=info.input_scale,
+        )  # fmt: skip
         self.tta, self.flip_check = tta, self.graphs.flip_check
         logger.info(
             "loaded model %s (%d channels, %d classes, %s: %s)",

@@ -98,6 +98,13 @@ class ModelInfo(BaseModel):
         "trained on 2-D images z-scores every slice of a volume on its own).",
     )
     size_multiple: int = Field(ge=1)
+    input_scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="The network works on images resized by this factor (inside the compiled "
+        "pass: resized down, segmented, probabilities resized back to the input's size).",
+    )
     num_classes: int = Field(ge=2)
     labels: Any = None
 

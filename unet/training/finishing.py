@@ -50,6 +50,7 @@ def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tupl
         volume_statistics=data.volumes,
         intensity_window=config.input.intensity_window,
         size_multiple=2**config.model.num_poolings,
+        input_scale=config.input.input_scale,
         num_classes=config.model.num_classes,
         labels=data.labels,
         model_version=model_version(run_dir),

@@ -159,6 +159,8 @@ class TrainingControl(keras.callbacks.Callback):
 
     def _log(self, epoch: int, numbers: dict[str, float], score: float, seconds: float) -> None:
         left = (self.epochs - epoch - 1) * self.epoch_estimate()
+        if self.budget:  # before the schedule is fitted, the budget bounds it
+            left = min(left, self.budget - self.reserve - self.elapsed())
         logger.info(
             "epoch %d/%d: loss %.4f, dice %.4f, val loss %.4f, val dice %.4f (averaged %.4f)%s "
             "(%.1f s%s)",
@@ -265,6 +267,7 @@ def _fit(
             data.counts["train"],
             first_sample=state.samples_drawn,
             context_slices=data.context_slices,
+            scale=config.input.input_scale,
         ),
         validation_data=validation_dataset(
             split_files(data.tfrecord_dir, "val"),
@@ -277,6 +280,7 @@ def _fit(
             config.input.intensity_window,
             config.optimisation.val_cases_per_epoch,
             config.seed,
+            config.input.input_scale,
         ),
         initial_epoch=state.epoch,
         epochs=end,
