@@ -230,3 +230,36 @@ def test_the_budget_keeps_time_for_the_work_after_the_last_epoch(tmp_path, monke
     clock[0] += 2.0  # 94 s in: a third 12 s epoch would end at 106 s, within 120 but past 94
     control.on_epoch_end(1, {"val_dice_fg": 0.6})
     assert control.model.stop_training and control.state.stop_reason == "time budget"
+
+
+def test_a_refit_moves_the_schedule_only_when_the_epoch_time_changed(tmp_path, monkeypatch):
+    """A quarter into the fitted schedule the epoch time is measured again: a busy warm-up
+    (epochs twice as slow) is corrected, a small change keeps the schedule (no retrace)."""
+    from unet.training import fitting
+    from unet.training.state import TrainingState
+
+    fitted = []
+    monkeypatch.setattr(fitting, "set_schedule", lambda m, c, s, epochs: fitted.append(epochs))
+    config = TrainConfig(**{**CONFIG, "time_budget": 10.0, "epochs": 1000})  # 600 s
+
+    class Control:
+        budget, reserve, run_dir, epochs = 600.0, 0.0, tmp_path, 0
+
+        def __init__(self, per_epoch, elapsed):
+            self.per_epoch, self.seconds = per_epoch, elapsed
+
+        def epoch_estimate(self):
+            return self.per_epoch
+
+        def elapsed(self):
+            return self.seconds
+
+    (tmp_path / "checkpoint").mkdir()
+    state = TrainingState(epoch=2)
+    first = fitting.fit_schedule(None, state, Control(20.0, 40.0), config, 1)
+    assert first == 2 + int(0.95 * 560 / 20) - 1 == 27
+    state.epoch = 8  # 6 epochs later, at 10 s each: the warm-up was slow
+    again = fitting.fit_schedule(None, state, Control(10.0, 100.0), config, 1, keep_within=0.1)
+    assert again == 8 + int(0.95 * 500 / 10) - 1 == 54 and fitted == [27, 54]
+    same = fitting.fit_schedule(None, state, Control(10.3, 100.0), config, 1, keep_within=0.1)
+    assert same == 54 and fitted == [27, 54]  # 53 instead of 54: kept, not traced again

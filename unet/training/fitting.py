@@ -43,6 +43,7 @@ BUDGET_MARGIN = 0.95  # share of the remaining budget the fitted epochs are plan
 FINISH_VAL_PASSES = 5.0
 FINISH_TEST_PASSES = 1.5
 MAX_RESERVE = 0.5  # of the budget, at most, kept for the work after the last epoch
+REFIT_SLACK = 0.1  # a refit that moves the schedule's end by less (of what is left) keeps it
 
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]
@@ -236,6 +237,14 @@ def fit_epochs(
         if state.stop_reason or state.epoch >= end:
             return
         end = fit_schedule(model, state, control, config, steps)
+        # once more a quarter of the way in: the warm-up's epochs may have run on a busier
+        # (or idler) machine, or before the caches were warm
+        again = state.epoch + max(2, (end - state.epoch) // 4)
+        if again < end:
+            _fit(model, state, run_dir, data, config, steps, control, again)
+            if state.stop_reason or state.epoch >= end:
+                return
+            end = fit_schedule(model, state, control, config, steps, keep_within=REFIT_SLACK)
     _fit(model, state, run_dir, data, config, steps, control, end)
 
 
@@ -309,9 +318,14 @@ def fit_schedule(
     control: TrainingControl,
     config: TrainConfig,
     steps: int,
+    keep_within: float | None = None,
 ) -> int:
     """Fit the epochs to the rest of the time budget and end the learning-rate schedule there
     (the optimizer gets the refitted schedule and its training step is traced again).
+
+    Args:
+        keep_within: a refit: the fitted schedule is kept when the new end differs from it by
+            less than this share of the epochs left (no retrace for a small change).
 
     Returns:
         The fitted number of epochs: at least one more, at most ``config.optimisation.epochs``.
@@ -320,13 +334,18 @@ def fit_schedule(
     remaining = control.budget - control.reserve - control.elapsed()
     more = int(BUDGET_MARGIN * remaining / max(per_epoch, 1e-6)) - 1  # one for the retrace
     epochs = max(state.epoch + 1, min(config.optimisation.epochs, state.epoch + more))
+    planned = state.planned_epochs
+    if keep_within is not None and planned:
+        if abs(epochs - planned) <= keep_within * max(planned - state.epoch, 1):
+            return planned
     set_schedule(model, config, steps, epochs)
     state.planned_epochs = control.epochs = epochs
     state.write(checkpoint_files(control.run_dir)[1])  # a resume keeps the fitted epochs
     logger.info(
-        "schedule fitted to the time budget: %d epochs (%.1f s each, %.0f s of %.0f s left "
+        "schedule %s to the time budget: %d epochs (%.1f s each, %.0f s of %.0f s left "
         "after keeping %.0f s for the work after the last epoch; at most %d), the %s decay "
         "ends at epoch %d",
+        "fitted" if keep_within is None else f"refitted at epoch {state.epoch}",
         epochs,
         per_epoch,
         remaining,
