@@ -12,6 +12,10 @@ Prints, each as a ratio measured in this run:
       bfloat16 where the CPU has the units, numpy float32 otherwise).
 
     .venv/bin/python bench/train.py [--steps 30] [--image-size 128] [--batch-size 8]
+
+With ``--dataset lgg-48``: where an epoch's time goes on the 48 LGG patients (training samples/s,
+the share of the epoch outside training steps, the work after the last epoch), per-epoch
+validation of every val case against the planned subset (see ``bench/epochs.py``).
 """
 
 from __future__ import annotations
@@ -154,6 +158,15 @@ def interleaved(variants: dict, steps: int, rounds: int) -> dict[str, list[float
 
 
 def main() -> int:
+    if "--dataset" in sys.argv:  # the epoch anatomy on LGG-48: bench/epochs.py
+        index = sys.argv.index("--dataset")
+        if sys.argv[index + 1 : index + 2] != ["lgg-48"]:
+            print("--dataset takes lgg-48")
+            return 2
+        from bench.epochs import main as epochs_main
+
+        sys.argv[index : index + 2] = []
+        return epochs_main()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared/datasets/isbi2012-membrane"))
     parser.add_argument("--steps", type=int, default=20)

@@ -50,6 +50,9 @@ class TrainRunSummary:
     out_of_fold_volume_dice: float | None = None  # mean per-group volume Dice, out of fold
     champion: str | None = None  # the registry's champion after the run
     val_dice_tuned: float | None = None  # with the post-processing tuned on validation
+    val_cases_scored: int | None = None  # val cases scored after each epoch (None: all)
+    test_volume_dice: float | None = None  # mean per-group (patient) volume Dice on test
+    test_groups: int | None = None  # groups (patients) in the test split, when grouped
 
 
 def dataset_label(prepare: PrepareConfig | dict | None) -> str:
@@ -144,8 +147,10 @@ def summarize_run(
     training,
     metrics: EvaluationResult | None,
     registered: str | None,
+    val_cases_scored: int = 0,
 ) -> TrainRunSummary:
-    """The key numbers of a run from what preparing, training and the test evaluation gave."""
+    """The key numbers of a run from what preparing, training and the test evaluation gave
+    (``val_cases_scored``: the planned per-epoch validation subset, 0 for all)."""
     out_of_fold, counts = None, dict(prepared.split_counts)
     if (run_path / "out_of_fold" / "metrics.json").is_file():
         out_of_fold = EvaluationResult.read(run_path / "out_of_fold" / "metrics.json")
@@ -174,6 +179,9 @@ def summarize_run(
         folds=len(out_of_fold.folds or []) if out_of_fold else 0,
         out_of_fold_dice=None if out_of_fold is None else out_of_fold.foreground_dice,
         out_of_fold_volume_dice=None if out_of_fold is None else out_of_fold.group_volume_dice_mean,
+        val_cases_scored=val_cases_scored if 0 < val_cases_scored < counts["val"] else None,
+        test_volume_dice=None if metrics is None else metrics.group_volume_dice_mean,
+        test_groups=len(metrics.groups) if metrics is not None and metrics.groups else None,
     )
 
 
@@ -206,10 +214,13 @@ def describe_test_scores(summary: TrainRunSummary) -> str:
     lines = []
     if not summary.folds:
         tuned = summary.val_dice_tuned
+        scored = summary.val_cases_scored
+        subset = f" ({scored} of the {summary.val_cases} val cases)" if scored else ""
+        every = " on all of them" if scored else ""
         lines.append(
             f"Validation foreground Dice {summary.val_dice:.4f} at the chosen epoch "
-            f"{summary.best_epoch}"
-            + ("" if tuned is None else f", {tuned:.4f} with the tuned post-processing")
+            f"{summary.best_epoch}{subset}"
+            + ("" if tuned is None else f", {tuned:.4f} with the tuned post-processing{every}")
             + "."
         )
     if summary.folds:
@@ -230,6 +241,12 @@ def describe_test_scores(summary: TrainRunSummary) -> str:
             f"Test foreground Dice {summary.test_dice:.4f} against an Otsu threshold's "
             f"{summary.otsu_dice:.4f} on the same {summary.test_cases} images."
         )
+        grouped = summary.test_groups and summary.test_groups < summary.test_cases
+        if summary.test_volume_dice is not None and grouped:
+            lines.append(
+                f"Mean per-group volume Dice {summary.test_volume_dice:.4f} over the "
+                f"{summary.test_groups} held-out groups (patients): what the next patient gets."
+            )
     return "\n".join(lines)
 
 
@@ -285,5 +302,6 @@ def train_evaluate_register(
         )
         write_json_atomic(run_path / "metrics.json", metrics.to_json())
     registered = register_run(run_dir, registry) if registry else None
-    summary = summarize_run(run_path, prepared, training, metrics, registered)
+    scored = 0 if crossval.folds else train.optimisation.val_cases_per_epoch
+    summary = summarize_run(run_path, prepared, training, metrics, registered, scored)
     return summary, metrics
