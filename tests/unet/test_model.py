@@ -33,7 +33,7 @@ def test_no_batch_norm_means_no_bn_layers_and_biases():
     assert model.get_layer("enc1_conv1").use_bias
 
 
-@pytest.mark.parametrize("architecture", ["unet", "vgg16-unet"])
+@pytest.mark.parametrize("architecture", ["unet", "resenc-unet", "vgg16-unet"])
 def test_inference_model_folds_batch_norms_without_changing_outputs(architecture):
     from keras import layers
 

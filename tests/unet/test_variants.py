@@ -30,6 +30,16 @@ def _train_step_save_load(model, config, tmp_path, channels):
     )
 
 
+def test_residual_encoder_unet_has_its_blocks_trains_saves_and_loads(tmp_path):
+    config = TrainConfig(architecture="resenc-unet", image_size=32, depth=2, base_filters=4)
+    model = build_unet(config.model, 1)
+    adds = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 1 + 3 + 4  # residual blocks per level: 1, 3, 4 (the bottleneck)
+    assert model.get_layer("enc1_res1_skip")  # 1 -> 4 channels: a projected shortcut
+    assert model.output_shape == (None, None, None, 2)
+    _train_step_save_load(model, config.updated(num_classes=2), tmp_path, 1)
+
+
 def test_classic_unet_multichannel_multiclass(tmp_path):
     config = TrainConfig(image_size=32, depth=2, base_filters=4, num_classes=3, dropout=0.2)
     _train_step_save_load(build_unet(config.model, 3), config, tmp_path, 3)

@@ -17,10 +17,12 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    architecture: Literal["unet", "vgg16-unet"] = Field(
+    architecture: Literal["unet", "resenc-unet", "vgg16-unet"] = Field(
         "unet",
-        description="'unet' (classic U-Net) or 'vgg16-unet' (VGG16 encoder, 5 poolings, heavy: "
-        "use a GPU or small images on a CPU).",
+        description="'unet' (classic U-Net), 'resenc-unet' (a residual encoder: 1, 3, 4, 6, 6 "
+        "residual blocks per level as nnU-Net's ResEnc presets, the classic decoder; about "
+        "2-3x the compute of 'unet' at the same width) or 'vgg16-unet' (VGG16 encoder, 5 "
+        "poolings, heavy: use a GPU or small images on a CPU).",
     )
     encoder_weights: str | None = Field(
         None,
@@ -29,9 +31,11 @@ class ModelSpec(BaseModel):
         "blocks) start the encoder; shapes checked, the layers loaded logged; the first "
         "convolution averaged over RGB for grey scans. Never downloaded.",
     )
-    depth: int = Field(4, ge=1, le=6, description="unet: number of 2x2 poolings in the encoder.")
+    depth: int = Field(
+        4, ge=1, le=6, description="unet, resenc-unet: number of 2x2 poolings in the encoder."
+    )
     base_filters: int = Field(
-        16, ge=1, description="unet: filters of the first level, doubled per level."
+        16, ge=1, description="unet, resenc-unet: filters of the first level, doubled per level."
     )
     batch_norm: bool = Field(True, description="unet: batch normalisation after every conv.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate at the bottleneck.")

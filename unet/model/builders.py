@@ -77,6 +77,59 @@ def build_classic_unet(spec: ModelSpec, num_channels: int) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"unet_d{spec.depth}_f{spec.base_filters}")
 
 
+RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6)  # residual blocks per level (nnU-Net ResEnc M)
+
+
+def residual_block(x, filters: int, name: str, batch_norm: bool):
+    """Two 3x3 convolutions (+ batch norm) and a shortcut (a 1x1 convolution where the
+    channels change), added, then ReLU. Resolution unchanged."""
+    shortcut = x
+    y = conv_block(x, filters, name, batch_norm, convolutions=1)
+    y = layers.Conv2D(
+        filters,
+        3,
+        padding="same",
+        use_bias=not batch_norm,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv2",
+    )(y)
+    if batch_norm:
+        y = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn2")(y)
+    if x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, use_bias=not batch_norm, name=f"{name}_skip")(x)
+        if batch_norm:
+            shortcut = layers.BatchNormalization(momentum=0.9, name=f"{name}_skip_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.Activation("relu", name=f"{name}_out")(y)
+
+
+def build_resenc_unet(spec: ModelSpec, num_channels: int) -> keras.Model:
+    """A U-Net with a residual encoder (nnU-Net's ResEnc presets): level ``l`` holds
+    :data:`RESENC_BLOCKS` [l] residual blocks of ``base * 2**l`` filters after a 2x2 max
+    pooling; the decoder is the classic one (transposed convolution, skip, conv block)."""
+    inputs = keras.Input(shape=(None, None, num_channels), name="image")
+    x, skips = inputs, []
+    for level in range(spec.depth + 1):
+        if level:
+            skips.append(x)
+            x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+        for block in range(RESENC_BLOCKS[level]):
+            name = (
+                f"enc{level + 1}_res{block + 1}"
+                if level < spec.depth
+                else f"bottleneck_res{block + 1}"
+            )
+            x = residual_block(x, spec.base_filters * 2**level, name, spec.batch_norm)
+    if spec.dropout:
+        x = layers.Dropout(spec.dropout, name="bottleneck_dropout")(x)
+    for level in range(spec.depth, 0, -1):
+        x = decoder_block(
+            x, skips[level - 1], spec.base_filters * 2 ** (level - 1), level, spec.batch_norm
+        )
+    outputs = segmentation_head(x, spec.num_classes or 2)
+    return keras.Model(inputs, outputs, name=f"resenc_unet_d{spec.depth}_f{spec.base_filters}")
+
+
 def build_vgg16_unet(spec: ModelSpec, num_channels: int) -> keras.Model:
     """The seed project's U-Net with a VGG16 encoder.
 
@@ -124,6 +177,8 @@ def build_unet(spec: ModelSpec, num_channels: int = 1) -> keras.Model:
         raise ValueError(f"num_channels must be positive. Received: num_channels={num_channels}")
     if spec.architecture == "vgg16-unet":
         return build_vgg16_unet(spec, num_channels)
+    if spec.architecture == "resenc-unet":
+        return build_resenc_unet(spec, num_channels)
     return build_classic_unet(spec, num_channels)
 
 
