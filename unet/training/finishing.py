@@ -81,12 +81,13 @@ def calibrate_quality(
     path: Path, info: ModelInfo, data: TrainingData, loaded: keras.Model | None = None
 ):
     """The quality flags' reference (from the train split) and thresholds (chosen on the val
-    split, segmented with the tuned post-processing, as prediction will, and with the flip pass
-    so that ``flip_disagreement`` is calibrated too); None without validation cases."""
+    split, segmented with the tuned post-processing in the precision prediction will take on
+    ``auto`` (bfloat16 where its check passed), and with the flip pass so that
+    ``flip_disagreement`` is calibrated too); None without validation cases."""
 
     if not data.counts.get("val"):
         return None
-    segmenter = Segmenter(path, info=info, flip_check=True, loaded=loaded)
+    segmenter = Segmenter(path, info=info, flip_check=True, loaded=loaded, precision="auto")
     # the run's manifest (written by the training flow) holds the volumes' voxel sizes
     spacings = volume_spacings(path.parent / "manifest.csv") if data.volumes else {}
     calibrated = calibrate_flags(

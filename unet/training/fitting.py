@@ -38,9 +38,10 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
 
 BUDGET_MARGIN = 0.95  # share of the remaining budget the fitted epochs are planned to fill
 # The work after the last epoch, in passes over the val split and the test split, each pass as
-# long as scoring a val case after an epoch takes: post-processing tuning (float32 and, where
-# it pays, bfloat16), quality calibration (with the flip pass), the test evaluation.
-FINISH_VAL_PASSES = 5.0
+# long as scoring a val case after an epoch takes: post-processing tuning (one pass, with
+# float32 on a few cases where bfloat16 is checked), quality calibration (two: with the flip
+# pass), the test evaluation; with a margin.
+FINISH_VAL_PASSES = 4.0
 FINISH_TEST_PASSES = 1.5
 MAX_RESERVE = 0.5  # of the budget, at most, kept for the work after the last epoch
 REFIT_SLACK = 0.1  # a refit that moves the schedule's end by less (of what is left) keeps it
