@@ -191,8 +191,10 @@ def run_lgg48(args, scratch: Path) -> None:
         seconds = None
     else:
         prepare = lgg48_prepare(Path(args.data_root), scratch / "cache")
-        run_dir = scratch / "lgg48-single"
         settings = {"time_budget": args.time_budget, "seed": 0}
+        if args.architecture:
+            settings["architecture"] = args.architecture
+        run_dir = scratch / f"lgg48-{args.architecture or 'plan'}"
         _, seconds = train(prepare, settings, run_dir, 0)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     volume = pd.Series(
@@ -203,7 +205,8 @@ def run_lgg48(args, scratch: Path) -> None:
     missed = tumour & (per_slice["overlap_pixels_1"] == 0)
     false_positive = ~tumour & (per_slice["predicted_pixels_1"] > 0)
     result = json.loads((run_dir / "lineage.json").read_text())["training"]
-    print(f"\n== LGG-48, one model, --time-budget {args.time_budget:g} (the plan, seed 0)")
+    what = f"--architecture {args.architecture}" if args.architecture else "the plan"
+    print(f"\n== LGG-48, one model, --time-budget {args.time_budget:g} ({what}, seed 0)")
     print(
         f"held-out patients: {len(volume)}; mean per-patient volume Dice {volume.mean():.4f}, "
         f"median {volume.median():.4f}, under 0.5: {int((volume < 0.5).sum())} "
@@ -267,6 +270,7 @@ def main() -> int:
     parser.add_argument("--dataset", choices=("lgg-12", "lgg-48"), default="lgg-12")
     parser.add_argument("--time-budget", type=float, default=60.0, help="lgg-48: minutes.")
     parser.add_argument("--run", help="lgg-48: score this run folder instead of training.")
+    parser.add_argument("--architecture", help="lgg-48: train this architecture (default: plan).")
     args = parser.parse_args()
     if args.dataset == "lgg-48":
         if not (Path(args.data_root) / "lgg-brain-mri-more").is_dir():
