@@ -162,13 +162,7 @@ class PrepareConfig(BaseModel):
     @field_validator("images", "masks", mode="before")
     @classmethod
     def _one_folder_as_text(cls, value: object) -> object:
-        """One folder given as a list (the flags take several) is that folder, so a
-        one-folder dataset's records read as they always did."""
-        if isinstance(value, (list, tuple)):
-            if not value:
-                return None
-            return str(value[0]) if len(value) == 1 else [str(part) for part in value]
-        return value
+        return one_folder_as_text(value)
 
     @model_validator(mode="after")
     def _check(self) -> PrepareConfig:
@@ -185,35 +179,12 @@ class PrepareConfig(BaseModel):
         rules = [name for name in ("mask_suffix", "key_pattern", "manifest") if getattr(self, name)]
         if len(rules) > 1:
             raise ValueError(f"choose one pairing rule; got {', '.join(rules)}")
-        if isinstance(self.masks, list) and len(self.masks) != len(self.image_folders):
-            raise ValueError(
-                "give one masks folder per images folder, in the same order. Received: "
-                f"images={self.images}, masks={self.masks}"
-            )
-        if isinstance(self.images, list) and self.masks is not None and isinstance(self.masks, str):
-            raise ValueError(
-                "several images folders need one masks folder each (or --mask-suffix with the "
-                f"masks beside the images). Received: images={self.images}, masks={self.masks!r}"
-            )
+        check_folders(self)
         return self
 
-    @property
-    def image_folders(self) -> list[str]:
-        """The images folders (none, one, or several)."""
-        if self.images is None:
-            return []
-        return [self.images] if isinstance(self.images, str) else list(self.images)
-
     def per_folder(self) -> list[PrepareConfig]:
-        """One config per images folder (with its masks folder), the rest alike; the config
-        itself when it has one folder or a manifest."""
-        if not isinstance(self.images, list):
-            return [self]
-        masks = self.masks if isinstance(self.masks, list) else [None] * len(self.images)
-        return [
-            self.model_copy(update={"images": images, "masks": mask})
-            for images, mask in zip(self.images, masks, strict=True)
-        ]
+        """One config per images folder (see :func:`per_folder`)."""
+        return per_folder(self)
 
     @property
     def pairing(self) -> str:
@@ -225,6 +196,48 @@ class PrepareConfig(BaseModel):
         if self.key_pattern:
             return "pattern"
         return "stem"
+
+
+def one_folder_as_text(value: object) -> object:
+    """``images``/``masks`` as given: one folder given as a list (the flags take several) is
+    that folder, so a one-folder dataset's records read as they always did."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return None
+        return str(value[0]) if len(value) == 1 else [str(part) for part in value]
+    return value
+
+
+def check_folders(config: PrepareConfig) -> None:
+    """Several images folders take one masks folder each, in order, or none (masks beside).
+
+    Raises:
+        ValueError: the counts differ, or one masks folder for several images folders.
+    """
+    images, masks = config.images, config.masks
+    count = len(images) if isinstance(images, list) else int(images is not None)
+    if isinstance(masks, list) and len(masks) != count:
+        raise ValueError(
+            "give one masks folder per images folder, in the same order. Received: "
+            f"images={images}, masks={masks}"
+        )
+    if isinstance(images, list) and isinstance(masks, str):
+        raise ValueError(
+            "several images folders need one masks folder each (or --mask-suffix with the "
+            f"masks beside the images). Received: images={images}, masks={masks!r}"
+        )
+
+
+def per_folder(config: PrepareConfig) -> list[PrepareConfig]:
+    """One config per images folder (with its masks folder), the rest alike; the config
+    itself when it has one folder or a manifest."""
+    if not isinstance(config.images, list):
+        return [config]
+    masks = config.masks if isinstance(config.masks, list) else [None] * len(config.images)
+    return [
+        config.model_copy(update={"images": images, "masks": mask})
+        for images, mask in zip(config.images, masks, strict=True)
+    ]
 
 
 def pairing_rule(config: PrepareConfig) -> PairingRule:

@@ -119,10 +119,8 @@ class Segmenter:
             loaded = keras.models.load_model(self.model_path, compile=False)
         # batch norms folded into their convolutions; computing in the chosen precision
         folded = inference_model(loaded, self.precision.policy)
-        self.graphs = ModelGraphs(
-            folded, self.channels, self.num_classes, self.multiple, tta, flip_check,
-            scale=info.input_scale,
-        )  # fmt: skip
+        shape = (self.channels, self.num_classes, self.multiple)
+        self.graphs = ModelGraphs(folded, *shape, tta, flip_check, info.input_scale)
         self.tta, self.flip_check = tta, self.graphs.flip_check
         logger.info(
             "loaded model %s (%d channels, %d classes, %s: %s)",

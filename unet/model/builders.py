@@ -21,19 +21,25 @@ logger = logging.getLogger(__name__)
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (filters, convolutions)
 
 
+def conv_bn(x, filters: int, conv_name: str, bn_name: str, batch_norm: bool, kernel: int = 3):
+    """A convolution ('same' padding, He initialisation), then batch norm when asked."""
+    x = layers.Conv2D(
+        filters,
+        kernel,
+        padding="same",
+        use_bias=not batch_norm,
+        kernel_initializer="he_normal",
+        name=conv_name,
+    )(x)
+    if batch_norm:
+        x = layers.BatchNormalization(momentum=0.9, name=bn_name)(x)
+    return x
+
+
 def conv_block(x, filters: int, name: str, batch_norm: bool, convolutions: int = 2):
     """3x3 convolutions (+ batch norm) with ReLU. Resolution unchanged."""
     for index in range(1, convolutions + 1):
-        x = layers.Conv2D(
-            filters,
-            3,
-            padding="same",
-            use_bias=not batch_norm,
-            kernel_initializer="he_normal",
-            name=f"{name}_conv{index}",
-        )(x)
-        if batch_norm:
-            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{index}")(x)
+        x = conv_bn(x, filters, f"{name}_conv{index}", f"{name}_bn{index}", batch_norm)
         x = layers.Activation("relu", name=f"{name}_relu{index}")(x)
     return x
 
@@ -85,20 +91,9 @@ def residual_block(x, filters: int, name: str, batch_norm: bool):
     channels change), added, then ReLU. Resolution unchanged."""
     shortcut = x
     y = conv_block(x, filters, name, batch_norm, convolutions=1)
-    y = layers.Conv2D(
-        filters,
-        3,
-        padding="same",
-        use_bias=not batch_norm,
-        kernel_initializer="he_normal",
-        name=f"{name}_conv2",
-    )(y)
-    if batch_norm:
-        y = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn2")(y)
+    y = conv_bn(y, filters, f"{name}_conv2", f"{name}_bn2", batch_norm)
     if x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, use_bias=not batch_norm, name=f"{name}_skip")(x)
-        if batch_norm:
-            shortcut = layers.BatchNormalization(momentum=0.9, name=f"{name}_skip_bn")(shortcut)
+        shortcut = conv_bn(x, filters, f"{name}_skip", f"{name}_skip_bn", batch_norm, kernel=1)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.Activation("relu", name=f"{name}_out")(y)
 
