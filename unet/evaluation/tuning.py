@@ -50,7 +50,7 @@ def tune_on_cases(
         for truth, (maps,) in case_probabilities([segmenter], cases, "tuning"):
             if binary:
                 tuner.add(maps, truth)
-        return (tuner.result() if binary else ARGMAX), None
+        return (tuner.result() if binary else dict(ARGMAX)), None
     agreeing = total = checked = 0
     for truth, maps in case_probabilities([bfloat16, segmenter], cases, "tuning", check_cases):
         low, *full = maps
@@ -65,7 +65,7 @@ def tune_on_cases(
     check = PrecisionCheck(
         bfloat16_agreement=agreement, pixels=total, tuned_with=chosen, cases=checked
     )
-    return (tuner.result() if binary else ARGMAX), check
+    return (tuner.result() if binary else dict(ARGMAX)), check
 
 
 ARGMAX = {"threshold": None, "min_component_size": 0}
