@@ -63,6 +63,19 @@ def segmentation_head(x, num_classes: int):
     return layers.Activation("softmax", dtype="float32", name="head_softmax")(x)
 
 
+def decoder_and_head(x, skips: list, spec: ModelSpec):
+    """Bottleneck dropout, the classic decoder (one level per skip, deepest first) and the
+    segmentation head: what the classic and the residual-encoder U-Nets share."""
+    if spec.dropout:
+        x = layers.Dropout(spec.dropout, name="bottleneck_dropout")(x)
+    for level in range(spec.depth, 0, -1):
+        # H/2**level + skip H/2**(level-1) -> H/2**(level-1)
+        x = decoder_block(
+            x, skips[level - 1], spec.base_filters * 2 ** (level - 1), level, spec.batch_norm
+        )
+    return segmentation_head(x, spec.num_classes or 2)
+
+
 def build_classic_unet(spec: ModelSpec, num_channels: int) -> keras.Model:
     """The classic U-Net (Ronneberger et al. 2015) with 'same' padding."""
     inputs = keras.Input(shape=(None, None, num_channels), name="image")
@@ -72,14 +85,7 @@ def build_classic_unet(spec: ModelSpec, num_channels: int) -> keras.Model:
         skip, x = encoder_block(x, spec.base_filters * 2 ** (level - 1), level, spec.batch_norm)
         skips.append(skip)
     x = conv_block(x, spec.base_filters * 2**spec.depth, "bottleneck", spec.batch_norm)
-    if spec.dropout:
-        x = layers.Dropout(spec.dropout, name="bottleneck_dropout")(x)
-    for level in range(spec.depth, 0, -1):
-        # H/2**level + skip H/2**(level-1) -> H/2**(level-1)
-        x = decoder_block(
-            x, skips[level - 1], spec.base_filters * 2 ** (level - 1), level, spec.batch_norm
-        )
-    outputs = segmentation_head(x, spec.num_classes or 2)
+    outputs = decoder_and_head(x, skips, spec)
     return keras.Model(inputs, outputs, name=f"unet_d{spec.depth}_f{spec.base_filters}")
 
 
@@ -115,13 +121,7 @@ def build_resenc_unet(spec: ModelSpec, num_channels: int) -> keras.Model:
                 else f"bottleneck_res{block + 1}"
             )
             x = residual_block(x, spec.base_filters * 2**level, name, spec.batch_norm)
-    if spec.dropout:
-        x = layers.Dropout(spec.dropout, name="bottleneck_dropout")(x)
-    for level in range(spec.depth, 0, -1):
-        x = decoder_block(
-            x, skips[level - 1], spec.base_filters * 2 ** (level - 1), level, spec.batch_norm
-        )
-    outputs = segmentation_head(x, spec.num_classes or 2)
+    outputs = decoder_and_head(x, skips, spec)
     return keras.Model(inputs, outputs, name=f"resenc_unet_d{spec.depth}_f{spec.base_filters}")
 
 
