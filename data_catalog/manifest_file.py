@@ -79,3 +79,11 @@ def volume_spacings(path: str | Path) -> dict[str, tuple[float, ...]]:
         volume_of(str(key)): tuple(float(v) for v in str(voxel_mm).split("x"))
         for key, voxel_mm in zip(rows["key"], rows["voxel_mm"], strict=True)
     }
+
+
+def manifest_groups(path: str | Path) -> dict[str, str]:
+    """Case key -> group of a ``manifest.csv`` (empty when the file is missing)."""
+    if not Path(path).is_file():
+        return {}
+    table = read_manifest(path)
+    return dict(zip(table["key"].astype(str), table["group"].astype(str), strict=True))

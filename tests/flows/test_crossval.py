@@ -34,10 +34,26 @@ def _train(work, synthetic_dir, name: str, **crossval):
     )
 
 
+FITTED: list[pd.DataFrame] = []  # every table the predicted-Dice model was fitted on
+
+
 @pytest.fixture(scope="module")
 def local_run(prefect_server, synthetic_dir, tmp_path_factory):
+    """The 3-fold run, its quality model fittable on the 19 out-of-fold cases (the tiny set
+    is under the real minimum of cases) and every fit's table recorded."""
+    import unet.evaluation.quality_passes as passes
+    import unet.quality.predicted_dice as predicted
+
+    def recording(table, *args, **kwargs):
+        FITTED.append(table.copy())
+        return fit(table, *args, **kwargs)
+
+    fit = passes.fit_dice_model
     work = tmp_path_factory.mktemp("crossval")
-    return work, _train(work, synthetic_dir, "local")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(predicted, "MIN_FIT_CASES", 10)
+        patch.setattr(passes, "fit_dice_model", recording)
+        return work, _train(work, synthetic_dir, "local")
 
 
 def _fold_task_runs(flow_run_name_prefix: str | None = None):
@@ -115,6 +131,50 @@ def test_out_of_fold_scores_every_non_test_case_exactly_once(local_run):
     quality = json.loads((run / "model.json").read_text())["quality"]
     assert quality["num_val_cases"] == len(rows)
     assert "out-of-fold" in quality["note"] or "too few" in quality["note"]
+
+
+def test_the_predicted_dice_is_fitted_on_out_of_fold_cases_only(local_run, synthetic_dir):
+    """No test case reaches the quality model's fit; every non-test case does, each scored by
+    the fold model that never trained on it; the ensemble's evaluation and prediction give
+    every image a predicted Dice."""
+    from unet.config import PredictConfig
+    from unet.prediction import predict_folder
+
+    work, summary = local_run
+    run = work / "local"
+    plain = json.loads((run / "splits.json").read_text())
+    out_of_fold = pd.read_csv(run / "out_of_fold" / "per_image.csv")
+    table = FITTED[-1]  # the ensemble's, after each fold model's try on its own val split
+    assert not set(table["key"]) & set(plain["test"])
+    assert sorted(table["key"]) == sorted(plain["train"] + plain["val"])
+    # each case's signals are from the fold model that validated on it, never trained on it
+    members = json.loads((run / "lineage.json").read_text())["ensemble_members"]
+    version = {m["fold"]: m["model_version"] for m in members}
+    scorer = out_of_fold.set_index("key")["fold"].map(version)
+    assert (table.set_index("key")["scored_by"] == scorer[table["key"]]).all()
+    quality = json.loads((run / "model.json").read_text())["quality"]
+    model = quality["dice_model"]
+    assert model["cases"] == len(table) and "out-of-fold" in model["fitted_on"]
+    groups = pd.read_csv(run / "manifest.csv").set_index("key")["group"].astype(str)
+    assert not set(model["groups"]) & set(groups[plain["test"]])
+    evaluated = pd.read_csv(run / "evaluation" / "per_image.csv")
+    assert sorted(evaluated["key"]) == sorted(plain["test"])
+    assert evaluated["predicted_dice"].between(0, 1).all()
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert metrics["quality"]["predicted_dice"]["per_slice"]["cases"] > 0
+    assert (run / "evaluation" / "risk_coverage.png").stat().st_size > 1000
+    report = predict_folder(
+        PredictConfig(
+            model=str(run),
+            input_dir=str(synthetic_dir / "images"),
+            output_dir=str(work / "predicted"),
+            precision="float32",
+        )
+    )
+    assert report["predicted_dice"].between(0, 1).all() and len(report) == 24
+    below = quality["review_below"]
+    assert list(report["review"] == "review") == list(report["predicted_dice"] < below)
+    assert report["member_disagreement"].between(0, 1).all()  # 3 members disagree or not
 
 
 def test_evaluate_reports_the_out_of_fold_estimate(local_run, synthetic_dir, capsys):

@@ -14,6 +14,12 @@ from unet.quality.signals import columns_of, flip_disagreement, quality_signals,
 RNG = np.random.default_rng(4)
 
 
+def seg(classes: np.ndarray, confidence: np.ndarray):
+    from unet.inference.segmenter import Segmentation
+
+    return Segmentation(classes, confidence)
+
+
 def reference() -> QualityReference:
     """Training cases: normalised intensities around N(0.5, 0.1); masks ~5% foreground."""
     percentiles = [
@@ -36,15 +42,15 @@ def test_signals_notice_uncertain_masks_unusual_inputs_and_implausible_sizes():
     classes = blob()
     sure = np.where(classes > 0, 0.98, 0.99).astype(np.float32)
     unsure = np.where(classes > 0, 0.55, 0.99).astype(np.float32)
-    good = quality_signals(image, classes, sure, ref)
-    doubtful = quality_signals(image, classes, unsure, ref)
+    good = quality_signals(image, seg(classes, sure), ref)
+    doubtful = quality_signals(image, seg(classes, unsure), ref)
     assert good["low_confidence"] == pytest.approx(0.02, abs=1e-6)
     assert doubtful["low_confidence"] == pytest.approx(0.45, abs=1e-6)
     assert doubtful["uncertain_share"] == pytest.approx(196 / 400)  # blob of its 3-px border
     assert good["uncertain_share"] == 0
-    brighter = quality_signals(image + 1.0, classes, sure, ref)
+    brighter = quality_signals(image + 1.0, seg(classes, sure), ref)
     assert brighter["intensity_shift"] > 5 * max(good["intensity_shift"], 0.2)
-    empty = quality_signals(image, np.zeros_like(classes), sure, ref)
+    empty = quality_signals(image, seg(np.zeros_like(classes), sure), ref)
     assert empty["fraction_shift"] > 5 * max(good["fraction_shift"], 0.2)
 
 
@@ -92,9 +98,13 @@ def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
 
     info = ModelInfo.read(trained_run)
     quality = info.quality
-    # every signal of a 2-D image (spacing_shift is a volume's)
-    assert quality.num_val_cases > 0 and set(quality.signals) == set(SIGNALS) - {"spacing_shift"}
+    # every signal of a 2-D image of one model (spacing_shift is a volume's; the members'
+    # disagreement an ensemble's)
+    members = {"member_disagreement", "presence_disagreement"}
+    assert quality.num_val_cases > 0
+    assert set(quality.signals) == set(SIGNALS) - {"spacing_shift"} - members
     assert "too few validation cases" in quality.note  # the tiny split calibrates nothing
+    assert quality.dice_model is None and "no predicted Dice" in quality.dice_model_note
     metrics = evaluate_cases(
         Segmenter(trained_run), iterate_cases(tfrecord_dir, "test"), tmp_path / "plain"
     )
@@ -250,11 +260,11 @@ def test_an_input_at_another_size_than_the_training_cases_is_noticed():
     ref = reference_from_cases(percentiles * 30, [np.log10(0.05)] * 30, sizes=[64 * 64] * 30)
     image = RNG.normal(0.5, 0.1, (64, 64, 1)).astype(np.float32)
     sure = np.full((64, 64), 0.98, np.float32)
-    same = quality_signals(image, blob(), sure, ref)["size_shift"]
+    same = quality_signals(image, seg(blob(), sure), ref)["size_shift"]
     big = np.tile(image, (4, 4, 1))  # 16x the pixels: another magnification or device
-    larger = quality_signals(big, np.tile(blob(), (4, 4)), np.tile(sure, (4, 4)), ref)
+    larger = quality_signals(big, seg(np.tile(blob(), (4, 4)), np.tile(sure, (4, 4))), ref)
     assert same == 0 and larger["size_shift"] == pytest.approx(4 / 0.5)
-    assert "size_shift" not in quality_signals(image, blob(), sure, reference())  # no sizes
+    assert "size_shift" not in quality_signals(image, seg(blob(), sure), reference())  # no sizes
 
 
 def test_a_volume_at_another_voxel_size_than_the_training_volumes_is_noticed():
@@ -265,7 +275,7 @@ def test_a_volume_at_another_voxel_size_than_the_training_volumes_is_noticed():
     ref = reference_from_cases(percentiles * 30, [-2.0] * 30, [-2.0] * 12, spacings=spacings)
     quality = VolumeQuality()
     image = RNG.normal(0.5, 0.1, (64, 64, 1)).astype(np.float32)
-    quality.add(image, blob(), np.full((64, 64), 0.95, np.float32))
+    quality.add(image, seg(blob(), np.full((64, 64), 0.95, np.float32)))
     typical = quality.signals(0.01, ref, spacing=(3.0, 0.9, 0.9))["spacing_shift"]
     thick = quality.signals(0.01, ref, spacing=(6.0, 0.9, 0.9))["spacing_shift"]
     assert typical == 0 and thick > 2  # slices twice as thick: log2 distance 1 over 0.39
@@ -331,7 +341,7 @@ def test_volumes_are_compared_with_training_volumes_and_calibrated_whole_when_en
     assert ref.volume_fraction_median == pytest.approx(np.log10(0.02), abs=0.1)
     quality = VolumeQuality()
     image = RNG.normal(0.5, 0.1, (64, 64, 1)).astype(np.float32)
-    quality.add(image, blob(), np.full((64, 64), 0.95, np.float32))
+    quality.add(image, seg(blob(), np.full((64, 64), 0.95, np.float32)))
     as_volume = quality.signals(0.02, ref)["fraction_shift"]
     as_frames = quality.signals(0.02, ref, whole_volume=False)["fraction_shift"]
     assert as_volume < 1 < as_frames  # a typical lesion volume is not an odd slice
@@ -346,6 +356,8 @@ def test_volumes_are_compared_with_training_volumes_and_calibrated_whole_when_en
                 classes=prediction,
                 confidence=np.full((64, 64), confidence, np.float32),
                 flip_counts=None,
+                peak=confidence,
+                member_counts=None,
             )
             tally.add(f"case{number}/z{z:03d}", image, truth, result)
     volume_table = tally.table(ref)

@@ -72,6 +72,14 @@ class PredictConfig(StagedConfig):
         "the model's time; free with --tta, which runs that pass anyway); 'auto': 'full' when "
         "the model's calibrated flags rest on flip_disagreement alone, else 'fast'.",
     )
+    review_below: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Flag a mask for review where its predicted Dice is under this (e.g. "
+        "0.7). Default: the model's own, chosen out of fold. Needs a model with a predicted "
+        "Dice (trained with --folds K, or on enough validation cases).",
+    )
     largest_component: bool = Field(
         False,
         description="Keep only the largest foreground component of each mask (26-connected "

@@ -11,9 +11,11 @@ import pandas as pd
 from data_catalog.cases import Case
 from data_catalog.manifest_file import volume_of
 from unet.evaluation.cases import segment_cases
+from unet.evaluation.quality_scores import predicted_dice_scores
 from unet.evaluation.scores import VolumeTally, foreground_dice
 from unet.inference.segmenter import Segmenter
-from unet.quality.calibration import calibrate, calibration_table, flag_summary
+from unet.quality.calibration import calibrate, calibration_table, flag_summary, target_dice
+from unet.quality.predicted_dice import MIN_FIT_CASES, MIN_FIT_GROUPS, fit_dice_model
 from unet.quality.reference import (
     FRACTION_FLOOR,
     intensity_percentiles,
@@ -23,13 +25,18 @@ from unet.quality.reference import (
 from unet.quality.signals import needs_flip_pass, quality_signals
 
 
-def quality_metrics(frame: pd.DataFrame, reference, num_classes: int) -> dict[str, object]:
+def quality_metrics(
+    frame: pd.DataFrame, reference, num_classes: int, out_dir=None
+) -> dict[str, object]:
     """The flags on scored cases (see :func:`unet.quality.calibration.flag_summary`) as prediction
     raises
     them by default (``--qc auto``: every signal but ``flip_disagreement``, unless the flags
     rest on it alone) and, under ``full``, with ``--qc full`` or ``--tta`` when the flip pass
     was run; the calibration's note and each signal's validation numbers; no flag counts when
-    none is calibrated."""
+    none is calibrated; with a Dice model, the predicted Dice's scores
+    (:func:`unet.evaluation.quality_scores.predicted_dice_scores`, the risk-coverage PNG in
+    ``out_dir``) and the calibrated signals' flags alone ("signal_flags", as before the Dice
+    model) beside them."""
 
     facts = {
         "note": reference.note,
@@ -40,13 +47,25 @@ def quality_metrics(frame: pd.DataFrame, reference, num_classes: int) -> dict[st
         return {**facts, "cases": len(frame), "flagged": None}
     dice = frame[[f"dice_{c}" for c in range(1, num_classes)]].mean(axis=1)
     scored = frame.assign(dice=dice)
-    fast = (
-        scored["review_reasons"]
-        .fillna("")
-        .map(lambda reasons: [r for r in reasons.split(";") if r and r != "flip_disagreement"])
-    )
-    fast_flags = scored.assign(review=fast.map(lambda reasons: "review" if reasons else "ok"))
+    reasons = scored["review_reasons"].fillna("").map(lambda text: text.split(";"))
+    signals_only = reasons.map(lambda r: [x for x in r if x and not x.startswith("predicted_")])
+    fast = signals_only.map(lambda r: [x for x in r if x != "flip_disagreement"])
+    fast_flags = scored.assign(review=fast.map(lambda r: "review" if r else "ok"))
     default = scored if needs_flip_pass("auto", reference) else fast_flags
+    model = reference.dice_model
+    if model is not None and "predicted_dice" in frame:
+        signal_flags = scored.assign(review=signals_only.map(lambda r: "review" if r else "ok"))
+        below = reference.review_below if reference.review_below is not None else model.review_below
+        return {
+            **flag_summary(scored, reference.target_dice),
+            **facts,
+            "review_below": below,
+            "dice_model_note": reference.dice_model_note,
+            "predicted_dice": predicted_dice_scores(
+                frame, num_classes, model.typical_fraction, below, out_dir
+            ),
+            "signal_flags": flag_summary(signal_flags, reference.target_dice),
+        }
     metrics = {**flag_summary(default, reference.target_dice), **facts}
     if "flip_disagreement" in frame:
         metrics["full"] = flag_summary(scored, reference.target_dice)
@@ -90,12 +109,11 @@ def quality_table(
     rows = []
     for case in segment_cases(segmenter, cases, "calibrating quality flags"):
         result = case.result
-        signals = quality_signals(
-            case.prepared, result.classes, result.confidence, reference, result.flip_counts
-        )
+        signals = quality_signals(case.prepared, result, reference)
         empty = not case.truth.any() and not result.classes.any()
         dice = foreground_dice(result.classes, case.truth)
-        rows.append({"key": case.key, **signals, "dice": dice, "empty": empty})
+        row = {"key": case.key, "scored_by": segmenter.version, **signals, "dice": dice}
+        rows.append({**row, "empty": empty})
         if volumes is not None:
             volumes.add(case.key, case.prepared, case.truth, result)
     return pd.DataFrame(rows)
@@ -108,12 +126,17 @@ def calibrate_flags(
     num_classes: int,
     volumes: bool = False,
     spacings: dict[str, tuple[float, float, float]] | None = None,
+    groups: dict[str, str] | None = None,
+    scored_as: str = "validation",
 ):
     """The quality flags calibrated on labelled cases, one algorithm for a single model and a
     cross-validated ensemble: the reference from ``reference_cases`` (segmented by
     ``reference_segmenter``), then every ``(segmenter, cases)`` pair's signals and Dice (one
     pair: the model on its validation split; one per fold: each fold model on the cases it
-    never trained on), pooled into one calibration (whole volumes when there are enough).
+    never trained on), pooled into one calibration (whole volumes when there are enough), and
+    the predicted-Dice model (:func:`with_dice_model`) fitted on the same cases' slices, with
+    ``groups`` (case key -> group) for its group-wise cross-validation; ``scored_as`` says
+    what those cases are, for the record.
 
     Returns:
         The calibrated :class:`~unet.quality.reference.QualityReference`.
@@ -124,4 +147,33 @@ def calibrate_flags(
     tally = VolumeTally(num_classes, spacings) if volumes else None
     tables = [quality_table(segmenter, cases, reference, tally) for segmenter, cases in scored]
     table = pd.concat(tables, ignore_index=True)
-    return calibrate(calibration_table(table, tally.table(reference) if tally else None), reference)
+    calibrated = calibrate(
+        calibration_table(table, tally.table(reference) if tally else None), reference
+    )
+    return with_dice_model(calibrated, table, groups, scored_as)
+
+
+def with_dice_model(reference, table: pd.DataFrame, groups: dict[str, str] | None, scored_as):
+    """``reference`` with the predicted-Dice model fitted on ``table`` (one row per case:
+    signals, ``dice``, ``empty``, ``key``), or with the reason there is none."""
+    groups = groups or {}
+    table = table.assign(group=[groups.get(key, volume_of(key)) for key in table["key"]])
+    empty = table["empty"].to_numpy(bool)
+    target = target_dice(table["dice"].to_numpy(np.float64), empty)
+    unit = f"{len(table)} {scored_as} cases of {table['group'].nunique()} groups"
+    model = fit_dice_model(table, target, unit) if target is not None else None
+    if model is None:
+        note = (
+            f"no predicted Dice: {unit} (a Dice model needs {MIN_FIT_CASES} labelled cases of "
+            f"{MIN_FIT_GROUPS} groups with some foreground; train with --folds K to fit it "
+            "on every non-test case out of fold)"
+        )
+        return reference.model_copy(update={"dice_model_note": note})
+    note = f"predicted Dice fitted on {unit}; review below {model.review_below:g}: "
+    return reference.model_copy(
+        update={
+            "dice_model": model,
+            "review_below": model.review_below,
+            "dice_model_note": note + model.review_below_reason,
+        }
+    )

@@ -82,9 +82,7 @@ def score_cases(
         row = score_case(
             key, groups.get(key, key), shown, truth, result.classes, segmenter.num_classes
         )
-        signals = quality_columns(
-            case.prepared, result.classes, result.confidence, quality, result.flip_counts
-        )
+        signals = quality_columns(case.prepared, result, quality)
         rows.append({**row, **signals})
         if written < num_overlays and (truth.any() or result.classes.any()):
             written += 1  # overlays of cases with something to see (not empty slices)
@@ -219,17 +217,27 @@ class VolumeTally:
     them (:class:`unet.quality.signals.VolumeQuality`), and each volume's Dice over its voxels: for
     calibrating the flags on volumes."""
 
-    def __init__(self, num_classes: int, spacings: dict[str, tuple[float, ...]] | None = None):
-        self.num_classes = num_classes
+    def __init__(
+        self,
+        num_classes: int,
+        spacings: dict[str, tuple[float, ...]] | None = None,
+        reference=None,
+    ):
+        self.num_classes, self.reference = num_classes, reference  # reference: its Dice model
+
         self.spacings = spacings or {}  # volume -> voxel size, for spacing_shift
         self.volumes: dict[str, dict] = {}
 
     def add(self, key: str, prepared: np.ndarray, truth: np.ndarray, result) -> None:
         tally = self.volumes.setdefault(
             volume_of(key),
-            {"quality": VolumeQuality(), "counts": np.zeros((self.num_classes, 3)), "voxels": 0},
+            {
+                "quality": VolumeQuality(self.reference),
+                "counts": np.zeros((self.num_classes, 3)),
+                "voxels": 0,
+            },
         )
-        tally["quality"].add(prepared, result.classes, result.confidence, result.flip_counts)
+        tally["quality"].add(prepared, result)
         for label in range(1, self.num_classes):
             predicted, true = result.classes == label, truth == label
             both = np.count_nonzero(predicted & true)

@@ -77,7 +77,9 @@ def evaluate_cases(
     result = EvaluationResult(
         **summarize(frame, segmenter.num_classes),
         **model_facts(segmenter),
-        quality=None if quality is None else quality_metrics(frame, quality, segmenter.num_classes),
+        quality=None
+        if quality is None
+        else quality_metrics(frame, quality, segmenter.num_classes, out_dir),
         volumes=None if per_volume.empty else summarize_volumes(per_volume),
     )
     write_json_atomic(out_dir / "metrics.json", result.to_json())

@@ -1,11 +1,15 @@
 """The compiled forward passes of a model for inference: probabilities, or class indices,
-confidence and flip-check counts reduced inside the graph so that only they leave it."""
+confidence, flip-check counts and the quality counts (the foreground peak, an ensemble's
+members' foreground and pairwise overlaps) reduced inside the graph so that only they leave
+it."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from unet.training.ensemble import ENSEMBLE_OUTPUT
 
 
 class ModelGraphs:
@@ -33,6 +37,7 @@ class ModelGraphs:
         scale: float = 1.0,
     ):
         self.model, self.num_classes, self.scale = model, num_classes, scale
+        self.members, self.with_members = member_outputs(model)
         self.model_multiple = multiple
         self.multiple = multiple if scale == 1 else 1  # mirrored up to it before a pass
         self.tta, self.flip_check = tta, flip_check or tta
@@ -42,30 +47,37 @@ class ModelGraphs:
         self._classes = tf.function(self._classes_graph, input_signature=[spec, scalar, size, size])
         self._checked = tf.function(self._checked_graph, input_signature=[spec, scalar])
 
-    def _run(self, batch: tf.Tensor) -> tf.Tensor:
-        """The model's probabilities for a batch, at the model's scale and back."""
-        if self.scale == 1:
-            return self.model(batch, training=False)
+    def _run(self, batch: tf.Tensor, members: bool = False):
+        """The model's probabilities for a batch, at the model's scale and back; ``members``
+        (an ensemble): also each member's probabilities, as a list."""
         size = tf.shape(batch)[1:3]
-        multiple = self.model_multiple
-        scaled = tf.cast(tf.round(tf.cast(size, tf.float32) * self.scale / multiple), tf.int32)
-        small = tf.image.resize(batch, tf.maximum(scaled, 1) * multiple, method="area")
-        probabilities = tf.cast(self.model(small, training=False), tf.float32)
-        return tf.image.resize(probabilities, size, method="bilinear")
+        if self.scale != 1:
+            multiple = self.model_multiple
+            scaled = tf.round(tf.cast(size, tf.float32) * self.scale / multiple)
+            target = tf.maximum(tf.cast(scaled, tf.int32), 1) * multiple
+            batch = tf.image.resize(batch, target, method="area")
+        if members and self.members:
+            outputs = [tf.cast(o, tf.float32) for o in self.with_members(batch, training=False)]
+        else:
+            outputs = [tf.cast(self.model(batch, training=False), tf.float32)]
+        if self.scale != 1:
+            outputs = [tf.image.resize(o, size, method="bilinear") for o in outputs]
+        return (outputs[0], outputs[1:]) if members else outputs[0]
 
-    def _passes(self, batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+    def _passes(self, batch: tf.Tensor) -> tuple:
         """The probabilities the masks come from (averaged over flips with TTA), the plain
-        pass, and with the flip check the left-right flipped pass flipped back."""
-        plain = self._run(batch)
+        pass, with the flip check the left-right flipped pass flipped back, and an ensemble's
+        members' plain passes (a list, empty for a single model)."""
+        plain, members = self._run(batch, members=True)
         if not self.flip_check:
-            return plain, plain, None
+            return plain, plain, None, members
         mirrored = tf.reverse(self._run(tf.reverse(batch, [2])), [2])
         if not self.tta:
-            return plain, plain, mirrored
+            return plain, plain, mirrored, members
         total = plain + mirrored  # and the vertically and doubly flipped passes, flipped back
         for axes in ([1], [1, 2]):
             total += tf.reverse(self._run(tf.reverse(batch, axes)), axes)
-        return total / 4, plain, mirrored
+        return total / 4, plain, mirrored, members
 
     def _probabilities_graph(self, batch: tf.Tensor) -> tf.Tensor:
         return self._passes(batch)[0]
@@ -88,19 +100,35 @@ class ModelGraphs:
         counts = [tf.logical_and(first, second), first, second]
         return tf.stack([tf.reduce_sum(tf.cast(c, tf.float32), axis=[1, 2]) for c in counts], 1)
 
+    def _quality_counts(self, probabilities, members, threshold, height, width) -> tf.Tensor:
+        """``(B, 1 + K + K(K-1)/2)`` float32: the image's largest foreground probability
+        (1 - background), then for an ensemble of K members each member's foreground pixels
+        and each pair's overlap (pairs in ``itertools.combinations`` order), inside the first
+        ``height`` x ``width`` pixels."""
+        crop = (slice(None), slice(None, height), slice(None, width))
+        peak = tf.reduce_max(1.0 - probabilities[..., 0][crop], axis=[1, 2])
+        masks = [self._foreground(member, threshold)[crop] for member in members]
+        counts = [tf.reduce_sum(tf.cast(mask, tf.float32), axis=[1, 2]) for mask in masks]
+        for i, first in enumerate(masks):
+            for second in masks[i + 1 :]:
+                both = tf.cast(tf.logical_and(first, second), tf.float32)
+                counts.append(tf.reduce_sum(both, axis=[1, 2]))
+        return tf.stack([peak, *counts], axis=1)
+
     def _classes_graph(self, batch: tf.Tensor, threshold: tf.Tensor, height, width):
-        """Class indices (uint8), confidence (float32) and the flip counts. ``threshold`` < 0:
-        argmax (ties to the lower class)."""
-        probabilities, plain, mirrored = self._passes(batch)
+        """Class indices (uint8), confidence (float32), the flip counts and the quality
+        counts. ``threshold`` < 0: argmax (ties to the lower class)."""
+        probabilities, plain, mirrored, members = self._passes(batch)
         if self.num_classes == 2:
             classes = tf.cast(self._foreground(probabilities, threshold), tf.uint8)
         else:
             classes = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
         counts = self._flip_counts(plain, mirrored, threshold, height, width)
-        return classes, tf.reduce_max(probabilities, axis=-1), counts
+        extras = self._quality_counts(probabilities, members, threshold, height, width)
+        return classes, tf.reduce_max(probabilities, axis=-1), counts, extras
 
     def _checked_graph(self, batch: tf.Tensor, threshold: tf.Tensor):
-        probabilities, plain, mirrored = self._passes(batch)
+        probabilities, plain, mirrored, _ = self._passes(batch)
         return probabilities, self._flip_counts(plain, mirrored, threshold)
 
     def padded(self, images: list[np.ndarray]) -> tuple[tf.Tensor, int, int]:
@@ -122,14 +150,15 @@ class ModelGraphs:
         return self._probabilities(batch).numpy()[:, :height, :width, :]
 
     def classes(self, images: list[np.ndarray], threshold: float | None) -> tuple:
-        """``(B, H, W)`` uint8 classes, ``(B, H, W)`` float32 confidence and ``(B, 3)`` flip
-        counts of same-shape prepared images."""
+        """``(B, H, W)`` uint8 classes, ``(B, H, W)`` float32 confidence, ``(B, 3)`` flip
+        counts and ``(B, E)`` quality counts (see :meth:`_quality_counts`) of same-shape
+        prepared images."""
         batch, height, width = self.padded(images)
-        classes, confidence, counts = self._classes(
+        classes, confidence, counts, extras = self._classes(
             batch, threshold_tensor(threshold), tf.constant(height), tf.constant(width)
         )
         crop = (slice(None), slice(None, height), slice(None, width))
-        return classes.numpy()[crop], confidence.numpy()[crop], counts.numpy()
+        return classes.numpy()[crop], confidence.numpy()[crop], counts.numpy(), extras.numpy()
 
     def checked_tiles(self, tiles: list[np.ndarray], threshold: float | None):
         """Probabilities of whole tiles and their flip counts summed, ``(3,)``."""
@@ -142,3 +171,16 @@ class ModelGraphs:
 def threshold_tensor(threshold: float | None) -> tf.Tensor:
     """The threshold as the graphs take it: -1 for argmax."""
     return tf.constant(-1.0 if threshold is None else float(threshold), tf.float32)
+
+
+def member_outputs(model: keras.Model) -> tuple[int, keras.Model | None]:
+    """An ensemble's member count and a model of the same graph that also returns each
+    member's probabilities (``(0, None)`` for a single model)."""
+    try:
+        mean = model.get_layer(ENSEMBLE_OUTPUT)
+    except ValueError:
+        return 0, None
+    members = mean.input if isinstance(mean.input, list) else [mean.input]
+    if len(members) < 2:
+        return 0, None
+    return len(members), keras.Model(model.inputs, [model.outputs[0], *members])

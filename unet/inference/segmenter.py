@@ -45,11 +45,19 @@ class Segmentation:
         flip_counts: with the flip check, ``[both, plain, flipped]`` foreground pixel counts
             of the plain pass and the left-right flipped pass (flipped back), for
             :func:`flip_disagreement`; None without it.
+        peak: the largest foreground probability in the image (1 - background's), before
+            the threshold: a lesion the mask missed often leaves a weak peak.
+        member_counts: an ensemble's quality counts: each member's foreground pixels, then
+            each pair's overlap (``itertools.combinations`` order), for
+            :func:`unet.quality.signals.member_signals`; None for a single model or a tiled
+            image.
     """
 
     classes: np.ndarray
     confidence: np.ndarray
     flip_counts: np.ndarray | None = None
+    peak: float | None = None
+    member_counts: np.ndarray | None = None
 
     @property
     def mean_confidence(self) -> float:
@@ -170,16 +178,17 @@ class Segmenter:
         results = []
         for run in shape_runs(images, self.batch_size, self.is_large):
             if len(run) == 1 and self.is_large(run[0]):
-                triples = [segment_tiled(self, run[0])]
+                outputs = [segment_tiled(self, run[0])]
             else:
-                triples = zip(*self.predict_classes(run, with_counts=True), strict=True)
-            for classes, confidence, counts in triples:
+                outputs = zip(*self.predict_classes(run, with_counts=True), strict=True)
+            for classes, confidence, counts, extras in outputs:
                 if per_image_postprocessing and self.min_component_size:
                     classes = remove_small_components(classes, self.min_component_size)
                 if per_image_postprocessing and self.largest_component:
                     classes = keep_largest_component(classes)
                 flips = counts if self.flip_check else None
-                results.append(Segmentation(classes, confidence, flips))
+                members = extras[1:] if len(extras) > 1 else None
+                results.append(Segmentation(classes, confidence, flips, float(extras[0]), members))
         return results
 
     def probability_maps(self, images: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
@@ -202,23 +211,27 @@ class Segmenter:
     def predict_classes(self, images: list[np.ndarray], with_counts: bool = False) -> tuple:
         """Class indices (after the threshold, before component removal) and confidence of
         prepared images of one shape, ``((B, H, W) uint8, (B, H, W) float32)``; with
-        ``with_counts`` also the ``(B, 3)`` flip counts (zeros without the flip check)."""
-        classes, confidence, counts = self.graphs.classes(images, self.threshold)
-        return (classes, confidence, counts) if with_counts else (classes, confidence)
+        ``with_counts`` also the ``(B, 3)`` flip counts (zeros without the flip check) and the
+        ``(B, E)`` quality counts (:meth:`ModelGraphs._quality_counts`)."""
+        classes, confidence, counts, extras = self.graphs.classes(images, self.threshold)
+        return (classes, confidence, counts, extras) if with_counts else (classes, confidence)
 
 
 def segment_tiled(segmenter: Segmenter, image: np.ndarray) -> tuple:
-    """Classes, confidence and flip counts (summed over the tiles, so overlaps count more
-    than once) of one large prepared image, assembled from the sliding window's bands."""
+    """Classes, confidence, flip counts (summed over the tiles, so overlaps count more
+    than once) and the quality counts (the foreground peak only: no member counts) of one
+    large prepared image, assembled from the sliding window's bands."""
     height, width = image.shape[:2]
     classes = np.zeros((height, width), np.uint8)
     confidence = np.zeros((height, width), np.float32)
     counts = np.zeros(3, np.float32)
+    peak = 0.0
     for top, probabilities in tiled_bands(segmenter, image, counts):
         rows = slice(top, top + len(probabilities))
         classes[rows] = classify(probabilities, segmenter.threshold)
         confidence[rows] = class_max(probabilities)
-    return classes, confidence, counts
+        peak = max(peak, float(1.0 - probabilities[..., 0].min()))
+    return classes, confidence, counts, np.array([peak], np.float32)
 
 
 def tiled_bands(

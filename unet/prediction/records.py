@@ -26,9 +26,13 @@ REPORT_COLUMNS = [
     "spacing_mm",  # volumes: voxel size, e.g. 1x1x3
     "foreground_ml",  # volumes: foreground volume in millilitres
     "mean_confidence",
-    "review",  # ok | review: a quality signal passed its validation-calibrated threshold
-    "review_reasons",  # the signals that fired, ;-separated
+    "predicted_dice",  # the quality model's estimate of this mask's Dice (cross-validated models)
+    "review",  # ok | review: predicted Dice under --review-below, or a calibrated signal fired
+    "review_reasons",  # why, ;-separated
+    "worst_slices",  # volumes: the slices with the lowest predicted Dice (z index:Dice)
     *SIGNALS,  # the quality signals (flip_disagreement empty without --qc full or --tta)
+    "foreground_peak",  # the largest foreground probability (a missed lesion's weak peak)
+    "mask_log_fraction",  # log10 of the mask's foreground fraction
     "model_version",
     "precision",
     "input_sha256",

@@ -130,7 +130,7 @@ def load_segmenter(config: PredictConfig) -> Segmenter:
     """The run's model, with the inference options of ``config`` (the flip pass as ``--qc``
     asks, resolved against the model's calibrated flags)."""
     model = resolve_model_file(config.model)
-    info = ModelInfo.read(model.parent)
+    info = with_review_below(ModelInfo.read(model.parent), config.review_below, model)
     segmenter = Segmenter(
         model,
         config.tta,
@@ -145,6 +145,25 @@ def load_segmenter(config: PredictConfig) -> Segmenter:
     if config.qc == "auto" and segmenter.flip_check and not config.tta:
         logger.info("the model's quality flags rest on flip_disagreement: running the flip pass")
     return segmenter
+
+
+def with_review_below(info: ModelInfo, review_below: float | None, model) -> ModelInfo:
+    """``info`` with the user's ``--review-below`` in its quality reference.
+
+    Raises:
+        ValueError: the model has no predicted Dice to hold to it (naming the model and why).
+    """
+    if review_below is None:
+        return info
+    quality = info.quality
+    if quality is None or quality.dice_model is None:
+        why = quality.dice_model_note if quality is not None else "it has no quality reference"
+        raise ValueError(
+            f"--review-below {review_below:g}: the model {model} has no predicted Dice ({why})"
+        )
+    return info.model_copy(
+        update={"quality": quality.model_copy(update={"review_below": review_below})}
+    )
 
 
 def output_format_of(config: PredictConfig, segmenter: Segmenter) -> OutputFormat:

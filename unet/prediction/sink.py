@@ -148,9 +148,7 @@ class ResultSink:
         future = self.writer.submit(
             write_mask, target, self.plan.output_dir, result.classes, self.format.mask_scale
         )
-        quality = quality_columns(
-            item.image, result.classes, result.confidence, self.quality, result.flip_counts
-        )
+        quality = quality_columns(item.image, result, self.quality)
         quality = with_notes(quality, item.notes)
         submit_pictures(self, item, result)
         self.pending.append((item, future, result.mean_confidence, quality))

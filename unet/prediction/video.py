@@ -71,12 +71,12 @@ def segment_frames(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.avi")
     writer, rows = None, []
-    quality = VolumeQuality() if segmenter.info.quality else None
+    quality = VolumeQuality(segmenter.info.quality) if segmenter.info.quality else None
     try:
         for frames in frame_batches(capture, segmenter, path):
             for frame, result in zip(frames, segmenter.segment(frames), strict=True):
                 if quality is not None:
-                    quality.add(frame, result.classes, result.confidence, result.flip_counts)
+                    quality.add(frame, result)
                 height, width = result.classes.shape
                 if writer is None:
                     fourcc = cv2.VideoWriter_fourcc(*"FFV1")

@@ -86,7 +86,7 @@ def segment_volume_file(
     volume.data, notes = align_to_training_dtype(
         volume.data, info.input_dtype, info.normalization, path
     )
-    quality = VolumeQuality() if segmenter.info.quality else None
+    quality = VolumeQuality(info.quality) if info.quality else None
     mask, confidence = segment_slices(segmenter, volume, path, quality)
     mask, count = postprocess_volume(mask, segmenter)
     if seg_target is not None and files is not None:  # before the NIfTI: a failed SEG, neither
@@ -96,7 +96,9 @@ def segment_volume_file(
     write_mask_volume(target, mask, volume)
     foreground = np.count_nonzero(mask)
     signals = (
-        quality.columns(foreground / mask.size, info.quality, spacing=voxel_size(volume))
+        quality.columns(
+            foreground / mask.size, info.quality, spacing=voxel_size(volume), components=count
+        )
         if quality
         else {}
     )
@@ -176,7 +178,7 @@ def segment_slices(
                 along(mask, index, volume.axis)[...] = result.classes
                 confidence.append(result.mean_confidence)
                 if quality is not None:
-                    quality.add(image, result.classes, result.confidence, result.flip_counts)
+                    quality.add(image, result)
     return mask, confidence
 
 

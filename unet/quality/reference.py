@@ -9,6 +9,8 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from unet.quality.predicted_dice import DiceModel
+
 SIGNALS = (
     "low_confidence",
     "uncertain_share",
@@ -17,6 +19,8 @@ SIGNALS = (
     "size_shift",
     "spacing_shift",
     "flip_disagreement",
+    "member_disagreement",
+    "presence_disagreement",
 )
 
 
@@ -85,6 +89,13 @@ class QualityReference(BaseModel):
     signals: dict[str, SignalCalibration] = Field(default_factory=dict)
     num_val_cases: int = 0
     note: str = ""
+    dice_model: DiceModel | None = Field(
+        None, description="The predicted-Dice quality model (unet.quality.predicted_dice)."
+    )
+    review_below: float | None = Field(
+        None, description="With a Dice model: review inputs predicted under this Dice."
+    )
+    dice_model_note: str = Field("", description="Why there is no Dice model, or its fit.")
 
 
 def robust_distance(value: float, median: float, spread: float) -> float:

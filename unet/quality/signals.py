@@ -20,7 +20,17 @@ its normalised image, the mask and the winning class's probability):
   largest over the three axes) against the training volumes': a scan at another resolution;
 - ``flip_disagreement``: 1 - the Dice between the foreground of the plain pass and of the
   left-right flipped pass (flipped back); 0 when both are empty. Only where the flipped pass is
-  run (prediction with ``--tta`` or ``--qc full``, and always in calibration and evaluation).
+  run (prediction with ``--tta`` or ``--qc full``, and always in calibration and evaluation);
+- ``member_disagreement``: an ensemble's (``--folds K``) 1 - the mean pairwise Dice of its
+  members' masks (a pair both empty agrees: Dice 1), from counts reduced in the graph;
+- ``presence_disagreement``: the share of member pairs of which one sees foreground and the
+  other none (a lesion only some members found, or only some missed).
+
+And, for the predicted Dice (:mod:`unet.quality.predicted_dice`; not "higher is more doubtful",
+so never thresholded alone): ``foreground_peak``, the largest foreground probability in the
+image (a lesion missed outright often leaves a weak peak under the threshold);
+``mask_log_fraction``, log10 of the mask's foreground fraction; ``components``, the mask's
+connected foreground components (in 3-D for a volume).
 
 Calibration (:func:`calibrate`): on the validation split, a case is *below target* when its
 Dice is under the target: the 20th percentile of Dice over the validation cases that have
@@ -34,10 +44,12 @@ correlation with Dice says how well it ranked them. Plain numpy, pandas and Open
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from unet.quality.predicted_dice import pooled_dice
 from unet.quality.reference import (
     BORDER,
     FRACTION_FLOOR,
@@ -47,6 +59,9 @@ from unet.quality.reference import (
     log_fraction,
     robust_distance,
 )
+
+if TYPE_CHECKING:  # annotations only: the signals need no model
+    from unet.inference.segmenter import Segmentation
 
 
 def near_foreground(foreground: np.ndarray) -> np.ndarray:
@@ -114,23 +129,60 @@ def flip_disagreement(counts: np.ndarray | None) -> dict[str, float]:
     return {"flip_disagreement": 1.0 - 2.0 * both / (plain + flipped) if plain + flipped else 0.0}
 
 
-def quality_signals(
-    prepared: np.ndarray,
-    classes: np.ndarray,
-    confidence: np.ndarray,
-    reference: QualityReference,
-    flip_counts: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Every signal of one input (see the module); ``flip_disagreement`` with ``flip_counts``."""
+def member_count(values: int) -> int:
+    """K members from the length of their quality counts, K + K(K-1)/2."""
+    members = int(round((math.sqrt(8 * values + 1) - 1) / 2))
+    if members * (members + 1) // 2 != values:
+        raise ValueError(f"{values} member counts are not K + K(K-1)/2 for any K")
+    return members
+
+
+def member_signals(counts: np.ndarray | None) -> dict[str, float]:
+    """``member_disagreement`` and ``presence_disagreement`` from an ensemble's quality
+    counts (each member's foreground pixels, then each pair's overlap, see
+    :class:`unet.inference.segmenter.Segmentation`); nothing without them."""
+    if counts is None or len(counts) < 3:
+        return {}
+    members = member_count(len(counts))
+    sizes, overlaps = np.asarray(counts[:members], np.float64), counts[members:]
+    dice, presence = [], []
+    for (i, j), both in zip(itertools_pairs(members), overlaps, strict=True):
+        total = sizes[i] + sizes[j]
+        dice.append(2.0 * float(both) / total if total else 1.0)
+        presence.append(float((sizes[i] > 0) != (sizes[j] > 0)))
     return {
-        **confidence_signals(classes, confidence),
-        **shift_signals(
-            intensity_percentiles(prepared),
-            log_fraction(classes),
-            reference,
-            pixels=classes.size,
-        ),
-        **flip_disagreement(flip_counts),
+        "member_disagreement": 1.0 - float(np.mean(dice)),
+        "presence_disagreement": float(np.mean(presence)),
+    }
+
+
+def itertools_pairs(members: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(members) for j in range(i + 1, members)]
+
+
+def component_count(classes: np.ndarray) -> int:
+    """Connected foreground components of a 2-D mask (8-connected)."""
+    foreground = (classes > 0).astype(np.uint8)
+    return (
+        int(cv2.connectedComponents(foreground, connectivity=8)[0]) - 1 if foreground.any() else 0
+    )
+
+
+def quality_signals(
+    prepared: np.ndarray, result: Segmentation, reference: QualityReference
+) -> dict[str, float]:
+    """Every signal of one segmented input (see the module)."""
+    classes = result.classes
+    fraction = log_fraction(classes)
+    peak = {} if result.peak is None else {"foreground_peak": float(result.peak)}
+    return {
+        **confidence_signals(classes, result.confidence),
+        **shift_signals(intensity_percentiles(prepared), fraction, reference, pixels=classes.size),
+        **flip_disagreement(result.flip_counts),
+        **member_signals(result.member_counts),
+        **peak,
+        "mask_log_fraction": fraction,
+        "components": float(component_count(classes)),
     }
 
 
@@ -146,18 +198,14 @@ def review_reasons(signals: dict[str, float], reference: QualityReference | None
 
 
 def quality_columns(
-    prepared: np.ndarray,
-    classes: np.ndarray,
-    confidence: np.ndarray,
-    reference: QualityReference | None,
-    flip_counts: np.ndarray | None = None,
+    prepared: np.ndarray, result: Segmentation, reference: QualityReference | None
 ) -> dict[str, object]:
-    """An input's signals, ``review`` (``ok``/``review``) and ``review_reasons`` (the signals
-    that fired, ``;``-separated), as report columns; nothing for a model without a reference."""
+    """An input's signals, ``predicted_dice`` (a model with a Dice model), ``review``
+    (``ok``/``review``) and ``review_reasons`` (``;``-separated), as report columns; nothing
+    for a model without a reference."""
     if reference is None:
         return {}
-    signals = quality_signals(prepared, classes, confidence, reference, flip_counts)
-    return columns_of(signals, reference)
+    return columns_of(quality_signals(prepared, result, reference), reference)
 
 
 class VolumeQuality:
@@ -165,22 +213,30 @@ class VolumeQuality:
     confidence inside and near the foreground pooled over all slices, intensity percentiles
     as the median over slices, the foreground fraction of the whole volume."""
 
-    def __init__(self):
+    def __init__(self, reference: QualityReference | None = None):
+        self.reference = reference  # with a Dice model: each slice's predicted Dice kept
+        self.predicted: list[float] = []
+        self.fractions: list[float] = []
         self.inside = self.foreground = self.all_confidence = self.pixels = 0.0
         self.uncertain_near = self.near = self.uncertain_all = 0.0
         self.percentiles: list[np.ndarray] = []
         self.flip_counts: np.ndarray | None = None
+        self.member_counts: np.ndarray | None = None
+        self.peak: float | None = None
         self.slice_pixels = 0
 
-    def add(
-        self,
-        prepared: np.ndarray,
-        classes: np.ndarray,
-        confidence: np.ndarray,
-        flip_counts: np.ndarray | None = None,
-    ) -> None:
-        if flip_counts is not None:
-            self.flip_counts = flip_counts + (0 if self.flip_counts is None else self.flip_counts)
+    def add(self, prepared: np.ndarray, result: Segmentation) -> None:
+        classes, confidence = result.classes, result.confidence
+        if self.reference is not None and self.reference.dice_model is not None:
+            signals = quality_signals(prepared, result, self.reference)
+            self.predicted.append(self.reference.dice_model.predict_one(signals))
+            self.fractions.append(float(np.count_nonzero(classes)) / classes.size)
+        for name in ("flip_counts", "member_counts"):
+            counts, total = getattr(result, name), getattr(self, name)
+            if counts is not None:
+                setattr(self, name, counts + (0 if total is None else total))
+        if result.peak is not None:
+            self.peak = max(self.peak or 0.0, float(result.peak))
         self.slice_pixels = classes.size
         foreground = classes > 0
         self.inside += float(confidence[foreground].sum(dtype=np.float64))
@@ -200,14 +256,38 @@ class VolumeQuality:
         reference: QualityReference | None,
         whole_volume: bool = True,
         spacing: tuple[float, ...] | None = None,
+        components: int | None = None,
     ) -> dict[str, object]:
         """The volume's report columns (see :func:`quality_columns`); ``fraction``: the
         foreground fraction of its final mask; ``whole_volume``: False for a video's frames
         (its fraction is compared with the training images'); ``spacing``: the volume's voxel
-        size (:func:`data_catalog.manifest_file.voxel_size`)."""
+        size (:func:`data_catalog.manifest_file.voxel_size`); ``components``: its mask's
+        connected components in 3-D."""
         if reference is None or not self.pixels:
             return {}
-        return columns_of(self.signals(fraction, reference, whole_volume, spacing), reference)
+        signals = self.signals(fraction, reference, whole_volume, spacing, components)
+        return {
+            **columns_of(signals, reference, self.pooled_dice()),
+            **({"worst_slices": self.worst_slices()} if self.predicted else {}),
+        }
+
+    def pooled_dice(self) -> float | None:
+        """The volume's predicted Dice pooled from its slices' (None without a Dice model)."""
+        model = self.reference.dice_model if self.reference is not None else None
+        if model is None or not self.predicted:
+            return None
+        return pooled_dice(
+            np.asarray(self.predicted), np.asarray(self.fractions), model.typical_fraction
+        )
+
+    def worst_slices(self, count: int = 3) -> str:
+        """The slices (``z`` index) with the lowest predicted Dice among those that carry
+        weight in the pooled one (a mask, or doubt), ``;``-separated, worst first."""
+        model = self.reference.dice_model
+        predicted, fractions = np.asarray(self.predicted), np.asarray(self.fractions)
+        weights = np.maximum(fractions, (1 - predicted) * model.typical_fraction)
+        order = [int(z) for z in np.argsort(predicted, kind="stable") if weights[z] > 0]
+        return ";".join(f"z{z:03d}:{predicted[z]:.2f}" for z in order[:count])
 
     def signals(
         self,
@@ -215,6 +295,7 @@ class VolumeQuality:
         reference: QualityReference,
         whole_volume: bool = True,
         spacing: tuple[float, ...] | None = None,
+        components: int | None = None,
     ) -> dict[str, float]:
         """The pooled signals (see :meth:`columns`)."""
         if self.foreground:
@@ -232,6 +313,10 @@ class VolumeQuality:
                 percentiles, log_value, reference, whole_volume, self.slice_pixels, spacing
             ),
             **flip_disagreement(self.flip_counts),
+            **member_signals(self.member_counts),
+            **({} if self.peak is None else {"foreground_peak": self.peak}),
+            "mask_log_fraction": log_value,
+            **({} if components is None else {"components": float(components)}),
         }
 
 
@@ -250,10 +335,34 @@ def calibrated_signals(reference: QualityReference) -> list[str]:
     return [name for name, signal in reference.signals.items() if signal.threshold is not None]
 
 
-def columns_of(signals: dict[str, float], reference: QualityReference) -> dict[str, object]:
-    """Report columns: the signals, and ``review``/``review_reasons`` when any signal among
-    them is calibrated (left empty otherwise: no flag is not the same as ``ok``)."""
-    columns: dict[str, object] = {name: round(value, 6) for name, value in signals.items()}
+# signals the report has a column of its own for (the mask's statistics)
+OWN_COLUMNS = ("components",)
+
+
+def columns_of(
+    signals: dict[str, float], reference: QualityReference, predicted: float | None = None
+) -> dict[str, object]:
+    """Report columns: the signals; with a Dice model ``predicted_dice`` (``predicted``, or
+    the model's on ``signals``) and ``review`` where it is under ``reference.review_below``
+    (the reasons: the predicted Dice, then any calibrated signal over its threshold); without
+    one, ``review``/``review_reasons`` from the calibrated signals when any is among them
+    (left empty otherwise: no flag is not the same as ``ok``)."""
+    columns: dict[str, object] = {
+        name: round(value, 6) for name, value in signals.items() if name not in OWN_COLUMNS
+    }
+    model = reference.dice_model
+    if model is not None:
+        if predicted is None:
+            predicted = model.predict_one(signals)
+        below = reference.review_below if reference.review_below is not None else model.review_below
+        fired = review_reasons(signals, reference)
+        reasons = ([f"predicted_dice<{below:g}"] if predicted < below else []) + fired
+        columns.update(
+            predicted_dice=round(predicted, 4),
+            review="review" if predicted < below else "ok",
+            review_reasons=";".join(reasons),
+        )
+        return columns
     if any(name in signals for name in calibrated_signals(reference)):
         reasons = review_reasons(signals, reference)
         columns.update(review="review" if reasons else "ok", review_reasons=";".join(reasons))

@@ -26,7 +26,7 @@ from itertools import chain
 from pathlib import Path
 
 from data_catalog.atomic import write_json_atomic
-from data_catalog.manifest_file import volume_spacings
+from data_catalog.manifest_file import manifest_groups, volume_spacings
 from data_catalog.tfrecords import iterate_cases
 from unet.config import TrainConfig
 from unet.inference.postprocessing import ThresholdTuner, as_postprocessing
@@ -138,7 +138,14 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
             yield member, iterate_cases(fold.tfrecord_dir, "val")
 
     calibrated = calibrate_flags(
-        ensemble, everyone, members(), info.num_classes, info.volume_statistics, spacings
+        ensemble,
+        everyone,
+        members(),
+        info.num_classes,
+        info.volume_statistics,
+        spacings,
+        groups=manifest_groups(run_dir / "manifest.csv"),
+        scored_as="out-of-fold",
     )
     note = (
         f"calibrated on {calibrated.num_val_cases} out-of-fold {calibrated.calibrated_on} "

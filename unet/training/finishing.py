@@ -11,7 +11,7 @@ import keras
 import pandas as pd
 
 from data_catalog.atomic import write_json_atomic
-from data_catalog.manifest_file import volume_spacings
+from data_catalog.manifest_file import manifest_groups, volume_spacings
 from data_catalog.tfrecords import iterate_cases
 from unet.config import TrainConfig
 from unet.evaluation.quality_passes import calibrate_flags
@@ -97,6 +97,8 @@ def calibrate_quality(
         info.num_classes,
         data.volumes,
         spacings,
+        groups=manifest_groups(path.parent / "manifest.csv"),
+        scored_as="validation (the model chose its best epoch and post-processing on them)",
     )
     logger.info(
         "quality flags calibrated on %d val %s (target Dice %s): %s",

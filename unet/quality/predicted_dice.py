@@ -1,0 +1,230 @@
+"""A predicted Dice per input: a small quality model learned on out-of-fold cases.
+
+The choice: gradient-boosted regression trees (scikit-learn's ``GradientBoostingRegressor``,
+squared error, 150 trees of depth 3, learning rate 0.05, 80% subsamples, leaves of at least 10
+cases) on the quality signals of :mod:`unet.quality.signals`, target the case's Dice. Why trees
+and not a linear or a monotone mapping of one signal: the failure that matters most, a lesion
+missed outright, is an *interaction* (an empty or tiny mask **and** a foreground peak just under
+the threshold, or a mask fraction unlike the training masks'), which a sum of monotone terms
+cannot express and a depth-3 tree can; a few hundred cases fit 150 shallow trees without
+memorising them (each tree sees 80% of the rows). The trees are stored as plain arrays in
+``model.json`` (no pickle, nothing to unpickle from a shared model folder) and evaluated with
+numpy at prediction, so prediction needs no scikit-learn.
+
+Only signals every prediction computes enter the model (not ``flip_disagreement``, which needs
+``--qc full``; not the members' disagreement, which no out-of-fold case can have: each case was
+left out by one fold model only).
+
+Honest numbers: the review threshold and the model's own out-of-fold scores come from
+predictions cross-validated *by group* over the fit rows (``GroupKFold``: a patient's slices
+never predict themselves), not from the final fit.
+
+A volume's (or a group's) predicted Dice pools its slices' (:func:`pooled_dice`): each
+slice's predicted Dice weighted by its share of the expected foreground, its mask's fraction,
+or for a slice the model doubts, the typical lesion fraction scaled by the doubt: a confident
+empty slice weighs nothing, an empty slice predicted at Dice 0 weighs as a typical lesion slice
+missed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+FEATURES = (
+    "low_confidence",
+    "uncertain_share",
+    "intensity_shift",
+    "fraction_shift",
+    "size_shift",
+    "spacing_shift",
+    "foreground_peak",
+    "mask_log_fraction",
+    "components",
+)
+
+MIN_FIT_CASES = 40  # fewer labelled cases fit no Dice model
+MIN_FIT_GROUPS = 3  # and fewer groups leave no honest cross-validation
+CV_FOLDS = 5
+TREES, DEPTH, RATE, SUBSAMPLE, LEAF = 150, 3, 0.05, 0.8, 10
+
+
+class DiceTree(BaseModel):
+    """One regression tree as scikit-learn's ``tree_`` arrays (a leaf's children are -1)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    left: list[int]
+    right: list[int]
+    feature: list[int]
+    threshold: list[float]
+    value: list[float]
+
+
+class DiceModel(BaseModel):
+    """The stored quality model (in ``model.json``, under ``quality.dice_model``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    features: list[str]
+    fill: list[float] = Field(description="Each feature's value where an input lacks it.")
+    init: float
+    learning_rate: float
+    trees: list[DiceTree]
+    review_below: float = Field(description="Review inputs predicted under this Dice.")
+    review_below_reason: str
+    target_dice: float = Field(description="A fit case under this Dice counted as failed.")
+    typical_fraction: float = Field(description="Median mask fraction of non-empty fit cases.")
+    fitted_on: str
+    cases: int
+    groups: list[str] = Field(description="The groups (patients) of the fit rows.")
+    cross_validated: dict[str, float | None] = Field(
+        default_factory=dict, description="The model's scores on its fit rows, by group CV."
+    )
+
+    def predict(self, rows: pd.DataFrame | list[dict]) -> np.ndarray:
+        """Predicted Dice of signal rows (missing signals take ``fill``), clipped to [0, 1]."""
+        frame = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+        matrix = feature_matrix(frame, self.features, np.asarray(self.fill))
+        total = np.full(len(matrix), self.init)
+        for tree in self.trees:
+            total += self.learning_rate * tree_values(tree, matrix)
+        return np.clip(total, 0.0, 1.0)
+
+    def predict_one(self, signals: dict[str, float]) -> float:
+        return float(self.predict([signals])[0])
+
+
+def feature_matrix(frame: pd.DataFrame, features: list[str], fill: np.ndarray) -> np.ndarray:
+    columns = [
+        frame[name].to_numpy(np.float64) if name in frame else np.full(len(frame), np.nan)
+        for name in features
+    ]
+    matrix = np.stack(columns, axis=1) if columns else np.zeros((len(frame), 0))
+    missing = np.isnan(matrix)
+    matrix[missing] = np.broadcast_to(fill, matrix.shape)[missing]
+    return matrix
+
+
+def tree_values(tree: DiceTree, matrix: np.ndarray) -> np.ndarray:
+    """Each row's leaf value (rows go left where ``x[feature] <= threshold``)."""
+    left, right = np.asarray(tree.left), np.asarray(tree.right)
+    feature, threshold = np.asarray(tree.feature), np.asarray(tree.threshold)
+    node = np.zeros(len(matrix), np.int64)
+    rows = np.arange(len(matrix))
+    while True:
+        inner = left[node] >= 0
+        if not inner.any():
+            return np.asarray(tree.value)[node]
+        at = node[inner]
+        goes_left = matrix[rows[inner], feature[at]] <= threshold[at]
+        node[inner] = np.where(goes_left, left[at], right[at])
+
+
+def exported(regressor) -> tuple[float, list[DiceTree]]:
+    """A fitted ``GradientBoostingRegressor``'s initial value and trees as :class:`DiceTree`."""
+    init = float(np.ravel(regressor.init_.constant_)[0])
+    trees = []
+    for (estimator,) in regressor.estimators_:
+        t = estimator.tree_
+        trees.append(
+            DiceTree(
+                left=t.children_left.tolist(),
+                right=t.children_right.tolist(),
+                feature=[max(int(f), 0) for f in t.feature],
+                threshold=t.threshold.astype(float).tolist(),
+                value=t.value[:, 0, 0].astype(float).tolist(),
+            )
+        )
+    return init, trees
+
+
+def regressor(seed: int = 0):
+    # deferred: scikit-learn is needed to fit (training), never to predict
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    return GradientBoostingRegressor(
+        n_estimators=TREES,
+        max_depth=DEPTH,
+        learning_rate=RATE,
+        subsample=SUBSAMPLE,
+        min_samples_leaf=LEAF,
+        random_state=seed,
+    )
+
+
+def cross_validated_predictions(matrix: np.ndarray, dice: np.ndarray, groups: np.ndarray):
+    """Each row's predicted Dice from a model fitted without its group (GroupKFold)."""
+    from sklearn.model_selection import GroupKFold
+
+    folds = min(CV_FOLDS, len(set(groups)))
+    predicted = np.zeros(len(dice))
+    for train, held in GroupKFold(n_splits=folds).split(matrix, dice, groups):
+        model = regressor().fit(matrix[train], dice[train])
+        predicted[held] = model.predict(matrix[held])
+    return np.clip(predicted, 0.0, 1.0)
+
+
+def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceModel | None:
+    """The quality model fitted on labelled rows (``table``: the signal columns, ``dice``,
+    ``group``), each scored by a model that never trained on it; None (with the reason in the
+    log of the caller) when there are too few rows or groups.
+
+    ``target``: the Dice under which a case counts as failed; the review threshold is the
+    cross-validated predicted Dice that best separates those (largest Youden J), so by
+    default the flags catch the failed cases as the calibrated signals would, ranked by one
+    number instead of several."""
+    from unet.quality.calibration import best_threshold, spearman
+
+    groups = table["group"].astype(str).to_numpy()
+    if len(table) < MIN_FIT_CASES or len(set(groups)) < MIN_FIT_GROUPS:
+        return None
+    features = [name for name in FEATURES if name in table and table[name].notna().any()]
+    fill = np.asarray([float(table[name].median()) for name in features])
+    matrix = feature_matrix(table, features, fill)
+    dice = table["dice"].to_numpy(np.float64)
+    checked = cross_validated_predictions(matrix, dice, groups)
+    failed = dice < target
+    threshold, youden, recall = best_threshold(-checked, failed)
+    review_below = -threshold if threshold is not None else target
+    flagged = float(np.mean(checked < review_below))
+    init, trees = exported(regressor().fit(matrix, dice))
+    fractions = 10.0 ** table.loc[table["mask_log_fraction"] > -4, "mask_log_fraction"]
+    return DiceModel(
+        features=features,
+        fill=fill.tolist(),
+        init=init,
+        learning_rate=RATE,
+        trees=trees,
+        review_below=round(float(review_below), 4),
+        review_below_reason=(
+            f"the cross-validated predicted Dice that best separates the {int(failed.sum())} "
+            f"fit cases under Dice {target:.3f}: catches {recall:.0%} of them, flags "
+            f"{flagged:.0%} of all (Youden J {youden:.2f})"
+            if threshold is not None
+            else f"no threshold separates the fit cases: the target Dice {target:.3f}"
+        ),
+        target_dice=float(target),
+        typical_fraction=float(fractions.median()) if len(fractions) else 1e-2,
+        fitted_on=fitted_on,
+        cases=len(table),
+        groups=sorted(set(groups)),
+        cross_validated={
+            "spearman": spearman(checked, dice),
+            "mae": float(np.mean(np.abs(checked - dice))),
+            "flagged_share": flagged,
+            "recall": recall,
+        },
+    )
+
+
+def pooled_dice(predicted: np.ndarray, fractions: np.ndarray, typical: float) -> float | None:
+    """A volume's (or group's) predicted Dice from its slices' (see the module): the mean of
+    ``predicted`` weighted by ``max(mask fraction, (1 - predicted) x typical)``; None without
+    slices, 1.0 where every weight is 0 (all slices confidently empty)."""
+    predicted, fractions = np.asarray(predicted, np.float64), np.asarray(fractions, np.float64)
+    if not len(predicted):
+        return None
+    weights = np.maximum(fractions, (1.0 - predicted) * typical)
+    return float(np.sum(weights * predicted) / weights.sum()) if weights.sum() > 0 else 1.0
