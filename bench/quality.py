@@ -11,6 +11,10 @@ twice: as prediction flags by default (``--qc fast``) and with ``--qc full`` (ad
 ``flip_disagreement``).
 
     .venv/bin/python bench/quality.py [--epochs 60] [--folds K] [--only isbi|lgg]
+
+``--dataset lgg-48``: the predicted Dice of a 5-fold run on the 48 LGG patients, scored on the
+held-out patients as the failure-detection literature scores it (``bench/quality_folds.py``;
+its own flags follow ``--dataset lgg-48``).
 """
 
 from __future__ import annotations
@@ -76,6 +80,14 @@ def run(name: str, prepare, epochs: int, out: Path, folds: int = 0) -> dict:
 
 
 def main() -> None:
+    if "--dataset" in sys.argv:  # bench/quality_folds.py: the predicted Dice on LGG-48
+        at = sys.argv.index("--dataset")
+        if sys.argv[at + 1 : at + 2] != ["lgg-48"]:
+            sys.exit(f"--dataset: only lgg-48 (got {sys.argv[at + 1 : at + 2]})")
+        del sys.argv[at : at + 2]
+        from quality_folds import main as folds_main
+
+        sys.exit(folds_main())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument(

@@ -175,6 +175,19 @@ def test_the_predicted_dice_is_fitted_on_out_of_fold_cases_only(local_run, synth
     below = quality["review_below"]
     assert list(report["review"] == "review") == list(report["predicted_dice"] < below)
     assert report["member_disagreement"].between(0, 1).all()  # 3 members disagree or not
+    strict = predict_folder(
+        PredictConfig(
+            model=str(run),
+            input_dir=str(synthetic_dir / "images"),
+            output_dir=str(work / "predicted-strict"),
+            precision="float32",
+            review_below=0.999,  # the user's bar, not the model's
+        )
+    )
+    assert list(strict["review"] == "review") == list(strict["predicted_dice"] < 0.999)
+    assert strict["review_reasons"].str.contains("predicted_dice<0.999").sum() == (
+        (strict["predicted_dice"] < 0.999).sum()
+    )
 
 
 def test_evaluate_reports_the_out_of_fold_estimate(local_run, synthetic_dir, capsys):

@@ -135,6 +135,8 @@ def test_a_trained_model_carries_its_flags_into_evaluation_and_prediction(
     )
     report = predict_folder(config)
     assert list(report["review"] == "review") == list(report["low_confidence"] > 0.05)
+    with pytest.raises(ValueError, match="--review-below 0.7: the model .* has no predicted Dice"):
+        predict_folder(config.model_copy(update={"review_below": 0.7}))
     assert (report.loc[report["review"] == "review", "review_reasons"] == "low_confidence").all()
     page = (tmp_path / "out" / "review.html").read_text()
     assert f"{int((report['review'] == 'review').sum())} of {len(report)} masks to review" in page

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 FEATURES = (
     "low_confidence",
@@ -82,18 +82,60 @@ class DiceModel(BaseModel):
     cross_validated: dict[str, float | None] = Field(
         default_factory=dict, description="The model's scores on its fit rows, by group CV."
     )
+    _stacked: tuple | None = PrivateAttr(None)
 
     def predict(self, rows: pd.DataFrame | list[dict]) -> np.ndarray:
         """Predicted Dice of signal rows (missing signals take ``fill``), clipped to [0, 1]."""
         frame = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
-        matrix = feature_matrix(frame, self.features, np.asarray(self.fill))
-        total = np.full(len(matrix), self.init)
-        for tree in self.trees:
-            total += self.learning_rate * tree_values(tree, matrix)
-        return np.clip(total, 0.0, 1.0)
+        return self.predict_matrix(feature_matrix(frame, self.features, np.asarray(self.fill)))
 
     def predict_one(self, signals: dict[str, float]) -> float:
-        return float(self.predict([signals])[0])
+        """One input's predicted Dice (the report's per-image path: no DataFrame)."""
+        row = [signals.get(name, np.nan) for name in self.features]
+        values = np.asarray(row, np.float64)
+        missing = np.isnan(values)
+        values[missing] = np.asarray(self.fill)[missing]
+        return float(self.predict_matrix(values[None, :])[0])
+
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Every tree at once: the trees' arrays padded to one node count, walked level by
+        level for all rows and trees together."""
+        if self._stacked is None:
+            self._stacked = stacked_trees(self.trees)
+        left, right, feature, threshold, value = self._stacked
+        trees = np.arange(len(left))[None, :]
+        node = np.zeros((len(matrix), len(left)), np.int64)
+        rows = np.arange(len(matrix))[:, None]
+        for _ in range(left.shape[1]):
+            inner = left[trees, node] >= 0
+            if not inner.any():
+                break
+            goes_left = matrix[rows, feature[trees, node]] <= threshold[trees, node]
+            step = np.where(goes_left, left[trees, node], right[trees, node])
+            node = np.where(inner, step, node)
+        total = self.init + self.learning_rate * value[trees, node].sum(axis=1)
+        return np.clip(total, 0.0, 1.0)
+
+
+def stacked_trees(trees: list[DiceTree]) -> tuple[np.ndarray, ...]:
+    """``(left, right, feature, threshold, value)``, each ``(trees, most nodes)``; padding
+    nodes are leaves."""
+    size = max(len(tree.left) for tree in trees)
+
+    def padded(name: str, fill, dtype):
+        out = np.full((len(trees), size), fill, dtype)
+        for index, tree in enumerate(trees):
+            values = getattr(tree, name)
+            out[index, : len(values)] = values
+        return out
+
+    return (
+        padded("left", -1, np.int64),
+        padded("right", -1, np.int64),
+        padded("feature", 0, np.int64),
+        padded("threshold", 0.0, np.float64),
+        padded("value", 0.0, np.float64),
+    )
 
 
 def feature_matrix(frame: pd.DataFrame, features: list[str], fill: np.ndarray) -> np.ndarray:
@@ -105,21 +147,6 @@ def feature_matrix(frame: pd.DataFrame, features: list[str], fill: np.ndarray) -
     missing = np.isnan(matrix)
     matrix[missing] = np.broadcast_to(fill, matrix.shape)[missing]
     return matrix
-
-
-def tree_values(tree: DiceTree, matrix: np.ndarray) -> np.ndarray:
-    """Each row's leaf value (rows go left where ``x[feature] <= threshold``)."""
-    left, right = np.asarray(tree.left), np.asarray(tree.right)
-    feature, threshold = np.asarray(tree.feature), np.asarray(tree.threshold)
-    node = np.zeros(len(matrix), np.int64)
-    rows = np.arange(len(matrix))
-    while True:
-        inner = left[node] >= 0
-        if not inner.any():
-            return np.asarray(tree.value)[node]
-        at = node[inner]
-        goes_left = matrix[rows[inner], feature[at]] <= threshold[at]
-        node[inner] = np.where(goes_left, left[at], right[at])
 
 
 def exported(regressor) -> tuple[float, list[DiceTree]]:
