@@ -76,3 +76,47 @@ def test_a_volume_pools_its_slices_by_their_expected_foreground():
     assert missed == pytest.approx(0.45)
     assert pooled_dice([1.0, 1.0], [0.0, 0.0], typical=0.02) == 1.0  # all confidently empty
     assert pooled_dice([], [], typical=0.02) is None
+
+
+def test_images_videos_and_volumes_each_get_a_predicted_dice(trained_run, tmp_path):
+    """A model carrying a Dice model: every input kind's report row has one, a volume also
+    its worst slices; the review follows the threshold."""
+    import shutil
+
+    import cv2
+    import nibabel
+
+    from data_catalog.images import write_png_atomic
+    from unet.config import PredictConfig
+    from unet.prediction import predict_folder
+    from unet.store.model_files import ModelInfo
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    info = ModelInfo.read(run)
+    model = fit_dice_model(labelled_cases(), 0.5, "test rows")
+    quality = info.quality.model_copy(update={"dice_model": model, "review_below": 0.5})
+    info.model_copy(update={"quality": quality}).write(run)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(3)
+    write_png_atomic(inputs / "image.png", rng.integers(0, 255, (32, 40), dtype=np.uint8))
+    writer = cv2.VideoWriter(
+        str(inputs / "cine.avi"), cv2.VideoWriter_fourcc(*"FFV1"), 10, (40, 24)
+    )
+    for _ in range(5):
+        writer.write(np.repeat(rng.integers(0, 255, (24, 40, 1), dtype=np.uint8), 3, axis=2))
+    writer.release()
+    volume = rng.integers(0, 255, (32, 40, 6), dtype=np.uint8)
+    nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), inputs / "scan.nii.gz")
+    config = PredictConfig(
+        model=str(run), input_dir=str(inputs), output_dir=str(tmp_path / "out"), precision="float32"
+    )
+    report = predict_folder(config).set_index("input")
+    assert sorted(report.index) == ["cine.avi", "image.png", "scan.nii.gz"]
+    assert (report["status"] == "ok").all()
+    assert report["predicted_dice"].between(0, 1).all()
+    assert list(report["review"] == "review") == list(report["predicted_dice"] < 0.5)
+    worst = report.loc["scan.nii.gz", "worst_slices"]
+    assert isinstance(worst, str) and worst.startswith("z0")
+    assert pd.isna(report.loc["image.png", "worst_slices"])

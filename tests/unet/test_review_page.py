@@ -54,3 +54,27 @@ def test_the_page_links_masks_enlarges_thumbnails_and_filters(tmp_path):
 def test_without_calibrated_flags_no_row_claims_to_be_ok(tmp_path):
     page = write_review_page(_report(review=False), tmp_path).read_text()
     assert "no quality flags" in page and ">ok<" not in page and page.count(">no flags<") == 2
+
+
+def test_with_a_predicted_dice_the_page_leads_with_it_worst_first(tmp_path):
+    rows = [
+        {"input": "fine.nii.gz", "predicted_dice": 0.91, "review": "ok", "review_reasons": ""},
+        {"input": "missed.nii.gz", "predicted_dice": 0.12, "review": "review",
+         "review_reasons": "predicted_dice<0.6", "worst_slices": "z012:0.05;z013:0.10"},
+        {"input": "doubtful.png", "predicted_dice": 0.45, "review": "review",
+         "review_reasons": "predicted_dice<0.6;low_confidence"},
+        {"input": "good.png", "predicted_dice": 0.78, "review": "ok", "review_reasons": ""},
+    ]  # fmt: skip
+    for row in rows:
+        row.update(status="ok", mask=row["input"].split(".")[0] + ".mask", low_confidence=0.1)
+    page = write_review_page(pd.DataFrame(rows), tmp_path).read_text()
+    order = [page.index(name) for name in ("missed.nii", "doubtful.png", "good.png", "fine.nii")]
+    assert order == sorted(order)  # flagged worst first, then the others worst first
+    assert '<span class="bar" style="width:12px"></span>0.12' in page  # the bar is the Dice
+    assert '<span class="bar" style="width:91px"></span>0.91' in page
+    assert "slice 12 (0.05), slice 13 (0.10)" in page  # a volume's worst slices
+    assert "a predicted Dice under 0.6 (--review-below)" in page
+    # the signals are there, behind a checkbox, so the table fits a window
+    assert '<body class="hide-signals">' in page and 'id="signals"' in page
+    assert page.count('class="signal"') == 1 + len(rows)  # header + one per row
+    assert "2 of 4 masks to review" in page

@@ -1,8 +1,10 @@
 """The review page: ``OUTPUT_DIR/review.html``, one static page (no server; it opens from the
-file system) listing every input, the ones flagged for review first, each with a thumbnail of
-the image (in colour for a colour model) with its mask's outline, a link to the mask file, its
-reasons and signals. A click on a column header sorts by it, a click on a thumbnail shows it
-larger, a checkbox shows only the masks to review.
+file system) listing every input, the ones flagged for review first (with a predicted Dice:
+worst predicted first, each with its predicted Dice as a bar), each with a thumbnail of the image
+(in colour for a colour model) with its mask's outline, a link to the mask file, its reasons,
+a volume's worst slices, and its signals (hidden behind a checkbox where the predicted Dice
+leads). A click on a column header sorts by it, a click on a thumbnail shows it larger, a
+checkbox shows only the masks to review.
 
 Thumbnails are JPEG files under ``OUTPUT_DIR/thumbnails/`` (at most :data:`THUMBNAIL_SIDE`
 pixels a side, shown at half that in the table, ~10 kB each), loaded lazily by the browser, so
@@ -12,6 +14,7 @@ a page for 10,000 inputs is a few MB of HTML and opens quickly. Plain numpy, Ope
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import cv2
@@ -85,6 +88,10 @@ td img{display:block;max-width:128px;max-height:128px;cursor:zoom-in}
 justify-content:center;flex-direction:column;color:#fff;cursor:zoom-out}
 #view img{width:min(80vw,80vh);height:auto;image-rendering:pixelated}
 body.review-only tbody tr:not(.review){display:none}
+body.hide-signals .signal{display:none}
+.bar{display:inline-block;height:10px;margin-right:6px;vertical-align:middle;background:#16a34a}
+tr.review .bar{background:#dc2626}
+td.predicted{min-width:120px;white-space:nowrap}
 a{color:#1d4ed8}
 """
 
@@ -107,6 +114,10 @@ document.querySelectorAll('th').forEach(function(th, column){
 document.getElementById('only').addEventListener('change', function(event){
   document.body.classList.toggle('review-only', event.target.checked);
 });
+var signals = document.getElementById('signals');
+if (signals) signals.addEventListener('change', function(event){
+  document.body.classList.toggle('hide-signals', !event.target.checked);
+});
 var view = document.getElementById('view');
 document.querySelectorAll('td img').forEach(function(img){
   img.addEventListener('click', function(){
@@ -119,24 +130,50 @@ view.addEventListener('click', function(){ view.style.display = 'none'; });
 """
 
 
+def has_predicted_dice(report: pd.DataFrame) -> bool:
+    return "predicted_dice" in report and report["predicted_dice"].notna().any()
+
+
 def page_order(report: pd.DataFrame) -> pd.DataFrame:
-    """Flagged inputs first (most reasons first), then errors, then the others, each by input."""
+    """Flagged inputs first, then errors, then the others; within each, the lowest predicted
+    Dice first where there is one, else the most reasons first; then by input."""
     rank = report["status"].map({"error": 1}).fillna(2)
     rank = rank.where(report["review"] != "review", 0)
-    reasons = report["review_reasons"].fillna("").astype(str).str.count(";") + 1
-    reasons = reasons.where(report["review"] == "review", 0)
-    return report.assign(_rank=rank, _reasons=-reasons).sort_values(
-        ["_rank", "_reasons", "input"], kind="stable"
+    if has_predicted_dice(report):
+        order = report["predicted_dice"].astype(float).fillna(2.0)
+    else:
+        reasons = report["review_reasons"].fillna("").astype(str).str.count(";") + 1
+        order = -reasons.where(report["review"] == "review", 0)
+    return report.assign(_rank=rank, _order=order).sort_values(
+        ["_rank", "_order", "input"], kind="stable"
     )
 
 
-def cell(value, shown: str | None = None) -> str:
+def cell(value, shown: str | None = None, css: str = "") -> str:
     text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else value
     label = shown if shown is not None else (f"{text:.3f}" if isinstance(text, float) else text)
-    return f'<td data-v="{html.escape(str(text))}">{html.escape(str(label))}</td>'
+    klass = f' class="{css}"' if css else ""
+    return f'<td{klass} data-v="{html.escape(str(text))}">{html.escape(str(label))}</td>'
 
 
-def row_html(row: dict, output_dir: Path, signals: list[str]) -> str:
+def predicted_cell(value) -> str:
+    """The predicted Dice as a bar (its length the Dice) and its value."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return '<td class="predicted" data-v=""></td>'
+    width = round(100 * min(max(float(value), 0.0), 1.0))
+    bar = f'<span class="bar" style="width:{width}px"></span>'
+    return f'<td class="predicted" data-v="{float(value):.4f}">{bar}{float(value):.2f}</td>'
+
+
+def worst_slices_text(value) -> str:
+    """``z012:0.31;z013:0.40`` -> ``slice 12 (0.31), slice 13 (0.40)``."""
+    if not isinstance(value, str) or not value:
+        return ""
+    parts = [part.split(":") for part in value.split(";") if ":" in part]
+    return ", ".join(f"slice {int(z.lstrip('z'))} ({dice})" for z, dice in parts)
+
+
+def row_html(row: dict, output_dir: Path, signals: list[str], extra: list[str]) -> str:
     review = row.get("review")
     state = "error" if row["status"] == "error" else (review if isinstance(review, str) else "")
     mask = row.get("mask")
@@ -160,12 +197,35 @@ def row_html(row: dict, output_dir: Path, signals: list[str]) -> str:
         cell(row["input"]),
         f'<td data-v="{html.escape(str(mask or ""))}">{mask_link}</td>',
         f'<td class="badge" data-v="{html.escape(state)}">{label}</td>',
+        *([predicted_cell(row.get("predicted_dice"))] if "predicted" in extra else []),
         cell(reasons),
-        *(cell(row.get(name)) for name in signals),
+        *([cell(worst_slices_text(row.get("worst_slices")))] if "worst" in extra else []),
+        *(cell(row.get(name), css="signal") for name in signals),
         cell(row.get("foreground_fraction")),
         cell(row.get("mean_confidence")),
     ]
     return f'<tr class="{html.escape(state)}">{"".join(cells)}</tr>'
+
+
+SIGNALS_BOX = '<label><input type="checkbox" id="signals"> show every signal</label>'
+
+
+def explanation(report: pd.DataFrame, predicted: bool) -> str:
+    """What the flags mean on this page."""
+    if not predicted:
+        return (
+            "Flagged masks first; each reason is a quality signal above the threshold "
+            "calibrated on the model's validation (or out-of-fold) cases (see model.json)."
+        )
+    reasons = " ".join(report["review_reasons"].dropna().astype(str))
+    below = re.search(r"predicted_dice<([0-9.]+)", reasons)
+    bar = f"under {below.group(1)}" if below else "under the model's threshold (none is)"
+    return (
+        "Sorted by predicted Dice, worst first: the quality model's estimate of each mask's "
+        "Dice, learned out of fold from the model's own signals on patients it never trained "
+        f"on. Flagged for review: a predicted Dice {bar} (--review-below), or a note from "
+        "reading the input."
+    )
 
 
 def write_review_page(report: pd.DataFrame, output_dir: Path) -> Path:
@@ -175,24 +235,32 @@ def write_review_page(report: pd.DataFrame, output_dir: Path) -> Path:
     errors = int((report["status"] == "error").sum())
     # the signals this run measured (flip_disagreement only with --qc full or --tta)
     signals = [name for name in SIGNALS if name in report and report[name].notna().any()]
-    headers = ["image", "input", "mask", "review", "reasons", *signals, "foreground"]
-    headers.append("confidence")
+    predicted = bool(has_predicted_dice(report))
+    worst = bool("worst_slices" in report and report["worst_slices"].notna().any())
+    extra = ["predicted"] * predicted + ["worst"] * worst
+    headers = ["image", "input", "mask", "review"] + ["predicted Dice"] * predicted
+    headers += ["reasons"] + ["worst slices"] * worst
     calibrated = report["review"].notna().any()
     summary = (
         f"{flagged} of {len(report)} masks to review"
         if calibrated
         else "no quality flags (the model has none calibrated)"
     )
-    body = "\n".join(row_html(row, output_dir, signals) for row in ordered.to_dict("records"))
+    body = "\n".join(
+        row_html(row, output_dir, signals, extra) for row in ordered.to_dict("records")
+    )
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    head += "".join(f'<th class="signal">{html.escape(h)}</th>' for h in signals)
+    head += "<th>foreground</th><th>confidence</th>"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>segflow review: {html.escape(summary)}</title>
-<style>{PAGE_STYLE}</style></head><body>
+<style>{PAGE_STYLE}</style></head><body{' class="hide-signals"' if predicted else ""}>
 <h1>{html.escape(summary)}</h1>
-<p>{errors} error(s). Flagged masks first; each reason is a quality signal above the threshold
-calibrated on the model's validation (or out-of-fold) cases (see model.json).
+<p>{errors} error(s). {html.escape(explanation(report, predicted))}
 Click a column to sort, a thumbnail to see it larger. Yellow: the outline of the predicted
-mask. <label><input type="checkbox" id="only"> only the masks to review</label></p>
-<table><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in headers)}</tr></thead>
+mask. <label><input type="checkbox" id="only"> only the masks to review</label>
+{SIGNALS_BOX if predicted else ""}</p>
+<table><thead><tr>{head}</tr></thead>
 <tbody>
 {body}
 </tbody></table>
