@@ -163,27 +163,23 @@ def test_the_predicted_dice_is_fitted_on_out_of_fold_cases_only(local_run, synth
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert metrics["quality"]["predicted_dice"]["per_slice"]["cases"] > 0
     assert (run / "evaluation" / "risk_coverage.png").stat().st_size > 1000
-    report = predict_folder(
-        PredictConfig(
+
+    def predicted(out: str, **options):
+        config = PredictConfig(
             model=str(run),
             input_dir=str(synthetic_dir / "images"),
-            output_dir=str(work / "predicted"),
+            output_dir=str(work / out),
             precision="float32",
+            **options,
         )
-    )
+        return predict_folder(config)
+
+    report = predicted("predicted")
     assert report["predicted_dice"].between(0, 1).all() and len(report) == 24
     below = quality["review_below"]
     assert list(report["review"] == "review") == list(report["predicted_dice"] < below)
     assert report["member_disagreement"].between(0, 1).all()  # 3 members disagree or not
-    strict = predict_folder(
-        PredictConfig(
-            model=str(run),
-            input_dir=str(synthetic_dir / "images"),
-            output_dir=str(work / "predicted-strict"),
-            precision="float32",
-            review_below=0.999,  # the user's bar, not the model's
-        )
-    )
+    strict = predicted("predicted-strict", review_below=0.999)  # the user's bar
     assert list(strict["review"] == "review") == list(strict["predicted_dice"] < 0.999)
     assert strict["review_reasons"].str.contains("predicted_dice<0.999").sum() == (
         (strict["predicted_dice"] < 0.999).sum()

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unet.quality.calibration import spearman
 from unet.quality.predicted_dice import pooled_dice
+from unet.quality.ranking import spearman
 
 SLICE_FAILED = 0.5
 GROUP_FAILED = 0.7

@@ -82,7 +82,7 @@ class ModelGraphs:
     def _probabilities_graph(self, batch: tf.Tensor) -> tf.Tensor:
         return self._passes(batch)[0]
 
-    def _foreground(self, probabilities: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
+    def foreground(self, probabilities: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
         """Where a class other than background wins (two classes: the threshold, when >= 0)."""
         if self.num_classes == 2:  # a tie goes to background, as in numpy's class_argmax
             foreground = probabilities[..., 1]
@@ -95,36 +95,21 @@ class ModelGraphs:
         flipped one (inside the first ``height`` x ``width`` pixels); zeros without the check."""
         if mirrored is None:
             return tf.zeros([tf.shape(plain)[0], 3], tf.float32)
-        first = self._foreground(plain, threshold)[:, :height, :width]
-        second = self._foreground(mirrored, threshold)[:, :height, :width]
+        first = self.foreground(plain, threshold)[:, :height, :width]
+        second = self.foreground(mirrored, threshold)[:, :height, :width]
         counts = [tf.logical_and(first, second), first, second]
         return tf.stack([tf.reduce_sum(tf.cast(c, tf.float32), axis=[1, 2]) for c in counts], 1)
-
-    def _quality_counts(self, probabilities, members, threshold, height, width) -> tf.Tensor:
-        """``(B, 1 + K + K(K-1)/2)`` float32: the image's largest foreground probability
-        (1 - background), then for an ensemble of K members each member's foreground pixels
-        and each pair's overlap (pairs in ``itertools.combinations`` order), inside the first
-        ``height`` x ``width`` pixels."""
-        crop = (slice(None), slice(None, height), slice(None, width))
-        peak = tf.reduce_max(1.0 - probabilities[..., 0][crop], axis=[1, 2])
-        masks = [self._foreground(member, threshold)[crop] for member in members]
-        counts = [tf.reduce_sum(tf.cast(mask, tf.float32), axis=[1, 2]) for mask in masks]
-        for i, first in enumerate(masks):
-            for second in masks[i + 1 :]:
-                both = tf.cast(tf.logical_and(first, second), tf.float32)
-                counts.append(tf.reduce_sum(both, axis=[1, 2]))
-        return tf.stack([peak, *counts], axis=1)
 
     def _classes_graph(self, batch: tf.Tensor, threshold: tf.Tensor, height, width):
         """Class indices (uint8), confidence (float32), the flip counts and the quality
         counts. ``threshold`` < 0: argmax (ties to the lower class)."""
         probabilities, plain, mirrored, members = self._passes(batch)
         if self.num_classes == 2:
-            classes = tf.cast(self._foreground(probabilities, threshold), tf.uint8)
+            classes = tf.cast(self.foreground(probabilities, threshold), tf.uint8)
         else:
             classes = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
         counts = self._flip_counts(plain, mirrored, threshold, height, width)
-        extras = self._quality_counts(probabilities, members, threshold, height, width)
+        extras = quality_counts(self, probabilities, members, threshold, height, width)
         return classes, tf.reduce_max(probabilities, axis=-1), counts, extras
 
     def _checked_graph(self, batch: tf.Tensor, threshold: tf.Tensor):
@@ -151,7 +136,7 @@ class ModelGraphs:
 
     def classes(self, images: list[np.ndarray], threshold: float | None) -> tuple:
         """``(B, H, W)`` uint8 classes, ``(B, H, W)`` float32 confidence, ``(B, 3)`` flip
-        counts and ``(B, E)`` quality counts (see :meth:`_quality_counts`) of same-shape
+        counts and ``(B, E)`` quality counts (see :func:`quality_counts`) of same-shape
         prepared images."""
         batch, height, width = self.padded(images)
         classes, confidence, counts, extras = self._classes(
@@ -171,6 +156,22 @@ class ModelGraphs:
 def threshold_tensor(threshold: float | None) -> tf.Tensor:
     """The threshold as the graphs take it: -1 for argmax."""
     return tf.constant(-1.0 if threshold is None else float(threshold), tf.float32)
+
+
+def quality_counts(graphs: ModelGraphs, probabilities, members, threshold, height, width):
+    """``(B, 1 + K + K(K-1)/2)`` float32, inside the first ``height`` x ``width`` pixels: the
+    image's largest foreground probability (1 - background), then for an ensemble of K
+    members each member's foreground pixels (``graphs.foreground``) and each pair's overlap
+    (pairs in ``itertools.combinations`` order)."""
+    crop = (slice(None), slice(None, height), slice(None, width))
+    peak = tf.reduce_max(1.0 - probabilities[..., 0][crop], axis=[1, 2])
+    masks = [graphs.foreground(member, threshold)[crop] for member in members]
+    counts = [tf.reduce_sum(tf.cast(mask, tf.float32), axis=[1, 2]) for mask in masks]
+    for i, first in enumerate(masks):
+        for second in masks[i + 1 :]:
+            both = tf.cast(tf.logical_and(first, second), tf.float32)
+            counts.append(tf.reduce_sum(both, axis=[1, 2]))
+    return tf.stack([peak, *counts], axis=1)
 
 
 def member_outputs(model: keras.Model) -> tuple[int, keras.Model | None]:

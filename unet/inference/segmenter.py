@@ -110,11 +110,8 @@ class Segmenter:
     ):
         self.model_path = find_model_file(model, need_info=info is None)
         self.info = info = info or ModelInfo.read(self.model_path.parent)
-        self.channels, self.multiple, self.num_classes = (
-            info.channels,
-            info.size_multiple,
-            info.num_classes,
-        )
+        self.channels, self.num_classes = info.channels, info.num_classes
+        self.multiple = info.size_multiple
         self.threshold = info.postprocessing.threshold
         self.min_component_size = info.postprocessing.min_component_size
         self.version = info.model_version or self.model_path.parent.name
@@ -212,7 +209,7 @@ class Segmenter:
         """Class indices (after the threshold, before component removal) and confidence of
         prepared images of one shape, ``((B, H, W) uint8, (B, H, W) float32)``; with
         ``with_counts`` also the ``(B, 3)`` flip counts (zeros without the flip check) and the
-        ``(B, E)`` quality counts (:meth:`ModelGraphs._quality_counts`)."""
+        ``(B, E)`` quality counts (:func:`unet.inference.graphs.quality_counts`)."""
         classes, confidence, counts, extras = self.graphs.classes(images, self.threshold)
         return (classes, confidence, counts, extras) if with_counts else (classes, confidence)
 

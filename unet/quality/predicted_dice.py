@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from unet.quality.ranking import best_threshold, spearman
+
 FEATURES = (
     "low_confidence",
     "uncertain_share",
@@ -202,8 +204,6 @@ def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceMo
     cross-validated predicted Dice that best separates those (largest Youden J), so by
     default the flags catch the failed cases as the calibrated signals would, ranked by one
     number instead of several."""
-    from unet.quality.calibration import best_threshold, spearman
-
     groups = table["group"].astype(str).to_numpy()
     if len(table) < MIN_FIT_CASES or len(set(groups)) < MIN_FIT_GROUPS:
         return None
