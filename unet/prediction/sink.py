@@ -12,7 +12,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from data_catalog.atomic import DiskFullError, check_disk_full
@@ -33,7 +32,7 @@ from unet.prediction.review import (
     write_thumbnail,
 )
 from unet.quality.reference import QualityReference
-from unet.quality.signals import quality_columns
+from unet.quality.signals import component_count, quality_columns
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +231,7 @@ def write_mask(
 
 def mask_statistics(mask: np.ndarray) -> tuple[float, int]:
     """Foreground pixel fraction and number of 8-connected foreground components of a mask."""
-    foreground = (mask > 0).astype(np.uint8)
-    return float(foreground.mean()), cv2.connectedComponents(foreground, connectivity=8)[0] - 1
+    return float(np.count_nonzero(mask)) / mask.size, component_count(mask)
 
 
 def submit_pictures(sink: ResultSink, item: LoadedInput, result: Segmentation) -> None:

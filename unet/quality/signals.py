@@ -44,6 +44,7 @@ correlation with Dice says how well it ranked them. Plain numpy, pandas and Open
 from __future__ import annotations
 
 import math
+from itertools import combinations
 from typing import TYPE_CHECKING
 
 import cv2
@@ -146,7 +147,7 @@ def member_signals(counts: np.ndarray | None) -> dict[str, float]:
     members = member_count(len(counts))
     sizes, overlaps = np.asarray(counts[:members], np.float64), counts[members:]
     dice, presence = [], []
-    for (i, j), both in zip(itertools_pairs(members), overlaps, strict=True):
+    for (i, j), both in zip(combinations(range(members), 2), overlaps, strict=True):
         total = sizes[i] + sizes[j]
         dice.append(2.0 * float(both) / total if total else 1.0)
         presence.append(float((sizes[i] > 0) != (sizes[j] > 0)))
@@ -154,10 +155,6 @@ def member_signals(counts: np.ndarray | None) -> dict[str, float]:
         "member_disagreement": 1.0 - float(np.mean(dice)),
         "presence_disagreement": float(np.mean(presence)),
     }
-
-
-def itertools_pairs(members: int) -> list[tuple[int, int]]:
-    return [(i, j) for i in range(members) for j in range(i + 1, members)]
 
 
 def component_count(classes: np.ndarray) -> int:
