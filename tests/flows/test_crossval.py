@@ -163,6 +163,8 @@ def test_the_predicted_dice_is_fitted_on_out_of_fold_cases_only(local_run, synth
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert metrics["quality"]["predicted_dice"]["per_slice"]["cases"] > 0
     assert (run / "evaluation" / "risk_coverage.png").stat().st_size > 1000
+    report_md = (run / "evaluation" / "report.md").read_text()
+    assert "- predicted Dice (predicted Dice fitted on" in report_md and "AURC" in report_md
 
     def predicted(out: str, **options):
         config = PredictConfig(

@@ -33,6 +33,8 @@ def quality_lines(quality: dict | None) -> list[str]:
     if quality.get("flagged") is None:
         note = quality.get("note")
         return [f"- quality flags: none calibrated{f' ({note})' if note else ''}"]
+    if quality.get("predicted_dice"):
+        return predicted_dice_lines(quality)
     lines = [
         f"- quality flags (thresholds from the validation split, target Dice "
         f"{fmt(quality['target_dice'])}), as prediction raises them by default: "
@@ -50,6 +52,39 @@ def quality_lines(quality: dict | None) -> list[str]:
             f"  - `{name}`: {used}; on validation Youden J {signal['youden']:.2f}, Spearman "
             f"with Dice {fmt(signal['spearman'])}"
         )
+    return lines
+
+
+def ranking_line(scores: dict) -> str:
+    """Spearman, MAE, AUROC and AURC of one level of the predicted Dice's scores."""
+    return (
+        f"{scores['cases']} cases ({scores['failed']} under {scores['failed_below']:g}): "
+        f"Spearman {fmt(scores['spearman'])}, MAE {fmt(scores['mae'])}, AUROC "
+        f"{fmt(scores['auroc'])}, AURC {fmt(scores['aurc'])} (best possible "
+        f"{fmt(scores['aurc_best'])})"
+    )
+
+
+def predicted_dice_lines(quality: dict) -> list[str]:
+    """The predicted Dice on these cases (it never saw them) and the flags it raises."""
+    scores = quality["predicted_dice"]
+    lines = [
+        f"- predicted Dice ({quality.get('dice_model_note', '')}); review below "
+        f"{quality['review_below']:g}: " + flag_line(quality),
+        "  - per slice with foreground in truth or mask: " + ranking_line(scores["per_slice"]),
+    ]
+    group = scores.get("per_group")
+    if group:
+        lines.append(
+            "  - per group (volume Dice, slices' predicted Dice pooled): "
+            + ranking_line(group)
+            + f"; flagged {group['flagged']} of {group['cases']} groups, "
+            f"{group['failed_caught']} of {group['failed']} under {group['failed_below']:g} "
+            "among them"
+        )
+    lines.append("  - risk-coverage curves: `risk_coverage.png`")
+    if quality.get("signal_flags"):
+        lines.append("- the calibrated signals alone: " + flag_line(quality["signal_flags"]))
     return lines
 
 
