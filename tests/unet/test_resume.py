@@ -263,3 +263,28 @@ def test_a_refit_moves_the_schedule_only_when_the_epoch_time_changed(tmp_path, m
     assert again == 8 + int(0.95 * 500 / 10) - 1 == 54 and fitted == [27, 54]
     same = fitting.fit_schedule(None, state, Control(10.3, 100.0), config, 1, keep_within=0.1)
     assert same == 54 and fitted == [27, 54]  # 53 instead of 54: kept, not traced again
+
+
+def test_a_schedule_fitted_on_a_busy_machine_restarts_when_the_budget_is_left(tmp_path):
+    """A fold fitted 3 epochs on a warm-up slowed by another job and ended with 40% of its
+    budget unused: the rest of the budget holds more epochs, so the schedule restarts; near
+    the budget's end, or with only a few epochs' room, it does not."""
+    from types import SimpleNamespace
+
+    from unet.training.fitting import restart_epochs
+    from unet.training.state import TrainingState
+
+    config = TrainConfig(**{**CONFIG, "time_budget": 8.0, "epochs": 1000})
+
+    def control(elapsed, per_epoch):
+        return SimpleNamespace(
+            budget=480.0, reserve=30.0, elapsed=lambda: elapsed, epoch_estimate=lambda: per_epoch
+        )
+
+    state = TrainingState(epoch=3)
+    assert restart_epochs(state, control(264.0, 30.0), config) == int(0.95 * 186 / 30) - 1 == 4
+    assert restart_epochs(state, control(420.0, 30.0), config) == 0  # 30 s left: no epoch fits
+    later = TrainingState(epoch=40)  # 4 more epochs are under a quarter of the 40 run
+    assert restart_epochs(later, control(264.0, 30.0), config) == 0
+    capped = TrainConfig(**{**CONFIG, "time_budget": 8.0, "epochs": 5})
+    assert restart_epochs(state, control(264.0, 30.0), capped) == 2  # at most `epochs`

@@ -44,6 +44,7 @@ BUDGET_MARGIN = 0.95  # share of the remaining budget the fitted epochs are plan
 FINISH_VAL_PASSES = 4.0
 FINISH_TEST_PASSES = 1.5
 MAX_RESERVE = 0.5  # of the budget, at most, kept for the work after the last epoch
+RESTART_SHARE = 0.25  # a finished schedule restarts when the budget holds this share more
 REFIT_SLACK = 0.1  # a refit that moves the schedule's end by less (of what is left) keeps it
 
 
@@ -238,15 +239,29 @@ def fit_epochs(
         if state.stop_reason or state.epoch >= end:
             return
         end = fit_schedule(model, state, control, config, steps)
-        # once more a quarter of the way in: the warm-up's epochs may have run on a busier
-        # (or idler) machine, or before the caches were warm
-        again = state.epoch + max(2, (end - state.epoch) // 4)
-        if again < end:
+        # measured again a quarter of the way through what is left, each time: the warm-up's
+        # epochs may have run on a busier (or idler) machine, or before the caches were warm
+        while (again := state.epoch + max(2, (end - state.epoch) // 4)) < end:
             _fit(model, state, run_dir, data, config, steps, control, again)
             if state.stop_reason or state.epoch >= end:
                 return
             end = fit_schedule(model, state, control, config, steps, keep_within=REFIT_SLACK)
     _fit(model, state, run_dir, data, config, steps, control, end)
+    if config.optimisation.fit_to_budget and control.budget and not state.stop_reason:
+        restart = restart_epochs(state, control, config)
+        if restart:  # the machine got faster than the fit: the schedule restarts to use it
+            end = fit_schedule(model, state, control, config, steps)
+            _fit(model, state, run_dir, data, config, steps, control, end)
+
+
+def restart_epochs(state: TrainingState, control: TrainingControl, config: TrainConfig) -> int:
+    """After a fitted schedule ended: the epochs the rest of the budget still holds when they
+    are at least :data:`RESTART_SHARE` of those run (and two), else 0: a schedule fitted on
+    a busy machine that got idle ends early, and the rest of the budget would go unused."""
+    remaining = control.budget - control.reserve - control.elapsed()
+    more = int(BUDGET_MARGIN * remaining / max(control.epoch_estimate(), 1e-6)) - 1
+    more = min(more, config.optimisation.epochs - state.epoch)
+    return more if more >= max(2, RESTART_SHARE * state.epoch) else 0
 
 
 def _fit(
