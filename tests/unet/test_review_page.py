@@ -74,6 +74,7 @@ def test_with_a_predicted_dice_the_page_leads_with_it_worst_first(tmp_path):
     assert '<span class="bar" style="width:91px"></span>0.91' in page
     assert "slice 12 (0.05), slice 13 (0.10)" in page  # a volume's worst slices
     assert "a predicted Dice under 0.6 (--review-below)" in page
+    assert "quality model" in page and "pairwise" not in page  # a single model's page
     # the signals are there, behind a checkbox, so the table fits a window
     assert '<body class="hide-signals">' in page and 'id="signals"' in page
     assert page.count('class="signal"') == 1 + len(rows)  # header + one per row

@@ -220,11 +220,16 @@ def explanation(report: pd.DataFrame, predicted: bool) -> str:
     reasons = " ".join(report["review_reasons"].dropna().astype(str))
     below = re.search(r"predicted_dice<([0-9.]+)", reasons)
     bar = f"under {below.group(1)}" if below else "under the model's threshold (none is)"
+    ensemble = "member_disagreement" in report and report["member_disagreement"].notna().any()
+    basis = (
+        "the ensemble's members' mean pairwise Dice (how far the fold models agree on the mask)"
+        if ensemble
+        else "the quality model's estimate of each mask's Dice, learned on cases the model "
+        "never trained on"
+    )
     return (
-        "Sorted by predicted Dice, worst first: the quality model's estimate of each mask's "
-        "Dice, learned out of fold from the model's own signals on patients it never trained "
-        f"on. Flagged for review: a predicted Dice {bar} (--review-below), or a note from "
-        "reading the input."
+        f"Sorted by predicted Dice, worst first: {basis}. Flagged for review: a predicted Dice "
+        f"{bar} (--review-below), or a note from reading the input."
     )
 
 
