@@ -160,7 +160,7 @@ def with_dice_model(reference, table: pd.DataFrame, groups: dict[str, str] | Non
     table = table.assign(group=[groups.get(key, volume_of(key)) for key in table["key"]])
     empty = table["empty"].to_numpy(bool)
     target = target_dice(table["dice"].to_numpy(np.float64), empty)
-    unit = f"{len(table)} {scored_as} cases of {table['group'].nunique()} groups"
+    unit = f"{len(table)} cases of {table['group'].nunique()} groups ({scored_as})"
     model = fit_dice_model(table, target, unit) if target is not None else None
     if model is None:
         note = (

@@ -98,7 +98,7 @@ def calibrate_quality(
         data.volumes,
         spacings,
         groups=manifest_groups(path.parent / "manifest.csv"),
-        scored_as="validation (the model chose its best epoch and post-processing on them)",
+        scored_as="validation: the model chose its best epoch and post-processing on them",
     )
     logger.info(
         "quality flags calibrated on %d val %s (target Dice %s): %s",
