@@ -214,16 +214,10 @@ def fit_epochs(
         return
     subset = config.optimisation.val_cases_per_epoch
     scored = f" ({subset} scored each epoch)" if 0 < subset < data.counts["val"] else ""
+    counts, batch = data.counts, config.optimisation.batch_size
     logger.info(
         "training %s: %d train / %d val cases%s, epochs %d-%d x %d steps, batch %d",
-        model.name,
-        data.counts["train"],
-        data.counts["val"],
-        scored,
-        state.epoch + 1,
-        end,
-        steps,
-        config.optimisation.batch_size,
+        *(model.name, counts["train"], counts["val"], scored, state.epoch + 1, end, steps, batch),
     )
     # measured after the warm-up and one more epoch than the first (whose time is tracing)
     warm = max(2, math.ceil(config.optimisation.warmup_epochs))
