@@ -55,7 +55,7 @@ def quality_metrics(
     model = reference.dice_model
     if model is not None and "predicted_dice" in frame:
         signal_flags = scored.assign(review=signals_only.map(lambda r: "review" if r else "ok"))
-        below = reference.review_below if reference.review_below is not None else model.review_below
+        below = reference.review_threshold()
         return {
             **flag_summary(scored, reference.target_dice),
             **facts,

@@ -251,12 +251,19 @@ def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceMo
     )
 
 
+def pooling_weights(predicted, fractions, typical: float) -> np.ndarray:
+    """Each slice's share of a volume's expected foreground: ``max(mask fraction, (1 -
+    predicted) x typical)`` (see the module)."""
+    predicted, fractions = np.asarray(predicted, np.float64), np.asarray(fractions, np.float64)
+    return np.maximum(fractions, (1.0 - predicted) * typical)
+
+
 def pooled_dice(predicted: np.ndarray, fractions: np.ndarray, typical: float) -> float | None:
     """A volume's (or group's) predicted Dice from its slices' (see the module): the mean of
     ``predicted`` weighted by ``max(mask fraction, (1 - predicted) x typical)``; None without
     slices, 1.0 where every weight is 0 (all slices confidently empty)."""
-    predicted, fractions = np.asarray(predicted, np.float64), np.asarray(fractions, np.float64)
+    predicted = np.asarray(predicted, np.float64)
     if not len(predicted):
         return None
-    weights = np.maximum(fractions, (1.0 - predicted) * typical)
+    weights = pooling_weights(predicted, fractions, typical)
     return float(np.sum(weights * predicted) / weights.sum()) if weights.sum() > 0 else 1.0

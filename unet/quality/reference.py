@@ -97,6 +97,13 @@ class QualityReference(BaseModel):
     )
     dice_model_note: str = Field("", description="Why there is no Dice model, or its fit.")
 
+    def review_threshold(self) -> float | None:
+        """The predicted Dice under which an input is reviewed: the user's ``review_below``,
+        else the Dice model's own; None without a Dice model."""
+        if self.dice_model is None:
+            return None
+        return self.review_below if self.review_below is not None else self.dice_model.review_below
+
 
 def robust_distance(value: float, median: float, spread: float) -> float:
     return abs(value - median) / spread

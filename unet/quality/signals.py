@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from unet.quality.predicted_dice import pooled_dice
+from unet.quality.predicted_dice import pooled_dice, pooling_weights
 from unet.quality.reference import (
     BORDER,
     FRACTION_FLOOR,
@@ -281,8 +281,8 @@ class VolumeQuality:
         """The slices (``z`` index) with the lowest predicted Dice among those that carry
         weight in the pooled one (a mask, or doubt), ``;``-separated, worst first."""
         model = self.reference.dice_model
-        predicted, fractions = np.asarray(self.predicted), np.asarray(self.fractions)
-        weights = np.maximum(fractions, (1 - predicted) * model.typical_fraction)
+        predicted = np.asarray(self.predicted)
+        weights = pooling_weights(predicted, self.fractions, model.typical_fraction)
         order = [int(z) for z in np.argsort(predicted, kind="stable") if weights[z] > 0]
         return ";".join(f"z{z:03d}:{predicted[z]:.2f}" for z in order[:count])
 
@@ -362,7 +362,7 @@ def columns_of(
     if model is not None:
         if predicted is None:
             predicted = predicted_dice(signals, model)
-        below = reference.review_below if reference.review_below is not None else model.review_below
+        below = reference.review_threshold()
         fired = review_reasons(signals, reference)
         reasons = ([f"predicted_dice<{below:g}"] if predicted < below else []) + fired
         columns.update(
