@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -391,7 +392,21 @@ def iterate_cases(tfrecord_dir: str | Path, split: str) -> CaseStream:
 
 
 def _read_cases(tfrecord_dir: str | Path, split: str, signed: bool) -> Iterator[Case]:
-    for record in read_set(tfrecord_dir, split).as_numpy_iterator():
+    """The split's records in the order of its keys: the shards were dealt in turn
+    (:func:`shard_jobs`), so taking one record of each in turn restores it (a slice series
+    stays consecutive, as its post-processing needs)."""
+    sidecar = load_sidecar(tfrecord_dir)
+    shards = [
+        read_tfrecords(
+            [path],
+            int(sidecar["channels"]),
+            str(sidecar["dtype"]),
+            int(sidecar.get("context_slices", 0)),
+        ).as_numpy_iterator()
+        for path in split_files(tfrecord_dir, split)
+    ]
+    dealt = (record for turn in zip_longest(*shards) for record in turn if record is not None)
+    for record in dealt:
         image = record["image"]
         if signed:
             image = (image.astype(np.int32) - SIGNED_SHIFT).astype(np.int16)

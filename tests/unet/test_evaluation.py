@@ -18,6 +18,7 @@ class _Constant:
     version = "constant"
     threshold = None
     min_component_size = 0
+    series_largest_component = False
     batch_size = 1
     precision = PrecisionChoice("float32", "a stand-in")
     ensemble = None

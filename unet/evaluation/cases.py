@@ -4,6 +4,7 @@ segment it as prediction does, hand each case on with its result)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import numpy as np
 from data_catalog.cases import Case
 from data_catalog.progress import progress
 from unet.inference.segmenter import Segmentation, Segmenter
+from unet.inference.series import buffered_results, replace_classes
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,22 @@ def prepared_batches(
 def segment_cases(
     segmenter: Segmenter, cases: Iterable[Case], step: str = "segmenting cases"
 ) -> Iterator[SegmentedCase]:
-    """Every case segmented through :meth:`Segmenter.segment` (the path prediction ships)."""
-    for batch, prepared in prepared_batches(segmenter, cases, step):
-        results = segmenter.segment(prepared)
-        for case, ready, result in zip(batch, prepared, results, strict=True):
-            yield SegmentedCase(case.key, case.image, case.truth, ready, result)
+    """Every case segmented through :meth:`Segmenter.segment` (the path prediction ships);
+    with the model's ``series_largest_component``, the slices of a series are handed on once
+    the series is complete, with its largest 3-D component kept (as prediction does)."""
+    segmented = (
+        (case.key, SegmentedCase(case.key, case.image, case.truth, ready, result))
+        for batch, prepared in prepared_batches(segmenter, cases, step)
+        for case, ready, result in zip(batch, prepared, segmenter.segment(prepared), strict=True)
+    )
+    yield from buffered_results(
+        segmenter.series_largest_component,
+        segmented,
+        lambda case: case.result.classes,
+        lambda case, classes: dataclasses.replace(
+            case, result=replace_classes(case.result, classes)
+        ),
+    )
 
 
 def case_probabilities(
@@ -70,9 +83,9 @@ def case_probabilities(
     cases: Iterable[Case],
     step: str = "segmenting cases",
     others_for: int | None = None,
-) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-    """Every case's truth and class probabilities from each segmenter (models that share
-    their preprocessing, e.g. one model in bfloat16 and in float32), prepared once; with
+) -> Iterator[tuple[Case, list[np.ndarray]]]:
+    """Every case (its key and truth) and its class probabilities from each segmenter (models
+    that share their preprocessing, e.g. one model in bfloat16 and in float32), prepared once; with
     ``others_for``, the segmenters after the first only for the first ``others_for`` cases
     (the maps list holds the first segmenter's alone after them)."""
     done = 0
@@ -87,5 +100,5 @@ def case_probabilities(
             maps = [next(streams[0])]
             if with_others and index < count:
                 maps += [next(stream) for stream in streams[1:]]
-            yield case.truth, maps
+            yield case, maps
         done += len(batch)

@@ -47,15 +47,16 @@ def tune_on_cases(
     tuner = ThresholdTuner()
     binary = segmenter.num_classes == 2
     if bfloat16 is None:
-        for truth, (maps,) in case_probabilities([segmenter], cases, "tuning"):
+        for case, (maps,) in case_probabilities([segmenter], cases, "tuning"):
             if binary:
-                tuner.add(maps, truth)
+                tuner.add(maps, case.truth, series_key(segmenter, case.key))
         return (tuner.result() if binary else dict(ARGMAX)), None
     agreeing = total = checked = 0
-    for truth, maps in case_probabilities([bfloat16, segmenter], cases, "tuning", check_cases):
+    for case, maps in case_probabilities([bfloat16, segmenter], cases, "tuning", check_cases):
         low, *full = maps
+        truth = case.truth
         if binary:
-            tuner.add(low, truth)
+            tuner.add(low, truth, series_key(segmenter, case.key))
         if full:
             agreeing += int(np.count_nonzero(classify(full[0]) == classify(low)))
             total += truth.size
@@ -69,6 +70,12 @@ def tune_on_cases(
 
 
 ARGMAX = {"threshold": None, "min_component_size": 0}
+
+
+def series_key(segmenter: Segmenter, key: str) -> str | None:
+    """The case's key for the slice-series decision; None for a volume model's slices (a
+    volume's own post-processing is 3-D already)."""
+    return None if segmenter.info.volume_statistics else key
 
 
 def tune_in_float32_if_needed(

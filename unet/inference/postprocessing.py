@@ -9,6 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from unet.inference.series_names import MIN_SERIES_SLICES, series_position
 from unet.model.metrics import overlap_scores
 from unet.store.model_files import PostProcessing
 
@@ -136,9 +137,13 @@ class ThresholdTuner:
         self.thresholds, self.min_sizes = thresholds, min_sizes
         self.sums = dict.fromkeys([(t, m) for t in thresholds for m in min_sizes], 0.0)
         self.argmax_sum, self.count = 0.0, 0
+        self.series = SeriesTuner(thresholds)
 
-    def add(self, probabilities: np.ndarray, truth: np.ndarray) -> None:
-        """One case: ``(H, W, 2)`` float32 probabilities of a binary model, ``(H, W)`` truth."""
+    def add(self, probabilities: np.ndarray, truth: np.ndarray, key: str | None = None) -> None:
+        """One case: ``(H, W, 2)`` float32 probabilities of a binary model, ``(H, W)`` truth;
+        with its ``key``, a slice of a series is kept for the series' decision too."""
+        if key is not None:
+            self.series.add(key, probabilities, truth)
         for threshold in self.thresholds:
             classes = classify(probabilities, threshold)
             for min_size in self.min_sizes:
@@ -156,11 +161,13 @@ class ThresholdTuner:
             self.sums[key] += value
         self.argmax_sum += other.argmax_sum
         self.count += other.count
+        self.series.merge(other.series)
         return self
 
     def result(self) -> dict[str, object]:
-        """``{"threshold", "min_component_size", "val_dice", "val_dice_argmax", "num_cases"}``;
-        threshold None and size 0 when there was nothing to tune on."""
+        """``{"threshold", "min_component_size", "val_dice", "val_dice_argmax", "num_cases"}``
+        and the series' decision (:meth:`SeriesTuner.choose`); threshold None and size 0 when
+        there was nothing to tune on."""
         if not self.count:
             return {"threshold": None, "min_component_size": 0, "num_cases": 0}
         (threshold, min_size), best = max(self.sums.items(), key=lambda item: item[1])
@@ -170,11 +177,101 @@ class ThresholdTuner:
             "val_dice": best / self.count,
             "val_dice_argmax": self.argmax_sum / self.count,
             "num_cases": self.count,
+            **self.series.choose(threshold, min_size),
         }
 
 
 def as_postprocessing(tuning: dict[str, object]) -> PostProcessing:
     """The stored part of a tuning result."""
     return PostProcessing(
-        threshold=tuning.get("threshold"), min_component_size=tuning.get("min_component_size", 0)
+        threshold=tuning.get("threshold"),
+        min_component_size=tuning.get("min_component_size", 0),
+        series_largest_component=bool(tuning.get("series_largest_component", False)),
     )
+
+
+def largest_in_series(masks: list[np.ndarray]) -> list[np.ndarray]:
+    """The masks of one series (in slice order, one shape) stacked, and only the largest
+    26-connected foreground component of the stack kept; every class inside it is kept.
+    Masks of other shapes than the first, or fewer than :data:`MIN_SERIES_SLICES`, come back
+    as they were."""
+    if len(masks) < MIN_SERIES_SLICES or len({mask.shape for mask in masks}) > 1:
+        return masks
+    stack = np.stack(masks)
+    labels, count = components(stack > 0)
+    if count <= 1:
+        return masks
+    sizes = component_sizes(labels, count)
+    sizes[0] = 0
+    kept = np.where(labels == int(np.argmax(sizes)), stack, 0).astype(stack.dtype)
+    return list(kept)
+
+
+class SeriesTuner:
+    """Decides on validation cases whether the largest component of each series is kept: with
+    the threshold and smallest component tuned per slice, the mean per-series volume Dice with
+    and without (kept when it is not lower, as nnU-Net decides; at least
+    :data:`MIN_TUNING_SERIES` series). Masks are kept bit-packed, one per threshold tried, only
+    for cases that belong to a series."""
+
+    MIN_TUNING_SERIES = 3
+
+    def __init__(self, thresholds: tuple[float, ...]):
+        self.thresholds = thresholds
+        self.cases: dict[str, tuple[tuple[int, int], list[np.ndarray], np.ndarray]] = {}
+
+    def add(self, key: str, probabilities: np.ndarray, truth: np.ndarray) -> None:
+        """One binary case: ``(H, W, 2)`` probabilities, ``(H, W)`` truth."""
+        if series_position(key) is None:
+            return
+        foreground = probabilities[..., 1]
+        packed = [np.packbits(foreground >= threshold) for threshold in self.thresholds]
+        self.cases[key] = (truth.shape, packed, np.packbits(truth > 0))
+
+    def merge(self, other: SeriesTuner) -> SeriesTuner:
+        self.cases.update(other.cases)
+        return self
+
+    def series(self) -> dict[str, list[str]]:
+        """Series (of at least :data:`MIN_SERIES_SLICES` cases) -> their keys in slice order."""
+        found: dict[str, list[tuple[int, str]]] = {}
+        for key in self.cases:
+            position = series_position(key)
+            found.setdefault(position.series, []).append((position.number, key))
+        return {
+            name: [key for _, key in sorted(members)]
+            for name, members in found.items()
+            if len(members) >= MIN_SERIES_SLICES
+        }
+
+    def choose(self, threshold: float | None, min_size: int) -> dict[str, object]:
+        """``{"series_largest_component", "series_dice", "series_dice_largest", "num_series"}``
+        for the chosen per-slice threshold and smallest component (removed slice by slice,
+        as prediction does)."""
+        groups = self.series()
+        if threshold is None or len(groups) < self.MIN_TUNING_SERIES:
+            return {"series_largest_component": False, "num_series": len(groups)}
+        index = self.thresholds.index(threshold)
+        plain, largest = [], []
+        for keys in groups.values():
+            masks, truths = [], []
+            for key in keys:
+                shape, packed, truth = self.cases[key]
+                size = shape[0] * shape[1]
+                mask = np.unpackbits(packed[index], count=size).reshape(shape)
+                masks.append(remove_small_components(mask, min_size) if min_size else mask)
+                truths.append(np.unpackbits(truth, count=size).reshape(shape))
+            if len({mask.shape for mask in masks}) > 1:
+                continue
+            truth_stack = np.stack(truths)
+            plain.append(overlap_scores(np.stack(masks), truth_stack, 1)[0])
+            largest.append(overlap_scores(np.stack(largest_in_series(masks)), truth_stack, 1)[0])
+        if len(plain) < self.MIN_TUNING_SERIES:
+            return {"series_largest_component": False, "num_series": len(plain)}
+        without, with_largest = float(np.mean(plain)), float(np.mean(largest))
+        return {
+            "series_largest_component": with_largest >= without,
+            "series_dice": without,
+            "series_dice_largest": with_largest,
+            "num_series": len(plain),
+        }

@@ -114,6 +114,11 @@ class Segmenter:
         self.multiple = info.size_multiple
         self.threshold = info.postprocessing.threshold
         self.min_component_size = info.postprocessing.min_component_size
+        # slices of a series keep their series' largest 3-D component (a volume's own
+        # post-processing is 3-D already)
+        self.series_largest_component = (
+            info.postprocessing.series_largest_component and not info.volume_statistics
+        )
         self.version = info.model_version or self.model_path.parent.name
         self.ensemble = info.ensemble  # EnsembleInfo of a cross-validated model, or None
         self.largest_component = largest_component

@@ -22,6 +22,7 @@ from pathlib import Path
 from data_catalog.dicom_series import find_series, maybe_dicom
 from data_catalog.volumes import is_tiff_stack, is_volume, volume_stem
 from unet.config import PredictConfig
+from unet.inference.series_names import series_position
 from unet.prediction.journal import load_journal, remove_stale_files
 from unet.prediction.selection import InputSelection
 
@@ -306,10 +307,13 @@ def plan_inputs(
     config: PredictConfig,
     shard: tuple[int, int] | None = None,
     selection: InputSelection | None = None,
+    whole_series: bool = False,
 ) -> PredictionPlan:
     """List the inputs, name their outputs and check them (over all files, so every shard names
     alike), take the shard, remove a killed run's temporary files (unsharded runs only) and
-    read the journals of earlier runs.
+    read the journals of earlier runs. With ``whole_series`` (a model whose post-processing
+    looks at a slice series whole), a series goes to one shard, and a series an earlier run
+    left unfinished is segmented again whole.
 
     Raises:
         FileNotFoundError: the input folder does not exist.
@@ -337,11 +341,41 @@ def plan_inputs(
         remove_stale_files(output_dir)
         journal_path = output_dir / JOURNAL_FILE
     else:
-        inputs = inputs[shard[0] :: shard[1]]
+        units = series_units(inputs, whole_series)
+        inputs = [item for unit in units[shard[0] :: shard[1]] for item in unit]
         journal_path = output_dir / JOURNAL_FILE.replace(".jsonl", f"-{shard[0]}.jsonl")
-    return PredictionPlan(
-        input_dir, output_dir, inputs, journal_path, load_journal(output_dir), config, left_out
-    )
+    done = load_journal(output_dir)
+    if whole_series:
+        done = without_unfinished_series(inputs, done)
+    return PredictionPlan(input_dir, output_dir, inputs, journal_path, done, config, left_out)
+
+
+def series_units(inputs: list[PlannedInput], whole_series: bool) -> list[list[PlannedInput]]:
+    """The inputs cut into what must be segmented together: each slice series (consecutive,
+    as the inputs are sorted) in one, every other input alone."""
+    units: list[list[PlannedInput]] = []
+    current = None
+    for item in inputs:
+        position = series_position(item.relative) if whole_series and not item.volume else None
+        name = position.series if position is not None else None
+        if name is not None and name == current:
+            units[-1].append(item)
+        else:
+            units.append([item])
+        current = name
+    return units
+
+
+def without_unfinished_series(inputs: list[PlannedInput], done: dict[str, dict]) -> dict:
+    """``done`` without the inputs of a series of which an earlier run finished only some
+    (their masks were made without the rest of their series)."""
+    unfinished = {
+        item.relative
+        for unit in series_units(inputs, True)
+        if len(unit) > 1 and not all(member.relative in done for member in unit)
+        for item in unit
+    }
+    return {name: row for name, row in done.items() if name not in unfinished}
 
 
 def dicom_volumes(files: list[Path], input_dir: Path) -> tuple[list[PlannedInput], list[Path]]:

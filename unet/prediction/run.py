@@ -97,7 +97,7 @@ def segment_files(
     segmenter = load_segmenter(config)
     config = trained_colour_input(config, segmenter.model_path.parent)
     selection = input_selection(config, segmenter.model_path.parent)
-    plan = plan_inputs(config, shard, selection)
+    plan = plan_inputs(config, shard, selection, segmenter.series_largest_component)
     if on_plan is not None:
         on_plan(plan)
     output_format = output_format_of(config, segmenter)

@@ -41,6 +41,13 @@ class PostProcessing(BaseModel):
     min_component_size: int = Field(
         0, ge=0, description="Foreground components smaller than this (pixels) are removed."
     )
+    series_largest_component: bool = Field(
+        False,
+        description="2-D slices of one series (one folder, names that differ only in a trailing "
+        "slice number) are stacked in number order and only the largest 3-D foreground "
+        "component is kept (chosen on validation series: kept where it did not lower their "
+        "mean volume Dice).",
+    )
 
 
 class PrecisionCheck(BaseModel):

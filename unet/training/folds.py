@@ -13,6 +13,7 @@ from unet.config import CrossValidationConfig, DeviceConfig, TrainConfig
 from unet.evaluation.cases import case_probabilities
 from unet.evaluation.result import EvaluationResult
 from unet.evaluation.scoring import evaluate_cases
+from unet.evaluation.tuning import series_key
 from unet.inference.postprocessing import ThresholdTuner
 from unet.inference.precision import physical_gpus
 from unet.training.fitting import EpochCallback
@@ -128,6 +129,6 @@ def score_out_of_fold(
     if segmenter.num_classes != 2:
         return metrics, None
     tuner = ThresholdTuner()
-    for truth, (maps,) in case_probabilities([segmenter], iterate_cases(tfrecord_dir, "val")):
-        tuner.add(maps, truth)
+    for case, (maps,) in case_probabilities([segmenter], iterate_cases(tfrecord_dir, "val")):
+        tuner.add(maps, case.truth, series_key(segmenter, case.key))
     return metrics, tuner
