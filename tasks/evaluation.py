@@ -146,7 +146,7 @@ def evaluate_dataset(config: EvaluateConfig, data: PrepareConfig) -> EvaluationR
     from unet.inference.segmenter import Segmenter
 
     model = resolve_model_file(config.model)
-    segmenter = Segmenter(model, precision=config.precision, flip_check=True)
+    segmenter = Segmenter(model, config.tta, precision=config.precision, flip_check=True)
     data, manifest = index_for_model(data, segmenter, config.out_dir)
     split = config.split or "all"
     if split != "all":

@@ -143,6 +143,11 @@ class EvaluateConfig(BaseModel):
     )
     num_overlays: int = Field(4, ge=0, description="Overlay PNGs to write (the first cases).")
     precision: InferencePrecision = "auto"
+    tta: bool = Field(
+        False,
+        description="Score the masks of `segflow predict --tta` (the average over flips, 4x the "
+        "compute) rather than the plain ones.",
+    )
 
 
 class PromotionConfig(BaseModel):
