@@ -96,8 +96,12 @@ def export_info(segmenter) -> dict[str, object]:
         "postprocessing": {
             "threshold": segmenter.threshold,
             "min_component_size": segmenter.min_component_size,
+            "series_largest_component": segmenter.series_largest_component,
             "rule": "two classes: foreground where probability[..., 1] >= threshold (argmax when "
             "threshold is null); then remove 8-connected foreground components smaller than "
-            "min_component_size pixels (26-connected voxels for volumes)",
+            "min_component_size pixels (26-connected voxels for volumes); with "
+            "series_largest_component, the masks of a slice series (2-D files of one folder "
+            "whose names differ only in a trailing number) stacked in number order keep only "
+            "their largest 26-connected component",
         },
     }
