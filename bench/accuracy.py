@@ -225,9 +225,7 @@ def run_lgg48(args, scratch: Path) -> None:
         f"per-patient volume Dice {with_tta.mean():.4f}, median {with_tta.median():.4f}, under "
         f"0.5: {int((with_tta < 0.5).sum())}"
     )
-    print(
-        f"post-processing (tuned on validation): {json.dumps(metrics.get('postprocessing'))}"
-    )
+    print(f"post-processing (tuned on validation): {json.dumps(metrics.get('postprocessing'))}")
     print(
         f"training: {result.get('epochs_run')} epochs of {result.get('steps_per_epoch')} steps,"
         f" best epoch {result.get('best_epoch')}, stop: {result.get('stop_reason')}, training "

@@ -66,6 +66,31 @@ def make_model(run_dir: Path, input_dtype: str = "uint8") -> None:
     ).write(run_dir)
 
 
+def add_int8(run_dir: Path, images: list[Path], against: str) -> str:
+    """Quantise the bench model as training does (calibrated on 32 of the images, checked on
+    64) and record the check in its model.json; returns the check as a line."""
+    import keras
+    import numpy as np
+
+    from data_catalog.cases import Case
+    from data_catalog.images import read_image
+    from unet.evaluation.int8_check import check_int8
+    from unet.store.model_files import ModelInfo, model_file
+
+    path = model_file(run_dir)
+    info = ModelInfo.read(run_dir)
+    cases = (
+        Case(p.stem, read_image(p), np.zeros(read_image(p).shape[:2], np.uint8)) for p in images
+    )
+    check = check_int8(path, info, keras.models.load_model(path, compile=False), cases, against)
+    info.model_copy(update={"int8_check": check}).write(run_dir)
+    return (
+        f"int8 export: masks agree with float32 on {check.agreement:.4%} of {check.pixels} "
+        f"pixels ({check.cases} images; random weights, so this says little), "
+        f"{check.speedup:.2f}x the images/s of {check.against} in the check"
+    )
+
+
 def add_quality_reference(run_dir: Path, images: list[Path]) -> None:
     """Give the bench model calibrated-looking quality flags (a reference from a few images,
     every signal used), so prediction computes and applies all of them."""
@@ -384,11 +409,17 @@ def main() -> int:
 
     cpu = read_cpu_info()
     precisions = ["float32"] + (["bfloat16"] if cpu.bf16_flags else [])
-    print(f"CPU {cpu.model}; bfloat16 units: {', '.join(cpu.bf16_flags) or 'none'}")
+    print(
+        f"CPU {cpu.model}; bfloat16 units: {', '.join(cpu.bf16_flags) or 'none'}; int8 units: "
+        f"{', '.join(cpu.int8_flags) or 'none'}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_model(tmp / "model")
         paths = copy_images(data, tmp / "scans", args.count)
+        if cpu.int8_flags and not args.review_only:
+            precisions.append("int8")
+            print(add_int8(tmp / "model", paths, precisions[-2]))
         if args.review_only:
             print_review_cost(review_cost(tmp / "model", tmp / "scans", tmp, args.batch_size))
             return 0
@@ -412,6 +443,13 @@ def main() -> int:
                 f"(a') bfloat16 against float32, end to end: {ours['bfloat16']:.2f} / "
                 f"{ours['float32']:.2f} images/s -> {ours['bfloat16'] / ours['float32']:.2f}x "
                 "(target >= 1.3)"
+            )
+        if "int8" in ours:
+            other = precisions[-2]
+            print(
+                f"(i) int8 (ONNX Runtime, quantised) against {other}, end to end: "
+                f"{ours['int8']:.2f} / {ours[other]:.2f} images/s -> "
+                f"{ours['int8'] / ours[other]:.2f}x (target >= 1.5x)"
             )
         for precision, rate in ours.items():
             forward = forward_only(tmp / "model", args.count, args.batch_size, precision)

@@ -10,6 +10,9 @@ import pytest
 import tasks  # noqa: F401  (quiet Prefect/TensorFlow defaults before they load)
 
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+# training makes no int8 export in tests (its export and check cost ~20 s a training);
+# tests/unet/test_int8.py makes and checks one
+os.environ.setdefault("SEGFLOW_INT8", "off")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -80,7 +80,9 @@ def test_the_precision_check_runs_float32_on_the_first_cases_only(trained_run):
 
 
 def test_an_unknown_precision_is_refused(trained_run):
-    with pytest.raises(ValueError, match="precision must be 'auto', 'float32' or 'bfloat16'"):
+    with pytest.raises(
+        ValueError, match="precision must be 'auto', 'float32', 'bfloat16' or 'int8'"
+    ):
         Segmenter(trained_run, precision="fp8")
 
 

@@ -51,11 +51,7 @@ class ModelGraphs:
         """The model's probabilities for a batch, at the model's scale and back; ``members``
         (an ensemble): also each member's probabilities, as a list."""
         size = tf.shape(batch)[1:3]
-        if self.scale != 1:
-            multiple = self.model_multiple
-            scaled = tf.round(tf.cast(size, tf.float32) * self.scale / multiple)
-            target = tf.maximum(tf.cast(scaled, tf.int32), 1) * multiple
-            batch = tf.image.resize(batch, target, method="area")
+        batch = self.scaled(batch)
         if members and self.members:
             outputs = [tf.cast(o, tf.float32) for o in self.with_members(batch, training=False)]
         else:
@@ -63,6 +59,22 @@ class ModelGraphs:
         if self.scale != 1:
             outputs = [tf.image.resize(o, size, method="bilinear") for o in outputs]
         return (outputs[0], outputs[1:]) if members else outputs[0]
+
+    def scaled(self, batch: tf.Tensor) -> tf.Tensor:
+        """A batch as the model takes it: resized by the model's scale (area-averaged, to a
+        multiple of its size multiple); unchanged at scale 1."""
+        if self.scale == 1:
+            return batch
+        multiple = self.model_multiple
+        size = tf.shape(batch)[1:3]
+        scaled = tf.round(tf.cast(size, tf.float32) * self.scale / multiple)
+        target = tf.maximum(tf.cast(scaled, tf.int32), 1) * multiple
+        return tf.image.resize(batch, target, method="area")
+
+    def model_inputs(self, images: list[np.ndarray]) -> np.ndarray:
+        """Same-shape prepared images as the model itself sees them (mirrored up to the size
+        multiple, resized by the scale): what int8 calibration measures."""
+        return self.scaled(self.padded(images)[0]).numpy()
 
     def _passes(self, batch: tf.Tensor) -> tuple:
         """The probabilities the masks come from (averaged over flips with TTA), the plain
@@ -176,7 +188,10 @@ def quality_counts(graphs: ModelGraphs, probabilities, members, threshold, heigh
 
 def member_outputs(model: keras.Model) -> tuple[int, keras.Model | None]:
     """An ensemble's member count and a model of the same graph that also returns each
-    member's probabilities (``(0, None)`` for a single model)."""
+    member's probabilities (``(0, None)`` for a single model, or a forward pass that is not a
+    Keras model, e.g. an int8 ONNX session)."""
+    if not isinstance(model, keras.Model):
+        return 0, None
     try:
         mean = model.get_layer(ENSEMBLE_OUTPUT)
     except ValueError:

@@ -27,14 +27,20 @@ from importlib import metadata
 from pathlib import Path
 
 from data_catalog.atomic import write_json_atomic
-from unet.store.model_files import ModelInfo
+from unet.store.model_files import Int8Check, ModelInfo
 
 logger = logging.getLogger(__name__)
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# int8 dot-product units: AMX-INT8 tiles (Intel Sapphire Rapids and newer) and AVX512-VNNI /
+# AVX-VNNI (Intel Cascade Lake and newer, AMD Zen 4 and newer), which ONNX Runtime's int8
+# kernels use
+INT8_CPU_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+INT8_MIN_SPEEDUP = 1.2  # int8 must beat the precision auto would take otherwise by this much
 PROBE_MIN_SPEEDUP = 1.2  # bfloat16 must beat float32 by this much to be chosen on a CPU
 MIN_AGREEMENT = 0.999  # share of validation pixels where bfloat16 and float32 masks must agree
 CACHE_ENV = "SEGFLOW_CACHE_DIR"
+INT8_ENV = "SEGFLOW_INT8"  # "off": training makes no int8 export (no check, never chosen)
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,11 @@ class GpuInfo:
 
 @dataclass(frozen=True)
 class CpuInfo:
-    """The CPU's model name and which bfloat16 unit flags it reports."""
+    """The CPU's model name and which bfloat16 and int8 unit flags it reports."""
 
     model: str
     bf16_flags: tuple[str, ...] = ()
+    int8_flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,7 @@ class PrecisionChoice:
 
     @property
     def compute_dtype(self) -> str:
-        return {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}.get(
+        return {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16", "int8": "int8"}.get(
             self.policy, "float32"
         )
 
@@ -95,7 +102,11 @@ def read_cpu_info(path: str | Path = "/proc/cpuinfo") -> CpuInfo:
             model = value.strip()
         elif key.strip() == "flags":
             flags |= set(value.split())
-    return CpuInfo(model, tuple(flag for flag in BF16_CPU_FLAGS if flag in flags))
+    return CpuInfo(
+        model,
+        tuple(flag for flag in BF16_CPU_FLAGS if flag in flags),
+        tuple(flag for flag in INT8_CPU_FLAGS if flag in flags),
+    )
 
 
 def _cache_path() -> Path:
@@ -220,18 +231,64 @@ def choose_inference_precision(
     cpu: CpuInfo,
     probe: Callable[[], Bf16Probe],
     agreement: float | None,
+    int8: Int8Check | None = None,
 ) -> PrecisionChoice:
-    """The dtype policy a model segments under.
+    """The dtype policy a model segments under (``int8``: its quantised ONNX export).
 
-    ``auto`` takes bfloat16 only where the hardware has units for it (as for training) and the
-    model's own check passed: on its validation split, bfloat16 and float32 masks agreed on at
-    least :data:`MIN_AGREEMENT` of the pixels (``agreement``, recorded in ``model.json`` by
-    training; None when it was not checked). ``float32`` and ``bfloat16`` force one.
+    ``auto`` takes int8 where :func:`int8_choice` allows it; else bfloat16 only where the
+    hardware has units for it (as for training) and the model's own check passed: on its
+    validation split, bfloat16 and float32 masks agreed on at least :data:`MIN_AGREEMENT` of
+    the pixels (``agreement``, recorded in ``model.json`` by training; None when it was not
+    checked). ``float32``, ``bfloat16`` and ``int8`` force one.
     """
-    if setting == "float32":
-        return PrecisionChoice("float32", "precision float32 asked for")
-    if setting == "bfloat16":
-        return PrecisionChoice("mixed_bfloat16", "precision bfloat16 asked for")
+    if setting in ("float32", "bfloat16", "int8"):
+        policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "int8": "int8"}[setting]
+        return PrecisionChoice(policy, f"precision {setting} asked for")
+    return int8_choice(gpus, cpu, int8, bfloat16_choice(gpus, cpu, probe, agreement))
+
+
+def int8_choice(
+    gpus: list[GpuInfo], cpu: CpuInfo, int8: Int8Check | None, otherwise: PrecisionChoice
+) -> PrecisionChoice:
+    """``auto``'s int8 step: int8 on a CPU (no GPU in use) with int8 units, for a model whose
+    int8 check by training passed (masks agreeing with float32 on at least
+    :data:`MIN_AGREEMENT` of validation pixels, and at least :data:`INT8_MIN_SPEEDUP` times the
+    images/s of the precision it would take otherwise); else ``otherwise``, its reason saying
+    why not where the CPU has the units."""
+    if gpus or not cpu.int8_flags:
+        return otherwise
+    units = f"CPU {cpu.model} has {'/'.join(cpu.int8_flags)}"
+    if int8 is None:
+        why = "this model's int8 export was never checked (trained where int8 was not tried)"
+    elif int8.agreement < MIN_AGREEMENT:
+        why = (
+            f"its int8 masks agreed with float32 on only {int8.agreement:.4%} of validation "
+            f"pixels (< {MIN_AGREEMENT:.1%})"
+        )
+    elif int8.speedup < INT8_MIN_SPEEDUP:
+        why = (
+            f"int8 ran at only {int8.speedup:.2f}x the images/s of {int8.against} "
+            f"(< {INT8_MIN_SPEEDUP}x)"
+        )
+    else:
+        return PrecisionChoice(
+            "int8",
+            f"{units}; int8 masks agreed with float32 on {int8.agreement:.4%} of validation "
+            f"pixels at {int8.speedup:.2f}x the images/s of {int8.against}",
+            otherwise.probe,
+        )
+    return PrecisionChoice(
+        otherwise.policy, f"{otherwise.reason}; not int8 ({units}): {why}", otherwise.probe
+    )
+
+
+def bfloat16_choice(
+    gpus: list[GpuInfo],
+    cpu: CpuInfo,
+    probe: Callable[[], Bf16Probe],
+    agreement: float | None,
+) -> PrecisionChoice:
+    """``auto``'s bfloat16 step (see :func:`choose_inference_precision`)."""
     hardware = gpu_choice(gpus) if gpus else cpu_bf16_choice(cpu, probe)
     if hardware.policy != "mixed_bfloat16":
         return PrecisionChoice("float32", hardware.reason, hardware.probe)
@@ -282,9 +339,10 @@ def resolve_inference_precision(setting: str, info: ModelInfo) -> PrecisionChoic
     """The precision a model segments in on this machine (see
     :func:`choose_inference_precision`); the hardware is only looked at, and the probe only
     run, for ``auto``."""
-    if setting not in ("auto", "float32", "bfloat16"):
+    if setting not in ("auto", "float32", "bfloat16", "int8"):
         raise ValueError(
-            f"precision must be 'auto', 'float32' or 'bfloat16'. Received: precision={setting!r}"
+            "precision must be 'auto', 'float32', 'bfloat16' or 'int8'. "
+            f"Received: precision={setting!r}"
         )
     if setting != "auto":
         return choose_inference_precision(setting, [], CpuInfo("not read"), lambda: None, None)
@@ -295,6 +353,7 @@ def resolve_inference_precision(setting: str, info: ModelInfo) -> PrecisionChoic
         read_cpu_info(),
         hardware_probe(),
         None if check is None else check.bfloat16_agreement,
+        info.int8_check,
     )
 
 
@@ -305,3 +364,14 @@ def bfloat16_pays_here() -> bool:
         "auto", physical_gpus(), read_cpu_info(), hardware_probe(), agreement=1.0
     )
     return choice.policy == "mixed_bfloat16"
+
+
+def int8_worth_trying_here() -> bool:
+    """True when training should quantise and check an int8 export: the CPU has int8 units,
+    no GPU is in use, ONNX Runtime is installed, and ``SEGFLOW_INT8`` is not ``off``."""
+    # deferred: only asks whether the package is there
+    from importlib.util import find_spec
+
+    if os.environ.get(INT8_ENV, "auto") == "off":
+        return False
+    return bool(read_cpu_info().int8_flags and not physical_gpus() and find_spec("onnxruntime"))

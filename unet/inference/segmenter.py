@@ -21,6 +21,7 @@ import numpy as np
 from data_catalog.images import to_channels
 from unet.data.normalization import normalize_array
 from unet.inference.graphs import ModelGraphs
+from unet.inference.int8 import INT8_FILE, OnnxForward
 from unet.inference.postprocessing import (
     class_max,
     classify,
@@ -127,10 +128,13 @@ class Segmenter:
         self.precision = resolve_inference_precision(precision, info)
         if loaded is None:
             loaded = keras.models.load_model(self.model_path, compile=False)
-        # batch norms folded into their convolutions; computing in the chosen precision
-        folded = inference_model(loaded, self.precision.policy)
+        # batch norms folded into their convolutions; computing in the chosen precision (int8:
+        # the quantised ONNX export of that float32 model, through ONNX Runtime)
+        int8 = self.precision.policy == "int8"
+        folded = inference_model(loaded, "float32" if int8 else self.precision.policy)
+        forward = self.int8_forward() if int8 else folded
         shape = (self.channels, self.num_classes, self.multiple)
-        self.graphs = ModelGraphs(folded, *shape, tta, flip_check, info.input_scale)
+        self.graphs = ModelGraphs(forward, *shape, tta, flip_check, info.input_scale)
         self.tta, self.flip_check = tta, self.graphs.flip_check
         logger.info(
             "loaded model %s (%d channels, %d classes, %s: %s)",
@@ -139,6 +143,14 @@ class Segmenter:
             self.num_classes,
             self.precision.compute_dtype,
             self.precision.reason,
+        )
+
+    def int8_forward(self) -> OnnxForward:
+        """The model's int8 export as the forward pass (raises naming the file where the
+        model has none)."""
+        check = self.info.int8_check
+        return OnnxForward(
+            self.model_path.parent / (check.file if check else INT8_FILE), self.num_classes
         )
 
     def prepare(

@@ -50,6 +50,27 @@ class PostProcessing(BaseModel):
     )
 
 
+class Int8Check(BaseModel):
+    """How this model's int8 export (post-training quantised, run by ONNX Runtime) compared
+    with float32 on its validation split, checked by training where the machine has int8
+    units; inference takes int8 on ``auto`` only when the masks agreed closely enough and it
+    was faster than the precision it would take otherwise."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    file: str = Field(description="The quantised ONNX model, beside model.json.")
+    agreement: float = Field(
+        description="Share of validation pixels whose class is the same as in float32."
+    )
+    pixels: int = Field(ge=0, description="Validation pixels compared.")
+    cases: int = Field(ge=0, description="Validation cases compared.")
+    speedup: float = Field(
+        description="int8's images/s over those of `against` on the same cases, this machine."
+    )
+    against: str = Field(description="The precision auto would take without int8.")
+    calibration_cases: int = Field(ge=0, description="Validation images it was calibrated on.")
+
+
 class PrecisionCheck(BaseModel):
     """How this model's bfloat16 masks compared with float32 ones on its validation split
     (checked by training where bfloat16 is the machine's choice); inference takes bfloat16 on
@@ -123,6 +144,7 @@ class ModelInfo(BaseModel):
 
     postprocessing: PostProcessing = PostProcessing()
     precision_check: PrecisionCheck | None = None
+    int8_check: Int8Check | None = None
     model_version: str | None = None
     train_config: dict[str, Any] = Field(default_factory=dict)
     ensemble: EnsembleInfo | None = None

@@ -14,10 +14,11 @@ from data_catalog.atomic import write_json_atomic
 from data_catalog.manifest_file import manifest_groups, volume_spacings
 from data_catalog.tfrecords import iterate_cases
 from unet.config import TrainConfig
+from unet.evaluation.int8_check import check_int8
 from unet.evaluation.quality_passes import calibrate_flags
 from unet.evaluation.tuning import tune_in_float32_if_needed, tune_on_cases
 from unet.inference.postprocessing import as_postprocessing
-from unet.inference.precision import bfloat16_pays_here
+from unet.inference.precision import bfloat16_pays_here, int8_worth_trying_here
 from unet.inference.segmenter import Segmenter
 from unet.store.lineage import code_revision, library_versions
 from unet.store.model_files import ModelInfo, model_file, model_version
@@ -72,6 +73,11 @@ def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tupl
     info = info.model_copy(
         update={"postprocessing": as_postprocessing(tuning), "precision_check": check}
     )
+    if int8_worth_trying_here() and data.counts.get("val"):
+        against = "bfloat16" if check is not None and check.tuned_with == "bfloat16" else "float32"
+        val = iterate_cases(data.tfrecord_dir, "val")
+        info = info.model_copy(update={"int8_check": check_int8(path, info, best, val, against)})
+    # calibrated in the precision auto takes (int8 where its check passed)
     info = info.model_copy(update={"quality": calibrate_quality(path, info, data, best)})
     info.write(run_dir)
     return info, tuning

@@ -1,0 +1,109 @@
+"""int8 inference: the choice on ``--precision auto`` with faked hardware and checks, and a real
+quantised export of the tiny model checked against float32 and segmenting through the same
+passes."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from unet.inference.precision import (
+    INT8_MIN_SPEEDUP,
+    Bf16Probe,
+    CpuInfo,
+    GpuInfo,
+    choose_inference_precision,
+    read_cpu_info,
+)
+from unet.store.model_files import Int8Check
+
+SAPPHIRE = CpuInfo("Intel Xeon Platinum 8488C", ("amx_bf16", "avx512_bf16"), ("amx_int8",))
+ZEN4 = CpuInfo("AMD EPYC 9R14", ("avx512_bf16",), ("avx512_vnni",))
+NO_UNITS = CpuInfo("Intel Xeon E5-2686 v4", (), ())
+FAST = Bf16Probe(200.0, 390.0)
+
+
+def check(agreement=0.9995, speedup=1.8, against="bfloat16") -> Int8Check:
+    return Int8Check(
+        file="model.int8.onnx", agreement=agreement, pixels=10**6, cases=64,
+        speedup=speedup, against=against, calibration_cases=32,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cpu", "gpus", "int8", "bf16_agreement", "policy", "reason"),
+    [
+        # units present, check passed: int8
+        (SAPPHIRE, [], check(), 0.9999, "int8", "amx_int8; int8 masks agreed"),
+        (ZEN4, [], check(), 0.9999, "int8", "avx512_vnni"),
+        # units present, check failed: bfloat16 as before, saying why not int8
+        (SAPPHIRE, [], check(agreement=0.99), 0.9999, "mixed_bfloat16", "only 99.0000%"),
+        (SAPPHIRE, [], check(speedup=1.05), 0.9999, "mixed_bfloat16", "only 1.05x"),
+        (SAPPHIRE, [], None, 0.9999, "mixed_bfloat16", "never checked"),
+        # ... and float32 where bfloat16 fails its own check too
+        (SAPPHIRE, [], check(agreement=0.9), 0.9, "float32", "not int8"),
+        # no int8 units: today's choice, untouched
+        (NO_UNITS, [], check(), None, "float32", "no bfloat16 units"),
+        # a GPU segments: never int8
+        (SAPPHIRE, [GpuInfo("/physical_device:GPU:0", "A100", (8, 0))], check(), 0.9999,
+         "mixed_bfloat16", "GPU compute capability 8.0"),
+    ],
+)  # fmt: skip
+def test_auto_takes_int8_only_with_units_and_a_passed_check(
+    cpu, gpus, int8, bf16_agreement, policy, reason
+):
+    choice = choose_inference_precision("auto", gpus, cpu, lambda: FAST, bf16_agreement, int8)
+    assert choice.policy == policy, choice.reason
+    assert reason in choice.reason
+    if policy != "int8" and cpu.int8_flags and not gpus:
+        assert "not int8" in choice.reason  # the user is told why the units go unused
+    if policy != "int8" and not cpu.int8_flags:
+        assert "int8" not in choice.reason
+
+
+def test_int8_can_be_forced_and_its_units_are_read_from_cpuinfo(tmp_path):
+    forced = choose_inference_precision("int8", [], NO_UNITS, lambda: FAST, None, None)
+    assert (forced.policy, forced.compute_dtype) == ("int8", "int8")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: AMD EPYC 9R14\nflags\t\t: fpu avx512_bf16 avx512_vnni\n")
+    assert read_cpu_info(cpuinfo) == ZEN4
+    assert INT8_MIN_SPEEDUP > 1
+
+
+def test_a_quantised_export_is_checked_and_segments_like_float32(
+    trained_run, tfrecord_dir, tmp_path
+):
+    pytest.importorskip("onnxruntime")
+    import keras
+
+    from data_catalog.tfrecords import iterate_cases
+    from unet.evaluation.int8_check import check_int8
+    from unet.inference.segmenter import Segmenter
+    from unet.store.model_files import ModelInfo, model_file
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    path = model_file(run)
+    info = ModelInfo.read(run)
+    result = check_int8(
+        path, info, keras.models.load_model(path, compile=False),
+        iterate_cases(tfrecord_dir, "val"), "float32", check_cases=8,
+    )  # fmt: skip
+    assert result is not None and (run / result.file).is_file()
+    assert result.cases > 0 and result.pixels > 0 and result.speedup > 0
+    assert result.agreement > 0.95  # a tiny model after a few steps: its masks barely differ
+    info.model_copy(update={"int8_check": result}).write(run)
+    int8 = Segmenter(run, precision="int8", flip_check=True)
+    float32 = Segmenter(run, precision="float32", flip_check=True)
+    assert int8.precision.compute_dtype == "int8"
+    # test images (calibration saw validation ones), cropped to a size that needs padding
+    images = [int8.prepare(case.image[:29, :27]) for case in iterate_cases(tfrecord_dir, "test")]
+    agreeing = [
+        np.mean(low.classes == full.classes)
+        for low, full in zip(int8.segment(images), float32.segment(images), strict=True)
+        if low.classes.shape == (29, 27) and low.flip_counts is not None
+    ]
+    assert len(agreeing) == len(images) and np.mean(agreeing) > 0.95, agreeing
+    # a model without an int8 export: forcing int8 names the missing file
+    with pytest.raises(FileNotFoundError, match="model.int8.onnx: no int8 model"):
+        Segmenter(trained_run, precision="int8")
