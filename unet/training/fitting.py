@@ -17,6 +17,8 @@ from data_catalog.progress import bar
 from data_catalog.tfrecords import split_files
 from unet.config import TrainConfig
 from unet.data.pipeline import training_dataset, validation_dataset
+from unet.evaluation.tuning import PRECISION_CHECK_CASES
+from unet.inference.precision import int8_worth_trying_here
 from unet.store.model_files import checkpoint_files, model_file
 from unet.training.optimizer import WarmupSchedule
 from unet.training.state import (
@@ -44,6 +46,11 @@ BUDGET_MARGIN = 0.95  # share of the remaining budget the fitted epochs are plan
 FINISH_VAL_PASSES = 4.0
 FINISH_TEST_PASSES = 1.5
 MAX_RESERVE = 0.5  # of the budget, at most, kept for the work after the last epoch
+# the int8 export and check where training makes one (unet.evaluation.int8_check): the ONNX
+# export and quantisation (measured 20-40 s for the default U-Net on 2 cores), then the check's
+# cases through float32, int8 and the other precision
+INT8_EXPORT_SECONDS = 45.0
+INT8_CHECK_PASSES = 3.0
 RESTART_SHARE = 0.25  # a finished schedule restarts when the budget holds this share more
 REFIT_SLACK = 0.1  # a refit that moves the schedule's end by less (of what is left) keeps it
 
@@ -77,6 +84,7 @@ class TrainingControl(keras.callbacks.Callback):
             config.optimisation.time_budget * 60 if config.optimisation.time_budget else None
         )
         self.epochs = state.planned_epochs or config.optimisation.epochs
+        self.int8 = bool(self.budget) and int8_worth_trying_here()
         self.batch_ends: list[float] = []
         self.validation_seconds = self.save_seconds = 0.0
         self.bar = None  # the epoch's progress bar over its steps
@@ -107,12 +115,15 @@ class TrainingControl(keras.callbacks.Callback):
     def finishing_estimate(self) -> float:
         """Seconds the work after the last epoch will take: :data:`FINISH_VAL_PASSES` over the
         val split and :data:`FINISH_TEST_PASSES` over the test split, at the time a val case
-        took to score after the last epoch."""
+        took to score after the last epoch; with the int8 export, its time and its check."""
         val = self.cases.get("val", 0)
         subset = self.config.optimisation.val_cases_per_epoch
         scored = min(subset, val) if subset else val
         per_case = self.validation_seconds / max(scored, 1)
-        return per_case * (FINISH_VAL_PASSES * val + FINISH_TEST_PASSES * self.cases.get("test", 0))
+        passes = FINISH_VAL_PASSES * val + FINISH_TEST_PASSES * self.cases.get("test", 0)
+        if self.int8 and val:
+            passes += INT8_CHECK_PASSES * min(val, PRECISION_CHECK_CASES)
+        return per_case * passes + (INT8_EXPORT_SECONDS if self.int8 and val else 0.0)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.bar is not None:
