@@ -369,45 +369,24 @@ def read_tfrecords(
     return tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def read_set(tfrecord_dir: str | Path, split: str) -> tf.data.Dataset:
-    """The records of one split of a set, read with the set's own channels, dtype and
-    context (see :func:`read_tfrecords`)."""
-    sidecar = load_sidecar(tfrecord_dir)
-    return read_tfrecords(
-        split_files(tfrecord_dir, split),
-        int(sidecar["channels"]),
-        str(sidecar["dtype"]),
-        int(sidecar.get("context_slices", 0)),
-    )
-
-
 def iterate_cases(tfrecord_dir: str | Path, split: str) -> CaseStream:
-    """The cases of one split as numpy, read with the set's own channels, dtype and context:
-    :class:`~data_catalog.cases.Case` records (image ``(H, W, C')`` uint8, uint16 or int16,
-    truth ``(H, W)`` uint8 class indices, stats ``(2C,)`` float32), read lazily, their count
-    known from the sidecar."""
+    """The cases of one split as numpy (:class:`~data_catalog.cases.Case`: image ``(H, W, C')``
+    uint8, uint16 or int16, truth ``(H, W)`` uint8, stats ``(2C,)`` float32), read lazily in
+    the order of the split's keys (the shards were dealt in turn, :func:`shard_jobs`: one record
+    of each in turn restores it, so a slice series stays consecutive), counted by the sidecar."""
     sidecar = load_sidecar(tfrecord_dir)
     count = int(sidecar["splits"].get(split, {}).get("num_records", 0))
-    return CaseStream(_read_cases(tfrecord_dir, split, sidecar["dtype"] == "int16"), count)
+    return CaseStream(_read_cases(tfrecord_dir, split, sidecar), count)
 
 
-def _read_cases(tfrecord_dir: str | Path, split: str, signed: bool) -> Iterator[Case]:
-    """The split's records in the order of its keys: the shards were dealt in turn
-    (:func:`shard_jobs`), so taking one record of each in turn restores it (a slice series
-    stays consecutive, as its post-processing needs)."""
-    sidecar = load_sidecar(tfrecord_dir)
+def _read_cases(tfrecord_dir: str | Path, split: str, sidecar: dict) -> Iterator[Case]:
+    settings = (int(sidecar["channels"]), str(sidecar["dtype"]), sidecar.get("context_slices", 0))
     shards = [
-        read_tfrecords(
-            [path],
-            int(sidecar["channels"]),
-            str(sidecar["dtype"]),
-            int(sidecar.get("context_slices", 0)),
-        ).as_numpy_iterator()
+        read_tfrecords([path], *settings).as_numpy_iterator()
         for path in split_files(tfrecord_dir, split)
     ]
-    dealt = (record for turn in zip_longest(*shards) for record in turn if record is not None)
-    for record in dealt:
+    for record in (one for turn in zip_longest(*shards) for one in turn if one is not None):
         image = record["image"]
-        if signed:
+        if sidecar["dtype"] == "int16":
             image = (image.astype(np.int32) - SIGNED_SHIFT).astype(np.int16)
         yield Case(record["key"].decode(), image, record["mask"][..., 0], record["stats"])

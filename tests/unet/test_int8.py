@@ -107,3 +107,27 @@ def test_a_quantised_export_is_checked_and_segments_like_float32(
     # a model without an int8 export: forcing int8 names the missing file
     with pytest.raises(FileNotFoundError, match="model.int8.onnx: no int8 model"):
         Segmenter(trained_run, precision="int8")
+
+
+def test_training_on_a_cpu_with_int8_units_records_the_int8_check(
+    tfrecord_dir, tiny_train_config, tmp_path, monkeypatch
+):
+    pytest.importorskip("onnxruntime")
+    import unet.inference.precision as precision
+    from unet.inference.segmenter import Segmenter
+    from unet.store.model_files import ModelInfo
+    from unet.training.trainer import train_model
+
+    monkeypatch.setenv("SEGFLOW_INT8", "auto")
+    monkeypatch.setattr(precision, "read_cpu_info", lambda *args: ZEN4)  # whatever CI runs on
+    run = tmp_path / "run"
+    train_model(tfrecord_dir, run, tiny_train_config, lineage={"split_hash": "test"})
+    info = ModelInfo.read(run)
+    assert info.int8_check is not None and (run / info.int8_check.file).is_file()
+    assert info.int8_check.cases > 0 and info.int8_check.against in ("float32", "bfloat16")
+    chosen = Segmenter(run, precision="auto").precision
+    # int8 where its check passed (agreement and speed on this machine), else said why not
+    assert chosen.policy == "int8" or "not int8" in chosen.reason, chosen.reason
+    # without the units (the real machine may have none), auto never takes int8
+    monkeypatch.setattr(precision, "read_cpu_info", lambda *args: NO_UNITS)
+    assert Segmenter(run, precision="auto").precision.policy != "int8"

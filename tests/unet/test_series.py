@@ -13,8 +13,9 @@ from unet.inference.postprocessing import ThresholdTuner, as_postprocessing, lar
 from unet.inference.segmenter import Segmentation
 from unet.inference.series import SeriesBuffer
 from unet.inference.series_names import SeriesPosition, series_position
-from unet.prediction.plan import PlannedInput, series_units, without_unfinished_series
+from unet.prediction.plan import PlannedInput
 from unet.prediction.records import LoadedInput
+from unet.prediction.series_inputs import series_units, without_unfinished_series
 from unet.prediction.stream import segment_stream
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from data_catalog.cases import Case
 from unet.evaluation.tuning import PRECISION_CHECK_CASES
+from unet.inference.graphs import model_inputs
 from unet.inference.int8 import CALIBRATION_CASES, INT8_FILE, quantize
 from unet.inference.postprocessing import classify
 from unet.inference.segmenter import Segmenter
@@ -44,7 +45,7 @@ def check_int8(
     if not prepared:
         return None
     calibration = [
-        float32.graphs.model_inputs([image])[0] for image in prepared[:CALIBRATION_CASES]
+        model_inputs(float32.graphs, [image])[0] for image in prepared[:CALIBRATION_CASES]
     ]
     target = path.parent / INT8_FILE
     try:

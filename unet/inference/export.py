@@ -13,17 +13,15 @@ signature; ONNX: input ``image``).
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from data_catalog.atomic import write_json_atomic
+from unet.inference.onnx_convert import to_onnx
 from unet.store.registry import resolve_model_file
 
 EXPORT_FORMATS = ("savedmodel", "onnx")
 EXPORT_INFO = "export.json"
 ONNX_FILE = "model.onnx"
-ONNX_OPSET = 17
 
 
 def export_model(model: str | Path, out_dir: str | Path, fmt: str = "savedmodel") -> Path:
@@ -53,19 +51,6 @@ def export_model(model: str | Path, out_dir: str | Path, fmt: str = "savedmodel"
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
-
-
-def to_onnx(saved_model: Path, target: Path) -> None:
-    """Convert a SavedModel with tf2onnx (its command line, in a child process: the converter
-    changes TensorFlow's global state)."""
-
-    command = [
-        sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model),
-        "--output", str(target), "--opset", str(ONNX_OPSET),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0 or not target.is_file():
-        raise RuntimeError(f"ONNX conversion failed: {result.stderr[-2000:]}")
 
 
 def export_info(segmenter) -> dict[str, object]:

@@ -71,11 +71,6 @@ class ModelGraphs:
         target = tf.maximum(tf.cast(scaled, tf.int32), 1) * multiple
         return tf.image.resize(batch, target, method="area")
 
-    def model_inputs(self, images: list[np.ndarray]) -> np.ndarray:
-        """Same-shape prepared images as the model itself sees them (mirrored up to the size
-        multiple, resized by the scale): what int8 calibration measures."""
-        return self.scaled(self.padded(images)[0]).numpy()
-
     def _passes(self, batch: tf.Tensor) -> tuple:
         """The probabilities the masks come from (averaged over flips with TTA), the plain
         pass, with the flip check the left-right flipped pass flipped back, and an ensemble's
@@ -200,3 +195,9 @@ def member_outputs(model: keras.Model) -> tuple[int, keras.Model | None]:
     if len(members) < 2:
         return 0, None
     return len(members), keras.Model(model.inputs, [model.outputs[0], *members])
+
+
+def model_inputs(graphs: ModelGraphs, images: list[np.ndarray]) -> np.ndarray:
+    """Same-shape prepared images as the model itself sees them (mirrored up to the size
+    multiple, resized by the scale): what int8 calibration measures."""
+    return graphs.scaled(graphs.padded(images)[0]).numpy()

@@ -18,7 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from unet.inference.export import to_onnx
+from unet.inference.onnx_convert import to_onnx
+from unet.store.model_files import ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -103,3 +104,9 @@ class OnnxForward:
         out = tf.numpy_function(self._run, [batch], tf.float32, stateful=False)
         out.set_shape([None, None, None, self.num_classes])
         return out
+
+
+def int8_forward(model_dir: Path, info: ModelInfo) -> OnnxForward:
+    """The model's int8 export as a forward pass (raises naming the file where it has none)."""
+    check = info.int8_check
+    return OnnxForward(model_dir / (check.file if check else INT8_FILE), info.num_classes)

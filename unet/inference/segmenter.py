@@ -21,7 +21,7 @@ import numpy as np
 from data_catalog.images import to_channels
 from unet.data.normalization import normalize_array
 from unet.inference.graphs import ModelGraphs
-from unet.inference.int8 import INT8_FILE, OnnxForward
+from unet.inference.int8 import int8_forward
 from unet.inference.postprocessing import (
     class_max,
     classify,
@@ -81,7 +81,7 @@ class Segmenter:
             positive multiple of the model's size multiple.
         tile_overlap: share of a tile its neighbour overlaps, in [0, 1).
         info: the model's :class:`ModelInfo` when it is not (yet) in ``model.json``.
-        precision: ``float32``, ``bfloat16`` or ``auto`` (see
+        precision: ``float32``, ``bfloat16``, ``int8`` or ``auto`` (see
             :func:`unet.inference.precision.choose_inference_precision`); ``self.precision``
             says what was chosen and why.
         largest_component: keep only the largest foreground component of each mask (of each
@@ -115,11 +115,9 @@ class Segmenter:
         self.multiple = info.size_multiple
         self.threshold = info.postprocessing.threshold
         self.min_component_size = info.postprocessing.min_component_size
-        # slices of a series keep their series' largest 3-D component (a volume's own
-        # post-processing is 3-D already)
-        self.series_largest_component = (
-            info.postprocessing.series_largest_component and not info.volume_statistics
-        )
+        # a volume's own post-processing is 3-D already
+        series = info.postprocessing.series_largest_component
+        self.series_largest_component = series and not info.volume_statistics
         self.version = info.model_version or self.model_path.parent.name
         self.ensemble = info.ensemble  # EnsembleInfo of a cross-validated model, or None
         self.largest_component = largest_component
@@ -128,11 +126,10 @@ class Segmenter:
         self.precision = resolve_inference_precision(precision, info)
         if loaded is None:
             loaded = keras.models.load_model(self.model_path, compile=False)
-        # batch norms folded into their convolutions; computing in the chosen precision (int8:
-        # the quantised ONNX export of that float32 model, through ONNX Runtime)
+        # batch norms folded, computing in the chosen precision (int8: the ONNX export)
         int8 = self.precision.policy == "int8"
         folded = inference_model(loaded, "float32" if int8 else self.precision.policy)
-        forward = self.int8_forward() if int8 else folded
+        forward = int8_forward(self.model_path.parent, info) if int8 else folded
         shape = (self.channels, self.num_classes, self.multiple)
         self.graphs = ModelGraphs(forward, *shape, tta, flip_check, info.input_scale)
         self.tta, self.flip_check = tta, self.graphs.flip_check
@@ -143,14 +140,6 @@ class Segmenter:
             self.num_classes,
             self.precision.compute_dtype,
             self.precision.reason,
-        )
-
-    def int8_forward(self) -> OnnxForward:
-        """The model's int8 export as the forward pass (raises naming the file where the
-        model has none)."""
-        check = self.info.int8_check
-        return OnnxForward(
-            self.model_path.parent / (check.file if check else INT8_FILE), self.num_classes
         )
 
     def prepare(

@@ -22,9 +22,9 @@ from pathlib import Path
 from data_catalog.dicom_series import find_series, maybe_dicom
 from data_catalog.volumes import is_tiff_stack, is_volume, volume_stem
 from unet.config import PredictConfig
-from unet.inference.series_names import series_position
 from unet.prediction.journal import load_journal, remove_stale_files
 from unet.prediction.selection import InputSelection
+from unet.prediction.series_inputs import series_units, without_unfinished_series
 
 logger = logging.getLogger(__name__)
 
@@ -348,34 +348,6 @@ def plan_inputs(
     if whole_series:
         done = without_unfinished_series(inputs, done)
     return PredictionPlan(input_dir, output_dir, inputs, journal_path, done, config, left_out)
-
-
-def series_units(inputs: list[PlannedInput], whole_series: bool) -> list[list[PlannedInput]]:
-    """The inputs cut into what must be segmented together: each slice series (consecutive,
-    as the inputs are sorted) in one, every other input alone."""
-    units: list[list[PlannedInput]] = []
-    current = None
-    for item in inputs:
-        position = series_position(item.relative) if whole_series and not item.volume else None
-        name = position.series if position is not None else None
-        if name is not None and name == current:
-            units[-1].append(item)
-        else:
-            units.append([item])
-        current = name
-    return units
-
-
-def without_unfinished_series(inputs: list[PlannedInput], done: dict[str, dict]) -> dict:
-    """``done`` without the inputs of a series of which an earlier run finished only some
-    (their masks were made without the rest of their series)."""
-    unfinished = {
-        item.relative
-        for unit in series_units(inputs, True)
-        if len(unit) > 1 and not all(member.relative in done for member in unit)
-        for item in unit
-    }
-    return {name: row for name, row in done.items() if name not in unfinished}
 
 
 def dicom_volumes(files: list[Path], input_dir: Path) -> tuple[list[PlannedInput], list[Path]]:
