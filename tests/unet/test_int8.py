@@ -2,8 +2,6 @@
 quantised export of the tiny model checked against float32 and segmenting through the same
 passes."""
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -70,50 +68,12 @@ def test_int8_can_be_forced_and_its_units_are_read_from_cpuinfo(tmp_path):
     assert INT8_MIN_SPEEDUP > 1
 
 
-def test_a_quantised_export_is_checked_and_segments_like_float32(
-    trained_run, tfrecord_dir, tmp_path
-):
-    pytest.importorskip("onnxruntime")
-    import keras
-
-    from data_catalog.tfrecords import iterate_cases
-    from unet.evaluation.int8_check import check_int8
-    from unet.inference.segmenter import Segmenter
-    from unet.store.model_files import ModelInfo, model_file
-
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
-    path = model_file(run)
-    info = ModelInfo.read(run)
-    result = check_int8(
-        path, info, keras.models.load_model(path, compile=False),
-        iterate_cases(tfrecord_dir, "val"), "float32", check_cases=8,
-    )  # fmt: skip
-    assert result is not None and (run / result.file).is_file()
-    assert result.cases > 0 and result.pixels > 0 and result.speedup > 0
-    assert result.agreement > 0.95  # a tiny model after a few steps: its masks barely differ
-    info.model_copy(update={"int8_check": result}).write(run)
-    int8 = Segmenter(run, precision="int8", flip_check=True)
-    float32 = Segmenter(run, precision="float32", flip_check=True)
-    assert int8.precision.compute_dtype == "int8"
-    # test images (calibration saw validation ones), cropped to a size that needs padding
-    images = [int8.prepare(case.image[:29, :27]) for case in iterate_cases(tfrecord_dir, "test")]
-    agreeing = [
-        np.mean(low.classes == full.classes)
-        for low, full in zip(int8.segment(images), float32.segment(images), strict=True)
-        if low.classes.shape == (29, 27) and low.flip_counts is not None
-    ]
-    assert len(agreeing) == len(images) and np.mean(agreeing) > 0.95, agreeing
-    # a model without an int8 export: forcing int8 names the missing file
-    with pytest.raises(FileNotFoundError, match="model.int8.onnx: no int8 model"):
-        Segmenter(trained_run, precision="int8")
-
-
 def test_training_on_a_cpu_with_int8_units_records_the_int8_check(
     tfrecord_dir, tiny_train_config, tmp_path, monkeypatch
 ):
     pytest.importorskip("onnxruntime")
     import unet.inference.precision as precision
+    from data_catalog.tfrecords import iterate_cases
     from unet.inference.segmenter import Segmenter
     from unet.store.model_files import ModelInfo
     from unet.training.trainer import train_model
@@ -128,6 +88,23 @@ def test_training_on_a_cpu_with_int8_units_records_the_int8_check(
     chosen = Segmenter(run, precision="auto").precision
     # int8 where its check passed (agreement and speed on this machine), else said why not
     assert chosen.policy == "int8" or "not int8" in chosen.reason, chosen.reason
+    assert info.int8_check.agreement > 0.95  # a tiny model after a few steps: barely differs
     # without the units (the real machine may have none), auto never takes int8
     monkeypatch.setattr(precision, "read_cpu_info", lambda *args: NO_UNITS)
     assert Segmenter(run, precision="auto").precision.policy != "int8"
+    # forced, it segments through the same passes: test images (calibration saw validation
+    # ones) cropped to a size that needs padding, flip counts included
+    int8 = Segmenter(run, precision="int8", flip_check=True)
+    float32 = Segmenter(run, precision="float32", flip_check=True)
+    assert int8.precision.compute_dtype == "int8"
+    images = [int8.prepare(case.image[:29, :27]) for case in iterate_cases(tfrecord_dir, "test")]
+    agreeing = [
+        np.mean(low.classes == full.classes)
+        for low, full in zip(int8.segment(images), float32.segment(images), strict=True)
+        if low.classes.shape == (29, 27) and low.flip_counts is not None
+    ]
+    assert len(agreeing) == len(images) and np.mean(agreeing) > 0.95, agreeing
+    # a model without an int8 export: forcing int8 names the missing file
+    (run / info.int8_check.file).unlink()
+    with pytest.raises(FileNotFoundError, match="model.int8.onnx: no int8 model"):
+        Segmenter(run, precision="int8")
