@@ -84,17 +84,14 @@ class Segmenter:
         precision: ``float32``, ``bfloat16``, ``int8`` or ``auto`` (see
             :func:`unet.inference.precision.choose_inference_precision`); ``self.precision``
             says what was chosen and why.
-        largest_component: keep only the largest foreground component of each mask (of each
-            volume, in 3-D, when prediction assembles one).
-        flip_check: also segment each image flipped left-right and count how far the two
-            masks agree (``Segmentation.flip_counts``; one more forward pass); the masks stay
-            the plain (or TTA) ones. With ``tta`` the flipped pass is there already.
+        largest_component: keep each mask's largest foreground component (a volume's in 3-D).
+        flip_check: also segment each image flipped left-right, counting how far the masks
+            agree (``Segmentation.flip_counts``; one more pass, already there with ``tta``).
         loaded: the model at ``model`` already in memory (as training holds it): not read
             from disk again. Each Segmenter makes its own folded copy.
 
-    Raises:
-        FileNotFoundError: no model there. ValueError: a tile size or overlap it cannot use.
-    """
+    Raises FileNotFoundError (no model there) or ValueError (a tile size or overlap it cannot
+    use)."""
 
     def __init__(
         self,
