@@ -28,6 +28,7 @@ setting), and on the held-out patients: per-patient volume Dice (mean, median, h
 whole run's time against the budget.
 
     .venv/bin/python bench/accuracy.py --dataset lgg-48 [--time-budget 60] [--out DIR]
+        [--architecture A] [--deep-supervision] [--run DIR]
 """
 
 from __future__ import annotations
@@ -194,7 +195,10 @@ def run_lgg48(args, scratch: Path) -> None:
         settings = {"time_budget": args.time_budget, "seed": 0}
         if args.architecture:
             settings["architecture"] = args.architecture
+        if args.deep_supervision:
+            settings["deep_supervision"] = True
         run_dir = scratch / f"lgg48-{args.architecture or 'plan'}"
+        run_dir = run_dir.with_name(run_dir.name + ("-ds" if args.deep_supervision else ""))
         _, seconds = train(prepare, settings, run_dir, 0)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     volume = pd.Series(
@@ -206,6 +210,7 @@ def run_lgg48(args, scratch: Path) -> None:
     false_positive = ~tumour & (per_slice["predicted_pixels_1"] > 0)
     result = json.loads((run_dir / "lineage.json").read_text())["training"]
     what = f"--architecture {args.architecture}" if args.architecture else "the plan"
+    what += " with --deep-supervision" if args.deep_supervision else ""
     print(f"\n== LGG-48, one model, --time-budget {args.time_budget:g} ({what}, seed 0)")
     print(
         f"held-out patients: {len(volume)}; mean per-patient volume Dice {volume.mean():.4f}, "
@@ -297,6 +302,9 @@ def main() -> int:
     parser.add_argument("--time-budget", type=float, default=60.0, help="lgg-48: minutes.")
     parser.add_argument("--run", help="lgg-48: score this run folder instead of training.")
     parser.add_argument("--architecture", help="lgg-48: train this architecture (default: plan).")
+    parser.add_argument(
+        "--deep-supervision", action="store_true", help="lgg-48: train with deep supervision."
+    )
     args = parser.parse_args()
     if args.dataset == "lgg-48":
         if not (Path(args.data_root) / "lgg-brain-mri-more").is_dir():

@@ -39,6 +39,12 @@ class ModelSpec(BaseModel):
     )
     batch_norm: bool = Field(True, description="unet: batch normalisation after every conv.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate at the bottleneck.")
+    deep_supervision: bool = Field(
+        False,
+        description="Train auxiliary heads on the decoder's H/2 and H/4 levels beside the main "
+        "head (nnU-Net's deep supervision: losses weighted 4:2:1); the saved model has the "
+        "main head only, so inference costs the same.",
+    )
     num_classes: int | None = Field(
         None, ge=2, description="Classes including background (class 0); default: from the data."
     )

@@ -19,6 +19,12 @@ from unet.config import TrainConfig
 from unet.data.pipeline import training_dataset, validation_dataset
 from unet.evaluation.tuning import PRECISION_CHECK_CASES
 from unet.inference.precision import int8_worth_trying_here
+from unet.model.deep_supervision import (
+    MainOutputLogs,
+    main_output,
+    output_strides,
+    supervised_targets,
+)
 from unet.store.model_files import checkpoint_files, model_file
 from unet.training.optimizer import WarmupSchedule
 from unet.training.state import (
@@ -155,7 +161,7 @@ class TrainingControl(keras.callbacks.Callback):
         if state.smoothed > state.best:  # the epoch's own score when smoothing is 0
             state.best, state.best_epoch, state.wait = state.smoothed, epoch + 1, 0
             state.best_raw = score
-            _save_atomic(self.model, model_file(self.run_dir))
+            _save_atomic(main_output(self.model), model_file(self.run_dir))
         else:
             state.wait += 1
         state.epoch = epoch + 1
@@ -282,36 +288,17 @@ def _fit(
     """One ``model.fit`` from the state's epoch to ``end``, the data stream resumed at the
     state's sample."""
     callbacks = [
+        MainOutputLogs(),  # first: the main head's metrics under their plain names
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=state.epoch > 0),
         control,  # after the history row
         keras.callbacks.TensorBoard(
             str(run_dir / "tensorboard"), write_graph=False, profile_batch=0
         ),
     ]
+    train, val = fit_datasets(data, config, state.samples_drawn, output_strides(model))
     model.fit(
-        training_dataset(
-            split_files(data.tfrecord_dir, "train"),
-            config,
-            data.channels,
-            data.dtype,
-            data.counts["train"],
-            first_sample=state.samples_drawn,
-            context_slices=data.context_slices,
-            scale=config.input.input_scale,
-        ),
-        validation_data=validation_dataset(
-            split_files(data.tfrecord_dir, "val"),
-            2**config.model.num_poolings,
-            data.channels,
-            data.dtype,
-            data.counts["val"],
-            config.input.normalization,
-            data.context_slices,
-            config.input.intensity_window,
-            config.optimisation.val_cases_per_epoch,
-            config.seed,
-            config.input.input_scale,
-        ),
+        train,
+        validation_data=val,
         initial_epoch=state.epoch,
         epochs=end,
         steps_per_epoch=steps,
@@ -319,6 +306,36 @@ def _fit(
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=0,
     )
+
+
+def fit_datasets(data: TrainingData, config: TrainConfig, first_sample: int, strides: list[int]):
+    """The training stream (resumed at ``first_sample``) and the per-epoch validation set,
+    with a mask for each of the model's outputs (deep supervision's heads: at the
+    ``strides`` of :func:`unet.model.deep_supervision.output_strides`)."""
+    train = training_dataset(
+        split_files(data.tfrecord_dir, "train"),
+        config,
+        data.channels,
+        data.dtype,
+        data.counts["train"],
+        first_sample=first_sample,
+        context_slices=data.context_slices,
+        scale=config.input.input_scale,
+    )
+    val = validation_dataset(
+        split_files(data.tfrecord_dir, "val"),
+        2**config.model.num_poolings,
+        data.channels,
+        data.dtype,
+        data.counts["val"],
+        config.input.normalization,
+        data.context_slices,
+        config.input.intensity_window,
+        config.optimisation.val_cases_per_epoch,
+        config.seed,
+        config.input.input_scale,
+    )
+    return supervised_targets(train, strides), supervised_targets(val, strides)
 
 
 def set_schedule(model: keras.Model, config: TrainConfig, steps: int, epochs: int) -> None:

@@ -7,6 +7,7 @@ import math
 import keras
 
 from unet.config import TrainConfig
+from unet.model.deep_supervision import output_weights
 from unet.model.losses import SegmentationLoss
 from unet.model.metrics import OverlapScore
 
@@ -67,17 +68,26 @@ def compile_unet(
     model: keras.Model, config: TrainConfig, steps_per_epoch: int = 1, jit_compile: bool = False
 ):
     """Compile with the configured optimizer, loss and foreground Dice/IoU metrics (training
-    steps compiled with XLA when ``jit_compile``)."""
+    steps compiled with XLA when ``jit_compile``). A model with auxiliary outputs (deep
+    supervision, :mod:`unet.model.deep_supervision`) gets the same loss on each, weighted by
+    :func:`~unet.model.deep_supervision.output_weights`, and the metrics on its first."""
     classes = foreground_classes(config.model.num_classes)
+
+    def loss():
+        return SegmentationLoss(
+            config.model.num_classes, config.optimisation.loss, config.optimisation.class_weights
+        )
+
+    metrics = [
+        OverlapScore(classes, "dice", config.model.num_classes, name="dice_fg"),
+        OverlapScore(classes, "iou", config.model.num_classes, name="iou_fg"),
+    ]
+    outputs = len(model.outputs)
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
-        loss=SegmentationLoss(
-            config.model.num_classes, config.optimisation.loss, config.optimisation.class_weights
-        ),
-        metrics=[
-            OverlapScore(classes, "dice", config.model.num_classes, name="dice_fg"),
-            OverlapScore(classes, "iou", config.model.num_classes, name="iou_fg"),
-        ],
+        loss=loss() if outputs == 1 else [loss() for _ in range(outputs)],
+        loss_weights=None if outputs == 1 else output_weights(outputs),
+        metrics=metrics if outputs == 1 else [metrics] + [[] for _ in range(outputs - 1)],
         jit_compile=jit_compile,
     )
     return model

@@ -17,6 +17,7 @@ from data_catalog.tfrecords import load_sidecar
 from unet.config import TrainConfig
 from unet.data.normalization import check_mode
 from unet.model.builders import build_unet
+from unet.model.deep_supervision import with_deep_supervision
 from unet.store.model_files import checkpoint_files
 from unet.training.optimizer import compile_unet
 
@@ -217,7 +218,10 @@ def open_run(run_dir: Path, config: TrainConfig, data: TrainingData, steps: int,
                 state.best_epoch,
             )
         else:
-            model = compile_unet(build_unet(config.model, data.model_channels), config, steps, jit)
+            model = build_unet(config.model, data.model_channels)
+            if config.model.deep_supervision:
+                model = with_deep_supervision(model)
+            model = compile_unet(model, config, steps, jit)
     state = state or TrainingState()
     state.config, state.data, state.stop_reason = config.flat(mode="json"), data.identity, None
     return model, state
