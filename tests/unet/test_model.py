@@ -58,7 +58,9 @@ def test_inference_model_folds_batch_norms_without_changing_outputs(architecture
     assert any(isinstance(layer, layers.BatchNormalization) for layer in model.layers)
     images = rng.random((2, 32, 48, 1), dtype=np.float32)
     expected = model(images, training=False).numpy()
-    np.testing.assert_allclose(folded(images, training=False).numpy(), expected, atol=1e-4)
+    # float32 rounding only: the residual encoder's 16 blocks differed by up to 1.1e-4 on an
+    # AVX2-only Zen 3 (1e-4 held on Zen 4); a wrong fold moves probabilities by ~0.1
+    np.testing.assert_allclose(folded(images, training=False).numpy(), expected, atol=3e-4)
 
 
 def test_inference_model_computes_in_float32_after_mixed_precision_training():
