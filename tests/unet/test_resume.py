@@ -133,6 +133,7 @@ def test_a_smoothed_best_epoch_ignores_one_lucky_epoch(tmp_path):
 
     class Model:
         stop_training = False
+        outputs = ["probabilities"]  # one head: saved as it is
 
         def save(self, path):
             open(path, "w").close()
@@ -204,6 +205,7 @@ def test_the_budget_keeps_time_for_the_work_after_the_last_epoch(tmp_path, monke
 
     class Model:
         stop_training = False
+        outputs = ["probabilities"]  # one head: saved as it is
 
         def save(self, path):
             open(path, "w").close()

@@ -65,7 +65,7 @@ def with_deep_supervision(model: keras.Model) -> keras.Model:
 def main_output(model: keras.Model) -> keras.Model:
     """The model as inference uses it: ``model`` itself when it has one output, else the
     single-output view of its first output (the same layers and weights, no auxiliary head)."""
-    if len(getattr(model, "outputs", None) or ()) <= 1:  # also what only saves (a stand-in)
+    if len(model.outputs) == 1:
         return model
     return keras.Model(model.inputs, model.outputs[0], name=model.name)
 
