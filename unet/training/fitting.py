@@ -143,14 +143,14 @@ class TrainingControl(keras.callbacks.Callback):
         score = numbers.get(MONITOR)
         if score is None:
             raise KeyError(f"checkpoint metric {MONITOR!r} missing from logs {sorted(numbers)}")
-        self._update_state(epoch, score, seconds)
+        self._update_state(epoch, score)
         last, state_file = checkpoint_files(self.run_dir)
         _save_atomic(self.model, last)
         self.state.write(state_file)  # after the weights it describes
         self.save_seconds = time.perf_counter() - ended
         self._log(epoch, numbers, score, seconds)
 
-    def _update_state(self, epoch: int, score: float, seconds: float) -> None:
+    def _update_state(self, epoch: int, score: float) -> None:
         state, config = self.state, self.config
         keep = config.optimisation.best_epoch_smoothing
         state.smoothed = (
@@ -172,8 +172,10 @@ class TrainingControl(keras.callbacks.Callback):
         ):
             self.model.stop_training = True
             state.stop_reason = f"no better val Dice for {state.wait} epochs"
+        # the next epoch at this one's step time: this epoch's own seconds count its graph
+        # tracing (the first epoch of each fit, a retrace), which the next one does not repeat
         elapsed = time.perf_counter() - self.started
-        if self.budget and elapsed + seconds > self.budget - self.reserve:
+        if self.budget and elapsed + self.epoch_estimate() > self.budget - self.reserve:
             self.model.stop_training = True
             state.stop_reason = "time budget"
 
