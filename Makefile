@@ -26,8 +26,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# two workers, a test file each at a time (its module fixtures built once): the suite is
+# mostly single-threaded Python, tracing and server start-up, so 2 cores halve it
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) segflow-demo .pytest_cache
