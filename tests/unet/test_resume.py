@@ -100,11 +100,35 @@ def test_other_device_settings_do_not_block_a_resume(tfrecord_dir, tmp_path):
     assert summary.resumed_from == 1 and summary.epochs_run == 2
 
 
-def test_time_budget_stops_cleanly_keeping_the_best_model(tfrecord_dir, tmp_path):
+def test_time_budget_stops_cleanly_keeping_the_best_model(tfrecord_dir, tmp_path, caplog):
+    import logging
+
     config = TrainConfig(**{**CONFIG, "epochs": 50, "time_budget": 0.05})  # 3 seconds
-    summary = train_model(tfrecord_dir, tmp_path, config)
+    with caplog.at_level(logging.WARNING, logger="unet.training.trainer"):
+        summary = train_model(tfrecord_dir, tmp_path, config)
     assert summary.stop_reason == "time budget" and summary.epochs_run < 50
     assert (tmp_path / "model.keras").is_file()
+    # the first epoch (graph tracing included) alone outlasts 3 seconds: the user is told
+    # how long the run took against the budget, and where the time went
+    warnings = [r.getMessage() for r in caplog.records if "time budget" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert "of its 0.05-min time budget" in warnings[0]
+    assert f"{summary.epochs_run} epoch(s) of unet" in warnings[0]
+
+
+def test_a_run_within_its_budget_is_not_warned_of(tfrecord_dir, tmp_path, caplog):
+    import logging
+
+    from unet.training.trainer import warn_if_over_budget
+
+    config = TrainConfig(**{**CONFIG, "time_budget": 10.0})
+    with caplog.at_level(logging.WARNING, logger="unet.training.trainer"):
+        warn_if_over_budget(config, 500.0, 150.0, 12)  # 10.8 min: within 10%
+        warn_if_over_budget(config.updated(time_budget=None), 5000.0, 900.0, 12)
+        assert not caplog.records
+        warn_if_over_budget(config, 500.0, 200.0, 12)  # 11.7 min
+    assert "this run took 11.7 min of its 10-min time budget" in caplog.records[0].getMessage()
+    assert "12 epoch(s) of unet took 8.3 min" in caplog.records[0].getMessage()
 
 
 def test_early_stopping(tfrecord_dir, tmp_path):

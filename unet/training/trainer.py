@@ -10,6 +10,7 @@ position in ``last.keras``; epoch, best score, patience and random-stream positi
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from unet.training.state import (
     open_run,
     read_training_data,
 )
+
+logger = logging.getLogger(__name__)
+
+OVER_BUDGET_SHARE = 0.1  # a run past its time budget by more than this share is warned of
 
 
 def train_model(
@@ -64,9 +69,11 @@ def train_model(
     model, state = open_run(run_dir, config, data, steps, strategy, devices.jit_compile)
     resumed_from = state.epoch
     fit_epochs(model, state, run_dir, data, config, steps, on_epoch_end)
+    fitted = time.perf_counter()
     if (run_dir / "history.csv").is_file():
         plot_history(run_dir / "history.csv", run_dir / "training_curves.png")
     info, tuning = finish_model(run_dir, data, config)
+    warn_if_over_budget(config, fitted - started, time.perf_counter() - fitted, state.epoch)
     result = TrainingResult(
         model=str(model_file(run_dir)),
         model_version=str(info.model_version),
@@ -84,3 +91,30 @@ def train_model(
     )
     write_records(run_dir, result, data, config, device_report, lineage)
     return result
+
+
+def warn_if_over_budget(
+    config: TrainConfig, training_seconds: float, finishing_seconds: float, epochs: int
+) -> None:
+    """Warn, with where the time went, when training and the work after it took more than
+    the time budget (by over :data:`OVER_BUDGET_SHARE`): an epoch longer than the budget can
+    hold, or work after the last epoch that the budget cannot shorten (a large model on a
+    slow CPU), would otherwise leave the user wondering why ``--time-budget 4`` took 12
+    minutes."""
+    budget = config.optimisation.time_budget
+    total = training_seconds + finishing_seconds
+    if not budget or total <= (1 + OVER_BUDGET_SHARE) * budget * 60:
+        return
+    logger.warning(
+        "this run took %.1f min of its %g-min time budget: %d epoch(s) of %s took %.1f min "
+        "and the work after the last epoch "
+        "(post-processing tuning and quality calibration over the val split) %.1f min, which "
+        "the budget cannot shorten; the test evaluation comes on top. A smaller model (the "
+        "plan's, or a lower --base-filters/--depth) or a larger --time-budget keeps within it",
+        total / 60,
+        budget,
+        epochs,
+        config.model.architecture,
+        training_seconds / 60,
+        finishing_seconds / 60,
+    )
