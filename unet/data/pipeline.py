@@ -11,6 +11,7 @@ repeatable and a resumed run continues the stream.
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import numpy as np
@@ -254,12 +255,12 @@ def validation_dataset(
     seed: int = 0,
     scale: float = 1.0,
 ) -> tf.data.Dataset:
-    """Whole validation images (resized by ``scale``), one per batch, mirrored up to a
-    multiple of ``multiple``; with ``subset``, only that many of them
-    (:func:`validation_subset`), decoded once.
+    """Whole validation images (resized by ``scale``), mirrored up to a multiple of
+    ``multiple``, images of one shape batched together (:func:`shape_batches`); with
+    ``subset``, only that many of them (:func:`validation_subset`), decoded once.
 
     Returns:
-        Batches ``(image (1, H', W', C) float32, mask (1, H', W', 1) int32)``.
+        Batches ``(image (B, H', W', C) float32, mask (B, H', W', 1) int32)``.
     """
 
     def prepare(case: dict) -> tuple[tf.Tensor, tf.Tensor]:
@@ -280,6 +281,46 @@ def validation_dataset(
 
     records = read_tfrecords(files, channels, dtype, context_slices)
     dataset = records.enumerate().filter(scored).map(prepare_scored).cache()
-    # A known length lets Keras run validation to the end without an "out of data" warning.
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(int(chosen.sum())))
-    return dataset.batch(1).prefetch(tf.data.AUTOTUNE)
+    return shape_batches(dataset).prefetch(tf.data.AUTOTUNE)
+
+
+# Validation images per forward pass, and pixels at most: one 256x256 image at a time ran the
+# plan's U-Net 2.5x slower per image than four (LGG-48 on a 2-core Zen 3: 27 s against 11 s for
+# 87 slices; the pooled Dice is the same, the batch changes nothing but the speed)
+VALIDATION_BATCH = 4
+VALIDATION_BATCH_PIXELS = 4 * 512 * 512
+
+
+def shape_batches(
+    dataset: tf.data.Dataset,
+    batch: int = VALIDATION_BATCH,
+    max_pixels: int = VALIDATION_BATCH_PIXELS,
+) -> tf.data.Dataset:
+    """``(image, mask)`` pairs of any sizes batched with others of their shape: up to
+    ``batch`` of them and ``max_pixels`` pixels a batch (a larger image alone). The shapes
+    are read once first (the dataset is cached, so that pass fills the cache), so the
+    batches' number is known: Keras then runs validation to its end without an "out of data"
+    warning."""
+    shapes = collections.Counter(
+        tuple(int(v) for v in shape)
+        for shape in dataset.map(lambda image, _mask: tf.shape(image)[:2]).as_numpy_iterator()
+    )
+
+    def size(height, width):
+        return max(1, min(batch, max_pixels // max(height * width, 1)))
+
+    count = sum(-(-n // size(h, w)) for (h, w), n in shapes.items())
+    wide = 1 << 20  # the shape's key: height * wide + width
+
+    def key(image, _mask):
+        shape = tf.cast(tf.shape(image)[:2], tf.int64)
+        return shape[0] * wide + shape[1]
+
+    def window(shape_key):
+        pixels = (shape_key // wide) * (shape_key % wide)
+        return tf.clip_by_value(max_pixels // tf.maximum(pixels, 1), 1, batch)
+
+    grouped = dataset.group_by_window(
+        key, lambda _key, images: images.batch(batch), window_size_func=window
+    )
+    return grouped.apply(tf.data.experimental.assert_cardinality(count))
