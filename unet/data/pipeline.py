@@ -306,21 +306,24 @@ def shape_batches(
         for shape in dataset.map(lambda image, _mask: tf.shape(image)[:2]).as_numpy_iterator()
     )
 
-    def size(height, width):
-        return max(1, min(batch, max_pixels // max(height * width, 1)))
-
-    count = sum(-(-n // size(h, w)) for (h, w), n in shapes.items())
-    wide = 1 << 20  # the shape's key: height * wide + width
+    wide = 1 << 20  # a shape's key: height * wide + width
+    sizes = {  # key -> images a batch
+        height * wide + width: max(1, min(batch, max_pixels // max(height * width, 1)))
+        for height, width in shapes
+    }
+    count = sum(-(-n // sizes[h * wide + w]) for (h, w), n in shapes.items())
+    if not sizes:
+        return dataset.batch(batch)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(list(sizes), list(sizes.values()), tf.int64, tf.int64),
+        default_value=1,
+    )
 
     def key(image, _mask):
         shape = tf.cast(tf.shape(image)[:2], tf.int64)
         return shape[0] * wide + shape[1]
 
-    def window(shape_key):
-        pixels = (shape_key // wide) * (shape_key % wide)
-        return tf.clip_by_value(max_pixels // tf.maximum(pixels, 1), 1, batch)
-
     grouped = dataset.group_by_window(
-        key, lambda _key, images: images.batch(batch), window_size_func=window
+        key, lambda _key, images: images.batch(batch), window_size_func=table.lookup
     )
     return grouped.apply(tf.data.experimental.assert_cardinality(count))

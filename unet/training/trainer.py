@@ -73,7 +73,8 @@ def train_model(
     if (run_dir / "history.csv").is_file():
         plot_history(run_dir / "history.csv", run_dir / "training_curves.png")
     info, tuning = finish_model(run_dir, data, config)
-    warn_if_over_budget(config, fitted - started, time.perf_counter() - fitted, state.epoch)
+    finishing = time.perf_counter() - fitted
+    warn_if_over_budget(config, fitted - started, finishing, state.epoch - resumed_from)
     result = TrainingResult(
         model=str(model_file(run_dir)),
         model_version=str(info.model_version),
