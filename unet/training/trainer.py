@@ -61,9 +61,7 @@ def train_model(
     started = time.perf_counter()
     run_dir = Path(run_dir)
     data, config = read_training_data(tfrecord_dir, config, (lineage or {}).get("split_hash"))
-    steps = config.optimisation.steps_per_epoch or max(
-        MIN_STEPS, -(-data.counts["train"] // config.optimisation.batch_size)
-    )
+    steps = steps_per_epoch(data.counts["train"], config)
     devices = devices or DeviceConfig()
     strategy, device_report = configure_devices(devices)
     model, state = open_run(run_dir, config, data, steps, strategy, devices.jit_compile)
@@ -92,6 +90,14 @@ def train_model(
     )
     write_records(run_dir, result, data, config, device_report, lineage)
     return result
+
+
+def steps_per_epoch(train_cases: int, config: TrainConfig) -> int:
+    """The configured steps per epoch, or one pass over the train cases (at least
+    :data:`MIN_STEPS`)."""
+    return config.optimisation.steps_per_epoch or max(
+        MIN_STEPS, -(-train_cases // config.optimisation.batch_size)
+    )
 
 
 def warn_if_over_budget(
