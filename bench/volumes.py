@@ -13,6 +13,16 @@ NIfTI out) scored against their masks by this script (an independent check of th
 geometry).
 
     .venv/bin/python bench/volumes.py [--folds 3] [--epochs 20] [--data-root ../shared/datasets]
+
+With ``--dataset lgg-48`` (both LGG folders, 48 patients): one model per run, as ``segflow train
+--dataset lgg-48 --time-budget MINUTES`` trains the slices, but from the restacked volumes
+(so each volume is z-scored as a whole, where the slice files are z-scored one image at a
+time) and with ``--context-slices K``; the catalog entry's fractions and seed, so the same 13
+patients are held out (printed, to check). Printed: their per-volume Dice (mean, median, how
+many under 0.5, the worst), comparable with ``bench/accuracy.py --dataset lgg-48``.
+
+    .venv/bin/python bench/volumes.py --dataset lgg-48 [--time-budget 60] [--context-slices 0]
+        [--out DIR]
 """
 
 from __future__ import annotations
@@ -38,8 +48,9 @@ import tasks  # noqa: E402,F401  (quiet TensorFlow and Prefect)
 SPACING = (1.0, 1.0, 3.0)
 
 
-def restack_lgg(source: Path, out: Path) -> tuple[Path, Path]:
-    """One NIfTI image and mask volume per patient folder (slices by their number)."""
+def restack_lgg(source: Path | list[Path], out: Path) -> tuple[Path, Path]:
+    """One NIfTI image and mask volume per patient folder (slices by their number) of each
+    source folder; a volume already written (a concurrent or earlier run) is kept."""
     import nibabel
     import tifffile
 
@@ -47,7 +58,11 @@ def restack_lgg(source: Path, out: Path) -> tuple[Path, Path]:
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
     affine = np.diag([*SPACING, 1.0])
-    for patient in sorted(p for p in source.iterdir() if p.is_dir()):
+    sources = source if isinstance(source, list) else [source]
+    patients = sorted(p for folder in sources for p in folder.iterdir() if p.is_dir())
+    for patient in patients:
+        if (masks / f"{patient.name}.nii.gz").exists():
+            continue
         numbered = {}
         for path in patient.glob("*.tif"):
             match = re.search(r"_(\d+)\.tif$", path.name)
@@ -58,10 +73,11 @@ def restack_lgg(source: Path, out: Path) -> tuple[Path, Path]:
         truth = np.stack(
             [tifffile.imread(p.with_name(p.stem + "_mask.tif")) > 0 for p in order], axis=2
         )
+        # the mask last, under a temporary name: its presence says the pair is complete
         nibabel.save(nibabel.Nifti1Image(scan, affine), images / f"{patient.name}.nii.gz")
-        nibabel.save(
-            nibabel.Nifti1Image(truth.astype(np.uint8), affine), masks / f"{patient.name}.nii.gz"
-        )
+        partial = masks / f"{patient.name}.partial.nii.gz"
+        nibabel.save(nibabel.Nifti1Image(truth.astype(np.uint8), affine), partial)
+        partial.rename(masks / f"{patient.name}.nii.gz")
     return images, masks
 
 
@@ -139,13 +155,84 @@ def describe(run_dir: Path, predicted: dict, minutes: float) -> dict:
     }
 
 
+def run_lgg48(args) -> None:
+    """One model from the 48 restacked patients with a time budget, scored on the held-out
+    patients as ``bench/accuracy.py --dataset lgg-48`` scores the slice model."""
+    import pandas as pd
+
+    from data_catalog.config import PrepareConfig
+    from flows.train import train_flow
+    from unet.config import TrainConfig
+
+    root = Path(args.data_root)
+    sources = [root / "lgg-brain-mri", root / "lgg-brain-mri-more"]
+    missing = [str(s) for s in sources if not s.is_dir()]
+    if missing:
+        print(f"SKIP: {', '.join(missing)} missing (the LGG datasets live in ../shared)")
+        return
+    scratch = Path(args.out or tempfile.mkdtemp(prefix="segflow-volumes-"))
+    started = time.perf_counter()
+    images, masks = restack_lgg(sources, scratch / "lgg48-volumes")
+    print(f"restacked {len(list(masks.glob('*.nii.gz')))} patients into {images}", flush=True)
+    entry = json.loads(json.dumps(catalog_entry("lgg-48")))
+    prepare = PrepareConfig(
+        images=str(images),
+        masks=str(masks),
+        channels=3,
+        modality="mr",  # z-score each volume as a whole (MR has no absolute units)
+        test_fraction=entry["test_fraction"],
+        val_fraction=entry["val_fraction"],
+        context_slices=args.context_slices,
+        cache_dir=str(scratch / f"cache-{args.context_slices}"),
+    )
+    run_dir = scratch / f"lgg48-volumes-context-{args.context_slices}"
+    train_flow(
+        prepare=prepare,
+        train=TrainConfig(time_budget=args.time_budget, seed=0),
+        run_dir=str(run_dir),
+        registry=None,
+    )
+    seconds = time.perf_counter() - started
+    dice = pd.read_csv(run_dir / "evaluation" / "per_volume.csv").set_index("key")["dice"]
+    result = json.loads((run_dir / "lineage.json").read_text())["training"]
+    print(
+        f"\n== LGG-48 from volumes, one model, --time-budget {args.time_budget:g}, "
+        f"--context-slices {args.context_slices} (per-volume z-score, seed 0)"
+    )
+    print(f"held-out patients: {', '.join(sorted(dice.index))}")
+    print(
+        f"{len(dice)} held-out patients: mean per-patient volume Dice {dice.mean():.4f}, median "
+        f"{dice.median():.4f}, under 0.5: {int((dice < 0.5).sum())} (target: mean >= 0.82)"
+    )
+    worst = ", ".join(f"{name} {value:.3f}" for name, value in dice.sort_values().head(4).items())
+    print(f"worst patients: {worst}")
+    print(
+        f"training: {result.get('epochs_run')} epochs of {result.get('steps_per_epoch')} steps,"
+        f" best epoch {result.get('best_epoch')}, stop: {result.get('stop_reason')}; whole run "
+        f"{seconds / 60:.1f} min (restacking included) against a {args.time_budget:g}-minute "
+        "budget"
+    )
+
+
+def catalog_entry(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "catalog.yaml").read_text())[name]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets"))
     parser.add_argument("--out", default=None)
+    parser.add_argument("--dataset", choices=("lgg-12", "lgg-48"), default="lgg-12")
+    parser.add_argument("--time-budget", type=float, default=60.0, help="lgg-48: minutes.")
+    parser.add_argument("--context-slices", type=int, default=0, help="lgg-48: K.")
     args = parser.parse_args()
+    if args.dataset == "lgg-48":
+        run_lgg48(args)
+        return
     source = Path(args.data_root) / "lgg-brain-mri"
     if not source.is_dir():
         print(f"SKIP: {source} is missing (the LGG dataset lives in ../shared)")
