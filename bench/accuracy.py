@@ -28,7 +28,7 @@ setting), and on the held-out patients: per-patient volume Dice (mean, median, h
 whole run's time against the budget.
 
     .venv/bin/python bench/accuracy.py --dataset lgg-48 [--time-budget 60] [--out DIR]
-        [--architecture A] [--deep-supervision] [--run DIR]
+        [--architecture A] [--deep-supervision] [--image-size PX --batch-size N] [--run DIR]
 """
 
 from __future__ import annotations
@@ -197,8 +197,13 @@ def run_lgg48(args, scratch: Path) -> None:
             settings["architecture"] = args.architecture
         if args.deep_supervision:
             settings["deep_supervision"] = True
+        for name in ("image_size", "batch_size"):
+            if getattr(args, name):
+                settings[name] = getattr(args, name)
         run_dir = scratch / f"lgg48-{args.architecture or 'plan'}"
         run_dir = run_dir.with_name(run_dir.name + ("-ds" if args.deep_supervision else ""))
+        if args.image_size:
+            run_dir = run_dir.with_name(f"{run_dir.name}-{args.image_size}px")
         _, seconds = train(prepare, settings, run_dir, 0)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     volume = pd.Series(
@@ -211,6 +216,8 @@ def run_lgg48(args, scratch: Path) -> None:
     result = json.loads((run_dir / "lineage.json").read_text())["training"]
     what = f"--architecture {args.architecture}" if args.architecture else "the plan"
     what += " with --deep-supervision" if args.deep_supervision else ""
+    what += f", --image-size {args.image_size}" if args.image_size else ""
+    what += f", --batch-size {args.batch_size}" if args.batch_size else ""
     print(f"\n== LGG-48, one model, --time-budget {args.time_budget:g} ({what}, seed 0)")
     print(
         f"held-out patients: {len(volume)}; mean per-patient volume Dice {volume.mean():.4f}, "
@@ -305,6 +312,8 @@ def main() -> int:
     parser.add_argument(
         "--deep-supervision", action="store_true", help="lgg-48: train with deep supervision."
     )
+    parser.add_argument("--image-size", type=int, help="lgg-48: patch side (default: plan).")
+    parser.add_argument("--batch-size", type=int, help="lgg-48: patches a step (default: plan).")
     args = parser.parse_args()
     if args.dataset == "lgg-48":
         if not (Path(args.data_root) / "lgg-brain-mri-more").is_dir():
