@@ -193,7 +193,7 @@ def run_lgg48(args) -> None:
         registry=None,
     )
     seconds = time.perf_counter() - started
-    dice = pd.read_csv(run_dir / "evaluation" / "per_volume.csv").set_index("key")["dice"]
+    dice = pd.read_csv(run_dir / "evaluation" / "per_volume.csv").set_index("volume")["dice"]
     result = json.loads((run_dir / "lineage.json").read_text())["training"]
     print(
         f"\n== LGG-48 from volumes, one model, --time-budget {args.time_budget:g}, "
