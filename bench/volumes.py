@@ -164,17 +164,11 @@ def run_lgg48(args) -> None:
     from flows.train import train_flow
     from unet.config import TrainConfig
 
-    root = Path(args.data_root)
-    sources = [root / "lgg-brain-mri", root / "lgg-brain-mri-more"]
-    missing = [str(s) for s in sources if not s.is_dir()]
-    if missing:
-        print(f"SKIP: {', '.join(missing)} missing (the LGG datasets live in ../shared)")
+    restacked = restack_sources(args, ["lgg-brain-mri", "lgg-brain-mri-more"], "lgg48-volumes")
+    if restacked is None:
         return
-    scratch = Path(args.out or tempfile.mkdtemp(prefix="segflow-volumes-"))
-    started = time.perf_counter()
-    images, masks = restack_lgg(sources, scratch / "lgg48-volumes")
-    print(f"restacked {len(list(masks.glob('*.nii.gz')))} patients into {images}", flush=True)
-    entry = json.loads(json.dumps(catalog_entry("lgg-48")))
+    scratch, started, images, masks = restacked
+    entry = catalog_entry("lgg-48")
     prepare = PrepareConfig(
         images=str(images),
         masks=str(masks),
@@ -214,6 +208,21 @@ def run_lgg48(args) -> None:
     )
 
 
+def restack_sources(args, folders: list[str], name: str):
+    """``(scratch folder, start time, images, masks)`` after restacking the LGG ``folders``
+    under ``--data-root``; None (with a SKIP line) when one is missing."""
+    sources = [Path(args.data_root) / folder for folder in folders]
+    missing = [str(source) for source in sources if not source.is_dir()]
+    if missing:
+        print(f"SKIP: {', '.join(missing)} missing (the LGG datasets live in ../shared)")
+        return None
+    scratch = Path(args.out or tempfile.mkdtemp(prefix="segflow-volumes-"))
+    started = time.perf_counter()
+    images, masks = restack_lgg(sources, scratch / name)
+    print(f"restacked {len(list(masks.glob('*.nii.gz')))} patients into {images}", flush=True)
+    return scratch, started, images, masks
+
+
 def catalog_entry(name: str) -> dict:
     import yaml
 
@@ -233,14 +242,10 @@ def main() -> None:
     if args.dataset == "lgg-48":
         run_lgg48(args)
         return
-    source = Path(args.data_root) / "lgg-brain-mri"
-    if not source.is_dir():
-        print(f"SKIP: {source} is missing (the LGG dataset lives in ../shared)")
+    restacked = restack_sources(args, ["lgg-brain-mri"], "lgg-volumes")
+    if restacked is None:
         return
-    scratch = Path(args.out or tempfile.mkdtemp(prefix="segflow-volumes-"))
-    started = time.perf_counter()
-    images, masks = restack_lgg(source, scratch / "lgg-volumes")
-    print(f"restacked {len(list(images.iterdir()))} patients into {images}", flush=True)
+    scratch, started, images, masks = restacked
     rows = {}
     for context in (0, 1):
         run_dir = scratch / f"context-{context}"
