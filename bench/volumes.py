@@ -48,7 +48,7 @@ import tasks  # noqa: E402,F401  (quiet TensorFlow and Prefect)
 SPACING = (1.0, 1.0, 3.0)
 
 
-def restack_lgg(source: Path | list[Path], out: Path) -> tuple[Path, Path]:
+def restack_lgg(sources: list[Path], out: Path) -> tuple[Path, Path]:
     """One NIfTI image and mask volume per patient folder (slices by their number) of each
     source folder; a volume already written (a concurrent or earlier run) is kept."""
     import nibabel
@@ -58,7 +58,6 @@ def restack_lgg(source: Path | list[Path], out: Path) -> tuple[Path, Path]:
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
     affine = np.diag([*SPACING, 1.0])
-    sources = source if isinstance(source, list) else [source]
     patients = sorted(p for folder in sources for p in folder.iterdir() if p.is_dir())
     for patient in patients:
         if (masks / f"{patient.name}.nii.gz").exists():
@@ -73,9 +72,10 @@ def restack_lgg(source: Path | list[Path], out: Path) -> tuple[Path, Path]:
         truth = np.stack(
             [tifffile.imread(p.with_name(p.stem + "_mask.tif")) > 0 for p in order], axis=2
         )
-        # the mask last, under a temporary name: its presence says the pair is complete
+        # the mask last, under a temporary name outside the mask folder: its presence says the
+        # pair is complete, and a killed run leaves no stray file among the masks
         nibabel.save(nibabel.Nifti1Image(scan, affine), images / f"{patient.name}.nii.gz")
-        partial = masks / f"{patient.name}.partial.nii.gz"
+        partial = out / f"{patient.name}.mask.partial.nii.gz"
         nibabel.save(nibabel.Nifti1Image(truth.astype(np.uint8), affine), partial)
         partial.rename(masks / f"{patient.name}.nii.gz")
     return images, masks
@@ -160,6 +160,7 @@ def run_lgg48(args) -> None:
     patients as ``bench/accuracy.py --dataset lgg-48`` scores the slice model."""
     import pandas as pd
 
+    from data_catalog.catalog import load_catalog
     from data_catalog.config import PrepareConfig
     from flows.train import train_flow
     from unet.config import TrainConfig
@@ -168,7 +169,7 @@ def run_lgg48(args) -> None:
     if restacked is None:
         return
     scratch, started, images, masks = restacked
-    entry = catalog_entry("lgg-48")
+    entry = load_catalog(ROOT / "catalog.yaml")["lgg-48"]
     prepare = PrepareConfig(
         images=str(images),
         masks=str(masks),
@@ -221,12 +222,6 @@ def restack_sources(args, folders: list[str], name: str):
     images, masks = restack_lgg(sources, scratch / name)
     print(f"restacked {len(list(masks.glob('*.nii.gz')))} patients into {images}", flush=True)
     return scratch, started, images, masks
-
-
-def catalog_entry(name: str) -> dict:
-    import yaml
-
-    return yaml.safe_load((ROOT / "catalog.yaml").read_text())[name]
 
 
 def main() -> None:
