@@ -122,6 +122,14 @@ class AugmentConfig(BaseModel):
     contrast: float = Field(0.1, ge=0, lt=1, description="Random contrast factor, 1 +- this.")
     gamma: float = Field(0.1, ge=0, description="Random gamma, exp(+- this).")
     noise_std: float = Field(0.01, ge=0, description="Gaussian noise standard deviation.")
+    channel_substitution: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of training patches in which one input channel (an MR sequence) "
+        "is replaced by a copy of another, as sites do when a sequence is missing; needs 2+ "
+        "channels per slice. The plan turns it on for multi-channel MR.",
+    )
 
 
 class OptimConfig(BaseModel):

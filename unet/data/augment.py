@@ -3,7 +3,9 @@
 Geometry is applied to image and mask together: one resampling per sample for a small rotation
 and scale plus an elastic deformation (a coarse random displacement grid, smoothly upsampled, as
 in the U-Net paper); images are sampled bilinearly, masks by nearest neighbour. Intensity
-(contrast, brightness, gamma, Gaussian noise) changes the image only, on normalised values.
+(contrast, brightness, gamma, Gaussian noise) changes the image only, on normalised values;
+so does channel substitution (one MR sequence replaced by a copy of another, as sites fill a
+missing sequence).
 Working on batches keeps the per-sample cost small enough that the input pipeline never slows
 training on a 2-core machine (``bench/train.py``). Flips, 90-degree rotations and crops are
 per sample, in :mod:`unet.data.pipeline`.
@@ -107,3 +109,35 @@ def adjust_intensity(
             tf.shape(images), seed=seed + 33, stddev=noise_std
         )
     return images
+
+
+def substitute_channel(
+    images: tf.Tensor, seed: tf.Tensor, probability: float, channels: int
+) -> tf.Tensor:
+    """Per sample, with ``probability``: one channel (sequence) replaced by a copy of another,
+    both drawn at random, in every stacked slice alike.
+
+    A site that lacks a sequence often fills its channel with another one (the LGG collection
+    copies FLAIR into it, its documentation says); a model that never saw that can miss the
+    lesion outright. Applied to normalised values, which is the same as normalising the copy
+    (z-score and range normalise each channel alike).
+
+    Args:
+        images: ``(B, S, S, K * channels)``: K stacked slices (2.5D context) of ``channels``
+            channels each.
+        channels: channels per slice; below 2, or ``probability`` 0, returns ``images``.
+    """
+    if probability <= 0 or channels < 2:
+        return images
+    shape = tf.shape(images)
+    batch = shape[0]
+    stacked = tf.reshape(images, tf.concat([shape[:3], [-1, channels]], 0))
+    target = tf.random.stateless_uniform((batch,), seed + 40, 0, channels, tf.int32)
+    offset = tf.random.stateless_uniform((batch,), seed + 41, 1, channels, tf.int32)
+    source = (target + offset) % channels  # any channel but the target
+    chosen = _uniform(seed + 42, (batch,), 0.0, 1.0) < probability
+    copy = tf.gather(stacked, source, axis=4, batch_dims=1)[..., None]  # (B, S, S, K, 1)
+    replace = tf.logical_and(
+        tf.one_hot(target, channels, on_value=True, off_value=False), chosen[:, None]
+    )[:, None, None, None, :]
+    return tf.reshape(tf.where(replace, copy, stacked), shape)

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from data_catalog.tfrecords import SIGNED_SHIFT, read_tfrecords
 from unet.config import TrainConfig
-from unet.data.augment import adjust_intensity, warp
+from unet.data.augment import adjust_intensity, substitute_channel, warp
 from unet.data.normalization import MIN_STD, IntensityWindow, check_mode, value_unit
 
 
@@ -130,9 +130,16 @@ def crop_and_flip(index: tf.Tensor, case: dict, config: TrainConfig, dtype: str)
     return both[..., :-1], tf.cast(both[..., -1:], tf.int32), index
 
 
-def augment_batch(images: tf.Tensor, masks: tf.Tensor, indices: tf.Tensor, config: TrainConfig):
-    """Per batch: rotation, scale, elastic deformation, intensity; seeded by the batch's first
-    sample index, so a resumed run draws the same stream.
+def augment_batch(
+    images: tf.Tensor,
+    masks: tf.Tensor,
+    indices: tf.Tensor,
+    config: TrainConfig,
+    channels: int = 1,
+):
+    """Per batch: rotation, scale, elastic deformation, channel substitution (``channels`` per
+    slice), intensity; seeded by the batch's first sample index, so a resumed run draws the
+    same stream.
 
     Returns:
         ``(images (B, S, S, C) float32, masks (B, S, S, 1) int32)``.
@@ -151,6 +158,7 @@ def augment_batch(images: tf.Tensor, masks: tf.Tensor, indices: tf.Tensor, confi
             config.augmentation.scale_range,
             config.augmentation.elastic_displacement,
         )
+    images = substitute_channel(images, seed, config.augmentation.channel_substitution, channels)
     images = adjust_intensity(
         images,
         seed,
@@ -162,10 +170,12 @@ def augment_batch(images: tf.Tensor, masks: tf.Tensor, indices: tf.Tensor, confi
     return images, masks
 
 
-def augment_sample(index: tf.Tensor, case: dict, config: TrainConfig, dtype: str = "uint8"):
+def augment_sample(
+    index: tf.Tensor, case: dict, config: TrainConfig, dtype: str = "uint8", channels: int = 1
+):
     """One augmented training patch (a batch of one): ``(S, S, C)`` image, ``(S, S, 1)`` mask."""
     image, mask, index = crop_and_flip(index, case, config, dtype)
-    images, masks = augment_batch(image[None], mask[None], index[None], config)
+    images, masks = augment_batch(image[None], mask[None], index[None], config, channels)
     return images[0], masks[0]
 
 
@@ -217,7 +227,7 @@ def training_dataset(
         deterministic=True,
     )
     batches = samples.batch(config.optimisation.batch_size, drop_remainder=True).map(
-        lambda images, masks, indices: augment_batch(images, masks, indices, config),
+        lambda images, masks, indices: augment_batch(images, masks, indices, config, channels),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
