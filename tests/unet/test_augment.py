@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet.data.augment import adjust_intensity, warp
+from unet.data.augment import adjust_intensity, substitute_channel, warp
 
 SIZE = 32
 
@@ -69,3 +69,31 @@ def test_each_intensity_change_alone(settings, changes):
     assert (not np.allclose(out, images.numpy(), atol=1e-6)) == changes
     again = adjust_intensity(images, SEED, **settings).numpy()
     assert np.array_equal(out, again)
+
+
+def test_channel_substitution_copies_one_sequence_over_another_in_every_stacked_slice():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(200, 4, 4, 2 * 3)).astype(np.float32)  # 2 slices x 3 sequences
+    seed = tf.constant([3, 4], tf.int64)
+    out = substitute_channel(tf.constant(images), seed, 0.3, channels=3).numpy()
+    np.testing.assert_array_equal(out, substitute_channel(tf.constant(images), seed, 0.3, 3))
+    before, after = images.reshape(200, 4, 4, 2, 3), out.reshape(200, 4, 4, 2, 3)
+    replaced = 0
+    for sample in range(200):
+        changed = [
+            c for c in range(3) if not np.array_equal(before[sample, ..., c], after[sample, ..., c])
+        ]
+        if not changed:
+            continue
+        replaced += 1
+        (target,) = changed  # one sequence, in both slices
+        sources = [
+            c
+            for c in range(3)
+            if c != target and np.array_equal(after[sample, ..., target], before[sample, ..., c])
+        ]
+        assert len(sources) == 1, sample  # a copy of another sequence of the same slices
+    assert 40 <= replaced <= 80, replaced  # about 30% of 200
+    one = rng.normal(size=(8, 4, 4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(substitute_channel(tf.constant(one), seed, 1.0, 1), one)
+    np.testing.assert_array_equal(substitute_channel(tf.constant(one), seed, 0.0, 3), one)

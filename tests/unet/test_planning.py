@@ -57,6 +57,19 @@ def test_plan_rules(data, expected):
     assert set(values) <= PLANNED_SETTINGS  # the help says "planned" for each of them
 
 
+def test_multi_channel_mr_trains_on_patches_with_a_sequence_replaced():
+    three = fingerprint(scale_cases=3.0)
+    three["channels"] = three["channels"] * 3
+    mr = plan_training(three, modality="mr")
+    assert mr.values()["channel_substitution"] == 0.2, mr.markdown()
+    assert "copy of another" in mr.markdown()
+    for data, modality in ((three, None), (three, "other"), (fingerprint(), "mr")):
+        # colour or unknown channels, or one channel: nothing stands in for a sequence
+        assert plan_training(data, modality=modality).values()["channel_substitution"] == 0.0
+    dicom = {**three, "dicom_modalities": ["MR"]}
+    assert plan_training(dicom).values()["channel_substitution"] == 0.2
+
+
 def test_settings_the_user_gave_are_kept_and_the_rest_planned():
     plan = plan_training(fingerprint(scale_cases=3.0, foreground=0.01))
     config, kept = apply_plan(TrainConfig(normalization="range", epochs=5), plan)

@@ -519,3 +519,41 @@ def test_a_model_trained_on_coloured_scans_as_grey_reads_them_so_at_prediction(
     refused = _predict(model, tmp_path / "in", tmp_path / "o2", colour_input="error")
     assert refused.iloc[0]["status"] == "error"
     assert "--colour-input grey" in refused.iloc[0]["error"]
+
+
+def test_a_scan_missing_a_sequence_is_flagged_for_review_by_a_model_of_sequences(tmp_path):
+    import keras
+
+    from unet.store.model_files import ModelInfo
+
+    image = keras.Input((None, None, 3))
+    logits = keras.layers.Conv2D(2, 1, name="head_conv")(image)
+    model = keras.Model(image, keras.layers.Activation("softmax", dtype="float32")(logits))
+    rng = np.random.default_rng(0)
+    scan = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    missing = scan.copy()
+    missing[..., 2] = missing[..., 1]  # post-contrast missing, FLAIR copied into its channel
+    write_png_atomic(tmp_path / "in" / "scan.png", scan)
+    write_png_atomic(tmp_path / "in" / "missing.png", missing)
+    write_png_atomic(tmp_path / "in" / "grey.png", np.repeat(scan[..., :1], 3, axis=2))
+    for name, substitution in (("mr", 0.2), ("colour", 0.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        model.save(folder / "model.keras")
+        ModelInfo(
+            architecture="unet",
+            channels=3,
+            size_multiple=1,
+            num_classes=2,
+            model_version=name,
+            train_config={"channel_substitution": substitution},
+        ).write(folder)
+    report = _predict(tmp_path / "mr", tmp_path / "in", tmp_path / "out").set_index("input")
+    assert (report["status"] == "ok").all()
+    assert report.loc["missing.png", "review"] == "review"
+    assert "channel_3_copies_2" in report.loc["missing.png", "review_reasons"]
+    assert "copies" not in str(report.loc["scan.png", "review_reasons"])
+    grey = str(report.loc["grey.png", "review_reasons"])
+    assert "channel_2_copies_1" in grey and "channel_3_copies_1" in grey
+    colour = _predict(tmp_path / "colour", tmp_path / "in", tmp_path / "o2")  # RGB: no flag
+    assert not colour["review_reasons"].fillna("").str.contains("copies").any()

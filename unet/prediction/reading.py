@@ -97,7 +97,8 @@ def prepare_image(
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """The prepared image, and its review notes: ``stored_as_16bit`` (8-bit values from a
     wider file, see :func:`align_to_training_dtype`), ``colour_converted`` (a coloured scan
-    turned to luminance).
+    turned to luminance), ``channel_K_copies_J`` (a model of MR sequences given a scan with
+    one sequence a copy of another, see :func:`copied_channels`).
 
     Raises:
         ImageReadError: a coloured scan for a greyscale model without ``--colour-input grey``
@@ -106,6 +107,8 @@ def prepare_image(
     """
     info = segmenter.info
     image, notes = align_to_training_dtype(image, info.input_dtype, info.normalization, path)
+    if info.sequence_channels:
+        notes = (*notes, *copied_channels(image))
     try:
         return segmenter.prepare(image, path), notes
     except ChannelError:
@@ -114,6 +117,22 @@ def prepare_image(
         if plan.config.colour_input != "grey":
             raise ImageReadError(path, COLOUR_ADVICE) from None
     return segmenter.prepare(luminance(image), path), (*notes, "colour_converted")
+
+
+def copied_channels(image: np.ndarray) -> tuple[str, ...]:
+    """``channel_K_copies_J`` (from 1) for each channel equal to an earlier one, value for
+    value: a site that lacks an MR sequence fills its channel with another (the LGG collection
+    copies FLAIR), and a model can miss a lesion outright on such a scan (LGG-48, post-contrast
+    replaced by FLAIR: mean volume Dice 0.32 against 0.71, docs/benchmarks.md)."""
+    if image.ndim != 3:
+        return ()
+    notes = []
+    for later in range(1, image.shape[2]):
+        for earlier in range(later):
+            if np.array_equal(image[..., later], image[..., earlier]):
+                notes.append(f"channel_{later + 1}_copies_{earlier + 1}")
+                break
+    return tuple(notes)
 
 
 def input_hash(item: PlannedInput) -> str:

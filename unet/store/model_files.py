@@ -159,6 +159,14 @@ class ModelInfo(BaseModel):
         """Channels of one image or slice (``channels`` over the slices the model sees)."""
         return self.channels // (2 * self.context_slices + 1)
 
+    @property
+    def sequence_channels(self) -> bool:
+        """The channels of a slice are MR sequences: the model was trained with channel
+        substitution (a missing sequence filled with another), which the plan turns on for
+        multi-channel MR only."""
+        substitution = float(self.train_config.get("channel_substitution") or 0)
+        return self.image_channels >= 2 and substitution > 0
+
     @classmethod
     def read(cls, folder: str | Path) -> ModelInfo:
         """``folder/model.json``.

@@ -31,6 +31,7 @@ ZSCORE_SCALE_RATIO = 2.0  # intensity scales differing more than this between ca
 SMALL_FOREGROUND = 0.05  # mean foreground fraction below which foreground patches are favoured
 MANY_EMPTY = 0.3  # share of empty masks above which foreground patches are favoured
 FEW_GROUPS = 50  # below this many groups (patients), geometric augmentation is stronger
+CHANNEL_SUBSTITUTION = 0.2  # multi-channel MR: share of patches with a sequence replaced
 
 
 # The training settings the plan chooses from the data when the user does not give them.
@@ -47,6 +48,7 @@ PLANNED_SETTINGS = frozenset(
         "scale_range",
         "contrast",
         "gamma",
+        "channel_substitution",
         "best_epoch_smoothing",
         "fit_to_budget",
         "epochs",
@@ -101,6 +103,13 @@ def ct_evidence(fingerprint: dict, modality: str | None) -> str | None:
     return None
 
 
+def mr_evidence(fingerprint: dict, modality: str | None) -> str | None:
+    """Why the data is MR, or None: the dataset's modality, else the DICOM Modality tag."""
+    if modality is not None:
+        return "modality: mr" if modality == "mr" else None
+    return "DICOM Modality MR" if "MR" in (fingerprint.get("dicom_modalities") or []) else None
+
+
 def plan_normalization(fingerprint: dict, modality: str | None = None) -> list[PlannedSetting]:
     """CT (the dataset's modality, its DICOM Modality tag, or values down to air at -1000
     HU): the training set's foreground window (nnU-Net's recipe); MR: z-score (per volume for
@@ -129,10 +138,8 @@ def plan_normalization(fingerprint: dict, modality: str | None = None) -> list[P
             PlannedSetting("intensity_window", window, "the training cases' foreground window"),
         ]
     scope = "each volume" if fingerprint.get("volumes") else "each image"
-    if modality == "mr" or (
-        modality is None and "MR" in (fingerprint.get("dicom_modalities") or [])
-    ):
-        why = "modality: mr" if modality == "mr" else "DICOM Modality MR"
+    why = mr_evidence(fingerprint, modality)
+    if why is not None:
         return [
             PlannedSetting(
                 "normalization", "zscore", f"{why} (no absolute units): {scope} standardised"
@@ -200,6 +207,32 @@ def plan_augmentation(fingerprint: dict) -> list[PlannedSetting]:
     ]
 
 
+def plan_channel_substitution(fingerprint: dict, modality: str | None = None) -> PlannedSetting:
+    """Multi-channel MR: each channel is a sequence, and a site that lacks one fills its
+    channel with a copy of another (the LGG collection copies FLAIR; others repeat T1): train
+    on some patches made that way, or the model can miss a lesion outright on such a patient
+    (LGG-48, every held-out patient's post-contrast replaced by FLAIR: mean volume Dice 0.32
+    against 0.71 intact, docs/benchmarks.md). Off for one channel and for data not known to be
+    MR (three channels may be colour)."""
+    channels = len(fingerprint.get("channels") or [])
+    why = mr_evidence(fingerprint, modality)
+    if channels < 2 or why is None:
+        return PlannedSetting(
+            "channel_substitution",
+            0.0,
+            f"{channels} channel{'s' if channels != 1 else ''}"
+            + (" of MR" if why else ", not known to be MR sequences (modality: mr)")
+            + ": no channel stands in for a missing sequence",
+        )
+    return PlannedSetting(
+        "channel_substitution",
+        CHANNEL_SUBSTITUTION,
+        f"{why}, {channels} channels: each a sequence, and a site lacking one fills its channel "
+        f"with a copy of another; {CHANNEL_SUBSTITUTION:.0%} of patches are made so (one "
+        "channel replaced by another) so a missing sequence does not silence the model",
+    )
+
+
 def plan_sampling(fingerprint: dict) -> PlannedSetting:
     """Favour patches centred on foreground when it is small or often absent."""
     fraction = fingerprint["foreground_fraction"]["mean"]
@@ -248,6 +281,7 @@ def plan_training(
             plan_validation(fingerprint, int(patch[0].value), int(batch.value), float(scale.value)),
             plan_sampling(fingerprint),
             *plan_augmentation(fingerprint),
+            plan_channel_substitution(fingerprint, modality),
             plan_best_epoch(fingerprint),
             *plan_schedule(time_budget),
         ]
