@@ -29,7 +29,7 @@ whole run's time against the budget.
 
     .venv/bin/python bench/accuracy.py --dataset lgg-48 [--time-budget 60] [--out DIR]
         [--architecture A] [--deep-supervision] [--image-size PX --batch-size N] [--run DIR]
-        [--channel-substitution P]
+        [--channel-substitution P] [--seed N]
 
 It also scores the held-out patients with a sequence missing (post-contrast, then pre-contrast,
 replaced by FLAIR in every slice, as the collection fills a missing sequence): what a model
@@ -197,7 +197,7 @@ def run_lgg48(args, scratch: Path) -> None:
         seconds = None
     else:
         prepare = lgg48_prepare(Path(args.data_root), scratch / "cache")
-        settings = {"time_budget": args.time_budget, "seed": 0}
+        settings = {"time_budget": args.time_budget, "seed": args.seed}
         if args.architecture:
             settings["architecture"] = args.architecture
         if args.deep_supervision:
@@ -211,6 +211,8 @@ def run_lgg48(args, scratch: Path) -> None:
             run_dir = run_dir.with_name(f"{run_dir.name}-{args.image_size}px")
         if args.channel_substitution is not None:
             run_dir = run_dir.with_name(f"{run_dir.name}-sub{args.channel_substitution:g}")
+        if args.seed:
+            run_dir = run_dir.with_name(f"{run_dir.name}-seed{args.seed}")
         _, seconds = train(prepare, settings, run_dir, 0)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     volume = pd.Series(
@@ -227,7 +229,7 @@ def run_lgg48(args, scratch: Path) -> None:
     what += f", --batch-size {args.batch_size}" if args.batch_size else ""
     if args.channel_substitution is not None:
         what += f", --channel-substitution {args.channel_substitution:g}"
-    print(f"\n== LGG-48, one model, --time-budget {args.time_budget:g} ({what}, seed 0)")
+    print(f"\n== LGG-48, one model, --time-budget {args.time_budget:g} ({what}, seed {args.seed})")
     print(
         f"held-out patients: {len(volume)}; mean per-patient volume Dice {volume.mean():.4f}, "
         f"median {volume.median():.4f}, under 0.5: {int((volume < 0.5).sum())} "
@@ -365,6 +367,7 @@ def main() -> int:
     )
     parser.add_argument("--image-size", type=int, help="lgg-48: patch side (default: plan).")
     parser.add_argument("--batch-size", type=int, help="lgg-48: patches a step (default: plan).")
+    parser.add_argument("--seed", type=int, default=0, help="lgg-48: training seed.")
     parser.add_argument(
         "--channel-substitution",
         type=float,
