@@ -319,6 +319,7 @@ def test_plan_prints_explained_settings_and_train_uses_them(demo_dir, tmp_path, 
         "scale_range",
         "contrast",
         "gamma",
+        "channel_substitution",
         "best_epoch_smoothing",
     ]
     # the demo run gave image_size, depth and batch size itself: kept; the rest was planned

@@ -207,7 +207,12 @@ def test_a_run_folder_of_flat_records_still_resumes_and_predicts(tfrecord_dir, t
     for path, key in ((state_path, "config"), (info_path, "train_config")):
         record = json.loads(path.read_text())
         # today's records keep the old form (with the settings added since)
-        added = {"val_cases_per_epoch": 0, "input_scale": 1.0, "deep_supervision": False}
+        added = {
+            "val_cases_per_epoch": 0,
+            "input_scale": 1.0,
+            "deep_supervision": False,
+            "channel_substitution": 0.0,
+        }
         assert record[key] == {**FLAT_RECORD, **added}
         path.write_text(json.dumps({**record, key: dict(sorted(FLAT_RECORD.items()))}))
     resumed = train_model(tfrecord_dir, tmp_path, config.updated(epochs=2))
