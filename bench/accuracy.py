@@ -272,20 +272,9 @@ def run_lgg48(args, scratch: Path) -> None:
 def tta_volume_dice(run_dir: Path):
     """Per-patient volume Dice of the run's model on its test split with test-time flips,
     scored by the evaluation ``segflow evaluate --tta`` runs."""
-    import pandas as pd
-
-    from data_catalog.tfrecords import iterate_cases
-    from unet.evaluation.scoring import evaluate_cases
     from unet.inference.segmenter import Segmenter
 
-    cache = Path(json.loads((run_dir / "config.json").read_text())["prepare"]["cache_dir"])
-    address = json.loads((run_dir / "lineage.json").read_text())["tfrecord_address"]
-    table = pd.read_csv(run_dir / "manifest.csv")
-    groups = dict(zip(table["key"], table["group"].astype(str), strict=True))
-    segmenter = Segmenter(run_dir, tta=True, precision="auto")
-    cases = iterate_cases(cache / address[:16], "test")
-    metrics = evaluate_cases(segmenter, cases, run_dir / "evaluation-tta", 0, groups)
-    return pd.Series({name: group.volume_dice for name, group in metrics.groups.items()})
+    return test_volume_dice(run_dir, Segmenter(run_dir, tta=True, precision="auto"), "tta")
 
 
 def substituted_volume_dice(run_dir: Path, target: int, source: int):
@@ -294,11 +283,6 @@ def substituted_volume_dice(run_dir: Path, target: int, source: int):
     LGG collection documents), its normalisation statistics with it."""
     import dataclasses
 
-    import pandas as pd
-
-    from data_catalog.cases import CaseStream
-    from data_catalog.tfrecords import iterate_cases
-    from unet.evaluation.scoring import evaluate_cases
     from unet.inference.segmenter import Segmenter
 
     def substituted(case):
@@ -310,15 +294,27 @@ def substituted_volume_dice(run_dir: Path, target: int, source: int):
             stats[target], stats[half + target] = stats[source], stats[half + source]
         return dataclasses.replace(case, image=image, stats=stats)
 
+    segmenter = Segmenter(run_dir, precision="auto")
+    return test_volume_dice(run_dir, segmenter, f"missing-{target}", substituted)
+
+
+def test_volume_dice(run_dir: Path, segmenter, label: str, change=None):
+    """Per-patient volume Dice of ``segmenter`` on the run's test split (each case through
+    ``change`` first, when given), the evaluation written to ``evaluation-LABEL``."""
+    import pandas as pd
+
+    from data_catalog.cases import CaseStream
+    from data_catalog.tfrecords import iterate_cases
+    from unet.evaluation.scoring import evaluate_cases
+
     cache = Path(json.loads((run_dir / "config.json").read_text())["prepare"]["cache_dir"])
     address = json.loads((run_dir / "lineage.json").read_text())["tfrecord_address"]
     table = pd.read_csv(run_dir / "manifest.csv")
     groups = dict(zip(table["key"], table["group"].astype(str), strict=True))
-    segmenter = Segmenter(run_dir, precision="auto")
     cases = iterate_cases(cache / address[:16], "test")
-    stream = CaseStream((substituted(case) for case in cases), len(cases))
-    out = run_dir / f"evaluation-missing-{target}"
-    metrics = evaluate_cases(segmenter, stream, out, 0, groups)
+    if change is not None:
+        cases = CaseStream((change(case) for case in cases), len(cases))
+    metrics = evaluate_cases(segmenter, cases, run_dir / f"evaluation-{label}", 0, groups)
     return pd.Series({name: group.volume_dice for name, group in metrics.groups.items()})
 
 

@@ -209,7 +209,7 @@ def plan_augmentation(fingerprint: dict) -> list[PlannedSetting]:
 
 def plan_channel_substitution(fingerprint: dict, modality: str | None = None) -> PlannedSetting:
     """Multi-channel MR: each channel is a sequence, and a site that lacks one fills its
-    channel with a copy of another (the LGG collection copies FLAIR; others repeat T1): train
+    channel with a copy of another (the LGG collection copies FLAIR): train
     on some patches made that way, or the model can miss a lesion outright on such a patient
     (LGG-48, every held-out patient's post-contrast replaced by FLAIR: mean volume Dice 0.32
     against 0.71 intact, docs/benchmarks.md). Off for one channel and for data not known to be
