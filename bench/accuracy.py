@@ -203,7 +203,7 @@ def run_lgg48(args, scratch: Path) -> None:
         if args.deep_supervision:
             settings["deep_supervision"] = True
         for name in ("image_size", "batch_size", "channel_substitution"):
-            if getattr(args, name):
+            if getattr(args, name) is not None:
                 settings[name] = getattr(args, name)
         run_dir = scratch / f"lgg48-{args.architecture or 'plan'}"
         run_dir = run_dir.with_name(run_dir.name + ("-ds" if args.deep_supervision else ""))
