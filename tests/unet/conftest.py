@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -22,12 +24,15 @@ def threshold_model(tmp_path_factory):
     model.get_layer("head_conv").set_weights(
         [np.array([[[[-k, k]]]], np.float32), np.array([0.5 * k, -0.5 * k], np.float32)]
     )
+    return save_stand_in(model, folder, "threshold", channels=1)
+
+
+def save_stand_in(model: keras.Model, folder: Path, version: str, **info) -> Path:
+    """``model`` saved as a run folder prediction reads: ``model.keras`` and a ``model.json``
+    (a two-class U-Net stand-in of any input size; ``info`` adds or overrides fields)."""
     model.save(folder / "model.keras")
     ModelInfo(
-        architecture="unet",
-        channels=1,
-        size_multiple=1,
-        num_classes=2,
-        model_version="threshold",
+        **{"architecture": "unet", "size_multiple": 1, "num_classes": 2, **info},
+        model_version=version,
     ).write(folder)
     return folder

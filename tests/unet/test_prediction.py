@@ -524,7 +524,7 @@ def test_a_model_trained_on_coloured_scans_as_grey_reads_them_so_at_prediction(
 def test_a_scan_missing_a_sequence_is_flagged_for_review_by_a_model_of_sequences(tmp_path):
     import keras
 
-    from unet.store.model_files import ModelInfo
+    from tests.unet.conftest import save_stand_in
 
     image = keras.Input((None, None, 3))
     logits = keras.layers.Conv2D(2, 1, name="head_conv")(image)
@@ -539,15 +539,9 @@ def test_a_scan_missing_a_sequence_is_flagged_for_review_by_a_model_of_sequences
     for name, substitution in (("mr", 0.2), ("colour", 0.0)):
         folder = tmp_path / name
         folder.mkdir()
-        model.save(folder / "model.keras")
-        ModelInfo(
-            architecture="unet",
-            channels=3,
-            size_multiple=1,
-            num_classes=2,
-            model_version=name,
-            train_config={"channel_substitution": substitution},
-        ).write(folder)
+        save_stand_in(
+            model, folder, name, channels=3, train_config={"channel_substitution": substitution}
+        )
     report = _predict(tmp_path / "mr", tmp_path / "in", tmp_path / "out").set_index("input")
     assert (report["status"] == "ok").all()
     assert report.loc["missing.png", "review"] == "review"
