@@ -14,7 +14,9 @@ twice: as prediction flags by default (``--qc fast``) and with ``--qc full`` (ad
 
 ``--dataset lgg-48``: the predicted Dice of a 5-fold run on the 48 LGG patients, scored on the
 held-out patients as the failure-detection literature scores it (``bench/quality_folds.py``;
-its own flags follow ``--dataset lgg-48``).
+its own flags follow ``--dataset lgg-48``). ``--refit RUN_DIR ...``: stored single-model runs'
+review thresholds re-fitted with this code and applied to their held-out patients
+(``bench/review_thresholds.py``).
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ def run(name: str, prepare, epochs: int, out: Path, folds: int = 0) -> dict:
 
 
 def main() -> None:
+    if "--refit" in sys.argv:  # bench/review_thresholds.py: stored runs' review thresholds
+        from review_thresholds import main as refit_main
+
+        sys.exit(refit_main(sys.argv[sys.argv.index("--refit") + 1 :]))
     if "--dataset" in sys.argv:  # bench/quality_folds.py: the predicted Dice on LGG-48
         at = sys.argv.index("--dataset")
         if sys.argv[at + 1 : at + 2] != ["lgg-48"]:

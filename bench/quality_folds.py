@@ -12,7 +12,8 @@ Printed, per slice (slices with tumour in truth or mask) and per patient (volume
   - the same rankings for the members' mean pairwise Dice (1 - member_disagreement, Zenk et
     al.'s strongest signal) and today's calibrated flags (ranked by how many fired);
   - the patients the review flags catch: of those under 0.7, and the share of all flagged
-    (a patient is flagged when its pooled predicted Dice is under the model's review_below);
+    (a patient is flagged when its pooled predicted Dice is under the model's
+    volume_review_below);
   - prediction cost: ensemble images/s with the members' counts and the predicted Dice
     against without them (same model, same test slices, one run).
 
@@ -193,7 +194,8 @@ def main() -> int:
             print(line(name, scores[level]))
     group = ours["per_group"]
     print(
-        f"\nreview flags (patients with pooled predicted Dice < {quality['review_below']:g}): "
+        "\nreview flags (patients with pooled predicted Dice < "
+        f"{quality.get('volume_review_below') or quality['review_below']:g}): "
         f"{group['failed_caught']} of {group['failed']} patients under 0.7 caught "
         f"({(group['failed_recall'] or 0):.0%}; target >= 80%), {group['flagged']} of "
         f"{group['cases']} flagged ({group['flagged_share']:.0%}; target <= 30%)"

@@ -9,7 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unet.quality.predicted_dice import DiceModel, fit_dice_model, pooled_dice, regressor
+from unet.quality.predicted_dice import (
+    REVIEW_BUDGET,
+    DiceModel,
+    cross_validated_predictions,
+    feature_matrix,
+    fit_dice_model,
+    group_dice_table,
+    pooled_dice,
+    regressor,
+)
+from unet.quality.ranking import best_threshold
 
 RNG = np.random.default_rng(7)
 
@@ -61,6 +71,81 @@ def test_the_stored_model_predicts_what_scikit_learn_predicts_and_ranks_failures
     assert missed < 0.3 < 0.7 < confidently_empty
     assert 0 < model.review_below < 1 and "catches" in model.review_below_reason
     assert model.groups == sorted({f"p{k}" for k in range(12)}) and model.cases == 300
+
+
+def patients_mostly_fine(patients: int = 20, slices: int = 30) -> pd.DataFrame:
+    """Slices as an MR series gives them: most hold no lesion and are segmented empty (Dice
+    1); a lesion slice's Dice falls with its doubt; the first four patients' lesions are
+    missed (their masks empty where the truth is not), with a weak foreground peak."""
+    rows = []
+    for patient in range(patients):
+        failing = patient < 4
+        for z in range(slices):
+            lesion = 8 <= z < 18
+            doubt = RNG.uniform(0.0, 0.15) + (0.35 if failing and lesion else 0.0)
+            truth = 300.0 if lesion else 0.0
+            mask = 0.0 if failing and lesion and z % 2 else truth * (1 - doubt)
+            overlap = min(mask, truth) * (1 - doubt)
+            total = truth + mask
+            rows.append(
+                {
+                    "key": f"p{patient}/z{z:02d}",
+                    "group": f"p{patient}",
+                    "low_confidence": doubt + RNG.normal(0, 0.03),
+                    "foreground_peak": RNG.uniform(0.3, 0.5)
+                    if failing and lesion
+                    else RNG.uniform(0.0, 0.2)
+                    if not lesion
+                    else 1.0,
+                    "mask_log_fraction": np.log10(max(mask / 4096, 1e-4)),
+                    "dice": 1.0 if total == 0 else 2 * overlap / total,
+                    "overlap_pixels": overlap,
+                    "sum_pixels": total,
+                    "mask_fraction": mask / 4096,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_the_default_review_flags_at_most_the_budget_of_slices_and_of_patients():
+    """The default thresholds keep to REVIEW_BUDGET on slices and on patients and still flag
+    the patients whose lesions were missed, at the patient level by their pooled predicted
+    Dice against a threshold chosen on the fit patients' pooled predictions."""
+    table = patients_mostly_fine()
+    lesion = table["sum_pixels"] > 0
+    target = float(np.percentile(table.loc[lesion, "dice"], 20))
+    model = fit_dice_model(table, target, "test rows")
+    assert model.cross_validated["flagged_share"] <= REVIEW_BUDGET
+    assert "at most 30%" in model.review_below_reason
+
+    features, fill = model.features, np.asarray(model.fill)
+    matrix = feature_matrix(table, features, fill)
+    checked = cross_validated_predictions(matrix, table["dice"].to_numpy(), table["group"])
+
+    groups = group_dice_table(table, checked, model.typical_fraction).set_index("group")
+    flagged = groups["predicted"] < model.volume_review_below
+    assert flagged.mean() <= REVIEW_BUDGET
+    assert set(groups.index[flagged]) == {"p0", "p1", "p2", "p3"}  # the missed patients
+    assert (
+        groups.loc[["p0", "p1", "p2", "p3"], "dice"].max()
+        < groups["dice"].drop(["p0", "p1", "p2", "p3"]).min()
+    )
+    assert "groups" in model.volume_review_below_reason
+
+    # a single model's few validation patients choose no patient threshold of their own
+    few = fit_dice_model(patients_mostly_fine(patients=6), target, "test rows")
+    assert few.volume_review_below == few.review_below
+    assert "too few" in few.volume_review_below_reason
+
+
+def test_a_review_budget_caps_the_share_the_best_threshold_may_flag():
+    signal = np.arange(100.0)
+    bad = np.zeros(100, bool)
+    bad[list(range(50, 60)) + [97, 98, 99]] = True  # most failures rank in the middle
+    threshold, _, recall = best_threshold(signal, bad)
+    assert np.mean(signal > threshold) == 0.5 and recall == 1.0
+    capped, _, capped_recall = best_threshold(signal, bad, max_flagged=0.3)
+    assert np.mean(signal > capped) <= 0.3 and capped_recall == pytest.approx(3 / 13)
 
 
 def test_too_few_cases_or_groups_fit_no_model():
@@ -120,3 +205,12 @@ def test_images_videos_and_volumes_each_get_a_predicted_dice(trained_run, tmp_pa
     worst = report.loc["scan.nii.gz", "worst_slices"]
     assert isinstance(worst, str) and worst.startswith("z0")
     assert pd.isna(report.loc["image.png", "worst_slices"])
+
+    # without the user's bar: images against the model's image threshold, a video's and a
+    # volume's pooled predicted Dice against its volume threshold
+    own = model.model_copy(update={"review_below": 0.0, "volume_review_below": 1.01})
+    quality = info.quality.model_copy(update={"dice_model": own, "review_below": None})
+    info.model_copy(update={"quality": quality}).write(run)
+    config = config.model_copy(update={"output_dir": str(tmp_path / "own")})
+    review = predict_folder(config).set_index("input")["review"]
+    assert review.to_dict() == {"cine.avi": "review", "image.png": "ok", "scan.nii.gz": "review"}

@@ -55,14 +55,15 @@ def quality_metrics(
     model = reference.dice_model
     if model is not None and "predicted_dice" in frame:
         signal_flags = scored.assign(review=signals_only.map(lambda r: "review" if r else "ok"))
-        below = reference.review_threshold()
+        below, pooled_below = reference.review_threshold(), reference.review_threshold(True)
         return {
             **flag_summary(scored, reference.target_dice),
             **facts,
             "review_below": below,
+            "volume_review_below": pooled_below,
             "dice_model_note": reference.dice_model_note,
             "predicted_dice": predicted_dice_scores(
-                frame, num_classes, model.typical_fraction, below, out_dir
+                frame, num_classes, model.typical_fraction, pooled_below, out_dir
             ),
             "signal_flags": flag_summary(signal_flags, reference.target_dice),
         }
@@ -112,11 +113,34 @@ def quality_table(
         signals = quality_signals(case.prepared, result, reference)
         empty = not case.truth.any() and not result.classes.any()
         dice = foreground_dice(result.classes, case.truth)
-        row = {"key": case.key, "scored_by": segmenter.version, **signals, "dice": dice}
+        row = {
+            "key": case.key,
+            "scored_by": segmenter.version,
+            **signals,
+            "dice": dice,
+            **pixel_counts(result.classes, case.truth),
+        }
         rows.append({**row, "empty": empty})
         if volumes is not None:
             volumes.add(case.key, case.prepared, case.truth, result)
     return pd.DataFrame(rows)
+
+
+def pixel_counts(classes: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """A case's foreground pixels for a volume Dice pooled over its group (the quality model's
+    group threshold): overlap and truth + mask summed over the foreground classes, and the
+    mask's foreground fraction."""
+    labels = np.union1d(np.unique(truth), np.unique(classes))
+    overlap = total = 0
+    for c in labels[labels > 0]:
+        mask, true = classes == c, truth == c
+        overlap += int(np.count_nonzero(mask & true))
+        total += int(np.count_nonzero(mask)) + int(np.count_nonzero(true))
+    return {
+        "overlap_pixels": float(overlap),
+        "sum_pixels": float(total),
+        "mask_fraction": float(np.count_nonzero(classes)) / classes.size,
+    }
 
 
 def calibrate_flags(
@@ -169,11 +193,13 @@ def with_dice_model(reference, table: pd.DataFrame, groups: dict[str, str] | Non
             "on every non-test case out of fold)"
         )
         return reference.model_copy(update={"dice_model_note": note})
-    note = f"predicted Dice fitted on {unit}; review below {model.review_below:g}: "
-    return reference.model_copy(
-        update={
-            "dice_model": model,
-            "review_below": model.review_below,
-            "dice_model_note": note + model.review_below_reason,
-        }
+    note = (
+        f"predicted Dice fitted on {unit}; review images below {model.review_below:g}: "
+        + model.review_below_reason
     )
+    if model.volume_review_below is not None:
+        note += (
+            f"; review volumes and groups below {model.volume_review_below:g}: "
+            + model.volume_review_below_reason
+        )
+    return reference.model_copy(update={"dice_model": model, "dice_model_note": note})

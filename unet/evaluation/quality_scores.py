@@ -104,8 +104,8 @@ def predicted_dice_scores(
     """The predicted Dice's scores on a scored table (``per_image.csv`` with
     ``predicted_dice``): per slice (with foreground) and per group (when the table has more
     than one), the group flags (a group is flagged when its pooled predicted Dice is under
-    ``review_below``) against the groups under :data:`GROUP_FAILED`; with ``out_dir`` the
-    risk-coverage curves as ``risk_coverage.png``."""
+    ``review_below``, the pooled threshold) against the groups under :data:`GROUP_FAILED`;
+    with ``out_dir`` the risk-coverage curves as ``risk_coverage.png``."""
     scored = frame[with_foreground(frame, num_classes)]
     dice = slice_dice(scored, num_classes).to_numpy()
     scores: dict[str, object] = {

@@ -69,7 +69,7 @@ def predicted_dice_lines(quality: dict) -> list[str]:
     """The predicted Dice on these cases (it never saw them) and the flags it raises."""
     scores = quality["predicted_dice"]
     lines = [
-        f"- predicted Dice ({quality.get('dice_model_note', '')}); review below "
+        f"- predicted Dice ({quality.get('dice_model_note', '')}); review images below "
         f"{quality['review_below']:g}: " + flag_line(quality),
         "  - per slice with foreground in truth or mask: " + ranking_line(scores["per_slice"]),
     ]
@@ -78,7 +78,8 @@ def predicted_dice_lines(quality: dict) -> list[str]:
         lines.append(
             "  - per group (volume Dice, slices' predicted Dice pooled): "
             + ranking_line(group)
-            + f"; flagged {group['flagged']} of {group['cases']} groups, "
+            + f"; flagged {group['flagged']} of {group['cases']} groups (pooled predicted Dice "
+            f"under {quality.get('volume_review_below', quality['review_below']):g}), "
             f"{group['failed_caught']} of {group['failed']} under {group['failed_below']:g} "
             "among them"
         )

@@ -14,13 +14,19 @@ def spearman(signal: np.ndarray, dice: np.ndarray) -> float | None:
     return float(np.corrcoef(ranks["s"], ranks["d"])[0, 1])
 
 
-def best_threshold(signal: np.ndarray, bad: np.ndarray) -> tuple[float | None, float, float]:
-    """The threshold (flag above it) with the largest Youden J: ``(threshold, J, recall)``."""
+def best_threshold(
+    signal: np.ndarray, bad: np.ndarray, max_flagged: float = 1.0
+) -> tuple[float | None, float, float]:
+    """The threshold (flag above it) with the largest Youden J: ``(threshold, J, recall)``;
+    ``max_flagged``: only thresholds that flag at most this share of all cases compete (a
+    review budget: on cases mostly fine, the best J alone may flag half of them)."""
     if not bad.any() or bad.all():
         return None, 0.0, 0.0
     best = (None, 0.0, 0.0)
     for threshold in np.unique(np.percentile(signal, np.arange(40, 100, 2.5))):
         flagged = signal > threshold
+        if flagged.mean() > max_flagged + 1e-9:
+            continue
         recall = float(flagged[bad].mean())
         youden = recall - float(flagged[~bad].mean())
         if youden > best[1]:

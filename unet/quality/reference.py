@@ -93,16 +93,24 @@ class QualityReference(BaseModel):
         None, description="The predicted-Dice quality model (unet.quality.predicted_dice)."
     )
     review_below: float | None = Field(
-        None, description="With a Dice model: review inputs predicted under this Dice."
+        None,
+        description="The user's --review-below (one bar for images and volumes); None: the "
+        "Dice model's own thresholds.",
     )
     dice_model_note: str = Field("", description="Why there is no Dice model, or its fit.")
 
-    def review_threshold(self) -> float | None:
+    def review_threshold(self, pooled: bool = False) -> float | None:
         """The predicted Dice under which an input is reviewed: the user's ``review_below``,
-        else the Dice model's own; None without a Dice model."""
-        if self.dice_model is None:
+        else the Dice model's own (``pooled``: a volume's or a group's pooled predicted Dice,
+        its ``volume_review_below`` where it has one); None without a Dice model."""
+        model = self.dice_model
+        if model is None:
             return None
-        return self.review_below if self.review_below is not None else self.dice_model.review_below
+        if self.review_below is not None:
+            return self.review_below
+        if pooled and model.volume_review_below is not None:
+            return model.volume_review_below
+        return model.review_below
 
 
 def robust_distance(value: float, median: float, spread: float) -> float:

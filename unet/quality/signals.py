@@ -264,7 +264,7 @@ class VolumeQuality:
             return {}
         signals = self.signals(fraction, reference, whole_volume, spacing, components)
         return {
-            **columns_of(signals, reference, self.pooled_dice()),
+            **columns_of(signals, reference, self.pooled_dice(), pooled=True),
             **({"worst_slices": self.worst_slices()} if self.predicted else {}),
         }
 
@@ -348,10 +348,14 @@ OWN_COLUMNS = ("components",)
 
 
 def columns_of(
-    signals: dict[str, float], reference: QualityReference, predicted: float | None = None
+    signals: dict[str, float],
+    reference: QualityReference,
+    predicted: float | None = None,
+    pooled: bool = False,
 ) -> dict[str, object]:
     """Report columns: the signals; with a Dice model ``predicted_dice`` (``predicted``, or
-    the model's on ``signals``) and ``review`` where it is under ``reference.review_below``
+    the model's on ``signals``) and ``review`` where it is under the reference's threshold
+    (``pooled``: a volume's, for a predicted Dice pooled over slices)
     (the reasons: the predicted Dice, then any calibrated signal over its threshold); without
     one, ``review``/``review_reasons`` from the calibrated signals when any is among them
     (left empty otherwise: no flag is not the same as ``ok``)."""
@@ -362,7 +366,7 @@ def columns_of(
     if model is not None:
         if predicted is None:
             predicted = predicted_dice(signals, model)
-        below = reference.review_threshold()
+        below = reference.review_threshold(pooled)
         fired = review_reasons(signals, reference)
         reasons = ([f"predicted_dice<{below:g}"] if predicted < below else []) + fired
         columns.update(
