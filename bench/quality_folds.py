@@ -195,7 +195,8 @@ def main() -> int:
     group = ours["per_group"]
     print(
         "\nreview flags (patients with pooled predicted Dice < "
-        f"{quality.get('volume_review_below') or quality['review_below']:g}): "
+        f"{metrics['quality'].get('volume_review_below') or metrics['quality']['review_below']:g}"
+        "): "
         f"{group['failed_caught']} of {group['failed']} patients under 0.7 caught "
         f"({(group['failed_recall'] or 0):.0%}; target >= 80%), {group['flagged']} of "
         f"{group['cases']} flagged ({group['flagged_share']:.0%}; target <= 30%)"

@@ -1,7 +1,8 @@
 """Do the default review thresholds flag what a reviewer can look at, and the patients that
-failed? Stored single-model LGG-48 runs (``bench/accuracy.py --dataset lgg-48`` wrote them):
-each run's quality calibration is re-fitted with this code on its own validation split (as
-training does), and both the stored and the re-fitted thresholds are applied to the held-out
+failed? Stored LGG-48 runs (``bench/accuracy.py --dataset lgg-48`` or ``bench/quality.py --dataset
+lgg-48`` wrote them): each run's quality calibration is re-fitted with this code as training
+fits it (a single model on its validation split, a cross-validated run on every non-test case
+out of fold), and both the stored and the re-fitted thresholds are applied to the held-out
 patients' predicted Dice (the run's ``evaluation/per_image.csv``; no threshold saw them).
 
 Printed per run: the thresholds; per slice, the share of all test slices flagged and of the
@@ -30,19 +31,31 @@ def tfrecord_folder(run_dir: Path, cache: Path) -> Path:
 
 
 def refit(run_dir: Path, cache: Path):
-    """The run's quality reference calibrated again on its validation split."""
+    """The run's quality reference calibrated again on its validation split, or for a
+    cross-validated run (``folds/``) on every non-test case out of fold."""
     from unet.config import TrainConfig
     from unet.store.model_files import ModelInfo, model_file
+    from unet.training.crossval import calibrate_out_of_fold
     from unet.training.finishing import calibrate_quality
+    from unet.training.folds import FoldResult
     from unet.training.state import read_training_data
 
     info = ModelInfo.read(run_dir)
+    if (run_dir / "folds").is_dir():
+        folds = [
+            FoldResult(k, str(fold), None, 0.0, None, None, str(tfrecord_folder(fold, cache)))
+            for k, fold in enumerate(sorted((run_dir / "folds").glob("fold-*")))
+        ]
+        return calibrate_out_of_fold(folds, info, run_dir)
     config = TrainConfig.model_validate(json.loads((run_dir / "config.json").read_text())["train"])
     data, _ = read_training_data(tfrecord_folder(run_dir, cache), config)
     return calibrate_quality(model_file(run_dir), info, data)
 
 
 def flags(frame, typical: float, image_below: float, pooled_below: float) -> str:
+    """The test slices and patients flagged under the two thresholds, and the failures
+    caught (the frame's ``predicted_dice``: the quality model's, or an ensemble's pairwise
+    Dice)."""
     from unet.evaluation.quality_scores import group_table, slice_dice, with_foreground
 
     flagged = frame["predicted_dice"] < image_below
@@ -85,14 +98,17 @@ def main(arguments: list[str]) -> int:
             f"one (cross-validated Spearman {model.cross_validated['spearman']:.4f} against "
             f"{old_model['cross_validated']['spearman']:.4f})"
         )
+        pairwise = "member_disagreement" in frame  # an ensemble: its members' pairwise Dice
+        old_pooled = old_model.get("volume_review_below") or old_below  # pairwise or not
         print(
-            f"stored: one threshold {old_below:g}: "
-            + flags(frame, old_model["typical_fraction"], old_below, old_below)
+            f"stored: images {old_below:g}, patients {old_pooled:g}: "
+            + flags(frame, old_model["typical_fraction"], old_below, old_pooled)
         )
+        image, pooled = new.review_threshold(False, pairwise), new.review_threshold(True, pairwise)
         print(
-            f"re-fitted: images {model.review_below:g}, volumes and patients "
-            f"{model.volume_review_below:g}: "
-            + flags(frame, model.typical_fraction, model.review_below, model.volume_review_below)
+            f"re-fitted{' (pairwise Dice: the failure targets)' if pairwise else ''}: images "
+            f"{image:g}, volumes and patients {pooled:g}: "
+            + flags(frame, model.typical_fraction, image, pooled)
         )
         print(f"  why: {new.dice_model_note}")
         sys.stdout.flush()

@@ -138,6 +138,27 @@ def test_the_default_review_flags_at_most_the_budget_of_slices_and_of_patients()
     assert "too few" in few.volume_review_below_reason
 
 
+def test_each_predicted_dice_is_reviewed_against_the_threshold_of_its_scale():
+    from unet.quality.reference import QualityReference
+
+    model = fit_dice_model(patients_mostly_fine(), 0.6, "test rows").model_copy(
+        update={"review_below": 0.91, "volume_review_below": 0.82, "volume_target_dice": 0.55}
+    )
+    reference = QualityReference.model_construct(dice_model=model, review_below=None)
+    assert reference.review_threshold() == 0.91  # an image, the quality model's estimate
+    assert reference.review_threshold(pooled=True) == 0.82  # a volume's pooled estimate
+    # an ensemble's pairwise Dice: the failure targets, not thresholds on another scale
+    assert reference.review_threshold(pairwise=True) == 0.6
+    assert reference.review_threshold(pooled=True, pairwise=True) == 0.55
+    older = reference.model_copy(
+        update={"dice_model": model.model_copy(update={"volume_target_dice": None})}
+    )
+    assert older.review_threshold(pooled=True, pairwise=True) == 0.6
+    user = reference.model_copy(update={"review_below": 0.7})  # --review-below: one bar
+    assert {user.review_threshold(p, q) for p in (0, 1) for q in (0, 1)} == {0.7}
+    assert reference.model_copy(update={"dice_model": None}).review_threshold() is None
+
+
 def test_a_review_budget_caps_the_share_the_best_threshold_may_flag():
     signal = np.arange(100.0)
     bad = np.zeros(100, bool)

@@ -55,7 +55,9 @@ def quality_metrics(
     model = reference.dice_model
     if model is not None and "predicted_dice" in frame:
         signal_flags = scored.assign(review=signals_only.map(lambda r: "review" if r else "ok"))
-        below, pooled_below = reference.review_threshold(), reference.review_threshold(True)
+        pairwise = "member_disagreement" in frame  # an ensemble's predicted Dice
+        below = reference.review_threshold(False, pairwise)
+        pooled_below = reference.review_threshold(True, pairwise)
         return {
             **flag_summary(scored, reference.target_dice),
             **facts,

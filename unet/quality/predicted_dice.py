@@ -14,7 +14,12 @@ numpy at prediction, so prediction needs no scikit-learn.
 For an ensemble the predicted Dice is its members' mean pairwise Dice instead
 (:func:`unet.quality.signals.predicted_dice`): measured on 13 held-out LGG patients, this model
 (fitted on single fold models' signals) did not carry over to the ensemble's signals per slice
-(Spearman -0.15), the pairwise Dice did (0.77). The model stays the single models' estimate.
+(Spearman -0.15), the pairwise Dice did (0.77). The model stays the single models' estimate,
+and its thresholds (chosen on its own scale) do not apply to the pairwise Dice: an ensemble's
+inputs are reviewed under the failure targets (``target_dice``, ``volume_target_dice``: the
+Dice under which a fit case, or patient, counted as failed; measured, the quality model's
+patient threshold 0.847 flagged 12 of 13 held-out patients' pooled pairwise Dice, the target
+0.580 flagged 5).
 
 Only signals every prediction computes enter the model (not ``flip_disagreement``, which needs
 ``--qc full``; not the members' disagreement, which no out-of-fold case can have: each case was
@@ -98,6 +103,9 @@ class DiceModel(BaseModel):
         "models fitted before it existed (they use review_below).",
     )
     volume_review_below_reason: str = ""
+    volume_target_dice: float | None = Field(
+        None, description="A fit group under this volume Dice counted as failed."
+    )
     target_dice: float = Field(description="A fit case under this Dice counted as failed.")
     typical_fraction: float = Field(description="Median mask fraction of non-empty fit cases.")
     fitted_on: str
@@ -244,7 +252,7 @@ def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceMo
     init, trees = exported(regressor().fit(matrix, dice))
     fractions = 10.0 ** table.loc[table["mask_log_fraction"] > -4, "mask_log_fraction"]
     typical = float(fractions.median()) if len(fractions) else 1e-2
-    volume_below, volume_reason = volume_threshold(table, checked, typical, review_below)
+    volume = volume_threshold(table, checked, typical, review_below)
     return DiceModel(
         features=features,
         fill=fill.tolist(),
@@ -261,8 +269,7 @@ def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceMo
             f"{int(failed.sum())} fit cases under Dice {target:.3f}: the predicted Dice under "
             f"which the lowest {REVIEW_BUDGET:.0%} of the fit cases fall (flags {flagged:.0%})"
         ),
-        volume_review_below=volume_below,
-        volume_review_below_reason=volume_reason,
+        **volume,
         target_dice=float(target),
         typical_fraction=typical,
         fitted_on=fitted_on,
@@ -308,28 +315,37 @@ def group_dice_table(table: pd.DataFrame, predicted: np.ndarray, typical: float)
 
 def volume_threshold(
     table: pd.DataFrame, checked: np.ndarray, typical: float, image_below: float
-) -> tuple[float | None, str]:
-    """The default review threshold for pooled predicted Dice (volumes, groups) and its
-    reason: with :data:`MIN_THRESHOLD_GROUPS` fit groups or more, chosen on their pooled
-    cross-validated predictions against their volume Dice as :func:`fit_dice_model` chooses
-    the slices' (failed: under the groups' own target percentile; where no threshold
-    separates them, the pooled predicted Dice under which :data:`REVIEW_BUDGET` of them fall);
-    with fewer (a single model's few validation patients: a quantile of 6 values is noise),
-    ``image_below``: a group whose lesion slices look, on average, like a failed slice. None
-    where the rows carry no pixel counts."""
+) -> dict[str, object]:
+    """The default review threshold for pooled predicted Dice (volumes, groups), its reason
+    and the groups' failure target (their volume Dice's target percentile), as
+    :class:`DiceModel` fields: with :data:`MIN_THRESHOLD_GROUPS` fit groups or more, chosen on
+    their pooled cross-validated predictions against their volume Dice as
+    :func:`fit_dice_model` chooses the slices' (where no threshold separates them, the pooled
+    predicted Dice under which :data:`REVIEW_BUDGET` of them fall); with fewer (a single
+    model's few validation patients: a quantile of 6 values is noise), ``image_below``: a
+    group whose lesion slices look, on average, like a failed slice. Nothing where the rows
+    carry no pixel counts."""
     # deferred: calibration imports reference, which imports this module
     from unet.quality.calibration import target_dice
 
     if not set(GROUP_COUNTS) <= set(table):
-        return None, "the fit rows carry no pixel counts: volumes use the images' threshold"
+        return {
+            "volume_review_below_reason": "the fit rows carry no pixel counts: volumes use the "
+            "images' threshold"
+        }
     groups = group_dice_table(table, checked, typical)
-    if len(groups) < MIN_THRESHOLD_GROUPS:
-        return round(float(image_below), 4), (
-            f"the images' threshold: {len(groups)} fit groups are too few to choose one on "
-            f"(needs {MIN_THRESHOLD_GROUPS}; cross-validate with --folds to fit on more)"
-        )
     dice, pooled = groups["dice"].to_numpy(np.float64), groups["predicted"].to_numpy(np.float64)
     target = target_dice(dice, groups["empty"].to_numpy(bool))
+    fields: dict[str, object] = {"volume_target_dice": target}
+    if len(groups) < MIN_THRESHOLD_GROUPS:
+        return {
+            **fields,
+            "volume_review_below": round(float(image_below), 4),
+            "volume_review_below_reason": (
+                f"the images' threshold: {len(groups)} fit groups are too few to choose one on "
+                f"(needs {MIN_THRESHOLD_GROUPS}; cross-validate with --folds to fit on more)"
+            ),
+        }
     failed = dice < target if target is not None else np.zeros(len(dice), bool)
     threshold, youden, recall = best_threshold(-pooled, failed, REVIEW_BUDGET)
     if threshold is not None:
@@ -346,7 +362,11 @@ def volume_threshold(
             f"no threshold within the budget separates the {len(groups)} fit groups: the "
             f"pooled predicted Dice under which the lowest {REVIEW_BUDGET:.0%} of them fall"
         )
-    return round(float(below), 4), reason
+    return {
+        **fields,
+        "volume_review_below": round(float(below), 4),
+        "volume_review_below_reason": reason,
+    }
 
 
 def pooling_weights(predicted, fractions, typical: float) -> np.ndarray:

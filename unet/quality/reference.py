@@ -99,15 +99,22 @@ class QualityReference(BaseModel):
     )
     dice_model_note: str = Field("", description="Why there is no Dice model, or its fit.")
 
-    def review_threshold(self, pooled: bool = False) -> float | None:
+    def review_threshold(self, pooled: bool = False, pairwise: bool = False) -> float | None:
         """The predicted Dice under which an input is reviewed: the user's ``review_below``,
         else the Dice model's own (``pooled``: a volume's or a group's pooled predicted Dice,
-        its ``volume_review_below`` where it has one); None without a Dice model."""
+        its ``volume_review_below`` where it has one). ``pairwise``: the predicted Dice is an
+        ensemble's members' mean pairwise Dice, not the Dice model's, so the model's
+        thresholds (chosen on its own scale) do not apply: the failure targets instead (the
+        Dice under which a fit case, or group, counted as failed). None without a Dice
+        model."""
         model = self.dice_model
         if model is None:
             return None
         if self.review_below is not None:
             return self.review_below
+        if pairwise:
+            volume = model.volume_target_dice if pooled else None
+            return volume if volume is not None else model.target_dice
         if pooled and model.volume_review_below is not None:
             return model.volume_review_below
         return model.review_below

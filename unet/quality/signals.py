@@ -366,7 +366,7 @@ def columns_of(
     if model is not None:
         if predicted is None:
             predicted = predicted_dice(signals, model)
-        below = reference.review_threshold(pooled)
+        below = reference.review_threshold(pooled, "member_disagreement" in signals)
         fired = review_reasons(signals, reference)
         reasons = ([f"predicted_dice<{below:g}"] if predicted < below else []) + fired
         columns.update(
