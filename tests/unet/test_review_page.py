@@ -60,7 +60,7 @@ def test_with_a_predicted_dice_the_page_leads_with_it_worst_first(tmp_path):
     rows = [
         {"input": "fine.nii.gz", "predicted_dice": 0.91, "review": "ok", "review_reasons": ""},
         {"input": "missed.nii.gz", "predicted_dice": 0.12, "review": "review",
-         "review_reasons": "predicted_dice<0.6", "worst_slices": "z012:0.05;z013:0.10"},
+         "review_reasons": "predicted_dice<0.55", "worst_slices": "z012:0.05;z013:0.10"},
         {"input": "doubtful.png", "predicted_dice": 0.45, "review": "review",
          "review_reasons": "predicted_dice<0.6;low_confidence"},
         {"input": "good.png", "predicted_dice": 0.78, "review": "ok", "review_reasons": ""},
@@ -73,7 +73,8 @@ def test_with_a_predicted_dice_the_page_leads_with_it_worst_first(tmp_path):
     assert '<span class="bar" style="width:12px"></span>0.12' in page  # the bar is the Dice
     assert '<span class="bar" style="width:91px"></span>0.91' in page
     assert "slice 12 (0.05), slice 13 (0.10)" in page  # a volume's worst slices
-    assert "a predicted Dice under 0.6 (--review-below)" in page
+    # a volume's threshold and the images' own: the page names both
+    assert "a predicted Dice under 0.55 or 0.6 (the model" in page
     assert "quality model" in page and "pairwise" not in page  # a single model's page
     # the signals are there, behind a checkbox, so the table fits a window
     assert '<body class="hide-signals">' in page and 'id="signals"' in page

@@ -218,8 +218,9 @@ def explanation(report: pd.DataFrame, predicted: bool) -> str:
             "calibrated on the model's validation (or out-of-fold) cases (see model.json)."
         )
     reasons = " ".join(report["review_reasons"].dropna().astype(str))
-    below = re.search(r"predicted_dice<([0-9.]+)", reasons)
-    bar = f"under {below.group(1)}" if below else "under the model's threshold (none is)"
+    # images and volumes may each have their own threshold: every one met on this page
+    bars = sorted(set(re.findall(r"predicted_dice<([0-9.]+)", reasons)), key=float)
+    bar = f"under {' or '.join(bars)}" if bars else "under the model's threshold (none is)"
     ensemble = "member_disagreement" in report and report["member_disagreement"].notna().any()
     basis = (
         "the ensemble's members' mean pairwise Dice (how far the fold models agree on the mask)"
@@ -229,7 +230,8 @@ def explanation(report: pd.DataFrame, predicted: bool) -> str:
     )
     return (
         f"Sorted by predicted Dice, worst first: {basis}. Flagged for review: a predicted Dice "
-        f"{bar} (--review-below), or a note from reading the input."
+        f"{bar} (the model's threshold, or yours with --review-below), or a note from "
+        "reading the input."
     )
 
 

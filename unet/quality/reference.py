@@ -114,7 +114,7 @@ class QualityReference(BaseModel):
             return self.review_below
         if pairwise:
             volume = model.volume_target_dice if pooled else None
-            return volume if volume is not None else model.target_dice
+            return round(volume if volume is not None else model.target_dice, 4)
         if pooled and model.volume_review_below is not None:
             return model.volume_review_below
         return model.review_below
