@@ -14,8 +14,9 @@ from unet.evaluation.cases import segment_cases
 from unet.evaluation.quality_scores import predicted_dice_scores
 from unet.evaluation.scores import VolumeTally, foreground_dice
 from unet.inference.segmenter import Segmenter
-from unet.quality.calibration import calibrate, calibration_table, flag_summary, target_dice
+from unet.quality.calibration import calibrate, calibration_table, flag_summary
 from unet.quality.predicted_dice import MIN_FIT_CASES, MIN_FIT_GROUPS, fit_dice_model
+from unet.quality.ranking import target_dice
 from unet.quality.reference import (
     FRACTION_FLOOR,
     intensity_percentiles,

@@ -7,24 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from unet.quality.ranking import best_threshold, spearman
+from unet.quality.ranking import best_threshold, spearman, target_dice
 from unet.quality.reference import (
     MIN_BELOW_TARGET,
     MIN_CALIBRATION_CASES,
     MIN_YOUDEN,
     SIGNALS,
-    TARGET_QUANTILE,
     QualityReference,
     SignalCalibration,
 )
-
-
-def target_dice(dice: np.ndarray, empty: np.ndarray) -> float | None:
-    """The Dice under which a case is below target: the :data:`TARGET_QUANTILE` percentile
-    over the cases not ``empty`` in truth and mask (all cases when none says so); None when
-    every case is empty."""
-    scored = dice[~empty]
-    return float(np.percentile(scored, TARGET_QUANTILE * 100)) if len(scored) else None
 
 
 def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityReference:

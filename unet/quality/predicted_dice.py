@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from unet.quality.ranking import best_threshold, spearman
+from unet.quality.ranking import best_threshold, spearman, target_dice
 
 FEATURES = (
     "low_confidence",
@@ -325,9 +325,6 @@ def volume_threshold(
     model's few validation patients: a quantile of 6 values is noise), ``image_below``: a
     group whose lesion slices look, on average, like a failed slice. Nothing where the rows
     carry no pixel counts."""
-    # deferred: calibration imports reference, which imports this module
-    from unet.quality.calibration import target_dice
-
     if not set(GROUP_COUNTS) <= set(table):
         return {
             "volume_review_below_reason": "the fit rows carry no pixel counts: volumes use the "

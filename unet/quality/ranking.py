@@ -1,10 +1,20 @@
 """Ranking numbers shared by the signals' calibration and the predicted Dice: Spearman's rank
-correlation and the Youden-best threshold."""
+correlation, the Youden-best threshold and the failure target."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+TARGET_QUANTILE = 0.2  # a labelled case under this percentile of Dice counts as failed
+
+
+def target_dice(dice: np.ndarray, empty: np.ndarray) -> float | None:
+    """The Dice under which a case is below target: the :data:`TARGET_QUANTILE` percentile
+    over the cases not ``empty`` in truth and mask (all cases when none says so); None when
+    every case is empty."""
+    scored = dice[~empty]
+    return float(np.percentile(scored, TARGET_QUANTILE * 100)) if len(scored) else None
 
 
 def spearman(signal: np.ndarray, dice: np.ndarray) -> float | None:

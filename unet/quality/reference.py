@@ -33,9 +33,6 @@ BORDER = 3  # pixels around the predicted foreground that count for uncertain_sh
 PERCENTILES = (1.0, 50.0, 99.0)
 
 
-TARGET_QUANTILE = 0.2
-
-
 MIN_YOUDEN = 0.2
 
 
