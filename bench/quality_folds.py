@@ -117,14 +117,14 @@ def comparisons(frame, num_classes: int) -> dict[str, dict]:
 def prediction_cost(run_dir: Path, cache: Path, repeats: int = 3) -> tuple[float, float]:
     """Ensemble images/s over the test slices, segmenting and computing the report's quality
     columns: as shipped, and with the members' counts and the Dice model switched off."""
+    from review_thresholds import tfrecord_folder
+
     import unet.inference.graphs as graphs
     from data_catalog.tfrecords import iterate_cases
     from unet.inference.segmenter import Segmenter
     from unet.quality.signals import quality_columns
 
-    address = json.loads((run_dir / "lineage.json").read_text())["tfrecord_address"][:16]
-    folder = next(f for f in (cache / address, run_dir / "tfrecords" / address) if f.is_dir())
-    images = list(iterate_cases(folder, "test"))[:256]
+    images = list(iterate_cases(tfrecord_folder(run_dir, cache), "test"))[:256]
 
     def rate(segmenter, reference) -> float:
         prepared = [segmenter.prepare(c.image, c.key, c.stats) for c in images]

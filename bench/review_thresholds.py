@@ -23,6 +23,7 @@ from pathlib import Path
 
 
 def tfrecord_folder(run_dir: Path, cache: Path) -> Path:
+    """The TFRecord set a run trained from: in the cache, or the run folder's own."""
     address = json.loads((run_dir / "lineage.json").read_text())["tfrecord_address"][:16]
     for folder in (cache / address, run_dir / "tfrecords" / address):
         if folder.is_dir():

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unet.quality.predicted_dice import pooled_dice
+from unet.quality.predicted_dice import group_dice_table
 from unet.quality.ranking import spearman
 
 SLICE_FAILED = 0.5
@@ -77,25 +77,29 @@ def with_foreground(frame: pd.DataFrame, num_classes: int) -> pd.Series:
 
 
 def group_table(frame: pd.DataFrame, num_classes: int, typical: float) -> pd.DataFrame:
-    """One row per group: its volume Dice (pixels pooled) and its pooled predicted Dice."""
-    rows = []
-    for group, rows_of in frame.groupby(frame["group"].astype(str)):
-        overlap = total = 0.0
-        for c in range(1, num_classes):
-            overlap += rows_of[f"overlap_pixels_{c}"].sum()
-            total += rows_of[f"true_pixels_{c}"].sum() + rows_of[f"predicted_pixels_{c}"].sum()
-        fractions = rows_of["predicted_fraction"].to_numpy(np.float64)
-        predicted = pooled_dice(rows_of["predicted_dice"].to_numpy(), fractions, typical)
-        flagged = (rows_of["review"] == "review").mean() if "review" in rows_of else np.nan
-        rows.append(
-            {
-                "group": group,
-                "volume_dice": 1.0 if total == 0 else 2 * overlap / total,
-                "predicted_dice": predicted,
-                "flagged_share": flagged,
-            }
-        )
-    return pd.DataFrame(rows)
+    """One row per group: its volume Dice (pixels pooled) and its pooled predicted Dice (as
+    the quality model's patient threshold was chosen: :func:`group_dice_table`), and the
+    share of its rows flagged."""
+    classes = range(1, num_classes)
+    counts = frame.assign(
+        overlap_pixels=sum(frame[f"overlap_pixels_{c}"] for c in classes),
+        sum_pixels=sum(frame[f"true_pixels_{c}"] + frame[f"predicted_pixels_{c}"] for c in classes),
+        mask_fraction=frame["predicted_fraction"],
+    )
+    groups = group_dice_table(counts, frame["predicted_dice"].to_numpy(), typical)
+    flagged = (
+        (frame["review"] == "review").groupby(frame["group"].astype(str)).mean()
+        if "review" in frame
+        else pd.Series(np.nan, index=groups["group"])
+    )
+    return pd.DataFrame(
+        {
+            "group": groups["group"],
+            "volume_dice": groups["dice"],
+            "predicted_dice": groups["predicted"],
+            "flagged_share": flagged.reindex(groups["group"]).to_numpy(),
+        }
+    )
 
 
 def predicted_dice_scores(
