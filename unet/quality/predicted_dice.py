@@ -245,9 +245,7 @@ def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceMo
     dice = table["dice"].to_numpy(np.float64)
     checked = cross_validated_predictions(matrix, dice, groups)
     failed = dice < target
-    threshold, youden, recall = best_threshold(-checked, failed, REVIEW_BUDGET)
-    # where none within the budget separates: the budget spent on the lowest predicted
-    review_below = -threshold if threshold is not None else budget_quantile(checked)
+    review_below, youden, recall = budget_threshold(checked, failed)
     flagged = float(np.mean(checked < review_below))
     init, trees = exported(regressor().fit(matrix, dice))
     fractions = 10.0 ** table.loc[table["mask_log_fraction"] > -4, "mask_log_fraction"]
@@ -264,7 +262,7 @@ def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceMo
             f"the cross-validated predicted Dice that best separates the {int(failed.sum())} "
             f"fit cases under Dice {target:.3f} while flagging at most {REVIEW_BUDGET:.0%}: "
             f"catches {recall:.0%} of them, flags {flagged:.0%} of all (Youden J {youden:.2f})"
-            if threshold is not None
+            if youden is not None
             else f"no threshold within a {REVIEW_BUDGET:.0%} budget separates the "
             f"{int(failed.sum())} fit cases under Dice {target:.3f}: the predicted Dice under "
             f"which the lowest {REVIEW_BUDGET:.0%} of the fit cases fall (flags {flagged:.0%})"
@@ -284,11 +282,18 @@ def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceMo
     )
 
 
-def budget_quantile(predicted: np.ndarray) -> float:
-    """The predicted Dice under which at most :data:`REVIEW_BUDGET` of ``predicted`` fall
-    (strictly), as close to that share as ties allow."""
+def budget_threshold(
+    predicted: np.ndarray, failed: np.ndarray
+) -> tuple[float, float | None, float]:
+    """``(below, Youden J, recall)``: the predicted Dice under which to review, the one that
+    best separates the ``failed`` cases while flagging at most :data:`REVIEW_BUDGET` of all;
+    where none within the budget separates them (J None), the budget spent on the lowest
+    predicted: the value under which at most that share falls, as close as ties allow."""
+    threshold, youden, recall = best_threshold(-predicted, failed, REVIEW_BUDGET)
+    if threshold is not None:
+        return -threshold, youden, recall
     values = np.sort(np.asarray(predicted, np.float64))
-    return float(values[int(np.floor(REVIEW_BUDGET * len(values)))])
+    return float(values[int(np.floor(REVIEW_BUDGET * len(values)))]), None, recall
 
 
 GROUP_COUNTS = ("overlap_pixels", "sum_pixels", "mask_fraction")
@@ -344,9 +349,8 @@ def volume_threshold(
             ),
         }
     failed = dice < target if target is not None else np.zeros(len(dice), bool)
-    threshold, youden, recall = best_threshold(-pooled, failed, REVIEW_BUDGET)
-    if threshold is not None:
-        below = -threshold
+    below, youden, recall = budget_threshold(pooled, failed)
+    if youden is not None:
         reason = (
             f"the pooled cross-validated predicted Dice that best separates the "
             f"{int(failed.sum())} of {len(groups)} fit groups under volume Dice {target:.3f} "
@@ -354,7 +358,6 @@ def volume_threshold(
             f"{np.mean(pooled < below):.0%} (Youden J {youden:.2f})"
         )
     else:
-        below = budget_quantile(pooled)
         reason = (
             f"no threshold within the budget separates the {len(groups)} fit groups: the "
             f"pooled predicted Dice under which the lowest {REVIEW_BUDGET:.0%} of them fall"
