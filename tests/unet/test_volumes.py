@@ -164,3 +164,31 @@ def test_volume_post_processing_is_three_dimensional():
     assert cleaned[2:5, 2:5].all() and cleaned.sum() == 54 and count == 1
     largest = keep_largest_component(mask)
     assert largest.sum() == 54 and largest[8, 8, 3] == 0
+
+
+def test_a_volume_missing_a_sequence_is_flagged_for_review_by_a_model_of_sequences(tmp_path):
+    import keras
+
+    from tests.unet.conftest import save_stand_in
+
+    image = keras.Input((None, None, 3))
+    logits = keras.layers.Conv2D(2, 1, name="head_conv")(image)
+    model = keras.Model(image, keras.layers.Activation("softmax", dtype="float32")(logits))
+    folder = tmp_path / "mr"
+    folder.mkdir()
+    save_stand_in(model, folder, "mr", channels=3, train_config={"channel_substitution": 0.2})
+    rng = np.random.default_rng(0)
+    scan = rng.integers(0, 255, (16, 16, 6, 3), dtype=np.uint8)  # three sequences per voxel
+    missing = scan.copy()
+    missing[..., 1] = missing[..., 0]  # pre-contrast missing, FLAIR copied into its channel
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, data in (("scan", scan), ("missing", missing)):
+        affine = np.diag([1.0, 1.0, 3.0, 1.0])
+        nibabel.save(nibabel.Nifti1Image(data, affine), inputs / f"{name}.nii.gz")
+    config = predict_config(tmp_path / "mr", inputs, tmp_path / "out")
+    rows = {row["input"]: row for row in predict_folder(config).to_dict("records")}
+    assert rows["scan.nii.gz"]["status"] == rows["missing.nii.gz"]["status"] == "ok"
+    assert rows["missing.nii.gz"]["review"] == "review"
+    assert "channel_2_copies_1" in rows["missing.nii.gz"]["review_reasons"]
+    assert "copies" not in str(rows["scan.nii.gz"]["review_reasons"])

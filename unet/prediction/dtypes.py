@@ -52,3 +52,21 @@ def align_to_training_dtype(
     if data.dtype == np.int16:  # non-negative values in a signed container: the same values
         return data.astype(np.uint16), ()
     return data, ()
+
+
+def copied_channels(image: np.ndarray) -> tuple[str, ...]:
+    """``channel_K_copies_J`` (from 1) for each channel equal to an earlier one, value for
+    value, in an image ``(H, W, C)`` or a volume ``(I, J, K, C)`` (channels last; the caller
+    passes only inputs that have channels): a site that lacks an MR sequence fills its channel
+    with another (the LGG collection copies FLAIR), and a model can miss a lesion outright on
+    such a scan (LGG-48, post-contrast replaced by FLAIR: mean volume Dice 0.32 against 0.71,
+    docs/benchmarks.md)."""
+    if image.ndim < 3:
+        return ()
+    notes = []
+    for later in range(1, image.shape[-1]):
+        for earlier in range(later):
+            if np.array_equal(image[..., later], image[..., earlier]):
+                notes.append(f"channel_{later + 1}_copies_{earlier + 1}")
+                break
+    return tuple(notes)

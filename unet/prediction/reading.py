@@ -22,7 +22,7 @@ from data_catalog.images import (
 )
 from unet.config import PredictConfig
 from unet.inference.segmenter import Segmenter
-from unet.prediction.dtypes import align_to_training_dtype
+from unet.prediction.dtypes import align_to_training_dtype, copied_channels
 from unet.prediction.plan import (
     OutputFormat,
     PlannedInput,
@@ -117,22 +117,6 @@ def prepare_image(
         if plan.config.colour_input != "grey":
             raise ImageReadError(path, COLOUR_ADVICE) from None
     return segmenter.prepare(luminance(image), path), (*notes, "colour_converted")
-
-
-def copied_channels(image: np.ndarray) -> tuple[str, ...]:
-    """``channel_K_copies_J`` (from 1) for each channel equal to an earlier one, value for
-    value: a site that lacks an MR sequence fills its channel with another (the LGG collection
-    copies FLAIR), and a model can miss a lesion outright on such a scan (LGG-48, post-contrast
-    replaced by FLAIR: mean volume Dice 0.32 against 0.71, docs/benchmarks.md)."""
-    if image.ndim != 3:
-        return ()
-    notes = []
-    for later in range(1, image.shape[2]):
-        for earlier in range(later):
-            if np.array_equal(image[..., later], image[..., earlier]):
-                notes.append(f"channel_{later + 1}_copies_{earlier + 1}")
-                break
-    return tuple(notes)
 
 
 def input_hash(item: PlannedInput) -> str:

@@ -18,7 +18,7 @@ from data_catalog.volumes import read_volume, write_mask_volume
 from data_catalog.voxels import along
 from unet.inference.postprocessing import keep_largest_component, remove_small_components_3d
 from unet.inference.segmenter import Segmenter
-from unet.prediction.dtypes import align_to_training_dtype
+from unet.prediction.dtypes import align_to_training_dtype, copied_channels
 from unet.prediction.plan import (
     inside_output,
     volume_outputs,
@@ -74,7 +74,9 @@ def segment_volume_file(
     NIfTI mask volume at ``target`` with the input's affine (a multi-page TIFF mask for a
     TIFF stack; with ``seg_target``, a DICOM series also gives a DICOM SEG there).
     Components are removed in 3-D (26-connected, smaller than the model's smallest component
-    in voxels), then, with the segmenter's ``largest_component``, all but the largest.
+    in voxels), then, with the segmenter's ``largest_component``, all but the largest. A model
+    of MR sequences flags a volume one of whose channels copies another (``channel_K_copies_J``,
+    as for an image).
 
     Returns:
         The slices' table and the volume's facts (shape, spacing, slice size, foreground
@@ -86,6 +88,8 @@ def segment_volume_file(
     volume.data, notes = align_to_training_dtype(
         volume.data, info.input_dtype, info.normalization, path
     )
+    if info.sequence_channels and volume.num_channels > 1:  # a sequence filled with another
+        notes = (*notes, *copied_channels(volume.data))
     quality = VolumeQuality(info.quality) if info.quality else None
     mask, confidence = segment_slices(segmenter, volume, path, quality)
     mask, count = postprocess_volume(mask, segmenter)
