@@ -94,7 +94,13 @@ def main() -> None:
         from quality_folds import main as folds_main
 
         sys.exit(folds_main())
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="--dataset lgg-48 [--seed N ...]: the predicted Dice of a 5-fold LGG-48 run, "
+        "scored on held-out patients (--dataset lgg-48 --help lists its options); "
+        "--refit RUN[:CACHE] ...: stored runs' review thresholds re-fitted with this code "
+        "(bench/review_thresholds.py)",
+    )
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument(
         "--folds", type=int, default=0, help="train K fold models: flags calibrated out of fold"
