@@ -191,6 +191,66 @@ def test_the_predicted_dice_is_fitted_on_out_of_fold_cases_only(local_run, synth
     )
 
 
+def _fold_sums(fold_dir, tfrecord_dir, precision: str):
+    """A fold's threshold sums from a pass of its own over its out-of-fold cases."""
+    from data_catalog.tfrecords import iterate_cases
+    from unet.evaluation.cases import case_probabilities
+    from unet.evaluation.tuning import series_key
+    from unet.inference.postprocessing import ThresholdTuner
+    from unet.inference.segmenter import Segmenter
+
+    segmenter = Segmenter(fold_dir, precision=precision)
+    tuner = ThresholdTuner()
+    for case, (maps,) in case_probabilities([segmenter], iterate_cases(tfrecord_dir, "val")):
+        tuner.add(maps, case.truth, series_key(segmenter, case.key))
+    return tuner
+
+
+def test_each_fold_segments_its_cases_once_for_tuning_and_the_ensemble_tunes_the_same(
+    local_run, tmp_path
+):
+    """The ensemble's post-processing, tuned on the sums each fold kept from its own tuning
+    pass, is what a fresh pass over every fold's out-of-fold cases gives; fold models carry
+    no quality calibration of their own (the ensemble's replaces it); the kept sums are used
+    only when the out-of-fold scoring segments in the precision they were made in."""
+    import shutil
+
+    from unet.evaluation.tuning import tuned_policy
+    from unet.inference.postprocessing import ThresholdTuner
+    from unet.store.model_files import ModelInfo
+    from unet.training.folds import score_out_of_fold
+
+    work, summary = local_run
+    run = work / "local"
+    fresh = ThresholdTuner()
+    for fold in range(FOLDS):
+        folder = run / "folds" / f"fold-{fold}"
+        assert json.loads((folder / "model.json").read_text()).get("quality") is None
+        address = json.loads((folder / "lineage.json").read_text())["tfrecord_address"]
+        fresh.merge(_fold_sums(folder, work / "cache" / address[:16], "auto"))
+    expected = fresh.result()
+    tuned = json.loads((run / "lineage.json").read_text())["training"]["postprocessing"]
+    assert (tuned["threshold"], tuned["min_component_size"], tuned["num_cases"]) == (
+        expected["threshold"],
+        expected["min_component_size"],
+        expected["num_cases"],
+    )
+    assert tuned["val_dice"] == pytest.approx(expected["val_dice"], abs=1e-9)
+    # the kept sums stand in for a pass in their precision only (a copy: scoring writes)
+    folder = tmp_path / "fold-0"
+    shutil.copytree(run / "folds" / "fold-0", folder)
+    address = json.loads((folder / "lineage.json").read_text())["tfrecord_address"]
+    records = work / "cache" / address[:16]
+    check = ModelInfo.read(folder).precision_check
+    made_in = "bfloat16" if tuned_policy(check) == "mixed_bfloat16" else "float32"
+    kept = _fold_sums(folder, records, made_in)
+    _, same = score_out_of_fold(folder, records, precision=made_in, tuner=kept)
+    assert same is kept
+    elsewhere = "float32" if made_in == "bfloat16" else "bfloat16"
+    _, other = score_out_of_fold(folder, records, precision=elsewhere, tuner=kept)
+    assert other is not kept and other.count == kept.count
+
+
 def test_evaluate_reports_the_out_of_fold_estimate(local_run, synthetic_dir, capsys):
     from flows.cli import main
 

@@ -25,6 +25,7 @@ def tune_on_cases(
     cases: Iterable[Case],
     bfloat16: Segmenter | None = None,
     check_cases: int = PRECISION_CHECK_CASES,
+    tuner: ThresholdTuner | None = None,
 ) -> tuple[dict[str, object], PrecisionCheck | None]:
     """Tune the threshold and smallest kept component (:class:`ThresholdTuner`) on labelled
     cases, with probabilities from :meth:`Segmenter.probability_maps` (batched, tiled where
@@ -39,12 +40,15 @@ def tune_on_cases(
     ``tuned_with="float32"`` and the caller tunes again in float32
     (:func:`tune_in_float32_if_needed`).
 
+    ``tuner``: the :class:`ThresholdTuner` the cases are added to (default: a new one), for a
+    caller that keeps the sums (a fold's, which cross-validation merges for the ensemble).
+
     Returns:
         ``(tuning, check)``: ``{"threshold", "min_component_size", "val_dice",
         "val_dice_argmax", "num_cases"}`` and the :class:`PrecisionCheck` (None without
         ``bfloat16``).
     """
-    tuner = ThresholdTuner()
+    tuner = ThresholdTuner() if tuner is None else tuner
     binary = segmenter.num_classes == 2
     if bfloat16 is None:
         for case, (maps,) in case_probabilities([segmenter], cases, "tuning"):
@@ -83,9 +87,21 @@ def tune_in_float32_if_needed(
     check: PrecisionCheck | None,
     segmenter: Segmenter,
     cases: Iterable[Case],
+    tuner: ThresholdTuner | None = None,
 ) -> dict[str, object]:
     """``tuning``, or, when the precision check chose float32 (bfloat16 masks disagreed),
-    the thresholds tuned again on ``segmenter``'s float32 probabilities (a second pass)."""
-    if check is None or check.tuned_with == "bfloat16":
+    the thresholds tuned again on ``segmenter``'s float32 probabilities (a second pass, added
+    to ``tuner``, which must then be a new one)."""
+    if not retuned_in_float32(check):
         return tuning
-    return tune_on_cases(segmenter, cases)[0]
+    return tune_on_cases(segmenter, cases, tuner=tuner)[0]
+
+
+def retuned_in_float32(check: PrecisionCheck | None) -> bool:
+    """Whether the precision check sent the tuning back to float32."""
+    return check is not None and check.tuned_with != "bfloat16"
+
+
+def tuned_policy(check: PrecisionCheck | None) -> str:
+    """The dtype policy the post-processing was tuned in (see :func:`tune_on_cases`)."""
+    return "mixed_bfloat16" if check is not None and check.tuned_with == "bfloat16" else "float32"

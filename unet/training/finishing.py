@@ -16,8 +16,8 @@ from data_catalog.tfrecords import iterate_cases
 from unet.config import TrainConfig
 from unet.evaluation.int8_check import check_int8
 from unet.evaluation.quality_passes import calibrate_flags
-from unet.evaluation.tuning import tune_in_float32_if_needed, tune_on_cases
-from unet.inference.postprocessing import as_postprocessing
+from unet.evaluation.tuning import retuned_in_float32, tune_in_float32_if_needed, tune_on_cases
+from unet.inference.postprocessing import ThresholdTuner, as_postprocessing
 from unet.inference.precision import bfloat16_pays_here, int8_worth_trying_here
 from unet.inference.segmenter import Segmenter
 from unet.store.lineage import code_revision, library_versions
@@ -30,11 +30,22 @@ from unet.training.state import (
 logger = logging.getLogger(__name__)
 
 
-def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tuple[ModelInfo, dict]:
+def finish_model(
+    run_dir: Path,
+    data: TrainingData,
+    config: TrainConfig,
+    tuner: ThresholdTuner | None = None,
+    calibrate: bool = True,
+) -> tuple[ModelInfo, dict]:
     """Version the best model, tune its post-processing on the val split through the
     :class:`Segmenter` that prediction uses, and write ``model.json`` (once). Where this
     machine would segment in bfloat16, the same pass checks bfloat16 masks against float32
     ones (``precision_check``) and the thresholds are tuned in the precision that passes.
+
+    ``tuner``: an empty :class:`ThresholdTuner` that receives the tuning's sums over the val
+    cases (in the precision it kept), so that a fold's out-of-fold scoring does not segment
+    them again for them. ``calibrate`` False: no quality calibration (a fold model, whose
+    flags the ensemble's out-of-fold calibration replaces; its ``quality`` stays None).
 
     Returns:
         ``(model info, tuning result)``.
@@ -65,10 +76,17 @@ def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tupl
         if bfloat16_pays_here()
         else None
     )
-    tuning, check = tune_on_cases(segmenter, iterate_cases(data.tfrecord_dir, "val"), bfloat16)
-    tuning = tune_in_float32_if_needed(
-        tuning, check, segmenter, iterate_cases(data.tfrecord_dir, "val")
+    sums = ThresholdTuner()
+    tuning, check = tune_on_cases(
+        segmenter, iterate_cases(data.tfrecord_dir, "val"), bfloat16, tuner=sums
     )
+    if retuned_in_float32(check):  # the sums of the float32 pass, not the bfloat16 one
+        sums = ThresholdTuner()
+    tuning = tune_in_float32_if_needed(
+        tuning, check, segmenter, iterate_cases(data.tfrecord_dir, "val"), sums
+    )
+    if tuner is not None:
+        tuner.merge(sums)
     logger.info("post-processing tuned on val: %s; precision check: %s", tuning, check)
     info = info.model_copy(
         update={"postprocessing": as_postprocessing(tuning), "precision_check": check}
@@ -77,8 +95,8 @@ def finish_model(run_dir: Path, data: TrainingData, config: TrainConfig) -> tupl
         against = "bfloat16" if check is not None and check.tuned_with == "bfloat16" else "float32"
         val = iterate_cases(data.tfrecord_dir, "val")
         info = info.model_copy(update={"int8_check": check_int8(path, info, best, val, against)})
-    # calibrated in the precision auto takes (int8 where its check passed)
-    info = info.model_copy(update={"quality": calibrate_quality(path, info, data, best)})
+    if calibrate:  # in the precision auto takes (int8 where its check passed)
+        info = info.model_copy(update={"quality": calibrate_quality(path, info, data, best)})
     info.write(run_dir)
     return info, tuning
 

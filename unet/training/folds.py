@@ -13,7 +13,7 @@ from unet.config import CrossValidationConfig, DeviceConfig, TrainConfig
 from unet.evaluation.cases import case_probabilities
 from unet.evaluation.result import EvaluationResult
 from unet.evaluation.scoring import evaluate_cases
-from unet.evaluation.tuning import series_key
+from unet.evaluation.tuning import series_key, tuned_policy
 from unet.inference.postprocessing import ThresholdTuner
 from unet.inference.precision import physical_gpus
 from unet.training.fitting import EpochCallback
@@ -92,11 +92,23 @@ class FoldResult:
 
 def train_fold(job: FoldJob, on_epoch_end: EpochCallback | None = None) -> FoldResult:
     """Train the fold's model on its TFRecord set (resumable, as :func:`train_model`), then
-    score it on that set's val split: the fold's out-of-fold cases."""
+    score it on that set's val split: the fold's out-of-fold cases. Those cases go through
+    the model twice after training, not five times: the post-processing tuning's pass gives the
+    threshold sums the ensemble is tuned on, and the fold model's own quality calibration
+    (two passes with the flip check) is left out, as the ensemble's out-of-fold calibration
+    replaces it."""
+    sums = ThresholdTuner()
     training = train_model(
-        job.tfrecord_dir, job.run_dir, job.config, job.lineage, on_epoch_end, job.devices
+        job.tfrecord_dir,
+        job.run_dir,
+        job.config,
+        job.lineage,
+        on_epoch_end,
+        job.devices,
+        tuner=sums,
+        calibrate=False,
     )
-    metrics, tuner = score_out_of_fold(job.run_dir, job.tfrecord_dir, job.groups)
+    metrics, tuner = score_out_of_fold(job.run_dir, job.tfrecord_dir, job.groups, tuner=sums)
     return FoldResult(
         fold=job.fold,
         run_dir=str(job.run_dir),
@@ -113,9 +125,12 @@ def score_out_of_fold(
     tfrecord_dir: str | Path,
     groups: dict[str, str] | None = None,
     precision: str = "auto",
+    tuner: ThresholdTuner | None = None,
 ) -> tuple[EvaluationResult, ThresholdTuner | None]:
     """Score a fold's model on its val split (``run_dir/out_of_fold/``) as prediction would
-    segment it, and collect the threshold tuner's sums on the same cases' probabilities.
+    segment it, and collect the threshold tuner's sums on the same cases' probabilities:
+    ``tuner``'s (the fold's post-processing tuning's, over the same cases) when they were made
+    in the precision this scoring segments in, else from one more pass.
 
     Returns:
         ``(metrics, tuner)``; the tuner is None for models of more than two classes.
@@ -128,6 +143,12 @@ def score_out_of_fold(
     metrics = evaluate_cases(segmenter, iterate_cases(tfrecord_dir, "val"), out_dir, 2, groups)
     if segmenter.num_classes != 2:
         return metrics, None
+    if (
+        tuner is not None
+        and tuner.count
+        and segmenter.precision.policy == tuned_policy(segmenter.info.precision_check)
+    ):
+        return metrics, tuner  # the post-processing tuning's sums: the same cases and precision
     tuner = ThresholdTuner()
     for case, (maps,) in case_probabilities([segmenter], iterate_cases(tfrecord_dir, "val")):
         tuner.add(maps, case.truth, series_key(segmenter, case.key))

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from unet.config import DeviceConfig, TrainConfig
+from unet.inference.postprocessing import ThresholdTuner
 from unet.store.model_files import model_file
 from unet.training.devices import configure_devices
 from unet.training.finishing import finish_model, plot_history, write_records
@@ -38,6 +39,8 @@ def train_model(
     lineage: dict[str, object] | None = None,
     on_epoch_end: EpochCallback | None = None,
     devices: DeviceConfig | None = None,
+    tuner: ThresholdTuner | None = None,
+    calibrate: bool = True,
 ) -> TrainingResult:
     """Train on the ``train`` split, keeping the best epoch on the ``val`` split; resumable.
 
@@ -53,6 +56,8 @@ def train_model(
             its ``split_hash`` is part of the data a checkpoint belongs to.
         on_epoch_end: called as ``(epoch, epochs, numbers)`` after every epoch.
         devices: the machine's settings (default: :class:`DeviceConfig` defaults).
+        tuner, calibrate: see :func:`unet.training.finishing.finish_model` (a fold keeps its
+            post-processing tuning's sums and leaves the quality calibration to the ensemble).
 
     Raises:
         ValueError: an empty train or val split, more classes in the data than
@@ -70,7 +75,7 @@ def train_model(
     fitted = time.perf_counter()
     if (run_dir / "history.csv").is_file():
         plot_history(run_dir / "history.csv", run_dir / "training_curves.png")
-    info, tuning = finish_model(run_dir, data, config)
+    info, tuning = finish_model(run_dir, data, config, tuner, calibrate)
     finishing = time.perf_counter() - fitted
     warn_if_over_budget(config, fitted - started, finishing, state.epoch - resumed_from)
     result = TrainingResult(
