@@ -21,7 +21,7 @@ from unet.inference.postprocessing import ThresholdTuner, as_postprocessing
 from unet.inference.precision import bfloat16_pays_here, int8_worth_trying_here
 from unet.inference.segmenter import Segmenter
 from unet.store.lineage import code_revision, library_versions
-from unet.store.model_files import ModelInfo, model_file, model_version
+from unet.store.model_files import ModelInfo, PrecisionCheck, model_file, model_version
 from unet.training.state import (
     TrainingData,
     TrainingResult,
@@ -34,18 +34,17 @@ def finish_model(
     run_dir: Path,
     data: TrainingData,
     config: TrainConfig,
-    tuner: ThresholdTuner | None = None,
-    calibrate: bool = True,
+    fold_tuner: ThresholdTuner | None = None,
 ) -> tuple[ModelInfo, dict]:
     """Version the best model, tune its post-processing on the val split through the
     :class:`Segmenter` that prediction uses, and write ``model.json`` (once). Where this
     machine would segment in bfloat16, the same pass checks bfloat16 masks against float32
     ones (``precision_check``) and the thresholds are tuned in the precision that passes.
 
-    ``tuner``: an empty :class:`ThresholdTuner` that receives the tuning's sums over the val
-    cases (in the precision it kept), so that a fold's out-of-fold scoring does not segment
-    them again for them. ``calibrate`` False: no quality calibration (a fold model, whose
-    flags the ensemble's out-of-fold calibration replaces; its ``quality`` stays None).
+    ``fold_tuner`` (a cross-validation fold's, empty): receives the tuning's sums over the val
+    cases (in the precision it kept), so that the fold's out-of-fold scoring does not segment
+    them again for them; and the fold model gets no quality calibration of its own (the
+    ensemble's out-of-fold calibration replaces it; its ``quality`` stays None).
 
     Returns:
         ``(model info, tuning result)``.
@@ -76,17 +75,9 @@ def finish_model(
         if bfloat16_pays_here()
         else None
     )
-    sums = ThresholdTuner()
-    tuning, check = tune_on_cases(
-        segmenter, iterate_cases(data.tfrecord_dir, "val"), bfloat16, tuner=sums
-    )
-    if retuned_in_float32(check):  # the sums of the float32 pass, not the bfloat16 one
-        sums = ThresholdTuner()
-    tuning = tune_in_float32_if_needed(
-        tuning, check, segmenter, iterate_cases(data.tfrecord_dir, "val"), sums
-    )
-    if tuner is not None:
-        tuner.merge(sums)
+    tuning, check, sums = tune_postprocessing(segmenter, bfloat16, data)
+    if fold_tuner is not None:
+        fold_tuner.merge(sums)
     logger.info("post-processing tuned on val: %s; precision check: %s", tuning, check)
     info = info.model_copy(
         update={"postprocessing": as_postprocessing(tuning), "precision_check": check}
@@ -95,10 +86,24 @@ def finish_model(
         against = "bfloat16" if check is not None and check.tuned_with == "bfloat16" else "float32"
         val = iterate_cases(data.tfrecord_dir, "val")
         info = info.model_copy(update={"int8_check": check_int8(path, info, best, val, against)})
-    if calibrate:  # in the precision auto takes (int8 where its check passed)
+    if fold_tuner is None:  # in the precision auto takes (int8 where its check passed)
         info = info.model_copy(update={"quality": calibrate_quality(path, info, data, best)})
     info.write(run_dir)
     return info, tuning
+
+
+def tune_postprocessing(
+    segmenter: Segmenter, bfloat16: Segmenter | None, data: TrainingData
+) -> tuple[dict, PrecisionCheck | None, ThresholdTuner]:
+    """The post-processing tuned on the val split (in bfloat16 where its masks pass the check
+    against float32, else again in float32), the check, and the sums of the pass it kept."""
+    sums = ThresholdTuner()
+    val = iterate_cases(data.tfrecord_dir, "val")
+    tuning, check = tune_on_cases(segmenter, val, bfloat16, tuner=sums)
+    if retuned_in_float32(check):  # the sums of the float32 pass, not the bfloat16 one
+        sums = ThresholdTuner()
+    val = iterate_cases(data.tfrecord_dir, "val")
+    return tune_in_float32_if_needed(tuning, check, segmenter, val, sums), check, sums
 
 
 def calibrate_quality(

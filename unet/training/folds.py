@@ -105,8 +105,7 @@ def train_fold(job: FoldJob, on_epoch_end: EpochCallback | None = None) -> FoldR
         job.lineage,
         on_epoch_end,
         job.devices,
-        tuner=sums,
-        calibrate=False,
+        fold_tuner=sums,
     )
     metrics, tuner = score_out_of_fold(job.run_dir, job.tfrecord_dir, job.groups, tuner=sums)
     return FoldResult(

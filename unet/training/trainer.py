@@ -39,13 +39,11 @@ def train_model(
     lineage: dict[str, object] | None = None,
     on_epoch_end: EpochCallback | None = None,
     devices: DeviceConfig | None = None,
-    tuner: ThresholdTuner | None = None,
-    calibrate: bool = True,
+    fold_tuner: ThresholdTuner | None = None,
 ) -> TrainingResult:
     """Train on the ``train`` split, keeping the best epoch on the ``val`` split; resumable.
 
-    Phases: read the data's facts -> configure devices -> resume or build -> fit ->
-    version and tune the best model (``model.json``) -> record lineage.
+    Phases: data facts -> devices -> resume or build -> fit -> tune (``model.json``) -> lineage.
 
     Args:
         tfrecord_dir: a TFRecord set with ``train`` and ``val`` splits.
@@ -56,8 +54,7 @@ def train_model(
             its ``split_hash`` is part of the data a checkpoint belongs to.
         on_epoch_end: called as ``(epoch, epochs, numbers)`` after every epoch.
         devices: the machine's settings (default: :class:`DeviceConfig` defaults).
-        tuner, calibrate: see :func:`unet.training.finishing.finish_model` (a fold keeps its
-            post-processing tuning's sums and leaves the quality calibration to the ensemble).
+        fold_tuner: a fold's (see :func:`unet.training.finishing.finish_model`).
 
     Raises:
         ValueError: an empty train or val split, more classes in the data than
@@ -75,7 +72,7 @@ def train_model(
     fitted = time.perf_counter()
     if (run_dir / "history.csv").is_file():
         plot_history(run_dir / "history.csv", run_dir / "training_curves.png")
-    info, tuning = finish_model(run_dir, data, config, tuner, calibrate)
+    info, tuning = finish_model(run_dir, data, config, fold_tuner)
     finishing = time.perf_counter() - fitted
     warn_if_over_budget(config, fitted - started, finishing, state.epoch - resumed_from)
     result = TrainingResult(
