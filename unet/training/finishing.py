@@ -16,7 +16,12 @@ from data_catalog.tfrecords import iterate_cases
 from unet.config import TrainConfig
 from unet.evaluation.int8_check import check_int8
 from unet.evaluation.quality_passes import calibrate_flags
-from unet.evaluation.tuning import retuned_in_float32, tune_in_float32_if_needed, tune_on_cases
+from unet.evaluation.tuning import (
+    retuned_in_float32,
+    tune_in_float32_if_needed,
+    tune_on_cases,
+    tuned_policy,
+)
 from unet.inference.postprocessing import ThresholdTuner, as_postprocessing
 from unet.inference.precision import bfloat16_pays_here, int8_worth_trying_here
 from unet.inference.segmenter import Segmenter
@@ -83,7 +88,7 @@ def finish_model(
         update={"postprocessing": as_postprocessing(tuning), "precision_check": check}
     )
     if int8_worth_trying_here() and data.counts.get("val"):
-        against = "bfloat16" if check is not None and check.tuned_with == "bfloat16" else "float32"
+        against = "bfloat16" if tuned_policy(check) == "mixed_bfloat16" else "float32"
         val = iterate_cases(data.tfrecord_dir, "val")
         info = info.model_copy(update={"int8_check": check_int8(path, info, best, val, against)})
     if fold_tuner is None:  # in the precision auto takes (int8 where its check passed)
