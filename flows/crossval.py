@@ -7,6 +7,7 @@ stack, and with it TensorFlow, at its top."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from unet.training.folds import (
     local_gpu_count,
 )
 from unet.training.out_of_fold import combine_out_of_fold
+from unet.training.run_budget import RunBudget
 
 
 def fold_jobs(
@@ -42,7 +44,8 @@ def fold_jobs(
     lineage: dict[str, object],
 ) -> list[FoldJob]:
     """Every fold's job: its split and TFRecord set (prepared here, in ``run_dir/folds/fold-K``),
-    config, lineage and the case groups."""
+    config (the run's: its time budget is shared out by :func:`train_folds`), lineage and the
+    case groups."""
     table = read_manifest(prepared.manifest)
     groups = dict(zip(table["key"], table["group"].astype(str), strict=True))
     gpus = local_gpu_count(crossval)
@@ -57,7 +60,7 @@ def fold_jobs(
                 fold=fold,
                 tfrecord_dir=data.tfrecords,
                 run_dir=str(folder),
-                config=fold_config(train, crossval),
+                config=train,
                 lineage=fold_lineage,
                 devices=fold_devices(devices, crossval, gpus),
                 groups=groups,
@@ -91,26 +94,58 @@ def cross_validate(
     """
     started = time.perf_counter()
     jobs = fold_jobs(prepared, train, run_dir, devices, crossval, lineage)
+    val = [int(job.lineage["split_counts"]["val"]) for job in jobs]
+    budget = RunBudget.of(train, crossval, val, prepared.split_counts.get("test", 0), started)
     run_logger().info(
         "cross-validation: %d folds, %s (%d at a time)",
         crossval.folds,
         crossval.execution.runner,
         crossval.parallel,
     )
-    if crossval.execution.runner == "dask":
-        runner = dask_task_runner(crossval.execution)
-        folds = train_folds_on_dask.with_options(task_runner=runner)(jobs)
-    else:
-        folds = [train_fold_task(job) for job in jobs]
+    folds = train_folds(jobs, train, crossval, budget)
+    ensemble_started = time.perf_counter()
     num_classes = ModelInfo.read(folds[0].run_dir).num_classes
     out_of_fold = combine_out_of_fold(folds, Path(run_dir) / OUT_OF_FOLD_DIR, num_classes)
     info, tuning = finish_ensemble(folds, run_dir, out_of_fold)
+    run_logger().info(
+        "cross-validation: %s; the ensemble's tuning and calibration took %.1f min "
+        "(its test evaluation follows)",
+        budget.describe(),
+        (time.perf_counter() - ensemble_started) / 60,
+    )
     result = ensemble_result(folds, info, tuning, Path(run_dir), time.perf_counter() - started)
     write_ensemble_lineage(
         run_dir, result, folds, train, {**lineage, "crossval": crossval.flat(mode="json")}
     )
     publish_out_of_fold(out_of_fold, Path(run_dir) / OUT_OF_FOLD_DIR)
     return result
+
+
+def train_folds(
+    jobs: list[FoldJob], train: TrainConfig, crossval: CrossValidationConfig, budget: RunBudget
+) -> list[FoldResult]:
+    """Train every fold: side by side on Dask, each with its share of the budget given up
+    front; one after another, each with what is left of it, less the ensemble's work
+    estimated from the folds before (:class:`unet.training.run_budget.RunBudget`)."""
+    if crossval.execution.runner == "dask":
+        share = fold_config(train, budget.fold_minutes(0))
+        runner = dask_task_runner(crossval.execution)
+        jobs = [dataclasses.replace(job, config=share) for job in jobs]
+        return train_folds_on_dask.with_options(task_runner=runner)(jobs)
+    folds = []
+    for job in jobs:
+        config = fold_config(train, budget.fold_minutes(len(folds)))
+        if config.optimisation.time_budget:
+            run_logger().info(
+                "fold %d: %.1f min of the budget (%s)",
+                job.fold,
+                config.optimisation.time_budget,
+                budget.describe(),
+            )
+        folds.append(train_fold_task(dataclasses.replace(job, config=config)))
+        val_cases = int(job.lineage["split_counts"]["val"])
+        budget.record(folds[-1].after_training_seconds, val_cases)
+    return folds
 
 
 def publish_out_of_fold(metrics: EvaluationResult, out_dir: Path) -> None:

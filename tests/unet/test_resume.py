@@ -254,6 +254,9 @@ def test_the_budget_keeps_time_for_the_work_after_the_last_epoch(tmp_path, monke
     control.on_epoch_end(0, {"val_dice_fg": 0.5})
     expected = 0.4 * (fitting.FINISH_VAL_PASSES * 10 + fitting.FINISH_TEST_PASSES * 10)
     assert control.reserve == pytest.approx(expected)  # 22 s of the 120
+    control.fold = True  # a fold: its own two passes over val and a margin, no test evaluation
+    assert control.finishing_estimate() == pytest.approx(0.4 * fitting.FOLD_VAL_PASSES * 10)
+    control.fold = False
     assert not control.model.stop_training
     clock[0] += 70.0
     control.on_epoch_begin(1)
@@ -267,7 +270,7 @@ def test_the_budget_keeps_time_for_the_work_after_the_last_epoch(tmp_path, monke
 def test_a_refit_moves_the_schedule_only_when_the_epoch_time_changed(tmp_path, monkeypatch):
     """A quarter into the fitted schedule the epoch time is measured again: a busy warm-up
     (epochs twice as slow) is corrected, a small change keeps the schedule (no retrace)."""
-    from unet.training import fitting
+    from unet.training import schedule_fit as fitting
     from unet.training.state import TrainingState
 
     fitted = []
@@ -303,7 +306,7 @@ def test_a_schedule_fitted_on_a_busy_machine_restarts_when_the_budget_is_left(tm
     the budget's end, or with only a few epochs' room, it does not."""
     from types import SimpleNamespace
 
-    from unet.training.fitting import restart_epochs
+    from unet.training.schedule_fit import restart_epochs
     from unet.training.state import TrainingState
 
     config = TrainConfig(**{**CONFIG, "time_budget": 8.0, "epochs": 1000})

@@ -35,20 +35,38 @@ def test_scores_are_kept_whole_and_found_only_for_the_same_model_and_split(tmp_p
     assert scores_folder(model, "d" * 64, "s" * 64) != cache  # another model file
 
 
-@pytest.mark.parametrize(
-    "folds, crossval, budget, expected",
-    [
-        (4, {}, 40.0, 10.0),  # one after another: a quarter each
-        (4, {"fold_runner": "dask", "dask_workers": 2}, 40.0, 20.0),  # two rounds of two
-        (4, {"fold_runner": "dask", "dask_address": "tcp://h:1"}, 40.0, 40.0),  # all at once
-        (3, {}, None, None),
-    ],
-)
-def test_each_fold_gets_its_share_of_the_run_budget(folds, crossval, budget, expected):
-    config = TrainConfig(time_budget=budget, epochs=5)
-    fold = fold_config(config, CrossValidationConfig(folds=folds, **crossval))
-    assert fold.optimisation.time_budget == expected
+def test_the_folds_share_the_run_budget_with_the_ensembles_work_after_them(monkeypatch):
+    """--time-budget is the whole run's: each fold gets what is left of it, less the ensemble's
+    work after the folds (calibration over every non-test case, the test evaluation through
+    every member), over the folds still to train; that work is first a share of the budget,
+    then estimated from the finished folds' own passes."""
+    from unet.training import run_budget
+    from unet.training.run_budget import RunBudget
+
+    clock = [100.0]
+    monkeypatch.setattr(run_budget.time, "perf_counter", lambda: clock[0])
+    config = TrainConfig(time_budget=40.0, epochs=5)  # 2,400 s
+    budget = RunBudget.of(config, CrossValidationConfig(folds=4), [10, 10, 10, 10], 8)
+    prior = run_budget.ENSEMBLE_PRIOR_SHARE * 2400
+    assert budget.fold_minutes(0) == pytest.approx((2400 - prior) / 4 / 60)  # 8.5 min
+    clock[0] += 600.0  # fold 0 took 10 min, 60 s of them its two passes over its 10 cases
+    budget.record(60.0, 10)
+    ensemble = 3.0 * (run_budget.CALIBRATION_PASSES * 40 + run_budget.TEST_PASSES * 8 * 4)
+    assert budget.ensemble_seconds() == pytest.approx(ensemble)  # 324 s
+    assert budget.fold_minutes(1) == pytest.approx((2400 - 600 - ensemble) / 3 / 60)
+    clock[0] += 3 * 60 * budget.fold_minutes(1)  # the three other folds, on time
+    left = 2400 - (clock[0] - 100.0)
+    assert left == pytest.approx(ensemble)  # what is left is the ensemble's work
+    fold = fold_config(config, budget.fold_minutes(1))
     assert fold.optimisation.epochs == 5 and fold.model == config.model
+
+    resumed = RunBudget.of(config, CrossValidationConfig(folds=4), [10] * 4, 8)
+    resumed.record(0.1, 10)  # a finished fold's passes only: the ensemble's work looks tiny
+    assert resumed.fold_minutes(1) == pytest.approx(10.0)  # but no fold gets over 40 / 4
+    dask = CrossValidationConfig(folds=4, fold_runner="dask", dask_workers=2)  # two rounds
+    assert RunBudget.of(config, dask, [10] * 4, 8).fold_minutes(0) == pytest.approx(17.0)
+    assert RunBudget.of(TrainConfig(epochs=5), dask, [10] * 4, 8).fold_minutes(0) is None
+    assert fold_config(TrainConfig(epochs=5), None) == TrainConfig(epochs=5)
 
 
 def test_folds_side_by_side_share_the_cores(monkeypatch):

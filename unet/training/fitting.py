@@ -26,7 +26,7 @@ from unet.model.deep_supervision import (
     supervised_targets,
 )
 from unet.store.model_files import checkpoint_files, model_file
-from unet.training.optimizer import WarmupSchedule
+from unet.training.schedule_fit import REFIT_SLACK, fit_schedule, restart_epochs, set_schedule
 from unet.training.state import (
     MONITOR,
     TrainingData,
@@ -44,21 +44,21 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
         write_csv_atomic(path, history[history["epoch"] < epochs_done])
 
 
-BUDGET_MARGIN = 0.95  # share of the remaining budget the fitted epochs are planned to fill
 # The work after the last epoch, in passes over the val split and the test split, each pass as
 # long as scoring a val case after an epoch takes: post-processing tuning (one pass, with
 # float32 on a few cases where bfloat16 is checked), quality calibration (two: with the flip
 # pass), the test evaluation; with a margin.
 FINISH_VAL_PASSES = 4.0
 FINISH_TEST_PASSES = 1.5
+# a cross-validation fold's: the tuning pass and the out-of-fold scoring, with a margin (the
+# ensemble's work after the folds, test evaluation included, is the run's: run_budget.py)
+FOLD_VAL_PASSES = 3.0
 MAX_RESERVE = 0.5  # of the budget, at most, kept for the work after the last epoch
 # the int8 export and check where training makes one (unet.evaluation.int8_check): the ONNX
 # export and quantisation (measured 20-40 s for the default U-Net on 2 cores), then the check's
 # cases through float32, int8 and the other precision
 INT8_EXPORT_SECONDS = 45.0
 INT8_CHECK_PASSES = 3.0
-RESTART_SHARE = 0.25  # a finished schedule restarts when the budget holds this share more
-REFIT_SLACK = 0.1  # a refit that moves the schedule's end by less (of what is left) keeps it
 
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]
@@ -79,11 +79,13 @@ class TrainingControl(keras.callbacks.Callback):
         steps: int,
         on_epoch_end: EpochCallback | None,
         cases: dict[str, int] | None = None,
+        fold: bool = False,
     ):
         super().__init__()
         self.run_dir, self.state, self.config, self.steps = run_dir, state, config, steps
         self.cases = cases or {}  # split -> number of cases
         self.reserve = 0.0  # seconds of the budget kept for the work after the last epoch
+        self.fold = fold  # a cross-validation fold (FOLD_VAL_PASSES after it, no test)
         self.on_epoch_end_callback = on_epoch_end
         self.started = self.epoch_started = time.perf_counter()
         self.budget = (
@@ -120,13 +122,17 @@ class TrainingControl(keras.callbacks.Callback):
 
     def finishing_estimate(self) -> float:
         """Seconds the work after the last epoch will take: :data:`FINISH_VAL_PASSES` over the
-        val split and :data:`FINISH_TEST_PASSES` over the test split, at the time a val case
-        took to score after the last epoch; with the int8 export, its time and its check."""
+        val split and :data:`FINISH_TEST_PASSES` over the test split (a fold's:
+        :data:`FOLD_VAL_PASSES`, none over test), at the time a val case took to score after
+        the last epoch; with the int8 export, its time and its check."""
         val = self.cases.get("val", 0)
         subset = self.config.optimisation.val_cases_per_epoch
         scored = min(subset, val) if subset else val
         per_case = self.validation_seconds / max(scored, 1)
-        passes = FINISH_VAL_PASSES * val + FINISH_TEST_PASSES * self.cases.get("test", 0)
+        if self.fold:
+            passes = FOLD_VAL_PASSES * val
+        else:
+            passes = FINISH_VAL_PASSES * val + FINISH_TEST_PASSES * self.cases.get("test", 0)
         if self.int8 and val:
             passes += INT8_CHECK_PASSES * min(val, PRECISION_CHECK_CASES)
         return per_case * passes + (INT8_EXPORT_SECONDS if self.int8 and val else 0.0)
@@ -217,9 +223,11 @@ def fit_epochs(
     config: TrainConfig,
     steps: int,
     on_epoch_end: EpochCallback | None,
+    fold: bool = False,
 ) -> None:
     """Fit from the state's epoch to ``config.optimisation.epochs`` (or until stopped),
-    checkpointing.
+    checkpointing (``fold``: a cross-validation fold's, which keeps less of its budget for
+    the work after its last epoch: :meth:`TrainingControl.finishing_estimate`).
 
     With ``fit_to_budget`` and a time budget, the warm-up epochs (at least two) run first;
     then the epoch time is measured, the epochs and the schedule's end are fitted to what is
@@ -227,7 +235,7 @@ def fit_epochs(
     resumed_from = state.epoch
     if resumed_from:
         _truncate_history(run_dir / "history.csv", resumed_from)
-    control = TrainingControl(run_dir, state, config, steps, on_epoch_end, data.counts)
+    control = TrainingControl(run_dir, state, config, steps, on_epoch_end, data.counts, fold)
     end = state.planned_epochs or config.optimisation.epochs
     if state.epoch >= end:
         return
@@ -265,16 +273,6 @@ def fit_epochs(
         if restart:  # the machine got faster than the fit: the schedule restarts to use it
             end = fit_schedule(model, state, control, config, steps)
             _fit(model, state, run_dir, data, config, steps, control, end)
-
-
-def restart_epochs(state: TrainingState, control: TrainingControl, config: TrainConfig) -> int:
-    """After a fitted schedule ended: the epochs the rest of the budget still holds when they
-    are at least :data:`RESTART_SHARE` of those run (and two), else 0: a schedule fitted on
-    a busy machine that got idle ends early, and the rest of the budget would go unused."""
-    remaining = control.budget - control.reserve - control.elapsed()
-    more = int(BUDGET_MARGIN * remaining / max(control.epoch_estimate(), 1e-6)) - 1
-    more = min(more, config.optimisation.epochs - state.epoch)
-    return more if more >= max(2, RESTART_SHARE * state.epoch) else 0
 
 
 def _fit(
@@ -338,61 +336,3 @@ def fit_datasets(data: TrainingData, config: TrainConfig, first_sample: int, str
         config.input.input_scale,
     )
     return supervised_targets(train, strides), supervised_targets(val, strides)
-
-
-def set_schedule(model: keras.Model, config: TrainConfig, steps: int, epochs: int) -> None:
-    """Give the optimizer the warm-up + decay schedule that ends at ``epochs`` and trace its
-    training step again (the schedule is read inside the compiled step)."""
-    model.optimizer.learning_rate = WarmupSchedule(
-        config.optimisation.learning_rate,
-        round(config.optimisation.warmup_epochs * steps),
-        epochs * steps,
-        config.optimisation.schedule,
-    )
-    model.make_train_function(force=True)
-
-
-def fit_schedule(
-    model: keras.Model,
-    state: TrainingState,
-    control: TrainingControl,
-    config: TrainConfig,
-    steps: int,
-    keep_within: float | None = None,
-) -> int:
-    """Fit the epochs to the rest of the time budget and end the learning-rate schedule there
-    (the optimizer gets the refitted schedule and its training step is traced again).
-
-    Args:
-        keep_within: a refit: the fitted schedule is kept when the new end differs from it by
-            less than this share of the epochs left (no retrace for a small change).
-
-    Returns:
-        The fitted number of epochs: at least one more, at most ``config.optimisation.epochs``.
-    """
-    per_epoch = control.epoch_estimate()
-    remaining = control.budget - control.reserve - control.elapsed()
-    more = int(BUDGET_MARGIN * remaining / max(per_epoch, 1e-6)) - 1  # one for the retrace
-    epochs = max(state.epoch + 1, min(config.optimisation.epochs, state.epoch + more))
-    planned = state.planned_epochs
-    if keep_within is not None and planned:
-        if abs(epochs - planned) <= keep_within * max(planned - state.epoch, 1):
-            return planned
-    set_schedule(model, config, steps, epochs)
-    state.planned_epochs = control.epochs = epochs
-    state.write(checkpoint_files(control.run_dir)[1])  # a resume keeps the fitted epochs
-    logger.info(
-        "schedule %s to the time budget: %d epochs (%.1f s each, %.0f s of %.0f s left "
-        "after keeping %.0f s for the work after the last epoch; at most %d), the %s decay "
-        "ends at epoch %d",
-        "fitted" if keep_within is None else f"refitted at epoch {state.epoch}",
-        epochs,
-        per_epoch,
-        remaining,
-        control.budget,
-        control.reserve,
-        config.optimisation.epochs,
-        config.optimisation.schedule,
-        epochs,
-    )
-    return epochs

@@ -3,8 +3,8 @@ the cases it never trained on."""
 
 from __future__ import annotations
 
-import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,13 +44,12 @@ class FoldJob:
     gpu_count: int = 0  # GPUs of the machine, when the folds train on its local cluster
 
 
-def fold_config(train: TrainConfig, crossval: CrossValidationConfig) -> TrainConfig:
-    """Each fold's training config: the time budget is the whole run's, so each fold gets
-    it divided by the rounds of folds that train one after another."""
-    budget = train.optimisation.time_budget
-    if not budget:
+def fold_config(train: TrainConfig, minutes: float | None) -> TrainConfig:
+    """A fold's training config: the run's, with the fold's share of the run's time budget
+    (:meth:`unet.training.run_budget.RunBudget.fold_minutes`) where the run has one."""
+    if not train.optimisation.time_budget or minutes is None:
         return train
-    return train.updated(time_budget=budget / math.ceil(crossval.folds / crossval.parallel))
+    return train.updated(time_budget=round(minutes, 3))
 
 
 def local_gpu_count(crossval: CrossValidationConfig) -> int:
@@ -83,6 +82,7 @@ class FoldResult:
     group_volume_dice: float | None
     tuner: ThresholdTuner | None  # running sums for the ensemble's threshold (binary models)
     tfrecord_dir: str | None = None  # the fold's TFRecord set (its val split: the fold's cases)
+    after_training_seconds: float | None = None  # tuning and out-of-fold scoring, after the epochs
 
     @property
     def per_image(self) -> Path:
@@ -107,7 +107,9 @@ def train_fold(job: FoldJob, on_epoch_end: EpochCallback | None = None) -> FoldR
         job.devices,
         fold_tuner=sums,
     )
+    scoring = time.perf_counter()
     metrics, tuner = score_out_of_fold(job.run_dir, job.tfrecord_dir, job.groups, tuner=sums)
+    scoring = time.perf_counter() - scoring
     return FoldResult(
         fold=job.fold,
         run_dir=str(job.run_dir),
@@ -116,6 +118,7 @@ def train_fold(job: FoldJob, on_epoch_end: EpochCallback | None = None) -> FoldR
         group_volume_dice=metrics.group_volume_dice_mean,
         tuner=tuner,
         tfrecord_dir=str(job.tfrecord_dir),
+        after_training_seconds=round((training.finishing_seconds or 0.0) + scoring, 1),
     )
 
 

@@ -103,6 +103,7 @@ class TrainingResult:
     device: str
     postprocessing: dict[str, object]
     best_epoch_val_dice: float | None = None  # the chosen epoch's own val Dice
+    finishing_seconds: float | None = None  # the work after the last epoch (tuning, calibration)
 
     @property
     def tuned_val_dice(self) -> float | None:

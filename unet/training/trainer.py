@@ -68,7 +68,7 @@ def train_model(
     strategy, device_report = configure_devices(devices)
     model, state = open_run(run_dir, config, data, steps, strategy, devices.jit_compile)
     resumed_from = state.epoch
-    fit_epochs(model, state, run_dir, data, config, steps, on_epoch_end)
+    fit_epochs(model, state, run_dir, data, config, steps, on_epoch_end, fold_tuner is not None)
     fitted = time.perf_counter()
     if (run_dir / "history.csv").is_file():
         plot_history(run_dir / "history.csv", run_dir / "training_curves.png")
@@ -89,6 +89,7 @@ def train_model(
         device=device_report["device"],
         postprocessing=tuning,
         best_epoch_val_dice=state.best if state.best_raw is None else state.best_raw,
+        finishing_seconds=round(finishing, 1),
     )
     write_records(run_dir, result, data, config, device_report, lineage)
     return result

@@ -1,0 +1,91 @@
+"""Fitting the epochs and the learning-rate schedule to what is left of a time budget: the fit
+after the warm-up, the refits, the restart of a schedule that ended early."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import keras
+
+from unet.config import TrainConfig
+from unet.store.model_files import checkpoint_files
+from unet.training.optimizer import WarmupSchedule
+from unet.training.state import TrainingState
+
+if TYPE_CHECKING:
+    from unet.training.fitting import TrainingControl
+
+logger = logging.getLogger(__name__)
+
+BUDGET_MARGIN = 0.95  # share of the remaining budget the fitted epochs are planned to fill
+RESTART_SHARE = 0.25  # a finished schedule restarts when the budget holds this share more
+REFIT_SLACK = 0.1  # a refit that moves the schedule's end by less (of what is left) keeps it
+
+
+def restart_epochs(state: TrainingState, control: TrainingControl, config: TrainConfig) -> int:
+    """After a fitted schedule ended: the epochs the rest of the budget still holds when they
+    are at least :data:`RESTART_SHARE` of those run (and two), else 0: a schedule fitted on
+    a busy machine that got idle ends early, and the rest of the budget would go unused."""
+    remaining = control.budget - control.reserve - control.elapsed()
+    more = int(BUDGET_MARGIN * remaining / max(control.epoch_estimate(), 1e-6)) - 1
+    more = min(more, config.optimisation.epochs - state.epoch)
+    return more if more >= max(2, RESTART_SHARE * state.epoch) else 0
+
+
+def set_schedule(model: keras.Model, config: TrainConfig, steps: int, epochs: int) -> None:
+    """Give the optimizer the warm-up + decay schedule that ends at ``epochs`` and trace its
+    training step again (the schedule is read inside the compiled step)."""
+    model.optimizer.learning_rate = WarmupSchedule(
+        config.optimisation.learning_rate,
+        round(config.optimisation.warmup_epochs * steps),
+        epochs * steps,
+        config.optimisation.schedule,
+    )
+    model.make_train_function(force=True)
+
+
+def fit_schedule(
+    model: keras.Model,
+    state: TrainingState,
+    control: TrainingControl,
+    config: TrainConfig,
+    steps: int,
+    keep_within: float | None = None,
+) -> int:
+    """Fit the epochs to the rest of the time budget and end the learning-rate schedule there
+    (the optimizer gets the refitted schedule and its training step is traced again).
+
+    Args:
+        keep_within: a refit: the fitted schedule is kept when the new end differs from it by
+            less than this share of the epochs left (no retrace for a small change).
+
+    Returns:
+        The fitted number of epochs: at least one more, at most ``config.optimisation.epochs``.
+    """
+    per_epoch = control.epoch_estimate()
+    remaining = control.budget - control.reserve - control.elapsed()
+    more = int(BUDGET_MARGIN * remaining / max(per_epoch, 1e-6)) - 1  # one for the retrace
+    epochs = max(state.epoch + 1, min(config.optimisation.epochs, state.epoch + more))
+    planned = state.planned_epochs
+    if keep_within is not None and planned:
+        if abs(epochs - planned) <= keep_within * max(planned - state.epoch, 1):
+            return planned
+    set_schedule(model, config, steps, epochs)
+    state.planned_epochs = control.epochs = epochs
+    state.write(checkpoint_files(control.run_dir)[1])  # a resume keeps the fitted epochs
+    logger.info(
+        "schedule %s to the time budget: %d epochs (%.1f s each, %.0f s of %.0f s left "
+        "after keeping %.0f s for the work after the last epoch; at most %d), the %s decay "
+        "ends at epoch %d",
+        "fitted" if keep_within is None else f"refitted at epoch {state.epoch}",
+        epochs,
+        per_epoch,
+        remaining,
+        control.budget,
+        control.reserve,
+        config.optimisation.epochs,
+        config.optimisation.schedule,
+        epochs,
+    )
+    return epochs
