@@ -323,3 +323,36 @@ def test_each_local_dask_worker_trains_on_its_own_gpu(monkeypatch):
     assert worker_devices(DeviceConfig(), 2).visible_gpus == "1"  # worker 3 -> GPU 1
     assert worker_devices(DeviceConfig(), 1).visible_gpus is None  # one GPU: nothing to share
     assert worker_devices(DeviceConfig(visible_gpus="0"), 2).visible_gpus == "0"  # user's
+
+
+def test_folds_one_after_another_get_what_is_left_of_the_budget(monkeypatch):
+    """Each fold's config carries the minutes the run's budget still holds for it: a fold
+    that ran long leaves the next ones less, and the ensemble's work is kept back from the
+    first fold on (the training itself faked: only the sharing is under test)."""
+    from types import SimpleNamespace
+
+    from flows import crossval as flow
+    from unet.config import CrossValidationConfig, TrainConfig
+    from unet.training import run_budget
+    from unet.training.folds import FoldJob
+
+    clock = [0.0]
+    monkeypatch.setattr(run_budget.time, "perf_counter", lambda: clock[0])
+    given = []
+
+    def train_fold_task(job):
+        given.append(job.config.optimisation.time_budget)
+        clock[0] += 60 * (12.0 if job.fold == 0 else job.config.optimisation.time_budget)
+        return SimpleNamespace(after_training_seconds=30.0)  # 0.5 s a case and pass
+
+    monkeypatch.setattr(flow, "train_fold_task", train_fold_task)
+    train = TrainConfig(**TINY, time_budget=30.0)
+    jobs = [FoldJob(i, "", "", train, {"split_counts": {"val": 30}}, None, {}) for i in range(3)]
+    budget = run_budget.RunBudget.of(train, CrossValidationConfig(folds=3), [30] * 3, 10, 0.0)
+    flow.train_folds(jobs, train, CrossValidationConfig(folds=3), budget)
+    ensemble = 0.5 * (run_budget.CALIBRATION_PASSES * 90 + run_budget.TEST_PASSES * 10 * 3)
+    assert given[0] == pytest.approx(30 * (1 - run_budget.ENSEMBLE_PRIOR_SHARE) / 3)  # 8.5
+    assert given[1] == pytest.approx((30 * 60 - 12 * 60 - ensemble) / 2 / 60)  # fold 0 ran long
+    assert given[2] == pytest.approx(given[1])
+    assert 30 * 60 - clock[0] == pytest.approx(ensemble)  # the rest: the ensemble's work
+    assert all(job.config.optimisation.time_budget == 30.0 for job in jobs)  # the run's, kept
