@@ -150,6 +150,24 @@ def prediction_cost(run_dir: Path, cache: Path, repeats: int = 3) -> tuple[float
     return with_all, rate(plain, reference)
 
 
+def print_patients(frame, typical: float, threshold: float) -> None:
+    """Each held-out patient, worst first: its volume Dice, pooled predicted Dice, whether the
+    review flags caught it (flagged) and whether it failed (under 0.7)."""
+    from unet.evaluation.quality_scores import GROUP_FAILED, group_table
+
+    groups = group_table(frame, 2, typical).sort_values("volume_dice")
+    print("  patient                    volume Dice  predicted  flagged  failed")
+    for row in groups.itertuples():
+        known = row.predicted_dice == row.predicted_dice  # not NaN: the patient has a mask
+        flagged = "yes" if known and row.predicted_dice < threshold else "no"
+        failed = "yes" if row.volume_dice < GROUP_FAILED else "no"
+        predicted = fmt(row.predicted_dice if known else None)
+        print(
+            f"  {row.group[:26]:<26} {row.volume_dice:11.3f}  {predicted:>9}  "
+            f"{flagged:>7}  {failed:>6}"
+        )
+
+
 def main() -> int:
     import pandas as pd
 
@@ -200,14 +218,14 @@ def main() -> int:
         for name, scores in others.items():
             print(line(name, scores[level]))
     group = ours["per_group"]
+    threshold = metrics["quality"].get("volume_review_below") or metrics["quality"]["review_below"]
     print(
-        "\nreview flags (patients with pooled predicted Dice < "
-        f"{metrics['quality'].get('volume_review_below') or metrics['quality']['review_below']:g}"
-        "): "
+        f"\nreview flags (patients with pooled predicted Dice < {threshold:g}): "
         f"{group['failed_caught']} of {group['failed']} patients under 0.7 caught "
         f"({(group['failed_recall'] or 0):.0%}; target >= 80%), {group['flagged']} of "
         f"{group['cases']} flagged ({group['flagged_share']:.0%}; target <= 30%)"
     )
+    print_patients(frame, quality["dice_model"]["typical_fraction"], threshold)
     targets = (
         f"targets: patient Spearman {fmt(group['spearman'])} (>= 0.7); slice AUROC "
         f"{fmt(ours['per_slice']['auroc'])} (>= 0.85); slice AURC {fmt(ours['per_slice']['aurc'])}"
