@@ -4,7 +4,8 @@ after the warm-up, the refits, the restart of a schedule that ended early."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import keras
 
@@ -13,9 +14,6 @@ from unet.store.model_files import checkpoint_files
 from unet.training.optimizer import WarmupSchedule
 from unet.training.state import TrainingState
 
-if TYPE_CHECKING:
-    from unet.training.fitting import TrainingControl
-
 logger = logging.getLogger(__name__)
 
 BUDGET_MARGIN = 0.95  # share of the remaining budget the fitted epochs are planned to fill
@@ -23,7 +21,22 @@ RESTART_SHARE = 0.25  # a finished schedule restarts when the budget holds this 
 REFIT_SLACK = 0.1  # a refit that moves the schedule's end by less (of what is left) keeps it
 
 
-def restart_epochs(state: TrainingState, control: TrainingControl, config: TrainConfig) -> int:
+class BudgetClock(Protocol):
+    """What the fit reads of the epochs' control (:class:`unet.training.fitting.TrainingControl`):
+    the budget and the time kept for the work after the last epoch (seconds), the run folder
+    and the planned epochs, the time used and an epoch's time from now on."""
+
+    budget: float
+    reserve: float
+    run_dir: Path
+    epochs: int
+
+    def elapsed(self) -> float: ...
+
+    def epoch_estimate(self) -> float: ...
+
+
+def restart_epochs(state: TrainingState, control: BudgetClock, config: TrainConfig) -> int:
     """After a fitted schedule ended: the epochs the rest of the budget still holds when they
     are at least :data:`RESTART_SHARE` of those run (and two), else 0: a schedule fitted on
     a busy machine that got idle ends early, and the rest of the budget would go unused."""
@@ -48,7 +61,7 @@ def set_schedule(model: keras.Model, config: TrainConfig, steps: int, epochs: in
 def fit_schedule(
     model: keras.Model,
     state: TrainingState,
-    control: TrainingControl,
+    control: BudgetClock,
     config: TrainConfig,
     steps: int,
     keep_within: float | None = None,

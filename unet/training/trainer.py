@@ -47,8 +47,7 @@ def train_model(
 
     Args:
         tfrecord_dir: a TFRecord set with ``train`` and ``val`` splits.
-        run_dir: output folder (created). If it holds a checkpoint of the same settings on the
-            same data, training continues from it (see module docstring).
+        run_dir: output folder (created); a checkpoint there of the same settings and data resumes.
         config: the training configuration.
         lineage: extra facts recorded in ``lineage.json`` (split hash, prepare config, ...);
             its ``split_hash`` is part of the data a checkpoint belongs to.
