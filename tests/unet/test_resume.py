@@ -278,7 +278,7 @@ def test_a_refit_moves_the_schedule_only_when_the_epoch_time_changed(tmp_path, m
     config = TrainConfig(**{**CONFIG, "time_budget": 10.0, "epochs": 1000})  # 600 s
 
     class Control:
-        budget, reserve, run_dir, epochs = 600.0, 0.0, tmp_path, 0
+        budget, reserve, run_dir, epochs, trace_seconds = 600.0, 0.0, tmp_path, 0, 5.0
 
         def __init__(self, per_epoch, elapsed):
             self.per_epoch, self.seconds = per_epoch, elapsed
@@ -292,12 +292,12 @@ def test_a_refit_moves_the_schedule_only_when_the_epoch_time_changed(tmp_path, m
     (tmp_path / "checkpoint").mkdir()
     state = TrainingState(epoch=2)
     first = fitting.fit_schedule(None, state, Control(20.0, 40.0), config, 1)
-    assert first == 2 + int(0.95 * 560 / 20) - 1 == 27
+    assert first == 2 + int((0.95 * 560 - 5) / 20) == 28  # the retrace: 5 s, not an epoch
     state.epoch = 8  # 6 epochs later, at 10 s each: the warm-up was slow
     again = fitting.fit_schedule(None, state, Control(10.0, 100.0), config, 1, keep_within=0.1)
-    assert again == 8 + int(0.95 * 500 / 10) - 1 == 54 and fitted == [27, 54]
+    assert again == 8 + int((0.95 * 500 - 5) / 10) == 55 and fitted == [28, 55]
     same = fitting.fit_schedule(None, state, Control(10.3, 100.0), config, 1, keep_within=0.1)
-    assert same == 54 and fitted == [27, 54]  # 53 instead of 54: kept, not traced again
+    assert same == 55 and fitted == [28, 55]  # 54 instead of 55: kept, not traced again
 
 
 def test_a_schedule_fitted_on_a_busy_machine_restarts_when_the_budget_is_left(tmp_path):
@@ -313,13 +313,51 @@ def test_a_schedule_fitted_on_a_busy_machine_restarts_when_the_budget_is_left(tm
 
     def control(elapsed, per_epoch):
         return SimpleNamespace(
-            budget=480.0, reserve=30.0, elapsed=lambda: elapsed, epoch_estimate=lambda: per_epoch
+            budget=480.0,
+            reserve=30.0,
+            trace_seconds=0.0,
+            elapsed=lambda: elapsed,
+            epoch_estimate=lambda: per_epoch,
         )
 
     state = TrainingState(epoch=3)
-    assert restart_epochs(state, control(264.0, 30.0), config) == int(0.95 * 186 / 30) - 1 == 4
+    assert restart_epochs(state, control(264.0, 30.0), config) == int(0.95 * 186 / 30) == 5
     assert restart_epochs(state, control(420.0, 30.0), config) == 0  # 30 s left: no epoch fits
     later = TrainingState(epoch=40)  # 4 more epochs are under a quarter of the 40 run
     assert restart_epochs(later, control(264.0, 30.0), config) == 0
     capped = TrainConfig(**{**CONFIG, "time_budget": 8.0, "epochs": 5})
     assert restart_epochs(state, control(264.0, 30.0), capped) == 2  # at most `epochs`
+
+
+def test_the_first_epochs_tracing_is_measured_and_kept_for_the_retrace(tmp_path, monkeypatch):
+    """What tracing the training step added to the first epoch (its first step's wait over a
+    steady step) is what a new schedule's retrace is given, not a whole epoch."""
+    from unet.training import fitting
+    from unet.training.fitting import TrainingControl
+    from unet.training.schedule_fit import epochs_left
+    from unet.training.state import TrainingState
+
+    class Model:
+        stop_training = False
+        outputs = ["probabilities"]
+
+        def save(self, path):
+            open(path, "w").close()
+
+    clock = [0.0]
+    monkeypatch.setattr(fitting.time, "perf_counter", lambda: clock[0])
+    config = TrainConfig(**{**CONFIG, "time_budget": 10.0})  # 600 s
+    control = TrainingControl(tmp_path, TrainingState(), config, 3, None, cases={"val": 1})
+    control.set_model(Model())
+    (tmp_path / "checkpoint").mkdir()
+    for epoch, first_step in enumerate((10.0, 1.0)):  # tracing: 9 s more on the first step
+        control.on_epoch_begin(epoch)
+        for step in (first_step, 1.0, 1.0):
+            clock[0] += step
+            control.on_train_batch_end(0)
+        clock[0] += 2.0  # validation
+        control.on_epoch_end(epoch, {"val_dice_fg": 0.5})
+    assert control.trace_seconds == 9.0  # 14 s against a steady 5 s epoch
+    assert control.epoch_estimate() == 5.0
+    left = 0.95 * (600 - control.reserve - control.elapsed())
+    assert epochs_left(control) == int((left - 9.0) / 5.0)

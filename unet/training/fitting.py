@@ -95,6 +95,8 @@ class TrainingControl(keras.callbacks.Callback):
         self.int8 = bool(self.budget) and int8_worth_trying_here()
         self.batch_ends: list[float] = []
         self.validation_seconds = self.save_seconds = 0.0
+        self.trace_seconds = 0.0  # the first epoch's time over a steady epoch's: tracing
+        self.traced = False  # trace_seconds measured (on this fit's first epoch)
         self.bar = None  # the epoch's progress bar over its steps
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -144,6 +146,9 @@ class TrainingControl(keras.callbacks.Callback):
         ended = time.perf_counter()
         seconds = ended - self.epoch_started
         self.validation_seconds = ended - (self.batch_ends[-1] if self.batch_ends else ended)
+        if not self.traced:  # the first epoch of this fit (or of a resumed one)
+            self.trace_seconds = max(0.0, seconds - self.epoch_estimate())
+            self.traced = True
         if self.budget:
             self.reserve = min(MAX_RESERVE * self.budget, self.finishing_estimate())
         score = numbers.get(MONITOR)

@@ -24,12 +24,13 @@ REFIT_SLACK = 0.1  # a refit that moves the schedule's end by less (of what is l
 class BudgetClock(Protocol):
     """What the fit reads of the epochs' control (:class:`unet.training.fitting.TrainingControl`):
     the budget and the time kept for the work after the last epoch (seconds), the run folder
-    and the planned epochs, the time used and an epoch's time from now on."""
+    and the planned epochs, the tracing's cost, the time used and an epoch's time from now on."""
 
     budget: float
     reserve: float
     run_dir: Path
     epochs: int
+    trace_seconds: float  # what tracing the training step added to the first epoch
 
     def elapsed(self) -> float: ...
 
@@ -40,10 +41,16 @@ def restart_epochs(state: TrainingState, control: BudgetClock, config: TrainConf
     """After a fitted schedule ended: the epochs the rest of the budget still holds when they
     are at least :data:`RESTART_SHARE` of those run (and two), else 0: a schedule fitted on
     a busy machine that got idle ends early, and the rest of the budget would go unused."""
-    remaining = control.budget - control.reserve - control.elapsed()
-    more = int(BUDGET_MARGIN * remaining / max(control.epoch_estimate(), 1e-6)) - 1
-    more = min(more, config.optimisation.epochs - state.epoch)
+    more = min(epochs_left(control), config.optimisation.epochs - state.epoch)
     return more if more >= max(2, RESTART_SHARE * state.epoch) else 0
+
+
+def epochs_left(control: BudgetClock) -> int:
+    """Whole epochs that fit in :data:`BUDGET_MARGIN` of what is left of the budget (less the
+    time kept for the work after the last epoch), after the training step is traced again for
+    a new schedule (as long as the first epoch's tracing took)."""
+    remaining = BUDGET_MARGIN * (control.budget - control.reserve - control.elapsed())
+    return int((remaining - control.trace_seconds) / max(control.epoch_estimate(), 1e-6))
 
 
 def set_schedule(model: keras.Model, config: TrainConfig, steps: int, epochs: int) -> None:
@@ -78,7 +85,7 @@ def fit_schedule(
     """
     per_epoch = control.epoch_estimate()
     remaining = control.budget - control.reserve - control.elapsed()
-    more = int(BUDGET_MARGIN * remaining / max(per_epoch, 1e-6)) - 1  # one for the retrace
+    more = epochs_left(control)
     epochs = max(state.epoch + 1, min(config.optimisation.epochs, state.epoch + more))
     planned = state.planned_epochs
     if keep_within is not None and planned:
