@@ -96,8 +96,7 @@ class TrainingControl(keras.callbacks.Callback):
         self.int8 = bool(self.budget) and int8_worth_trying_here()
         self.batch_ends: list[float] = []
         self.validation_seconds = self.save_seconds = 0.0
-        self.trace_seconds = 0.0  # the first epoch's time over a steady epoch's: tracing
-        self.traced = False  # trace_seconds measured (on this fit's first epoch)
+        self.trace_seconds: float | None = None  # the first epoch's over a steady one's: tracing
         self.bar = None  # the epoch's progress bar over its steps
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -132,10 +131,8 @@ class TrainingControl(keras.callbacks.Callback):
         subset = self.config.optimisation.val_cases_per_epoch
         scored = min(subset, val) if subset else val
         per_case = self.validation_seconds / max(scored, 1)
-        if self.fold:
-            passes = FOLD_VAL_PASSES * val
-        else:
-            passes = FINISH_VAL_PASSES * val + FINISH_TEST_PASSES * self.cases.get("test", 0)
+        test = 0.0 if self.fold else FINISH_TEST_PASSES * self.cases.get("test", 0)
+        passes = (FOLD_VAL_PASSES if self.fold else FINISH_VAL_PASSES) * val + test
         if self.int8 and val:
             passes += INT8_CHECK_PASSES * min(val, PRECISION_CHECK_CASES)
         return per_case * passes + (INT8_EXPORT_SECONDS if self.int8 and val else 0.0)
@@ -147,9 +144,8 @@ class TrainingControl(keras.callbacks.Callback):
         ended = time.perf_counter()
         seconds = ended - self.epoch_started
         self.validation_seconds = ended - (self.batch_ends[-1] if self.batch_ends else ended)
-        if not self.traced:  # the first epoch of this fit (or of a resumed one)
+        if self.trace_seconds is None:  # the first epoch of this fit (or of a resumed one)
             self.trace_seconds = max(0.0, seconds - self.epoch_estimate())
-            self.traced = True
         if self.budget:
             self.reserve = min(MAX_RESERVE * self.budget, self.finishing_estimate())
         score = numbers.get(MONITOR)

@@ -30,7 +30,7 @@ class BudgetClock(Protocol):
     reserve: float
     run_dir: Path
     epochs: int
-    trace_seconds: float  # what tracing the training step added to the first epoch
+    trace_seconds: float | None  # what tracing added to the first epoch (None: before it)
 
     def elapsed(self) -> float: ...
 
@@ -50,7 +50,8 @@ def epochs_left(control: BudgetClock) -> int:
     time kept for the work after the last epoch), after the training step is traced again for
     a new schedule (as long as the first epoch's tracing took)."""
     remaining = BUDGET_MARGIN * (control.budget - control.reserve - control.elapsed())
-    return int((remaining - control.trace_seconds) / max(control.epoch_estimate(), 1e-6))
+    trace = control.trace_seconds or 0.0
+    return int((remaining - trace) / max(control.epoch_estimate(), 1e-6))
 
 
 def set_schedule(model: keras.Model, config: TrainConfig, steps: int, epochs: int) -> None:
