@@ -94,7 +94,7 @@ def cross_validate(
     """
     started = time.perf_counter()
     jobs = fold_jobs(prepared, train, run_dir, devices, crossval, lineage)
-    val = [int(job.lineage["split_counts"]["val"]) for job in jobs]
+    val = [job.val_cases for job in jobs]
     budget = RunBudget.of(train, crossval, val, prepared.split_counts.get("test", 0), started)
     run_logger().info(
         "cross-validation: %d folds, %s (%d at a time)",
@@ -143,8 +143,7 @@ def train_folds(
                 budget.describe(),
             )
         folds.append(train_fold_task(dataclasses.replace(job, config=config)))
-        val_cases = int(job.lineage["split_counts"]["val"])
-        budget.record(folds[-1].after_training_seconds, val_cases)
+        budget.record(folds[-1].after_training_seconds, job.val_cases)
     return folds
 
 

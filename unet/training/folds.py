@@ -43,6 +43,11 @@ class FoldJob:
     groups: dict[str, str]
     gpu_count: int = 0  # GPUs of the machine, when the folds train on its local cluster
 
+    @property
+    def val_cases(self) -> int:
+        """The fold's val cases: the ones it is scored on out of fold."""
+        return int(self.lineage["split_counts"]["val"])
+
 
 def fold_config(train: TrainConfig, minutes: float | None) -> TrainConfig:
     """A fold's training config: the run's, with the fold's share of the run's time budget
