@@ -8,8 +8,9 @@ Prints, each as a ratio measured in this run:
   (c) training steps/s with XLA (jit_compile) against without;
   (d) training steps/s in mixed_bfloat16 against float32 (CPUs with bfloat16 units; target
       >= 1.3), and the effective GFLOP/s of the faster one (forward + backward ~ 3x the forward
-      FLOPs) against the machine's best matrix product measured in the same run (TensorFlow
-      bfloat16 where the CPU has the units, numpy float32 otherwise).
+      FLOPs) against the machine's best matrix product measured in the same run (the best of
+      numpy's and TensorFlow's float32 and, with the units, TensorFlow's bfloat16, over three
+      sizes and three repeats: ``bench.predict.best_matmul``).
 
     .venv/bin/python bench/train.py [--steps 30] [--image-size 128] [--batch-size 8]
 
@@ -180,11 +181,11 @@ def main() -> int:
         return 0
     import tensorflow as tf
 
-    from bench.predict import forward_gflop, numpy_gflops
+    from bench.predict import best_matmul, forward_gflop
     from data_catalog.tfrecords import load_sidecar, split_files
     from unet.config import TrainConfig
     from unet.data.pipeline import training_dataset
-    from unet.inference.precision import measure_bf16_probe, read_cpu_info
+    from unet.inference.precision import read_cpu_info
 
     cpu = read_cpu_info()
     print(f"CPU {cpu.model}; bfloat16 units: {', '.join(cpu.bf16_flags) or 'none'}")
@@ -251,10 +252,7 @@ def main() -> int:
         )
         best = max(median["bfloat16"], median["memory"])
         gflop = 3 * forward_gflop(variants["memory"][0], args.image_size) * args.batch_size
-        limits = {"numpy float32 matmul": numpy_gflops()}
-        if cpu.bf16_flags:
-            limits["TensorFlow bfloat16 matmul"] = measure_bf16_probe(size=2048).bfloat16_gflops
-        name, matmul = max(limits.items(), key=lambda item: item[1])
+        name, matmul = best_matmul(bool(cpu.bf16_flags))
         print(
             f"(e) training at {best:.3f} steps/s x {gflop:.1f} GFLOP per step = "
             f"{best * gflop:.0f} GFLOP/s; the machine's best matrix product ({name}) "
