@@ -394,21 +394,24 @@ MATMUL_SIZES = (1024, 2048, 4096)
 
 def best_matmul(bf16_units: bool, repeats: int = 3) -> tuple[str, float]:
     """The machine's best matrix product, GFLOP/s, and what gave it: the best over
-    :data:`MATMUL_SIZES` and ``repeats`` of numpy's float32, TensorFlow's float32 and, on a
-    CPU with bfloat16 units, TensorFlow's bfloat16 (issue 24: one 2048 product gave 381 GFLOP/s in
-    one run and 1,142 in another on the same kind of machine)."""
+    :data:`MATMUL_SIZES` (each timed over ``repeats`` products) of numpy's float32,
+    TensorFlow's float32 and, on a CPU with bfloat16 units, TensorFlow's bfloat16 (issue 24:
+    one 2048 product gave 381 GFLOP/s in one run and 1,142 in another on the same kind of
+    machine)."""
     from unet.inference.precision import measure_bf16_probe
 
     rates: dict[str, float] = {}
     for size in MATMUL_SIZES:
-        rates["numpy float32"] = max(rates.get("numpy float32", 0), numpy_gflops(size, repeats))
         probe = measure_bf16_probe(size=size, repeats=repeats)
-        rates["TensorFlow float32"] = max(rates.get("TensorFlow float32", 0), probe.float32_gflops)
-        if bf16_units:
-            bf16 = probe.bfloat16_gflops
-            rates["TensorFlow bfloat16"] = max(rates.get("TensorFlow bfloat16", 0), bf16)
+        measured = {
+            "numpy float32": numpy_gflops(size, repeats),
+            "TensorFlow float32": probe.float32_gflops,
+            **({"TensorFlow bfloat16": probe.bfloat16_gflops} if bf16_units else {}),
+        }
+        for name, rate in measured.items():
+            rates[name] = max(rates.get(name, 0.0), rate)
     name, rate = max(rates.items(), key=lambda item: item[1])
-    return f"{name} matmul, best of {len(MATMUL_SIZES)} sizes x {repeats}", rate
+    return f"{name} matmul, best of sizes {', '.join(map(str, MATMUL_SIZES))}", rate
 
 
 def _timed(function) -> float:
