@@ -10,7 +10,9 @@ Prints, each as a ratio measured in this run:
       target >= 1.5: issue 24), and the effective GFLOP/s of the faster one (forward + backward
       ~ 3x the forward FLOPs) against the machine's best matrix product measured in the same
       run (the best of numpy's and TensorFlow's float32 and, with the units, TensorFlow's
-      bfloat16, over three sizes and three repeats: ``bench.predict.best_matmul``).
+      bfloat16, over three sizes and three repeats: ``bench.predict.best_matmul``);
+  (f) training steps/s with segflow's fused batch norm (``unet.model.batch_norm``) against the
+      same model with Keras' own BatchNormalization, in float32 and (with the units) bfloat16.
 
     .venv/bin/python bench/train.py [--steps 30] [--image-size 128] [--batch-size 8]
 
@@ -98,8 +100,29 @@ def samples_per_second(batches, count: int, batch_size: int) -> float:
     return count * batch_size / (time.perf_counter() - started)
 
 
+def with_keras_batch_norm(model):
+    """The same model with Keras' own BatchNormalization where segflow's fused one stands
+    (the baseline of (f))."""
+    import keras
+
+    from unet.model.batch_norm import FusedBatchNormalization
+
+    def clone(layer):
+        if isinstance(layer, FusedBatchNormalization):
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
 def compiled_model(
-    config, channels: int, steps: int, dataset, jit_compile: bool = False, policy="float32"
+    config,
+    channels: int,
+    steps: int,
+    dataset,
+    jit_compile: bool = False,
+    policy="float32",
+    keras_batch_norm: bool = False,
 ):
     import keras
 
@@ -109,7 +132,10 @@ def compiled_model(
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(policy)
     try:
-        model = compile_unet(build_unet(config.model, channels), config, steps, jit_compile)
+        model = build_unet(config.model, channels)
+        if keras_batch_norm:
+            model = with_keras_batch_norm(model)
+        model = compile_unet(model, config, steps, jit_compile)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # warm-up
@@ -224,10 +250,17 @@ def main() -> int:
             "real": (compiled_model(config, 1, args.steps, pipeline), pipeline),
             "memory": (compiled_model(config, 1, args.steps, in_memory), in_memory),
             "xla": (compiled_model(config, 1, args.steps, in_memory, True), in_memory),
+            "keras-bn": (
+                compiled_model(config, 1, args.steps, in_memory, keras_batch_norm=True),
+                in_memory,
+            ),
         }
         if cpu.bf16_flags:  # without the units bfloat16 is emulated (0.09x on Zen 3): not run
-            bf16 = compiled_model(config, 1, args.steps, in_memory, policy="mixed_bfloat16")
-            variants["bfloat16"] = (bf16, in_memory)
+            for name, keras_bn in (("bfloat16", False), ("keras-bn-bfloat16", True)):
+                model = compiled_model(
+                    config, 1, args.steps, in_memory, False, "mixed_bfloat16", keras_bn
+                )
+                variants[name] = (model, in_memory)
         intervals = interleaved(variants, args.steps, args.rounds)
         median = {name: 1 / statistics.median(values) for name, values in intervals.items()}
         spread = {name: f"{1 / max(v):.2f}-{1 / min(v):.2f}" for name, v in intervals.items()}
@@ -252,6 +285,13 @@ def main() -> int:
             )
         else:
             print("(d) bfloat16: not run (no bfloat16 units: emulated; auto trains in float32)")
+        for name, policy in (("memory", "float32"), ("bfloat16", "bfloat16")):
+            if name in median:
+                keras_bn = median[f"keras-bn{'-bfloat16' if name == 'bfloat16' else ''}"]
+                print(
+                    f"(f) fused batch norm ({policy}): {median[name]:.3f} steps/s, Keras' own "
+                    f"BatchNormalization {keras_bn:.3f} -> ratio {median[name] / keras_bn:.2f}x"
+                )
         best = max(median.get("bfloat16", 0.0), median["memory"])
         gflop = 3 * forward_gflop(variants["memory"][0], args.image_size) * args.batch_size
         name, matmul = best_matmul(bool(cpu.bf16_flags))

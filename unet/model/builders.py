@@ -14,6 +14,7 @@ import numpy as np
 from keras import layers
 
 from unet.config import ModelSpec
+from unet.model.batch_norm import FusedBatchNormalization
 from unet.model.encoder_weights import load_encoder_weights
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def conv_bn(x, filters: int, conv_name: str, bn_name: str, batch_norm: bool, ker
         name=conv_name,
     )(x)
     if batch_norm:
-        x = layers.BatchNormalization(momentum=0.9, name=bn_name)(x)
+        x = FusedBatchNormalization(momentum=0.9, name=bn_name)(x)
     return x
 
 
