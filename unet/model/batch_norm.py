@@ -27,8 +27,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
     def fusable(self, inputs, training, mask) -> bool:
         """True when this call can go through the fused kernel: TensorFlow, training a
-        trainable layer, 4-D channels-last input of a float type, no mask, renorm or
-        synchronisation."""
+        trainable layer, 4-D channels-last input of a float type with known channels, no mask,
+        renorm or synchronisation."""
         axis = self.axis if isinstance(self.axis, int) else None
         return (
             keras.backend.backend() == "tensorflow"
@@ -38,6 +38,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
             and not self.renorm
             and not self.synchronized
             and len(inputs.shape) == 4
+            and inputs.shape[-1] is not None
             and axis in (-1, 3)
             and keras.backend.standardize_dtype(inputs.dtype) in FUSED_DTYPES
         )
