@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
+import unet.model.batch_norm  # noqa: F401  (registers the batch norm members are saved with)
+
 if TYPE_CHECKING:  # only for annotations: this module runs on any Keras backend alone
     from unet.store.model_files import ModelInfo
 
