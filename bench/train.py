@@ -285,12 +285,13 @@ def main() -> int:
             )
         else:
             print("(d) bfloat16: not run (no bfloat16 units: emulated; auto trains in float32)")
-        for name, policy in (("memory", "float32"), ("bfloat16", "bfloat16")):
-            if name in median:
-                keras_bn = median[f"keras-bn{'-bfloat16' if name == 'bfloat16' else ''}"]
+        pairs = {"float32": ("memory", "keras-bn"), "bfloat16": ("bfloat16", "keras-bn-bfloat16")}
+        for policy, (fused, keras_bn) in pairs.items():
+            if fused in median:
                 print(
-                    f"(f) fused batch norm ({policy}): {median[name]:.3f} steps/s, Keras' own "
-                    f"BatchNormalization {keras_bn:.3f} -> ratio {median[name] / keras_bn:.2f}x"
+                    f"(f) fused batch norm ({policy}): {median[fused]:.3f} steps/s, Keras' own "
+                    f"BatchNormalization {median[keras_bn]:.3f} -> ratio "
+                    f"{median[fused] / median[keras_bn]:.2f}x"
                 )
         best = max(median.get("bfloat16", 0.0), median["memory"])
         gflop = 3 * forward_gflop(variants["memory"][0], args.image_size) * args.batch_size
