@@ -78,8 +78,9 @@ def review_line(summary: SegmentationSummary) -> str:
     """``"12 of 300 masks to review"``, or why there are no flags."""
     if summary.num_review is None:
         return (
-            "no quality flags (the model has none calibrated: trained before them, or too few "
-            "validation cases; or, with --qc fast, they need the flip pass of --qc full)"
+            "no quality flags (the model has none calibrated: trained before them, too few "
+            "validation cases, or no signal separated them more than chance; or, with --qc fast, "
+            "they need the flip pass of --qc full)"
         )
     return f"{summary.num_review} of {summary.num_inputs} masks to review"
 

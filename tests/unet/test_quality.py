@@ -373,6 +373,36 @@ def test_volumes_are_compared_with_training_volumes_and_calibrated_whole_when_en
     assert len(few) == 24 and "4 validation volumes are too few" in few.attrs["note"]
 
 
+def test_on_a_few_cases_a_signal_flags_only_when_it_separates_more_than_chance():
+    # 14 validation cases, 3 below target (the demo's size): a signal that ranks 2 of the 3
+    # first and one good case among them looks fine (J 0.58) but random labels do as well one
+    # time in seven (before this gate, a pure-noise signal on such a split flagged 63% of the
+    # time); one that puts all 3 first happens by chance once in 364
+    dice = np.array([0.5, 0.6, 0.7] + list(np.linspace(0.9, 0.99, 11)))
+    lucky = np.array([0.9, 0.8, 0.1, 0.85] + list(np.linspace(0.2, 0.3, 10)))
+    separates = np.array([0.9, 0.8, 0.7] + list(np.linspace(0.2, 0.3, 11)))
+    table = pd.DataFrame({"dice": dice, "uncertain_share": lucky, "low_confidence": separates})
+    calibrated = calibrate(table, reference())
+    assert calibrated.target_dice == pytest.approx(0.82)
+    noise = calibrated.signals["uncertain_share"]
+    assert noise.youden == pytest.approx(2 / 3 - 1 / 11, abs=1e-3) and noise.youden > 0.2
+    assert noise.chance > 0.05 and noise.threshold is None
+    signal = calibrated.signals["low_confidence"]
+    assert signal.chance == pytest.approx(1 / 364, abs=1e-4) and signal.threshold is not None
+    assert review_reasons({"uncertain_share": 0.95, "low_confidence": 0.1}, calibrated) == []
+    alone = calibrate(table.drop(columns="low_confidence"), reference())
+    assert alone.signals["uncertain_share"].threshold is None
+    assert "no signal separated the 3 of 14 validation cases below target more than chance" in (
+        alone.note
+    )
+    assert "closest: uncertain_share, Youden J 0.58, random labels as good with p 0.15" in (
+        alone.note
+    )
+    assert review_reasons({"uncertain_share": 0.1, "low_confidence": 0.95}, calibrated) == [
+        "low_confidence"
+    ]
+
+
 def test_too_few_validation_cases_calibrate_no_flags():
     table = pd.DataFrame(
         {

@@ -44,13 +44,18 @@ def quality_lines(quality: dict | None) -> list[str]:
         lines.append("- with `--qc full` (adds flip_disagreement): " + flag_line(quality["full"]))
     for name, signal in quality["signals"].items():
         used = (
-            "not used (did not separate)"
+            "not used (did not separate more than chance)"
             if signal["threshold"] is None
             else (f"flag above {signal['threshold']:.4g}")
         )
         lines.append(
-            f"  - `{name}`: {used}; on validation Youden J {signal['youden']:.2f}, Spearman "
-            f"with Dice {fmt(signal['spearman'])}"
+            f"  - `{name}`: {used}; on validation Youden J {signal['youden']:.2f}"
+            + (
+                f" (labels at random separate as well with p {signal['chance']:.2g})"
+                if signal.get("chance") is not None
+                else ""
+            )
+            + f", Spearman with Dice {fmt(signal['spearman'])}"
         )
     return lines
 

@@ -1,14 +1,15 @@
 """Calibrating the signals on labelled cases (validation, or out of fold): the Dice target, each
-signal's Youden-best threshold and its rank correlation with Dice, and the flags' summary on
-scored cases."""
+signal's Youden-best threshold (used only where it separates more than chance would) and its rank
+correlation with Dice, and the flags' summary on scored cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from unet.quality.ranking import best_threshold, spearman, target_dice
+from unet.quality.ranking import best_threshold, chance_of_separation, spearman, target_dice
 from unet.quality.reference import (
+    MAX_CHANCE,
     MIN_BELOW_TARGET,
     MIN_CALIBRATION_CASES,
     MIN_YOUDEN,
@@ -37,13 +38,23 @@ def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityRefere
     for name in [name for name in SIGNALS if name in table]:
         values = table[name].to_numpy(np.float64)
         threshold, youden, recall = best_threshold(values, bad)
-        used = enough and threshold is not None and youden >= MIN_YOUDEN
+        chance = chance_of_separation(values, bad)
+        used = (
+            enough
+            and threshold is not None
+            and youden >= MIN_YOUDEN
+            and chance is not None
+            and chance < MAX_CHANCE
+        )
         signals[name] = SignalCalibration(
             threshold=threshold if used else None,
             youden=round(youden, 4),
             spearman=spearman(values, dice),
             recall=recall if used else None,
+            chance=None if chance is None else round(chance, 4),
         )
+    if enough and not any(signal.threshold is not None for signal in signals.values()):
+        note = no_signal_note(signals, len(table), int(bad.sum()), unit)
     return reference.model_copy(
         update={
             "target_dice": target,
@@ -52,6 +63,22 @@ def calibrate(table: pd.DataFrame, reference: QualityReference) -> QualityRefere
             "note": note,
             "calibrated_on": unit,
         }
+    )
+
+
+def no_signal_note(signals: dict[str, SignalCalibration], cases: int, bad: int, unit: str) -> str:
+    """Why nothing flags although there were cases enough: the best signal and its chance."""
+    tried = [(name, s) for name, s in signals.items() if s.chance is not None]
+    best = min(tried, key=lambda item: item[1].chance, default=None)
+    closest = (
+        f" (closest: {best[0]}, Youden J {best[1].youden:.2f}, random labels as good with "
+        f"p {best[1].chance:.2g})"
+        if best is not None
+        else ""
+    )
+    return (
+        f"no signal separated the {bad} of {cases} validation {unit} below target more than "
+        f"chance would{closest}: no flags; cross-validate with --folds to calibrate on more cases"
     )
 
 

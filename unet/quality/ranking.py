@@ -1,5 +1,6 @@
 """Ranking numbers shared by the signals' calibration and the predicted Dice: Spearman's rank
-correlation, the Youden-best threshold and the failure target."""
+correlation, the Youden-best threshold, the chance that a threshold separates as well on labels
+drawn at random, and the failure target."""
 
 from __future__ import annotations
 
@@ -42,3 +43,20 @@ def best_threshold(
         if youden > best[1]:
             best = (float(threshold), youden, recall)
     return best
+
+
+def chance_of_separation(signal: np.ndarray, bad: np.ndarray) -> float | None:
+    """How likely a signal unrelated to failure would put the ``bad`` cases above the others
+    as far as this one does (the p-value of the one-sided two-sample Kolmogorov-Smirnov test,
+    whose statistic is the best Youden J over every threshold): on 14 cases, 3 below target,
+    a J of 0.55 comes by chance one time in five. None when there is nothing to separate."""
+    from scipy.stats import ks_2samp  # calibration only (scipy.stats takes a while to import)
+
+    measured = np.isfinite(signal)
+    signal, bad = signal[measured], bad[measured]
+    if not bad.any() or bad.all():
+        return None
+    # "less": the below-target cases' distribution function lies under the others', i.e.
+    # their values are larger (a signal flags above its threshold)
+    chance = float(ks_2samp(signal[bad], signal[~bad], alternative="less").pvalue)
+    return chance if np.isfinite(chance) else None

@@ -36,6 +36,13 @@ PERCENTILES = (1.0, 50.0, 99.0)
 MIN_YOUDEN = 0.2
 
 
+# A signal flags only when labels drawn at random would separate the validation cases as well as
+# it does less often than this (on a few cases a weak signal's best threshold looks good: the
+# demo's 14 validation cases once gave a noise-level signal J 0.55, which flagged 14 of 17 good
+# masks).
+MAX_CHANCE = 0.05
+
+
 # Fewer validation cases (or below-target ones) than this calibrate nothing: with 2 cases any
 # signal "separates" them perfectly.
 MIN_CALIBRATION_CASES = 10
@@ -59,6 +66,11 @@ class SignalCalibration(BaseModel):
     youden: float = Field(description="Flagged share of below-target cases minus of the others.")
     spearman: float | None = Field(description="Rank correlation with Dice on validation.")
     recall: float | None = Field(description="Below-target validation cases flagged.")
+    chance: float | None = Field(
+        None,
+        description="How often labels drawn at random separate as well (one-sided KS p-value); "
+        "None in models calibrated before it was recorded.",
+    )
 
 
 class QualityReference(BaseModel):

@@ -37,7 +37,8 @@ Dice is under the target: the 20th percentile of Dice over the validation cases 
 foreground in their truth or their mask (a case empty in both is right, and where most cases are
 empty their Dice of 1 would otherwise make "below target" mean "any error at all"); each
 signal's threshold maximises Youden's J (flagged share of below-target cases minus flagged share
-of the others) and is used only when J >= :data:`MIN_YOUDEN`; Spearman's rank
+of the others) and is used only when J >= :data:`MIN_YOUDEN` and random labels would separate as
+well less often than :data:`MAX_CHANCE` (:func:`chance_of_separation`); Spearman's rank
 correlation with Dice says how well it ranked them. Plain numpy, pandas and OpenCV.
 """
 

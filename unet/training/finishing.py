@@ -135,11 +135,12 @@ def calibrate_quality(
         scored_as="validation: the model chose its best epoch and post-processing on them",
     )
     logger.info(
-        "quality flags calibrated on %d val %s (target Dice %s): %s",
+        "quality flags calibrated on %d val %s (target Dice %s): %s%s",
         calibrated.num_val_cases,
         calibrated.calibrated_on,
         calibrated.target_dice,
         {name: signal.threshold for name, signal in calibrated.signals.items()},
+        f"; {calibrated.note}" if calibrated.note else "",
     )
     return calibrated
 
