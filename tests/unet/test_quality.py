@@ -392,9 +392,7 @@ def test_on_a_few_cases_a_signal_flags_only_when_it_separates_more_than_chance()
     assert review_reasons({"uncertain_share": 0.95, "low_confidence": 0.1}, calibrated) == []
     alone = calibrate(table.drop(columns="low_confidence"), reference())
     assert alone.signals["uncertain_share"].threshold is None
-    assert "no signal separated the 3 of 14 validation cases below target more than chance" in (
-        alone.note
-    )
+    assert "no signal separated the 3 of 14 cases below target more than chance" in (alone.note)
     assert "closest: uncertain_share, Youden J 0.58, random labels as good with p 0.15" in (
         alone.note
     )

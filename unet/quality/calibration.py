@@ -77,8 +77,8 @@ def no_signal_note(signals: dict[str, SignalCalibration], cases: int, bad: int, 
         else ""
     )
     return (
-        f"no signal separated the {bad} of {cases} validation {unit} below target more than "
-        f"chance would{closest}: no flags; cross-validate with --folds to calibrate on more cases"
+        f"no signal separated the {bad} of {cases} {unit} below target more than chance "
+        f"would{closest}: no flags (more labelled cases, or --folds K, calibrate on more)"
     )
 
 

@@ -147,11 +147,13 @@ def calibrate_out_of_fold(folds: list[FoldResult], info: ModelInfo, run_dir: Pat
         groups=manifest_groups(run_dir / "manifest.csv"),
         scored_as="out-of-fold",
     )
+    cases = f"{calibrated.num_val_cases} out-of-fold {calibrated.calibrated_on}"
     note = (
-        f"calibrated on {calibrated.num_val_cases} out-of-fold {calibrated.calibrated_on} "
-        "(the fold models' signals)"
+        f"{cases} (the fold models' signals): {calibrated.note}"
+        if calibrated.note
+        else f"calibrated on {cases} (the fold models' signals)"
     )
-    return calibrated.model_copy(update={"note": calibrated.note or note})
+    return calibrated.model_copy(update={"note": note})
 
 
 def ensemble_result(
