@@ -27,6 +27,7 @@ from unet.prediction.plan import (
 )
 from unet.prediction.records import REPORT_COLUMNS, LoadedInput, ProgressCallback
 from unet.prediction.review import (
+    THUMBNAIL_SIDE,
     thumbnail,
     write_overlay,
     write_thumbnail,
@@ -60,7 +61,7 @@ class ResultSink:
         self.on_progress = on_progress
         self.quality = quality  # the model's calibrated quality flags, or None
         self.rows: dict[str, dict[str, object]] = {}
-        self.pending: deque[tuple[LoadedInput, Future, float, dict]] = deque()
+        self.pending: deque[tuple[LoadedInput, Future, Future]] = deque()
 
     def __enter__(self) -> ResultSink:
         # Unbuffered: a line is on disk when write returns, and a full disk fails that write,
@@ -142,21 +143,21 @@ class ResultSink:
         self.rows[item.input.relative] = {**item.previous, "status": "skipped", "seconds": seconds}
 
     def save_mask(self, item: LoadedInput, result: Segmentation) -> None:
-        """Write the mask in the writer thread; its row is recorded once it is in place."""
+        """Write the mask, measure its quality and draw its pictures in the writer thread (the
+        model's thread goes straight on to the next batch); its row is recorded once the mask
+        is in place."""
         target = self.plan.output_dir / item.input.mask_name
         future = self.writer.submit(
             write_mask, target, self.plan.output_dir, result.classes, self.format.mask_scale
         )
-        quality = quality_columns(item.image, result, self.quality)
-        quality = with_notes(quality, item.notes)
+        measured = self.writer.submit(measure, item, result, self.quality)
         submit_pictures(self, item, result)
-        self.pending.append((item, future, result.mean_confidence, quality))
+        self.pending.append((item, future, measured))
         while len(self.pending) > self.window:  # bounded: memory does not grow with the folder
             self._collect(*self.pending.popleft())
 
-    def _collect(
-        self, item: LoadedInput, future: Future, mean_confidence: float, quality: dict
-    ) -> None:
+    def _collect(self, item: LoadedInput, future: Future, measured: Future) -> None:
+        mean_confidence, quality = measured.result()  # plain arithmetic: a failure is a bug
         try:
             height, width, fraction, components = future.result()
         except OSError as error:
@@ -212,6 +213,14 @@ def with_notes(quality: dict, notes: tuple[str, ...]) -> dict:
     return {**quality, "review": "review", "review_reasons": ";".join(reasons)}
 
 
+def measure(
+    item: LoadedInput, result: Segmentation, reference: QualityReference | None
+) -> tuple[float, dict]:
+    """The mask's mean confidence and quality columns (with the reading's notes)."""
+    quality = with_notes(quality_columns(item.image, result, reference), item.notes)
+    return result.mean_confidence, quality
+
+
 def write_mask(
     target: Path, output_dir: Path, classes: np.ndarray, scale: int
 ) -> tuple[int, int, float, int]:
@@ -235,12 +244,21 @@ def mask_statistics(mask: np.ndarray) -> tuple[float, int]:
 
 
 def submit_pictures(sink: ResultSink, item: LoadedInput, result: Segmentation) -> None:
-    """The input's review-page thumbnail and (``--overlays``) full-size overlay, handed to the
-    sink's writer thread, which encodes them."""
+    """The input's review-page thumbnail and (``--overlays``) full-size overlay, drawn and
+    encoded by the sink's writer thread."""
     config, output_dir, name = sink.plan.config, sink.plan.output_dir, item.input.mask_name
-    if config.review_page:
-        small = thumbnail(item.image, result.classes, colour=sink.colour)
-        sink.writer.submit(write_thumbnail, output_dir, name, small)
-    if config.overlays:
-        full = thumbnail(item.image, result.classes, side=None, colour=sink.colour)
-        sink.writer.submit(write_overlay, output_dir, name, full)
+    pictures = [(write_thumbnail, THUMBNAIL_SIDE)] * config.review_page
+    pictures += [(write_overlay, None)] * config.overlays
+    for write, side in pictures:
+        sink.writer.submit(
+            draw, write, output_dir, name, item.image, result.classes, side, sink.colour
+        )
+
+
+def draw(write, output_dir: Path, name: Path, image, classes, side: int | None, colour: bool):
+    """Draw one picture of an image and its mask and write it; one that fails is logged with
+    its reason (the mask and its row stand: a picture is for the review page)."""
+    try:
+        write(output_dir, name, thumbnail(image, classes, side=side, colour=colour))
+    except Exception as error:  # noqa: BLE001 - never fail a written mask for its picture
+        logger.warning("%s: no %s: %s", name, write.__name__.removeprefix("write_"), error)
