@@ -70,7 +70,7 @@ def merge_shard_reports(shards: list[ShardResult], config: PredictConfig) -> Seg
     from unet.prediction import write_report
 
     rows = sorted((row for shard in shards for row in shard.rows), key=lambda row: row["input"])
-    report = write_report(rows, Path(config.output_dir), config.review_page)
+    report = write_report(rows, config)
     return summarize_report(report, config, next((s.left_out for s in shards if s.left_out), ""))
 
 

@@ -205,4 +205,6 @@ def with_dice_model(reference, table: pd.DataFrame, groups: dict[str, str] | Non
             f"; review volumes and groups below {model.volume_review_below:g}: "
             + model.volume_review_below_reason
         )
+    if model.gap_note:
+        note += f"; {model.gap_note}"
     return reference.model_copy(update={"dice_model": model, "dice_model_note": note})

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from data_catalog.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
@@ -32,6 +33,7 @@ from unet.evaluation.scores import (
 )
 from unet.evaluation.volume_metrics import SliceInfo, VolumeScores, summarize_volumes
 from unet.inference.segmenter import Segmenter
+from unet.quality.mask_gaps import with_mask_gaps
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +70,14 @@ def evaluate_cases(
     rows = score_cases(segmenter, cases, out_dir, num_overlays, groups or {}, volumes)
     if not rows:
         raise ValueError("no cases to evaluate")
-    frame = pd.DataFrame(rows)
-    write_csv_atomic(out_dir / "per_image.csv", frame)
     quality = segmenter.info.quality
+    frame = pd.DataFrame(rows)
+    if "predicted_dice" in frame and "predicted_fraction" in frame:
+        # empty slices just past a series' mask, where lesions are missed: as prediction
+        frame = with_mask_gaps(
+            frame, quality, frame["key"], frame["predicted_fraction"] > 0, np.ones(len(frame))
+        )
+    write_csv_atomic(out_dir / "per_image.csv", frame)
     per_volume = volumes.table()
     if not per_volume.empty:
         write_csv_atomic(out_dir / "per_volume.csv", per_volume)

@@ -30,6 +30,7 @@ REPORT_COLUMNS = [
     "review",  # ok | review: predicted Dice under --review-below, or a calibrated signal fired
     "review_reasons",  # why, ;-separated
     "worst_slices",  # volumes: the slices with the lowest predicted Dice (z index:Dice)
+    "mask_gap",  # an empty slice of a series: slices to the nearest one with a mask
     *SIGNALS,  # the quality signals (flip_disagreement empty without --qc full or --tta)
     "foreground_peak",  # the largest foreground probability (a missed lesion's weak peak)
     "mask_log_fraction",  # log10 of the mask's foreground fraction

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from data_catalog.atomic import spreadsheet_safe, write_csv_atomic
+from data_catalog.images import is_image_file
 from data_catalog.progress import progress
 from unet.config import PredictConfig
 from unet.inference.segmenter import Segmenter
@@ -30,6 +32,7 @@ from unet.prediction.review import (
 from unet.prediction.selection import input_selection
 from unet.prediction.sink import ResultSink
 from unet.prediction.stream import segment_stream
+from unet.quality.mask_gaps import with_mask_gaps
 from unet.quality.signals import needs_flip_pass
 from unet.store.model_files import ModelInfo
 from unet.store.registry import resolve_model_file
@@ -46,14 +49,20 @@ def predict_folder(
     ``report.csv`` and ``review.html`` (see :func:`segment_files`); ``on_plan`` is handed the
     run's plan once it is made."""
     rows = segment_files(config, on_progress, on_plan=on_plan)
-    return write_report(rows, Path(config.output_dir), config.review_page)
+    return write_report(rows, config)
 
 
-def write_report(rows: list[dict], output_dir: Path, review_page: bool = True) -> pd.DataFrame:
+def write_report(rows: list[dict], config: PredictConfig) -> pd.DataFrame:
     """Write the rows as ``report.csv`` atomically, columns ``REPORT_COLUMNS``, text cells
-    made spreadsheet-safe (and the review page); return them as they are."""
+    made spreadsheet-safe (and the review page); empty slices just past their series' mask
+    held to the model's shares of missed lesions there (:func:`with_series_gaps`); return
+    them as they are."""
+    output_dir, review_page = Path(config.output_dir), config.review_page
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
-    report = report.astype({"height": "Int64", "width": "Int64", "components": "Int64"})
+    report = report.astype(
+        {"height": "Int64", "width": "Int64", "components": "Int64", "mask_gap": "Int64"}
+    )
+    report = with_series_gaps(report, config)
     write_csv_atomic(output_dir / REPORT_FILE, spreadsheet_safe(report))  # names from the wild
     if review_page:
         write_review_page(report, output_dir)
@@ -67,6 +76,24 @@ def write_report(rows: list[dict], output_dir: Path, review_page: bool = True) -
         output_dir / REPORT_FILE,
     )
     return report
+
+
+def with_series_gaps(report: pd.DataFrame, config: PredictConfig) -> pd.DataFrame:
+    """The report with every 2-D slice of a series that has a predicted Dice and an empty
+    mask held to the model's share of lesions missed at its gap from the mask
+    (:func:`unet.quality.mask_gaps.with_mask_gaps`); needs the whole run's rows (a shard holds
+    every n-th slice only)."""
+    if report["predicted_dice"].isna().all():
+        return report
+    model = resolve_model_file(config.model)
+    info = with_review_below(ModelInfo.read(model.parent), config.review_below, model)
+    slices = (
+        report["volume_shape"].isna()
+        & report["input"].map(is_image_file)
+        & report["status"].isin(["ok", "skipped"])
+    )
+    has_mask = report["foreground_fraction"].fillna(0).to_numpy(np.float64) > 0
+    return with_mask_gaps(report, info.quality, report["input"], has_mask, slices.to_numpy())
 
 
 def segment_files(

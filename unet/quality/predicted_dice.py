@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from unet.quality.mask_gaps import fit_miss_shares
 from unet.quality.ranking import best_threshold, spearman, target_dice
 
 FEATURES = (
@@ -108,6 +109,12 @@ class DiceModel(BaseModel):
     )
     target_dice: float = Field(description="A fit case under this Dice counted as failed.")
     typical_fraction: float = Field(description="Median mask fraction of non-empty fit cases.")
+    gap_miss_shares: list[float] | None = Field(
+        None,
+        description="Share of empty fit slices 1, 2, 3 and more slices past their series' "
+        "mask that hid a lesion (unet.quality.mask_gaps); None: not fitted.",
+    )
+    gap_note: str = ""
     fitted_on: str
     cases: int
     groups: list[str] = Field(description="The groups (patients) of the fit rows.")
@@ -251,6 +258,7 @@ def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceMo
     fractions = 10.0 ** table.loc[table["mask_log_fraction"] > -4, "mask_log_fraction"]
     typical = float(fractions.median()) if len(fractions) else 1e-2
     volume = volume_threshold(table, checked, typical, review_below)
+    shares, gap_note = gap_shares(table)
     return DiceModel(
         features=features,
         fill=fill.tolist(),
@@ -270,6 +278,8 @@ def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceMo
         **volume,
         target_dice=float(target),
         typical_fraction=typical,
+        gap_miss_shares=shares,
+        gap_note=gap_note,
         fitted_on=fitted_on,
         cases=len(table),
         groups=sorted(set(groups)),
@@ -279,6 +289,18 @@ def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceMo
             "flagged_share": flagged,
             "recall": recall,
         },
+    )
+
+
+def gap_shares(table: pd.DataFrame) -> tuple[list[float] | None, str]:
+    """The fit rows' shares of missed lesions past a mask's end
+    (:func:`unet.quality.mask_gaps.fit_miss_shares`); none without keys and mask fractions."""
+    if not {"key", "mask_fraction", "empty"} <= set(table):
+        return None, "no shares of missed lesions past a mask's end: the fit rows have no keys"
+    return fit_miss_shares(
+        table["key"].astype(str).tolist(),
+        table["mask_fraction"].to_numpy(np.float64) > 0,
+        table["empty"].to_numpy(bool),  # an empty mask's truth is empty too
     )
 
 
