@@ -182,3 +182,55 @@ def test_the_report_holds_empty_slices_of_a_series_but_not_volumes_or_errors(tra
     assert report["predicted_dice"].tolist()[4:] == [0.95] * 3  # volumes are not slices
     written = pd.read_csv(tmp_path / "o" / "report.csv")
     assert written.loc[1, "review_reasons"] == f"predicted_dice<0.8;{REASON}"
+
+
+def test_a_volume_holds_its_empty_slices_past_the_mask_in_worst_slices_and_its_pooled_dice():
+    from unet.inference.segmenter import Segmentation
+    from unet.quality.predicted_dice import DiceModel, DiceTree
+    from unet.quality.reference import QualityReference
+    from unet.quality.signals import VolumeQuality
+
+    leaf = DiceTree(left=[-1], right=[-1], feature=[0], threshold=[0.0], value=[0.0])
+    model = DiceModel(
+        features=["foreground_peak"],
+        fill=[0.5],
+        init=0.9,  # every slice's own predicted Dice: one tree, one leaf adding 0
+        learning_rate=0.1,
+        trees=[leaf],
+        review_below=0.5,
+        review_below_reason="test",
+        target_dice=0.5,
+        typical_fraction=0.05,
+        fitted_on="test",
+        cases=100,
+        groups=["a"],
+        gap_miss_shares=[0.4, 0.2, 0.0, 0.0],
+    )
+    reference = QualityReference(
+        intensity_median=[[0.0, 0.5, 1.0]],
+        intensity_spread=[[1.0, 1.0, 1.0]],
+        fraction_median=-2.0,
+        fraction_spread=1.0,
+        dice_model=model,
+    )
+
+    def columns(shares, whole_volume=True):
+        quality = VolumeQuality(
+            reference.model_copy(
+                update={"dice_model": model.model_copy(update={"gap_miss_shares": shares})}
+            )
+        )
+        for z in range(7):
+            classes = np.zeros((16, 16), np.uint8)
+            if z in (3, 4):
+                classes[4:10, 4:10] = 1
+            image = RNG.uniform(0, 1, (16, 16, 1)).astype(np.float32)
+            quality.add(image, Segmentation(classes, np.full((16, 16), 0.99, np.float32)))
+        return quality.columns(0.05, quality.reference, whole_volume)
+
+    held, plain = columns([0.4, 0.2, 0.0, 0.0]), columns(None)
+    assert held["worst_slices"] == "z002:0.60;z005:0.60;z001:0.80"
+    assert plain["worst_slices"] == "z000:0.90;z001:0.90;z002:0.90"
+    assert held["predicted_dice"] < plain["predicted_dice"] == pytest.approx(0.9)
+    video = columns([0.4, 0.2, 0.0, 0.0], whole_volume=False)  # a video's frames: not slices
+    assert video["worst_slices"] == plain["worst_slices"]

@@ -62,6 +62,11 @@ def mask_gaps(keys: list[str], has_mask: np.ndarray) -> np.ndarray:
     return gaps
 
 
+def volume_gaps(has_mask: np.ndarray) -> np.ndarray:
+    """:func:`mask_gaps` of one volume's slices in ``z`` order."""
+    return mask_gaps([f"z{z}" for z in range(len(has_mask))], has_mask)
+
+
 def gap_bin(gaps: np.ndarray) -> np.ndarray:
     """Index into the shares: gap 1 -> 0, ..., gap > GAPS -> GAPS."""
     return np.minimum(np.asarray(gaps), GAPS + 1) - 1

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from unet.quality.mask_gaps import held_to_gaps, volume_gaps
 from unet.quality.predicted_dice import pooled_dice, pooling_weights
 from unet.quality.reference import (
     BORDER,
@@ -264,25 +265,34 @@ class VolumeQuality:
         if reference is None or not self.pixels:
             return {}
         signals = self.signals(fraction, reference, whole_volume, spacing, components)
+        predicted = self.slice_dice(whole_volume)
         return {
-            **columns_of(signals, reference, self.pooled_dice(), pooled=True),
-            **({"worst_slices": self.worst_slices()} if self.predicted else {}),
+            **columns_of(signals, reference, self.pooled_dice(predicted), pooled=True),
+            **({"worst_slices": self.worst_slices(predicted)} if self.predicted else {}),
         }
 
-    def pooled_dice(self) -> float | None:
+    def slice_dice(self, whole_volume: bool = True) -> np.ndarray:
+        """Each slice's predicted Dice; a volume's empty slices just past its mask held to the
+        model's shares of lesions missed there (:mod:`unet.quality.mask_gaps`; not a video's
+        frames)."""
+        predicted = np.asarray(self.predicted, np.float64)
+        model = self.reference.dice_model if self.reference is not None else None
+        if not whole_volume or model is None or model.gap_miss_shares is None:
+            return predicted
+        gaps = volume_gaps(np.asarray(self.fractions) > 0)
+        return held_to_gaps(predicted, gaps, model.gap_miss_shares)
+
+    def pooled_dice(self, predicted: np.ndarray) -> float | None:
         """The volume's predicted Dice pooled from its slices' (None without a Dice model)."""
         model = self.reference.dice_model if self.reference is not None else None
-        if model is None or not self.predicted:
+        if model is None or not len(predicted):
             return None
-        return pooled_dice(
-            np.asarray(self.predicted), np.asarray(self.fractions), model.typical_fraction
-        )
+        return pooled_dice(predicted, np.asarray(self.fractions), model.typical_fraction)
 
-    def worst_slices(self, count: int = 3) -> str:
+    def worst_slices(self, predicted: np.ndarray, count: int = 3) -> str:
         """The slices (``z`` index) with the lowest predicted Dice among those that carry
         weight in the pooled one (a mask, or doubt), ``;``-separated, worst first."""
         model = self.reference.dice_model
-        predicted = np.asarray(self.predicted)
         weights = pooling_weights(predicted, self.fractions, model.typical_fraction)
         order = [int(z) for z in np.argsort(predicted, kind="stable") if weights[z] > 0]
         return ";".join(f"z{z:03d}:{predicted[z]:.2f}" for z in order[:count])
