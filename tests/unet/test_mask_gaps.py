@@ -19,6 +19,27 @@ from unet.quality.mask_gaps import (
 RNG = np.random.default_rng(11)
 
 
+def constant_dice_model(dice: float, **fields):
+    """A Dice model that predicts ``dice`` for every input (one tree, one leaf adding 0)."""
+    from unet.quality.predicted_dice import DiceModel, DiceTree
+
+    leaf = DiceTree(left=[-1], right=[-1], feature=[0], threshold=[0.0], value=[0.0])
+    defaults = {"review_below": 0.5, "typical_fraction": 0.05}
+    return DiceModel(
+        features=["foreground_peak"],
+        fill=[0.5],
+        init=dice,
+        learning_rate=0.1,
+        trees=[leaf],
+        review_below_reason="test",
+        target_dice=0.5,
+        fitted_on="test",
+        cases=100,
+        groups=["a"],
+        **{**defaults, **fields},
+    )
+
+
 def test_a_gap_counts_slices_to_the_nearest_mask_of_the_same_series():
     keys = [f"p1/scan_{n}.png" for n in range(1, 11)] + ["p2/scan_1.png", "p2/scan_2.png"]
     keys += ["p3/a_1.png", "p3/a_2.png", "p3/a_3.png", "notes.png"]
@@ -126,27 +147,13 @@ def test_the_report_holds_empty_slices_of_a_series_but_not_volumes_or_errors(tra
 
     from unet.config import PredictConfig
     from unet.prediction import REPORT_COLUMNS, write_report
-    from unet.quality.predicted_dice import DiceModel
     from unet.store.model_files import ModelInfo
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     info = ModelInfo.read(run)
-    model = DiceModel(
-        features=[],
-        fill=[],
-        init=0.9,
-        learning_rate=0.1,
-        trees=[],
-        review_below=0.8,
-        review_below_reason="test",
-        target_dice=0.5,
-        typical_fraction=0.01,
-        fitted_on="test",
-        cases=100,
-        groups=["a"],
-        gap_miss_shares=[0.4, 0.2, 0.05, 0.0],
-    )
+    model = constant_dice_model(0.9, review_below=0.8, typical_fraction=0.01)
+    model = model.model_copy(update={"gap_miss_shares": [0.4, 0.2, 0.05, 0.0]})
     info.model_copy(
         update={"quality": info.quality.model_copy(update={"dice_model": model})}
     ).write(run)
@@ -186,26 +193,11 @@ def test_the_report_holds_empty_slices_of_a_series_but_not_volumes_or_errors(tra
 
 def test_a_volume_holds_its_empty_slices_past_the_mask_in_worst_slices_and_its_pooled_dice():
     from unet.inference.segmenter import Segmentation
-    from unet.quality.predicted_dice import DiceModel, DiceTree
     from unet.quality.reference import QualityReference
     from unet.quality.signals import VolumeQuality
 
-    leaf = DiceTree(left=[-1], right=[-1], feature=[0], threshold=[0.0], value=[0.0])
-    model = DiceModel(
-        features=["foreground_peak"],
-        fill=[0.5],
-        init=0.9,  # every slice's own predicted Dice: one tree, one leaf adding 0
-        learning_rate=0.1,
-        trees=[leaf],
-        review_below=0.5,
-        review_below_reason="test",
-        target_dice=0.5,
-        typical_fraction=0.05,
-        fitted_on="test",
-        cases=100,
-        groups=["a"],
-        gap_miss_shares=[0.4, 0.2, 0.0, 0.0],
-    )
+    model = constant_dice_model(0.9, review_below=0.5, typical_fraction=0.05)
+    model = model.model_copy(update={"gap_miss_shares": [0.4, 0.2, 0.0, 0.0]})
     reference = QualityReference(
         intensity_median=[[0.0, 0.5, 1.0]],
         intensity_spread=[[1.0, 1.0, 1.0]],
