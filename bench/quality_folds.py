@@ -10,7 +10,11 @@ Printed, per slice (slices with tumour in truth or mask) and per patient (volume
   - the predicted Dice: Spearman and MAE against the true Dice, AUROC for "Dice < 0.5"
     (slices) and "volume Dice < 0.7" (patients), AURC (with the best possible beside it);
   - the same rankings for the members' mean pairwise Dice (1 - member_disagreement, Zenk et
-    al.'s strongest signal) and today's calibrated flags (ranked by how many fired);
+    al.'s strongest signal) and today's calibrated flags (ranked by how many fired); per
+    patient each is its plain mean over the slices where any member saw foreground (what a
+    prediction knows; until 2026-12-08 the mean ran over the slices with tumour in truth or
+    mask, which let the truth choose the slices: seed 4 0.714 and seed 5 0.909 that way, 0.200
+    and 0.483 without);
   - the patients the review flags catch: of those under 0.7, and the share of all flagged
     (a patient is flagged when its pooled predicted Dice is under the model's
     volume_review_below);
@@ -98,13 +102,16 @@ def comparisons(frame, num_classes: int) -> dict[str, dict]:
     rankers = {"members' pairwise Dice": 1.0 - frame["member_disagreement"], TODAY: -fired}
     scored = with_foreground(frame, num_classes)
     dice = slice_dice(frame, num_classes)
+    # a patient's mean runs over the slices any member saw foreground in (never the truth)
+    pixels = frame[[f"predicted_pixels_{c}" for c in range(1, num_classes)]].sum(axis=1)
+    seen = (pixels > 0) | (frame["presence_disagreement"].fillna(0) > 0)
     out = {}
     for name, trust in rankers.items():
         per_slice = ranking_scores(trust[scored].to_numpy(), dice[scored].to_numpy(), SLICE_FAILED)
         groups = group_table(frame, num_classes, 0.01)  # its volume Dice; trust comes next
-        mean_trust = frame.assign(trust=trust)[scored].groupby(frame["group"].astype(str))["trust"]
+        mean_trust = frame.assign(trust=trust)[seen].groupby(frame["group"].astype(str))["trust"]
         by_group = groups.set_index("group").join(mean_trust.mean().rename("trust"))
-        by_group["trust"] = by_group["trust"].fillna(np.inf)  # no tumour slice: most trusted
+        by_group["trust"] = by_group["trust"].fillna(np.inf)  # no foreground seen: most trusted
         per_group = ranking_scores(
             by_group["trust"].to_numpy(), by_group["volume_dice"].to_numpy(), GROUP_FAILED
         )
