@@ -7,14 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unet.quality.mask_gaps import (
-    GAPS,
-    REASON,
-    fit_miss_shares,
-    held_to_gaps,
-    mask_gaps,
-    with_mask_gaps,
-)
+from unet.quality.gap_review import REASON, with_mask_gaps
+from unet.quality.mask_gaps import GAPS, fit_miss_shares, held_to_gaps, mask_gaps
 
 RNG = np.random.default_rng(11)
 

@@ -33,7 +33,7 @@ from unet.evaluation.scores import (
 )
 from unet.evaluation.volume_metrics import SliceInfo, VolumeScores, summarize_volumes
 from unet.inference.segmenter import Segmenter
-from unet.quality.mask_gaps import with_mask_gaps
+from unet.quality.gap_review import with_mask_gaps
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from unet.prediction.review import (
 from unet.prediction.selection import input_selection
 from unet.prediction.sink import ResultSink
 from unet.prediction.stream import segment_stream
-from unet.quality.mask_gaps import with_mask_gaps
+from unet.quality.gap_review import with_mask_gaps
 from unet.quality.signals import needs_flip_pass
 from unet.store.model_files import ModelInfo
 from unet.store.registry import resolve_model_file

@@ -22,20 +22,15 @@ Series are told by file names as the series post-processing tells them
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from unet.inference.series_names import MIN_SERIES_SLICES, series_position
 
-if TYPE_CHECKING:
-    from unet.quality.reference import QualityReference
-
 GAPS = 3  # gaps 1..GAPS have a share each; farther slices share one
 PRIOR_CASES = 5.0  # smoothing: this many cases' worth of the share over all empty masks
 MIN_GAP_SERIES = 5  # fewer series with a mask and empty slices past it fit no shares
-REASON = "next_to_mask_end"  # the review reason of an empty slice held down by its gap
 
 
 def mask_gaps(keys: list[str], has_mask: np.ndarray) -> np.ndarray:
@@ -119,45 +114,13 @@ def held_to_gaps(predicted: np.ndarray, gaps: np.ndarray, shares: list[float]) -
     return np.minimum(predicted, ceiling)
 
 
-def with_mask_gaps(
-    frame: pd.DataFrame,
-    reference: QualityReference | None,
-    keys: pd.Series,
-    has_mask: np.ndarray,
-    slices: np.ndarray,
-) -> pd.DataFrame:
-    """A report or evaluation table with ``mask_gap`` (see :func:`mask_gaps`; empty where
-    none) and each empty slice past a mask's end held to its gap's share (``predicted_dice``,
-    and ``review`` with the reason :data:`REASON` where that puts it under the review
-    threshold); ``slices``: the rows that are 2-D slices with a predicted Dice. Unchanged
-    where the model has no shares."""
-    model = reference.dice_model if reference is not None else None
-    shares = model.gap_miss_shares if model is not None else None
-    if shares is None or "predicted_dice" not in frame:
-        return frame
-    slices = np.asarray(slices, bool) & frame["predicted_dice"].notna().to_numpy()
-    gaps = np.zeros(len(frame), np.int64)
-    gaps[slices] = mask_gaps(list(keys[slices]), np.asarray(has_mask, bool)[slices])
-    predicted = frame["predicted_dice"].to_numpy(np.float64)
-    held = np.where(
-        slices, held_to_gaps(np.nan_to_num(predicted, nan=1.0), gaps, shares), predicted
+def gap_shares(table: pd.DataFrame) -> tuple[list[float] | None, str]:
+    """:func:`fit_miss_shares` of the quality model's fit rows (``key``, ``mask_fraction``,
+    ``empty``: truth and mask both empty); none without keys and mask fractions."""
+    if not {"key", "mask_fraction", "empty"} <= set(table):
+        return None, "no shares of missed lesions past a mask's end: the fit rows have no keys"
+    return fit_miss_shares(
+        table["key"].astype(str).tolist(),
+        table["mask_fraction"].to_numpy(np.float64) > 0,
+        table["empty"].to_numpy(bool),  # an empty mask's truth is empty too
     )
-    lowered = slices & (held < predicted)
-    frame = frame.assign(mask_gap=pd.array(np.where(gaps > 0, gaps, None), "Int64"))
-    if not lowered.any():
-        return frame
-    pairwise = "member_disagreement" in frame and frame["member_disagreement"].notna().any()
-    below = reference.review_threshold(False, bool(pairwise))
-    frame.loc[lowered, "predicted_dice"] = np.round(held[lowered], 4)
-    flagged = lowered & (held < below)
-    if flagged.any():
-        reasons = frame.loc[flagged, "review_reasons"].fillna("").astype(str)
-        frame.loc[flagged, "review"] = "review"
-        frame.loc[flagged, "review_reasons"] = [
-            ";".join([f"predicted_dice<{below:g}", REASON, *own])
-            for own in (
-                [r for r in text.split(";") if r and not r.startswith("predicted_dice<")]
-                for text in reasons
-            )
-        ]
-    return frame

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from unet.quality.mask_gaps import fit_miss_shares
+from unet.quality.mask_gaps import gap_shares
 from unet.quality.ranking import best_threshold, spearman, target_dice
 
 FEATURES = (
@@ -289,18 +289,6 @@ def fit_dice_model(table: pd.DataFrame, target: float, fitted_on: str) -> DiceMo
             "flagged_share": flagged,
             "recall": recall,
         },
-    )
-
-
-def gap_shares(table: pd.DataFrame) -> tuple[list[float] | None, str]:
-    """The fit rows' shares of missed lesions past a mask's end
-    (:func:`unet.quality.mask_gaps.fit_miss_shares`); none without keys and mask fractions."""
-    if not {"key", "mask_fraction", "empty"} <= set(table):
-        return None, "no shares of missed lesions past a mask's end: the fit rows have no keys"
-    return fit_miss_shares(
-        table["key"].astype(str).tolist(),
-        table["mask_fraction"].to_numpy(np.float64) > 0,
-        table["empty"].to_numpy(bool),  # an empty mask's truth is empty too
     )
 
 
