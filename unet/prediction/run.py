@@ -81,7 +81,7 @@ def write_report(rows: list[dict], config: PredictConfig) -> pd.DataFrame:
 def with_series_gaps(report: pd.DataFrame, config: PredictConfig) -> pd.DataFrame:
     """The report with every 2-D slice of a series that has a predicted Dice and an empty
     mask held to the model's share of lesions missed at its gap from the mask
-    (:func:`unet.quality.mask_gaps.with_mask_gaps`); needs the whole run's rows (a shard holds
+    (:func:`unet.quality.gap_review.with_mask_gaps`); needs the whole run's rows (a shard holds
     every n-th slice only)."""
     if report["predicted_dice"].isna().all():
         return report

@@ -45,7 +45,8 @@ def with_mask_gaps(
     frame.loc[lowered, "predicted_dice"] = np.round(held[lowered], 4)
     flagged = lowered & (held < below)
     if flagged.any():
-        reasons = frame.loc[flagged, "review_reasons"].fillna("").astype(str)
+        reasons = frame.loc[flagged].get("review_reasons", pd.Series("", frame.index[flagged]))
+        reasons = reasons.fillna("").astype(str)
         frame.loc[flagged, "review"] = "review"
         frame.loc[flagged, "review_reasons"] = [
             ";".join([f"predicted_dice<{below:g}", REASON, *own])
