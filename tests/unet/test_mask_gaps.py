@@ -174,7 +174,7 @@ def test_the_report_holds_empty_slices_of_a_series_but_not_volumes_or_errors(tra
             }
         )
     config = PredictConfig(model=str(run), input_dir=str(tmp_path), output_dir=str(tmp_path / "o"))
-    report = write_report(rows, config.model_copy(update={"review_page": False}))
+    report = write_report(rows, config)
     assert list(report.columns) == REPORT_COLUMNS
     assert report["predicted_dice"].tolist()[:3] == pytest.approx([0.8, 0.6, 0.95])
     assert report["mask_gap"].tolist()[:3] == [2, 1, pd.NA]
@@ -183,6 +183,8 @@ def test_the_report_holds_empty_slices_of_a_series_but_not_volumes_or_errors(tra
     assert report["predicted_dice"].tolist()[4:] == [0.95] * 3  # volumes are not slices
     written = pd.read_csv(tmp_path / "o" / "report.csv")
     assert written.loc[1, "review_reasons"] == f"predicted_dice<0.8;{REASON}"
+    page = (tmp_path / "o" / "review.html").read_text()  # the page says what the reason means
+    assert f"{REASON}: an empty slice just past the mask of its series" in page
 
 
 def test_a_volume_holds_its_empty_slices_past_the_mask_in_worst_slices_and_its_pooled_dice():

@@ -51,9 +51,11 @@ def test_the_page_links_masks_enlarges_thumbnails_and_filters(tmp_path):
     assert '<tr class="review">' in page and '<tr class="ok">' in page
 
 
-def test_without_calibrated_flags_no_row_claims_to_be_ok(tmp_path):
-    page = write_review_page(_report(review=False), tmp_path).read_text()
+def test_without_calibrated_flags_no_row_claims_to_be_ok_and_the_page_says_why(tmp_path):
+    why = "no signal separated the 3 of 14 cases below target more than chance would"
+    page = write_review_page(_report(review=False), tmp_path, why).read_text()
     assert "no quality flags" in page and ">ok<" not in page and page.count(">no flags<") == 2
+    assert f"No mask is flagged: {why}." in page
 
 
 def test_with_a_predicted_dice_the_page_leads_with_it_worst_first(tmp_path):

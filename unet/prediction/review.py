@@ -29,6 +29,7 @@ from unet.prediction.plan import (
     overlay_name,
     thumbnail_name,
 )
+from unet.quality.gap_review import REASON as GAP_REASON
 from unet.quality.reference import SIGNALS
 
 THUMBNAIL_SIDE = 256
@@ -210,8 +211,10 @@ def row_html(row: dict, output_dir: Path, signals: list[str], extra: list[str]) 
 SIGNALS_BOX = '<label><input type="checkbox" id="signals"> show every signal</label>'
 
 
-def explanation(report: pd.DataFrame, predicted: bool) -> str:
-    """What the flags mean on this page."""
+def explanation(report: pd.DataFrame, predicted: bool, why: str = "") -> str:
+    """What the flags mean on this page (``why``: the reason there are none)."""
+    if not report["review"].notna().any():
+        return f"No mask is flagged: {why or 'the model has no calibrated quality flags'}."
     if not predicted:
         return (
             "Flagged masks first; each reason is a quality signal above the threshold "
@@ -228,15 +231,22 @@ def explanation(report: pd.DataFrame, predicted: bool) -> str:
         else "the quality model's estimate of each mask's Dice, learned on cases the model "
         "never trained on"
     )
+    gaps = (
+        f" {GAP_REASON}: an empty slice just past the mask of its series, held to the share "
+        "of such slices that hid a lesion in the model's out-of-fold cases."
+        if GAP_REASON in reasons
+        else ""
+    )
     return (
         f"Sorted by predicted Dice, worst first: {basis}. Flagged for review: a predicted Dice "
         f"{bar} (the model's threshold, or yours with --review-below), or a note from "
-        "reading the input."
+        f"reading the input.{gaps}"
     )
 
 
-def write_review_page(report: pd.DataFrame, output_dir: Path) -> Path:
-    """Write ``review.html`` for a run's report (atomically); return its path."""
+def write_review_page(report: pd.DataFrame, output_dir: Path, why: str = "") -> Path:
+    """Write ``review.html`` for a run's report (atomically); return its path. ``why``: where
+    the model has no flags, the reason (its calibration note), said on the page."""
     ordered = page_order(report)
     flagged = int((report["review"] == "review").sum())
     errors = int((report["status"] == "error").sum())
@@ -263,7 +273,7 @@ def write_review_page(report: pd.DataFrame, output_dir: Path) -> Path:
 <html lang="en"><head><meta charset="utf-8"><title>segflow review: {html.escape(summary)}</title>
 <style>{PAGE_STYLE}</style></head><body{' class="hide-signals"' if predicted else ""}>
 <h1>{html.escape(summary)}</h1>
-<p>{errors} error(s). {html.escape(explanation(report, predicted))}
+<p>{errors} error(s). {html.escape(explanation(report, predicted, why))}
 Click a column to sort, a thumbnail to see it larger. Yellow: the outline of the predicted
 mask. <label><input type="checkbox" id="only"> only the masks to review</label>
 {SIGNALS_BOX if predicted else ""}</p>

@@ -33,6 +33,7 @@ from unet.prediction.selection import input_selection
 from unet.prediction.sink import ResultSink
 from unet.prediction.stream import segment_stream
 from unet.quality.gap_review import with_mask_gaps
+from unet.quality.reference import QualityReference
 from unet.quality.signals import needs_flip_pass
 from unet.store.model_files import ModelInfo
 from unet.store.registry import resolve_model_file
@@ -57,15 +58,18 @@ def write_report(rows: list[dict], config: PredictConfig) -> pd.DataFrame:
     made spreadsheet-safe (and the review page); empty slices just past their series' mask
     held to the model's shares of missed lesions there (:func:`with_series_gaps`); return
     them as they are."""
-    output_dir, review_page = Path(config.output_dir), config.review_page
+    output_dir = Path(config.output_dir)
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     report = report.astype(
         {"height": "Int64", "width": "Int64", "components": "Int64", "mask_gap": "Int64"}
     )
-    report = with_series_gaps(report, config)
+    quality = run_quality(config)
+    report = with_series_gaps(report, quality)
     write_csv_atomic(output_dir / REPORT_FILE, spreadsheet_safe(report))  # names from the wild
-    if review_page:
-        write_review_page(report, output_dir)
+    if config.review_page:
+        # where nothing is flagged, the page says why (the model's calibration note)
+        why = quality.note if quality is not None else "the model has no quality reference"
+        write_review_page(report, output_dir, why)
     counts = report["status"].value_counts().to_dict()
     logger.info(
         "%d files: %d segmented, %d skipped (done before), %d errors; report %s",
@@ -78,22 +82,26 @@ def write_report(rows: list[dict], config: PredictConfig) -> pd.DataFrame:
     return report
 
 
-def with_series_gaps(report: pd.DataFrame, config: PredictConfig) -> pd.DataFrame:
+def run_quality(config: PredictConfig) -> QualityReference | None:
+    """The run's model's quality reference, with the user's ``--review-below``."""
+    model = resolve_model_file(config.model)
+    return with_review_below(ModelInfo.read(model.parent), config.review_below, model).quality
+
+
+def with_series_gaps(report: pd.DataFrame, quality: QualityReference | None) -> pd.DataFrame:
     """The report with every 2-D slice of a series that has a predicted Dice and an empty
     mask held to the model's share of lesions missed at its gap from the mask
     (:func:`unet.quality.gap_review.with_mask_gaps`); needs the whole run's rows (a shard holds
     every n-th slice only)."""
     if report["predicted_dice"].isna().all():
         return report
-    model = resolve_model_file(config.model)
-    info = with_review_below(ModelInfo.read(model.parent), config.review_below, model)
     slices = (
         report["volume_shape"].isna()
         & report["input"].map(is_image_file)
         & report["status"].isin(["ok", "skipped"])
     )
     has_mask = report["foreground_fraction"].fillna(0).to_numpy(np.float64) > 0
-    return with_mask_gaps(report, info.quality, report["input"], has_mask, slices.to_numpy())
+    return with_mask_gaps(report, quality, report["input"], has_mask, slices.to_numpy())
 
 
 def segment_files(
