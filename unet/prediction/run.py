@@ -63,7 +63,7 @@ def write_report(rows: list[dict], config: PredictConfig) -> pd.DataFrame:
     report = report.astype(
         {"height": "Int64", "width": "Int64", "components": "Int64", "mask_gap": "Int64"}
     )
-    quality = run_quality(config)
+    quality = run_model(config)[1].quality
     report = with_series_gaps(report, quality)
     write_csv_atomic(output_dir / REPORT_FILE, spreadsheet_safe(report))  # names from the wild
     if config.review_page:
@@ -82,10 +82,10 @@ def write_report(rows: list[dict], config: PredictConfig) -> pd.DataFrame:
     return report
 
 
-def run_quality(config: PredictConfig) -> QualityReference | None:
-    """The run's model's quality reference, with the user's ``--review-below``."""
+def run_model(config: PredictConfig) -> tuple[Path, ModelInfo]:
+    """The run's model file and its info, with the user's ``--review-below``."""
     model = resolve_model_file(config.model)
-    return with_review_below(ModelInfo.read(model.parent), config.review_below, model).quality
+    return model, with_review_below(ModelInfo.read(model.parent), config.review_below, model)
 
 
 def with_series_gaps(report: pd.DataFrame, quality: QualityReference | None) -> pd.DataFrame:
@@ -164,8 +164,7 @@ def segment_files(
 def load_segmenter(config: PredictConfig) -> Segmenter:
     """The run's model, with the inference options of ``config`` (the flip pass as ``--qc``
     asks, resolved against the model's calibrated flags)."""
-    model = resolve_model_file(config.model)
-    info = with_review_below(ModelInfo.read(model.parent), config.review_below, model)
+    model, info = run_model(config)
     segmenter = Segmenter(
         model,
         config.tta,

@@ -74,8 +74,7 @@ def fit_miss_shares(keys: list[str], has_mask: np.ndarray, truth_empty: np.ndarr
     has_mask, truth_empty = np.asarray(has_mask, bool), np.asarray(truth_empty, bool)
     gaps = mask_gaps(keys, has_mask)
     past = gaps > 0
-    positions = [series_position(str(key)) for key in keys]
-    series = {positions[row].series for row in np.flatnonzero(past)}
+    series = {series_position(str(keys[row])).series for row in np.flatnonzero(past)}
     if len(series) < MIN_GAP_SERIES:
         return None, (
             f"no shares of missed lesions past a mask's end: {len(series)} series with empty "
